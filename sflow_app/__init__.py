@@ -1,0 +1,1 @@
+"""sFlow application agent for Python."""
