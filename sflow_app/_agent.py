@@ -1,0 +1,281 @@
+"""The one agent per process: settings, data sources, the queue and the exporter thread.
+
+Nothing here runs at import. The first candidate that reaches a source's slow path calls
+``housekeeping()``, which starts the exporter thread (lazily: gunicorn ``--preload``
+imports the app in the master, which must not own a thread its workers lose at fork) and
+notices a fork that bypassed ``os.register_at_fork`` (servers that fork from C).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import _config
+from ._exporter import TICK, Exporter
+from ._identity import default_service_name, local_index
+from ._source import AppSource, HttpSource, MemcacheSource, Source
+from ._watch import ConfigWatcher
+
+log = logging.getLogger("sflow_app")
+
+DEFAULT_CONFIG = "/etc/hsflowd.auto"
+CONFIG_CHECK_EVERY = 1.0
+EXIT_FLUSH_TIMEOUT = 1.0
+
+
+class Agent:
+    def __init__(self, *, autostart: bool = True, env: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._env = env
+        self._autostart = autostart
+        self._clock = clock
+        self._kwargs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._sources: dict[tuple[str, str], Source] = {}
+        self._http: HttpSource | None = None
+        self._reset_process_state()
+        self.settings = _config.resolve({}, {}, None, DEFAULT_CONFIG)
+        self._watcher: ConfigWatcher | None = None
+        self._next_config_check = 0.0
+        self._warned: set[str] = set()
+
+    def _reset_process_state(self) -> None:
+        self.pid = os.getpid()
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._qlock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self.exporter = Exporter(self)
+        self.start_time = self._clock()
+        self.stats = {"datagrams": 0, "samples": 0, "sent": 0, "send_errors": 0,
+                      "queue_drops": 0, "last_send_error": ""}
+
+    # -- configuration ----------------------------------------------------------------
+    @property
+    def env(self) -> Mapping[str, str]:
+        return os.environ if self._env is None else self._env
+
+    @property
+    def config_path(self) -> str:
+        return str(self._kwargs.get("config_path") or self.env.get("SFLOW_APP_CONFIG")
+                   or DEFAULT_CONFIG)
+
+    def configure(self, **kwargs: Any) -> None:
+        merged = {**self._kwargs, **kwargs}
+        _config.resolve(merged, {}, None, DEFAULT_CONFIG)  # raises ValueError on bad kwargs
+        self._kwargs = merged
+        self._watcher = None  # re-read the file (the path may have changed)
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the config file and apply it (exporter thread, or configure())."""
+        path = self.config_path
+        if self._watcher is None or self._watcher.path != path:
+            self._watcher = ConfigWatcher(path)
+        auto = self._watcher.current()
+        self.apply(_config.resolve(self._kwargs, self.env, auto, path))
+
+    def apply(self, settings: _config.Settings) -> None:
+        old = getattr(self, "settings", None)
+        self.settings = settings
+        for warning in settings.warnings:
+            self.warn_once(warning)
+        if old is None or (old.enabled, old.reason) != (settings.enabled, settings.reason):
+            log.info("sflow_app: %s", settings.reason)
+        for source in self.sources():
+            self._apply_source(source)
+
+    def _apply_source(self, source: Source) -> None:
+        settings = self.settings
+        rate = settings.sampling_for(source.app_key) if settings.enabled else 0
+        source.sampler.set_rate(rate)
+        if source.kind != "http":
+            source.ds_index = local_index(self.service_name, source.kind, source.name)
+        elif settings.ds_index is not None:
+            source.ds_index = settings.ds_index
+
+    def warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("sflow_app: %s", message)
+
+    # -- sources ----------------------------------------------------------------------
+    @property
+    def service_name(self) -> str:
+        return self.settings.service_name or default_service_name()
+
+    def _source(self, cls: type[Source], app_key: str, name: str) -> Source:
+        key = (cls.kind, name)
+        source = self._sources.get(key)
+        if source is None:
+            with self._lock:
+                source = self._sources.get(key)
+                if source is None:
+                    source = cls(self, app_key, name)
+                    self._apply_source(source)
+                    self._sources[key] = source
+        return source
+
+    def http_source(self) -> HttpSource:
+        source = self._source(HttpSource, "http", "")
+        self._http = source  # type: ignore[assignment]
+        return source  # type: ignore[return-value]
+
+    def memcache_source(self) -> MemcacheSource:
+        return self._source(MemcacheSource, "memcache", "")  # type: ignore[return-value]
+
+    def app_source(self, application: str) -> AppSource:
+        return self._source(AppSource, f"app.{application}", application)  # type: ignore[return-value]
+
+    def sources(self) -> list[Source]:
+        return list(self._sources.values())
+
+    def set_http_port(self, port: int | None, where: str) -> None:
+        """Identity capture from the server's listening socket (or a unix socket path)."""
+        source = self._http
+        if source is None or source.ds_index is not None:
+            return
+        if self.settings.ds_index is not None:
+            source.ds_index = self.settings.ds_index
+        elif port:
+            source.ds_index = port
+        else:
+            source.ds_index = local_index(self.service_name, "http", where)
+            self.warn_once(
+                f"HTTP listener {where!r} has no TCP port: using derived data source "
+                f"3:{source.ds_index}; set SFLOW_APP_DS_INDEX to choose one")
+
+    def identity(self) -> tuple[str, int] | None:
+        """(agent address, sub_agent_id), or None while the service's index is unknown."""
+        settings = self.settings
+        agent_ip = settings.agent_ip
+        if agent_ip is None:
+            if not settings.collectors:
+                return None
+            agent_ip = _config.route_address(settings.collectors[0][0])
+        if settings.sub_agent_id is not None:
+            return agent_ip, settings.sub_agent_id
+        if self._http is not None:
+            if self._http.ds_index is None:
+                return None
+            return agent_ip, self._http.ds_index
+        return agent_ip, local_index(self.service_name, "service")
+
+    # -- sampled path -----------------------------------------------------------------
+    def housekeeping(self) -> None:
+        if self.pid != os.getpid():
+            self.after_fork()
+        if not self._started and self._autostart:
+            self.start()
+
+    def enqueue(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None:
+        with self._qlock:
+            if len(self._queue) < self.settings.queue_capacity:
+                self._queue.append((source, pool, rate, records))
+                return
+        source.drop()
+        self.stats["queue_drops"] += 1
+
+    def drain(self) -> list[tuple[Any, ...]]:
+        with self._qlock:
+            items = list(self._queue)
+            self._queue.clear()
+        return items
+
+    def uptime_ms(self, now: float) -> int:
+        return int((now - self.start_time) * 1000) & 0xFFFFFFFF
+
+    def note_send_error(self, host: str, port: int, exc: OSError) -> None:
+        self.stats["last_send_error"] = f"{host}:{port}: {exc}"
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="sflow-app-exporter",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick(self._clock())
+            except Exception:  # the exporter must outlive any bug of its own
+                log.exception("sflow_app: exporter error")
+            self._stop.wait(TICK)
+
+    def tick(self, now: float, *, final: bool = False) -> None:
+        if now >= self._next_config_check:
+            self._next_config_check = now + CONFIG_CHECK_EVERY
+            self.reload()
+        self.exporter.step(now, final=final)
+
+    def shutdown(self, timeout: float = EXIT_FLUSH_TIMEOUT) -> None:
+        """Stop the thread and send what is left, within a bounded time."""
+        if not self._started or self.pid != os.getpid():
+            return
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        try:
+            self.exporter.step(self._clock(), final=True)
+        except Exception:
+            log.exception("sflow_app: final flush failed")
+        self.exporter.close()
+        self._started = False
+
+    def after_fork(self) -> None:
+        """In a child: reuse nothing inherited (thread, sockets, RNG, queued samples)."""
+        self.exporter.close()
+        self._reset_process_state()
+        self._lock = threading.Lock()
+        self._next_config_check = 0.0
+        for source in self.sources():
+            source.reset_after_fork()
+
+    def status(self) -> dict[str, Any]:
+        settings = self.settings
+        ident = self.identity() if settings.enabled else None
+        return {
+            "enabled": settings.enabled,
+            "state": settings.reason,
+            "source": settings.source,
+            "config_path": self.config_path,
+            "collectors": [f"{h}:{p}" for h, p in settings.collectors],
+            "agent_address": ident[0] if ident else settings.agent_ip,
+            "sub_agent_id": ident[1] if ident else None,
+            "service_name": self.service_name,
+            "pid": self.pid,
+            "running": self._started,
+            "data_sources": {
+                f"{s.kind}:{s.name}" if s.name else s.kind: {
+                    "ds_index": s.ds_index,
+                    "sampling_rate": s.sampler.rate,
+                    "sample_pool": s.sampler.sample_pool,
+                    "drops": s.drops,
+                    "flow_samples": s.flow_seq,
+                    "counter_samples": s.counter_seq,
+                }
+                for s in self.sources()
+            },
+            "queue": {"length": len(self._queue), "capacity": settings.queue_capacity},
+            **self.stats,
+        }
+
+
+AGENT = Agent()
+os.register_at_fork(after_in_child=AGENT.after_fork)
+atexit.register(AGENT.shutdown)

@@ -1,0 +1,56 @@
+"""Fixed-layout integer counter slots, exact under concurrent threads.
+
+Each slot is an ``itertools.count``: ``next()`` on it is one C call, so under the GIL an
+increment cannot be lost between bytecodes the way ``x += 1`` on shared state can. The
+bound ``__next__`` methods are handed to the surfaces so the hot path is a single call.
+Only the exporter reads values (``snapshot``), which keeps the layout free to move into
+shared memory for pre-fork servers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+
+
+def _value(cell: itertools.count) -> int:
+    # repr is "count(N)"; it is the one stable way to read a count across Python versions.
+    return int(repr(cell)[6:-1])
+
+
+class CounterBlock:
+    """A named, fixed-layout row of cumulative counters."""
+
+    __slots__ = ("_add_lock", "_base", "_cells", "_extra", "incr", "names")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._cells = tuple(itertools.count() for _ in self.names)
+        # incr[i]() adds one to slot i: exact, lock-free, allocation-free.
+        self.incr: tuple[Callable[[], int], ...] = tuple(c.__next__ for c in self._cells)
+        self._extra = [0] * len(self.names)
+        self._base = (0,) * len(self.names)
+        self._add_lock = threading.Lock()
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def add(self, slot: int, amount: int) -> None:
+        """Add more than one (byte counts): rare enough to afford a short lock."""
+        if amount > 0:
+            with self._add_lock:
+                self._extra[slot] += amount
+
+    def snapshot(self) -> tuple[int, ...]:
+        with self._add_lock:
+            extra = tuple(self._extra)
+        return tuple(
+            _value(c) + e - b for c, e, b in zip(self._cells, extra, self._base, strict=True)
+        )
+
+    def rebase(self) -> None:
+        """Start counting from zero again without replacing the cells the surfaces hold."""
+        self._add_lock = threading.Lock()
+        self._base = (0,) * len(self.names)
+        self._base = self.snapshot()

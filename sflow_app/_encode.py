@@ -1,0 +1,296 @@
+"""Pure sFlow v5 encoder: record -> bytes, sample -> bytes, datagram -> bytes.
+
+Numbers that do not fit their field (negative, too large, not a number) are clamped, never
+raised: the fast path packs directly and only a ``struct.error`` takes the clamping path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import struct
+from collections.abc import Callable
+from functools import lru_cache
+from operator import attrgetter
+from typing import Any
+
+from ._xdr import MAX_U32, PAD, TAG_LEN, clamp_all, cut_utf8, pack_ip, pack_u32, to_bytes
+from .records import (
+    RECORD_TYPES,
+    CountersSample,
+    Datagram,
+    FlowSample,
+    OpaqueRecord,
+    OpaqueSample,
+)
+
+__all__ = [
+    "encode_counters_sample",
+    "encode_datagram",
+    "encode_datagram_header",
+    "encode_flow_sample",
+    "encode_record",
+    "encode_sample",
+    "fit_flow_sample",
+    "needs_expanded",
+]
+
+Encoder = Callable[[Any], bytes]
+
+
+# ------------------------------------------------------------------------ records
+
+
+def _pack_numbers(st: struct.Struct, fmt: str, values: tuple[Any, ...]) -> bytes:
+    try:
+        return st.pack(*values)
+    except struct.error:
+        return st.pack(*clamp_all(values, fmt))
+
+
+def _string_step(name: str, limit: int) -> Encoder:
+    get = attrgetter(name)
+
+    def step(rec: Any) -> bytes:
+        s = get(rec)
+        b = s.encode() if type(s) is str and s.isascii() else to_bytes(s)
+        if len(b) > limit:
+            b = cut_utf8(b if type(s) is bytes else s, limit)
+        n = len(b)
+        return pack_u32(n) + b + PAD[n & 3]
+
+    return step
+
+
+def _numbers_step(names: list[str], fmt: str) -> Encoder:
+    st = struct.Struct(">" + fmt)
+    get = attrgetter(*names)
+    if len(names) == 1:
+        return lambda rec: _pack_numbers(st, fmt, (get(rec),))
+    return lambda rec: _pack_numbers(st, fmt, get(rec))
+
+
+def _ip_step(name: str, family: int) -> Encoder:
+    get = attrgetter(name)
+    return lambda rec: pack_ip(get(rec), family)
+
+
+def _make_encoder(cls: type) -> Encoder:
+    """An encoder for ``cls`` built from its ``LAYOUT`` (one step per run of fields)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    layout: str = cls.LAYOUT  # type: ignore[attr-defined]
+    tag: int = cls.FORMAT  # type: ignore[attr-defined]
+    if set(layout) <= {"I", "Q"}:
+        # Fixed layout (all counter blocks): tag, length and body in one pack call.
+        st = struct.Struct(">II" + layout)
+        get = attrgetter(*names)
+        size = st.size - 8
+        fmt = "II" + layout
+        return lambda rec: _pack_numbers(st, fmt, (tag, size, *get(rec)))
+
+    steps: list[Encoder] = []
+    run: list[str] = []
+    for name, kind in zip(names, layout, strict=True):
+        if kind in "IQ":
+            run.append(name)
+            continue
+        if run:
+            steps.append(_numbers_step(run, "".join(layout[names.index(n)] for n in run)))
+            run = []
+        if kind == "s":
+            steps.append(_string_step(name, cls.MAX_BYTES[name]))  # type: ignore[attr-defined]
+        else:
+            steps.append(_ip_step(name, socket.AF_INET if kind == "4" else socket.AF_INET6))
+    if run:
+        steps.append(_numbers_step(run, "".join(layout[names.index(n)] for n in run)))
+
+    def encode(rec: Any) -> bytes:
+        body = b"".join([step(rec) for step in steps])
+        return TAG_LEN.pack(tag, len(body)) + body
+
+    return encode
+
+
+def _encode_opaque(rec: OpaqueRecord | OpaqueSample) -> bytes:
+    data = to_bytes(rec.data)
+    data += PAD[len(data) & 3]  # bodies are whole words; unaligned data is zero-padded
+    tag = ((rec.enterprise & 0xFFFFF) << 12) | (rec.format & 0xFFF)
+    return TAG_LEN.pack(tag, len(data)) + data
+
+
+_ENCODERS: dict[type, Encoder] = {cls: _make_encoder(cls) for cls in RECORD_TYPES}
+_ENCODERS[OpaqueRecord] = _encode_opaque
+
+
+def encode_record(rec: object) -> bytes:
+    """One flow or counter record: data_format, length, body (strings cut to their max)."""
+    try:
+        encoder = _ENCODERS[type(rec)]
+    except KeyError:
+        raise TypeError(f"not an sFlow record: {rec!r}") from None
+    return encoder(rec)
+
+
+# ------------------------------------------------------------------------ samples
+
+_FLOW = struct.Struct(">IIIIIIIIII")  # tag, length, 8 words
+_FLOW_EXPANDED = struct.Struct(">IIIIIIIIIIIII")  # tag, length, 11 words
+_COUNTERS = struct.Struct(">IIIII")
+_COUNTERS_EXPANDED = struct.Struct(">IIIIII")
+
+
+def needs_expanded(s: FlowSample | CountersSample) -> bool:
+    """True when ``s`` goes out as format 3/4: forced, or a value needs more bits."""
+    if s.expanded or not 0 <= s.ds_class < 0x100 or not 0 <= s.ds_index < 0x1000000:
+        return True
+    if isinstance(s, FlowSample):
+        return not (
+            0 <= s.input_format < 4 and 0 <= s.input_value < 0x40000000
+            and 0 <= s.output_format < 4 and 0 <= s.output_value < 0x40000000
+        )
+    return False
+
+
+def _clamped(s: Any, names: tuple[str, ...]) -> Any:
+    values = clamp_all(tuple(getattr(s, n) for n in names), "I" * len(names))
+    return dataclasses.replace(s, **dict(zip(names, values, strict=True)))
+
+
+_FLOW_NUMBERS = (
+    "sequence_number", "ds_class", "ds_index", "sampling_rate", "sample_pool", "drops",
+    "input_format", "input_value", "output_format", "output_value",
+)
+
+
+def encode_flow_sample(s: FlowSample) -> bytes:
+    """Format 1 (compact) or 3 (expanded) flow sample with its records."""
+    records = [encode_record(r) for r in s.records]
+    size = sum(map(len, records))
+    try:
+        if needs_expanded(s):
+            head = _FLOW_EXPANDED.pack(
+                3, 44 + size, s.sequence_number, s.ds_class, s.ds_index, s.sampling_rate,
+                s.sample_pool, s.drops, s.input_format, s.input_value,
+                s.output_format, s.output_value, len(records),
+            )
+        else:
+            head = _FLOW.pack(
+                1, 32 + size, s.sequence_number, s.ds_class << 24 | s.ds_index,
+                s.sampling_rate, s.sample_pool, s.drops,
+                s.input_format << 30 | s.input_value, s.output_format << 30 | s.output_value,
+                len(records),
+            )
+    except (struct.error, TypeError):
+        return encode_flow_sample(_clamped(s, _FLOW_NUMBERS))
+    records.insert(0, head)
+    return b"".join(records)
+
+
+def encode_counters_sample(s: CountersSample) -> bytes:
+    """Format 2 (compact) or 4 (expanded) counters sample with its records."""
+    records = [encode_record(r) for r in s.records]
+    size = sum(map(len, records))
+    try:
+        if needs_expanded(s):
+            head = _COUNTERS_EXPANDED.pack(
+                4, 16 + size, s.sequence_number, s.ds_class, s.ds_index, len(records)
+            )
+        else:
+            head = _COUNTERS.pack(
+                2, 12 + size, s.sequence_number, s.ds_class << 24 | s.ds_index, len(records)
+            )
+    except (struct.error, TypeError):
+        return encode_counters_sample(_clamped(s, ("sequence_number", "ds_class", "ds_index")))
+    records.insert(0, head)
+    return b"".join(records)
+
+
+def encode_sample(s: FlowSample | CountersSample | OpaqueSample) -> bytes:
+    if isinstance(s, FlowSample):
+        return encode_flow_sample(s)
+    if isinstance(s, CountersSample):
+        return encode_counters_sample(s)
+    if isinstance(s, OpaqueSample):
+        return _encode_opaque(s)
+    raise TypeError(f"not an sFlow sample: {s!r}")
+
+
+# ------------------------------------------------------------------------ datagrams
+
+_HEADER_TAIL = struct.Struct(">IIII")  # sub_agent_id, sequence_number, uptime, num_samples
+
+
+@lru_cache(maxsize=16)
+def agent_address_prefix(agent_address: str) -> bytes:
+    """version 5 + the agent address (type 1 or 2). Unparseable text -> 0.0.0.0, as nginx."""
+    text = agent_address.split("%", 1)[0]
+    for family, kind in ((socket.AF_INET, 1), (socket.AF_INET6, 2)):
+        try:
+            return pack_u32(5) + pack_u32(kind) + socket.inet_pton(family, text)
+        except (OSError, ValueError):
+            continue
+    return pack_u32(5) + pack_u32(1) + b"\0\0\0\0"  # never type 0: sflowtool drops it
+
+
+def encode_datagram_header(
+    agent_address: str, sub_agent_id: int, sequence_number: int, uptime_ms: int,
+    num_samples: int,
+) -> bytes:
+    """The 28-byte (IPv4 agent) or 40-byte (IPv6 agent) datagram header."""
+    values = (sub_agent_id, sequence_number, uptime_ms, num_samples)
+    try:
+        tail = _HEADER_TAIL.pack(*values)
+    except struct.error:
+        tail = _HEADER_TAIL.pack(*clamp_all(values, "IIII"))
+    return agent_address_prefix(str(agent_address)) + tail
+
+
+def encode_datagram(dg: Datagram) -> bytes:
+    parts = [encode_sample(s) for s in dg.samples]  # type: ignore[arg-type]
+    header = encode_datagram_header(
+        dg.agent_address, dg.sub_agent_id, dg.sequence_number, dg.uptime_ms, len(parts)
+    )
+    parts.insert(0, header)
+    return b"".join(parts)
+
+
+# ------------------------------------------------------------------------ fitting
+
+
+def _longest_string(records: tuple[object, ...]) -> tuple[int, str, int] | None:
+    """(record index, field, wire length) of the longest non-empty string, if any."""
+    best: tuple[int, str, int] | None = None
+    for i, rec in enumerate(records):
+        for name, limit in getattr(rec, "MAX_BYTES", {}).items():
+            n = min(len(to_bytes(getattr(rec, name))), limit)
+            if n and (best is None or n > best[2]):
+                best = (i, name, n)
+    return best
+
+
+def _halve(value: str | bytes, n: int) -> str | bytes:
+    cut = cut_utf8(value, n // 2)
+    if isinstance(value, str):
+        return cut.decode("utf-8", "surrogateescape")
+    return cut
+
+
+def fit_flow_sample(sample: FlowSample, max_sample_bytes: int) -> FlowSample | None:
+    """``sample`` with its longest strings halved until it encodes in ``max_sample_bytes``.
+
+    Returns ``None`` when even empty strings do not fit (the caller counts a drop).
+    """
+    size = len(encode_flow_sample(sample))
+    records = sample.records
+    while size > max_sample_bytes:
+        found = _longest_string(records)
+        if found is None:
+            return None
+        i, name, n = found
+        rec = records[i]
+        shorter = dataclasses.replace(rec, **{name: _halve(getattr(rec, name), n)})  # type: ignore[type-var]
+        size -= len(encode_record(rec)) - len(encode_record(shorter))
+        records = (*records[:i], shorter, *records[i + 1 :])
+    if records is sample.records:
+        return sample
+    return dataclasses.replace(sample, records=records)

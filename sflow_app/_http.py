@@ -1,0 +1,148 @@
+"""Framework-neutral HTTP transaction building, shared by the WSGI and ASGI surfaces.
+
+The surfaces differ only in how they read their protocol; everything sFlow-specific about
+an HTTP request (method enum, counter slots, protocol number, URI redaction, the socket
+record, the route's app_operation) is here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from typing import Any
+
+from .records import AppOperation, AppStatus, HttpRequest, socket_record
+
+log = logging.getLogger("sflow_app")
+
+# method -> (http_method enum, http_counters slot)
+METHODS: dict[str, tuple[int, int]] = {
+    "OPTIONS": (1, 0), "GET": (2, 1), "HEAD": (3, 2), "POST": (4, 3), "PUT": (5, 4),
+    "DELETE": (6, 5), "TRACE": (7, 6), "CONNECT": (8, 7),
+}
+OTHER_METHOD = (0, 8)
+# http_counters slot per status // 100 (0..6); anything else is "other" (14).
+STATUS_SLOTS = (14, 9, 10, 11, 12, 13, 14)
+STATUS_OTHER = 14
+
+# Query parameters whose values are replaced by default: credentials end up in URLs.
+SENSITIVE = frozenset({
+    "token", "password", "passwd", "pwd", "pass", "secret", "key", "apikey", "signature",
+    "sig", "auth", "authorization", "session", "sessionid", "sid", "jwt", "credential",
+    "credentials", "code", "otp", "private", "sessid", "phpsessid", "jsessionid",
+})
+PLACEHOLDER = b"REDACTED"
+QUERY_MODES = ("sensitive", "keep", "redact", "drop")
+
+# (service, method, route-or-path) of the sampled HTTP request this task runs in, for the
+# decorator's app_parent_context. Set only on sampled requests.
+current_request: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
+    "sflow_app_request", default=None)
+
+
+def status_slot(status: int) -> int:
+    return STATUS_SLOTS[status // 100] if 0 <= status < 700 else STATUS_OTHER
+
+
+def protocol_number(version: str) -> int:
+    """'HTTP/1.1' or '1.1' -> 1001, '2' / 'HTTP/2.0' -> 2000 (major*1000 + minor)."""
+    if version[:5].upper() == "HTTP/":
+        version = version[5:]
+    major, _, minor = version.partition(".")
+    try:
+        return int(major) * 1000 + (int(minor) if minor else 0)
+    except ValueError:
+        return 0
+
+
+def _sensitive(name: bytes) -> bool:
+    lowered = name.lower().replace(b"-", b"_").replace(b".", b"_")
+    try:
+        text = lowered.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    if text in SENSITIVE:
+        return True
+    return any(part in SENSITIVE for part in text.split("_") if part)
+
+
+def redact_query(query: bytes, mode: str = "sensitive") -> bytes:
+    """Apply the ``query=`` option to a raw query string (no leading '?')."""
+    if not query or mode == "keep":
+        return query
+    if mode == "drop":
+        return b""
+    out = []
+    for pair in query.split(b"&"):
+        name, eq, _value = pair.partition(b"=")
+        if eq and (mode == "redact" or _sensitive(name)):
+            out.append(name + b"=" + PLACEHOLDER)
+        else:
+            out.append(pair)
+    return b"&".join(out)
+
+
+def build_uri(path: bytes, query: bytes, mode: str) -> bytes:
+    query = redact_query(query, mode)
+    return path + b"?" + query if query else path
+
+
+def app_status(status: int) -> int:
+    if status < 400:
+        return AppStatus.SUCCESS
+    special = {400: AppStatus.BAD_REQUEST, 401: AppStatus.UNAUTHORIZED,
+               403: AppStatus.FORBIDDEN, 404: AppStatus.NOT_FOUND, 408: AppStatus.TIMEOUT,
+               413: AppStatus.TOO_LARGE, 501: AppStatus.NOT_IMPLEMENTED,
+               503: AppStatus.UNAVAILABLE, 504: AppStatus.TIMEOUT}
+    if status in special:
+        return special[status]
+    if status < 500:
+        return AppStatus.BAD_REQUEST
+    return AppStatus.INTERNAL_ERROR if status < 600 else AppStatus.OTHER
+
+
+def submit_http(
+    source: Any,
+    n: int,
+    *,
+    method: str,
+    protocol: int,
+    uri: bytes | str,
+    host: bytes | str = b"",
+    referer: bytes | str = b"",
+    useragent: bytes | str = b"",
+    xff: bytes | str = b"",
+    authuser: bytes | str = b"",
+    mime_type: bytes | str = b"",
+    req_bytes: int = 0,
+    resp_bytes: int = 0,
+    duration_us: int = 0,
+    status: int = 0,
+    local: tuple[str, int] | None = None,
+    remote: tuple[str, int] | None = None,
+    route: str | None = None,
+    application: str | None = None,
+) -> None:
+    """Build and queue one sampled HTTP transaction. Never raises into the request."""
+    try:
+        records: list[Any] = [HttpRequest(
+            method=METHODS.get(method, OTHER_METHOD)[0], protocol=protocol, uri=uri,
+            host=host, referer=referer, useragent=useragent, xff=xff, authuser=authuser,
+            mime_type=mime_type, req_bytes=req_bytes, resp_bytes=resp_bytes,
+            uS=duration_us, status=status,
+        )]
+        if local and remote:
+            sock = socket_record(6, local[0], remote[0], local[1], remote[1])
+            if sock is not None:
+                records.append(sock)
+        if route:
+            records.append(AppOperation(
+                application=application or source.agent.service_name, operation=route,
+                attributes=f"method={method}&route={route}", status_descr=str(status),
+                req_bytes=req_bytes, resp_bytes=resp_bytes, uS=duration_us,
+                status=app_status(status),
+            ))
+        source.submit(n, tuple(records))
+    except Exception:
+        log.debug("sflow_app: could not record an HTTP sample", exc_info=True)
+        source.drop()

@@ -1,0 +1,48 @@
+"""Who the service is in sFlow terms: data-source indexes and the sub-agent.
+
+sflow.org's index registry: 1-65535 = the service's primary listening port,
+65536-99999 = locally assigned. Locally assigned indexes are a deterministic function of
+(service name, kind, name) so every worker of a service agrees and two services on one
+host differ.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+LOCAL_FIRST = 65536
+LOCAL_LAST = 99999
+
+# Launchers whose argv[0] says nothing about the service they run.
+_LAUNCHERS = {
+    "gunicorn", "uvicorn", "uwsgi", "hypercorn", "daphne", "waitress-serve", "python",
+    "python3", "granian", "flask", "django-admin", "celery", "-c", "-m",
+}
+
+
+def local_index(service: str, kind: str, name: str = "") -> int:
+    """A stable index in 65536-99999 for a source with no port of its own."""
+    digest = zlib.crc32(f"{service}\0{kind}\0{name}".encode())
+    return LOCAL_FIRST + digest % (LOCAL_LAST - LOCAL_FIRST + 1)
+
+
+def default_service_name(argv: list[str] | None = None) -> str:
+    """The documented default for SFLOW_APP_NAME.
+
+    The first ``module:app`` argument (``gunicorn shop.wsgi:app`` -> ``shop.wsgi:app``),
+    else the script's name without ``.py``, else ``python``. multiprocessing's spawn
+    restores the parent's argv, so uvicorn's spawned workers agree with each other.
+    """
+    args = sys.argv if argv is None else argv
+    for arg in args[1:]:
+        if ":" in arg and not arg.startswith("-") and "/" not in arg.split(":", 1)[0]:
+            return arg[:32]
+    if args:
+        base = os.path.basename(args[0])
+        if base.endswith(".py"):
+            base = base[:-3]
+        if base and base not in _LAUNCHERS:
+            return base[:32]
+    return "python"
