@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 
@@ -19,6 +20,18 @@ _LIMIT = {"I": MAX_U32, "Q": MAX_U64}
 def pad4(n: int) -> int:
     """``n`` rounded up to a multiple of 4."""
     return (n + 3) & ~3
+
+
+def split_layout(layout: str) -> tuple[str, str, str]:
+    """A record ``LAYOUT`` as (leading numbers, strings or addresses, trailing numbers).
+
+    Every record in this package has that shape, which keeps encoder and decoder flat.
+    """
+    shape = re.fullmatch(r"([IQ]*)(s*|4*|6*)([IQ]*)", layout)
+    if shape is None:
+        raise TypeError(f"record layout {layout!r} is not numbers, strings/addresses, numbers")
+    head, mid, tail = shape.groups()
+    return head, mid, tail
 
 
 def clamp(value: object, limit: int) -> int:
@@ -85,12 +98,13 @@ def pack_string(s: str | bytes, limit: int) -> bytes:
 def pack_ip(ip: object, family: int) -> bytes:
     """Raw address bytes for ``ip`` (text or already packed); zeros if it does not parse."""
     try:
-        return socket.inet_pton(family, ip.split("%", 1)[0])  # type: ignore[attr-defined]
-    except (OSError, ValueError, TypeError, AttributeError):
-        size = 4 if family == socket.AF_INET else 16
-        if isinstance(ip, bytes) and len(ip) == size:
-            return ip
-        return b"\0" * size
+        return socket.inet_pton(family, ip)  # type: ignore[arg-type]
+    except (OSError, ValueError, TypeError):
+        pass
+    if isinstance(ip, str) and "%" in ip:  # IPv6 zone: "fe80::1%eth0"
+        return pack_ip(ip.split("%", 1)[0], family)
+    size = 4 if family == socket.AF_INET else 16
+    return ip if isinstance(ip, bytes) and len(ip) == size else b"\0" * size
 
 
 class DecodeError(ValueError):

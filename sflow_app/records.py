@@ -1,0 +1,436 @@
+"""The sFlow v5 structures this agent emits or decodes, as frozen dataclasses.
+
+Field names and order follow the wire layout (and ``shared/vectors/README.md``), so each
+class can be checked against the spec line by line. ``LAYOUT`` gives one character per
+field: ``I`` u32, ``Q`` u64 (hyper), ``s`` XDR string, ``4``/``6`` raw IPv4/IPv6 address
+(held as text). String fields take ``str`` (encoded as UTF-8) or ``bytes`` (raw); the
+encoder cuts them to ``MAX_BYTES`` without splitting a UTF-8 character. Enum fields are
+plain ints so that values outside the enums pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar
+
+__all__ = [
+    "DS_CLASS_LOGICAL",
+    "INTERNAL",
+    "RECORD_TYPES",
+    "AppInitiator",
+    "AppOperation",
+    "AppOperations",
+    "AppParentContext",
+    "AppResources",
+    "AppStatus",
+    "AppTarget",
+    "AppWorkers",
+    "CountersSample",
+    "Datagram",
+    "ExtendedProxyRequest",
+    "ExtendedSocketIPv4",
+    "ExtendedSocketIPv6",
+    "FlowSample",
+    "HostParent",
+    "HttpCounters",
+    "HttpMethod",
+    "HttpRequest",
+    "MemcacheCmd",
+    "MemcacheCounters",
+    "MemcacheOperation",
+    "MemcacheProtocol",
+    "MemcacheStatus",
+    "OpaqueRecord",
+    "OpaqueSample",
+    "Text",
+    "socket_record",
+]
+
+Text = str | bytes
+
+INTERNAL = 0x3FFFFFFF  # interface value meaning "this agent itself" (format 0)
+DS_CLASS_LOGICAL = 3  # ds_class of applications, containers, VMs
+
+
+# Every enum counts up from 0, so the functional form lists the names in value order.
+HttpMethod = IntEnum("HttpMethod", "OTHER OPTIONS GET HEAD POST PUT DELETE TRACE CONNECT", start=0)
+MemcacheProtocol = IntEnum("MemcacheProtocol", "OTHER ASCII BINARY", start=0)
+MemcacheCmd = IntEnum(
+    "MemcacheCmd",
+    "OTHER SET ADD REPLACE APPEND PREPEND CAS GET GETS INCR DECR DELETE STATS FLUSH VERSION"
+    " QUIT TOUCH",
+    start=0,
+)
+MemcacheStatus = IntEnum(
+    "MemcacheStatus",
+    "UNKNOWN OK ERROR CLIENT_ERROR SERVER_ERROR STORED NOT_STORED EXISTS NOT_FOUND DELETED",
+    start=0,
+)
+AppStatus = IntEnum(
+    "AppStatus",
+    "SUCCESS OTHER TIMEOUT INTERNAL_ERROR BAD_REQUEST FORBIDDEN TOO_LARGE NOT_IMPLEMENTED"
+    " NOT_FOUND UNAVAILABLE UNAUTHORIZED",
+    start=0,
+)
+
+
+# ---------------------------------------------------------------- flow records
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    FORMAT: ClassVar[int] = 2206
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "http_request"
+    LAYOUT: ClassVar[str] = "IIsssssssQQII"
+    MAX_BYTES: ClassVar[dict[str, int]] = {
+        "uri": 255, "host": 64, "referer": 255, "useragent": 128,
+        "xff": 64, "authuser": 32, "mime_type": 64,
+    }
+    method: int = HttpMethod.OTHER
+    protocol: int = 0  # major * 1000 + minor (1001 = HTTP/1.1)
+    uri: Text = ""
+    host: Text = ""
+    referer: Text = ""
+    useragent: Text = ""
+    xff: Text = ""
+    authuser: Text = ""
+    mime_type: Text = ""
+    req_bytes: int = 0
+    resp_bytes: int = 0
+    uS: int = 0  # the spec's name
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedProxyRequest:
+    FORMAT: ClassVar[int] = 2207
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "extended_proxy_request"
+    LAYOUT: ClassVar[str] = "ss"
+    MAX_BYTES: ClassVar[dict[str, int]] = {"uri": 255, "host": 64}
+    uri: Text = ""
+    host: Text = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemcacheOperation:
+    FORMAT: ClassVar[int] = 2200
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "memcache_operation"
+    LAYOUT: ClassVar[str] = "IIsIIII"
+    MAX_BYTES: ClassVar[dict[str, int]] = {"key": 255}
+    protocol: int = MemcacheProtocol.OTHER
+    cmd: int = MemcacheCmd.OTHER
+    key: Text = ""
+    nkeys: int = 1
+    value_bytes: int = 0
+    uS: int = 0
+    status: int = MemcacheStatus.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class AppOperation:
+    FORMAT: ClassVar[int] = 2202
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "app_operation"
+    LAYOUT: ClassVar[str] = "ssssQQII"
+    MAX_BYTES: ClassVar[dict[str, int]] = {
+        "application": 32, "operation": 32, "attributes": 255, "status_descr": 32,
+    }
+    application: Text = ""
+    operation: Text = ""
+    attributes: Text = ""
+    status_descr: Text = ""
+    req_bytes: int = 0
+    resp_bytes: int = 0
+    uS: int = 0
+    status: int = AppStatus.SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class AppParentContext:
+    FORMAT: ClassVar[int] = 2203
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "app_parent_context"
+    LAYOUT: ClassVar[str] = "sss"
+    MAX_BYTES: ClassVar[dict[str, int]] = {"application": 32, "operation": 32, "attributes": 255}
+    application: Text = ""
+    operation: Text = ""
+    attributes: Text = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AppInitiator:
+    FORMAT: ClassVar[int] = 2204
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "app_initiator"
+    LAYOUT: ClassVar[str] = "s"
+    MAX_BYTES: ClassVar[dict[str, int]] = {"actor": 64}
+    actor: Text = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AppTarget:
+    FORMAT: ClassVar[int] = 2205
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "app_target"
+    LAYOUT: ClassVar[str] = "s"
+    MAX_BYTES: ClassVar[dict[str, int]] = {"actor": 64}
+    actor: Text = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedSocketIPv4:
+    FORMAT: ClassVar[int] = 2100
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "extended_socket_ipv4"
+    LAYOUT: ClassVar[str] = "I44II"
+    protocol: int = 6
+    local_ip: str = "0.0.0.0"
+    remote_ip: str = "0.0.0.0"
+    local_port: int = 0
+    remote_port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedSocketIPv6:
+    FORMAT: ClassVar[int] = 2101
+    KIND: ClassVar[str] = "flow"
+    NAME: ClassVar[str] = "extended_socket_ipv6"
+    LAYOUT: ClassVar[str] = "I66II"
+    protocol: int = 6
+    local_ip: str = "::"
+    remote_ip: str = "::"
+    local_port: int = 0
+    remote_port: int = 0
+
+
+# ------------------------------------------------------------- counter records
+
+
+@dataclass(frozen=True, slots=True)
+class HttpCounters:
+    FORMAT: ClassVar[int] = 2201
+    KIND: ClassVar[str] = "counter"
+    NAME: ClassVar[str] = "http_counters"
+    LAYOUT: ClassVar[str] = "I" * 15
+    method_option_count: int = 0
+    method_get_count: int = 0
+    method_head_count: int = 0
+    method_post_count: int = 0
+    method_put_count: int = 0
+    method_delete_count: int = 0
+    method_trace_count: int = 0
+    methd_connect_count: int = 0  # sic: the spec's spelling
+    method_other_count: int = 0
+    status_1XX_count: int = 0
+    status_2XX_count: int = 0
+    status_3XX_count: int = 0
+    status_4XX_count: int = 0
+    status_5XX_count: int = 0
+    status_other_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemcacheCounters:
+    FORMAT: ClassVar[int] = 2204
+    KIND: ClassVar[str] = "counter"
+    NAME: ClassVar[str] = "memcache_counters"
+    LAYOUT: ClassVar[str] = "I" * 27 + "Q" * 4
+    cmd_set: int = 0
+    cmd_touch: int = 0
+    cmd_flush: int = 0
+    get_hits: int = 0
+    get_misses: int = 0
+    delete_hits: int = 0
+    delete_misses: int = 0
+    incr_hits: int = 0
+    incr_misses: int = 0
+    decr_hits: int = 0
+    decr_misses: int = 0
+    cas_hits: int = 0
+    cas_misses: int = 0
+    cas_badval: int = 0
+    auth_cmds: int = 0
+    auth_errors: int = 0
+    threads: int = 0
+    conn_yields: int = 0
+    listen_disabled_num: int = 0
+    curr_connections: int = 0
+    rejected_connections: int = 0
+    total_connections: int = 0
+    connection_structures: int = 0
+    evictions: int = 0
+    reclaimed: int = 0
+    curr_items: int = 0
+    total_items: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    bytes: int = 0
+    limit_maxbytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppOperations:
+    FORMAT: ClassVar[int] = 2202
+    KIND: ClassVar[str] = "counter"
+    NAME: ClassVar[str] = "app_operations"
+    LAYOUT: ClassVar[str] = "s" + "I" * 11
+    MAX_BYTES: ClassVar[dict[str, int]] = {"application": 32}
+    application: Text = ""
+    success: int = 0
+    other: int = 0
+    timeout: int = 0
+    internal_error: int = 0
+    bad_request: int = 0
+    forbidden: int = 0
+    too_large: int = 0
+    not_implemented: int = 0
+    not_found: int = 0
+    unavailable: int = 0
+    unauthorized: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppResources:
+    FORMAT: ClassVar[int] = 2203
+    KIND: ClassVar[str] = "counter"
+    NAME: ClassVar[str] = "app_resources"
+    LAYOUT: ClassVar[str] = "IIQQIIII"
+    user_time: int = 0
+    system_time: int = 0
+    mem_used: int = 0
+    mem_max: int = 0
+    fd_open: int = 0
+    fd_max: int = 0
+    conn_open: int = 0
+    conn_max: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppWorkers:
+    FORMAT: ClassVar[int] = 2206
+    KIND: ClassVar[str] = "counter"
+    NAME: ClassVar[str] = "app_workers"
+    LAYOUT: ClassVar[str] = "IIIII"
+    workers_active: int = 0
+    workers_idle: int = 0
+    workers_max: int = 0
+    req_delayed: int = 0
+    req_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HostParent:
+    FORMAT: ClassVar[int] = 2002
+    KIND: ClassVar[str] = "counter"
+    NAME: ClassVar[str] = "host_parent"
+    LAYOUT: ClassVar[str] = "II"
+    container_type: int = 2
+    container_index: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OpaqueRecord:
+    """A flow or counter record this package does not interpret, kept byte for byte."""
+
+    enterprise: int
+    format: int
+    data: bytes
+
+
+RECORD_TYPES: tuple[type, ...] = (
+    HttpRequest, ExtendedProxyRequest, MemcacheOperation, AppOperation, AppParentContext,
+    AppInitiator, AppTarget, ExtendedSocketIPv4, ExtendedSocketIPv6,
+    HttpCounters, MemcacheCounters, AppOperations, AppResources, AppWorkers, HostParent,
+)
+
+# ---------------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSample:
+    sequence_number: int
+    ds_class: int
+    ds_index: int
+    sampling_rate: int
+    sample_pool: int
+    drops: int
+    input_format: int
+    input_value: int
+    output_format: int
+    output_value: int
+    records: tuple[object, ...]
+    expanded: bool = False  # force format 3; chosen anyway when a value needs it
+
+
+@dataclass(frozen=True, slots=True)
+class CountersSample:
+    sequence_number: int
+    ds_class: int
+    ds_index: int
+    records: tuple[object, ...]
+    expanded: bool = False  # force format 4
+
+
+@dataclass(frozen=True, slots=True)
+class OpaqueSample:
+    """A sample of a format this package does not interpret, kept byte for byte."""
+
+    enterprise: int
+    format: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    agent_address: str  # IPv4 or IPv6 text; the wire type (1 or 2) follows from it
+    sub_agent_id: int
+    sequence_number: int
+    uptime_ms: int
+    samples: tuple[object, ...]
+    version: int = 5
+
+
+# ---------------------------------------------------------------- socket helper
+
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _packed(ip: str) -> bytes | None:
+    ip = ip.split("%", 1)[0]  # drop an IPv6 zone ("fe80::1%eth0")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, ip)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def socket_record(
+    protocol: int, local_ip: str, remote_ip: str, local_port: int, remote_port: int
+) -> ExtendedSocketIPv4 | ExtendedSocketIPv6:
+    """The extended_socket record for a connection, IPv4 form where possible.
+
+    v4-mapped IPv6 addresses (``::ffff:a.b.c.d``) become 2100 records, as nginx sends
+    them. Unparseable addresses are reported as unspecified rather than raising.
+    """
+    local, remote = _packed(local_ip) or b"", _packed(remote_ip) or b""
+    if all(len(p) != 16 or p.startswith(_V4_MAPPED) for p in (local, remote)):
+        return ExtendedSocketIPv4(
+            protocol, _v4_text(local), _v4_text(remote), local_port, remote_port
+        )
+    return ExtendedSocketIPv6(protocol, _v6_text(local), _v6_text(remote), local_port, remote_port)
+
+
+def _v4_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET, packed[-4:]) if packed else "0.0.0.0"
+
+
+def _v6_text(packed: bytes) -> str:
+    if len(packed) == 4:
+        packed = _V4_MAPPED + packed
+    return socket.inet_ntop(socket.AF_INET6, packed) if packed else "::"

@@ -1,0 +1,196 @@
+"""The shared conformance vectors: encode from ``fields``, decode to ``fields``, sflowtool view.
+
+The vectors live next to the repository (``../shared/vectors``) or under ``$SFLOW_SHARED``.
+A missing folder fails the run: CI always has it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sflow_app._encode import encode_datagram
+from sflow_app.decode import DecodeError, decode, to_fields, to_sflowtool
+from sflow_app.records import (
+    RECORD_TYPES,
+    CountersSample,
+    Datagram,
+    ExtendedProxyRequest,
+    FlowSample,
+    MemcacheOperation,
+)
+
+
+def vectors_dir() -> Path:
+    shared = os.environ.get("SFLOW_SHARED")
+    if shared:
+        return Path(shared) / "vectors"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+
+
+VECTORS = vectors_dir()
+POSITIVE = sorted(VECTORS.glob("*.json"))
+NEGATIVE = sorted(VECTORS.glob("bad/*.json"))
+
+# What each negative vector's DecodeError must say.
+REJECT_REASONS = {
+    "agent_address_type_0": "agent address type 0 (unknown)",
+    "record_length_mismatch": "flow record 0:2206 length 116 does not match decoded body 124",
+    "truncated_datagram": "sample 1 of 1 (0:1) length 192 exceeds datagram",
+}
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def test_vectors_are_present() -> None:
+    assert VECTORS.is_dir(), f"conformance vectors not found at {VECTORS} (set SFLOW_SHARED)"
+    assert len(POSITIVE) >= 30
+    assert len(NEGATIVE) >= 3
+
+
+# ------------------------------------------------------------- fields -> objects
+
+RECORDS_BY_NAME = {cls.NAME: cls for cls in RECORD_TYPES}  # type: ignore[attr-defined]
+BOOKKEEPING = {"record", "enterprise", "format", "length"}
+
+
+def build_record(f: dict[str, Any]) -> object:
+    cls = RECORDS_BY_NAME[f["record"]]
+    assert (f["enterprise"], f["format"]) == (0, cls.FORMAT)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in f:
+            kwargs[field.name] = f[field.name]
+        else:
+            kwargs[field.name] = bytes.fromhex(f[field.name + "_hex"])
+    used = BOOKKEEPING | set(kwargs) | {k + "_hex" for k in kwargs}
+    assert set(f) <= used, f"unused keys {set(f) - used}"
+    return cls(**kwargs)
+
+
+def build_sample(f: dict[str, Any]) -> object:
+    records = tuple(build_record(r) for r in f["records"])
+    assert f["num_records"] == len(records)
+    source = f["source_id"]
+    expanded = f["format"] in (3, 4)
+    if f["format"] in (1, 3):
+        return FlowSample(
+            f["sequence_number"], source["ds_class"], source["ds_index"], f["sampling_rate"],
+            f["sample_pool"], f["drops"], f["input"]["format"], f["input"]["value"],
+            f["output"]["format"], f["output"]["value"], records, expanded,
+        )
+    return CountersSample(
+        f["sequence_number"], source["ds_class"], source["ds_index"], records, expanded
+    )
+
+
+def build_datagram(f: dict[str, Any]) -> Datagram:
+    samples = tuple(build_sample(s) for s in f["samples"])
+    assert f["num_samples"] == len(samples)
+    return Datagram(
+        f["agent_address"]["address"], f["sub_agent_id"], f["sequence_number"],
+        f["uptime_ms"], samples, f["version"],
+    )
+
+
+# -------------------------------------------------------------- sflowtool quirks
+
+
+def _sflowtool_cut(rec: object) -> object:
+    """Quirk 3: sflowtool prints at most max-1 bytes of every string."""
+    limits = getattr(rec, "MAX_BYTES", {})
+    cut = {}
+    for name, limit in limits.items():
+        value = getattr(rec, name)
+        raw = value.encode() if isinstance(value, str) else value
+        if len(raw) >= limit:
+            short = raw[: limit - 1]
+            cut[name] = short.decode() if isinstance(value, str) else short
+    return dataclasses.replace(rec, **cut) if cut else rec  # type: ignore[type-var]
+
+
+def as_sflowtool_prints(dg: Datagram, size: int) -> dict[str, Any]:
+    """``to_sflowtool`` with sflowtool 6.11's printing bugs applied (README quirks 3-6)."""
+    samples = tuple(
+        dataclasses.replace(s, records=tuple(_sflowtool_cut(r) for r in s.records))
+        if isinstance(s, FlowSample | CountersSample) else s
+        for s in dg.samples
+    )
+    out = to_sflowtool(dataclasses.replace(dg, samples=samples), datagram_size=size)
+    for sample, original in zip(out["samples"], dg.samples, strict=True):
+        for i, (element, rec) in enumerate(zip(sample["elements"], original.records, strict=True)):
+            if isinstance(rec, ExtendedProxyRequest):  # quirk 6: not decoded
+                sample["elements"][i] = {"flowBlock_tag": element["flowBlock_tag"]}
+            elif isinstance(rec, MemcacheOperation) and "memcache_op_key" in element:
+                key = element["memcache_op_key"]
+                if re.search(r"%[89A-F][0-9A-F]", key):  # quirk 5: garbage, removed
+                    del element["memcache_op_key"]
+                else:  # quirk 4: hex digits swapped
+                    element["memcache_op_key"] = re.sub(r"%(.)(.)", r"%\2\1", key)
+    return out
+
+
+# ------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("path", POSITIVE, ids=lambda p: p.stem)
+def test_encode_reproduces_datagram(path: Path) -> None:
+    vector = load(path)
+    assert encode_datagram(build_datagram(vector["fields"])).hex() == vector["datagram_hex"]
+
+
+@pytest.mark.parametrize("path", POSITIVE, ids=lambda p: p.stem)
+def test_decode_gives_fields(path: Path) -> None:
+    vector = load(path)
+    dg = decode(bytes.fromhex(vector["datagram_hex"]))
+    assert dg == build_datagram(vector["fields"])
+    assert to_fields(dg) == vector["fields"]
+
+
+@pytest.mark.parametrize("path", POSITIVE, ids=lambda p: p.stem)
+def test_sflowtool_view_agrees(path: Path) -> None:
+    vector = load(path)
+    data = bytes.fromhex(vector["datagram_hex"])
+    dg = decode(data)
+    assert as_sflowtool_prints(dg, len(data)) == vector["sflowtool"]
+    assert to_sflowtool(dg)["datagramSize"] == str(len(data))  # re-encoded size
+
+
+def test_sflowtool_view_really_differs_from_sflowtool_output() -> None:
+    # Guards the helper above: without the quirks the views must not agree.
+    vector = load(VECTORS / "memcache_key_punctuation.json")
+    data = bytes.fromhex(vector["datagram_hex"])
+    assert to_sflowtool(decode(data), len(data)) != vector["sflowtool"]
+
+
+@pytest.mark.parametrize("path", NEGATIVE, ids=lambda p: p.stem)
+def test_negative_vector_is_rejected(path: Path) -> None:
+    vector = load(path)
+    assert vector["expect"] == "reject"
+    with pytest.raises(DecodeError) as info:
+        decode(bytes.fromhex(vector["datagram_hex"]))
+    assert REJECT_REASONS.get(path.stem, "") in str(info.value)
+
+
+def test_negative_vectors_describe_encodable_datagrams() -> None:
+    # The bad vectors' fields minus the damage encode to a valid datagram: the decoder
+    # rejects the damage, not the content.
+    for path in NEGATIVE:
+        fields = copy.deepcopy(load(path)["fields"])
+        if fields["agent_address"]["type"] == 0:
+            continue
+        fields.pop("mutation", None)
+        for sample in fields["samples"]:
+            for rec in sample["records"]:
+                rec["length"] -= rec.pop("length_adjust", 0)
+        data = encode_datagram(build_datagram(fields))
+        assert to_fields(decode(data)) == fields
