@@ -75,12 +75,12 @@ def _make_decoder(cls: type) -> Callable[[Reader], Any]:
 _DECODERS = {(cls.KIND, cls.FORMAT): _make_decoder(cls) for cls in RECORD_TYPES}  # type: ignore[attr-defined]
 
 
-def _check_length(r: Reader, what: str, length: int) -> None:
+def _check_length(r: Reader, what: str, length: int, container: str) -> None:
     if length % 4:
         raise DecodeError(f"{what} length {length} is not a multiple of 4")
     if length > r.end - r.pos:
         raise DecodeError(
-            f"{what} length {length} exceeds {'sample' if 'record' in what else 'datagram'}: "
+            f"{what} length {length} exceeds {container}: "
             f"{r.end - r.pos} bytes left at offset {r.pos}"
         )
 
@@ -98,7 +98,7 @@ def _records(r: Reader, kind: str, n: int) -> tuple[object, ...]:
     for _ in range(n):
         tag, length = r.unpack(TAG_LEN)
         what = f"{kind} record {tag >> 12}:{tag & 0xFFF}"
-        _check_length(r, what, length)
+        _check_length(r, what, length, "sample")
         read = _DECODERS.get((kind, tag))
         if read is None:
             out.append(OpaqueRecord(tag >> 12, tag & 0xFFF, r.take(length)))
@@ -147,7 +147,7 @@ def _sample(r: Reader, index: int, total: int) -> object:
     tag, length = r.unpack(TAG_LEN)
     enterprise, fmt = tag >> 12, tag & 0xFFF
     what = f"sample {index} of {total} ({enterprise}:{fmt})"
-    _check_length(r, what, length)
+    _check_length(r, what, length, "datagram")
     if enterprise != 0 or fmt not in _SAMPLE_READERS:
         return OpaqueSample(enterprise, fmt, r.take(length))
     read, expanded = _SAMPLE_READERS[fmt]
@@ -227,7 +227,8 @@ def _sample_fields(s: object) -> dict[str, Any]:
             "sample": "unknown", "enterprise": s.enterprise, "format": s.format,
             "length": _body_size(s), "data_hex": to_bytes(s.data).hex(),
         }
-    assert isinstance(s, FlowSample | CountersSample)
+    if not isinstance(s, FlowSample | CountersSample):
+        raise TypeError(f"not an sFlow sample: {s!r}")
     expanded = needs_expanded(s)
     records = [_record_fields(r) for r in s.records]
     flow = isinstance(s, FlowSample)
@@ -373,7 +374,8 @@ def _port(fmt: int, value: int) -> str:
 def _sflowtool_sample(s: object) -> dict[str, Any]:
     if isinstance(s, OpaqueSample):
         return {"sampleType_tag": f"{s.enterprise}:{s.format}"}
-    assert isinstance(s, FlowSample | CountersSample)
+    if not isinstance(s, FlowSample | CountersSample):
+        raise TypeError(f"not an sFlow sample: {s!r}")
     flow = isinstance(s, FlowSample)
     fmt = (1 if flow else 2) + (2 if needs_expanded(s) else 0)
     out: dict[str, Any] = {

@@ -324,6 +324,14 @@ def test_fit_keeps_utf8_whole() -> None:
     assert isinstance(ua, str) and set(ua) == {"€"} and len(ua) < 42
 
 
+def test_fit_cuts_binary_keys_plainly() -> None:
+    s = flow(MemcacheOperation(key=b"\x80" * 250))
+    fitted = fit_flow_sample(s, len(encode_flow_sample(s)) - 100)
+    assert fitted is not None
+    key = fitted.records[0].key  # type: ignore[attr-defined]
+    assert isinstance(key, bytes) and 0 < len(key) < 150 and set(key) == {0x80}
+
+
 def test_fit_gives_up_when_even_empty_strings_do_not_fit() -> None:
     s = flow(big_request())
     empty = flow(HttpRequest())
@@ -347,6 +355,8 @@ def test_decode_rejects_framing_errors_with_specific_messages() -> None:
         VALID[:32] + struct.pack(">I", 5000) + VALID[36:]: "length 5000 exceeds datagram",
         VALID[:32] + struct.pack(">I", 30) + VALID[36:]: "length 30 is not a multiple of 4",
         VALID[:-4]: "exceeds datagram",
+        VALID[:72] + struct.pack(">I", 5000) + VALID[76:]: "flow record 0:2206 length 5000 "
+        "exceeds sample",
     }
     for data, message in cases.items():
         with pytest.raises(DecodeError, match=re.escape(message)):

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import struct
 import time
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_vectors import POSITIVE  # tests/ is on sys.path (no __init__.py)
 
 from sflow_app._encode import encode_datagram, needs_expanded
 from sflow_app._xdr import cut_utf8, pad4
@@ -63,7 +64,12 @@ def test_arbitrary_samples_after_a_valid_header(num_samples: int, body: bytes) -
 
 # ------------------------------------------------------------------ mutated vectors
 
-VECTORS = [bytes.fromhex(json.loads(p.read_text())["datagram_hex"]) for p in POSITIVE]
+# Same location rule as test_vectors.py (which fails the run when the folder is missing).
+SHARED = os.environ.get("SFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared"
+VECTORS = [
+    bytes.fromhex(json.loads(p.read_text())["datagram_hex"])
+    for p in sorted((Path(SHARED) / "vectors").glob("*.json"))
+]
 WORDS = st.sampled_from([0, 1, 3, 4, 8, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFC])
 
 
