@@ -56,8 +56,10 @@ class Agent:
         self._started = False
         self.exporter = Exporter(self)
         self.start_time = self._clock()
-        self.stats = {"datagrams": 0, "samples": 0, "sent": 0, "send_errors": 0,
-                      "queue_drops": 0, "last_send_error": ""}
+        self._route = ("", "")
+        self.stats: dict[str, Any] = {
+            "datagrams": 0, "samples": 0, "sent": 0, "send_errors": 0, "queue_drops": 0,
+            "backlog_drops": 0, "last_send_error": ""}
 
     # -- configuration ----------------------------------------------------------------
     @property
@@ -113,28 +115,28 @@ class Agent:
     def service_name(self) -> str:
         return self.settings.service_name or default_service_name()
 
-    def _source(self, cls: type[Source], app_key: str, name: str) -> Source:
+    def _source(self, cls: type[Source], name: str) -> Source:
         key = (cls.kind, name)
         source = self._sources.get(key)
         if source is None:
             with self._lock:
                 source = self._sources.get(key)
                 if source is None:
-                    source = cls(self, app_key, name)
+                    source = cls(self, name)
                     self._apply_source(source)
                     self._sources[key] = source
         return source
 
     def http_source(self) -> HttpSource:
-        source = self._source(HttpSource, "http", "")
+        source = self._source(HttpSource, "")
         self._http = source  # type: ignore[assignment]
         return source  # type: ignore[return-value]
 
     def memcache_source(self) -> MemcacheSource:
-        return self._source(MemcacheSource, "memcache", "")  # type: ignore[return-value]
+        return self._source(MemcacheSource, "")  # type: ignore[return-value]
 
     def app_source(self, application: str) -> AppSource:
-        return self._source(AppSource, f"app.{application}", application)  # type: ignore[return-value]
+        return self._source(AppSource, application)  # type: ignore[return-value]
 
     def sources(self) -> list[Source]:
         return list(self._sources.values())
@@ -154,6 +156,9 @@ class Agent:
                 f"HTTP listener {where!r} has no TCP port: using derived data source "
                 f"3:{source.ds_index}; set SFLOW_APP_DS_INDEX to choose one")
 
+    def http_index(self) -> int | None:
+        return None if self._http is None else self._http.ds_index
+
     def identity(self) -> tuple[str, int] | None:
         """(agent address, sub_agent_id), or None while the service's index is unknown."""
         settings = self.settings
@@ -161,7 +166,10 @@ class Agent:
         if agent_ip is None:
             if not settings.collectors:
                 return None
-            agent_ip = _config.route_address(settings.collectors[0][0])
+            collector = settings.collectors[0][0]
+            if self._route[0] != collector:  # a system call: once per collector change
+                self._route = (collector, _config.route_address(collector))
+            agent_ip = self._route[1]
         if settings.sub_agent_id is not None:
             return agent_ip, settings.sub_agent_id
         if self._http is not None:
@@ -171,9 +179,9 @@ class Agent:
         return agent_ip, local_index(self.service_name, "service")
 
     # -- sampled path -----------------------------------------------------------------
-    def housekeeping(self) -> None:
-        if self.pid != os.getpid():
-            self.after_fork()
+    def housekeeping(self, caller: Source | None = None) -> None:
+        if self.pid != os.getpid():  # forked from C: no at-fork hook ran
+            self.after_fork(caller)
         if not self._started and self._autostart:
             self.start()
 
@@ -190,12 +198,6 @@ class Agent:
             items = list(self._queue)
             self._queue.clear()
         return items
-
-    def uptime_ms(self, now: float) -> int:
-        return int((now - self.start_time) * 1000) & 0xFFFFFFFF
-
-    def note_send_error(self, host: str, port: int, exc: OSError) -> None:
-        self.stats["last_send_error"] = f"{host}:{port}: {exc}"
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -231,24 +233,28 @@ class Agent:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         try:
-            self.exporter.step(self._clock(), final=True)
+            self.exporter.finish(self._clock())
         except Exception:
             log.exception("sflow_app: final flush failed")
         self.exporter.close()
         self._started = False
 
-    def after_fork(self) -> None:
+    def after_fork(self, caller: Source | None = None) -> None:
         """In a child: reuse nothing inherited (thread, sockets, RNG, queued samples)."""
-        self.exporter.close()
+        self.exporter.abandon()
         self._reset_process_state()
         self._lock = threading.Lock()
         self._next_config_check = 0.0
         for source in self.sources():
-            source.reset_after_fork()
+            source.reset_after_fork(1 if source is caller else 0)
 
     def status(self) -> dict[str, Any]:
+        """Config source and state, identity, what was sent and dropped: for operators."""
+        if not self._started:
+            self.reload()
         settings = self.settings
         ident = self.identity() if settings.enabled else None
+        state = self.exporter.state
         return {
             "enabled": settings.enabled,
             "state": settings.reason,
@@ -260,14 +266,16 @@ class Agent:
             "service_name": self.service_name,
             "pid": self.pid,
             "running": self._started,
+            "sender": bool(state and state.sender),
+            "shared_state": getattr(state, "path", None),
+            "workers_seen": state.slots_used() if state else 0,
             "data_sources": {
                 f"{s.kind}:{s.name}" if s.name else s.kind: {
                     "ds_index": s.ds_index,
                     "sampling_rate": s.sampler.rate,
                     "sample_pool": s.sampler.sample_pool,
                     "drops": s.drops,
-                    "flow_samples": s.flow_seq,
-                    "counter_samples": s.counter_seq,
+                    "counters": dict(zip(s.counters.names, s.counters.snapshot(), strict=True)),
                 }
                 for s in self.sources()
             },

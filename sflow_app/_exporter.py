@@ -1,15 +1,20 @@
-"""The sender: drains sampled records, polls counters, packs and sends datagrams.
+"""The exporter: publishes counters, forwards or sends samples, polls, packs datagrams.
 
 ``step(now)`` is one pass and takes the clock as an argument, so tests drive it with an
-injected clock; the background thread just calls it every ``TICK`` seconds. Sequence
-numbers and uptime are assigned here, at encode time, never in request threads.
+injected clock; the background thread calls it every ``TICK`` seconds. Every process
+publishes its counters into the service's shared state each pass; the one process that
+holds the sender role (see ``_shared``) assigns sequence numbers and uptime when it
+sends, sums counters over all workers and sends to the collectors. The others forward
+their encoded samples to it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._encode import (
@@ -18,6 +23,17 @@ from ._encode import (
     encode_flow_sample,
     fit_flow_sample,
 )
+from ._shared import (
+    DROPS,
+    E_COUNTER_SEQ,
+    E_FLOW_SEQ,
+    POOL,
+    LocalState,
+    SharedState,
+    service_key,
+    state_dir,
+)
+from ._source import SOURCE_KINDS, counter_records
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
 
 if TYPE_CHECKING:
@@ -25,133 +41,225 @@ if TYPE_CHECKING:
     from ._source import Source
 
 log = logging.getLogger("sflow_app")
+State = SharedState | LocalState
 
 TICK = 0.1
 FLUSH_AFTER = 1.0  # a partial datagram leaves within about a second
 HEADER_MAX = 40  # IPv6 agent header
 HOLD_MAX = 1024  # samples kept while the service's identity is not known yet
+BACKLOG_MAX = 4096  # encoded samples waiting for a sender
+# Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
+FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
+
+
+def _patch(buf: bytearray, at: int, value: int) -> None:
+    buf[at:at + 4] = (value & 0xFFFFFFFF).to_bytes(4, "big")
 
 
 class Exporter:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self._parts: list[bytes] = []
+        self.state: State | None = None
+        self._key: str | None = None
+        self._indexes: dict[int, int] = {}  # id(source) -> state table index
+        self._held: list[tuple[Any, ...]] = []
+        self._backlog: deque[tuple[int, bytes]] = deque()
+        self._pending: list[tuple[int, bool, bytearray]] = []  # (index, is_flow, sample)
         self._size = 0
         self._since = 0.0
-        self._held: list[tuple[Any, ...]] = []
+        self._next_poll: dict[int, float] = {}
         self._socks: dict[int, socket.socket] = {}
-        self.datagram_seq = 0
+        self._fwd: socket.socket | None = None
 
     # -- one pass ---------------------------------------------------------------------
     def step(self, now: float, *, final: bool = False) -> None:
         agent = self.agent
-        settings = agent.settings
         items = agent.drain()
-        if not settings.enabled:
+        if not agent.settings.enabled:
             self._held.clear()
-            self._parts.clear()
+            self._pending.clear()
             self._size = 0
             return
         ident = agent.identity()
         if ident is None:
-            # Samples wait (bounded) for the service's identity; counters are not due yet.
-            room = HOLD_MAX - len(self._held)
-            if len(items) > room:
-                for item in items[room:]:
-                    item[0].drop()
-                items = items[:room]
-            self._held.extend(items)
+            self._hold(items)  # samples wait (bounded) for the service's identity
             return
+        state = self._open(ident)
         if self._held:
-            items = self._held + items
-            self._held = []
-        for item in items:
-            self._add_flow(item, now)
-        for source in agent.sources():
-            self._poll(source, now, final)
-        if self._parts and (final or now - self._since >= FLUSH_AFTER):
-            self.flush(now)
+            items, self._held = self._held + items, []
+        sources = agent.sources()
+        for source in sources:
+            self._publish(state, source)
+        encoded = [e for e in (self._encode(state, item) for item in items) if e]
+        if not state.try_become_sender():
+            self._forward(state, encoded)
+            return
+        totals: dict[int, list[int]] = {}
+        incoming = [*self._backlog, *encoded, *state.receive()]
+        self._backlog.clear()
+        for index, data in incoming:
+            self._stage_flow(state, totals, index, data, now)
+        self._poll(state, totals, now, final)
+        if self._pending and (final or now - self._since >= FLUSH_AFTER):
+            self.flush()
+
+    def _hold(self, items: list[tuple[Any, ...]]) -> None:
+        room = HOLD_MAX - len(self._held)
+        for item in items[max(room, 0):]:
+            item[0].drop()
+        self._held.extend(items[:max(room, 0)])
+
+    # -- shared state -----------------------------------------------------------------
+    def _open(self, ident: tuple[str, int]) -> State:
+        agent = self.agent
+        settings = agent.settings
+        http = agent.http_index()
+        key = service_key(os.getuid(), agent.service_name, http, settings.ds_index,
+                          settings.sub_agent_id)
+        if self.state is not None and key == self._key:
+            return self.state
+        self.close_state()
+        self._key = key
+        state: State
+        if agent.env.get("SFLOW_APP_SHARED", "1").lower() in ("0", "false", "no", "off"):
+            state = LocalState()
+        else:
+            try:
+                state = SharedState.open(state_dir(agent.env), key)
+            except OSError as exc:
+                agent.warn_once(f"shared state unavailable ({exc}); this process reports "
+                                "alone, so several workers would each claim the service")
+                state = LocalState()
+        if not state.claim_slot():
+            agent.warn_once("all worker slots are taken; this worker's counters are not "
+                            "shared")
+        self.state = state
+        return state
+
+    def _index(self, state: State, source: Source) -> int | None:
+        index = self._indexes.get(id(source))
+        if index is None and source.ds_index is not None:
+            index = state.source_index(source.kind, source.name, source.ds_index)
+            if index is None:
+                self.agent.warn_once("too many data sources for the shared state")
+                return None
+            self._indexes[id(source)] = index
+        return index
+
+    def _publish(self, state: State, source: Source) -> None:
+        index = self._index(state, source)
+        if index is not None:
+            state.publish(index, source.counters.snapshot(), source.sampler.sample_pool,
+                          source.drops)
 
     # -- samples ----------------------------------------------------------------------
-    def _add_flow(self, item: tuple[Any, ...], now: float) -> None:
+    def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
         source, pool, rate, records = item
-        source.flow_seq += 1
+        index = self._index(state, source)
+        if index is None:
+            source.drop()
+            return None
         inp, out = source.direction
         sample = FlowSample(
-            sequence_number=source.flow_seq & 0xFFFFFFFF,
-            ds_class=DS_CLASS_LOGICAL,
-            ds_index=source.ds_index,
-            sampling_rate=rate,
-            sample_pool=pool & 0xFFFFFFFF,
-            drops=source.drops & 0xFFFFFFFF,
-            input_format=0,
-            input_value=inp,
-            output_format=0,
-            output_value=out,
+            sequence_number=0, ds_class=DS_CLASS_LOGICAL, ds_index=source.ds_index,
+            sampling_rate=rate, sample_pool=pool & 0xFFFFFFFF, drops=0,
+            input_format=0, input_value=inp, output_format=0, output_value=out,
             records=tuple(records),
         )
-        limit = self.agent.settings.datagram - HEADER_MAX
-        fitted = fit_flow_sample(sample, limit)
+        fitted = fit_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
         if fitted is None:
-            source.flow_seq -= 1
             source.drop()
-            return
-        self._append(encode_flow_sample(fitted), now)
+            return None
+        return index, encode_flow_sample(fitted)
 
-    def _poll(self, source: Source, now: float, final: bool) -> None:
-        interval = self.agent.settings.polling_for(source.app_key)
-        if interval <= 0 or source.ds_index is None:
+    def _forward(self, state: State, encoded: list[tuple[int, bytes]]) -> None:
+        if not isinstance(state, SharedState):
             return
-        if source.next_poll is None:
-            # First poll at a random offset so hosts and workers do not synchronise.
-            source.next_poll = now + random.uniform(0, interval)
-        if not final and now < source.next_poll:
-            return
-        source.next_poll = max(source.next_poll + interval, now)
-        source.counter_seq += 1
-        sample = CountersSample(
-            sequence_number=source.counter_seq & 0xFFFFFFFF,
-            ds_class=DS_CLASS_LOGICAL,
-            ds_index=source.ds_index,
-            records=tuple(source.counter_records(source.counters.snapshot())),
-        )
-        self._append(encode_counters_sample(sample), now)
+        if self._fwd is None:
+            self._fwd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._fwd.setblocking(False)
+        self._backlog.extend(encoded)
+        while self._backlog:
+            index, data = self._backlog[0]
+            if not state.forward(self._fwd, index, data):
+                break  # no sender right now: keep them for the next pass
+            self._backlog.popleft()
+        while len(self._backlog) > BACKLOG_MAX:
+            self._backlog.popleft()
+            self.agent.stats["backlog_drops"] += 1
 
-    def _append(self, data: bytes, now: float) -> None:
+    def _stage_flow(self, state: State, totals: dict[int, list[int]],
+                    index: int, data: bytes, now: float) -> None:
+        offsets = FLOW_OFFSETS.get(int.from_bytes(data[:4], "big"))
+        if offsets is None:
+            return
+        if index not in totals:
+            totals[index] = state.totals(index)
+        total = totals[index]
+        buf = bytearray(data)
+        _patch(buf, offsets[1], state.pool_for_sample(index, total[POOL]))
+        _patch(buf, offsets[2], total[DROPS])
+        self._append(index, True, buf, now)
+
+    def _poll(self, state: State, totals: dict[int, list[int]],
+              now: float, final: bool) -> None:
+        settings = self.agent.settings
+        parent = settings.parent_ds_index
+        for index, kind, name, ds_index in state.entries():
+            app_key = SOURCE_KINDS[kind].key_for(name)
+            interval = settings.polling_for(app_key)
+            if interval <= 0:
+                continue
+            due = self._next_poll.get(index)
+            if due is None:
+                # First poll at a random offset so hosts and workers do not synchronise.
+                due = self._next_poll[index] = now + random.uniform(0, interval)
+            if not final and now < due:
+                continue
+            self._next_poll[index] = max(due + interval, now)
+            if index not in totals:
+                totals[index] = state.totals(index)
+            names = SOURCE_KINDS[kind].counter_names
+            sample = CountersSample(
+                sequence_number=0, ds_class=DS_CLASS_LOGICAL, ds_index=ds_index,
+                records=tuple(counter_records(kind, name, totals[index][:len(names)], parent)),
+            )
+            self._append(index, False, bytearray(encode_counters_sample(sample)), now)
+
+    def _append(self, index: int, is_flow: bool, buf: bytearray, now: float) -> None:
         limit = self.agent.settings.datagram - HEADER_MAX
-        if self._parts and self._size + len(data) > limit:
-            self.flush(now)
-        if not self._parts:
+        if self._pending and self._size + len(buf) > limit:
+            self.flush()
+        if not self._pending:
             self._since = now
-        self._parts.append(data)
-        self._size += len(data)
+        self._pending.append((index, is_flow, buf))
+        self._size += len(buf)
 
     # -- datagrams --------------------------------------------------------------------
-    def flush(self, now: float) -> None:
-        if not self._parts:
+    def flush(self) -> None:
+        """Number and send the pending samples as one datagram (sender only)."""
+        state = self.state
+        pending, self._pending, self._size = self._pending, [], 0
+        ident = self.agent.identity()
+        if not pending or state is None or ident is None:
             return
-        agent = self.agent
-        ident = agent.identity()
-        parts, self._parts, self._size = self._parts, [], 0
-        if ident is None:
-            return
+        # Sequence numbers are taken only now, for samples really sent, so they step by one.
+        for index, is_flow, buf in pending:
+            _patch(buf, 8, state.next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ))
         agent_ip, sub_agent_id = ident
-        self.datagram_seq += 1
-        header = encode_datagram_header(
-            agent_ip, sub_agent_id, self.datagram_seq & 0xFFFFFFFF,
-            agent.uptime_ms(now), len(parts),
-        )
-        payload = header + b"".join(parts)
-        stats = agent.stats
+        header = encode_datagram_header(agent_ip, sub_agent_id, state.next_datagram_seq(),
+                                        state.uptime_ms(), len(pending))
+        payload = header + b"".join(buf for _, _, buf in pending)
+        stats = self.agent.stats
         stats["datagrams"] += 1
-        stats["samples"] += len(parts)
-        for host, port in agent.settings.collectors:
+        stats["samples"] += len(pending)
+        for host, port in self.agent.settings.collectors:
             try:
                 self._socket(host).sendto(payload, (host, port))
                 stats["sent"] += 1
             except OSError as exc:  # collector down, unreachable, bad address: never raised
                 stats["send_errors"] += 1
-                agent.note_send_error(host, port, exc)
+                stats["last_send_error"] = f"{host}:{port}: {exc}"
 
     def _socket(self, host: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -162,10 +270,35 @@ class Exporter:
             self._socks[family] = sock
         return sock
 
+    # -- lifecycle --------------------------------------------------------------------
+    def finish(self, now: float) -> None:
+        """At exit: publish, forward, and if no one else sends, send the last counters."""
+        self.step(now, final=True)
+
+    def close_state(self) -> None:
+        if self.state is not None:
+            self.state.close()
+        self.state = None
+        self._indexes.clear()
+        self._next_poll.clear()
+
     def close(self) -> None:
-        for sock in self._socks.values():
+        self.close_state()
+        for sock in [*self._socks.values(), *([self._fwd] if self._fwd else [])]:
             try:
                 sock.close()
             except OSError:
                 pass
         self._socks.clear()
+        self._fwd = None
+
+    def abandon(self) -> None:
+        """In a forked child: drop the parent's objects without touching shared files."""
+        if isinstance(self.state, SharedState):
+            self.state.abandon()
+        self.state = None
+        for sock in [*self._socks.values(), *([self._fwd] if self._fwd else [])]:
+            try:
+                sock.close()
+            except OSError:
+                pass

@@ -23,13 +23,14 @@ HOUSEKEEPING_EVERY = 4096
 
 
 class Sampler:
-    __slots__ = ("_lock", "_pool_cell", "_rng", "due_at", "next_at", "pool", "rate")
+    __slots__ = ("_base", "_lock", "_pool_cell", "_rng", "due_at", "next_at", "pool", "rate")
 
     def __init__(self, rate: int = 0, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._pool_cell = itertools.count(1)
         self.pool = self._pool_cell.__next__  # returns the candidate's ordinal, 1-based
+        self._base = 0
         self.rate = 0
         self.due_at = NEVER
         self.next_at = 0  # first candidate takes the slow path
@@ -38,7 +39,7 @@ class Sampler:
     @property
     def sample_pool(self) -> int:
         """Candidates seen so far."""
-        return _value(self._pool_cell) - 1
+        return _value(self._pool_cell) - 1 - self._base
 
     def skip(self) -> int:
         rate = self.rate
@@ -72,6 +73,13 @@ class Sampler:
             self.next_at = min(self.due_at, n + HOUSEKEEPING_EVERY)
             return sampled
 
-    def reseed(self) -> None:
+    def reset_after_fork(self, in_flight: int = 0) -> None:
+        """New RNG state, a fresh lock, a pool counted from zero, and a slow path next.
+
+        ``in_flight``: candidates this process already pooled before noticing the fork.
+        """
         self._rng.seed()
         self._lock = threading.Lock()
+        self._base = 0
+        self._base = max(self.sample_pool - in_flight, 0)
+        self.next_at = 0

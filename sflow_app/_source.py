@@ -8,6 +8,7 @@ encoding) belongs to the exporter.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._counters import CounterBlock, _value
@@ -41,64 +42,53 @@ CLIENT = (INTERNAL, 0)  # we called out
 
 
 class Source:
-    """One sFlow data source (ds_class 3) of this service."""
+    """One sFlow data source (ds_class 3) of this service, as seen by this process."""
 
     kind = "source"
     counter_names: tuple[str, ...] = ()
     direction = SERVER
 
-    def __init__(self, agent: Agent, app_key: str, name: str = "") -> None:
+    def __init__(self, agent: Agent, name: str = "") -> None:
         self.agent = agent
-        self.app_key = app_key  # key for sampling.<app> / polling.<app>
         self.name = name
+        self.app_key = self.key_for(name)  # key for sampling.<app> / polling.<app>
         self.ds_index: int | None = None
         self.sampler = Sampler(0)
         self.counters = CounterBlock(self.counter_names)
         self._drops = itertools.count()
+        self._drops_base = 0
         self.drop = self._drops.__next__
-        # Exporter-owned state.
-        self.flow_seq = 0
-        self.counter_seq = 0
-        self.next_poll: float | None = None
+
+    @staticmethod
+    def key_for(name: str) -> str:
+        raise NotImplementedError
 
     @property
     def drops(self) -> int:
         return _value(self._drops) - self._drops_base
 
-    _drops_base = 0
-
     def sample(self, n: int) -> bool:
         """Slow path for candidate ``n`` (see _sampler): True when it is sampled."""
-        self.agent.housekeeping()
+        self.agent.housekeeping(self)
         return self.sampler.decide(n)
 
     def submit(self, n: int, records: tuple[Any, ...]) -> None:
         """Hand a sampled transaction's records to the exporter (never blocks)."""
         self.agent.enqueue(self, n, self.sampler.rate, records)
 
-    def counter_records(self, values: tuple[int, ...]) -> list[Any]:
-        raise NotImplementedError
-
-    def parent_record(self) -> list[Any]:
-        parent = self.agent.settings.parent_ds_index
-        return [] if parent is None else [HostParent(container_type=2, container_index=parent)]
-
-    def reset_after_fork(self) -> None:
-        self.sampler.reseed()
-        self.sampler.force()
+    def reset_after_fork(self, in_flight: int = 0) -> None:
+        self.sampler.reset_after_fork(in_flight)
         self.counters.rebase()
         self._drops_base = _value(self._drops)
-        self.flow_seq = 0
-        self.counter_seq = 0
-        self.next_poll = None
 
 
 class HttpSource(Source):
     kind = "http"
     counter_names = HTTP_COUNTERS
 
-    def counter_records(self, values: tuple[int, ...]) -> list[Any]:
-        return [HttpCounters(*values), *self.parent_record()]
+    @staticmethod
+    def key_for(name: str) -> str:
+        return "http"
 
 
 class MemcacheSource(Source):
@@ -106,8 +96,9 @@ class MemcacheSource(Source):
     counter_names = MEMCACHE_COUNTERS
     direction = CLIENT
 
-    def counter_records(self, values: tuple[int, ...]) -> list[Any]:
-        return [MemcacheCounters(*values), *self.parent_record()]
+    @staticmethod
+    def key_for(name: str) -> str:
+        return "memcache"
 
 
 class AppSource(Source):
@@ -116,5 +107,27 @@ class AppSource(Source):
     kind = "app"
     counter_names = APP_COUNTERS
 
-    def counter_records(self, values: tuple[int, ...]) -> list[Any]:
-        return [AppOperations(self.name, *values), *self.parent_record()]
+    @staticmethod
+    def key_for(name: str) -> str:
+        return f"app.{name}"
+
+
+SOURCE_KINDS: dict[str, type[Source]] = {
+    "http": HttpSource, "memcache": MemcacheSource, "app": AppSource,
+}
+
+
+def counter_records(kind: str, name: str, values: Sequence[int], parent: int | None) -> list[Any]:
+    """The counter records of one data source, built by the sender from summed slots."""
+    # Counters wrap like every sFlow counter (u32; the memcache byte counters are u64).
+    wrapped = [v & 0xFFFFFFFF for v in values]
+    if kind == "http":
+        records: list[Any] = [HttpCounters(*wrapped)]
+    elif kind == "memcache":
+        wrapped[-4:] = [v & 0xFFFFFFFFFFFFFFFF for v in values[-4:]]
+        records = [MemcacheCounters(*wrapped)]
+    else:
+        records = [AppOperations(name, *wrapped)]
+    if parent is not None:
+        records.append(HostParent(container_type=2, container_index=parent))
+    return records

@@ -59,7 +59,8 @@ class Collector:
         return [s for s in self.samples() if hasattr(s, "sampling_rate")]
 
     def counter_samples(self) -> list:
-        return [s for s in self.samples() if hasattr(s, "records") and not hasattr(s, "sampling_rate")]
+        return [s for s in self.samples()
+                if hasattr(s, "records") and not hasattr(s, "sampling_rate")]
 
     def records(self, cls: type) -> list:
         return [r for s in self.samples() for r in getattr(s, "records", ()) if isinstance(r, cls)]
@@ -70,6 +71,18 @@ class Collector:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest.fixture(autouse=True)
+def state_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test gets its own shared-state folder (short: unix socket paths are limited)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="sfa-")
+    monkeypatch.setenv("SFLOW_APP_STATE_DIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

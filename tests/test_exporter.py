@@ -1,0 +1,244 @@
+"""The exporter end to end through a real UDP socket, driven by an injected clock."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import Collector, write_auto
+
+from sflow_app._agent import Agent
+from sflow_app._http import METHODS, status_slot, submit_http
+from sflow_app.records import (
+    INTERNAL,
+    CountersSample,
+    ExtendedSocketIPv4,
+    FlowSample,
+    HostParent,
+    HttpCounters,
+    HttpRequest,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, collector: Collector, clock: Clock, state_dir: str):
+    def make(**auto) -> Agent:
+        path = write_auto(tmp_path / "hsflowd.auto", collector.port, **auto)
+        env = {"SFLOW_APP_CONFIG": str(path), "SFLOW_APP_NAME": "unit",
+               "SFLOW_APP_STATE_DIR": state_dir}
+        agent = Agent(autostart=False, env=env, clock=clock)
+        agent.reload()
+        return agent
+
+    return make
+
+
+def request(source, method: str = "GET", status: int = 200, uri: str = "/x") -> bool:
+    """The surfaces' hot path, then a sampled record when due."""
+    n = source.sampler.pool()
+    sampled = n >= source.sampler.next_at and source.sample(n)
+    incr = source.counters.incr
+    incr[METHODS.get(method, (0, 8))[1]]()
+    incr[status_slot(status)]()
+    if sampled:
+        submit_http(source, n, method=method, protocol=1001, uri=uri, status=status,
+                    resp_bytes=10, duration_us=5, local=("127.0.0.1", 8080),
+                    remote=("127.0.0.1", 50000))
+    return sampled
+
+
+def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, clock: Clock):
+    agent = make_agent(sampling=1, polling=5)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    for i in range(3):
+        assert request(source, "POST" if i else "GET", 200 + 100 * i, f"/r{i}")
+    agent.tick(clock.now)  # samples staged, not yet a second old
+    assert collector.poll(0.05) == []
+    clock.now += 1.01
+    agent.tick(clock.now)
+    [dg] = collector.poll(0.5)
+    assert (dg.agent_address, dg.sub_agent_id, dg.sequence_number) == ("127.0.0.1", 8080, 1)
+    flows = [s for s in dg.samples if isinstance(s, FlowSample)]
+    assert [s.sequence_number for s in flows] == [1, 2, 3]
+    assert [s.sample_pool for s in flows] == [3, 3, 3]  # pool summed when staged
+    first = flows[0]
+    assert (first.ds_class, first.ds_index, first.sampling_rate) == (3, 8080, 1)
+    assert (first.input_value, first.output_value) == (0, INTERNAL)
+    http = [r for s in flows for r in s.records if isinstance(r, HttpRequest)]
+    assert [(r.method, r.status, r.uri) for r in http] == [
+        (2, 200, "/r0"), (4, 300, "/r1"), (4, 400, "/r2")]
+    assert all(isinstance(s.records[1], ExtendedSocketIPv4) for s in flows)
+    # Counters: the first poll falls at a random offset within the interval.
+    clock.now += 5.01
+    agent.tick(clock.now)
+    clock.now += 1.01
+    agent.tick(clock.now)
+    dgs = collector.poll(0.5)
+    counters = [s for d in dgs for s in d.samples if isinstance(s, CountersSample)]
+    assert counters and counters[0].sequence_number == 1
+    hc, parent = counters[0].records
+    assert isinstance(hc, HttpCounters) and isinstance(parent, HostParent)
+    assert (hc.method_get_count, hc.method_post_count) == (1, 2)
+    assert (hc.status_2XX_count, hc.status_3XX_count, hc.status_4XX_count) == (1, 1, 1)
+    assert (parent.container_type, parent.container_index) == (2, 1)
+    assert [d.sequence_number for d in collector.datagrams] == list(
+        range(1, len(collector.datagrams) + 1))
+
+
+def test_partial_datagram_waits_about_a_second(make_agent, collector: Collector, clock: Clock):
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    request(source)
+    agent.tick(clock.now)
+    clock.now += 0.9
+    agent.tick(clock.now)
+    assert collector.poll(0.05) == []
+    clock.now += 0.11
+    agent.tick(clock.now)
+    assert len(collector.poll(0.5)) == 1
+
+
+def test_packing_respects_datagram_size(make_agent, collector: Collector, clock: Clock):
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    for i in range(200):
+        request(source, uri=f"/item/{i}/" + "x" * 50)
+    agent.tick(clock.now, final=True)
+    dgs = collector.poll(0.5)
+    assert len(dgs) > 1
+    assert all(len(raw) <= 1400 for raw in collector.raw)
+    uris = [r.uri for d in dgs for s in d.samples for r in s.records if isinstance(r, HttpRequest)]
+    assert uris == [f"/item/{i}/" + "x" * 50 for i in range(200)]
+    seqs = [s.sequence_number for d in dgs for s in d.samples]
+    assert seqs == list(range(1, 201))
+
+
+def test_no_identity_no_sending_until_port_known(make_agent, collector: Collector, clock: Clock):
+    agent = make_agent(sampling=1, polling=1)
+    source = agent.http_source()
+    request(source)
+    agent.tick(clock.now, final=True)
+    assert collector.poll(0.1) == []
+    agent.set_http_port(9090, "test")
+    clock.now += 2
+    agent.tick(clock.now, final=True)
+    dgs = collector.poll(0.5)
+    assert dgs and dgs[0].sub_agent_id == 9090
+    assert any(isinstance(s, FlowSample) and s.ds_index == 9090 for s in dgs[0].samples)
+
+
+def test_queue_overflow_is_counted_as_drops(make_agent, collector: Collector, clock: Clock,
+                                            monkeypatch: pytest.MonkeyPatch):
+    agent = make_agent(sampling=1, polling=0)
+    agent.configure(queue_capacity=64)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    for _ in range(100):
+        request(source)
+    assert source.drops == 36
+    assert agent.status()["queue_drops"] == 36
+    agent.tick(clock.now, final=True)
+    flows = [s for d in collector.poll(0.5) for s in d.samples]
+    assert len(flows) == 64
+    assert {s.drops for s in flows} == {36}
+
+
+def test_config_reload_applies_within_a_tick(make_agent, tmp_path: Path, collector: Collector,
+                                             clock: Clock):
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    agent.tick(clock.now)
+    assert source.sampler.rate == 1
+    other = Collector()
+    try:
+        write_auto(tmp_path / "hsflowd.auto", other.port, rev=2, sampling=7, polling=0)
+        os.utime(tmp_path / "hsflowd.auto", ns=(1, 2))  # a new mtime_ns, whatever the clock
+        clock.now += 0.5
+        agent.tick(clock.now)
+        assert source.sampler.rate == 1  # not checked yet: once a second
+        clock.now += 0.6
+        agent.tick(clock.now)
+        assert source.sampler.rate == 7
+        for _ in range(100):
+            request(source)
+        agent.tick(clock.now, final=True)
+        assert other.poll(0.5) and collector.poll(0.1) == []
+    finally:
+        other.close()
+
+
+def test_config_removed_turns_sending_off(make_agent, tmp_path: Path, collector: Collector,
+                                          clock: Clock):
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    (tmp_path / "hsflowd.auto").unlink()
+    clock.now += 1.1
+    agent.tick(clock.now)
+    assert not agent.settings.enabled and source.sampler.rate == 0
+    assert not request(source)
+    agent.tick(clock.now, final=True)
+    assert collector.poll(0.1) == []
+
+
+def test_send_errors_never_raise(make_agent, clock: Clock):
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    broken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    broken.close()  # sendto() on it fails with EBADF, as a dead socket would
+    agent.exporter._socks[socket.AF_INET] = broken
+    request(source)
+    agent.tick(clock.now, final=True)
+    status = agent.status()
+    assert status["send_errors"] == 1 and "127.0.0.1" in status["last_send_error"]
+
+
+def test_oversized_sample_is_trimmed_to_fit(make_agent, collector: Collector, clock: Clock):
+    agent = make_agent(sampling=1, polling=0)
+    agent.configure(datagram=200)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    n = source.sampler.pool()
+    assert source.sample(n)
+    submit_http(source, n, method="GET", protocol=1001, uri="/" + "u" * 254,
+                useragent="a" * 128, referer="r" * 255, host="h" * 64)
+    agent.tick(clock.now, final=True)
+    [dg] = collector.poll(0.5)
+    assert len(collector.raw[0]) <= 200
+    [rec] = dg.samples[0].records
+    assert rec.uri.startswith("/uuu") and len(rec.uri) < 255
+
+
+def test_status_reports_config_and_identity(make_agent, clock: Clock):
+    agent = make_agent(sampling=10, polling=30)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    request(source)
+    agent.tick(clock.now)
+    status = agent.status()
+    assert status["enabled"] and status["source"] == "file"
+    assert status["agent_address"] == "127.0.0.1" and status["sub_agent_id"] == 8080
+    assert status["data_sources"]["http"]["ds_index"] == 8080
+    assert status["data_sources"]["http"]["sample_pool"] == 1
+    assert status["data_sources"]["http"]["counters"]["method_get_count"] == 1
+    assert status["sender"] is True

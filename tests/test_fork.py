@@ -1,0 +1,114 @@
+"""A forked child reuses nothing inherited: thread, sockets, RNG state, queued samples."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+import time
+
+import pytest
+from test_exporter import request
+
+from sflow_app._agent import AGENT
+
+
+def run_in_child(fork, body) -> dict:
+    """Fork with ``fork``, run ``body()`` in the child, return what it reports."""
+    read_fd, write_fd = os.pipe()
+    pid = fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            report = body()
+        except BaseException as exc:  # report, never return into pytest
+            report = {"error": repr(exc)}
+        os.write(write_fd, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    return json.loads(b"".join(chunks))
+
+
+def inherited_state() -> dict:
+    exporter = AGENT.exporter
+    return {
+        "pid": AGENT.pid,
+        "real_pid": os.getpid(),
+        "started": AGENT._started,
+        "thread_alive": bool(AGENT._thread and AGENT._thread.is_alive()),
+        "queue": len(AGENT._queue),
+        "sockets": len(exporter._socks),
+        "state": exporter.state is not None,
+        "skips": [AGENT.http_source().sampler._rng.random() for _ in range(4)],
+        "next_at": AGENT.http_source().sampler.next_at,
+    }
+
+
+def child_body() -> dict:
+    before = inherited_state()
+    source = AGENT.http_source()
+    request(source)  # the first request takes the slow path: start in this process
+    after = {"started": AGENT._started,
+             "thread_alive": bool(AGENT._thread and AGENT._thread.is_alive()),
+             "thread_tid": AGENT._thread.native_id if AGENT._thread else None,
+             "queue": len(AGENT._queue),
+             "pool": source.sampler.sample_pool,
+             "counters": source.counters.snapshot()[1],
+             "skips": [source.sampler._rng.random() for _ in range(4)]}
+    AGENT.shutdown()
+    return {"before": before, "after": after}
+
+
+def prepare_parent(agent) -> None:
+    a = agent(sampling=1, polling=1)
+    source = a.http_source()
+    a.set_http_port(8080, "test")
+    request(source)  # starts the exporter thread, which opens state and sockets
+    deadline = time.monotonic() + 5
+    while not (a.exporter.state and a.exporter._socks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    a.drain = lambda: []  # the thread keeps running but leaves the queue alone
+    for _ in range(5):
+        request(source)
+    assert a._thread is not None and a._thread.is_alive()
+    assert len(a._queue) == 5 and a.exporter.state is not None
+
+
+@pytest.mark.parametrize("fork", ["os.fork", "libc.fork"])
+def test_child_reuses_nothing_inherited(agent, fork: str) -> None:
+    prepare_parent(agent)
+    parent_skips = [AGENT.http_source().sampler._rng.random() for _ in range(4)]
+    if fork == "os.fork":
+        forker = os.fork
+    else:
+        # fork(2) straight from C, as uWSGI does without py-call-osafterfork: Python's
+        # at-fork hooks do not run, so the agent must notice the new pid by itself.
+        libc = ctypes.PyDLL(None)  # keeps the GIL across the call, like C code
+        forker = libc.fork
+    report = run_in_child(forker, child_body)
+    assert "error" not in report, report
+    before, after = report["before"], report["after"]
+    if fork == "os.fork":
+        assert before["pid"] == before["real_pid"]  # reset by the at-fork hook
+        assert not before["started"] and before["queue"] == 0
+        assert not before["thread_alive"]
+        assert before["sockets"] == 0 and not before["state"]
+        assert before["next_at"] == 0  # the first request takes the slow path
+        assert before["skips"] != parent_skips  # RNG reseeded (would repeat the parent's)
+    else:
+        assert before["pid"] != before["real_pid"]  # no hook ran: stale until noticed
+    assert after["skips"] != parent_skips
+    assert after["started"] and after["thread_alive"]
+    assert after["thread_tid"] != AGENT._thread.native_id
+    # The child counts only its own request; the parent's queue was not inherited.
+    assert (after["pool"], after["counters"]) == (1, 1)
+    assert after["queue"] <= 1
+    assert len(AGENT._queue) == 5  # the parent's own state is untouched
+    assert threading.current_thread() is threading.main_thread()
+    del AGENT.drain

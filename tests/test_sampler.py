@@ -1,0 +1,69 @@
+import math
+import random
+
+import pytest
+
+from sflow_app._sampler import HOUSEKEEPING_EVERY, NEVER, Sampler
+
+
+def run(sampler: Sampler, decisions: int) -> int:
+    """The surfaces' exact hot path: pool(), compare, slow path only when due."""
+    pool, taken = sampler.pool, 0
+    for _ in range(decisions):
+        n = pool()
+        if n >= sampler.next_at and sampler.decide(n):
+            taken += 1
+    return taken
+
+
+@pytest.mark.parametrize("rate", [1, 2, 10, 400, 10000])
+def test_effective_rate_within_4_5_sigma(rate: int) -> None:
+    decisions = 1_000_000
+    taken = run(Sampler(rate, random.Random(rate)), decisions)
+    p = 1 / rate
+    mean, sd = decisions * p, math.sqrt(decisions * p * (1 - p))
+    if rate == 1:
+        assert taken == decisions
+    else:
+        assert abs(taken - mean) <= 4.5 * sd, (taken, mean, sd)
+
+
+def test_pool_counts_every_candidate_even_when_off() -> None:
+    sampler = Sampler(0)
+    assert run(sampler, 5000) == 0
+    assert sampler.sample_pool == 5000
+    assert sampler.due_at == NEVER
+
+
+def test_slow_path_is_rare_when_unsampled() -> None:
+    sampler = Sampler(0)
+    pool, slow = sampler.pool, 0
+    for _ in range(3 * HOUSEKEEPING_EVERY):
+        n = pool()
+        if n >= sampler.next_at:
+            slow += 1
+            sampler.decide(n)
+    # The first candidate (lazy start) plus one housekeeping pass per HOUSEKEEPING_EVERY.
+    assert 1 <= slow <= 4
+
+
+def test_largest_rate_is_representable() -> None:
+    sampler = Sampler(0xFFFFFFFF, random.Random(1))
+    skips = [sampler.skip() for _ in range(2000)]
+    assert max(skips) > 2**31  # a 15-bit LCG could never produce these
+    assert sum(skips) / len(skips) == pytest.approx(2**32, rel=0.15)
+
+
+def test_rate_change_takes_effect_from_current_pool() -> None:
+    sampler = Sampler(0)
+    run(sampler, 1000)
+    sampler.set_rate(1)
+    assert run(sampler, 10) == 10
+
+
+def test_reseed_changes_the_sequence() -> None:
+    a = Sampler(100, random.Random(7))
+    b = Sampler(100, random.Random(7))
+    assert [a.skip() for _ in range(5)] == [b.skip() for _ in range(5)]
+    b.reset_after_fork()
+    assert [a.skip() for _ in range(20)] != [b.skip() for _ in range(20)]
