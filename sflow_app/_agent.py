@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -28,6 +29,12 @@ log = logging.getLogger("sflow_app")
 DEFAULT_CONFIG = "/etc/hsflowd.auto"
 CONFIG_CHECK_EVERY = 1.0
 EXIT_FLUSH_TIMEOUT = 1.0
+
+
+def threads_run() -> bool:
+    """False inside uWSGI started without --enable-threads (its threads never run)."""
+    uwsgi = sys.modules.get("uwsgi")
+    return uwsgi is None or bool(getattr(uwsgi, "has_threads", True))
 
 
 class Agent:
@@ -54,6 +61,8 @@ class Agent:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
+        self._inline = False
+        self._last_inline = float("-inf")
         self.exporter = Exporter(self)
         self.start_time = self._clock()
         self._route = ("", "")
@@ -184,6 +193,16 @@ class Agent:
             self.after_fork(caller)
         if not self._started and self._autostart:
             self.start()
+        if self._inline:
+            # No thread can run here: do the exporter's work from the sampled path, at
+            # most once a second. It never blocks (non-blocking sockets, small files).
+            now = self._clock()
+            if now - self._last_inline >= 1.0:
+                self._last_inline = now
+                try:
+                    self.tick(now)
+                except Exception:
+                    log.debug("sflow_app: inline tick failed", exc_info=True)
 
     def enqueue(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None:
         with self._qlock:
@@ -205,6 +224,13 @@ class Agent:
             if self._started:
                 return
             self._started = True
+            if not threads_run():
+                self.warn_once(
+                    "uWSGI runs without --enable-threads, so Python threads do not run: "
+                    "this worker reports from its sampled requests, at most once a second, "
+                    "and only while it serves. Add --enable-threads.")
+                self._inline = True
+                return
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="sflow-app-exporter",
                                             daemon=True)
