@@ -1,0 +1,59 @@
+"""The public face: exact names, nothing heavy or running at import, one top-level package."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("pymemcache", "werkzeug", "flask", "django", "starlette", "fastapi", "asgiref",
+         "uvicorn", "gunicorn", "gevent")
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    import sflow_app
+
+    assert sorted(sflow_app.__all__) == ["configure", "status", "transaction"]
+    for name in sflow_app.__all__:
+        assert callable(getattr(sflow_app, name))
+
+
+def test_import_pulls_in_nothing_heavy_and_starts_nothing() -> None:
+    code = (
+        "import sys, threading, sflow_app, sflow_app.wsgi, sflow_app.decode;"
+        "print(__import__('json').dumps({'mods': sorted(sys.modules), "
+        "'threads': threading.active_count()}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    report = json.loads(out.stdout)
+    loaded = {m.split(".")[0] for m in report["mods"]}
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    assert report["threads"] == 1
+
+
+def test_configure_rejects_bad_values_clearly() -> None:
+    import sflow_app
+
+    with pytest.raises(ValueError, match="sampling"):
+        sflow_app.configure(sampling=-1)
+    with pytest.raises(ValueError, match="unknown"):
+        sflow_app.configure(samplign=10)
+
+
+@pytest.mark.slow
+def test_wheel_has_only_sflow_app_at_top_level(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    [wheel] = tmp_path.glob("sflow_app-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"sflow_app"}
+    assert "sflow_app/py.typed" in names
+    assert "sflow_app/integrations/flask.py" in names
+    assert not any(n.startswith(("tests/", "integrations/", "examples/")) for n in names)
