@@ -8,7 +8,9 @@ host differ.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import sys
 import zlib
 
@@ -28,21 +30,36 @@ def local_index(service: str, kind: str, name: str = "") -> int:
     return LOCAL_FIRST + digest % (LOCAL_LAST - LOCAL_FIRST + 1)
 
 
+_APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(.*\))?$")
+# Options whose value names the application (uWSGI and friends).
+_APP_OPTIONS = {"--module", "-w", "--wsgi-file", "--file", "--ini", "--app", "--wsgi"}
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(path)
+    for suffix in (".py", ".ini", ".yaml", ".yml", ".json", ".xml"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
 def default_service_name(argv: list[str] | None = None) -> str:
     """The documented default for SFLOW_APP_NAME.
 
     The first ``module:app`` argument (``gunicorn shop.wsgi:app`` -> ``shop.wsgi:app``),
-    else the script's name without ``.py``, else ``python``. multiprocessing's spawn
-    restores the parent's argv, so uvicorn's spawned workers agree with each other.
+    else the value of ``--module``/``--wsgi-file``/``--ini`` (uWSGI), else the script's
+    name without ``.py``, else ``python``. multiprocessing's spawn restores the parent's
+    argv, so uvicorn's spawned workers agree with each other.
     """
     args = sys.argv if argv is None else argv
     for arg in args[1:]:
-        if ":" in arg and not arg.startswith("-") and "/" not in arg.split(":", 1)[0]:
+        if _APP_SPEC.match(arg):
             return arg[:32]
+    for option, value in itertools.pairwise(args[1:]):
+        if option in _APP_OPTIONS and not value.startswith("-"):
+            return _stem(value.split(":")[0])[:32]
     if args:
-        base = os.path.basename(args[0])
-        if base.endswith(".py"):
-            base = base[:-3]
+        base = _stem(args[0])
         if base and base not in _LAUNCHERS:
             return base[:32]
     return "python"

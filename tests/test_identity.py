@@ -1,0 +1,66 @@
+import logging
+
+from sflow_app._identity import LOCAL_FIRST, LOCAL_LAST, default_service_name, local_index
+
+
+def test_local_index_is_stable_in_range_and_distinct() -> None:
+    a = local_index("shop", "memcache")
+    assert LOCAL_FIRST <= a <= LOCAL_LAST
+    assert a == local_index("shop", "memcache")  # every worker agrees
+    assert a != local_index("blog", "memcache")  # two services differ
+    assert local_index("shop", "app", "cart") != local_index("shop", "app", "checkout")
+    spread = {local_index(f"svc{i}", "memcache") for i in range(2000)}
+    assert len(spread) > 1900 and all(LOCAL_FIRST <= i <= LOCAL_LAST for i in spread)
+
+
+def test_default_service_name() -> None:
+    assert default_service_name(["/usr/bin/gunicorn", "-w", "4", "shop.wsgi:app"]) == \
+        "shop.wsgi:app"
+    assert default_service_name(["uvicorn", "--port", "80", "api.main:app"]) == "api.main:app"
+    assert default_service_name(["/srv/worker.py"]) == "worker"
+    assert default_service_name(["python"]) == "python"
+    assert default_service_name([]) == "python"
+    uwsgi = ["uwsgi", "--http-socket", "127.0.0.1:80", "--wsgi-file", "/srv/blog/app.py"]
+    assert default_service_name(uwsgi) == "app"
+    assert default_service_name(["uwsgi", "--ini", "/etc/uwsgi/shop.ini"]) == "shop"
+    assert default_service_name(["gunicorn", "-b", "127.0.0.1:80", "api:create_app()"]) == \
+        "api:create_app()"
+
+
+def test_unix_socket_listener_gets_a_derived_index_and_one_warning(agent, caplog) -> None:
+    a = agent()
+    source = a.http_source()
+    with caplog.at_level(logging.WARNING, logger="sflow_app"):
+        a.set_http_port(None, "unix:/run/app.sock")
+        a.set_http_port(None, "unix:/run/app.sock")
+    assert source.ds_index == local_index("tests", "http", "unix:/run/app.sock")
+    assert LOCAL_FIRST <= source.ds_index <= LOCAL_LAST
+    assert len([r for r in caplog.records if "no TCP port" in r.getMessage()]) == 1
+
+
+def test_configured_ds_index_wins_over_the_port(agent, monkeypatch) -> None:
+    monkeypatch.setenv("SFLOW_APP_DS_INDEX", "70001")
+    monkeypatch.setenv("SFLOW_APP_SUB_AGENT_ID", "70002")
+    a = agent()
+    source = a.http_source()
+    a.set_http_port(8080, "test")
+    assert source.ds_index == 70001
+    assert a.identity() == ("127.0.0.1", 70002)
+
+
+def test_memcache_and_app_sources_share_the_services_sub_agent(agent) -> None:
+    a = agent()
+    a.http_source()
+    mc = a.memcache_source()
+    shop = a.app_source("shop")
+    assert mc.ds_index == local_index("tests", "memcache")
+    assert shop.ds_index == local_index("tests", "app", "shop")
+    assert a.identity() is None  # the HTTP index is not known yet: nothing is sent
+    a.set_http_port(8080, "test")
+    assert a.identity() == ("127.0.0.1", 8080)
+
+
+def test_no_http_surface_uses_a_derived_sub_agent(agent) -> None:
+    a = agent()
+    a.memcache_source()
+    assert a.identity() == ("127.0.0.1", local_index("tests", "service"))
