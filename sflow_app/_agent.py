@@ -50,6 +50,7 @@ class Agent:
         self._reset_process_state()
         self.settings = _config.resolve({}, {}, None, DEFAULT_CONFIG)
         self._watcher: ConfigWatcher | None = None
+        self._loaded = False
         self._next_config_check = 0.0
         self._warned: set[str] = set()
 
@@ -93,6 +94,7 @@ class Agent:
         if self._watcher is None or self._watcher.path != path:
             self._watcher = ConfigWatcher(path)
         auto = self._watcher.current()
+        self._loaded = True
         self.apply(_config.resolve(self._kwargs, self.env, auto, path))
 
     def apply(self, settings: _config.Settings) -> None:
@@ -131,6 +133,10 @@ class Agent:
             with self._lock:
                 source = self._sources.get(key)
                 if source is None:
+                    if not self._loaded:
+                        # Surfaces are built at start-up, not on a request: read the config
+                        # now so the first requests are sampled at the right rate.
+                        self.reload()
                     source = cls(self, name)
                     self._apply_source(source)
                     self._sources[key] = source
