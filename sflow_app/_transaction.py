@@ -1,0 +1,222 @@
+"""``@transaction``: count and sample calls of any function as sFlow ``app_operation``.
+
+::
+
+    from sflow_app import transaction
+
+    @transaction                                   # operation = "Cart.checkout"
+    def checkout(self, ...): ...
+
+    @transaction("charge", application="payments")
+    async def charge(...): ...
+
+Every call is counted in the ``app_operations`` counters of its application (data source
+``3:<locally assigned index>``), by outcome:
+
+- returned: SUCCESS;
+- raised ``TimeoutError`` (``asyncio.TimeoutError`` and ``socket.timeout`` are the same
+  class): TIMEOUT;
+- raised any other ``Exception``: INTERNAL_ERROR;
+- raised ``asyncio.CancelledError`` (or another ``BaseException``: ``KeyboardInterrupt``,
+  ``SystemExit``): OTHER -- the call was abandoned from outside (a client that went away,
+  shutdown, a caller's own timeout), so it neither succeeded nor failed by itself.
+
+Exceptions always propagate unchanged. Calls are sampled 1-in-N by
+``sampling.app.<application>`` (else ``sampling``) into server-side flow samples with one
+``app_operation`` (duration, status, ``status_descr`` = the exception's class name) and,
+when the call runs inside a sampled HTTP request, an ``app_parent_context`` naming that
+request: the service name, the route template (or path) as operation, ``method=<M>`` as
+attributes.
+
+Defaults: operation = the function's ``__qualname__``; application = the service name
+(``SFLOW_APP_NAME``, default derived from the command line, see
+``_identity.default_service_name``), resolved at the first call. Strings longer than the
+spec's 32 bytes are cut by the encoder.
+
+``async def`` functions are timed until their coroutine finishes. A function that
+*returns* a generator (or an async generator) is timed until it returns it, not until the
+generator is exhausted: the work done while iterating is the caller's.
+
+The decorator is ``wrapt``-based, so signatures, ``inspect``, ``functools.wraps``
+metadata and the descriptor protocol (methods, ``classmethod``, ``staticmethod``) are
+those of the decorated function.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from time import perf_counter_ns
+from typing import Any, TypeVar, overload
+
+import wrapt
+
+from ._agent import AGENT
+from ._http import current_request
+from ._source import AppSource
+from .records import AppOperation, AppParentContext, AppStatus
+
+__all__ = ["transaction"]
+
+log = logging.getLogger("sflow_app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+MAX_US = 0xFFFFFFFF
+
+SUCCESS = int(AppStatus.SUCCESS)
+OTHER = int(AppStatus.OTHER)
+TIMEOUT = int(AppStatus.TIMEOUT)
+INTERNAL_ERROR = int(AppStatus.INTERNAL_ERROR)
+
+
+def status_of(exc: BaseException) -> int:
+    """The app_operation status an exception maps to (see the module docstring)."""
+    if isinstance(exc, TimeoutError):
+        return TIMEOUT
+    if isinstance(exc, Exception):
+        return INTERNAL_ERROR
+    return OTHER  # asyncio.CancelledError, KeyboardInterrupt, SystemExit, ...
+
+
+@overload
+def transaction(func: F, /) -> F: ...
+@overload
+def transaction(operation: str | None = None, /, *,
+                application: str | None = None) -> Callable[[F], F]: ...
+
+
+def transaction(target: Any = None, /, *, application: str | None = None) -> Any:
+    """Count every call of the decorated function; sample 1-in-N of them.
+
+    ``@transaction``, ``@transaction()``, ``@transaction("checkout")`` or
+    ``@transaction("checkout", application="shop")``.
+    """
+    if callable(target) or isinstance(target, classmethod | staticmethod):
+        return _decorate(target, None, application)
+    if target is not None and not isinstance(target, str):
+        raise TypeError(f"operation must be a string, not {type(target).__name__}")
+    if application is not None and not isinstance(application, str):
+        raise TypeError(f"application must be a string, not {type(application).__name__}")
+
+    def decorator(func: F) -> F:
+        return _decorate(func, target, application)
+
+    return decorator
+
+
+def _decorate(func: Any, operation: str | None, application: str | None) -> Any:
+    inner = getattr(func, "__func__", func)  # classmethod / staticmethod objects
+    name = operation or getattr(inner, "__qualname__", None) or repr(inner)
+    op = _Operation(name, application)
+    if inspect.iscoroutinefunction(inner):
+        return wrapt.FunctionWrapper(func, op.call_async)
+    return wrapt.FunctionWrapper(func, op.call)
+
+
+class _Operation:
+    """One decorated function: its names and, from the first call on, its data source.
+
+    Holds nothing about any one call.
+    """
+
+    __slots__ = ("application", "name", "source")
+
+    def __init__(self, name: str, application: str | None) -> None:
+        self.name = name
+        self.application = application
+        self.source: AppSource | None = None
+
+    def _resolve(self) -> AppSource:
+        application = self.application
+        if application is None:
+            _load_settings()
+            application = AGENT.service_name
+        self.source = source = AGENT.app_source(application)
+        return source
+
+    def _decide(self, source: AppSource, n: int) -> bool:
+        try:
+            return source.sample(n)
+        except Exception:
+            log.debug("sflow_app: sampling decision failed", exc_info=True)
+            return False
+
+    def call(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+        source = self.source or self._resolve()
+        n = source.sampler.pool()
+        if n >= source.sampler.next_at and self._decide(source, n):
+            return self._sampled(source, n, wrapped, args, kwargs)
+        incr = source.counters.incr
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            incr[status_of(exc)]()
+            raise
+        incr[SUCCESS]()
+        return result
+
+    def _sampled(self, source: AppSource, n: int, wrapped: Callable[..., Any],
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        start = perf_counter_ns()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            self._record(source, n, start, status_of(exc), type(exc).__name__)
+            raise
+        self._record(source, n, start, SUCCESS, "")
+        return result
+
+    async def call_async(self, wrapped: Callable[..., Any], instance: Any,
+                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        source = self.source or self._resolve()
+        n = source.sampler.pool()
+        if n >= source.sampler.next_at and self._decide(source, n):
+            start = perf_counter_ns()
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                self._record(source, n, start, status_of(exc), type(exc).__name__)
+                raise
+            self._record(source, n, start, SUCCESS, "")
+            return result
+        incr = source.counters.incr
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            incr[status_of(exc)]()
+            raise
+        incr[SUCCESS]()
+        return result
+
+    def _record(self, source: AppSource, n: int, start: int, status: int,
+                descr: str) -> None:
+        """Count the call and queue its sample. Never raises."""
+        end = perf_counter_ns()
+        source.counters.incr[status]()
+        try:
+            records: list[Any] = [AppOperation(
+                application=source.name, operation=self.name, attributes="",
+                status_descr=descr, req_bytes=0, resp_bytes=0,
+                uS=min((end - start) // 1000, MAX_US), status=status,
+            )]
+            parent = current_request.get()
+            if parent is not None:
+                service, method, where = parent
+                records.append(AppParentContext(
+                    application=service, operation=where, attributes=f"method={method}"))
+            source.submit(n, tuple(records))
+        except Exception:
+            log.debug("sflow_app: could not record an app_operation sample", exc_info=True)
+            source.drop()
+
+
+def _load_settings() -> None:
+    """Read the configuration now if the agent has not yet (the default application
+    name comes from it, and the exporter thread may not have run its first pass)."""
+    if getattr(AGENT, "_watcher", True) is None:
+        try:
+            AGENT.reload()
+        except Exception:
+            log.debug("sflow_app: could not read the configuration", exc_info=True)

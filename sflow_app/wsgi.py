@@ -1,0 +1,651 @@
+"""sFlow for WSGI servers: HTTP counters and 1-in-N ``http_request`` samples.
+
+One line in ``wsgi.py``::
+
+    from sflow_app.wsgi import SFlowMiddleware
+
+    application = SFlowMiddleware(application)
+
+Every request is counted in ``http_counters`` (method, status class). A sampled request
+becomes one flow sample: ``http_request`` + ``extended_socket_ipv4/6`` and, when a
+framework integration recorded the matched route (:func:`set_route`), an
+``app_operation`` named by the route template.
+
+**Timing and sizes.** A WSGI response is finished when the server calls ``close()`` on
+the returned iterable, so a sampled request is timed from the call to that ``close()``
+(a streamed body is timed to its end) and ``resp_bytes`` is the bytes the server took
+from the iterable and from ``write()`` (0 for ``HEAD``). ``wsgi.file_wrapper`` responses
+are returned to the server as the very object the server built (gunicorn checks its type,
+uWSGI its identity), so the ``sendfile`` fast path survives; their size is the response's
+``Content-Length``, else what is left of the file, and their ``close()`` is intercepted
+on the object itself (an instance attribute: gunicorn's ``FileWrapper``, or under uWSGI
+the app's own file object). An object that refuses a new attribute (``__slots__``) ends
+its sample when the application returns. ``req_bytes`` is the request's ``Content-Length``,
+else the body bytes the application read (chunked uploads).
+
+**Status.** The status the application passed to ``start_response`` (the last one, on
+sampled requests); 500 when it raised before starting a response; 499 (nginx's "client
+closed request") when the server closed a response whose status was never set.
+
+**Service identity** (data source ``3:<port>``, captured on the first request, never
+from ``Host``), in this order: ``SFLOW_APP_DS_INDEX`` when configured; else the server's
+listening socket:
+
+- gunicorn: ``environ["gunicorn.socket"]`` is the accepted connection, whose
+  ``getsockname()`` is the listener's address and port (a path for ``unix:`` binds);
+- Werkzeug's server (``flask run``, ``run_simple``, ``make_server``):
+  ``environ["werkzeug.socket"]``, the same way;
+- uWSGI: the ``uwsgi`` module -- with the HTTP router (``--http``/``--https``) the
+  router's port from ``uwsgi.opt``; otherwise the lowest TCP port among the sockets the
+  instance bound (``uwsgi.sockets``: ``--http-socket``, ``--socket`` behind nginx). Run
+  it with ``--enable-threads`` (or ``--threads``): the exporter is a Python thread;
+- wsgiref: ``SERVER_PORT``, which it takes from its own listening socket.
+
+Any other server, or a unix socket, gets a locally assigned index (65536-99999, stable for
+the service name) and a warning naming ``SFLOW_APP_DS_INDEX``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter_ns
+from types import TracebackType
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from ._agent import AGENT
+from ._http import (
+    METHODS,
+    OTHER_METHOD,
+    QUERY_MODES,
+    STATUS_OTHER,
+    STATUS_SLOTS,
+    build_uri,
+    current_request,
+    protocol_number,
+    submit_http,
+)
+
+__all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
+
+log = logging.getLogger("sflow_app")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+Environ = dict[str, Any]
+Headers = list[tuple[str, str]]
+Write = Callable[[bytes], object]
+
+
+class StartResponse(Protocol):
+    def __call__(self, status: str, headers: Headers, exc_info: ExcInfo | None = ...,
+                 /) -> Write: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+# environ key holding the per-request transaction of a *sampled* request (absent
+# otherwise): the mutable slot through which framework glue hands over the route.
+TRANSACTION_KEY = "sflow_app.transaction"
+
+CLIENT_CLOSED = 499  # nginx's status for a response that never got one
+MAX_US = 0xFFFFFFFF
+_PROTOCOLS = {"HTTP/1.0": 1000, "HTTP/1.1": 1001, "HTTP/2": 2000, "HTTP/2.0": 2000,
+              "HTTP/3": 3000, "HTTP/3.0": 3000}
+# RFC 3986 pchar plus '/', for rebuilding a URI from the decoded PATH_INFO.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+# How many SFlowMiddleware objects this process built (the Django glue checks it).
+instances = 0
+
+
+def set_route(environ: Environ, route: str) -> None:
+    """Record the route template (``/users/<int:id>``) that served this request.
+
+    Framework glue calls it; it does nothing unless the request is being sampled, so
+    collectors can group samples by route without the URI's cardinality.
+    """
+    txn = environ.get(TRANSACTION_KEY)
+    if txn is not None:
+        txn.route = route
+        current_request.set((txn.service, txn.method, route))
+
+
+class SFlowMiddleware:
+    """WSGI middleware; per-request state lives in the call, never on ``self``.
+
+    ``exclude``: path prefixes of ``PATH_INFO`` (or a predicate on it) neither counted
+    nor sampled, e.g. health checks -- like NGINX's ``sflow off``. ``query``: what sampled
+    URIs keep of the query string -- ``"sensitive"`` (default: the values of
+    credential-like parameters, ``_http.SENSITIVE``, replaced by ``REDACTED``), ``"keep"``,
+    ``"redact"`` (every value replaced) or ``"drop"``.
+    """
+
+    __slots__ = ("_excluded", "_method_incr", "_other_method", "_other_status", "_pool",
+                 "_sampler", "_source", "_status_incr", "app", "query")
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        exclude: Iterable[str] | Callable[[str], bool] | None = None,
+        query: str = "sensitive",
+    ) -> None:
+        global instances
+        if query not in QUERY_MODES:
+            raise ValueError(f"query must be one of {QUERY_MODES}, not {query!r}")
+        self.app = app
+        self.query = query
+        self._excluded: Callable[[str], bool] | None = None
+        if callable(exclude):
+            self._excluded = exclude
+        elif exclude is not None:
+            if isinstance(exclude, str):
+                raise TypeError("exclude takes a list of path prefixes, not one string")
+            prefixes = tuple(exclude)
+            if prefixes:
+                self._excluded = lambda path: path.startswith(prefixes)
+        self._source = source = AGENT.http_source()
+        self._sampler = source.sampler
+        self._pool = source.sampler.pool
+        incr = source.counters.incr
+        # Pre-bound increments keyed by what the request hands us: the method string and
+        # the status string's first character ("2" of "200 OK" -- a 1-character slice is
+        # a cached string in CPython, so no allocation and no int parsing).
+        self._method_incr = {m: incr[slot] for m, (_, slot) in METHODS.items()}
+        self._other_method = incr[OTHER_METHOD[1]]
+        self._status_incr = {str(d): incr[STATUS_SLOTS[d]] for d in range(1, 6)}
+        self._other_status = incr[STATUS_OTHER]
+        instances += 1
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self._excluded is not None and self._excluded(environ.get("PATH_INFO", "")):
+            return self.app(environ, start_response)
+        n = self._pool()
+        if n >= self._sampler.next_at and self._decide(n, environ):
+            return self._sampled(n, environ, start_response)
+        # The unsampled path: count the method, learn the status, count it.
+        self._method_incr.get(environ.get("REQUEST_METHOD"), self._other_method)()
+        status = None
+
+        def counting_start_response(status_: str, headers: Headers,
+                                    exc_info: ExcInfo | None = None) -> Write:
+            nonlocal status
+            write = start_response(status_, headers, exc_info)
+            status = status_
+            return write
+
+        try:
+            result = self.app(environ, counting_start_response)
+        except BaseException:
+            if status is None:
+                self._status_incr["5"]()
+            else:
+                self._status_incr.get(status[:1], self._other_status)()
+            raise
+        if status is None:  # start_response deferred to the first iteration (generators)
+            return _LateStatus(result, self, lambda: status)
+        self._status_incr.get(status[:1], self._other_status)()
+        return result
+
+    # -- slow path --------------------------------------------------------------------
+    def _decide(self, n: int, environ: Environ) -> bool:
+        """Identity capture on first use, then the sampler's decision. Never raises."""
+        source = self._source
+        try:
+            if source.ds_index is None:
+                port, where = listener(environ)
+                AGENT.set_http_port(port, where)
+            return source.sample(n)
+        except Exception:
+            log.debug("sflow_app: sampling decision failed", exc_info=True)
+            return False
+
+    def _sampled(self, n: int, environ: Environ,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        txn = _Transaction(self, n, environ, start_response)
+        self._method_incr.get(txn.method, self._other_method)()
+        environ[TRANSACTION_KEY] = txn
+        length = environ.get("CONTENT_LENGTH", "")
+        if length and length.strip().isdigit():
+            txn.req_bytes = int(length)
+        elif environ.get("wsgi.input") is not None:
+            environ["wsgi.input"] = _Input(environ["wsgi.input"], txn)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None:
+            environ["wsgi.file_wrapper"] = txn.wrap_file(file_wrapper)
+        token = current_request.set((txn.service, txn.method, txn.path()))
+        try:
+            result = self.app(environ, txn.start_response)
+        except BaseException:
+            txn.finish(failed=True)
+            raise
+        finally:
+            current_request.reset(token)
+            if file_wrapper is not None:
+                # Servers recognise their file_wrapper by type/identity after we return.
+                environ["wsgi.file_wrapper"] = file_wrapper
+        return txn.respond(result)
+
+    def _count_status(self, status: str | None, failed: bool) -> None:
+        if status is not None:
+            self._status_incr.get(status[:1], self._other_status)()
+        elif failed:
+            self._status_incr["5"]()
+        else:
+            self._status_incr["4"]()  # CLIENT_CLOSED
+
+
+class _LateStatus:
+    """Unsampled response whose status was not set when the app returned: counts it at
+    ``close()``. Only apps that call ``start_response`` lazily (generators) get this."""
+
+    __slots__ = ("_failed", "_iter", "_middleware", "_result", "_status")
+
+    def __init__(self, result: Iterable[bytes], middleware: SFlowMiddleware,
+                 status: Callable[[], str | None]) -> None:
+        self._result = result
+        self._middleware: SFlowMiddleware | None = middleware
+        self._status = status
+        self._failed = False
+        self._iter = iter(result)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._iter)
+        except StopIteration:
+            raise
+        except BaseException:
+            self._failed = True
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            middleware, self._middleware = self._middleware, None
+            if middleware is not None:
+                middleware._count_status(self._status(), self._failed)
+
+
+class _Transaction:
+    """Everything one sampled request saw; owned by that request alone."""
+
+    __slots__ = ("_closed", "_environ", "_middleware", "_start_response", "failed",
+                 "file_result", "headers", "method", "n", "req_bytes", "resp_bytes",
+                 "route", "service", "start_ns", "status")
+
+    def __init__(self, middleware: SFlowMiddleware, n: int, environ: Environ,
+                 start_response: StartResponse) -> None:
+        self.start_ns = perf_counter_ns()
+        self._middleware = middleware
+        self.n = n
+        self._environ = environ
+        self._start_response = start_response
+        self.method: str = environ.get("REQUEST_METHOD", "")
+        self.service = AGENT.service_name
+        self.status: str | None = None
+        self.headers: Headers = []
+        self.req_bytes = 0
+        self.resp_bytes = 0
+        self.route: str | None = None
+        self.file_result: object = None
+        self.failed = False
+        self._closed = False
+
+    def path(self) -> str:
+        env = self._environ
+        return _raw(env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")).decode(
+            "utf-8", "replace")
+
+    def start_response(self, status: str, headers: Headers,
+                       exc_info: ExcInfo | None = None) -> Write:
+        write = self._start_response(status, headers, exc_info)
+        self.status = status
+        self.headers = headers
+        head = self.method == "HEAD"
+
+        def counting_write(data: bytes) -> object:
+            result = write(data)
+            if not head:
+                self.resp_bytes += len(data)
+            return result
+
+        return counting_write
+
+    def wrap_file(self, file_wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        def recording_file_wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = file_wrapper(*args, **kwargs)
+            self.file_result = result
+            return result
+
+        return recording_file_wrapper
+
+    def respond(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        """What goes back to the server: the same file_wrapper object, or a wrapper."""
+        if result is not None and result is self.file_result:
+            try:
+                if self.method != "HEAD":
+                    self.resp_bytes = _file_size(result, self.headers)
+                close = getattr(result, "close", None)
+
+                def closing() -> None:
+                    try:
+                        if close is not None:
+                            close()
+                    finally:
+                        self.finish()
+                        with contextlib.suppress(Exception):
+                            del result.close  # type: ignore[attr-defined]  # the cycle
+
+                result.close = closing  # type: ignore[attr-defined]
+            except Exception:  # an object that takes no new attribute (__slots__): end now
+                self.finish()
+            return result
+        if hasattr(result, "__len__"):
+            return _SizedBody(result, self)
+        return _Body(result, self)
+
+    def finish(self, *, failed: bool = False) -> None:
+        """The response is over: count its status, queue its sample. Never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        end_ns = perf_counter_ns()
+        failed = failed or self.failed
+        try:
+            self._middleware._count_status(self.status, failed)
+            self._submit(end_ns, failed)
+        except Exception:
+            log.debug("sflow_app: could not record a WSGI sample", exc_info=True)
+            self._middleware._source.drop()
+
+    def _submit(self, end_ns: int, failed: bool) -> None:
+        env = self._environ
+        if self.status is not None:
+            code = _status_code(self.status)
+        else:
+            code = 500 if failed else CLIENT_CLOSED
+        mime = b""
+        for name, value in self.headers:
+            if name.lower() == "content-type":
+                mime = _raw(value)
+                break
+        version = env.get("SERVER_PROTOCOL", "")
+        local, remote = _addresses(env)
+        submit_http(
+            self._middleware._source, self.n, method=self.method,
+            protocol=_PROTOCOLS.get(version) or protocol_number(version),
+            uri=_uri(env, self._middleware.query),
+            host=_raw(env.get("HTTP_HOST", "")), referer=_raw(env.get("HTTP_REFERER", "")),
+            useragent=_raw(env.get("HTTP_USER_AGENT", "")),
+            xff=_raw(env.get("HTTP_X_FORWARDED_FOR", "")),
+            authuser=_raw(env.get("REMOTE_USER", "")), mime_type=mime,
+            req_bytes=self.req_bytes, resp_bytes=self.resp_bytes,
+            duration_us=min((end_ns - self.start_ns) // 1000, MAX_US), status=code,
+            local=local, remote=remote, route=self.route,
+        )
+
+
+class _Body:
+    """A sampled response's iterable (Werkzeug's ClosingIterator idea): counts the bytes
+    the server takes and ends the transaction at ``close()``, which it always forwards."""
+
+    __slots__ = ("_head", "_iter", "_result", "_txn")
+
+    def __init__(self, result: Iterable[bytes], txn: _Transaction) -> None:
+        self._result = result
+        self._txn = txn
+        self._head = txn.method == "HEAD"
+        try:
+            self._iter = iter(result)
+        except BaseException:
+            try:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                txn.finish(failed=True)
+            raise
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = next(self._iter)
+        except StopIteration:
+            raise
+        except BaseException:
+            self._txn.failed = True
+            raise
+        if not self._head:
+            self._txn.resp_bytes += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._txn.finish()
+
+
+class _SizedBody(_Body):
+    """For list/tuple results: servers may use ``len()`` to set Content-Length."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._result)  # type: ignore[arg-type]
+
+
+class _Input:
+    """``wsgi.input`` of a sampled request without Content-Length: counts what is read."""
+
+    __slots__ = ("_stream", "_txn")
+
+    def __init__(self, stream: Any, txn: _Transaction) -> None:
+        self._stream = stream
+        self._txn = txn
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self._txn.req_bytes += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._stream.readline(*args)
+        self._txn.req_bytes += len(data)
+        return data
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*args)
+        self._txn.req_bytes += sum(map(len, lines))
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            self._txn.req_bytes += len(line)
+            yield line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+# -- sampled-path helpers (pure over the environ, except the socket look-ups) ----------
+
+
+def _raw(value: Any) -> bytes:
+    """PEP 3333 environ strings carry the wire bytes as latin-1 code points."""
+    if isinstance(value, bytes):
+        return value
+    text = str(value)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status.split(None, 1)[0])
+    except (ValueError, IndexError, AttributeError):
+        return 0
+
+
+def _uri(env: Environ, mode: str) -> bytes:
+    """The request-target as received, with the ``query`` option applied."""
+    raw = env.get("RAW_URI") or env.get("REQUEST_URI")
+    if raw:
+        target = _raw(raw)
+        if "werkzeug.socket" in env:
+            target = _werkzeug_raw(target)
+        path, _, query = target.partition(b"?")
+    else:
+        path = quote(_raw(env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")),
+                     safe=_PATH_SAFE).encode("ascii")
+        query = _raw(env.get("QUERY_STRING", ""))
+    return build_uri(path, query, mode)
+
+
+def _werkzeug_raw(target: bytes) -> bytes:
+    # Werkzeug's server decodes the request line as latin-1, then encodes it as UTF-8
+    # before the PEP 3333 latin-1 step: undo that extra UTF-8 layer.
+    try:
+        return target.decode("utf-8").encode("latin-1")
+    except UnicodeError:
+        return target
+
+
+def _file_size(result: Any, headers: Headers) -> int:
+    """Bytes a file_wrapper response sends: Content-Length, else what is left of the file."""
+    for name, value in headers:
+        if name.lower() == "content-length" and value.strip().isdigit():
+            return int(value)
+    filelike = getattr(result, "filelike", result)  # gunicorn/wsgiref keep the file there
+    try:
+        fd = filelike.fileno()
+        return max(0, os.fstat(fd).st_size - os.lseek(fd, 0, os.SEEK_CUR))
+    except Exception:
+        pass
+    try:
+        here = filelike.tell()
+        end = filelike.seek(0, os.SEEK_END)
+        filelike.seek(here)
+        return max(0, int(end) - int(here))
+    except Exception:
+        return 0
+
+
+def _sockname(env: Environ) -> Any:
+    """The connection's local address, from the server's socket where it exposes it."""
+    sock = env.get("gunicorn.socket") or env.get("werkzeug.socket")
+    if sock is not None:
+        return sock.getsockname()
+    return None
+
+
+def _addresses(env: Environ) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """(local, remote) of the connection for extended_socket; None when not TCP/IP."""
+    local: tuple[str, int] | None = None
+    remote_port = env.get("REMOTE_PORT")
+    try:
+        name = _sockname(env)
+        if isinstance(name, tuple):
+            local = (name[0], name[1])
+        elif name is None and "uwsgi.version" in env:
+            local, peer_port = _uwsgi_connection(env)
+            remote_port = remote_port or peer_port
+        elif name is None and env.get("SERVER_SOFTWARE", "").startswith("WSGIServer/"):
+            local = ("0.0.0.0", int(env["SERVER_PORT"]))
+    except Exception:
+        log.debug("sflow_app: no local address", exc_info=True)
+    remote_ip = env.get("REMOTE_ADDR", "")
+    if local is None or not remote_ip:
+        return None, None
+    try:
+        return local, (remote_ip, int(remote_port or 0))
+    except ValueError:
+        return local, (remote_ip, 0)
+
+
+def listener(environ: Environ) -> tuple[int | None, str]:
+    """(listening port or None, description) of the server serving ``environ``."""
+    try:
+        name = _sockname(environ)
+        if isinstance(name, tuple):
+            return int(name[1]), f"{name[0]}:{name[1]}"
+        if name is not None:  # AF_UNIX: a path (str or bytes)
+            return None, os.fsdecode(name) or "unix"
+        if "uwsgi.version" in environ:
+            return _uwsgi_listener()
+        software = environ.get("SERVER_SOFTWARE", "")
+        if software.startswith("WSGIServer/"):  # wsgiref: from its own socket
+            return int(environ["SERVER_PORT"]), software
+        return None, software or "wsgi"
+    except Exception:
+        log.debug("sflow_app: could not find the listening socket", exc_info=True)
+        return None, "wsgi"
+
+
+def _uwsgi_listener() -> tuple[int | None, str]:
+    import uwsgi  # type: ignore[import-not-found]  # only exists inside uWSGI
+
+    router = _uwsgi_router(uwsgi.opt)
+    if router is not None:  # the HTTP router's port is the service's
+        return router[1], f"uwsgi router {router[0]}:{router[1]}"
+    ports = []
+    for fd in uwsgi.sockets:
+        name = _fd_name(fd, "getsockname")
+        if isinstance(name, tuple):
+            ports.append(int(name[1]))
+    if ports:
+        return min(ports), f"uwsgi :{min(ports)}"
+    return None, "uwsgi"
+
+
+def _uwsgi_router(opt: Any) -> tuple[str, int] | None:
+    """(address, port) the HTTP router (``--http``/``--https``) listens on, lowest port."""
+    found = []
+    for key in ("http", "https"):
+        value = opt.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bytes):
+                item = item.decode("latin-1")
+            if not isinstance(item, str):
+                continue
+            host, colon, port = item.split(",", 1)[0].rpartition(":")  # https: addr,cert
+            if colon and port.isdigit():
+                found.append((host.strip("[]") or "0.0.0.0", int(port)))
+    return min(found, key=lambda a: a[1]) if found else None
+
+
+def _uwsgi_connection(env: Environ) -> tuple[tuple[str, int] | None, int]:
+    """(local address, peer port) of a uWSGI request's connection."""
+    import uwsgi
+
+    if env.get("UWSGI_ROUTER"):  # the connection is the router's, not the client's
+        return _uwsgi_router(uwsgi.opt), 0
+    fd = uwsgi.connection_fd()
+    name = _fd_name(fd, "getsockname")
+    peer = _fd_name(fd, "getpeername")
+    local = (name[0], int(name[1])) if isinstance(name, tuple) else None
+    return local, int(peer[1]) if isinstance(peer, tuple) else 0
+
+
+def _fd_name(fd: int, which: str) -> Any:
+    sock = socket.socket(fileno=fd)
+    try:
+        return getattr(sock, which)()
+    finally:
+        sock.detach()  # the server owns the descriptor: never close it

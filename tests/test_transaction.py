@@ -1,0 +1,309 @@
+"""@transaction: counting, sampling, statuses, sync/async/methods/generators, metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+
+import pytest
+from apps.harness import flush, live_agent, record, reset_agent
+
+from sflow_app._agent import AGENT
+from sflow_app._http import current_request
+from sflow_app._identity import LOCAL_FIRST, LOCAL_LAST
+from sflow_app._transaction import transaction
+from sflow_app.records import AppOperation, AppOperations, AppParentContext
+
+SUCCESS, OTHER, TIMEOUT, INTERNAL_ERROR = 0, 1, 2, 3
+
+
+@pytest.fixture
+def live(auto_file, monkeypatch):
+    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
+    yield lambda **kwargs: live_agent(auto_file, **kwargs)
+    reset_agent()
+
+
+def operations(collector) -> list[AppOperation]:
+    return [record(s, AppOperation) for s in collector.flow_samples()]
+
+
+def app_counters(collector, application: str) -> AppOperations:
+    found = [r for r in collector.records(AppOperations) if r.application == application]
+    assert found, f"no app_operations for {application!r}"
+    return found[-1]
+
+
+def test_sync_function_counted_and_sampled(live, collector):
+    live(sampling=1)
+
+    @transaction
+    def add(a, b=1):
+        time.sleep(0.02)
+        return a + b
+
+    assert add(1, b=2) == 3
+    assert add(5) == 6
+    flush(collector)
+    ops = operations(collector)
+    assert len(ops) == 2
+    op = ops[0]
+    assert op.application == "tests"
+    assert op.operation == "test_sync_function_counted_and_sampled.<locals>.add"[:32]
+    assert (op.status, op.status_descr, op.req_bytes, op.resp_bytes) == (SUCCESS, "", 0, 0)
+    assert 20_000 <= op.uS < 2_000_000
+    sample = collector.flow_samples()[0]
+    assert (sample.input_value, sample.output_value) == (0, 0x3FFFFFFF)  # server side
+    assert sample.ds_class == 3 and LOCAL_FIRST <= sample.ds_index <= LOCAL_LAST
+    assert record(sample, AppParentContext) is None  # not inside an HTTP request
+    counters = app_counters(collector, "tests")
+    assert (counters.success, counters.internal_error) == (2, 0)
+    cs = [s for s in collector.counter_samples() if record(s, AppOperations)][-1]
+    assert cs.ds_index == sample.ds_index
+
+
+def test_named_operation_and_application_sampling(live, collector):
+    """sampling.app.<application> decides; other applications follow ``sampling``."""
+    live(sampling=0, extra="sampling.app.shop=1\n")
+
+    @transaction("checkout", application="shop")
+    def checkout():
+        return "ok"
+
+    @transaction()
+    def browse():
+        return "ok"
+
+    for _ in range(3):
+        checkout()
+        browse()
+    flush(collector)
+    ops = operations(collector)
+    assert [(o.application, o.operation) for o in ops] == [("shop", "checkout")] * 3
+    assert all(s.sampling_rate == 1 for s in collector.flow_samples())
+    assert app_counters(collector, "shop").success == 3
+    assert app_counters(collector, "tests").success == 3  # counted, never sampled
+    status = AGENT.status()["data_sources"]
+    assert status["app:tests"]["sampling_rate"] == 0
+
+
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_exceptions_propagate_unchanged_and_map_to_statuses(live, collector, sampling):
+    live(sampling=sampling)
+    errors = [ValueError("bad"), TimeoutError("slow"), KeyboardInterrupt(), KeyError("k")]
+
+    @transaction("risky")
+    def risky(i):
+        raise errors[i]
+
+    for i, error in enumerate(errors):
+        with pytest.raises(BaseException) as caught:
+            risky(i)
+        assert caught.value is error
+    flush(collector)
+    counters = app_counters(collector, "tests")
+    assert (counters.success, counters.internal_error, counters.timeout, counters.other) == (
+        0, 2, 1, 1)
+    if sampling:
+        assert [(o.status, o.status_descr) for o in operations(collector)] == [
+            (INTERNAL_ERROR, "ValueError"), (TIMEOUT, "TimeoutError"),
+            (OTHER, "KeyboardInterrupt"), (INTERNAL_ERROR, "KeyError")]
+    else:
+        assert operations(collector) == []
+
+
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_async_functions(live, collector, sampling):
+    live(sampling=sampling)
+
+    @transaction("fetch")
+    async def fetch(delay, fail=None):
+        await asyncio.sleep(delay)
+        if fail is not None:
+            raise fail
+        return delay
+
+    assert inspect.iscoroutinefunction(fetch)
+
+    async def main():
+        assert await fetch(0.03) == 0.03
+        with pytest.raises(asyncio.TimeoutError):
+            await fetch(0, TimeoutError())
+        with pytest.raises(RuntimeError):
+            await fetch(0, RuntimeError())
+        task = asyncio.ensure_future(fetch(10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    flush(collector)
+    counters = app_counters(collector, "tests")
+    assert (counters.success, counters.timeout, counters.internal_error, counters.other) == (
+        1, 1, 1, 1)
+    if sampling:
+        ops = operations(collector)
+        assert [(o.status, o.status_descr) for o in ops] == [
+            (SUCCESS, ""), (TIMEOUT, "TimeoutError"), (INTERNAL_ERROR, "RuntimeError"),
+            (OTHER, "CancelledError")]
+        assert ops[0].uS >= 30_000  # timed to the coroutine's end
+        assert ops[3].uS >= 10_000
+
+
+def test_methods_classmethods_staticmethods(live, collector):
+    live(sampling=1)
+
+    class Cart:
+        def __init__(self):
+            self.items = []
+
+        @transaction
+        def add(self, item, qty=1):
+            """Add an item."""
+            self.items.append((item, qty))
+            return len(self.items)
+
+        @transaction
+        @classmethod
+        def empty(cls):
+            return cls()
+
+        @transaction("tax")
+        @staticmethod
+        def tax(amount):
+            return amount * 0.2
+
+        @transaction
+        async def pay(self):
+            return "paid"
+
+    cart = Cart.empty()
+    assert isinstance(cart, Cart)
+    assert cart.add("apple", qty=3) == 1
+    assert Cart.add(cart, "pear") == 2  # unbound call through the class
+    assert Cart.tax(10) == 2.0 and cart.tax(5) == 1.0
+    assert asyncio.run(cart.pay()) == "paid"
+    assert cart.items == [("apple", 3), ("pear", 1)]
+    # Introspection survives.
+    assert Cart.add.__name__ == "add" and Cart.add.__doc__ == "Add an item."
+    assert str(inspect.signature(Cart.add)) == "(self, item, qty=1)"
+    assert str(inspect.signature(cart.add)) == "(item, qty=1)"
+    assert inspect.iscoroutinefunction(Cart.pay)
+    flush(collector)
+    names = [o.operation for o in operations(collector)]
+    prefix = "test_methods_classmethods_staticmethods.<locals>."
+    assert names == [(prefix + "Cart.empty")[:32], (prefix + "Cart.add")[:32],
+                     (prefix + "Cart.add")[:32], "tax", "tax", (prefix + "Cart.pay")[:32]]
+    assert app_counters(collector, "tests").success == 6
+
+
+def test_generator_functions_timed_until_they_return(live, collector):
+    live(sampling=1)
+
+    @transaction("gen")
+    def numbers(n):
+        for i in range(n):
+            time.sleep(0.01)
+            yield i
+
+    @transaction("agen")
+    async def anumbers(n):
+        for i in range(n):
+            await asyncio.sleep(0.01)
+            yield i
+
+    assert inspect.isgeneratorfunction(numbers)
+    assert inspect.isasyncgenfunction(anumbers)
+    gen = numbers(5)
+    assert inspect.isgenerator(gen)
+    assert list(gen) == [0, 1, 2, 3, 4]
+
+    async def consume():
+        return [i async for i in anumbers(3)]
+
+    assert asyncio.run(consume()) == [0, 1, 2]
+    flush(collector)
+    ops = operations(collector)
+    assert [(o.operation, o.status) for o in ops] == [("gen", SUCCESS), ("agen", SUCCESS)]
+    assert all(o.uS < 10_000 for o in ops)  # the iteration is not part of the call
+
+
+def test_parent_context_of_a_sampled_http_request(live, collector):
+    live(sampling=1)
+
+    @transaction("child")
+    def child():
+        return 1
+
+    token = current_request.set(("shop", "POST", "/orders/<id>"))
+    try:
+        child()
+    finally:
+        current_request.reset(token)
+    child()
+    flush(collector)
+    first, second = collector.flow_samples()
+    assert record(first, AppParentContext) == AppParentContext(
+        application="shop", operation="/orders/<id>", attributes="method=POST")
+    assert record(second, AppParentContext) is None
+
+
+def test_default_application_resolved_at_first_call(auto_file, monkeypatch, collector):
+    """The configuration (SFLOW_APP_NAME) is read before the name is chosen, even when
+    the exporter thread has not run yet."""
+    monkeypatch.setenv("SFLOW_APP_NAME", "early-bird")
+    reset_agent(autostart=False)
+    auto_file(sampling=1)
+
+    try:
+        @transaction
+        def first():
+            return 1
+
+        first()
+        flush(collector)
+        assert operations(collector)[0].application == "early-bird"
+    finally:
+        reset_agent()
+
+
+def test_decorator_arguments_checked():
+    with pytest.raises(TypeError):
+        transaction(42)
+    with pytest.raises(TypeError):
+        transaction("x", application=7)
+
+
+def test_wraps_and_wrapped_preserved():
+    def original(x: int) -> int:
+        """Doc."""
+        return x
+
+    decorated = transaction(original)
+    assert decorated.__wrapped__ is original
+    assert functools.WRAPPER_ASSIGNMENTS
+    assert (decorated.__name__, decorated.__qualname__, decorated.__doc__) == (
+        "original", original.__qualname__, "Doc.")
+    assert inspect.signature(decorated) == inspect.signature(original)
+    assert decorated.__annotations__ == original.__annotations__
+
+
+def test_recording_failure_never_reaches_the_caller(live, collector, monkeypatch):
+    live(sampling=1)
+
+    @transaction("x")
+    def fn():
+        return "fine"
+
+    source = AGENT.app_source("tests")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("queue bug")
+
+    monkeypatch.setattr(source, "submit", broken)
+    before = source.drops
+    assert fn() == "fine"
+    assert source.drops == before + 1

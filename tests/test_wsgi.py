@@ -1,0 +1,765 @@
+"""sflow_app.wsgi in process: Werkzeug's real server on loopback, or direct calls, always
+under Werkzeug's LintMiddleware on both sides; datagrams decoded from a UDP collector."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import inspect
+import io
+import socket
+import threading
+import time
+from wsgiref.util import FileWrapper as WsgirefFileWrapper
+
+import httpx
+import pytest
+from apps.harness import (
+    expect,
+    flush,
+    http_counters,
+    http_samples,
+    live_agent,
+    other_samples,
+    record,
+    reset_agent,
+    serve,
+)
+from werkzeug.middleware.lint import LintMiddleware
+from werkzeug.test import EnvironBuilder
+
+from sflow_app import wsgi
+from sflow_app._agent import AGENT
+from sflow_app._transaction import transaction
+from sflow_app.records import (
+    AppOperation,
+    AppParentContext,
+    ExtendedSocketIPv4,
+    HostParent,
+    HttpCounters,
+    HttpRequest,
+)
+from sflow_app.wsgi import SFlowMiddleware, set_route
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+ZERO_COUNTERS = dict.fromkeys((f.name for f in dataclasses.fields(HttpCounters)), 0)
+
+
+# -- harness --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live(auto_file, monkeypatch):
+    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
+    yield lambda **kwargs: live_agent(auto_file, **kwargs)
+    reset_agent()
+
+
+counters = http_counters
+
+
+def linted(app):
+    """Lint on both sides: ours as an application and as a server for ``app``."""
+    return LintMiddleware(SFlowMiddleware(LintMiddleware(app)))
+
+
+def call(app, path: str = "/", method: str = "GET", **builder) -> tuple[str, bytes, list]:
+    """Run ``app`` as a server would (direct call): start_response, iterate, close."""
+    environ = EnvironBuilder(path=path, method=method, **builder).get_environ()
+    environ.pop("RAW_URI", None)
+    environ.pop("REQUEST_URI", None)
+    seen: list = []
+
+    def start_response(status, headers, exc_info=None):
+        seen[:] = [status, headers]
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    return seen[0], body, seen[1]
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                              ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def router(environ, start_response):
+    """A small app covering statuses, bodies and uploads."""
+    path = environ["PATH_INFO"]
+    method = environ["REQUEST_METHOD"]
+    if path == "/missing":
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"no"]
+    if path == "/redirect":
+        start_response("302 Found", [("Location", "http://127.0.0.1/x"),
+                                     ("Content-Length", "0")])
+        return []
+    if path == "/error":
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"down"]
+    if path == "/upload":
+        stream = environ["wsgi.input"]
+        length = environ.get("CONTENT_LENGTH")
+        got = 0
+        if length:
+            while got < int(length):
+                got += len(stream.read(min(4096, int(length) - got)))
+        else:  # chunked: the server ends the stream (wsgi.input_terminated)
+            while chunk := stream.read(4096):
+                got += len(chunk)
+        body = str(got).encode()
+        start_response("201 Created", [("Content-Type", "text/plain"),
+                                       ("Content-Length", str(len(body)))])
+        return [body]
+    if path.startswith("/size/"):
+        size = int(path.rsplit("/", 1)[1])
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [b"x" * size]
+    body = f"{method} {path}".encode()
+    if method == "HEAD":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return []
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+# -- counting -------------------------------------------------------------------------
+
+
+def test_every_request_counted_with_sampling_off(live, collector):
+    live(sampling=0)
+    with serve(linted(router)) as url, httpx.Client(base_url=url) as client:
+        for _ in range(3):
+            assert client.get("/").status_code == 200
+        assert client.post("/upload", content=b"abc").status_code == 201
+        assert client.put("/").status_code == 200
+        assert client.delete("/").status_code == 200
+        assert client.options("/").status_code == 200
+        assert client.head("/").status_code == 200
+        assert client.request("PATCH", "/").status_code == 200
+        assert client.get("/missing").status_code == 404
+        assert client.get("/redirect", follow_redirects=False).status_code == 302
+        assert client.get("/error").status_code == 503
+    flush(collector)
+    assert counters(collector) == expect(
+        method_get_count=6, method_post_count=1, method_put_count=1,
+        method_delete_count=1, method_option_count=1, method_head_count=1,
+        method_other_count=1, status_2XX_count=9, status_3XX_count=1,
+        status_4XX_count=1, status_5XX_count=1)
+    assert http_samples(collector) == []
+    status = AGENT.status()["data_sources"]["http"]
+    assert status["sample_pool"] == 12 and status["sampling_rate"] == 0
+
+
+def test_identity_from_werkzeug_socket_and_host_parent(live, collector):
+    live(sampling=1)
+    with serve(SFlowMiddleware(hello)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        # A lying Host header must not become the identity.
+        assert httpx.get(url + "/", headers={"Host": "evil.example:9999"}).status_code == 200
+    flush(collector)
+    dg = collector.datagrams[-1]
+    assert dg.agent_address == "127.0.0.1" and dg.sub_agent_id == port
+    cs = collector.counter_samples()[-1]
+    assert (cs.ds_class, cs.ds_index) == (3, port)
+    assert HostParent(container_type=2, container_index=1) in cs.records
+    fs = http_samples(collector)[0]
+    assert (fs.ds_class, fs.ds_index) == (3, port)
+    assert record(fs, HttpRequest).host == "evil.example:9999"
+
+
+def test_configured_ds_index_wins(live, collector, monkeypatch):
+    monkeypatch.setenv("SFLOW_APP_DS_INDEX", "4242")
+    live(sampling=1)
+    with serve(SFlowMiddleware(hello)) as url:
+        httpx.get(url)
+    flush(collector)
+    assert collector.counter_samples()[-1].ds_index == 4242
+    assert collector.datagrams[-1].sub_agent_id == 4242
+
+
+# -- the sampled record ---------------------------------------------------------------
+
+
+def test_sampled_request_fields(live, collector):
+    live(sampling=1)
+
+    def with_user(environ, start_response):
+        environ["REMOTE_USER"] = "alice"
+        return inner(environ, start_response)
+
+    inner = linted(router)
+    with serve(with_user) as url:
+        port = int(url.rsplit(":", 1)[1])
+        response = httpx.post(
+            url + "/upload?page=2&password=hunter2&api_key=k1&x=", content=b"q" * 1234,
+            headers={"Referer": "http://ref.example/a", "User-Agent": "sflow-test/1.0",
+                     "X-Forwarded-For": "203.0.113.9, 10.0.0.1", "Host": "shop.example"})
+        assert response.text == "1234"
+    flush(collector)
+    (fs,) = http_samples(collector)
+    assert (fs.sampling_rate, fs.sample_pool, fs.drops) == (1, 1, 0)
+    assert (fs.input_format, fs.input_value, fs.output_format, fs.output_value) == (
+        0, 0, 0, 0x3FFFFFFF)
+    req = record(fs, HttpRequest)
+    assert req.method == 4 and req.protocol == 1001
+    assert req.uri == "/upload?page=2&password=REDACTED&api_key=REDACTED&x="
+    assert req.host == "shop.example"
+    assert req.referer == "http://ref.example/a"
+    assert req.useragent == "sflow-test/1.0"
+    assert req.xff == "203.0.113.9, 10.0.0.1"
+    assert req.authuser == "alice"
+    assert req.mime_type == "text/plain"
+    assert req.req_bytes == 1234 and req.resp_bytes == 4
+    assert req.status == 201
+    assert 0 < req.uS < 5_000_000
+    sock = record(fs, ExtendedSocketIPv4)
+    assert sock.protocol == 6
+    assert (sock.local_ip, sock.local_port) == ("127.0.0.1", port)
+    assert sock.remote_ip == "127.0.0.1" and 0 < sock.remote_port < 65536
+    assert sock.remote_port != port
+    assert counters(collector) == expect(method_post_count=1, status_2XX_count=1)
+
+
+def test_http10_head_patch_and_statuses(live, collector):
+    live(sampling=1)
+    with serve(linted(router)) as url:
+        host, port = url[7:].split(":")
+        conn = socket.create_connection((host, int(port)))
+        conn.sendall(b"GET /missing HTTP/1.0\r\nHost: a\r\n\r\n")
+        while conn.recv(4096):
+            pass
+        conn.close()
+        assert httpx.head(url + "/").status_code == 200
+        assert httpx.request("PATCH", url + "/p").status_code == 200
+        assert httpx.get(url + "/error").status_code == 503
+    flush(collector)
+    reqs = [record(s, HttpRequest) for s in http_samples(collector)]
+    assert [(r.method, r.protocol, r.status) for r in reqs] == [
+        (2, 1000, 404), (3, 1001, 200), (0, 1001, 200), (2, 1001, 503)]
+    head = reqs[1]
+    assert head.resp_bytes == 0 and head.mime_type == "text/plain"
+    assert reqs[2].resp_bytes == len(b"PATCH /p")
+
+
+def test_query_modes(live, collector):
+    live(sampling=1)
+    query = "?user=bob&token=t0k&sessionid=s&next=%2Fhome&flag"
+    for mode, want in [
+        ("sensitive", "/q?user=bob&token=REDACTED&sessionid=REDACTED&next=%2Fhome&flag"),
+        ("keep", "/q" + query),
+        ("redact", "/q?user=REDACTED&token=REDACTED&sessionid=REDACTED&next=REDACTED&flag"),
+        ("drop", "/q"),
+    ]:
+        with serve(SFlowMiddleware(hello, query=mode)) as url:
+            httpx.get(url + "/q" + query)
+        flush(collector)
+        assert record(http_samples(collector)[-1], HttpRequest).uri == want, mode
+    with pytest.raises(ValueError):
+        SFlowMiddleware(hello, query="nope")
+
+
+def test_uri_non_ascii_and_over_long(live, collector):
+    live(sampling=1)
+    long_path = "/" + "a" * 600
+    with serve(linted(router)) as url:
+        httpx.get(url + "/caf%C3%A9?q=%E2%82%AC")  # what real clients send
+        host, port = url[7:].split(":")
+        conn = socket.create_connection((host, int(port)))
+        conn.sendall("GET /naïve/€?k=ü HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                     .encode())
+        while conn.recv(4096):
+            pass
+        conn.close()
+        httpx.get(url + long_path)
+    flush(collector)
+    uris = [record(s, HttpRequest).uri for s in http_samples(collector)]
+    assert uris[0] == "/caf%C3%A9?q=%E2%82%AC"
+    assert uris[1] == "/naïve/€?k=ü"  # the raw UTF-8 bytes as received
+    assert uris[2] == long_path[:255]
+    assert len(uris[2].encode()) == 255
+
+
+def test_uri_rebuilt_without_raw_uri(live, collector):
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+
+    mw = SFlowMiddleware(hello)
+
+    def mounted(environ, start_response):
+        environ["SCRIPT_NAME"] = "/app"
+        return mw(environ, start_response)
+
+    status, body, _ = call(mounted, "/caf\u00e9 x", query_string="a=1&secret=s")
+    assert status == "200 OK" and body == b"hello"
+    flush(collector)
+    req = record(http_samples(collector)[-1], HttpRequest)
+    # PATH_INFO holds the UTF-8 bytes as latin-1 text: re-quoted as on the wire.
+    assert req.uri == "/app/caf%C3%A9%20x?a=1&secret=REDACTED"
+    # No socket in a direct call: no socket record, counters still sent (ds_index 8000).
+    assert record(http_samples(collector)[-1], ExtendedSocketIPv4) is None
+    assert collector.counter_samples()[-1].ds_index == 8000
+
+
+def test_exclude_prefixes_and_predicate(live, collector):
+    live(sampling=1)
+    mw = SFlowMiddleware(router, exclude=["/health", "/metrics"])
+    with serve(mw) as url:
+        for path in ("/health", "/healthz", "/metrics/x", "/missing", "/"):
+            httpx.get(url + path)
+    flush(collector)
+    assert counters(collector) == expect(method_get_count=2, status_2XX_count=1,
+                                         status_4XX_count=1)
+    assert [record(s, HttpRequest).uri for s in http_samples(collector)] == ["/missing", "/"]
+    assert http_samples(collector)[-1].sample_pool == 2
+
+    mw = SFlowMiddleware(router, exclude=lambda path: path.endswith(".png"))
+    assert call(mw, "/logo.png")[0] == "200 OK"
+    assert call(mw, "/page")[0] == "200 OK"
+    flush(collector)
+    assert http_samples(collector)[-1].sample_pool == 3
+    with pytest.raises(TypeError):
+        SFlowMiddleware(router, exclude="/health")
+
+
+# -- WSGI correctness -----------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_app_raising_before_start_response(live, collector, sampling):
+    live(sampling=sampling)
+    AGENT.configure(ds_index=8000)
+    error = Boom("no")
+
+    def app(environ, start_response):
+        raise error
+
+    mw = SFlowMiddleware(app)
+    with pytest.raises(Boom) as caught:
+        call(mw, "/boom")
+    assert caught.value is error and caught.value.__traceback__ is not None
+    flush(collector)
+    assert counters(collector) == expect(method_get_count=1, status_5XX_count=1)
+    if sampling:
+        req = record(http_samples(collector)[-1], HttpRequest)
+        assert (req.status, req.resp_bytes, req.uri) == (500, 0, "/boom")
+    else:
+        assert http_samples(collector) == []
+
+
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_app_raising_after_start_response(live, collector, sampling):
+    live(sampling=sampling)
+    AGENT.configure(ds_index=8000)
+
+    def app(environ, start_response):
+        start_response("202 Accepted", [])
+        raise Boom
+
+    with pytest.raises(Boom):
+        call(SFlowMiddleware(app))
+    flush(collector)
+    assert counters(collector) == expect(method_get_count=1, status_2XX_count=1)
+    if sampling:
+        assert record(http_samples(collector)[-1], HttpRequest).status == 202
+
+
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_body_raising_still_closes(live, collector, sampling):
+    live(sampling=sampling)
+    AGENT.configure(ds_index=8000)
+    closed = []
+
+    class Body:
+        def __iter__(self):
+            yield b"abc"
+            raise Boom
+
+        def close(self):
+            closed.append(True)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return Body()
+
+    with pytest.raises(Boom):
+        call(SFlowMiddleware(app))
+    assert closed == [True]
+    flush(collector)
+    assert counters(collector) == expect(method_get_count=1, status_2XX_count=1)
+    if sampling:
+        req = record(http_samples(collector)[-1], HttpRequest)
+        assert (req.status, req.resp_bytes) == (200, 3)
+
+
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_close_forwarded_and_lazy_start_response(live, collector, sampling):
+    """Generators call start_response on first iteration: counted at close()."""
+    live(sampling=sampling)
+    AGENT.configure(ds_index=8000)
+    closed = []
+
+    def gen_app(environ, start_response):
+        try:
+            start_response("404 Not Found", [("Content-Type", "text/html")])
+            yield b"<p>"
+            yield b"gone</p>"
+        finally:
+            closed.append("gen")
+
+    class Listy(list):
+        def close(self):
+            closed.append("list")
+
+    def list_app(environ, start_response):
+        start_response("200 OK", [])
+        return Listy([b"a", b"b"])
+
+    mw = SFlowMiddleware(LintMiddleware(gen_app))
+    assert call(LintMiddleware(mw), "/g") == ("404 Not Found", b"<p>gone</p>",
+                                             [("Content-Type", "text/html")])
+    assert call(LintMiddleware(SFlowMiddleware(list_app)), "/l")[1] == b"ab"
+    # Closed before iterating: the status was never set.
+    environ = EnvironBuilder(path="/never").get_environ()
+    result = SFlowMiddleware(gen_app)(environ, lambda s, h, e=None: None)
+    result.close()
+    generator = result._result
+    assert inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
+    assert closed == ["gen", "list"]
+    flush(collector)
+    assert counters(collector) == expect(method_get_count=3, status_2XX_count=1,
+                                         status_4XX_count=2)
+    if sampling:
+        reqs = [record(s, HttpRequest) for s in http_samples(collector)]
+        assert [(r.status, r.resp_bytes, r.mime_type) for r in reqs] == [
+            (404, 11, "text/html"), (200, 2, ""), (499, 0, "")]
+
+
+def test_sized_results_keep_their_length(live, collector):
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+    environ = EnvironBuilder(path="/").get_environ()
+    result = SFlowMiddleware(hello)(environ, lambda s, h, e=None: None)
+    assert len(result) == 1  # servers may set Content-Length from a 1-item list
+    assert list(result) == [b"hello"]
+    result.close()
+
+
+def test_exc_info_replaces_the_status(live, collector):
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            raise Boom
+        except Boom:
+            import sys
+            start_response("500 Internal Server Error",
+                           [("Content-Type", "text/html")], sys.exc_info())
+        return [b"oops"]
+
+    assert call(LintMiddleware(SFlowMiddleware(LintMiddleware(app))))[0].startswith("500")
+    flush(collector)
+    req = record(http_samples(collector)[-1], HttpRequest)
+    assert (req.status, req.mime_type, req.resp_bytes) == (500, "text/html", 4)
+    assert counters(collector) == expect(method_get_count=1, status_5XX_count=1)
+
+
+def test_write_callable_bytes_counted(live, collector):
+    live(sampling=1)
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"12345")
+        write(b"678")
+        return [b"9"]
+
+    with serve(linted(app)) as url:
+        assert httpx.get(url).text == "123456789"
+    flush(collector)
+    assert record(http_samples(collector)[-1], HttpRequest).resp_bytes == 9
+
+
+def test_chunked_upload_counts_bytes_read(live, collector):
+    live(sampling=1)
+
+    def chunks():
+        for _ in range(10):
+            yield b"z" * 1000
+
+    with serve(linted(router)) as url:
+        response = httpx.post(url + "/upload", content=chunks())
+        assert response.request.headers.get("transfer-encoding") == "chunked"
+        assert response.text == "10000"
+    flush(collector)
+    req = record(http_samples(collector)[-1], HttpRequest)
+    assert (req.req_bytes, req.status) == (10000, 201)
+
+
+def test_streamed_body_timed_to_its_end(live, collector):
+    live(sampling=1)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+        def body():
+            for _ in range(5):
+                time.sleep(0.05)
+                yield b"s" * 100_000
+
+        return body()
+
+    with serve(linted(app)) as url:
+        started = time.monotonic()
+        assert len(httpx.get(url).content) == 500_000
+        elapsed_us = (time.monotonic() - started) * 1e6
+    flush(collector)
+    req = record(http_samples(collector)[-1], HttpRequest)
+    assert req.resp_bytes == 500_000
+    assert 250_000 <= req.uS <= elapsed_us
+
+
+def test_file_wrapper_fast_path_survives(live, collector, tmp_path):
+    """The server's own file_wrapper object comes back, its close() is intercepted."""
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"f" * 70_000)
+    opened = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/pdf")])
+        f = open(path, "rb")  # noqa: SIM115 - closed through the wrapper
+        f.seek(10_000)
+        opened.append(f)
+        return environ["wsgi.file_wrapper"](f, 8192)
+
+    mw = SFlowMiddleware(app)
+    environ = EnvironBuilder(path="/file").get_environ()
+    environ["wsgi.file_wrapper"] = WsgirefFileWrapper
+    result = mw(environ, lambda s, h, e=None: None)
+    assert type(result) is WsgirefFileWrapper  # not re-wrapped into a generator
+    assert environ["wsgi.file_wrapper"] is WsgirefFileWrapper  # restored for the server
+    time.sleep(0.1)
+    flush(collector)
+    assert http_samples(collector) == []  # not finished before close()
+    assert sum(map(len, result)) == 60_000
+    result.close()
+    assert opened[0].closed
+    flush(collector)
+    req = record(http_samples(collector)[-1], HttpRequest)
+    assert (req.resp_bytes, req.mime_type, req.status) == (60_000, "application/pdf", 200)
+    assert req.uS >= 100_000
+    assert counters(collector) == expect(method_get_count=1, status_2XX_count=1)
+
+
+def test_file_wrapper_returning_the_file_itself(live, collector, tmp_path):
+    """uWSGI's file_wrapper hands back the app's own file object: its close is hooked."""
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"abcdef")
+
+    def uwsgi_like(filelike, blksize=8192):
+        return filelike
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(path, "rb"), 4096)
+
+    environ = EnvironBuilder(path="/").get_environ()
+    environ["wsgi.file_wrapper"] = uwsgi_like
+    result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)
+    assert type(result) is io.BufferedReader
+    flush(collector)
+    assert http_samples(collector) == []
+    result.close()
+    assert result.closed and "close" not in vars(result)
+    flush(collector)
+    assert record(http_samples(collector)[-1], HttpRequest).resp_bytes == 6
+
+
+def test_file_wrapper_without_settable_close_ends_at_return(live, collector):
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+
+    class Slotted:
+        __slots__ = ("data",)
+
+        def __init__(self, data):
+            self.data = data
+
+        def __iter__(self):
+            return iter([self.data])
+
+        def close(self):
+            pass
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "3")])
+        return environ["wsgi.file_wrapper"](b"abc")
+
+    environ = EnvironBuilder(path="/").get_environ()
+    environ["wsgi.file_wrapper"] = Slotted
+    result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)
+    assert type(result) is Slotted
+    flush(collector)
+    assert record(http_samples(collector)[-1], HttpRequest).resp_bytes == 3
+    result.close()
+
+
+def test_route_and_decorator_parent(live, collector):
+    live(sampling=1)
+
+    @transaction("lookup")
+    def lookup(user_id):
+        return {"id": user_id}
+
+    def app(environ, start_response):
+        set_route(environ, "/users/<int:id>")
+        lookup(7)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    with serve(linted(app)) as url:
+        httpx.get(url + "/users/7")
+    flush(collector)
+    (fs,) = http_samples(collector)
+    op = record(fs, AppOperation)
+    assert (op.application, op.operation, op.status) == ("tests", "/users/<int:id>", 0)
+    assert op.attributes == "method=GET&route=/users/<int:id>"
+    (child,) = other_samples(collector)
+    assert record(child, AppOperation).operation == "lookup"
+    assert record(child, AppParentContext) == AppParentContext(
+        application="tests", operation="/users/<int:id>", attributes="method=GET")
+
+
+def test_unsampled_request_touches_only_what_counting_needs(live, collector):
+    """No header parsing, no URL building, no environ writes on the unsampled path."""
+    live(sampling=0)
+    AGENT.configure(ds_index=8000)
+    mw = SFlowMiddleware(hello)
+    call(mw)  # the first request takes the slow path (start-up work)
+
+    class Spy(dict):
+        seen: list
+
+        def __getitem__(self, key):
+            self.seen.append(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            self.seen.append(key)
+            return super().get(key, default)
+
+        def __setitem__(self, key, value):
+            raise AssertionError(f"environ[{key!r}] written")
+
+        def __contains__(self, key):
+            self.seen.append(key)
+            return super().__contains__(key)
+
+    environ = Spy(EnvironBuilder(path="/").get_environ())
+    environ.seen = []
+    result = mw(environ, lambda s, h, e=None: None)
+    assert environ.seen == ["REQUEST_METHOD"]
+    assert result == [b"hello"]  # the app's own iterable, not a wrapper
+    environ.seen = []
+    SFlowMiddleware(hello, exclude=["/x"])(environ, lambda s, h, e=None: None)
+    assert environ.seen == ["PATH_INFO", "REQUEST_METHOD"]
+
+
+def test_per_request_state_never_shared(live, collector):
+    """Concurrent sampled requests of different sizes each get their own numbers."""
+    live(sampling=1)
+
+    def app(environ, start_response):
+        size = int(environ["PATH_INFO"].rsplit("/", 1)[1])
+        start_response("200 OK", [("Content-Type", f"x/{size}")])
+
+        def body():
+            for _ in range(size):
+                time.sleep(0.001)
+                yield b"b"
+
+        return body()
+
+    sizes = list(range(1, 41))
+    with serve(SFlowMiddleware(app)) as url:
+        def fetch(size):
+            with httpx.Client() as client:
+                assert len(client.get(f"{url}/n/{size}").content) == size
+
+        threads = [threading.Thread(target=fetch, args=(s,)) for s in sizes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    flush(collector)
+    reqs = [record(s, HttpRequest) for s in http_samples(collector)]
+    assert len(reqs) == len(sizes)
+    for req in reqs:
+        size = int(req.uri.rsplit("/", 1)[1])
+        assert req.resp_bytes == size and req.mime_type == f"x/{size}"
+        assert req.uS >= size * 1000
+    assert counters(collector) == expect(method_get_count=40, status_2XX_count=40)
+
+
+def test_sampling_rate_and_pool(live, collector):
+    live(sampling=5)
+    AGENT.configure(ds_index=8000)
+    mw = SFlowMiddleware(hello)
+    for _ in range(400):
+        call(mw)
+    flush(collector)
+    samples = http_samples(collector)
+    assert 40 <= len(samples) <= 130  # 1-in-5 of 400, generously bounded
+    assert all(s.sampling_rate == 5 for s in samples)
+    pools = [s.sample_pool for s in samples]
+    assert pools == sorted(pools) and pools[-1] <= 400
+    assert [s.sequence_number for s in samples] == list(range(1, len(samples) + 1))
+    assert counters(collector) == expect(method_get_count=400, status_2XX_count=400)
+
+
+def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+    mw = SFlowMiddleware(hello)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(wsgi, "submit_http", broken)
+    drops_before = mw._source.drops
+    assert call(mw) == ("200 OK", b"hello", [("Content-Type", "text/plain; charset=utf-8"),
+                                             ("Content-Length", "5")])
+    assert mw._source.drops == drops_before + 1
+
+
+def test_http_client_keepalive_many(live, collector):
+    live(sampling=2)
+    with serve(SFlowMiddleware(router)) as url:
+        host, port = url[7:].split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+        for i in range(50):
+            conn.request("GET", f"/size/{i}")
+            assert len(conn.getresponse().read()) == i
+        conn.close()
+    flush(collector)
+    assert counters(collector) == expect(method_get_count=50, status_2XX_count=50)
+    for s in http_samples(collector):
+        req = record(s, HttpRequest)
+        assert req.resp_bytes == int(req.uri.rsplit("/", 1)[1])
