@@ -1,0 +1,363 @@
+"""sFlow for ASGI servers: HTTP counters and 1-in-N ``http_request`` samples.
+
+One import serves plain ASGI, Starlette and FastAPI::
+
+    from sflow_app.asgi import SFlowMiddleware
+
+    app = SFlowMiddleware(app)              # any ASGI 3 app (ASGI 2 apps through asgiref)
+    app.add_middleware(SFlowMiddleware)     # Starlette / FastAPI
+
+Every ``http`` request is counted in ``http_counters``; sampled ones become an
+``http_request`` record plus ``extended_socket_ipv4/6`` and, when the framework routed
+the request (``scope["route"]``), an ``app_operation`` named by the route template.
+``websocket`` connections count as a GET answered 101 (403 when closed before being
+accepted, as servers answer) and are sampled with the connection's lifetime as duration
+and message payload bytes as sizes. ``lifespan`` (and any other scope) passes untouched.
+
+Sockets are ``scope["client"]`` and ``scope["server"]`` as the server reports them (a
+server applying proxy headers, like uvicorn for trusted proxies, reports the forwarded
+client with port 0); none for unix sockets. The data source is ``3:<server port>``,
+captured on the first request (``SFLOW_APP_DS_INDEX`` wins; a unix socket gets a locally
+assigned index and a warning).
+
+Status recorded, in order: the status the app sent in ``http.response.start`` before the
+client went away; 500 if the app raised before responding; 499 (nginx's "client closed
+request") otherwise -- the client disconnected first, the task was cancelled, or the app
+returned without responding. Bytes and duration stop at the last body message, at the
+disconnect, or when the app returns, whichever comes first; bytes the server dropped
+after a disconnect it reported are not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from time import perf_counter_ns
+from typing import Any
+from urllib.parse import quote
+
+from ._agent import AGENT
+from ._http import (
+    METHODS,
+    OTHER_METHOD,
+    QUERY_MODES,
+    STATUS_OTHER,
+    build_uri,
+    current_request,
+    protocol_number,
+    status_slot,
+    submit_http,
+)
+
+try:
+    from asgiref.compatibility import guarantee_single_callable
+except ImportError as exc:  # pragma: no cover - the "asgi" extra installs it
+    raise ImportError("sflow_app.asgi needs asgiref: pip install 'sflow-app[asgi]'") from exc
+
+__all__ = ["SFlowMiddleware"]
+
+log = logging.getLogger("sflow_app")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before the response
+MAX_US = 0xFFFFFFFF
+_PROTOCOLS = {"1.0": 1000, "1.1": 1001, "2": 2000, "2.0": 2000, "3": 3000, "3.0": 3000}
+# RFC 3986 pchar plus '/': rebuilding the URI from a decoded path when raw_path is absent.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_REQUEST_HEADERS = {b"host": 0, b"referer": 1, b"user-agent": 2, b"x-forwarded-for": 3,
+                    b"content-length": 4}
+
+
+class SFlowMiddleware:
+    """Pure ASGI middleware; per-request state lives in the call, never on ``self``.
+
+    ``exclude``: path prefixes (or a predicate on ``scope["path"]``) neither counted nor
+    sampled, e.g. health checks. ``query``: what sampled URIs keep of the query string --
+    ``"sensitive"`` (default: values of credential-like parameters replaced), ``"keep"``,
+    ``"redact"`` (every value replaced) or ``"drop"``.
+    """
+
+    __slots__ = ("_excluded", "_method_incr", "_other_method", "_other_status", "_pool",
+                 "_sampler", "_source", "_status_incr", "app", "query")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        exclude: Iterable[str] | Callable[[str], bool] | None = None,
+        query: str = "sensitive",
+    ) -> None:
+        if query not in QUERY_MODES:
+            raise ValueError(f"query must be one of {QUERY_MODES}, not {query!r}")
+        self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
+        self.query = query
+        self._excluded: Callable[[str], bool] | None = None
+        if callable(exclude):
+            self._excluded = exclude
+        elif exclude is not None:
+            if isinstance(exclude, str):
+                raise TypeError("exclude takes a list of path prefixes, not one string")
+            prefixes = tuple(exclude)
+            if prefixes:
+                self._excluded = lambda path: path.startswith(prefixes)
+        self._source = source = AGENT.http_source()
+        self._sampler = source.sampler
+        self._pool = source.sampler.pool
+        incr = source.counters.incr
+        # Pre-bound counter increments: the unsampled path is two dict lookups and calls.
+        self._method_incr = {m: incr[slot] for m, (_, slot) in METHODS.items()}
+        self._other_method = incr[OTHER_METHOD[1]]
+        self._status_incr = {s: incr[status_slot(s)] for s in range(100, 600)}
+        self._other_status = incr[STATUS_OTHER]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                return await self._websocket(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if self._excluded is not None and self._excluded(scope["path"]):
+            return await self.app(scope, receive, send)
+        n = self._pool()
+        if n >= self._sampler.next_at and self._decide(n, scope):
+            return await self._sampled(n, scope, receive, send)
+
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            self._method_incr.get(scope["method"], self._other_method)()
+            self._status_incr.get(status or CLIENT_CLOSED, self._other_status)()
+
+    def _decide(self, n: int, scope: Scope) -> bool:
+        """The slow path: identity capture on first use, then the sampler's decision."""
+        source = self._source
+        try:
+            if source.ds_index is None:
+                host, port = scope.get("server") or ("asgi", None)
+                if isinstance(port, int) and port:
+                    AGENT.set_http_port(port, f"{host}:{port}")
+                else:  # a unix socket (uvicorn gives (path, None)) or no address at all
+                    AGENT.set_http_port(None, str(host))
+            return source.sample(n)
+        except Exception:
+            log.debug("sflow_app: sampling decision failed", exc_info=True)
+            return False
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._excluded is not None and self._excluded(scope["path"]):
+            return await self.app(scope, receive, send)
+        n = self._pool()
+        if n >= self._sampler.next_at and self._decide(n, scope):
+            return await self._sampled(n, scope, receive, send)
+
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if not status:
+                status = _websocket_status(message)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            self._method_incr["GET"]()
+            self._status_incr.get(status or CLIENT_CLOSED, self._other_status)()
+
+    async def _sampled(self, n: int, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = scope["type"] == "websocket"
+        method = "GET" if websocket else scope["method"]
+        root_path = scope.get("root_path", "")
+        exchange = _Exchange(receive, send, head=method == "HEAD")
+        token = current_request.set((AGENT.service_name, method, scope.get("path", "")))
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            if not exchange.status and not exchange.end_ns:  # raised, client still there
+                exchange.status = 500
+            raise
+        finally:
+            current_request.reset(token)
+            end_ns = exchange.end_ns or perf_counter_ns()
+            status = exchange.status or CLIENT_CLOSED
+            self._method_incr.get(method, self._other_method)()
+            self._status_incr.get(status, self._other_status)()
+            self._record(n, scope, method, exchange, status, end_ns, root_path)
+
+    def _record(self, n: int, scope: Scope, method: str, exchange: _Exchange, status: int,
+                end_ns: int, root_path: str) -> None:
+        try:
+            found: list[bytes] = [b"", b"", b"", b"", b""]
+            for name, value in scope.get("headers") or ():
+                i = _REQUEST_HEADERS.get(name.lower())
+                if i is not None:
+                    found[i] = found[i] + b", " + value if i == 3 and found[i] else value
+            length = found[4].strip()
+            version = scope.get("http_version", "1.1")
+            raw_path = scope.get("raw_path") or quote(
+                scope.get("path", "").encode("utf-8", "surrogateescape"), safe=_PATH_SAFE
+            ).encode("ascii")
+            path, _, query = raw_path.partition(b"?")  # some servers leave the query in
+            submit_http(
+                self._source, n, method=method,
+                protocol=_PROTOCOLS.get(version) or protocol_number(version),
+                uri=build_uri(path, scope.get("query_string") or query, self.query),
+                host=found[0], referer=found[1], useragent=found[2], xff=found[3],
+                mime_type=exchange.mime_type(),
+                req_bytes=int(length) if length.isdigit() else exchange.received,
+                resp_bytes=exchange.sent,
+                duration_us=min((end_ns - exchange.start_ns) // 1000, MAX_US), status=status,
+                local=_address(scope.get("server")), remote=_address(scope.get("client")),
+                route=_route_template(scope, root_path),
+            )
+        except Exception:  # nothing here may reach the application
+            log.debug("sflow_app: could not record an ASGI sample", exc_info=True)
+            self._source.drop()
+
+
+class _Exchange:
+    """What one sampled request or websocket saw; owned by a single call."""
+
+    __slots__ = ("_receive", "_send", "end_ns", "head", "headers", "received", "sent",
+                 "start_ns", "status")
+
+    def __init__(self, receive: Receive, send: Send, *, head: bool) -> None:
+        self._receive = receive
+        self._send = send
+        self.head = head
+        self.status = 0
+        self.headers: Iterable[tuple[bytes, bytes]] = ()
+        self.received = 0
+        self.sent = 0
+        self.start_ns = perf_counter_ns()
+        self.end_ns = 0  # set by the last body message, close, or disconnect
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        kind = message["type"]
+        if kind == "http.request":
+            self.received += len(message.get("body", b""))
+        elif kind == "websocket.receive":
+            self.received += _payload_size(message)
+        elif kind in ("http.disconnect", "websocket.disconnect") and not self.end_ns:
+            self.end_ns = perf_counter_ns()
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.end_ns:  # finished or disconnected: nothing more reaches the client
+            return await self._send(message)
+        try:
+            await self._send(message)
+        except OSError:  # ASGI 2.4 servers raise on send after a disconnect
+            self.end_ns = perf_counter_ns()
+            raise
+        kind = message["type"]
+        if kind in ("http.response.body", "websocket.http.response.body"):
+            if not self.head:
+                self.sent += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.end_ns = perf_counter_ns()
+        elif kind == "websocket.send":
+            self.sent += _payload_size(message)
+        elif kind in ("http.response.start", "websocket.http.response.start"):
+            self.status = message["status"]
+            self.headers = message.get("headers") or ()
+        elif kind == "websocket.close":
+            self.status = self.status or 403  # closed before accept: servers answer 403
+            self.end_ns = perf_counter_ns()
+        elif kind == "websocket.accept":
+            self.status = 101
+        elif kind == "http.response.pathsend":
+            self.end_ns = perf_counter_ns()
+
+    def mime_type(self) -> bytes:
+        for name, value in self.headers:
+            if name.lower() == b"content-type":
+                return bytes(value)
+        return b""
+
+
+def _websocket_status(message: Message) -> int:
+    kind = message["type"]
+    if kind == "websocket.accept":
+        return 101
+    if kind == "websocket.close":
+        return 403
+    if kind == "websocket.http.response.start":
+        return int(message["status"])
+    return 0
+
+
+def _payload_size(message: Message) -> int:
+    data = message.get("bytes")
+    if data is not None:
+        return len(data)
+    text = message.get("text")
+    return len(text.encode()) if text else 0
+
+
+def _address(addr: Any) -> tuple[str, int] | None:
+    """(host, port) from scope["client"] / scope["server"]; None for unix sockets."""
+    if addr and len(addr) == 2 and isinstance(addr[1], int):
+        return str(addr[0]), addr[1]
+    return None
+
+
+def _route_template(scope: Scope, root_path: str) -> str | None:
+    """The template of the route that served the request, with any Mount prefix.
+
+    Routers record the route on the scope dict they were given, which is ours: FastAPI's
+    effective route context (include_router prefixes included), else ``scope["route"]``
+    (Starlette, FastAPI), else the route whose endpoint Starlette put in the scope (older
+    Starlette). Mounts show as the growth of ``root_path`` (with concrete values for
+    parameterised mount paths).
+    """
+    mounted = scope.get("root_path", "")
+    fastapi = scope.get("fastapi")
+    context = fastapi.get("effective_route_context") if isinstance(fastapi, dict) else None
+    template = (getattr(context, "path_format", None)
+                or getattr(scope.get("route"), "path_format", None))
+    endpoint = scope.get("endpoint")
+    if not template and endpoint is not None:
+        path = scope.get("path", "")
+        router = scope.get("router") or scope.get("app")
+        template = _find_route(getattr(router, "routes", ()), endpoint,
+                               path[len(mounted):] if path.startswith(mounted) else path)
+    if not template or not isinstance(template, str):
+        return None
+    return (mounted[len(root_path):] if mounted.startswith(root_path) else "") + template
+
+
+def _find_route(routes: Iterable[Any], endpoint: Any, path: str, depth: int = 0) -> str | None:
+    """The template of a route serving ``endpoint`` that matches ``path``, mounts searched."""
+    for route in routes:
+        if getattr(route, "endpoint", None) is endpoint:
+            regex = getattr(route, "path_regex", None)
+            if regex is None or regex.match(path):
+                path_format = getattr(route, "path_format", None)
+                if path_format:
+                    return str(path_format)
+        inner = getattr(route, "routes", None)
+        if inner and depth < 8:
+            found = _find_route(inner, endpoint, path, depth + 1)
+            if found:
+                return found
+    return None

@@ -1,0 +1,160 @@
+"""Starlette and FastAPI through sflow_app.asgi.SFlowMiddleware: route templates.
+
+``app.add_middleware(SFlowMiddleware)`` is the whole integration: the router records the
+matched route on the scope the middleware passed down, and a sampled request carries it
+as an ``app_operation`` next to its ``http_request``. In-process here; the last test
+serves tests/apps/asgi_fastapi_app.py with uvicorn.
+"""
+
+from __future__ import annotations
+
+import pytest
+from apps.asgi_harness import Peer, Uvicorn, call, flush, http_records, http_scope, record
+from fastapi import APIRouter, FastAPI
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from sflow_app._agent import AGENT
+from sflow_app.asgi import SFlowMiddleware
+from sflow_app.records import AppOperation, HttpRequest
+
+
+def starlette_app() -> Starlette:
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/users/{name}", hello),
+                            Mount("/admin", routes=[Route("/items/{item_id:int}", hello)])])
+    app.add_middleware(SFlowMiddleware)
+    return app
+
+
+def test_starlette_route_templates(agent, collector):
+    agent(sampling=1)
+    app = starlette_app()
+    for path in ("/users/ann", "/admin/items/42", "/missing"):
+        call(app, http_scope(path=path))
+    flush(AGENT, collector)
+    ops = collector.records(AppOperation)
+    assert [(o.operation, o.application, o.status_descr) for o in ops] == [
+        ("/users/{name}", "tests", "200"), ("/admin/items/{item_id}", "tests", "200")]
+    assert ops[0].attributes == "method=GET&route=/users/{name}"
+    assert [r.status for r in http_records(collector)] == [200, 200, 404]
+
+
+def test_route_fallback_without_scope_route(agent, collector):
+    """Starlette versions that do not set scope["route"]: found through scope["endpoint"]."""
+    agent(sampling=1)
+    inner = starlette_app().router
+
+    async def old_router(scope, receive, send):
+        await inner(scope, receive, send)
+        scope.pop("route", None)
+
+    app = SFlowMiddleware(old_router)
+    call(app, http_scope(path="/users/bob"))
+    call(app, http_scope(path="/admin/items/7"))
+    flush(AGENT, collector)
+    assert [o.operation for o in collector.records(AppOperation)] == [
+        "/users/{name}", "/admin/items/{item_id}"]
+
+
+def test_fastapi_route_templates(agent, collector):
+    agent(sampling=1)
+    app = FastAPI()
+    router = APIRouter()
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int) -> dict:
+        return {"id": item_id}
+
+    @router.post("/users/{uid}")
+    def user(uid: str) -> dict:
+        return {"uid": uid}
+
+    app.include_router(router, prefix="/api")
+    sub = FastAPI()
+
+    @sub.get("/deep/{z}")
+    def deep(z: str) -> dict:
+        return {}
+
+    app.mount("/sub", sub)
+    app.add_middleware(SFlowMiddleware)
+    call(app, http_scope(path="/items/3"))
+    call(app, http_scope("POST", "/api/users/bob"))
+    call(app, http_scope(path="/sub/deep/q"))
+    flush(AGENT, collector)
+    assert [o.operation for o in collector.records(AppOperation)] == [
+        "/items/{item_id}", "/api/users/{uid}", "/sub/deep/{z}"]
+    assert [(r.status, r.mime_type) for r in http_records(collector)] == [
+        (200, "application/json")] * 3
+
+
+def test_starlette_exception_counts_500_and_reaches_server_error_middleware(agent, collector):
+    agent(sampling=1)
+    async def fail(request):
+        raise RuntimeError("boom")
+
+    app = Starlette(routes=[Route("/fail", fail)])
+    app.add_middleware(SFlowMiddleware)
+    peer = Peer()
+    with pytest.raises(RuntimeError):
+        call(app, http_scope(path="/fail"), peer)
+    assert peer.sent[0]["status"] == 500  # Starlette's ServerErrorMiddleware answered
+    flush(AGENT, collector)
+    [rec] = http_records(collector)
+    assert rec.status == 500
+    assert [o.operation for o in collector.records(AppOperation)] == ["/fail"]
+
+
+@pytest.mark.slow
+def test_fastapi_under_uvicorn(tmp_path):
+    import httpx
+    from websockets.sync.client import connect
+
+    srv = Uvicorn(tmp_path, app="tests.apps.asgi_fastapi_app:app", name="fastapi-e2e")
+    try:
+        with httpx.Client(base_url=srv.url) as client:
+            assert client.get("/items/5").json() == {"item_id": 5}
+            srv.sent("GET", 200)
+            assert client.post("/api/users/bob", content=b"x" * 11).json() == {
+                "uid": "bob", "size": 11}
+            srv.sent("POST", 200)
+            assert client.get("/legacy/hello/ann").text == "hello ann"
+            srv.sent("GET", 200)
+            assert client.get("/nothing").status_code == 404
+            srv.sent("GET", 404)
+        # uvicorn closes a connection whose app raised: no keep-alive for this one.
+        assert httpx.get(f"{srv.url}/boom").status_code == 500
+        srv.sent("GET", 500)
+        with connect(f"ws://127.0.0.1:{srv.port}/ws/lobby") as ws:
+            ws.send("hi")
+            assert ws.recv() == "lobby:hi"
+        srv.sent("GET", 101)
+
+        expected = {
+            "/items/5": ("/items/{item_id}", "GET", 200, 0),
+            "/api/users/bob": ("/api/users/{uid}", "POST", 200, 0),
+            "/legacy/hello/ann": ("/legacy/hello/{name}", "GET", 200, 0),
+            "/boom": ("/boom", "GET", 500, 3),  # INTERNAL_ERROR
+            "/ws/lobby": ("/ws/{room}", "GET", 101, 0),
+        }
+        for uri, (route, method, status, app_status) in expected.items():
+            sample = srv.sample_for(uri)
+            http = record(sample, HttpRequest)
+            op = record(sample, AppOperation)
+            assert http.status == status, uri
+            assert (op.application, op.operation, op.attributes, op.status_descr) == (
+                "fastapi-e2e", route, f"method={method}&route={route}", str(status))
+            assert (op.req_bytes, op.resp_bytes, op.uS, op.status) == (
+                http.req_bytes, http.resp_bytes, http.uS, app_status)
+        assert record(srv.sample_for("/api/users/bob"), HttpRequest).req_bytes == 11
+        nothing = srv.sample_for("/nothing")
+        assert not [r for r in nothing.records if isinstance(r, AppOperation)]
+        srv.wait_counters()
+    finally:
+        srv.stop()
+        srv.collector.close()
+    assert "boom (expected by the tests)" in srv.log.read_text()
