@@ -25,9 +25,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from django.core.wsgi import get_wsgi_application as _django_wsgi_application
-from django.http import HttpRequest, HttpResponseBase
-from django.utils.deprecation import MiddlewareMixin
+from django.core.wsgi import (  # type: ignore[import-untyped]
+    get_wsgi_application as _django_wsgi_application,
+)
+from django.http import HttpRequest, HttpResponseBase  # type: ignore[import-untyped]
+from django.utils.deprecation import MiddlewareMixin  # type: ignore[import-untyped]
 
 from sflow_app import wsgi
 from sflow_app.wsgi import TRANSACTION_KEY, set_route
@@ -43,7 +45,7 @@ def get_wsgi_application(**options: Any) -> _WSGIMiddleware:
     return _WSGIMiddleware(_django_wsgi_application(), **options)
 
 
-class SFlowMiddleware(MiddlewareMixin):
+class SFlowMiddleware(MiddlewareMixin):  # type: ignore[misc]
     """``settings.MIDDLEWARE`` entry: records the route template of sampled requests."""
 
     _checked = False

@@ -48,7 +48,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from time import perf_counter_ns
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import wrapt
 
@@ -100,7 +100,7 @@ def transaction(target: Any = None, /, *, application: str | None = None) -> Any
         raise TypeError(f"application must be a string, not {type(application).__name__}")
 
     def decorator(func: F) -> F:
-        return _decorate(func, target, application)
+        return cast(F, _decorate(func, target, application))
 
     return decorator
 
@@ -215,7 +215,7 @@ class _Operation:
 def _load_settings() -> None:
     """Read the configuration now if the agent has not yet (the default application
     name comes from it, and the exporter thread may not have run its first pass)."""
-    if getattr(AGENT, "_watcher", True) is None:
+    if not getattr(AGENT, "_loaded", True):
         try:
             AGENT.reload()
         except Exception:

@@ -48,14 +48,16 @@ the service name) and a warning naming ``SFLOW_APP_DS_INDEX``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._agent import AGENT
 from ._http import (
@@ -74,18 +76,10 @@ __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
 log = logging.getLogger("sflow_app")
 
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+Environ = WSGIEnvironment
 Headers = list[tuple[str, str]]
 Write = Callable[[bytes], object]
-
-
-class StartResponse(Protocol):
-    def __call__(self, status: str, headers: Headers, exc_info: ExcInfo | None = ...,
-                 /) -> Write: ...
-
-
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 # environ key holding the per-request transaction of a *sampled* request (absent
 # otherwise): the mutable slot through which framework glue hands over the route.
@@ -129,7 +123,7 @@ class SFlowMiddleware:
 
     def __init__(
         self,
-        app: WSGIApp,
+        app: WSGIApplication,
         *,
         exclude: Iterable[str] | Callable[[str], bool] | None = None,
         query: str = "sensitive",
@@ -155,7 +149,8 @@ class SFlowMiddleware:
         # Pre-bound increments keyed by what the request hands us: the method string and
         # the status string's first character ("2" of "200 OK" -- a 1-character slice is
         # a cached string in CPython, so no allocation and no int parsing).
-        self._method_incr = {m: incr[slot] for m, (_, slot) in METHODS.items()}
+        self._method_incr: dict[Any, Callable[[], int]] = {
+            m: incr[slot] for m, (_, slot) in METHODS.items()}
         self._other_method = incr[OTHER_METHOD[1]]
         self._status_incr = {str(d): incr[STATUS_SLOTS[d]] for d in range(1, 6)}
         self._other_status = incr[STATUS_OTHER]
@@ -251,7 +246,12 @@ class _LateStatus:
         self._middleware: SFlowMiddleware | None = middleware
         self._status = status
         self._failed = False
-        self._iter = iter(result)
+        try:
+            self._iter = iter(result)
+        except BaseException:
+            self._failed = True
+            self.close()
+            raise
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -599,7 +599,7 @@ def listener(environ: Environ) -> tuple[int | None, str]:
 
 
 def _uwsgi_listener() -> tuple[int | None, str]:
-    import uwsgi  # type: ignore[import-not-found]  # only exists inside uWSGI
+    uwsgi: Any = importlib.import_module("uwsgi")  # only exists inside uWSGI
 
     router = _uwsgi_router(uwsgi.opt)
     if router is not None:  # the HTTP router's port is the service's
@@ -632,8 +632,7 @@ def _uwsgi_router(opt: Any) -> tuple[str, int] | None:
 
 def _uwsgi_connection(env: Environ) -> tuple[tuple[str, int] | None, int]:
     """(local address, peer port) of a uWSGI request's connection."""
-    import uwsgi
-
+    uwsgi: Any = importlib.import_module("uwsgi")
     if env.get("UWSGI_ROUTER"):  # the connection is the router's, not the client's
         return _uwsgi_router(uwsgi.opt), 0
     fd = uwsgi.connection_fd()

@@ -700,8 +700,10 @@ def test_per_request_state_never_shared(live, collector):
     sizes = list(range(1, 41))
     with serve(SFlowMiddleware(app)) as url:
         def fetch(size):
-            with httpx.Client() as client:
-                assert len(client.get(f"{url}/n/{size}").content) == size
+            conn = http.client.HTTPConnection(url[7:].split(":")[0], int(url.rsplit(":")[-1]))
+            conn.request("GET", f"/n/{size}")
+            assert len(conn.getresponse().read()) == size
+            conn.close()
 
         threads = [threading.Thread(target=fetch, args=(s,)) for s in sizes]
         for t in threads:

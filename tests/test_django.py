@@ -1,0 +1,91 @@
+"""sflow_app.integrations.django: the wrapped WSGI application and the route middleware,
+in Werkzeug's real server."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+pytest.importorskip("django")
+
+from apps import django_app
+from apps.harness import (
+    expect,
+    flush,
+    http_counters,
+    http_samples,
+    live_agent,
+    other_samples,
+    record,
+    reset_agent,
+    serve,
+)
+from django.core.wsgi import get_wsgi_application as plain_django
+from sflow_app.integrations import django as glue
+
+from sflow_app import wsgi
+from sflow_app.records import AppOperation, AppParentContext, HttpRequest
+
+
+@pytest.fixture
+def live(auto_file, monkeypatch):
+    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
+    yield lambda **kwargs: live_agent(auto_file, **kwargs)
+    reset_agent()
+
+
+def test_routes_counters_and_samples(live, collector):
+    live(sampling=1)
+    application = glue.get_wsgi_application(exclude=["/feed"])
+    assert isinstance(application, wsgi.SFlowMiddleware)
+    with serve(application) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/blog/2024/hello/").text == "archive 2024"
+        assert client.get("/blog/1999/old/").status_code == 404
+        assert client.get("/legacy/abc").text == "abc"
+        assert client.get("/nowhere").status_code == 404
+        assert client.get("/crash").status_code == 500
+        assert client.get("/feed").status_code == 200  # excluded
+    flush(collector)
+    assert http_counters(collector) == expect(method_get_count=5, status_2XX_count=2,
+                                              status_4XX_count=2, status_5XX_count=1)
+    by_uri = {record(s, HttpRequest).uri: s for s in http_samples(collector)}
+    routes = {uri: getattr(record(s, AppOperation), "operation", None)
+              for uri, s in by_uri.items()}
+    assert routes == {
+        "/blog/2024/hello/": "/blog/<int:year>/<slug:slug>/",
+        "/blog/1999/old/": "/blog/<int:year>/<slug:slug>/",
+        "/legacy/abc": "^legacy/(?P<code>[a-z]+)$",
+        "/nowhere": None,
+        "/crash": "/crash",
+    }
+    assert record(by_uri["/crash"], HttpRequest).status == 500
+    assert record(by_uri["/blog/1999/old/"], AppOperation).status == 8  # NOT_FOUND
+    (child,) = other_samples(collector)
+    assert record(child, AppOperation).operation == "archive_lookup"
+    assert record(child, AppParentContext) == AppParentContext(
+        "tests", "/blog/<int:year>/<slug:slug>/", "method=GET")
+
+
+def test_streaming_response_timed_to_its_end(live, collector):
+    live(sampling=1)
+    with serve(glue.get_wsgi_application()) as url:
+        assert httpx.get(url + "/feed").text == "row 0\nrow 1\nrow 2\n"
+    flush(collector)
+    req = record(http_samples(collector)[-1], HttpRequest)
+    assert (req.resp_bytes, req.mime_type, req.status) == (18, "text/csv", 200)
+    assert req.uS >= 150_000
+
+
+def test_middleware_without_wrapping_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(wsgi, "instances", 0)
+    monkeypatch.setattr(glue.SFlowMiddleware, "_checked", False)
+    application = plain_django()
+    with caplog.at_level(logging.WARNING, logger="sflow_app"), serve(application) as url:
+        httpx.get(url + "/legacy/a")
+        httpx.get(url + "/legacy/b")
+    warnings = [r for r in caplog.records if "not wrapped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "get_wsgi_application" in warnings[0].getMessage()
+    assert django_app.urlpatterns  # the project under test
