@@ -6,7 +6,8 @@ In ``<project>/wsgi.py``::
 
     application = get_wsgi_application()          # options as sflow_app.wsgi.SFlowMiddleware
 
-and, for route templates in the samples, in ``settings.py``::
+and, for route templates in the samples, first in ``settings.py``'s list (a middleware
+before it that answers in ``process_view`` would hide the route)::
 
     MIDDLEWARE = ["sflow_app.integrations.django.SFlowMiddleware", ...]
 

@@ -177,3 +177,24 @@ def test_init_app_is_idempotent_and_returns_the_middleware(live):
     assert first.query == "drop"
     with pytest.raises(ValueError):
         init_app(Flask(__name__), query="bogus")
+
+
+def test_transaction_on_a_view(live, collector):
+    live(sampling=1)
+    app = Flask(__name__)
+
+    @app.get("/report/<int:year>")
+    @transaction("report", application="reports")
+    def report(year: int) -> str:
+        return f"report {year}"
+
+    init_app(app)
+    assert app.view_functions["report"].__name__ == "report"  # endpoint name kept
+    with serve(app) as url:
+        assert httpx.get(url + "/report/2024").text == "report 2024"
+    flush(collector)
+    (child,) = other_samples(collector)
+    op = operation(child)
+    assert (op.application, op.operation, op.status) == ("reports", "report", 0)
+    assert record(child, AppParentContext) == AppParentContext(
+        "tests", "/report/<int:year>", "method=GET")

@@ -10,6 +10,8 @@ import io
 import socket
 import threading
 import time
+from wsgiref.simple_server import WSGIRequestHandler
+from wsgiref.simple_server import make_server as wsgiref_make_server
 from wsgiref.util import FileWrapper as WsgirefFileWrapper
 
 import httpx
@@ -26,6 +28,7 @@ from apps.harness import (
     serve,
 )
 from werkzeug.middleware.lint import LintMiddleware
+from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
 from sflow_app import wsgi
@@ -35,6 +38,7 @@ from sflow_app.records import (
     AppOperation,
     AppParentContext,
     ExtendedSocketIPv4,
+    ExtendedSocketIPv6,
     HostParent,
     HttpCounters,
     HttpRequest,
@@ -57,6 +61,11 @@ def live(auto_file, monkeypatch):
 
 
 counters = http_counters
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
 def linted(app):
@@ -698,7 +707,9 @@ def test_per_request_state_never_shared(live, collector):
         return body()
 
     sizes = list(range(1, 41))
-    with serve(SFlowMiddleware(app)) as url:
+    middleware = SFlowMiddleware(app)
+    assert not hasattr(middleware, "__dict__")  # __slots__: nothing per request fits
+    with serve(middleware) as url:
         def fetch(size):
             conn = http.client.HTTPConnection(url[7:].split(":")[0], int(url.rsplit(":")[-1]))
             conn.request("GET", f"/n/{size}")
@@ -765,3 +776,62 @@ def test_http_client_keepalive_many(live, collector):
     for s in http_samples(collector):
         req = record(s, HttpRequest)
         assert req.resp_bytes == int(req.uri.rsplit("/", 1)[1])
+
+
+def test_ipv6_loopback_server(live, collector):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    live(sampling=1)
+    try:
+        server = make_server("::1", 0, SFlowMiddleware(hello), threaded=True)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    try:
+        port = server.server_port
+        assert httpx.get(f"http://[::1]:{port}/v6").text == "hello"
+    finally:
+        server.shutdown()
+        server.server_close()
+    flush(collector)
+    (fs,) = http_samples(collector)
+    assert fs.ds_index == port
+    sock = record(fs, ExtendedSocketIPv6)
+    assert (sock.local_ip, sock.local_port, sock.remote_ip) == ("::1", port, "::1")
+
+
+def test_wsgiref_server_identity(live, collector):
+    """wsgiref takes SERVER_PORT from its own socket: trusted for the identity."""
+    live(sampling=1)
+    server = wsgiref_make_server("127.0.0.1", 0, SFlowMiddleware(hello),
+                                 handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    try:
+        port = server.server_port
+        assert httpx.get(f"http://127.0.0.1:{port}/ref",
+                         headers={"Host": "other:1"}).text == "hello"
+    finally:
+        server.shutdown()
+        server.server_close()
+    flush(collector)
+    (fs,) = http_samples(collector)
+    assert fs.ds_index == port and collector.datagrams[-1].sub_agent_id == port
+    sock = record(fs, ExtendedSocketIPv4)
+    assert (sock.local_port, sock.remote_ip) == (port, "127.0.0.1")
+
+
+def test_unknown_server_gets_a_derived_index_and_a_warning(live, collector, caplog):
+    live(sampling=1)
+    mw = SFlowMiddleware(hello)
+    with caplog.at_level("WARNING", logger="sflow_app"):
+        call(mw)
+        call(mw)
+    flush(collector)
+    (warning,) = [r for r in caplog.records if "SFLOW_APP_DS_INDEX" in r.getMessage()]
+    index = collector.counter_samples()[-1].ds_index
+    assert 65536 <= index <= 99999
+    assert str(index) in warning.getMessage()
