@@ -89,8 +89,8 @@ def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, 
     agent.tick(clock.now)
     clock.now += 1.01
     agent.tick(clock.now)
-    dgs = collector.poll(0.5)
-    counters = [s for d in dgs for s in d.samples if isinstance(s, CountersSample)]
+    collector.poll(0.5)
+    counters = [s for s in collector.samples() if isinstance(s, CountersSample)]
     assert counters and counters[0].sequence_number == 1
     hc, parent = counters[0].records
     assert isinstance(hc, HttpCounters) and isinstance(parent, HostParent)
