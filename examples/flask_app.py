@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 
 from flask import Flask, Response, abort, jsonify, request
-from sflow_app.integrations.flask import init_app
 
 from sflow_app._transaction import transaction
+from sflow_app.integrations.flask import init_app
 
 app = Flask(__name__)
 init_app(app, exclude=["/healthz"])

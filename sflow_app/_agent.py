@@ -51,6 +51,7 @@ class Agent:
         self.settings = _config.resolve({}, {}, None, DEFAULT_CONFIG)
         self._watcher: ConfigWatcher | None = None
         self._loaded = False
+        self._default_name: str | None = None
         self._next_config_check = 0.0
         self._warned: set[str] = set()
 
@@ -124,7 +125,19 @@ class Agent:
     # -- sources ----------------------------------------------------------------------
     @property
     def service_name(self) -> str:
-        return self.settings.service_name or default_service_name()
+        if self.settings.service_name:
+            return self.settings.service_name
+        if self._default_name is None:
+            self._default_name = default_service_name()
+        return self._default_name
+
+    def ensure_loaded(self) -> None:
+        """Read the configuration now if it never was (surfaces call this at start-up)."""
+        if not self._loaded:
+            try:
+                self.reload()
+            except Exception:
+                log.debug("sflow_app: could not read the configuration", exc_info=True)
 
     def _source(self, cls: type[Source], name: str) -> Source:
         key = (cls.kind, name)
@@ -133,10 +146,9 @@ class Agent:
             with self._lock:
                 source = self._sources.get(key)
                 if source is None:
-                    if not self._loaded:
-                        # Surfaces are built at start-up, not on a request: read the config
-                        # now so the first requests are sampled at the right rate.
-                        self.reload()
+                    # Surfaces are built at start-up, not on a request: read the config
+                    # now so the first requests are sampled at the right rate.
+                    self.ensure_loaded()
                     source = cls(self, name)
                     self._apply_source(source)
                     self._sources[key] = source

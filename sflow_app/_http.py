@@ -132,9 +132,7 @@ def submit_http(
             uS=duration_us, status=status,
         )]
         if local and remote:
-            sock = socket_record(6, local[0], remote[0], local[1], remote[1])
-            if sock is not None:
-                records.append(sock)
+            records.append(socket_record(6, local[0], remote[0], local[1], remote[1]))
         if route:
             records.append(AppOperation(
                 application=application or source.agent.service_name, operation=route,

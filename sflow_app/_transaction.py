@@ -126,11 +126,14 @@ class _Operation:
         self.name = name
         self.application = application
         self.source: AppSource | None = None
+        if application is None:
+            # The default application name comes from the configuration: read it at
+            # decoration (start-up), never on the first call's request thread.
+            AGENT.ensure_loaded()
 
     def _resolve(self) -> AppSource:
         application = self.application
         if application is None:
-            _load_settings()
             application = AGENT.service_name
         self.source = source = AGENT.app_source(application)
         return source
@@ -210,13 +213,3 @@ class _Operation:
         except Exception:
             log.debug("sflow_app: could not record an app_operation sample", exc_info=True)
             source.drop()
-
-
-def _load_settings() -> None:
-    """Read the configuration now if the agent has not yet (the default application
-    name comes from it, and the exporter thread may not have run its first pass)."""
-    if not getattr(AGENT, "_loaded", True):
-        try:
-            AGENT.reload()
-        except Exception:
-            log.debug("sflow_app: could not read the configuration", exc_info=True)

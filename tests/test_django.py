@@ -23,9 +23,9 @@ from apps.harness import (
     serve,
 )
 from django.core.wsgi import get_wsgi_application as plain_django
-from sflow_app.integrations import django as glue
 
 from sflow_app import wsgi
+from sflow_app.integrations import django as glue
 from sflow_app.records import AppOperation, AppParentContext, HttpRequest
 
 

@@ -18,9 +18,9 @@ from apps.harness import (
     serve,
 )
 from flask import Blueprint, Flask, Response, abort, request
-from sflow_app.integrations.flask import init_app
 
 from sflow_app._transaction import transaction
+from sflow_app.integrations.flask import init_app
 from sflow_app.records import AppOperation, AppParentContext, HttpRequest
 from sflow_app.wsgi import TRANSACTION_KEY, SFlowMiddleware
 
