@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 
+FOLD_AT = 1024  # add() folds the pending amounts in once this many are waiting
 
-def _value(cell: itertools.count) -> int:
+
+def _value(cell: itertools.count[int]) -> int:
     # repr is "count(N)"; it is the one stable way to read a count across Python versions.
     return int(repr(cell)[6:-1])
 
@@ -22,7 +25,7 @@ def _value(cell: itertools.count) -> int:
 class CounterBlock:
     """A named, fixed-layout row of cumulative counters."""
 
-    __slots__ = ("_add_lock", "_base", "_cells", "_extra", "incr", "names")
+    __slots__ = ("_add_lock", "_base", "_cells", "_extra", "_pending", "incr", "names", "put")
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
@@ -32,18 +35,36 @@ class CounterBlock:
         self._extra = [0] * len(self.names)
         self._base = (0,) * len(self.names)
         self._add_lock = threading.Lock()
+        # put((slot, amount)) adds a positive amount, exact and lock-free: deque.append is
+        # one C call (atomic under the GIL); fold() and snapshot() move the pending amounts
+        # into the totals. A hot path that calls put directly calls fold() now and then
+        # (its slow path) so the deque stays short when nothing takes snapshots.
+        self._pending: deque[tuple[int, int]] = deque()
+        self.put: Callable[[tuple[int, int]], None] = self._pending.append
 
     def index(self, name: str) -> int:
         return self.names.index(name)
 
     def add(self, slot: int, amount: int) -> None:
-        """Add more than one (byte counts): rare enough to afford a short lock."""
+        """Add more than one (byte counts)."""
         if amount > 0:
-            with self._add_lock:
-                self._extra[slot] += amount
+            self.put((slot, amount))
+            if len(self._pending) > FOLD_AT:
+                self.fold()
+
+    def fold(self) -> None:
+        with self._add_lock:
+            self._fold()
+
+    def _fold(self) -> None:
+        pending, extra = self._pending, self._extra
+        for _ in range(len(pending)):  # only what is there now; appends may go on
+            slot, amount = pending.popleft()
+            extra[slot] += amount
 
     def snapshot(self) -> tuple[int, ...]:
         with self._add_lock:
+            self._fold()
             extra = tuple(self._extra)
         return tuple(
             _value(c) + e - b for c, e, b in zip(self._cells, extra, self._base, strict=True)

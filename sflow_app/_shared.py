@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 log = logging.getLogger("sflow_app")
 
@@ -59,11 +59,16 @@ LOCK_SENDER = LOCK_BASE
 LOCK_TABLE = LOCK_BASE + 1
 LOCK_SLOT0 = LOCK_BASE + 16
 
-MSG = struct.Struct(">I")  # source-table index, then one encoded flow sample
+# A forwarded message carries many samples, each as (source-table index, length) then the
+# encoded flow sample: a unix datagram socket queues only net.unix.max_dgram_qlen messages
+# (10 by default) whatever its buffer size, so one message per sample would cap what the
+# workers can hand over at about 10 samples per sender tick.
+MSG = struct.Struct(">II")
+FORWARD_MAX = 60000  # bytes per forwarded message (a unix datagram takes up to ~200 KB)
 SUN_PATH_MAX = 100
 
 
-def state_dir(env: dict[str, str] | os._Environ[str]) -> str:
+def state_dir(env: Mapping[str, str]) -> str:
     configured = env.get("SFLOW_APP_STATE_DIR")
     if configured:
         return configured
@@ -298,14 +303,27 @@ class SharedState:
                 data = sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 break
-            if len(data) > MSG.size:
-                out.append((MSG.unpack_from(data)[0], data[MSG.size:]))
+            at = 0
+            while at + MSG.size <= len(data):
+                index, length = MSG.unpack_from(data, at)
+                at += MSG.size
+                if not length or at + length > len(data):
+                    break
+                out.append((index, data[at:at + length]))
+                at += length
         return out
 
-    def forward(self, sock: socket.socket, index: int, sample: bytes) -> bool:
-        """Hand one encoded sample to the sender; False when it cannot take it now."""
+    def stop_listening(self) -> None:
+        """The sender at exit: forwards fail from now on (the workers keep them for the
+        next sender), so one more ``receive()`` gets everything sent to this one."""
+        if self.sender and isinstance(self.sock_addr, str):
+            with contextlib.suppress(OSError):
+                os.unlink(self.sock_addr)
+
+    def forward(self, sock: socket.socket, message: bytes) -> bool:
+        """Hand encoded samples (``MSG`` framed) to the sender; False when it cannot now."""
         try:
-            sock.sendto(MSG.pack(index) + sample, self.sock_addr)
+            sock.sendto(message, self.sock_addr)
         except OSError:
             return False
         return True
