@@ -1,0 +1,1177 @@
+"""sFlow for pymemcache: ``memcache_operation`` samples and client-side memcache counters.
+
+Memcached's own sFlow agent shows the server's view; this shows what the application asked
+of its caches -- hot keys, missed keys, slow operations -- per client::
+
+    import sflow_app.memcache
+
+    sflow_app.memcache.instrument()            # every pymemcache client in the process
+    sflow_app.memcache.wrap(client)            # or a single Client / PooledClient /
+                                               # HashClient / RetryingClient instance
+
+``instrument()`` replaces, at class level, methods of ``pymemcache.client.base.Client``:
+its three round-trip methods (``_fetch_cmd``, ``_store_cmd``, ``_misc_cmd``), its
+``_connect``, and the public commands that validate arguments before a round trip
+(``delete``, ``delete_many``, ``incr``, ``decr``, ``touch``, ``cas``, ``flush_all``,
+``cache_memlimit``, with every alias bound at class creation such as ``delete_multi``).
+``PooledClient``, ``HashClient`` (pooled or not) and ``RetryingClient`` all end in a
+``Client``, so they are covered, and each server round trip is counted once: a HashClient
+``get_many`` over two servers is two operations, each retry is its own operation, and
+``get_multi`` / ``set_multi`` / ``delete_multi`` are the same round trips as their
+``*_many`` names. ``wrap(client)`` gives the same to one client by swapping in a subclass
+(``isinstance`` still holds); pooled and hashed clients get it for the ``Client`` objects
+they create later too. Both are idempotent: a repeat is a no-op with a warning.
+``uninstrument()`` undoes ``instrument()``. The replacements are plain functions that
+keep the originals' names, docstrings and ``__wrapped__``, not ``wrapt`` wrappers: a
+``wrapt.FunctionWrapper`` method costs about 1 us per call (binding plus call), more than
+the whole budget of an unsampled operation (see Cost). Importing ``sflow_app`` never
+imports pymemcache; this module needs the ``memcache`` extra.
+
+Records
+-------
+A sampled operation becomes one flow sample on the memcache data source, client side
+(``input`` 0x3FFFFFFF, ``output`` 0): ``memcache_operation`` (0:2200) and, for TCP
+servers, ``extended_socket_ipv4/6`` (local = our end of the connection, remote = that
+server; when the operation left no connection -- refused, closed by the error -- the
+remote is the configured address if it is an IP literal and the local end is
+unspecified). Unix-socket servers get no socket record. ``protocol`` is ASCII (pymemcache
+speaks only that). ``uS`` is the round trip's duration; ``value_bytes`` the serialized
+value bytes sent (stores) or received (fetches).
+
+========================================  ==========  ======================================
+pymemcache                                cmd         status
+========================================  ==========  ======================================
+set, set_many/set_multi, __setitem__      SET         STORED / NOT_STORED
+add, replace, append, prepend             ADD ...     STORED / NOT_STORED
+cas                                       CAS         STORED / EXISTS / NOT_FOUND
+get, get_many/get_multi, __getitem__      GET         OK (any key hit) / NOT_FOUND
+gets, gets_many                           GETS        OK (any key hit) / NOT_FOUND
+delete, delete_many/delete_multi          DELETE      DELETED (any key) / NOT_FOUND
+incr, decr                                INCR, DECR  OK / NOT_FOUND
+touch                                     TOUCH       OK / NOT_FOUND
+stats                                     STATS       OK
+flush_all                                 FLUSH       OK
+version                                   VERSION     OK
+quit                                      QUIT        UNKNOWN (no reply)
+cache_memlimit, shutdown                  OTHER       OK
+raw_command                               by its first word; the reply's first word
+                                          (STORED, NOT_FOUND, ...) else OK
+========================================  ==========  ======================================
+
+Multi-key commands report ``nkeys`` and the first key; a store whose keys fared
+differently reports the first key's non-STORED outcome. ``noreply`` gives UNKNOWN (there
+is no outcome to see). Errors keep propagating to the caller and are recorded as:
+CLIENT_ERROR for pymemcache's client errors (the server's ``CLIENT_ERROR`` reply, and
+``MemcacheIllegalInputError`` -- a key with whitespace or over 250 bytes, a non-integer
+argument -- which pymemcache raises before sending: such an operation has ``uS`` 0 when
+no round trip was started); SERVER_ERROR for the server's ``SERVER_ERROR`` reply; ERROR
+for the server's ``ERROR`` reply (pymemcache's ``MemcacheUnknownCommandError``) and for
+every transport or generic failure: ``OSError``, timeouts, the connection closing
+mid-reply (``MemcacheUnexpectedCloseError``, although pymemcache derives it from its
+server error), an unparseable reply. A ``get`` that ``ignore_exc=True`` turned into an
+empty result is ERROR, not NOT_FOUND. Keys ``HashClient`` rejects before choosing a server
+never reach a ``Client`` and are not recorded.
+
+Keys are the bytes sent on the wire (``key_prefix`` included) and are reported as they
+are by default: hot-key analysis is the point. ``keys="hmac"`` reports the first 32 hex
+digits (128 bits) of HMAC-SHA256(secret, key) instead -- a plain hash of ``user:42``
+would be reversed by enumerating user ids -- and ``keys="none"`` reports no key.
+
+Counters
+--------
+``memcache_counters`` (0:2204) plus ``host_parent``, polled every ``polling.memcache``
+seconds (else ``polling``), describe what the service's clients did (the core sums the
+counts of every worker process). Sampling is
+``sampling.memcache`` (else ``sampling``). The data source and sub-agent follow the core's
+identity rules (a locally assigned index; the client poses as no server).
+
+=====================  ==================================================================
+cmd_set                storage commands sent (set, add, replace, append, prepend, cas;
+                       one per key of set_many), whatever their outcome
+cmd_touch, cmd_flush   touch and flush_all commands, whatever their outcome
+get_hits/get_misses    per key, for get, gets and their multi-key forms
+delete_hits/_misses    per key (DELETED / NOT_FOUND)
+incr_*, decr_*         hit = the key existed, miss = NOT_FOUND
+cas_hits/_misses/      STORED / NOT_FOUND / EXISTS
+cas_badval
+total_items            values the server confirmed STORED
+total_connections      connections opened
+rejected_connections   connection attempts that failed (refused, unreachable, timed out)
+bytes_read             value bytes received (serialized, as the server sent them)
+bytes_written          value bytes sent (serialized); command lines and keys not counted
+=====================  ==================================================================
+
+Outcomes that were not seen (``noreply``, errors) count in no hit/miss counter; bytes
+count for operations that completed. Commands pymemcache refused before sending count in
+cmd_set / cmd_touch / cmd_flush like the others. The fields only a server can know -- auth_cmds,
+auth_errors (pymemcache has no SASL), threads, conn_yields, listen_disabled_num,
+connection_structures, evictions, reclaimed, curr_items, bytes, limit_maxbytes -- are
+always 0: the memcache structure has no "unknown" value, and 0 keeps collectors that sum
+or rate counters correct. curr_connections is 0 too for now: it is a gauge, and the
+counter slots are cumulative and summed over every worker a service ever had (a dead
+worker's open connections would stay counted); this module tracks the connections its
+clients hold per process, ready for a gauge slot. raw_command contributes to no counter
+(pymemcache does not parse its reply).
+
+Cost
+----
+An unsampled operation costs one extra Python call (fixed-parameter replacements for
+pymemcache 4's signatures, ``*args`` ones otherwise), the sampler's candidate ordinal and
+a compare, a few lock-free counter increments, and for bytes one lock-free append
+(``CounterBlock.put``). Value sizes are read off the values and results when the client
+uses pymemcache's default serde; any other serde is wrapped, per client, in a thin proxy
+installed as ``client.serde`` on first use (``uninstrument()`` gives the original back)
+that tallies the current operation's serialized bytes -- exact as long as a client is
+used by one thread at a time, which pymemcache requires anyway. Timing, keys and socket
+addresses are read only for sampled operations. ``benchmarks/bench_memcache.py``
+measures it against bare pymemcache.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import inspect
+import ipaddress
+import itertools
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any, Literal, TypeVar
+
+try:
+    # pymemcache ships no type information.
+    from pymemcache.client.base import Client, PooledClient  # type: ignore[import-untyped]
+    from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
+    from pymemcache.client.retrying import RetryingClient  # type: ignore[import-untyped]
+    from pymemcache.exceptions import (  # type: ignore[import-untyped]
+        MemcacheClientError,
+        MemcacheIllegalInputError,
+        MemcacheServerError,
+        MemcacheUnexpectedCloseError,
+        MemcacheUnknownCommandError,
+    )
+    from pymemcache.serde import LegacyWrappingSerde  # type: ignore[import-untyped]
+except ImportError as exc:  # pragma: no cover - the "memcache" extra installs it
+    raise ImportError(
+        "sflow_app.memcache needs pymemcache: pip install 'sflow-app[memcache]'") from exc
+
+from ._agent import AGENT
+from ._counters import _value
+from ._source import MEMCACHE_COUNTERS, MemcacheSource
+from .records import (
+    MemcacheCmd,
+    MemcacheOperation,
+    MemcacheProtocol,
+    MemcacheStatus,
+    socket_record,
+)
+
+__all__ = ["KeyMode", "instrument", "uninstrument", "wrap"]
+
+log = logging.getLogger("sflow_app")
+
+KeyMode = Literal["plain", "hmac", "none"]
+AnyClient = TypeVar("AnyClient")
+
+U32 = 0xFFFFFFFF
+ASCII = int(MemcacheProtocol.ASCII)
+OTHER = int(MemcacheCmd.OTHER)
+UNKNOWN = int(MemcacheStatus.UNKNOWN)
+OK = int(MemcacheStatus.OK)
+ERROR = int(MemcacheStatus.ERROR)
+CLIENT_ERROR = int(MemcacheStatus.CLIENT_ERROR)
+SERVER_ERROR = int(MemcacheStatus.SERVER_ERROR)
+STORED = int(MemcacheStatus.STORED)
+NOT_STORED = int(MemcacheStatus.NOT_STORED)
+EXISTS = int(MemcacheStatus.EXISTS)
+NOT_FOUND = int(MemcacheStatus.NOT_FOUND)
+DELETED = int(MemcacheStatus.DELETED)
+
+# memcache_cmd by the command's name on the wire. gat/gats (get-and-touch) have no code of
+# their own; GET/GETS are the closest.
+_CMDS: dict[bytes, int] = {
+    b"set": MemcacheCmd.SET, b"add": MemcacheCmd.ADD, b"replace": MemcacheCmd.REPLACE,
+    b"append": MemcacheCmd.APPEND, b"prepend": MemcacheCmd.PREPEND, b"cas": MemcacheCmd.CAS,
+    b"get": MemcacheCmd.GET, b"gets": MemcacheCmd.GETS, b"gat": MemcacheCmd.GET,
+    b"gats": MemcacheCmd.GETS, b"incr": MemcacheCmd.INCR, b"decr": MemcacheCmd.DECR,
+    b"delete": MemcacheCmd.DELETE, b"stats": MemcacheCmd.STATS,
+    b"flush_all": MemcacheCmd.FLUSH, b"version": MemcacheCmd.VERSION,
+    b"quit": MemcacheCmd.QUIT, b"touch": MemcacheCmd.TOUCH,
+}
+_CMDS = {name: int(code) for name, code in _CMDS.items()}
+_FETCH_KEYED = (b"get", b"gets")
+_MISC_KEYED = frozenset({b"delete", b"incr", b"decr", b"touch"})
+_ONE_KEY = frozenset({b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"delete",
+                      b"incr", b"decr", b"touch"})
+# A raw_command reply's first word -> status.
+_REPLY_STATUS = {
+    b"STORED": STORED, b"NOT_STORED": NOT_STORED, b"EXISTS": EXISTS,
+    b"NOT_FOUND": NOT_FOUND, b"DELETED": DELETED, b"TOUCHED": OK, b"OK": OK,
+}
+
+_SLOT = {name: i for i, name in enumerate(MEMCACHE_COUNTERS)}
+CMD_SET, CMD_TOUCH, CMD_FLUSH = _SLOT["cmd_set"], _SLOT["cmd_touch"], _SLOT["cmd_flush"]
+GET_HITS, GET_MISSES = _SLOT["get_hits"], _SLOT["get_misses"]
+DELETE_HITS, DELETE_MISSES = _SLOT["delete_hits"], _SLOT["delete_misses"]
+INCR_HITS, INCR_MISSES = _SLOT["incr_hits"], _SLOT["incr_misses"]
+DECR_HITS, DECR_MISSES = _SLOT["decr_hits"], _SLOT["decr_misses"]
+CAS_HITS, CAS_MISSES, CAS_BADVAL = _SLOT["cas_hits"], _SLOT["cas_misses"], _SLOT["cas_badval"]
+TOTAL_ITEMS = _SLOT["total_items"]
+BYTES_READ, BYTES_WRITTEN = _SLOT["bytes_read"], _SLOT["bytes_written"]
+TOTAL_CONNECTIONS = _SLOT["total_connections"]
+REJECTED_CONNECTIONS = _SLOT["rejected_connections"]
+
+
+# ------------------------------------------------------------------------------ options
+
+
+@dataclass(frozen=True)
+class _KeyPolicy:
+    mode: str = "plain"
+    secret: bytes = b""
+
+    def render(self, key: bytes) -> bytes:
+        if self.mode == "plain" or not key:
+            return key
+        if self.mode == "none":
+            return b""
+        return hmac.new(self.secret, key, hashlib.sha256).hexdigest()[:32].encode()
+
+
+def _policy(keys: str, secret: bytes | str | None) -> _KeyPolicy:
+    if keys not in ("plain", "hmac", "none"):
+        raise ValueError(f"keys must be 'plain', 'hmac' or 'none', not {keys!r}")
+    if keys != "hmac":
+        return _KeyPolicy(keys)
+    if not secret:
+        raise ValueError("keys='hmac' needs a secret")
+    return _KeyPolicy("hmac", secret.encode() if isinstance(secret, str) else bytes(secret))
+
+
+# --------------------------------------------------------------------- bound source
+# The one memcache data source of this process, bound at instrument()/wrap() time and
+# re-bound on the slow path if the agent replaced it. The hot path reads these globals.
+
+_source: Any = None
+_sampler: Any = None
+_pool: Callable[[], int] = itertools.count().__next__
+_incr: tuple[Callable[[], int], ...] = ()
+
+
+def _put(item: tuple[int, int]) -> None:  # replaced by the bound source's counters.put
+    return None
+
+
+def _fold() -> None:
+    return None
+
+
+def _bind(source: MemcacheSource) -> None:
+    global _source, _sampler, _pool, _incr, _put, _fold
+    counters = source.counters
+    _sampler = source.sampler
+    _pool = source.sampler.pool
+    _incr = counters.incr
+    # put((slot, n)): add n > 0, lock-free (a deque append the block folds in later).
+    _put = getattr(counters, "put", None) or (lambda item: counters.add(*item))
+    _fold = getattr(counters, "fold", None) or (lambda: None)
+    _source = source
+
+
+def _due(n: int) -> bool:
+    """The slow path for candidate ``n`` (see _sampler): True when it is sampled."""
+    try:
+        source = AGENT.memcache_source()
+        if source is not _source:
+            _bind(source)  # the agent was replaced (tests); count from the new source on
+            return False
+        _fold()  # keeps the pending byte counts short even when no one takes snapshots
+        return bool(source.sample(n))
+    except Exception:
+        log.debug("sflow_app: memcache sampling decision failed", exc_info=True)
+        return False
+
+
+# ------------------------------------------------------------------- value bytes
+# With pymemcache's default serde (values pass through; non-bytes are sent as str(value)
+# encoded) the sizes are read off the values and results. Any other serde is wrapped, per
+# client, in a proxy that tallies the serialized sizes of the current operation (a Client
+# serves one thread at a time, so no lock). Either way the wrapper adds the operation's
+# bytes to bytes_read / bytes_written once.
+
+
+class _CountingSerde:
+    """pymemcache's serde interface, tallying value bytes for one client."""
+
+    __slots__ = ("__weakref__", "_de", "_encoding", "_ser", "inner", "read", "written")
+
+    def __init__(self, inner: Any, encoding: str) -> None:
+        self.inner = inner
+        self._ser = inner.serialize
+        self._de = inner.deserialize
+        self._encoding = encoding
+        self.read = 0
+        self.written = 0
+
+    def serialize(self, key: Any, value: Any) -> Any:
+        result = self._ser(key, value)
+        try:
+            data = result[0]
+            # Mirrors Client._store_cmd: non-bytes are sent as str(data) encoded.
+            self.written += (len(data) if isinstance(data, bytes)
+                             else len(str(data).encode(self._encoding)))
+        except Exception:
+            pass
+        return result
+
+    def deserialize(self, key: Any, value: bytes, flags: int) -> Any:
+        self.read += len(value)
+        return self._de(key, value, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class _NoTally:
+    """Stands in when a client's serde cannot be proxied (no ``serde`` attribute)."""
+
+    read = written = 0
+
+
+def _is_default_serde(serde: Any) -> bool:
+    if type(serde) is not LegacyWrappingSerde:
+        return False
+    ser, de = serde.__dict__.get("serialize"), serde.__dict__.get("deserialize")
+    return (getattr(ser, "__func__", None) is LegacyWrappingSerde._default_serialize
+            and getattr(de, "__func__", None) is LegacyWrappingSerde._default_deserialize)
+
+
+_attached: weakref.WeakSet[Any] = weakref.WeakSet()  # clients marked by _attach
+_attach_lock = threading.Lock()
+
+
+def _attach(client: Any) -> Any:
+    """First use of ``client`` (or it replaced its serde): its own serde when it is the
+    default one, else a counting proxy installed in its place."""
+    try:
+        serde = client.serde
+        if isinstance(serde, _CountingSerde):  # copied from another client
+            serde = serde.inner
+        if not _is_default_serde(serde):
+            serde = _CountingSerde(serde, getattr(client, "encoding", None) or "ascii")
+        client.serde = serde
+        client._sflow_serde = serde
+        with _attach_lock:
+            _attached.add(client)
+    except Exception:
+        log.debug("sflow_app: cannot count value bytes for %r", client, exc_info=True)
+        return _NoTally()
+    return serde
+
+
+def _proxy(instance: Any) -> Any:
+    try:
+        proxy = instance._sflow_serde
+        if instance.serde is not proxy:
+            proxy = _attach(instance)
+    except AttributeError:
+        proxy = _attach(instance)
+    return proxy
+
+
+def _value_size(value: Any, encoding: str) -> int:
+    """What Client._store_cmd sends for a value the default serde passed through."""
+    if isinstance(value, bytes):
+        return len(value)
+    try:
+        return len(str(value).encode(encoding))
+    except Exception:
+        return 0
+
+
+def _fetched_size(result: Any, expect_cas: Any) -> int:
+    """Value bytes of a get/gets result, when the default serde returned them as sent."""
+    size = 0
+    for value in result.values():
+        if expect_cas:
+            value = value[0]
+        if isinstance(value, bytes):
+            size += len(value)
+    return size
+
+
+def _stored_size(instance: Any, values: Any) -> int:
+    size = 0
+    for value in values.values():
+        if isinstance(value, bytes):
+            size += len(value)
+        else:
+            size += _value_size(value, getattr(instance, "encoding", None) or "ascii")
+    return size
+
+
+# ------------------------------------------------------------------------- connections
+# Connections open now are tracked per process (itertools counts, not a lock: the close
+# side runs from a weakref finalizer, which can fire during any allocation in any thread),
+# but not reported yet: see the curr_connections note in the module docstring.
+
+_opened = itertools.count()
+_closed = itertools.count()
+
+
+def _open_connections() -> int:
+    """Sockets instrumented clients opened in this process and still hold."""
+    return max(0, _value(_opened) - _value(_closed))
+
+
+def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _connect(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException:
+            _incr[REJECTED_CONNECTIONS]()
+            raise
+        _incr[TOTAL_CONNECTIONS]()
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            try:
+                # Counts the close however it happens: close(), an error, garbage collection.
+                weakref.finalize(sock, _closed.__next__)
+                next(_opened)
+            except TypeError:  # a socket type without weak references: not tracked
+                pass
+        return result
+
+    return _method(_connect, original)
+
+
+# ---------------------------------------------------------------------------- outcomes
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str,
+         default: Any = None) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _count(slot: int, amount: int) -> None:
+    if amount == 1:
+        _incr[slot]()
+    elif amount > 0:
+        _put((slot, amount))
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, MemcacheUnknownCommandError):  # the server said ERROR
+        return ERROR
+    if isinstance(exc, MemcacheClientError):  # CLIENT_ERROR, or rejected before sending
+        return CLIENT_ERROR
+    if isinstance(exc, MemcacheUnexpectedCloseError):  # transport, not a server reply
+        return ERROR
+    if isinstance(exc, MemcacheServerError):
+        return SERVER_ERROR
+    return ERROR
+
+
+# Each round trip has: ok(instance, args, kwargs, result) -> status (and counts),
+# err(instance, args, kwargs, exc) -> status (and counts), describe(...) -> (cmd, key, nkeys).
+# Their args are those of Client._fetch_cmd / _store_cmd / _misc_cmd.
+
+
+def _fetch_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
+    name = args[0] if args else kwargs.get("name")
+    if name == b"get" or name == b"gets":
+        hits = len(result)
+        if not hits and instance.sock is None:
+            return ERROR  # ignore_exc turned an error into an empty result
+        _count(GET_HITS, hits)
+        _count(GET_MISSES, len(_arg(args, kwargs, 1, "keys", ())) - hits)
+        return OK if hits else NOT_FOUND
+    if not result and instance.sock is None:
+        return ERROR
+    return OK
+
+
+def _fetch_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
+    return _status_of(exc)
+
+
+def _fetch_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, int]:
+    name = _arg(args, kwargs, 0, "name", b"")
+    cmd = _CMDS.get(name, OTHER)
+    if name not in _FETCH_KEYED:
+        return cmd, b"", 0
+    keys = list(_arg(args, kwargs, 1, "keys", ()))
+    prefix = _arg(args, kwargs, 3, "key_prefix", b"")
+    return cmd, _wire_key(instance, keys[0], prefix) if keys else b"", len(keys)
+
+
+def _store_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
+    name = args[0] if args else kwargs.get("name")
+    _count(CMD_SET, len(result))
+    if _arg(args, kwargs, 3, "noreply"):
+        return UNKNOWN
+    stored = 0
+    status = STORED
+    if name == b"cas":
+        missing = badval = 0
+        for outcome in result.values():
+            if outcome:
+                stored += 1
+            elif outcome is None:
+                missing += 1
+                if status == STORED:
+                    status = NOT_FOUND
+            else:
+                badval += 1
+                if status == STORED:
+                    status = EXISTS
+        _count(CAS_HITS, stored)
+        _count(CAS_MISSES, missing)
+        _count(CAS_BADVAL, badval)
+    else:
+        for outcome in result.values():
+            if outcome:
+                stored += 1
+            elif status == STORED:
+                status = NOT_STORED
+    _count(TOTAL_ITEMS, stored)
+    return status
+
+
+def _store_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
+    _count(CMD_SET, len(_arg(args, kwargs, 1, "values", ())))
+    return _status_of(exc)
+
+
+def _store_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, int]:
+    values = _arg(args, kwargs, 1, "values", {})
+    cmd = _CMDS.get(_arg(args, kwargs, 0, "name", b""), OTHER)
+    first = next(iter(values), None)
+    key = b"" if first is None else _wire_key(instance, first, instance.key_prefix)
+    return cmd, key, len(values)
+
+
+def _misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
+    name = args[1] if len(args) > 1 else kwargs.get("cmd_name")
+    if _arg(args, kwargs, 3, "end_tokens"):
+        return _raw_status(name, result)
+    if name == b"touch":
+        _incr[CMD_TOUCH]()
+    elif name == b"flush_all":
+        _incr[CMD_FLUSH]()
+    if _arg(args, kwargs, 2, "noreply") or not result:
+        return UNKNOWN
+    first = result[0]
+    if name == b"delete":
+        hits = 0
+        for line in result:
+            if line == b"DELETED":
+                hits += 1
+        _count(DELETE_HITS, hits)
+        _count(DELETE_MISSES, len(result) - hits)
+        return DELETED if hits else NOT_FOUND
+    if name == b"incr" or name == b"decr":
+        found = first != b"NOT_FOUND"
+        if name == b"incr":
+            _incr[INCR_HITS if found else INCR_MISSES]()
+        else:
+            _incr[DECR_HITS if found else DECR_MISSES]()
+        return OK if found else NOT_FOUND
+    if name == b"touch":
+        return OK if first == b"TOUCHED" else NOT_FOUND
+    return OK
+
+
+def _misc_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
+    name = _arg(args, kwargs, 1, "cmd_name")
+    if _arg(args, kwargs, 3, "end_tokens"):
+        return _status_of(exc)
+    if name == b"touch":
+        _incr[CMD_TOUCH]()
+    elif name == b"flush_all":
+        _incr[CMD_FLUSH]()
+    elif name == b"shutdown" and isinstance(exc, MemcacheUnexpectedCloseError):
+        return OK  # the server closing the connection is what shutdown asked for
+    return _status_of(exc)
+
+
+def _misc_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, int]:
+    cmds = _arg(args, kwargs, 0, "cmds", ())
+    name = _arg(args, kwargs, 1, "cmd_name", b"")
+    if _arg(args, kwargs, 3, "end_tokens"):
+        return _raw_describe(name)
+    cmd = _CMDS.get(name, OTHER)
+    if name not in _MISC_KEYED or not cmds:
+        return cmd, b"", 0
+    tokens = cmds[0].split()
+    return cmd, tokens[1] if len(tokens) > 1 else b"", len(cmds)
+
+
+def _raw_describe(command: Any) -> tuple[int, bytes, int]:
+    tokens = command.split() if isinstance(command, bytes) else []
+    if not tokens:
+        return OTHER, b"", 0
+    name = tokens[0]
+    if name in _FETCH_KEYED:
+        keys = tokens[1:]
+    elif name in (b"gat", b"gats"):
+        keys = tokens[2:]
+    elif name in _ONE_KEY:
+        keys = tokens[1:2]
+    else:
+        keys = []
+    return _CMDS.get(name, OTHER), keys[0] if keys else b"", len(keys)
+
+
+def _raw_status(command: Any, result: Any) -> int:
+    reply = result[0] if result else b""
+    word = reply.split(None, 1)[0] if reply else b""
+    name = command.split(None, 1)[0] if isinstance(command, bytes) and command else b""
+    if name in _FETCH_KEYED or name in (b"gat", b"gats"):
+        return OK if word == b"VALUE" else NOT_FOUND
+    return _REPLY_STATUS.get(word, OK)
+
+
+def _fetch_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
+    if isinstance(result, dict) and _arg(args, kwargs, 0, "name") in _FETCH_KEYED:
+        return _fetched_size(result, _arg(args, kwargs, 2, "expect_cas")), 0
+    return 0, 0
+
+
+def _store_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
+    return 0, _stored_size(instance, _arg(args, kwargs, 1, "values", {}))
+
+
+def _misc_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
+    return 0, 0
+
+
+class _Kind:
+    """ok/err count an outcome and return its status; describe gives (cmd, key, nkeys);
+    sizes gives (read, written) value bytes for clients with the default serde."""
+
+    __slots__ = ("describe", "err", "ok", "sizes")
+
+    def __init__(self, ok: Any, err: Any, describe: Any, sizes: Any) -> None:
+        self.ok, self.err, self.describe, self.sizes = ok, err, describe, sizes
+
+
+_FETCH = _Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes)
+_STORE = _Kind(_store_ok, _store_err, _store_describe, _store_sizes)
+_MISC = _Kind(_misc_ok, _misc_err, _misc_describe, _misc_sizes)
+
+
+def _moved(kind: _Kind, proxy: Any, instance: Any, args: Any, kwargs: Any,
+           result: Any) -> tuple[int, int]:
+    """(read, written) value bytes of the operation that just ran."""
+    if proxy.__class__ is _CountingSerde or proxy.__class__ is _NoTally:
+        return int(proxy.read), int(proxy.written)
+    read, written = kind.sizes(instance, args, kwargs, result)
+    return int(read), int(written)
+
+
+def _failed(kind: _Kind, instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
+    if isinstance(exc, MemcacheIllegalInputError):
+        try:
+            exc._sflow_seen = True  # the guards: already recorded
+        except Exception:
+            pass
+    try:
+        return int(kind.err(instance, args, kwargs, exc))
+    except Exception:
+        log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return ERROR
+
+
+# ------------------------------------------------------------------------ sampled path
+
+
+def _wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
+    """The key as sent (prefix included); the raw bytes when pymemcache rejects it."""
+    try:
+        return bytes(instance.check_key(key, prefix))
+    except Exception:
+        if isinstance(key, str):
+            key = key.encode("utf-8", "backslashreplace")
+        elif not isinstance(key, bytes):
+            key = str(key).encode("utf-8", "backslashreplace")
+        return (prefix or b"") + bytes(key)
+
+
+def _endpoint(instance: Any) -> Any:
+    """The socket record of the client's live connection; False for a unix socket."""
+    if not isinstance(getattr(instance, "server", None), tuple):
+        return False
+    sock = getattr(instance, "sock", None)
+    if sock is None:
+        return None
+    try:
+        local, remote = sock.getsockname(), sock.getpeername()
+        return socket_record(6, local[0], remote[0], local[1], remote[1])
+    except (OSError, AttributeError, IndexError, TypeError):
+        return None
+
+
+def _configured_endpoint(instance: Any) -> Any:
+    """No live connection: the configured server if it is an IP literal."""
+    try:
+        host, port = instance.server
+        addr = ipaddress.ip_address(host.strip("[]"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    local = "::" if addr.version == 6 else "0.0.0.0"
+    return socket_record(6, local, str(addr), 0, int(port))
+
+
+def _emit(instance: Any, n: int, cmd: int, key: bytes, nkeys: int, status: int, ns: int,
+          value_bytes: int, endpoint: Any) -> None:
+    """Build and queue one sampled operation. Never raises into the application."""
+    try:
+        policy = getattr(instance, "_sflow_keys", None) or _class_policy
+        op = MemcacheOperation(
+            protocol=ASCII, cmd=cmd, key=policy.render(key), nkeys=min(nkeys, U32),
+            value_bytes=min(max(value_bytes, 0), U32), uS=min(ns // 1000, U32),
+            status=status,
+        )
+        if endpoint is None:
+            endpoint = _endpoint(instance)
+        if endpoint is None:
+            endpoint = _configured_endpoint(instance)
+        _source.submit(n, (op,) if endpoint is None or endpoint is False else (op, endpoint))
+    except Exception:
+        log.debug("sflow_app: could not record a memcache sample", exc_info=True)
+        _source.drop()
+
+
+def _sampled(kind: _Kind, wrapped: Any, instance: Any, args: Any, kwargs: Any, n: int) -> Any:
+    try:
+        proxy = _proxy(instance)
+        proxy.read = proxy.written = 0
+        endpoint = _endpoint(instance)
+    except Exception:
+        proxy, endpoint = _NoTally(), None
+    start = perf_counter_ns()
+    try:
+        result = wrapped(instance, *args, **kwargs)
+    except BaseException as exc:
+        ns = perf_counter_ns() - start
+        status = _failed(kind, instance, args, kwargs, exc)
+        if isinstance(exc, MemcacheIllegalInputError):  # refused before sending
+            proxy = _NoTally()
+        _finish(kind, instance, args, kwargs, n, status, ns, proxy, None, endpoint)
+        raise
+    ns = perf_counter_ns() - start
+    try:
+        status = kind.ok(instance, args, kwargs, result)
+        read, written = _moved(kind, proxy, instance, args, kwargs, result)
+        if read:
+            _put((BYTES_READ, read))
+        if written:
+            _put((BYTES_WRITTEN, written))
+    except Exception:
+        log.debug("sflow_app: memcache counting failed", exc_info=True)
+        status = UNKNOWN
+    _finish(kind, instance, args, kwargs, n, status, ns, proxy, result, endpoint)
+    return result
+
+
+def _finish(kind: _Kind, instance: Any, args: Any, kwargs: Any, n: int, status: int, ns: int,
+            proxy: Any, result: Any, endpoint: Any) -> None:
+    try:
+        cmd, key, nkeys = kind.describe(instance, args, kwargs)
+        value_bytes = sum(_moved(kind, proxy, instance, args, kwargs, result))
+    except Exception:
+        log.debug("sflow_app: could not describe a memcache operation", exc_info=True)
+        _source.drop()
+        return
+    _emit(instance, n, cmd, key, nkeys, status, ns, value_bytes, endpoint)
+
+
+# ---------------------------------------------------------------------------- wrappers
+
+
+# The three round trips, as plain functions: wrapt's FunctionWrapper costs about 1 us per
+# call (binding plus call, wrapt 2.5), more than the whole budget of an unsampled
+# operation. pymemcache 4's signatures get fixed-parameter versions (no *args packing);
+# any other signature gets the generic one.
+
+_NOKW: dict[str, Any] = {}
+
+
+def _method(method: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    functools.update_wrapper(method, original)  # name, doc, __wrapped__
+    method._sflow_original = original  # type: ignore[attr-defined]
+    return method
+
+
+def _params(fn: Any) -> list[tuple[str, Any]] | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    return [(p.name, p.default) for p in params]
+
+
+_EMPTY = inspect.Parameter.empty
+FETCH_SIGNATURE = [("self", _EMPTY), ("name", _EMPTY), ("keys", _EMPTY),
+                   ("expect_cas", _EMPTY), ("key_prefix", b"")]
+STORE_SIGNATURE = [("self", _EMPTY), ("name", _EMPTY), ("values", _EMPTY), ("expire", _EMPTY),
+                   ("noreply", _EMPTY), ("flags", None), ("cas", None)]
+MISC_SIGNATURE = [("self", _EMPTY), ("cmds", _EMPTY), ("cmd_name", _EMPTY),
+                  ("noreply", _EMPTY), ("end_tokens", None)]
+
+
+def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    if _params(original) != FETCH_SIGNATURE:
+        return _generic_method(_FETCH, original)
+
+    def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any,
+                   key_prefix: Any = b"") -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(_FETCH, original, self, (name, keys, expect_cas, key_prefix),
+                            _NOKW, n)
+        try:
+            proxy = self._sflow_serde
+            if self.serde is not proxy:
+                proxy = _attach(self)
+        except AttributeError:
+            proxy = _attach(self)
+        counting = proxy.__class__ is _CountingSerde
+        if counting:
+            proxy.read = 0
+        try:
+            result = original(self, name, keys, expect_cas, key_prefix)
+        except BaseException as exc:
+            _failed(_FETCH, self, (name, keys, expect_cas, key_prefix), _NOKW, exc)
+            raise
+        try:
+            if name == b"get" or name == b"gets":
+                hits = len(result)
+                if hits == 1:
+                    _incr[GET_HITS]()
+                elif hits:
+                    _put((GET_HITS, hits))
+                elif self.sock is None:
+                    return result  # ignore_exc turned an error into an empty result
+                misses = len(keys) - hits
+                if misses == 1:
+                    _incr[GET_MISSES]()
+                elif misses > 0:
+                    _put((GET_MISSES, misses))
+                if hits:
+                    size = proxy.read if counting else _fetched_size(result, expect_cas)
+                    if size:
+                        _put((BYTES_READ, size))
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _method(_fetch_cmd, original)
+
+
+def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    if _params(original) != STORE_SIGNATURE:
+        return _generic_method(_STORE, original)
+
+    def _store_cmd(self: Any, name: Any, values: Any, expire: Any, noreply: Any,
+                   flags: Any = None, cas: Any = None) -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(_STORE, original, self, (name, values, expire, noreply, flags, cas),
+                            _NOKW, n)
+        try:
+            proxy = self._sflow_serde
+            if self.serde is not proxy:
+                proxy = _attach(self)
+        except AttributeError:
+            proxy = _attach(self)
+        counting = proxy.__class__ is _CountingSerde
+        if counting:
+            proxy.written = 0
+        try:
+            result = original(self, name, values, expire, noreply, flags, cas)
+        except BaseException as exc:
+            _failed(_STORE, self, (name, values, expire, noreply, flags, cas), _NOKW, exc)
+            raise
+        try:
+            if len(result) == 1 and name != b"cas":
+                _incr[CMD_SET]()
+                if not noreply and True in result.values():
+                    _incr[TOTAL_ITEMS]()
+            else:
+                _store_ok(self, (name, values, expire, noreply), _NOKW, result)
+            size = proxy.written if counting else _stored_size(self, values)
+            if size:
+                _put((BYTES_WRITTEN, size))
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _method(_store_cmd, original)
+
+
+def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    if _params(original) != MISC_SIGNATURE:
+        return _generic_method(_MISC, original)
+
+    def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any,
+                  end_tokens: Any = None) -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(_MISC, original, self, (cmds, cmd_name, noreply, end_tokens),
+                            _NOKW, n)
+        try:
+            result = original(self, cmds, cmd_name, noreply, end_tokens)
+        except BaseException as exc:
+            _failed(_MISC, self, (cmds, cmd_name, noreply, end_tokens), _NOKW, exc)
+            raise
+        try:
+            _misc_ok(self, (cmds, cmd_name, noreply, end_tokens), _NOKW, result)
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _method(_misc_cmd, original)
+
+
+def _generic_method(kind: _Kind, original: Callable[..., Any]) -> Callable[..., Any]:
+    """Any signature (another pymemcache version, a subclass): the same, via *args."""
+    ok = kind.ok
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(kind, original, self, args, kwargs, n)
+        proxy = _proxy(self)
+        proxy.read = proxy.written = 0
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _failed(kind, self, args, kwargs, exc)
+            raise
+        try:
+            ok(self, args, kwargs, result)
+            read, written = _moved(kind, proxy, self, args, kwargs, result)
+            if read:
+                _put((BYTES_READ, read))
+            if written:
+                _put((BYTES_WRITTEN, written))
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _method(method, original)
+
+
+# Public commands that check their arguments before the round trip starts:
+# name -> (cmd, counter slot or None, key argument (index, name) or None, multi-key).
+_GUARDED: dict[str, tuple[int, int | None, tuple[int, str] | None, bool]] = {
+    "delete": (_CMDS[b"delete"], None, (0, "key"), False),
+    "delete_many": (_CMDS[b"delete"], None, (0, "keys"), True),
+    "incr": (_CMDS[b"incr"], None, (0, "key"), False),
+    "decr": (_CMDS[b"decr"], None, (0, "key"), False),
+    "touch": (_CMDS[b"touch"], CMD_TOUCH, (0, "key"), False),
+    "cas": (_CMDS[b"cas"], CMD_SET, (0, "key"), False),
+    "flush_all": (_CMDS[b"flush_all"], CMD_FLUSH, None, False),
+    "cache_memlimit": (OTHER, None, None, False),
+}
+
+
+def _guard_method(spec: tuple[int, int | None, tuple[int, str] | None, bool],
+                  original: Callable[..., Any]) -> Callable[..., Any]:
+    cmd, slot, key_arg, multi = spec
+
+    def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        except MemcacheIllegalInputError as exc:
+            if not getattr(exc, "_sflow_seen", False):
+                exc._sflow_seen = True
+                _rejected(self, cmd, slot, key_arg, multi, args, kwargs)
+            raise
+
+    return _method(guard, original)
+
+
+def _rejected(instance: Any, cmd: int, slot: int | None, key_arg: tuple[int, str] | None,
+              multi: bool, args: Any, kwargs: Any) -> None:
+    """An operation pymemcache refused before sending: CLIENT_ERROR, no round trip."""
+    try:
+        n = _pool()
+        if slot is not None:
+            _incr[slot]()
+        if not (n >= _sampler.next_at and _due(n)):
+            return
+        key, nkeys = b"", 0
+        if key_arg is not None:
+            value = _arg(args, kwargs, key_arg[0], key_arg[1])
+            keys = list(value) if multi else [value]
+            nkeys = len(keys)
+            if keys:
+                key = _wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
+        _emit(instance, n, cmd, key, nkeys, CLIENT_ERROR, 0, 0, None)
+    except Exception:
+        log.debug("sflow_app: could not record a rejected memcache command", exc_info=True)
+
+
+def _original(cls: type, name: str) -> Any:
+    value = inspect.getattr_static(cls, name)
+    while hasattr(value, "_sflow_original"):
+        value = value._sflow_original
+    return value
+
+
+_FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "_fetch_cmd": _fetch_method, "_store_cmd": _store_method, "_misc_cmd": _misc_method,
+    "_connect": _connect_method,
+}
+
+
+def _methods_for(cls: type) -> dict[str, Any]:
+    """name -> instrumented replacement of what ``cls`` has under that name (aliases too)."""
+    out = {name: factory(_original(cls, name)) for name, factory in _FACTORIES.items()}
+    functions = {}
+    for name in dir(cls):
+        if not name.startswith("__"):
+            try:
+                functions[name] = _original(cls, name)
+            except AttributeError:
+                continue
+    for name, spec in _GUARDED.items():
+        fn = functions.get(name)
+        if fn is None:
+            continue
+        for alias, other in functions.items():
+            if other is fn:  # delete_multi = delete_many, bound at class creation
+                out[alias] = _guard_method(spec, fn)
+    return out
+
+
+# ------------------------------------------------------------------------ public API
+
+_lock = threading.RLock()
+_class_policy = _KeyPolicy()
+_installed: dict[str, Any] = {}  # name -> Client.__dict__ value before instrument()
+_subclasses: dict[tuple[type, _KeyPolicy], type] = {}
+
+
+def instrument(*, keys: KeyMode = "plain", secret: bytes | str | None = None) -> None:
+    """Instrument every pymemcache client of the process (class-level, idempotent).
+
+    ``keys``: how sampled keys are reported -- ``"plain"`` (as sent), ``"hmac"``
+    (HMAC-SHA256 with ``secret``, 32 hex digits) or ``"none"``.
+    """
+    global _class_policy
+    policy = _policy(keys, secret)
+    with _lock:
+        if _installed:
+            log.warning("sflow_app: pymemcache is already instrumented; "
+                        "call uninstrument() first to change options")
+            return
+        _bind(AGENT.memcache_source())
+        _class_policy = policy
+        for name, method in _methods_for(Client).items():
+            _installed[name] = Client.__dict__.get(name, _MISSING)
+            setattr(Client, name, method)
+
+
+_MISSING = object()
+
+
+def uninstrument() -> None:
+    """Undo ``instrument()`` (clients given to ``wrap()`` stay instrumented)."""
+    with _lock:
+        if not _installed:
+            log.warning("sflow_app: pymemcache is not instrumented")
+            return
+        for name, original in _installed.items():
+            if original is _MISSING:
+                delattr(Client, name)
+            else:
+                setattr(Client, name, original)
+        _installed.clear()
+        _restore_serdes()
+
+
+def _restore_serdes() -> None:
+    """Give instances no longer instrumented their own serde back."""
+    with _attach_lock:
+        clients = list(_attached)
+    for client in clients:
+        if type(client).__dict__.get("_sflow_wrapped"):
+            continue
+        try:
+            proxy = client.__dict__.pop("_sflow_serde", None)
+            if isinstance(proxy, _CountingSerde) and client.__dict__.get("serde") is proxy:
+                client.serde = proxy.inner
+            with _attach_lock:
+                _attached.discard(client)
+        except Exception:
+            pass
+
+
+def wrap(client: AnyClient, *, keys: KeyMode = "plain",
+         secret: bytes | str | None = None) -> AnyClient:
+    """Instrument one client: ``Client``, ``PooledClient``, ``HashClient`` or
+    ``RetryingClient`` (whatever it wraps). Returns the same object.
+
+    A no-op with a warning when the client is already instrumented (or when
+    ``instrument()`` already covers every client).
+    """
+    policy = _policy(keys, secret)
+    with _lock:
+        _bind(AGENT.memcache_source())
+        if _installed:
+            log.warning("sflow_app: pymemcache is instrumented class-wide; wrap() is a no-op")
+            return client
+        if not _wrap(client, policy):
+            log.warning("sflow_app: %r is already instrumented", client)
+    return client
+
+
+def _wrap(client: Any, policy: _KeyPolicy) -> bool:
+    """True when something was newly instrumented."""
+    if isinstance(client, RetryingClient):
+        return _wrap(client._client, policy)
+    if isinstance(client, (HashClient, PooledClient)):
+        cls = client.client_class
+        new = not cls.__dict__.get("_sflow_wrapped")
+        client.client_class = _subclass(cls, policy)
+        if isinstance(client, HashClient):
+            existing = list(client.clients.values())
+        else:
+            existing = [*client.client_pool.free, *client.client_pool.used]
+        for inner in existing:
+            new = _wrap(inner, policy) or new
+        return new
+    if isinstance(client, Client):
+        if type(client).__dict__.get("_sflow_wrapped"):
+            return False
+        client.__class__ = _subclass(type(client), policy)
+        return True
+    raise TypeError(f"not a pymemcache client: {client!r}")
+
+
+def _subclass(cls: type, policy: _KeyPolicy) -> type:
+    """``cls`` with instrumented round trips (cached per class and key policy)."""
+    if cls.__dict__.get("_sflow_wrapped"):
+        return cls
+    sub = _subclasses.get((cls, policy))
+    if sub is None:
+        namespace = {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__, "_sflow_wrapped": True, "_sflow_keys": policy,
+            **_methods_for(cls),
+        }
+        sub = _subclasses[(cls, policy)] = type(cls.__name__, (cls,), namespace)
+    return sub

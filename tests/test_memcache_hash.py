@@ -1,0 +1,186 @@
+"""HashClient, PooledClient and RetryingClient over real memcached servers.
+
+Each server round trip is one operation attributed to the server it went to: the socket
+record names that server, and which server really holds a key is checked independently
+with a raw socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymemcache.client.base import Client
+from pymemcache.client.hash import HashClient
+from pymemcache.client.retrying import RetryingClient
+
+import sflow_app.memcache as sfm
+from sflow_app._agent import AGENT
+from sflow_app.records import (
+    ExtendedSocketIPv4,
+    MemcacheCmd,
+    MemcacheCounters,
+    MemcacheOperation,
+    MemcacheStatus,
+)
+
+try:  # tests/ is a rootdir folder on sys.path (no __init__.py) ...
+    from memcached import Memcached, free_port, running
+except ImportError:  # ... or a package
+    from tests.memcached import Memcached, free_port, running
+
+Cmd, Status = MemcacheCmd, MemcacheStatus
+KEYS = [f"key{i}" for i in range(24)]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Memcached, Memcached]]:
+    with running() as one, running() as two:
+        yield one, two
+
+
+def flush(collector) -> None:
+    if AGENT._started:
+        AGENT.shutdown()
+    else:
+        AGENT.tick(time.monotonic(), final=True)
+    collector.poll(0.05)
+
+
+def operations(collector) -> list[tuple[MemcacheOperation, Any]]:
+    out = []
+    for sample in sorted(collector.flow_samples(), key=lambda s: s.sequence_number):
+        ops = [r for r in sample.records if isinstance(r, MemcacheOperation)]
+        socks = [r for r in sample.records if isinstance(r, ExtendedSocketIPv4)]
+        assert len(ops) == 1 and len(socks) <= 1
+        out.append((dataclasses.replace(ops[0], uS=0), socks[0] if socks else None))
+    return out
+
+
+def op(cmd: int, key: str, nkeys: int, value_bytes: int, status: int) -> MemcacheOperation:
+    return MemcacheOperation(protocol=1, cmd=cmd, key=key, nkeys=nkeys,
+                             value_bytes=value_bytes, uS=0, status=status)
+
+
+def holder(servers: tuple[Memcached, ...], key: str) -> Memcached:
+    """The server that really holds ``key`` (read with a raw socket)."""
+    found = [s for s in servers if s.bare_get(key.encode()) is not None]
+    assert len(found) == 1, (key, found)
+    return found[0]
+
+
+def remote(sock: ExtendedSocketIPv4 | None) -> int:
+    assert sock is not None and sock.remote_ip == "127.0.0.1"
+    return sock.remote_port
+
+
+@pytest.mark.parametrize("use_pooling", [False, True])
+def test_hash_client_attributes_each_operation_to_its_server(
+        agent, collector, pair, use_pooling: bool) -> None:
+    agent(sampling=1, polling=1)
+    sfm.instrument()
+    try:
+        hc = HashClient([s.server for s in pair], use_pooling=use_pooling,
+                        default_noreply=False)
+        for key in KEYS:
+            hc.set(key, key.encode())
+        where = {key: holder(pair, key) for key in KEYS}
+        assert {s.port for s in where.values()} == {pair[0].port, pair[1].port}
+        for key in KEYS[:6]:
+            assert hc.get(key) == key.encode()
+        assert hc.get_many(KEYS) == {k: k.encode() for k in KEYS}
+        hc.delete_many(KEYS[:4])
+    finally:
+        sfm.uninstrument()
+    flush(collector)
+    got = operations(collector)
+    sets, gets, many, deletes = got[:24], got[24:30], got[30:32], got[32:]
+    for key, (record, sock) in zip(KEYS, sets, strict=True):
+        assert record == op(Cmd.SET, key, 1, len(key), Status.STORED)
+        assert remote(sock) == where[key].port
+    for key, (record, sock) in zip(KEYS[:6], gets, strict=True):
+        assert record == op(Cmd.GET, key, 1, len(key), Status.OK)
+        assert remote(sock) == where[key].port
+    # get_many over two servers: two round trips, each with that server's keys.
+    assert len(many) == 2
+    assert {remote(sock) for _, sock in many} == {pair[0].port, pair[1].port}
+    for record, sock in many:
+        mine = [k for k in KEYS if where[k].port == remote(sock)]
+        assert record == op(Cmd.GET, mine[0], len(mine), sum(map(len, mine)), Status.OK)
+    # HashClient.delete_many deletes key by key.
+    assert [(r, remote(s)) for r, s in deletes] == [
+        (op(Cmd.DELETE, k, 1, 0, Status.DELETED), where[k].port) for k in KEYS[:4]]
+    found = collector.latest_counters(MemcacheCounters)
+    assert (found.cmd_set, found.total_items, found.get_hits, found.delete_hits) == (24, 24, 30, 4)
+    assert found.total_connections == 2  # one connection per server
+    assert found.bytes_written == found.bytes_read - sum(map(len, KEYS[:6])) == sum(map(len, KEYS))
+
+
+def test_retrying_client_counts_every_attempt(agent, collector) -> None:
+    agent(sampling=1, polling=1)
+    sfm.instrument()
+    port = free_port()
+    try:
+        retrying = RetryingClient(Client(("127.0.0.1", port)), attempts=3, retry_delay=0)
+        with pytest.raises(ConnectionRefusedError):
+            retrying.get("k")
+        with running() as mc:
+            live = RetryingClient(Client(mc.server, default_noreply=False), attempts=3)
+            live.set("k", b"v")
+            assert live.get("k") == b"v"
+    finally:
+        sfm.uninstrument()
+    flush(collector)
+    refused = ExtendedSocketIPv4(6, "0.0.0.0", "127.0.0.1", 0, port)
+    got = operations(collector)
+    assert got[:3] == [(op(Cmd.GET, "k", 1, 0, Status.ERROR), refused)] * 3
+    assert [r for r, _ in got[3:]] == [op(Cmd.SET, "k", 1, 1, Status.STORED),
+                                       op(Cmd.GET, "k", 1, 1, Status.OK)]
+    assert all(remote(s) == mc.port for _, s in got[3:])
+    found = collector.latest_counters(MemcacheCounters)
+    assert (found.rejected_connections, found.total_connections) == (3, 1)
+
+
+def test_hash_client_dead_server_retries(agent, collector, pair) -> None:
+    """HashClient's own retry: each try of the dead server is one ERROR operation."""
+    agent(sampling=1, polling=1)
+    sfm.instrument()
+    try:
+        alive, dead = pair
+        hc = HashClient([alive.server, dead.server], retry_attempts=2, retry_timeout=0,
+                        dead_timeout=60, default_noreply=False)
+        on_dead = next(k for k in KEYS if hc._get_client(k).server == dead.server)
+        dead.stop()
+        for _ in range(2):
+            with pytest.raises(OSError):
+                hc.get(on_dead)
+    finally:
+        sfm.uninstrument()
+    flush(collector)
+    got = operations(collector)
+    assert [r for r, _ in got] == [op(Cmd.GET, on_dead, 1, 0, Status.ERROR)] * 2
+    assert all(remote(s) == dead.port for _, s in got)
+
+
+def test_wrap_hash_client_covers_servers_added_later(agent, collector, pair) -> None:
+    agent(sampling=1, polling=1)
+    one, two = pair
+    hc = HashClient([one.server], default_noreply=False)
+    hc.set("early", b"1")  # a Client exists before wrap()
+    other = HashClient([one.server], default_noreply=False)
+    sfm.wrap(RetryingClient(hc))  # wrap() reaches through RetryingClient
+    hc.get("early")
+    hc.add_server(*two.server)
+    for key in KEYS:
+        hc.set(key, b"x")
+    other.get("early")  # a client that was not wrapped: not recorded
+    flush(collector)
+    got = operations(collector)
+    assert got[0] == (op(Cmd.GET, "early", 1, 1, Status.OK), got[0][1])
+    assert remote(got[0][1]) == one.port
+    assert len(got) == 1 + len(KEYS)
+    ports = {remote(s) for _, s in got[1:]}
+    assert ports == {one.port, two.port}  # the added server's Client is wrapped too
