@@ -869,7 +869,15 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
                 elif misses > 0:
                     _put((GET_MISSES, misses))
                 if hits:
-                    size = proxy.read if counting else _fetched_size(result, expect_cas)
+                    if counting:
+                        size = proxy.read
+                    else:  # the default serde returned the values as received
+                        size = 0
+                        for value in result.values():
+                            if expect_cas:
+                                value = value[0]
+                            if isinstance(value, bytes):
+                                size += len(value)
                     if size:
                         _put((BYTES_READ, size))
         except Exception:
@@ -910,7 +918,13 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
                     _incr[TOTAL_ITEMS]()
             else:
                 _store_ok(self, (name, values, expire, noreply), _NOKW, result)
-            size = proxy.written if counting else _stored_size(self, values)
+            if counting:
+                size = proxy.written
+            else:  # the default serde passed the values through
+                size = 0
+                for value in values.values():
+                    size += (len(value) if isinstance(value, bytes)
+                             else _value_size(value, self.encoding))
             if size:
                 _put((BYTES_WRITTEN, size))
         except Exception:
