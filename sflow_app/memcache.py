@@ -32,9 +32,10 @@ Records
 A sampled operation becomes one flow sample on the memcache data source, client side
 (``input`` 0x3FFFFFFF, ``output`` 0): ``memcache_operation`` (0:2200) and, for TCP
 servers, ``extended_socket_ipv4/6`` (local = our end of the connection, remote = that
-server; when the operation left no connection -- refused, closed by the error -- the
-remote is the configured address if it is an IP literal and the local end is
-unspecified). Unix-socket servers get no socket record. ``protocol`` is ASCII (pymemcache
+server, read once per connection; an operation that connected and then failed still names
+that connection; one that never got a connection -- refused, unreachable -- names the
+configured address if it is an IP literal, with our end unspecified). Unix-socket servers
+get no socket record. ``protocol`` is ASCII (pymemcache
 speaks only that). ``uS`` is the round trip's duration; ``value_bytes`` the serialized
 value bytes sent (stores) or received (fetches).
 
@@ -447,6 +448,12 @@ def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
                 next(_opened)
             except TypeError:  # a socket type without weak references: not tracked
                 pass
+            try:
+                # Read the addresses now: an operation that connects and then fails (the
+                # error closes the socket) still gets its socket record.
+                _endpoint(self)
+            except Exception:
+                pass
         return result
 
     return _method(_connect, original)
@@ -712,11 +719,19 @@ def _endpoint(instance: Any) -> Any:
     sock = getattr(instance, "sock", None)
     if sock is None:
         return None
+    cached = instance.__dict__.get("_sflow_endpoint")
+    if cached is not None and cached[0]() is sock:  # one lookup per connection
+        return cached[1]
     try:
         local, remote = sock.getsockname(), sock.getpeername()
-        return socket_record(6, local[0], remote[0], local[1], remote[1])
+        record = socket_record(6, local[0], remote[0], local[1], remote[1])
     except (OSError, AttributeError, IndexError, TypeError):
         return None
+    try:
+        instance._sflow_endpoint = (weakref.ref(sock), record)
+    except TypeError:  # no weak references to this socket type: no cache
+        pass
+    return record
 
 
 def _configured_endpoint(instance: Any) -> Any:
@@ -755,14 +770,19 @@ def _sampled(kind: _Kind, wrapped: Any, instance: Any, args: Any, kwargs: Any, n
         proxy = _proxy(instance)
         proxy.read = proxy.written = 0
         endpoint = _endpoint(instance)
+        connected = instance.__dict__.get("_sflow_endpoint")
     except Exception:
-        proxy, endpoint = _NoTally(), None
+        proxy, endpoint, connected = _NoTally(), None, None
     start = perf_counter_ns()
     try:
         result = wrapped(instance, *args, **kwargs)
     except BaseException as exc:
         ns = perf_counter_ns() - start
         status = _failed(kind, instance, args, kwargs, exc)
+        if endpoint is None:  # connected during the operation, closed by the error?
+            latest = instance.__dict__.get("_sflow_endpoint")
+            if latest is not None and latest is not connected:
+                endpoint = latest[1]
         if isinstance(exc, MemcacheIllegalInputError):  # refused before sending
             proxy = _NoTally()
         _finish(kind, instance, args, kwargs, n, status, ns, proxy, None, endpoint)
@@ -1125,6 +1145,7 @@ def _restore_serdes() -> None:
         if type(client).__dict__.get("_sflow_wrapped"):
             continue
         try:
+            client.__dict__.pop("_sflow_endpoint", None)
             proxy = client.__dict__.pop("_sflow_serde", None)
             if isinstance(proxy, _CountingSerde) and client.__dict__.get("serde") is proxy:
                 client.serde = proxy.inner

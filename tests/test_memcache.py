@@ -362,14 +362,20 @@ def test_server_replies_client_server_and_generic_errors(instrumented, collector
     with pytest.raises(MemcacheUnknownCommandError):
         c.raw_command("bogus_command")
     c.get("text")  # the client reconnects after each error
+    last_port = c.sock.getsockname()[1]
     flush(collector)
-    check_ops(collector, [
+    got = check_ops(collector, [
         op(Cmd.SET, "text", 1, 3, Status.STORED),
         op(Cmd.INCR, "text", 1, 0, Status.CLIENT_ERROR),
         op(Cmd.SET, "huge", 1, 2 * 1024 * 1024, Status.SERVER_ERROR),
         op(Cmd.OTHER, "", 0, 0, Status.ERROR),
         op(Cmd.GET, "text", 1, 3, Status.OK),
     ])
+    # Each operation names its own connection (four of them).
+    first_port = got[0][2].local_port
+    assert got[1][2] == v4(first_port, server)
+    assert got[-1][2] == v4(last_port, server) and last_port != first_port
+    assert len({sock.local_port for _, _, sock in got[1:]}) == 4
     assert counters(collector) == expected_counters(
         cmd_set=2, total_items=1, get_hits=1, total_connections=4, bytes_written=3,
         bytes_read=3)
