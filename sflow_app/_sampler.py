@@ -82,4 +82,8 @@ class Sampler:
         self._lock = threading.Lock()
         self._base = 0
         self._base = max(self.sample_pool - in_flight, 0)
+        # The skip in force was drawn by the parent: every sibling would sample the same
+        # ordinal of its life first. Draw this process's own.
+        if self.rate:
+            self.due_at = self._base + in_flight + self.skip()
         self.next_at = 0

@@ -67,3 +67,13 @@ def test_reseed_changes_the_sequence() -> None:
     assert [a.skip() for _ in range(5)] == [b.skip() for _ in range(5)]
     b.reset_after_fork()
     assert [a.skip() for _ in range(20)] != [b.skip() for _ in range(20)]
+
+
+def test_children_draw_their_own_first_skip() -> None:
+    """Siblings forked from one parent must not sample the same ordinals."""
+    firsts = set()
+    for _ in range(20):
+        child = Sampler(1000, random.Random(3))  # the same inherited RNG state and skip
+        child.reset_after_fork()
+        firsts.add(child.due_at)
+    assert len(firsts) > 15
