@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from flask import Flask, Response, abort, jsonify, request
 
-from sflow_app._transaction import transaction
+from sflow_app import transaction
 from sflow_app.integrations.flask import init_app
 
 app = Flask(__name__)
