@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ from ._shared import (
     DROPS,
     E_COUNTER_SEQ,
     E_FLOW_SEQ,
+    FORWARD_MAX,
+    MSG,
     POOL,
     LocalState,
     SharedState,
@@ -48,6 +51,7 @@ FLUSH_AFTER = 1.0  # a partial datagram leaves within about a second
 HEADER_MAX = 40  # IPv6 agent header
 HOLD_MAX = 1024  # samples kept while the service's identity is not known yet
 BACKLOG_MAX = 4096  # encoded samples waiting for a sender
+EXIT_WAIT = 0.5  # s: how long an exiting worker waits for a sender to take its samples
 # Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
 FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
 
@@ -179,14 +183,32 @@ class Exporter:
             self._fwd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._fwd.setblocking(False)
         self._backlog.extend(encoded)
-        while self._backlog:
-            index, data = self._backlog[0]
-            if not state.forward(self._fwd, index, data):
-                break  # no sender right now: keep them for the next pass
-            self._backlog.popleft()
-        while len(self._backlog) > BACKLOG_MAX:
-            self._backlog.popleft()
+        backlog = self._backlog
+        while backlog:
+            parts: list[bytes] = []
+            size = 0
+            for index, data in backlog:  # as many as fit in one message
+                if parts and size + MSG.size + len(data) > FORWARD_MAX:
+                    break
+                parts += (MSG.pack(index, len(data)), data)
+                size += MSG.size + len(data)
+            if not state.forward(self._fwd, b"".join(parts)):
+                break  # no sender right now, or its queue is full: keep them for later
+            for _ in range(len(parts) // 2):
+                backlog.popleft()
+        if len(backlog) > BACKLOG_MAX:
+            self._drop_backlog(len(backlog) - BACKLOG_MAX)
+
+    def _drop_backlog(self, count: int) -> None:
+        """Give up the oldest ``count`` waiting samples, counted as their sources' drops."""
+        by_index = {index: s for s in self.agent.sources()
+                    if (index := self._indexes.get(id(s))) is not None}
+        for _ in range(count):
+            index, _ = self._backlog.popleft()
             self.agent.stats["backlog_drops"] += 1
+            source = by_index.get(index)
+            if source is not None:
+                source.drop()
 
     def _stage_flow(self, state: State, totals: dict[int, list[int]],
                     index: int, data: bytes, now: float) -> None:
@@ -272,8 +294,46 @@ class Exporter:
 
     # -- lifecycle --------------------------------------------------------------------
     def finish(self, now: float) -> None:
-        """At exit: publish, forward, and if no one else sends, send the last counters."""
+        """At exit: publish, forward, and if no one else sends, send the last counters.
+
+        A process that is (or can become) the sender first stops taking forwards (they
+        stay with their workers), then reads its socket and polls one last time: it sends
+        what was handed to it and every count published before it stopped listening. A
+        worker that then finds no sender taking samples (it is leaving, or gone) waits up
+        to ``EXIT_WAIT`` to become the sender and send its samples and the last counters
+        itself: recycled workers often exit together, and fresh ones start nothing before
+        their first request. What it still holds after that is counted as drops.
+        """
+        agent = self.agent
+        ident = agent.identity() if agent.settings.enabled else None
+        state = self._open(ident) if ident is not None else self.state
+        if isinstance(state, SharedState):
+            try:
+                state.try_become_sender()
+            except OSError:
+                pass
+            if state.sender:
+                state.stop_listening()
         self.step(now, final=True)
+        if not isinstance(state, SharedState) or state.sender:
+            return
+        end = time.monotonic() + EXIT_WAIT
+        while self._backlog or state.sender_leaving():
+            if time.monotonic() >= end:
+                break
+            time.sleep(TICK / 5)
+            try:
+                if state.try_become_sender():
+                    state.stop_listening()
+                    self.step(now, final=True)
+                    return
+            except OSError:
+                pass
+            self._forward(state, [])
+        if self._backlog:
+            self._drop_backlog(len(self._backlog))
+            for source in agent.sources():
+                self._publish(state, source)
 
     def close_state(self) -> None:
         if self.state is not None:

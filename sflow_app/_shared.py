@@ -320,6 +320,11 @@ class SharedState:
             with contextlib.suppress(OSError):
                 os.unlink(self.sock_addr)
 
+    def sender_leaving(self) -> bool:
+        """No sender is taking forwards: its socket is gone (it stopped listening at exit,
+        or there has been none since)."""
+        return isinstance(self.sock_addr, str) and not os.path.exists(self.sock_addr)
+
     def forward(self, sock: socket.socket, message: bytes) -> bool:
         """Hand encoded samples (``MSG`` framed) to the sender; False when it cannot now."""
         try:
