@@ -1,0 +1,423 @@
+"""Pre-fork servers end to end: one service, many worker processes, one sFlow agent.
+
+Real servers on loopback (gunicorn sync/gthread/gevent/--preload, uWSGI with and without
+``py-call-osafterfork`` and ``--enable-threads``, ``uvicorn --workers``) run
+tests/apps/prefork_app.py / prefork_asgi.py -- the one-line middleware, no server hook --
+following an hsflowd.auto with sampling 1-in-10 and polling 1 s. Each receives N = 2,000
+requests ``GET /r/<i>`` from a few client threads; tests/prefork_check.py then checks the
+decoded stream: one identity, datagram and sample sequence numbers stepping by one, uptime,
+one data source per kind, counters never decreasing and summing to exactly N, every
+``sample_pool`` bounded by the requests sent, and every sampled request arriving (the app
+tells the client which ones were sampled).
+
+Kill tests SIGKILL one worker mid-run and assert the stated loss bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import mmap
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import write_auto
+from memcached import Memcached
+from prefork_check import (
+    POOL_LAG,
+    Expect,
+    Load,
+    TimedCollector,
+    check_independent_sampling,
+    check_stream,
+    latest_total,
+    run_load,
+    start_load,
+    wait_for_total,
+)
+
+from sflow_app import _shared
+from sflow_app._exporter import FLUSH_AFTER, TICK
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = ROOT / "tests" / "apps"
+N = 2000
+RATE = 10
+CONCURRENCY = 6
+SERVICE = "prefork-e2e"
+# Counts a SIGKILLed worker can lose: what it counted since its last publish, which it
+# does every TICK (0.1 s). Requests it answered within KILL_WINDOW before the kill are a
+# safe over-estimate (3 ticks: its exporter thread may be late under load on 2 cores).
+KILL_WINDOW = 3 * TICK
+UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc."""
+    found: list[int] = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with contextlib.suppress(OSError), open(path) as f:
+            found += [int(p) for p in f.read().split()]
+    return sorted(set(found))
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Server:
+    """A server in a subprocess (its own session), its log, and graceful stop."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path,
+                 port: int, log: Path, workers: int) -> None:
+        self.name = name
+        self.port = port
+        self.workers = workers
+        self.log_path = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{self.log()}")
+            try:  # connect-only probe: no request, nothing counted
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"{name} did not start:\n{self.log()}") from None
+                time.sleep(0.05)
+        # Every worker up (uvicorn's and uWSGI's start after the socket is bound).
+        while len(self.workers_now()) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def workers_now(self) -> list[int]:
+        # Worker processes: children of the master, not multiprocessing's helpers.
+        out = []
+        for pid in children(self.proc.pid):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"resource_tracker" not in f.read():
+                    out.append(pid)
+        return [p for p in out if alive(p)]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(
+                    f"{self.name} did not stop on {sig!r}:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the session we started
+            self.proc.wait(10)
+
+
+def state_files(state_dir: str) -> list[str]:
+    return sorted(os.listdir(state_dir))
+
+
+def read_state(state_dir: str) -> tuple[int, int, int]:
+    """(sender pid, slots used, file size) of the one service state file."""
+    [path] = glob.glob(os.path.join(state_dir, "sflow-app-*.state"))
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        words = memoryview(m).cast("Q")
+        try:
+            sender = words[_shared.H_SENDER_PID]
+            used = sum(1 for s in range(_shared.MAX_SLOTS)
+                       if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS])
+        finally:
+            words.release()
+        return sender, used, os.fstat(f.fileno()).st_size
+
+
+class Service:
+    """One test's service: collector, hsflowd.auto, environment, and the server."""
+
+    def __init__(self, tmp: Path, state_dir: str) -> None:
+        self.tmp = tmp
+        self.state_dir = state_dir
+        self.collector = TimedCollector()
+        self.auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=RATE,
+                               polling=1)
+        self.server: Server | None = None
+        self.memcached: Memcached | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SFLOW_APP_", "PREFORK_"))}
+        env.update(SFLOW_APP_CONFIG=str(self.auto), SFLOW_APP_STATE_DIR=self.state_dir,
+                   SFLOW_APP_NAME=SERVICE, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join([str(APPS), str(ROOT)]), **extra)
+        return env
+
+    def start(self, name: str, cmd: list[str], workers: int, cwd: Path = APPS,
+              **env: str) -> Server:
+        self.port = port = free_port()
+        cmd = [part.replace("{port}", str(port)) for part in cmd]
+        self.server = Server(name, cmd, self.env(**env), cwd, port,
+                             self.tmp / f"{name}.log", workers)
+        return self.server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+        if self.memcached is not None:
+            self.memcached.stop()
+        self.collector.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path, state_dir: str) -> Iterator[Service]:
+    svc = Service(tmp_path, state_dir)
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def gunicorn(*args: str, workers: int = 4) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", "127.0.0.1:{port}",
+            "--timeout", "30", "--graceful-timeout", "10", *args, "prefork_app:application"]
+
+
+def uwsgi(*args: str, processes: int = 4) -> list[str]:
+    assert UWSGI, "uWSGI is not installed (.venv/bin/pip install uwsgi)"
+    return [UWSGI, "--http-socket", "127.0.0.1:{port}", "--master", "--processes",
+            str(processes), "--wsgi-file", "prefork_app.py", "--callable", "application",
+            "--need-app", "--die-on-term", "--disable-logging", "--virtualenv", sys.prefix,
+            "--min-worker-lifetime", "0",  # else --max-requests waits 10 s per worker
+            # else the master sleeps 2 s whenever a worker lived < 2 s -- and a worker it
+            # respawns from that sleep after SIGTERM never gets the signal (uWSGI's race)
+            "--forkbomb-delay", "0",
+            *args]
+
+
+def uvicorn(workers: int = 2) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "tests.apps.prefork_asgi:app", "--workers",
+            str(workers), "--host", "127.0.0.1", "--port", "{port}", "--log-level",
+            "warning"]
+
+
+def finish(service: Service, load: Load, expects: list[Expect], *, exact: bool = True,
+           stop_signal: int = signal.SIGTERM) -> str:
+    """Wait for the final counters, stop the server gracefully, check everything."""
+    server = service.server
+    assert server is not None
+    if exact:
+        for e in expects:
+            want = e.ops_per_request * N
+            got = wait_for_total(service.collector, want, e.kind)
+            assert got == want, (f"{e.kind}: counters reached {got}, not {want}, within "
+                                 f"15 s\n{server.log()[-3000:]}")
+    else:  # settle: a counter sample polled after every worker published its last counts
+        settle(service, load.t_end + 1.5)
+    workers = server.workers_now()
+    server.stop(stop_signal)
+    time.sleep(1.5)  # what the exiting workers send last
+    report = check_stream(service.collector, load, expects, rate=RATE,
+                          sub_agent_id=service.port)
+    # Bounded state: one file (and at most one socket) whatever the churn, and no more
+    # worker slots than workers alive at once.
+    files = state_files(service.state_dir)
+    assert len(files) <= 2 and all(f.endswith((".state", ".sock")) for f in files), files
+    _, used, size = read_state(service.state_dir)
+    assert size == _shared.TOTAL_WORDS * 8
+    assert used <= server.workers, (
+        f"{used} worker slots used by {server.workers} workers (pids seen: "
+        f"{len(load.pids())}, alive at the end: {len(workers)})")
+    independent = check_independent_sampling(load)
+    summary = (f"{server.name}: {report}; slots used {used}; worker pids "
+               f"{len(load.pids())}; first samples {independent}")
+    print(summary)
+    return summary
+
+
+def settle(service: Service, after: float, timeout: float = 15) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any(t >= after and any(not hasattr(s, "sampling_rate") for s in dg.samples)
+               for t, dg in service.collector.received()):
+            return
+        time.sleep(0.1)
+    raise AssertionError("no counter sample after the load settled")
+
+
+def http_only() -> list[Expect]:
+    return [Expect("http", exact_samples=True)]
+
+
+# -- gunicorn ------------------------------------------------------------------------------
+
+
+def test_gunicorn_sync_recycled_with_memcache_and_decorator(service: Service) -> None:
+    """4 sync workers recycled every 50 requests (~40 workers in all); each request also
+    does a memcache set + get and one decorated call: three data sources, one agent."""
+    service.memcached = Memcached().start()
+    host, port = service.memcached.server
+    service.start("gunicorn-sync", gunicorn("--max-requests", "50"), 4,
+                  PREFORK_MEMCACHED=f"{host}:{port}", PREFORK_DECORATED="1")
+    load = run_load(service.port, N, CONCURRENCY)
+    assert not load.errors, load.errors[:5]
+    assert len(load.pids()) >= N // 100, "workers were not recycled"
+    finish(service, load, [Expect("http", exact_samples=True),
+                           Expect("memcache", ops_per_request=2), Expect("app")])
+
+
+@pytest.mark.parametrize("variant", ["gthread", "preload"])
+def test_gunicorn_recycled(service: Service, variant: str) -> None:
+    args = ["-k", "gthread", "--threads", "4"] if variant == "gthread" else ["--preload"]
+    service.start(f"gunicorn-{variant}", gunicorn(*args, "--max-requests", "50"), 4)
+    load = run_load(service.port, N, CONCURRENCY)
+    assert not load.errors, load.errors[:5]
+    assert len(load.pids()) >= N // 100, "workers were not recycled"
+    finish(service, load, http_only())
+
+
+def test_gunicorn_gevent(service: Service) -> None:
+    service.start("gunicorn-gevent", gunicorn("-k", "gevent", "--max-requests", "200",
+                                              workers=2), 2)
+    load = run_load(service.port, N, CONCURRENCY)
+    assert not load.errors, load.errors[:5]
+    finish(service, load, http_only())
+
+
+# -- uvicorn -------------------------------------------------------------------------------
+
+
+def test_uvicorn_workers(service: Service) -> None:
+    service.start("uvicorn", uvicorn(2), 2, cwd=ROOT)
+    load = run_load(service.port, N, CONCURRENCY)
+    assert not load.errors, load.errors[:5]
+    assert len(load.pids()) == 2
+    finish(service, load, http_only())
+
+
+# -- uWSGI ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("osafterfork", [False, True], ids=["fork-from-C", "osafterfork"])
+def test_uwsgi_processes(service: Service, osafterfork: bool) -> None:
+    extra = ["--py-call-osafterfork"] if osafterfork else []
+    service.start("uwsgi", uwsgi("--enable-threads", "--max-requests", "50", *extra), 4)
+    load = run_load(service.port, N, CONCURRENCY)
+    assert not load.errors, load.errors[:5]
+    assert len(load.pids()) >= N // 100, "workers were not recycled"
+    finish(service, load, http_only())
+
+
+WARNING = "uWSGI runs without --enable-threads"
+
+
+def test_uwsgi_without_enable_threads(service: Service) -> None:
+    """Without --enable-threads. uWSGI 2.0.31 runs Python threads anyway (the option is a
+    stub there, and it logs "python threads support enabled"): then the agent must not
+    warn and everything must work as with it. A uWSGI that really runs no Python thread
+    must get one warning per worker (the inline fallback itself is tested in
+    test_shared.py with ``uwsgi.has_threads == 0``)."""
+    service.start("uwsgi-no-enable-threads", uwsgi("--max-requests", "50"), 4)
+    load = run_load(service.port, N, CONCURRENCY)
+    assert not load.errors, load.errors[:5]
+    server = service.server
+    assert server is not None
+    log = server.log()
+    warnings = [line for line in log.splitlines() if WARNING in line]
+    if "python threads support enabled" in log:
+        assert not warnings, warnings[:3]
+    else:
+        assert 1 <= len(warnings) <= len(load.pids()), warnings[:3]
+    finish(service, load, http_only())
+
+
+# -- a worker killed with SIGKILL ----------------------------------------------------------
+
+
+def kill_mid_run(service: Service, *, sender: bool) -> tuple[Load, int, float]:
+    """Start the load, SIGKILL one worker (the sender, or one that is not) half-way."""
+    server = service.server
+    assert server is not None
+    load, thread = start_load(service.port, N, CONCURRENCY)
+    while load.started < N // 2 and thread.is_alive():
+        time.sleep(0.005)
+    sender_pid, _, _ = read_state(service.state_dir)
+    workers = server.workers_now()
+    assert sender_pid in workers, (sender_pid, workers)
+    if sender:
+        victim = sender_pid
+    else:
+        victim = next(p for p in workers if p != sender_pid and p in load.pids())
+    t_kill = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    thread.join()
+    assert victim not in server.workers_now()
+    deadline = time.monotonic() + 10
+    while len(server.workers_now()) < server.workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(server.workers_now()) == server.workers, "the killed worker was not replaced"
+    return load, victim, t_kill
+
+
+@pytest.mark.parametrize("who", ["worker", "sender"])
+def test_gunicorn_worker_killed(service: Service, who: str) -> None:
+    """SIGKILL one of 4 workers half-way through the load; gunicorn replaces it.
+
+    Bounds asserted (KILL_WINDOW = 0.3 s, 3 publish ticks):
+    - requests failing at the client: at most the concurrency (in flight on the victim);
+    - counters: final total in [N_ok - L, N], L = requests the victim answered within
+      KILL_WINDOW before the kill (what it may have counted but not yet published);
+    - samples: every sampled request the client saw answered arrives, except those the
+      victim answered within KILL_WINDOW (not yet forwarded) and, when the victim was the
+      sender, those any worker answered within FLUSH_AFTER + KILL_WINDOW before the kill
+      (its partial datagram and its socket's unread forwards);
+    - and every stream check of the clean runs (sequence numbers, monotonic counters,
+      sample_pool bounds less L, one data source).
+    """
+    service.start(f"gunicorn-kill-{who}", gunicorn(), 4)
+    load, victim, t_kill = kill_mid_run(service, sender=who == "sender")
+    assert len(load.errors) <= CONCURRENCY, load.errors
+    lost_counts = load.completed_in(t_kill - KILL_WINDOW, victim)
+    may_lose = {i for i in lost_counts if load.sampled[i]}
+    if who == "sender":
+        window = t_kill - FLUSH_AFTER - KILL_WINDOW
+        may_lose |= {i for i in load.completed_in(window) if load.sampled[i]
+                     and load.done[i] <= t_kill + 0.05}
+    after = sum(1 for t in load.sent[1:] if t > t_kill)
+    assert after >= N // 4, f"the kill was not mid-run: {after} requests sent after it"
+    summary = finish(service, load, [Expect("http", count_loss=len(lost_counts),
+                                            may_lose=frozenset(may_lose),
+                                            exact_samples=True)], exact=False)
+    print(f"killed {who} {victim}: N_ok={load.ok} failed={len(load.errors)} "
+          f"count bound L={len(lost_counts)} samples that may be lost={len(may_lose)} "
+          f"pool lag {POOL_LAG} s; {summary}")
+    total = latest_total(service.collector)
+    assert total is not None and load.ok - len(lost_counts) <= total <= N
+
