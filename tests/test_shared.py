@@ -483,6 +483,9 @@ def _pause_before_release(agent: Agent) -> None:
     close_state = exporter.close_state
 
     def paused_close_state() -> None:
+        if exporter.state is None:  # _open() before the state exists: not the exit
+            close_state()
+            return
         flag = agent.env["PAUSE_FIFO"]
         with open(flag + ".ready", "w"):
             pass
