@@ -36,7 +36,7 @@ from ._shared import (
     service_key,
     state_dir,
 )
-from ._source import SOURCE_KINDS, counter_records
+from ._source import SOURCE_KINDS, counter_records, gauge_positions
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
 
 if TYPE_CHECKING:
@@ -153,8 +153,14 @@ class Exporter:
     def _publish(self, state: State, source: Source) -> None:
         index = self._index(state, source)
         if index is not None:
-            state.publish(index, source.counters.snapshot(), source.sampler.sample_pool,
-                          source.drops)
+            values = list(source.counters.snapshot())
+            for position, current in source.gauges.items():
+                try:
+                    values[position] = max(0, int(current()))
+                except Exception:
+                    log.debug("sflow_app: gauge failed", exc_info=True)
+            state.publish(index, values, source.sampler.sample_pool, source.drops,
+                          gauge_positions(source.kind))
 
     # -- samples ----------------------------------------------------------------------
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
@@ -239,8 +245,9 @@ class Exporter:
             if not final and now < due:
                 continue
             self._next_poll[index] = max(due + interval, now)
-            if index not in totals:
-                totals[index] = state.totals(index)
+            gauges = gauge_positions(kind)
+            if gauges or index not in totals:  # gauges: live workers only
+                totals[index] = state.totals(index, gauges)
             names = SOURCE_KINDS[kind].counter_names
             sample = CountersSample(
                 sequence_number=0, ds_class=DS_CLASS_LOGICAL, ds_index=ds_index,

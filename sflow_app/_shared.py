@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 log = logging.getLogger("sflow_app")
 
@@ -167,8 +167,12 @@ class SharedState:
     def _counter_at(self, slot: int, index: int) -> int:
         return SLOTS_AT + slot * SLOT_WORDS + 2 + index * COUNTER_WORDS
 
-    def publish(self, index: int, values: Sequence[int], pool: int, drops: int) -> None:
-        """Write this worker's cumulative counts (on top of the slot's inherited ones)."""
+    def publish(self, index: int, values: Sequence[int], pool: int, drops: int,
+                gauges: Collection[int] = ()) -> None:
+        """Write this worker's cumulative counts (on top of the slot's inherited ones).
+
+        ``gauges``: positions holding a current value (open connections), written as is.
+        """
         if self.slot is None:
             return
         at = self._counter_at(self.slot, index)
@@ -176,22 +180,40 @@ class SharedState:
         base = self._bases.get(index)
         if base is None:  # first publish for this source: keep what a dead owner left
             base = self._bases[index] = list(words[at:at + COUNTER_WORDS])
+            for i in gauges:
+                base[i] = 0
         for i, v in enumerate(values):
             words[at + i] = base[i] + v
         words[at + POOL] = base[POOL] + pool
         words[at + DROPS] = base[DROPS] + drops
 
-    def totals(self, index: int) -> list[int]:
-        """Counters, pool and drops summed over every slot, live or dead."""
+    def totals(self, index: int, gauges: Collection[int] = ()) -> list[int]:
+        """Counters, pool and drops summed over every slot, live or dead; ``gauges``
+        positions summed over live workers only (a dead one holds no connection)."""
         out = [0] * COUNTER_WORDS
         words = self.words
         for slot in range(MAX_SLOTS):
             if words[SLOTS_AT + slot * SLOT_WORDS] == 0:
                 continue  # never used
             at = self._counter_at(slot, index)
-            for i, v in enumerate(words[at:at + COUNTER_WORDS]):
+            row = words[at:at + COUNTER_WORDS].tolist()
+            if gauges and not self._alive(slot):
+                for i in gauges:
+                    row[i] = 0
+            for i, v in enumerate(row):
                 out[i] += v
         return out
+
+    def _alive(self, slot: int) -> bool:
+        """Whether a live process owns ``slot`` (its record lock is held)."""
+        if slot == self.slot:
+            return True
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_SLOT0 + slot)
+        except OSError:
+            return True
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, LOCK_SLOT0 + slot)
+        return False
 
     def slots_used(self) -> int:
         return sum(1 for s in range(MAX_SLOTS) if self.words[SLOTS_AT + s * SLOT_WORDS])
@@ -349,12 +371,13 @@ class LocalState:
     def claim_slot(self) -> bool:
         return True
 
-    def publish(self, index: int, values: Sequence[int], pool: int, drops: int) -> None:
+    def publish(self, index: int, values: Sequence[int], pool: int, drops: int,
+                gauges: Collection[int] = ()) -> None:
         row = [*values, *([0] * (COUNTER_WORDS - len(values)))]
         row[POOL], row[DROPS] = pool, drops
         self._values[index] = row
 
-    def totals(self, index: int) -> list[int]:
+    def totals(self, index: int, gauges: Collection[int] = ()) -> list[int]:
         return list(self._values.get(index, [0] * COUNTER_WORDS))
 
     def source_index(self, kind: str, name: str, ds_index: int) -> int | None:

@@ -8,7 +8,7 @@ encoding) belongs to the exporter.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._counters import CounterBlock, _value
@@ -46,6 +46,7 @@ class Source:
 
     kind = "source"
     counter_names: tuple[str, ...] = ()
+    gauge_names: tuple[str, ...] = ()  # current values, not cumulative counts
     direction = SERVER
 
     def __init__(self, agent: Agent, name: str = "") -> None:
@@ -58,6 +59,8 @@ class Source:
         self._drops = itertools.count()
         self._drops_base = 0
         self.drop = self._drops.__next__
+        # Position -> function giving the gauge's current value in this process.
+        self.gauges: dict[int, Callable[[], int]] = {}
 
     @staticmethod
     def key_for(name: str) -> str:
@@ -94,6 +97,7 @@ class HttpSource(Source):
 class MemcacheSource(Source):
     kind = "memcache"
     counter_names = MEMCACHE_COUNTERS
+    gauge_names = ("curr_connections",)
     direction = CLIENT
 
     @staticmethod
@@ -115,6 +119,11 @@ class AppSource(Source):
 SOURCE_KINDS: dict[str, type[Source]] = {
     "http": HttpSource, "memcache": MemcacheSource, "app": AppSource,
 }
+
+
+def gauge_positions(kind: str) -> tuple[int, ...]:
+    cls = SOURCE_KINDS[kind]
+    return tuple(cls.counter_names.index(name) for name in cls.gauge_names)
 
 
 def counter_records(kind: str, name: str, values: Sequence[int], parent: int | None) -> list[Any]:

@@ -108,10 +108,9 @@ cmd_set / cmd_touch / cmd_flush like the others. The fields only a server can kn
 auth_errors (pymemcache has no SASL), threads, conn_yields, listen_disabled_num,
 connection_structures, evictions, reclaimed, curr_items, bytes, limit_maxbytes -- are
 always 0: the memcache structure has no "unknown" value, and 0 keeps collectors that sum
-or rate counters correct. curr_connections is 0 too for now: it is a gauge, and the
-counter slots are cumulative and summed over every worker a service ever had (a dead
-worker's open connections would stay counted); this module tracks the connections its
-clients hold per process, ready for a gauge slot. raw_command contributes to no counter
+or rate counters correct. curr_connections is a gauge: the connections instrumented
+clients hold open now, summed over the service's live workers only (a dead worker's
+connections are gone with it). raw_command contributes to no counter
 (pymemcache does not parse its reply).
 
 Cost
@@ -282,6 +281,7 @@ def _bind(source: MemcacheSource) -> None:
     _put = getattr(counters, "put", None) or (lambda item: counters.add(*item))
     _fold = getattr(counters, "fold", None) or (lambda: None)
     _source = source
+    source.gauges[_SLOT["curr_connections"]] = _open_connections
 
 
 def _due(n: int) -> bool:
@@ -420,8 +420,8 @@ def _stored_size(instance: Any, values: Any) -> int:
 
 # ------------------------------------------------------------------------- connections
 # Connections open now are tracked per process (itertools counts, not a lock: the close
-# side runs from a weakref finalizer, which can fire during any allocation in any thread),
-# but not reported yet: see the curr_connections note in the module docstring.
+# side runs from a weakref finalizer, which can fire during any allocation in any thread)
+# and reported as the curr_connections gauge.
 
 _opened = itertools.count()
 _closed = itertools.count()

@@ -140,6 +140,8 @@ def counters(collector) -> dict[str, int]:
 
 def expected_counters(**nonzero: int) -> dict[str, int]:
     values = dict.fromkeys(MEMCACHE_COUNTERS, 0)
+    # The gauge: connections held now, as the last flush read them.
+    values["curr_connections"] = sfm._open_connections()
     for name, value in nonzero.items():
         assert name in values, name
         values[name] = value
@@ -823,8 +825,8 @@ def test_importing_sflow_app_does_not_import_pymemcache() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_open_connections_are_tracked_per_process(instrumented, server) -> None:
-    """Not reported yet (curr_connections needs a gauge slot), but kept exact."""
+def test_open_connections_are_reported_as_a_gauge(instrumented, collector, server) -> None:
+    """curr_connections: the connections held now, going down as well as up."""
     import gc
 
     gc.collect()
@@ -834,9 +836,13 @@ def test_open_connections_are_tracked_per_process(instrumented, server) -> None:
         one.version()
     del one
     assert sfm._open_connections() == before + 3
+    flush(collector)
+    assert counters(collector)["curr_connections"] == before + 3
     clients[0].close()
     clients[1].quit()
     assert sfm._open_connections() == before + 1
+    flush(collector)
+    assert counters(collector)["curr_connections"] == before + 1
     del clients
     gc.collect()
     assert sfm._open_connections() == before
