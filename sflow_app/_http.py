@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .records import AppOperation, AppStatus, HttpRequest, socket_record
@@ -38,6 +39,22 @@ QUERY_MODES = ("sensitive", "keep", "redact", "drop")
 # decorator's app_parent_context. Set only on sampled requests.
 current_request: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
     "sflow_app_request", default=None)
+
+
+def middleware_options(
+    exclude: Iterable[str] | Callable[[str], bool] | None, query: str,
+) -> Callable[[str], bool] | None:
+    """Check the WSGI/ASGI middlewares' shared options; the ``exclude`` predicate."""
+    if query not in QUERY_MODES:
+        raise ValueError(f"query must be one of {QUERY_MODES}, not {query!r}")
+    if exclude is None or callable(exclude):
+        return exclude
+    if isinstance(exclude, str):
+        raise TypeError("exclude takes a list of path prefixes, not one string")
+    prefixes = tuple(exclude)
+    if not prefixes:
+        return None
+    return lambda path: path.startswith(prefixes)
 
 
 def status_slot(status: int) -> int:

@@ -63,11 +63,11 @@ from ._agent import AGENT
 from ._http import (
     METHODS,
     OTHER_METHOD,
-    QUERY_MODES,
     STATUS_OTHER,
     STATUS_SLOTS,
     build_uri,
     current_request,
+    middleware_options,
     protocol_number,
     submit_http,
 )
@@ -129,19 +129,9 @@ class SFlowMiddleware:
         query: str = "sensitive",
     ) -> None:
         global instances
-        if query not in QUERY_MODES:
-            raise ValueError(f"query must be one of {QUERY_MODES}, not {query!r}")
         self.app = app
         self.query = query
-        self._excluded: Callable[[str], bool] | None = None
-        if callable(exclude):
-            self._excluded = exclude
-        elif exclude is not None:
-            if isinstance(exclude, str):
-                raise TypeError("exclude takes a list of path prefixes, not one string")
-            prefixes = tuple(exclude)
-            if prefixes:
-                self._excluded = lambda path: path.startswith(prefixes)
+        self._excluded = middleware_options(exclude, query)
         self._source = source = AGENT.http_source()
         self._sampler = source.sampler
         self._pool = source.sampler.pool
