@@ -280,11 +280,8 @@ class Agent:
             self.exporter.finish(self._clock())
         except Exception:
             log.exception("sflow_app: final flush failed")
-        # The shared state stays open: this process keeps its worker slot (its counts stay
-        # published once, if it goes on), and exit releases everything anyway.
+        self.exporter.close()
         self._started = False
-        for source in self.sources():
-            source.sampler.force()  # a later request starts the exporter again
 
     def after_fork(self, caller: Source | None = None) -> None:
         """In a child: reuse nothing inherited (thread, sockets, RNG, queued samples)."""

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import socket
-import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,6 @@ HEADER_MAX = 40  # IPv6 agent header
 HOLD_MAX = 1024  # samples kept while the service's identity is not known yet
 BACKLOG_MAX = 4096  # encoded samples waiting for a sender
 EXIT_WAIT = 0.5  # s: how long an exiting worker waits for a sender to take its samples
-EXIT_LOCK_WAIT = 2.0  # s: how long the exit flush waits for the thread's pass to end
 # Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
 FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
 
@@ -76,16 +74,9 @@ class Exporter:
         self._next_poll: dict[int, float] = {}
         self._socks: dict[int, socket.socket] = {}
         self._fwd: socket.socket | None = None
-        self._lock = threading.RLock()
 
     # -- one pass ---------------------------------------------------------------------
     def step(self, now: float, *, final: bool = False) -> None:
-        # One pass at a time: the exit flush must not run beside a pass the thread has
-        # half done (samples it took off the socket would be lost with the process).
-        with self._lock:
-            self._step(now, final)
-
-    def _step(self, now: float, final: bool) -> None:
         agent = self.agent
         items = agent.drain()
         if not agent.settings.enabled:
@@ -320,15 +311,6 @@ class Exporter:
         itself: recycled workers often exit together, and fresh ones start nothing before
         their first request. What it still holds after that is counted as drops.
         """
-        # Wait (bounded) for a pass the exporter thread may still be in the middle of.
-        locked = self._lock.acquire(timeout=EXIT_LOCK_WAIT)
-        try:
-            self._finish(now)
-        finally:
-            if locked:
-                self._lock.release()
-
-    def _finish(self, now: float) -> None:
         agent = self.agent
         ident = agent.identity() if agent.settings.enabled else None
         state = self._open(ident) if ident is not None else self.state
