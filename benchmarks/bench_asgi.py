@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-ROUNDS = 20_000
+from _harness import Sink, best_costs, report_flushed
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 20_000))
 REPEATS = 5
 
 Scope = dict[str, Any]
@@ -95,45 +94,18 @@ def seconds(loop: asyncio.AbstractEventLoop, wrapped: App) -> float:
     return time.perf_counter() - started
 
 
-def best_costs(loop: asyncio.AbstractEventLoop, apps: dict[str, App],
-               before: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Microseconds per request, best of ``REPEATS`` interleaved runs (fair under load)."""
-    best = dict.fromkeys(apps, float("inf"))
-    for _ in range(REPEATS):
-        for name, wrapped in apps.items():
-            before.get(name, lambda: None)()
-            best[name] = min(best[name], seconds(loop, wrapped))
-    return {name: b / ROUNDS * 1e6 for name, b in best.items()}
-
-
 def main() -> None:
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))  # the collector: bound, never read
-    config = Path(tempfile.mkdtemp()) / "hsflowd.auto"
-
-    def auto(sampling: int) -> None:
-        config.write_text(f"rev_start=1\nsampling={sampling}\npolling=30\n"
-                          f"collector=127.0.0.1 {sink.getsockname()[1]}\n"
-                          f"agentIP=127.0.0.1\nds_index=1\nrev_end=1\n")
-
-    auto(0)
-    os.environ["SFLOW_APP_CONFIG"] = str(config)
+    sink = Sink()
     from sflow_app._agent import AGENT
     from sflow_app.asgi import SFlowMiddleware
 
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    def rate(sampling: int) -> Callable[[], None]:
-        def apply() -> None:
-            auto(sampling)
-            AGENT.reload()
-        return apply
-
     apps: dict[str, App] = {"floor (method+status)": FloorMiddleware(app),
                             "sflow, sampling off": ours, "sflow, 1-in-400": ours,
                             "no middleware": app}
-    before = {"sflow, sampling off": rate(0), "sflow, 1-in-400": rate(400)}
+    before = {"sflow, sampling off": sink.rate(0), "sflow, 1-in-400": sink.rate(400)}
     try:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
@@ -142,16 +114,13 @@ def main() -> None:
         pass
 
     loop = asyncio.new_event_loop()
-    costs = best_costs(loop, apps, before)
+    costs = best_costs(apps, lambda wrapped: seconds(loop, wrapped), ROUNDS, REPEATS, before)
     loop.close()
     floor = costs["floor (method+status)"]
     print(f"{ROUNDS} requests x best of {REPEATS}, trivial app called directly")
     for name, cost in costs.items():
         print(f"  {name:36s} {cost:7.2f} us/request  {cost / floor:5.2f}x floor")
-    source = AGENT.http_source()
-    AGENT.shutdown()  # flush, so the count below is complete
-    print(f"  ({source.sampler.sample_pool} requests through sflow, "
-          f"{AGENT.stats['samples']} samples sent)")
+    report_flushed()
     sink.close()
 
 

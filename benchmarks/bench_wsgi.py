@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-ROUNDS = 50_000
+from _harness import Sink, best_costs, report_flushed
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 50_000))
 REPEATS = 7
 
 Environ = dict[str, Any]
@@ -91,29 +90,8 @@ def seconds(wrapped: App) -> float:
     return time.perf_counter() - started
 
 
-def best_costs(apps: dict[str, App],
-               before: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Microseconds per request, best of ``REPEATS`` interleaved runs (fair under load)."""
-    best = dict.fromkeys(apps, float("inf"))
-    for _ in range(REPEATS):
-        for name, wrapped in apps.items():
-            before.get(name, lambda: None)()
-            best[name] = min(best[name], seconds(wrapped))
-    return {name: b / ROUNDS * 1e6 for name, b in best.items()}
-
-
 def main() -> None:
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))  # the collector: bound, never read
-    config = Path(tempfile.mkdtemp()) / "hsflowd.auto"
-
-    def auto(sampling: int) -> None:
-        config.write_text(f"rev_start=1\nsampling={sampling}\npolling=30\n"
-                          f"collector=127.0.0.1 {sink.getsockname()[1]}\n"
-                          f"agentIP=127.0.0.1\nds_index=1\nrev_end=1\n")
-
-    auto(0)
-    os.environ["SFLOW_APP_CONFIG"] = str(config)
+    sink = Sink()
     os.environ["SFLOW_APP_DS_INDEX"] = "8000"  # no server socket in a direct call
     from sflow_app._agent import AGENT
     from sflow_app.wsgi import SFlowMiddleware
@@ -121,16 +99,10 @@ def main() -> None:
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    def rate(sampling: int) -> Callable[[], None]:
-        def apply() -> None:
-            auto(sampling)
-            AGENT.reload()
-        return apply
-
     apps: dict[str, App] = {"floor (method+status)": FloorMiddleware(app),
                             "sflow, sampling off": ours, "sflow, 1-in-400": ours,
                             "no middleware": app}
-    before = {"sflow, sampling off": rate(0), "sflow, 1-in-400": rate(400)}
+    before = {"sflow, sampling off": sink.rate(0), "sflow, 1-in-400": sink.rate(400)}
     try:
         from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
@@ -138,7 +110,7 @@ def main() -> None:
     except ImportError:
         pass
 
-    costs = best_costs(apps, before)
+    costs = best_costs(apps, seconds, ROUNDS, REPEATS, before)
     floor = costs["floor (method+status)"]
     bare = costs["no middleware"]
     print(f"{ROUNDS} requests x best of {REPEATS}, trivial app called directly "
@@ -149,10 +121,7 @@ def main() -> None:
         print(f"  {name:36s} {cost:10.3f}  {cost / floor:7.2f}  {overhead:16.2f}")
     print("  (x floor: total per request / floor's total; overhead x floor: the same"
           " without the bare app's cost)")
-    source = AGENT.http_source()
-    AGENT.shutdown()  # flush, so the count below is complete
-    print(f"  ({source.sampler.sample_pool} requests through sflow, "
-          f"{AGENT.stats['samples']} samples sent)")
+    report_flushed()
     sink.close()
 
 
