@@ -56,7 +56,8 @@ version                                   VERSION     OK
 quit                                      QUIT        UNKNOWN (no reply)
 cache_memlimit, shutdown                  OTHER       OK
 raw_command                               by its first word; the reply's first word
-                                          (STORED, NOT_FOUND, ...) else OK
+                                          (STORED, NOT_FOUND, ...) else OK; a
+                                          retrieval: OK if any VALUE, else NOT_FOUND
 ========================================  ==========  ======================================
 
 Multi-key commands report ``nkeys`` and the first key; a store whose keys fared
@@ -110,8 +111,18 @@ connection_structures, evictions, reclaimed, curr_items, bytes, limit_maxbytes -
 always 0: the memcache structure has no "unknown" value, and 0 keeps collectors that sum
 or rate counters correct. curr_connections is a gauge: the connections instrumented
 clients hold open now, summed over the service's live workers only (a dead worker's
-connections are gone with it). raw_command contributes to no counter
-(pymemcache does not parse its reply).
+connections are gone with it).
+
+``raw_command`` counts as the command it sends (its first word; pymemcache does not parse
+the reply, so this module reads the command line and the reply): get/gets (and gat/gats,
+which also count one cmd_touch per key) count a hit per ``VALUE`` block in the reply and a
+miss per other key; set/add/replace/append/prepend/cas count cmd_set and, by the reply
+word, total_items and the cas counters; delete/incr/decr their hits and misses; touch and
+flush_all cmd_touch and cmd_flush. Value bytes are the data blocks: those of a
+retrieval's ``VALUE`` blocks read, the one sent with a storage command written (as for
+the other commands, command lines and keys are not counted, and the sampled record's
+``value_bytes`` is the same number). Any other command (``mn``, ``mg``, ``verbosity``,
+...) counts in no counter, like stats or version.
 
 Cost
 ----
@@ -568,7 +579,7 @@ def _store_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, 
 def _misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
     name = args[1] if len(args) > 1 else kwargs.get("cmd_name")
     if _arg(args, kwargs, 3, "end_tokens"):
-        return _raw_status(name, result)
+        return _raw_ok(name, result)
     if name == b"touch":
         _incr[CMD_TOUCH]()
     elif name == b"flush_all":
@@ -599,6 +610,7 @@ def _misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
 def _misc_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
     name = _arg(args, kwargs, 1, "cmd_name")
     if _arg(args, kwargs, 3, "end_tokens"):
+        _raw_err(name)
         return _status_of(exc)
     if name == b"touch":
         _incr[CMD_TOUCH]()
@@ -621,29 +633,139 @@ def _misc_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, i
     return cmd, tokens[1] if len(tokens) > 1 else b"", len(cmds)
 
 
-def _raw_describe(command: Any) -> tuple[int, bytes, int]:
-    tokens = command.split() if isinstance(command, bytes) else []
-    if not tokens:
-        return OTHER, b"", 0
-    name = tokens[0]
+# raw_command(command, end_tokens) is _misc_cmd([command + b"\r\n"], command, False,
+# end_tokens): pymemcache does not parse the reply, so these read the command line and the
+# reply themselves, and count them as the command they are would be counted.
+
+_RAW_FETCH = frozenset({b"get", b"gets", b"gat", b"gats"})
+_RAW_TOUCHING = frozenset({b"gat", b"gats"})
+_RAW_STORE = frozenset({b"set", b"add", b"replace", b"append", b"prepend", b"cas"})
+
+
+def _raw_words(command: Any) -> tuple[bytes, list[bytes]]:
+    """(command name, the words of its first line) of a raw command."""
+    if not isinstance(command, bytes):
+        return b"", []
+    words = command.split(b"\r\n", 1)[0].split()
+    return (words[0] if words else b""), words
+
+
+def _raw_keys(name: bytes, words: list[bytes]) -> list[bytes]:
     if name in _FETCH_KEYED:
-        keys = tokens[1:]
-    elif name in (b"gat", b"gats"):
-        keys = tokens[2:]
-    elif name in _ONE_KEY:
-        keys = tokens[1:2]
-    else:
-        keys = []
+        return words[1:]
+    if name in _RAW_TOUCHING:  # gat <exptime> <key>*
+        return words[2:]
+    if name in _ONE_KEY:
+        return words[1:2]
+    return []
+
+
+def _raw_describe(command: Any) -> tuple[int, bytes, int]:
+    name, words = _raw_words(command)
+    keys = _raw_keys(name, words)
     return _CMDS.get(name, OTHER), keys[0] if keys else b"", len(keys)
 
 
-def _raw_status(command: Any, result: Any) -> int:
+def _raw_reply(result: Any) -> bytes:
     reply = result[0] if result else b""
-    word = reply.split(None, 1)[0] if reply else b""
-    name = command.split(None, 1)[0] if isinstance(command, bytes) and command else b""
-    if name in _FETCH_KEYED or name in (b"gat", b"gats"):
+    return reply if isinstance(reply, bytes) else b""
+
+
+def _raw_values(reply: bytes) -> tuple[int, int]:
+    """(values, value bytes) in a retrieval reply: ``VALUE <key> <flags> <bytes> ...``
+    blocks, as many as are complete enough to have a header."""
+    hits = size = pos = 0
+    while reply.startswith(b"VALUE ", pos):
+        end = reply.find(b"\r\n", pos)
+        words = reply[pos:end if end >= 0 else len(reply)].split()
+        try:
+            length = int(words[3])
+        except (IndexError, ValueError):
+            break
+        if length < 0:
+            break
+        hits += 1
+        size += length
+        if end < 0:
+            break
+        pos = end + 2 + length + 2
+    return hits, size
+
+
+def _raw_status(command: Any, result: Any) -> int:
+    reply = _raw_reply(result)
+    words = reply.split(None, 1)
+    word = words[0] if words else b""
+    name, _ = _raw_words(command)
+    if name in _RAW_FETCH:
         return OK if word == b"VALUE" else NOT_FOUND
     return _REPLY_STATUS.get(word, OK)
+
+
+def _raw_ok(command: Any, result: Any) -> int:
+    """Count a raw command that got its reply as the command it is; its status."""
+    status = _raw_status(command, result)
+    name, words = _raw_words(command)
+    if name in _RAW_FETCH:
+        nkeys = len(_raw_keys(name, words))
+        hits = _raw_values(_raw_reply(result))[0]
+        _count(GET_HITS, hits)
+        _count(GET_MISSES, nkeys - hits)
+        if name in _RAW_TOUCHING:
+            _count(CMD_TOUCH, nkeys)
+    elif name in _RAW_STORE:
+        _incr[CMD_SET]()
+        if status == STORED:
+            _incr[TOTAL_ITEMS]()
+        if name == b"cas":
+            if status == STORED:
+                _incr[CAS_HITS]()
+            elif status == EXISTS:
+                _incr[CAS_BADVAL]()
+            elif status == NOT_FOUND:
+                _incr[CAS_MISSES]()
+    elif name == b"delete":
+        if status == DELETED:
+            _incr[DELETE_HITS]()
+        elif status == NOT_FOUND:
+            _incr[DELETE_MISSES]()
+    elif name == b"incr":
+        _incr[INCR_MISSES if status == NOT_FOUND else INCR_HITS]()
+    elif name == b"decr":
+        _incr[DECR_MISSES if status == NOT_FOUND else DECR_HITS]()
+    elif name == b"touch":
+        _incr[CMD_TOUCH]()
+    elif name == b"flush_all":
+        _incr[CMD_FLUSH]()
+    return status
+
+
+def _raw_err(command: Any) -> None:
+    """A raw command that failed: the command counters that count whatever the outcome."""
+    name, words = _raw_words(command)
+    if name in _RAW_STORE:
+        _incr[CMD_SET]()
+    elif name == b"touch":
+        _incr[CMD_TOUCH]()
+    elif name in _RAW_TOUCHING:
+        _count(CMD_TOUCH, len(_raw_keys(name, words)))
+    elif name == b"flush_all":
+        _incr[CMD_FLUSH]()
+
+
+def _raw_sizes(command: Any, result: Any) -> tuple[int, int]:
+    """(read, written) value bytes of a raw command: the data blocks of a retrieval reply;
+    the data block sent with a storage command (what its <bytes> field announces)."""
+    name, words = _raw_words(command)
+    if name in _RAW_FETCH:
+        return _raw_values(_raw_reply(result))[1], 0
+    if name in _RAW_STORE and isinstance(command, bytes):
+        data = command.partition(b"\r\n")[2]
+        try:
+            return 0, max(0, min(int(words[4]), len(data)))
+        except (IndexError, ValueError):
+            return 0, len(data)
+    return 0, 0
 
 
 def _fetch_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
@@ -657,28 +779,32 @@ def _store_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[in
 
 
 def _misc_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
+    if _arg(args, kwargs, 3, "end_tokens"):  # raw_command: values are in the command/reply
+        return _raw_sizes(_arg(args, kwargs, 1, "cmd_name"), result)
     return 0, 0
 
 
 class _Kind:
     """ok/err count an outcome and return its status; describe gives (cmd, key, nkeys);
-    sizes gives (read, written) value bytes for clients with the default serde."""
+    sizes gives (read, written) value bytes for clients with the default serde, or always
+    when the values do not go through the serde (``serde`` False: _misc_cmd)."""
 
-    __slots__ = ("describe", "err", "ok", "sizes")
+    __slots__ = ("describe", "err", "ok", "serde", "sizes")
 
-    def __init__(self, ok: Any, err: Any, describe: Any, sizes: Any) -> None:
+    def __init__(self, ok: Any, err: Any, describe: Any, sizes: Any, serde: bool) -> None:
         self.ok, self.err, self.describe, self.sizes = ok, err, describe, sizes
+        self.serde = serde
 
 
-_FETCH = _Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes)
-_STORE = _Kind(_store_ok, _store_err, _store_describe, _store_sizes)
-_MISC = _Kind(_misc_ok, _misc_err, _misc_describe, _misc_sizes)
+_FETCH = _Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes, True)
+_STORE = _Kind(_store_ok, _store_err, _store_describe, _store_sizes, True)
+_MISC = _Kind(_misc_ok, _misc_err, _misc_describe, _misc_sizes, False)
 
 
 def _moved(kind: _Kind, proxy: Any, instance: Any, args: Any, kwargs: Any,
            result: Any) -> tuple[int, int]:
     """(read, written) value bytes of the operation that just ran."""
-    if proxy.__class__ is _CountingSerde or proxy.__class__ is _NoTally:
+    if kind.serde and (proxy.__class__ is _CountingSerde or proxy.__class__ is _NoTally):
         return int(proxy.read), int(proxy.written)
     read, written = kind.sizes(instance, args, kwargs, result)
     return int(read), int(written)
@@ -971,6 +1097,12 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
             raise
         try:
             _misc_ok(self, (cmds, cmd_name, noreply, end_tokens), _NOKW, result)
+            if end_tokens:  # raw_command: value bytes from its command line and reply
+                read, written = _raw_sizes(cmd_name, result)
+                if read:
+                    _put((BYTES_READ, read))
+                if written:
+                    _put((BYTES_WRITTEN, written))
         except Exception:
             log.debug("sflow_app: memcache counting failed", exc_info=True)
         return result

@@ -325,16 +325,115 @@ def test_admin_and_raw_commands(instrumented, collector, server) -> None:
         op(Cmd.FLUSH, "", 0, 0, Status.OK),
         op(Cmd.FLUSH, "", 0, 0, Status.UNKNOWN),
         op(Cmd.SET, "r", 1, 3, Status.STORED),
-        op(Cmd.GET, "r", 1, 0, Status.OK),
+        op(Cmd.GET, "r", 1, 3, Status.OK),
         op(Cmd.GET, "nothing", 1, 0, Status.NOT_FOUND),
         op(Cmd.DELETE, "nothing", 1, 0, Status.NOT_FOUND),
         op(Cmd.TOUCH, "r", 1, 0, Status.OK),
         op(Cmd.OTHER, "", 0, 0, Status.OK),
         op(Cmd.QUIT, "", 0, 0, Status.UNKNOWN),
     ])
-    # raw_command counts in no counter: pymemcache does not parse its reply.
+    # raw_command counts as the command it is (test_raw_command_counts_as_its_command).
     assert counters(collector) == expected_counters(
-        cmd_flush=2, cmd_set=1, total_items=1, total_connections=1, bytes_written=3)
+        cmd_flush=2, cmd_set=1, cmd_touch=1, total_items=1, get_hits=1, get_misses=1,
+        delete_misses=1, total_connections=1, bytes_written=3, bytes_read=3)
+
+
+BIG = 2 * 1024 * 1024  # over memcached's 1 MB item limit
+
+
+def raw_workload(c: Client) -> list[MemcacheOperation]:
+    """raw_command for every command with a counter and every outcome; what a sampled
+    run records (the same operations through the client's own methods would count the
+    same, see raw_counters)."""
+    c.set("r", b"abc")
+    assert c.raw_command("set a 0 0 5\r\nhello") == b"STORED"
+    assert c.raw_command(b"add a 0 0 2\r\nxy") == b"NOT_STORED"
+    assert c.raw_command("get r a nothing", "END\r\n") == (
+        b"VALUE r 0 3\r\nabc\r\nVALUE a 0 5\r\nhello\r\n")
+    assert c.raw_command("get nothing", "END\r\n") == b""
+    reply = c.raw_command("gets r", "END\r\n")
+    token = reply.split(b"\r\n")[0].split()[4].decode()
+    assert c.raw_command(f"cas r 0 0 3 {token}\r\nxyz") == b"STORED"
+    assert c.raw_command(f"cas r 0 0 1 {token}\r\nq") == b"EXISTS"
+    assert c.raw_command("cas nokey 0 0 1 1\r\nq") == b"NOT_FOUND"
+    assert c.raw_command("set n 0 0 2\r\n10") == b"STORED"
+    assert c.raw_command("incr n 5") == b"15"
+    assert c.raw_command("incr nokey 1") == b"NOT_FOUND"
+    assert c.raw_command("decr n 1") == b"14"
+    assert c.raw_command("decr nokey 1") == b"NOT_FOUND"
+    assert c.raw_command("delete a") == b"DELETED"
+    assert c.raw_command("delete a") == b"NOT_FOUND"
+    assert c.raw_command("touch r 10") == b"TOUCHED"
+    assert c.raw_command("touch nokey 10") == b"NOT_FOUND"
+    assert c.raw_command("gat 10 r nothing", "END\r\n") == b"VALUE r 0 3\r\nxyz\r\n"
+    with pytest.raises(MemcacheClientError):
+        c.raw_command("incr r 1")  # not a number: the server's CLIENT_ERROR
+    with pytest.raises(MemcacheServerError):
+        c.raw_command(b"set big 0 0 %d\r\n" % BIG + b"x" * BIG)
+    with pytest.raises(MemcacheUnknownCommandError):
+        c.raw_command("bogus")
+    assert c.raw_command("mn") == b"MN"
+    assert c.raw_command("version").startswith(b"VERSION 1.")
+    assert c.raw_command("flush_all") == b"OK"
+    return [
+        op(Cmd.SET, "r", 1, 3, Status.STORED),
+        op(Cmd.SET, "a", 1, 5, Status.STORED),
+        op(Cmd.ADD, "a", 1, 2, Status.NOT_STORED),
+        op(Cmd.GET, "r", 3, 3 + 5, Status.OK),
+        op(Cmd.GET, "nothing", 1, 0, Status.NOT_FOUND),
+        op(Cmd.GETS, "r", 1, 3, Status.OK),
+        op(Cmd.CAS, "r", 1, 3, Status.STORED),
+        op(Cmd.CAS, "r", 1, 1, Status.EXISTS),
+        op(Cmd.CAS, "nokey", 1, 1, Status.NOT_FOUND),
+        op(Cmd.SET, "n", 1, 2, Status.STORED),
+        op(Cmd.INCR, "n", 1, 0, Status.OK),
+        op(Cmd.INCR, "nokey", 1, 0, Status.NOT_FOUND),
+        op(Cmd.DECR, "n", 1, 0, Status.OK),
+        op(Cmd.DECR, "nokey", 1, 0, Status.NOT_FOUND),
+        op(Cmd.DELETE, "a", 1, 0, Status.DELETED),
+        op(Cmd.DELETE, "a", 1, 0, Status.NOT_FOUND),
+        op(Cmd.TOUCH, "r", 1, 0, Status.OK),
+        op(Cmd.TOUCH, "nokey", 1, 0, Status.NOT_FOUND),
+        op(Cmd.GET, "r", 2, 3, Status.OK),  # gat: get and touch
+        op(Cmd.INCR, "r", 1, 0, Status.CLIENT_ERROR),
+        op(Cmd.SET, "big", 1, BIG, Status.SERVER_ERROR),
+        op(Cmd.OTHER, "", 0, 0, Status.ERROR),
+        op(Cmd.OTHER, "", 0, 0, Status.OK),
+        op(Cmd.VERSION, "", 0, 0, Status.OK),
+        op(Cmd.FLUSH, "", 0, 0, Status.OK),
+    ]
+
+
+def raw_counters() -> dict[str, int]:
+    return expected_counters(
+        cmd_set=1 + 2 + 3 + 1 + 1,  # set r; set a, add a; three cas; set n; set big (failed)
+        total_items=4, cas_hits=1, cas_badval=1, cas_misses=1,
+        get_hits=2 + 1 + 1, get_misses=1 + 1 + 1,  # get r a nothing; get nothing; gets; gat
+        incr_hits=1, incr_misses=1, decr_hits=1, decr_misses=1,  # incr r failed: none
+        delete_hits=1, delete_misses=1,
+        cmd_touch=2 + 2,  # touch x2; gat touches each of its 2 keys
+        cmd_flush=1,
+        total_connections=4,  # each error closes the connection
+        bytes_written=3 + 5 + 2 + 3 + 1 + 1 + 2,  # the failed set big: none
+        bytes_read=3 + 5 + 3 + 3)
+
+
+@pytest.mark.parametrize("sampling", [1, 0])
+def test_raw_command_counts_as_its_command(agent, collector, server, sampling: int) -> None:
+    """raw_command counts like the command it sends, sampled (1) or not (0)."""
+    agent(sampling=sampling, polling=1)
+    sfm.instrument()
+    try:
+        expected = raw_workload(client(server))
+    finally:
+        sfm.uninstrument()
+    flush(collector)
+    if sampling:
+        check_ops(collector, expected)
+    else:
+        assert collector.flow_samples() == []
+    assert counters(collector) == raw_counters()
+    assert AGENT.memcache_source().sampler.sample_pool == len(expected)
 
 
 def test_shutdown(instrumented, collector) -> None:
