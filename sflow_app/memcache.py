@@ -13,14 +13,17 @@ of its caches -- hot keys, missed keys, slow operations -- per client::
 its three round-trip methods (``_fetch_cmd``, ``_store_cmd``, ``_misc_cmd``), its
 ``_connect``, and the public commands that validate arguments before a round trip
 (``delete``, ``delete_many``, ``incr``, ``decr``, ``touch``, ``cas``, ``flush_all``,
-``cache_memlimit``, with every alias bound at class creation such as ``delete_multi``).
+``cache_memlimit``, with every alias bound at class creation such as ``delete_multi``),
+and the methods of ``pymemcache.client.hash.HashClient`` that check keys before choosing
+a server (``_run_cmd``, ``get_many``, ``gets_many``, ``set_many`` and their aliases).
 ``PooledClient``, ``HashClient`` (pooled or not) and ``RetryingClient`` all end in a
 ``Client``, so they are covered, and each server round trip is counted once: a HashClient
 ``get_many`` over two servers is two operations, each retry is its own operation, and
 ``get_multi`` / ``set_multi`` / ``delete_multi`` are the same round trips as their
 ``*_many`` names. ``wrap(client)`` gives the same to one client by swapping in a subclass
-(``isinstance`` still holds); pooled and hashed clients get it for the ``Client`` objects
-they create later too. Both are idempotent: a repeat is a no-op with a warning.
+(``isinstance`` still holds; a HashClient's own class too, for the keys it checks); pooled
+and hashed clients get it for the ``Client`` objects they create later too. Both are
+idempotent: a repeat is a no-op with a warning.
 ``uninstrument()`` undoes ``instrument()``. The replacements are plain functions that
 keep the originals' names, docstrings and ``__wrapped__``, not ``wrapt`` wrappers: a
 ``wrapt.FunctionWrapper`` method costs about 1 us per call (binding plus call), more than
@@ -71,8 +74,13 @@ for the server's ``ERROR`` reply (pymemcache's ``MemcacheUnknownCommandError``) 
 every transport or generic failure: ``OSError``, timeouts, the connection closing
 mid-reply (``MemcacheUnexpectedCloseError``, although pymemcache derives it from its
 server error), an unparseable reply. A ``get`` that ``ignore_exc=True`` turned into an
-empty result is ERROR, not NOT_FOUND. Keys ``HashClient`` rejects before choosing a server
-never reach a ``Client`` and are not recorded.
+empty result is ERROR, not NOT_FOUND. ``HashClient`` checks every key before it chooses a
+server: a key it refuses is recorded the same way (CLIENT_ERROR, ``uS`` 0, counted as a
+plain ``Client``'s refusal is) but with no socket record, since no server was chosen;
+an argument the chosen ``Client`` refuses (``incr(key, "x")``) is recorded there, once.
+``HashClient.delete_many`` deletes key by key: the keys before a refused one were deleted
+(one operation each), the refused key is one operation, the rest are not sent. A
+``RetryingClient`` retries a refusal like any error: each attempt is an operation.
 
 Keys are the bytes sent on the wire (``key_prefix`` included) and are reported as they
 are by default: hot-key analysis is the point. ``keys="hmac"`` reports the first 32 hex
@@ -156,7 +164,11 @@ from typing import Any, Literal, TypeVar
 
 try:
     # pymemcache ships no type information.
-    from pymemcache.client.base import Client, PooledClient  # type: ignore[import-untyped]
+    from pymemcache.client.base import (  # type: ignore[import-untyped]
+        Client,
+        PooledClient,
+        check_key_helper,
+    )
     from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
     from pymemcache.client.retrying import RetryingClient  # type: ignore[import-untyped]
     from pymemcache.exceptions import (  # type: ignore[import-untyped]
@@ -829,7 +841,11 @@ def _failed(kind: _Kind, instance: Any, args: Any, kwargs: Any, exc: BaseExcepti
 def _wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
     """The key as sent (prefix included); the raw bytes when pymemcache rejects it."""
     try:
-        return bytes(instance.check_key(key, prefix))
+        check = getattr(instance, "check_key", None)
+        if check is None:  # HashClient
+            return bytes(check_key_helper(key, getattr(instance, "allow_unicode_keys", False),
+                                          prefix))
+        return bytes(check(key, prefix))
     except Exception:
         if isinstance(key, str):
             key = key.encode("utf-8", "backslashreplace")
@@ -1139,23 +1155,75 @@ def _generic_method(kind: _Kind, original: Callable[..., Any]) -> Callable[..., 
     return _method(method, original)
 
 
-# Public commands that check their arguments before the round trip starts:
-# name -> (cmd, counter slot or None, key argument (index, name) or None, multi-key).
-_GUARDED: dict[str, tuple[int, int | None, tuple[int, str] | None, bool]] = {
-    "delete": (_CMDS[b"delete"], None, (0, "key"), False),
-    "delete_many": (_CMDS[b"delete"], None, (0, "keys"), True),
-    "incr": (_CMDS[b"incr"], None, (0, "key"), False),
-    "decr": (_CMDS[b"decr"], None, (0, "key"), False),
-    "touch": (_CMDS[b"touch"], CMD_TOUCH, (0, "key"), False),
-    "cas": (_CMDS[b"cas"], CMD_SET, (0, "key"), False),
-    "flush_all": (_CMDS[b"flush_all"], CMD_FLUSH, None, False),
-    "cache_memlimit": (OTHER, None, None, False),
+# Commands refused before a round trip. A guard describes the refused operation as
+# (cmd, counter slot or None, how many to count there, the keys asked for).
+_Refusal = tuple[int, int | None, int, list[Any]]
+_Describe = Callable[[Any, Any, Any], _Refusal]
+
+
+def _client_refusal(cmd: int, slot: int | None, key_arg: tuple[int, str] | None = None,
+                    multi: bool = False) -> _Describe:
+    def describe(instance: Any, args: Any, kwargs: Any) -> _Refusal:
+        keys: list[Any] = []
+        if key_arg is not None:
+            value = _arg(args, kwargs, key_arg[0], key_arg[1])
+            keys = list(value) if multi else [value]
+        return cmd, slot, 1, keys
+
+    return describe
+
+
+# Client's public commands that check their arguments before the round trip starts (the
+# others check inside _fetch_cmd / _store_cmd, which record the refusal themselves).
+_GUARDED: dict[str, _Describe] = {
+    "delete": _client_refusal(_CMDS[b"delete"], None, (0, "key")),
+    "delete_many": _client_refusal(_CMDS[b"delete"], None, (0, "keys"), True),
+    "incr": _client_refusal(_CMDS[b"incr"], None, (0, "key")),
+    "decr": _client_refusal(_CMDS[b"decr"], None, (0, "key")),
+    "touch": _client_refusal(_CMDS[b"touch"], CMD_TOUCH, (0, "key")),
+    "cas": _client_refusal(_CMDS[b"cas"], CMD_SET, (0, "key")),
+    "flush_all": _client_refusal(_CMDS[b"flush_all"], CMD_FLUSH),
+    "cache_memlimit": _client_refusal(OTHER, None),
 }
 
 
-def _guard_method(spec: tuple[int, int | None, tuple[int, str] | None, bool],
+# HashClient checks every key (check_key_helper in _get_client) before it chooses a
+# server, so a refused key never reaches a Client: these record it, with no socket record.
+
+def _hash_one_key(instance: Any, args: Any, kwargs: Any) -> _Refusal:
+    """HashClient._run_cmd(cmd, key, default_val, ...): set, get, delete (and delete_many,
+    key by key), incr, cas, touch, ..."""
+    name = _arg(args, kwargs, 0, "cmd", "")
+    wire = name.encode() if isinstance(name, str) else bytes(name)
+    slot = CMD_SET if wire in _RAW_STORE else CMD_TOUCH if wire == b"touch" else None
+    return _CMDS.get(wire, OTHER), slot, 1, [_arg(args, kwargs, 1, "key")]
+
+
+def _hash_get_many(instance: Any, args: Any, kwargs: Any) -> _Refusal:
+    gets = _arg(args, kwargs, 1, "gets", False)
+    return _CMDS[b"gets" if gets else b"get"], None, 1, list(_arg(args, kwargs, 0, "keys", ()))
+
+
+def _hash_gets_many(instance: Any, args: Any, kwargs: Any) -> _Refusal:
+    return _CMDS[b"gets"], None, 1, list(_arg(args, kwargs, 0, "keys", ()))
+
+
+def _hash_set_many(instance: Any, args: Any, kwargs: Any) -> _Refusal:
+    keys = list(_arg(args, kwargs, 0, "values", None) or ())
+    return _CMDS[b"set"], CMD_SET, len(keys), keys  # cmd_set: one per key, as Client's
+
+
+_HASH_GUARDED: dict[str, _Describe] = {
+    "_run_cmd": _hash_one_key, "get_many": _hash_get_many, "gets_many": _hash_gets_many,
+    "set_many": _hash_set_many,
+}
+
+
+def _guard_method(describe: _Describe, endpoint: Any,
                   original: Callable[..., Any]) -> Callable[..., Any]:
-    cmd, slot, key_arg, multi = spec
+    """``original`` recording the operations it refuses (MemcacheIllegalInputError) once:
+    an exception already recorded further in (a Client under a HashClient, a round trip
+    method) is marked ``_sflow_seen``."""
 
     def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -1163,29 +1231,27 @@ def _guard_method(spec: tuple[int, int | None, tuple[int, str] | None, bool],
         except MemcacheIllegalInputError as exc:
             if not getattr(exc, "_sflow_seen", False):
                 exc._sflow_seen = True
-                _rejected(self, cmd, slot, key_arg, multi, args, kwargs)
+                _rejected(self, describe, args, kwargs, endpoint)
             raise
 
     return _method(guard, original)
 
 
-def _rejected(instance: Any, cmd: int, slot: int | None, key_arg: tuple[int, str] | None,
-              multi: bool, args: Any, kwargs: Any) -> None:
-    """An operation pymemcache refused before sending: CLIENT_ERROR, no round trip."""
+def _rejected(instance: Any, describe: _Describe, args: Any, kwargs: Any,
+              endpoint: Any) -> None:
+    """An operation pymemcache refused before sending: CLIENT_ERROR, no round trip.
+    ``endpoint``: None to name the client's server, False when no server was chosen."""
     try:
         n = _pool()
+        cmd, slot, amount, keys = describe(instance, args, kwargs)
         if slot is not None:
-            _incr[slot]()
+            _count(slot, amount)
         if not (n >= _sampler.next_at and _due(n)):
             return
-        key, nkeys = b"", 0
-        if key_arg is not None:
-            value = _arg(args, kwargs, key_arg[0], key_arg[1])
-            keys = list(value) if multi else [value]
-            nkeys = len(keys)
-            if keys:
-                key = _wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
-        _emit(instance, n, cmd, key, nkeys, CLIENT_ERROR, 0, 0, None)
+        key = b""
+        if keys:
+            key = _wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
+        _emit(instance, n, cmd, key, len(keys), CLIENT_ERROR, 0, 0, endpoint)
     except Exception:
         log.debug("sflow_app: could not record a rejected memcache command", exc_info=True)
 
@@ -1204,8 +1270,14 @@ _FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
 
 
 def _methods_for(cls: type) -> dict[str, Any]:
-    """name -> instrumented replacement of what ``cls`` has under that name (aliases too)."""
-    out = {name: factory(_original(cls, name)) for name, factory in _FACTORIES.items()}
+    """name -> instrumented replacement of what ``cls`` (a Client or a HashClient) has under
+    that name (aliases too)."""
+    if issubclass(cls, HashClient):
+        factories: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
+        guarded, endpoint = _HASH_GUARDED, False  # refused before a server was chosen
+    else:
+        factories, guarded, endpoint = _FACTORIES, _GUARDED, None
+    out = {name: factory(_original(cls, name)) for name, factory in factories.items()}
     functions = {}
     for name in dir(cls):
         if not name.startswith("__"):
@@ -1213,13 +1285,13 @@ def _methods_for(cls: type) -> dict[str, Any]:
                 functions[name] = _original(cls, name)
             except AttributeError:
                 continue
-    for name, spec in _GUARDED.items():
+    for name, describe in guarded.items():
         fn = functions.get(name)
         if fn is None:
             continue
         for alias, other in functions.items():
             if other is fn:  # delete_multi = delete_many, bound at class creation
-                out[alias] = _guard_method(spec, fn)
+                out[alias] = _guard_method(describe, endpoint, fn)
     return out
 
 
@@ -1227,7 +1299,8 @@ def _methods_for(cls: type) -> dict[str, Any]:
 
 _lock = threading.RLock()
 _class_policy = _KeyPolicy()
-_installed: dict[str, Any] = {}  # name -> Client.__dict__ value before instrument()
+# (class, name) -> the class's own value before instrument(), for Client and HashClient
+_installed: dict[tuple[type, str], Any] = {}
 _subclasses: dict[tuple[type, _KeyPolicy], type] = {}
 
 
@@ -1246,9 +1319,10 @@ def instrument(*, keys: KeyMode = "plain", secret: bytes | str | None = None) ->
             return
         _bind(AGENT.memcache_source())
         _class_policy = policy
-        for name, method in _methods_for(Client).items():
-            _installed[name] = Client.__dict__.get(name, _MISSING)
-            setattr(Client, name, method)
+        for cls in (Client, HashClient):
+            for name, method in _methods_for(cls).items():
+                _installed[(cls, name)] = cls.__dict__.get(name, _MISSING)
+                setattr(cls, name, method)
 
 
 _MISSING = object()
@@ -1260,11 +1334,11 @@ def uninstrument() -> None:
         if not _installed:
             log.warning("sflow_app: pymemcache is not instrumented")
             return
-        for name, original in _installed.items():
+        for (cls, name), original in _installed.items():
             if original is _MISSING:
-                delattr(Client, name)
+                delattr(cls, name)
             else:
-                setattr(Client, name, original)
+                setattr(cls, name, original)
         _installed.clear()
         _restore_serdes()
 
@@ -1311,8 +1385,12 @@ def _wrap(client: Any, policy: _KeyPolicy) -> bool:
     if isinstance(client, RetryingClient):
         return _wrap(client._client, policy)
     if isinstance(client, (HashClient, PooledClient)):
+        new = False
+        if isinstance(client, HashClient) and not type(client).__dict__.get("_sflow_wrapped"):
+            client.__class__ = _subclass(type(client), policy)  # the keys it refuses itself
+            new = True
         cls = client.client_class
-        new = not cls.__dict__.get("_sflow_wrapped")
+        new = not cls.__dict__.get("_sflow_wrapped") or new
         client.client_class = _subclass(cls, policy)
         if isinstance(client, HashClient):
             existing = list(client.clients.values())
@@ -1330,7 +1408,8 @@ def _wrap(client: Any, policy: _KeyPolicy) -> bool:
 
 
 def _subclass(cls: type, policy: _KeyPolicy) -> type:
-    """``cls`` with instrumented round trips (cached per class and key policy)."""
+    """``cls`` instrumented: a Client's round trips and guards, a HashClient's key checks
+    (cached per class and key policy)."""
     if cls.__dict__.get("_sflow_wrapped"):
         return cls
     sub = _subclasses.get((cls, policy))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 from pymemcache.client.retrying import RetryingClient
+from pymemcache.exceptions import MemcacheIllegalInputError
 
 import sflow_app.memcache as sfm
 from sflow_app._agent import AGENT
@@ -184,3 +185,164 @@ def test_wrap_hash_client_covers_servers_added_later(agent, collector, pair) -> 
     assert len(got) == 1 + len(KEYS)
     ports = {remote(s) for _, s in got[1:]}
     assert ports == {one.port, two.port}  # the added server's Client is wrapped too
+
+
+# ------------------------------------------------------------ keys refused before sending
+
+BAD = "bad key"
+LONG = "k" * 251
+
+
+def refused_calls(c: Any) -> list[tuple[Callable[[], Any], MemcacheOperation, bool]]:
+    """(call, its record, refused by the HashClient itself -- no server chosen)."""
+    error = Status.CLIENT_ERROR
+    return [
+        (lambda: c.get(BAD), op(Cmd.GET, BAD, 1, 0, error), True),
+        (lambda: c.gets(LONG), op(Cmd.GETS, LONG, 1, 0, error), True),
+        (lambda: c.set("bad\nkey", b"v"), op(Cmd.SET, "bad\nkey", 1, 0, error), True),
+        (lambda: c.add("bad\x00key", b"v"), op(Cmd.ADD, "bad\x00key", 1, 0, error), True),
+        (lambda: c.replace("caf\u00e9", b"v"), op(Cmd.REPLACE, "caf\u00e9", 1, 0, error), True),
+        (lambda: c.append(BAD, b"v"), op(Cmd.APPEND, BAD, 1, 0, error), True),
+        (lambda: c.prepend(BAD, b"v"), op(Cmd.PREPEND, BAD, 1, 0, error), True),
+        (lambda: c.cas(BAD, b"v", 1), op(Cmd.CAS, BAD, 1, 0, error), True),
+        (lambda: c.incr(BAD, 1), op(Cmd.INCR, BAD, 1, 0, error), True),
+        (lambda: c.decr(BAD, 1), op(Cmd.DECR, BAD, 1, 0, error), True),
+        (lambda: c.delete(BAD), op(Cmd.DELETE, BAD, 1, 0, error), True),
+        (lambda: c.delete_multi([BAD]), op(Cmd.DELETE, BAD, 1, 0, error), True),
+        (lambda: c.touch(BAD), op(Cmd.TOUCH, BAD, 1, 0, error), True),
+        (lambda: c.get_many(["ok", BAD]), op(Cmd.GET, "ok", 2, 0, error), True),
+        (lambda: c.get_multi([BAD]), op(Cmd.GET, BAD, 1, 0, error), True),
+        (lambda: c.gets_many(["ok", BAD]), op(Cmd.GETS, "ok", 2, 0, error), True),
+        (lambda: c.set_many({"fine": b"1", BAD: b"2"}), op(Cmd.SET, "fine", 2, 0, error), True),
+        (lambda: c.set_multi({BAD: b"2"}), op(Cmd.SET, BAD, 1, 0, error), True),
+        # The key is fine: refused by the Client the HashClient chose, recorded once.
+        (lambda: c.incr("ok", "x"), op(Cmd.INCR, "ok", 1, 0, error), False),
+        (lambda: c.cas("ok", b"v", "nan"), op(Cmd.CAS, "ok", 1, 0, error), False),
+    ]
+
+
+REFUSED_COUNTERS = {
+    # set ok; set, add, replace, append, prepend, cas; set_many 2 + set_multi 1; cas ok
+    "cmd_set": 1 + 6 + 2 + 1 + 1, "cmd_touch": 1, "total_items": 1, "get_hits": 1,
+    "total_connections": 1, "bytes_written": 1, "bytes_read": 1,
+}
+
+
+def make_client(target: str, pair: tuple[Memcached, Memcached]) -> Any:
+    if target == "client":
+        return Client(pair[0].server, default_noreply=False)
+    return HashClient([s.server for s in pair], use_pooling=target == "hash-pooled",
+                      default_noreply=False)
+
+
+def counter_values(collector) -> dict[str, int]:
+    found = collector.latest_counters(MemcacheCounters)
+    assert found is not None
+    values = dataclasses.asdict(found)
+    del values["curr_connections"]  # a gauge
+    return {name: value for name, value in values.items() if value}
+
+
+@pytest.mark.parametrize(("target", "how", "sampling"), [
+    ("client", "instrument", 1), ("hash", "instrument", 1), ("hash-pooled", "instrument", 1),
+    ("client", "wrap", 1), ("hash", "wrap", 1), ("hash-pooled", "wrap", 1),
+    ("hash", "instrument", 0),
+])
+def test_refused_keys_are_recorded_once_for_every_client(
+        agent, collector, pair, target: str, how: str, sampling: int) -> None:
+    """A key HashClient refuses before choosing a server is recorded and counted as a
+    plain Client's refusal is (once, CLIENT_ERROR), with no socket record."""
+    agent(sampling=sampling, polling=1)
+    c = make_client(target, pair)
+    if how == "instrument":
+        sfm.instrument()
+    else:
+        sfm.wrap(c)
+    try:
+        c.set("ok", b"1")
+        calls = refused_calls(c)
+        for call, _, _ in calls:
+            with pytest.raises(MemcacheIllegalInputError):
+                call()
+        assert c.get("ok") == b"1"
+    finally:
+        if how == "instrument":
+            sfm.uninstrument()
+    flush(collector)
+    got = operations(collector)
+    assert AGENT.memcache_source().sampler.sample_pool == len(calls) + 2
+    # A PooledClient drops its Client (and connection) after the Client's own refusals.
+    connections = 2 if target == "hash-pooled" else 1
+    assert counter_values(collector) == {**REFUSED_COUNTERS, "total_connections": connections}
+    if not sampling:
+        assert got == []
+        return
+    assert [r for r, _ in got] == [op(Cmd.SET, "ok", 1, 1, Status.STORED),
+                                   *(record for _, record, _ in calls),
+                                   op(Cmd.GET, "ok", 1, 1, Status.OK)]
+    ok_port = holder(pair, "ok").port
+    assert ok_port == pair[0].port or target != "client"
+    for (_, _, by_hash), (_, sock) in zip(calls, got[1:-1], strict=True):
+        if target != "client" and by_hash:
+            assert sock is None  # no server was chosen
+        else:
+            assert remote(sock) == ok_port
+
+
+@pytest.mark.parametrize("target", ["client", "hash", "hash-pooled"])
+def test_retrying_client_records_each_refused_attempt(agent, collector, pair,
+                                                      target: str) -> None:
+    """RetryingClient retries a refused key like any error: each attempt is one refused
+    operation, for a HashClient as for a Client."""
+    agent(sampling=1, polling=1)
+    retrying = RetryingClient(make_client(target, pair), attempts=2, retry_delay=0)
+    sfm.wrap(retrying)
+    retrying.set("ok", b"1")
+    for call in (lambda: retrying.get(BAD), lambda: retrying.set(BAD, b"v"),
+                 lambda: retrying.get_many(["ok", BAD]), lambda: retrying.incr("ok", "x")):
+        with pytest.raises(MemcacheIllegalInputError):
+            call()
+    flush(collector)
+    error = Status.CLIENT_ERROR
+    assert [r for r, _ in operations(collector)] == [
+        op(Cmd.SET, "ok", 1, 1, Status.STORED),
+        *[op(Cmd.GET, BAD, 1, 0, error)] * 2, *[op(Cmd.SET, BAD, 1, 0, error)] * 2,
+        *[op(Cmd.GET, "ok", 2, 0, error)] * 2, *[op(Cmd.INCR, "ok", 1, 0, error)] * 2]
+    assert counter_values(collector) == {"cmd_set": 3, "total_items": 1,
+                                         "total_connections": 1, "bytes_written": 1}
+
+
+def test_hash_client_delete_many_is_key_by_key(agent, collector, pair) -> None:
+    """HashClient.delete_many deletes key by key: the keys before a refused one are
+    deleted (one round trip each), the refused one is one operation, the rest not sent."""
+    agent(sampling=1, polling=1)
+    sfm.instrument()
+    try:
+        hc = make_client("hash", pair)
+        hc.set_many({"a": b"1", "c": b"3"})
+        with pytest.raises(MemcacheIllegalInputError):
+            hc.delete_many(["a", BAD, "c"])
+    finally:
+        sfm.uninstrument()
+    flush(collector)
+    got = [r for r, _ in operations(collector)]
+    assert got[-2:] == [op(Cmd.DELETE, "a", 1, 0, Status.DELETED),
+                        op(Cmd.DELETE, BAD, 1, 0, Status.CLIENT_ERROR)]
+    assert holder(pair, "c").bare_get(b"c") == b"3"
+    found = counter_values(collector)
+    assert (found["delete_hits"], found.get("delete_misses", 0)) == (1, 0)
+
+
+def test_uninstrument_restores_hash_client(agent) -> None:
+    agent(sampling=1, polling=1)
+    names = ("_run_cmd", "get_many", "get_multi", "gets_many", "gets_multi", "set_many",
+             "set_multi")
+    originals = {name: HashClient.__dict__[name] for name in names}
+    sfm.instrument()
+    try:
+        for name in names:
+            assert HashClient.__dict__[name] is not originals[name], name
+            assert HashClient.__dict__[name].__wrapped__ is originals[name], name
+    finally:
+        sfm.uninstrument()
+    assert {name: HashClient.__dict__[name] for name in names} == originals
