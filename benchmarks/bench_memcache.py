@@ -6,8 +6,9 @@ installs it) serves one ``pymemcache`` Client doing a get hit, a get miss and a 
 every variant alike:
 
 - bare pymemcache (nothing instrumented);
-- a floor: the three round-trip methods replaced by pass-through functions, the least any
-  Python-level hook there costs;
+- two floors: the three round-trip methods replaced by pass-throughs -- plain functions
+  (the least any Python-level hook there costs; sflow_app's replacements are plain
+  functions too) and wrapt FunctionWrappers (what wrapt itself would cost per round trip);
 - sflow_app.memcache.instrument() with sampling off (only the unsampled path; goal <= 1.02);
 - the same at 1-in-100 (the exporter thread runs and sends to a loopback UDP socket
   nobody reads);
@@ -19,7 +20,13 @@ reports its median and best round (wall clock) plus the client thread's CPU time
 operation: on a shared or loaded machine the median is the figure to read, and the CPU
 column shows the added work without the scheduler's noise. Printed, not asserted.
 
+Then, without the server, the per-call cost of the counting serde a client with a
+non-default serde gets (sflow_app's ``__slots__`` class, and the same as a
+``wrapt.ObjectProxy``) over pickle_serde alone.
+
     .venv/bin/python benchmarks/bench_memcache.py [--ops N] [--rounds N]
+
+``BENCH_ROUNDS`` sets the default number of rounds (40), as for bench_wsgi/bench_asgi.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
+import wrapt
+from _harness import Sink
 from pymemcache.client.base import Client
 
 VALUE = b"v" * 100
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 40))
 
 
 def start_memcached() -> tuple[subprocess.Popen[bytes], int]:
@@ -78,23 +88,61 @@ def workload(client: Client, ops: int) -> tuple[float, float]:
     return time.perf_counter() - started, time.thread_time() - cpu
 
 
+class ProxySerde(wrapt.ObjectProxy):
+    """sflow_app.memcache's counting serde written as a wrapt.ObjectProxy, for comparison."""
+
+    read = written = 0  # class attributes: assignments stay on the proxy
+
+    def __init__(self, inner: Any, encoding: str) -> None:
+        super().__init__(inner)
+        self._self_ser, self._self_de = inner.serialize, inner.deserialize
+        self._self_encoding = encoding
+
+    def serialize(self, key: Any, value: Any) -> Any:
+        result = self._self_ser(key, value)
+        try:
+            data = result[0]
+            self.written += (len(data) if isinstance(data, bytes)
+                             else len(str(data).encode(self._self_encoding)))
+        except Exception:
+            pass
+        return result
+
+    def deserialize(self, key: Any, value: bytes, flags: int) -> Any:
+        self.read += len(value)
+        return self._self_de(key, value, flags)
+
+
+def serde_costs(number: int = 200_000, repeat: int = 7) -> None:
+    """Per call, best of ``repeat``: serialize and deserialize of a 100-byte value."""
+    import timeit
+
+    from pymemcache.serde import pickle_serde
+
+    from sflow_app.memcache import _CountingSerde
+
+    data, flags = pickle_serde.serialize("k", VALUE)
+    serdes = {"pickle_serde alone": pickle_serde,
+              "sflow counting serde (__slots__)": _CountingSerde(pickle_serde, "ascii"),
+              "the same as a wrapt.ObjectProxy": ProxySerde(pickle_serde, "ascii")}
+    print(f"serde, per call (best of {repeat} x {number})")
+    print(f"  {'':34s} {'serialize':>10s} {'deserialize':>12s}")
+    for name, serde in serdes.items():
+        ser = min(timeit.repeat(lambda s=serde: s.serialize("k", VALUE), number=number,
+                                repeat=repeat)) / number * 1e6
+        de = min(timeit.repeat(lambda s=serde: s.deserialize("k", data, flags),
+                               number=number, repeat=repeat)) / number * 1e6
+        print(f"  {name:34s} {ser:8.3f}us {de:10.3f}us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ops", type=int, default=1500, help="operations per round")
-    parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help="interleaved rounds (default: $BENCH_ROUNDS, else 40)")
     opts = parser.parse_args()
 
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))  # the collector: bound, never read
-    config = Path(tempfile.mkdtemp()) / "hsflowd.auto"
-
-    def auto(sampling: int) -> None:
-        config.write_text(f"rev_start=1\nsampling={sampling}\npolling=20\n"
-                          f"collector=127.0.0.1 {sink.getsockname()[1]}\n"
-                          f"agentIP=127.0.0.1\nds_index=1\nrev_end=1\n")
-
-    auto(0)
-    os.environ["SFLOW_APP_CONFIG"] = str(config)
+    sink = Sink()  # the collector (bound, never read) and the hsflowd.auto pointing at it
     os.environ.setdefault("SFLOW_APP_STATE_DIR", tempfile.mkdtemp(prefix="sfa-"))
     import sflow_app.memcache as sfm
     from sflow_app._agent import AGENT
@@ -105,9 +153,10 @@ def main() -> None:
     client.set("hot", VALUE)
 
     def sflow(sampling: int) -> tuple[Callable[[], None], Callable[[], None]]:
+        rate = sink.rate(sampling)
+
         def setup() -> None:
-            auto(sampling)
-            AGENT.reload()
+            rate()  # the file, then the agent reloads it
             sfm.instrument()
 
         return setup, sfm.uninstrument
@@ -122,13 +171,22 @@ def main() -> None:
                 return _original(self, *args, **kwargs)
             setattr(Client, name, method)
 
+    def passthrough(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return wrapped(*args, **kwargs)
+
+    def wrapt_floor_on() -> None:
+        """The same pass-through as a wrapt FunctionWrapper: what wrapt itself costs."""
+        for name, original in originals.items():
+            setattr(Client, name, wrapt.FunctionWrapper(original, passthrough))
+
     def floor_off() -> None:
         for name, original in originals.items():
             setattr(Client, name, original)
 
     variants: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
         "bare pymemcache": (lambda: None, lambda: None),
-        "floor: pass-through hook": (floor_on, floor_off),
+        "floor: plain pass-through": (floor_on, floor_off),
+        "floor: wrapt pass-through": (wrapt_floor_on, floor_off),
         "sflow, sampling off": sflow(0),
         "sflow, 1-in-100": sflow(100),
     }
@@ -185,6 +243,7 @@ def main() -> None:
               f"{best * us:6.2f}us {best / bare_best:6.3f} {cpu * us:9.2f}us "
               f"{(cpu - bare_cpu) * us:+6.2f}us")
     print(f"  ({source.sampler.sample_pool} operations through sflow)")
+    serde_costs()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -343,6 +344,8 @@ def test_uninstrument_restores_hash_client(agent) -> None:
         for name in names:
             assert HashClient.__dict__[name] is not originals[name], name
             assert HashClient.__dict__[name].__wrapped__ is originals[name], name
+            # per operation: plain functions, not wrapt wrappers (see sflow_app.memcache)
+            assert type(HashClient.__dict__[name]) is types.FunctionType, name
     finally:
         sfm.uninstrument()
     assert {name: HashClient.__dict__[name] for name in names} == originals
