@@ -1,9 +1,12 @@
 """The one agent per process: settings, data sources, the queue and the exporter thread.
 
-Nothing here runs at import. The first candidate that reaches a source's slow path calls
-``housekeeping()``, which starts the exporter thread (lazily: gunicorn ``--preload``
-imports the app in the master, which must not own a thread its workers lose at fork) and
-notices a fork that bypassed ``os.register_at_fork`` (servers that fork from C).
+Nothing here runs at import. Building a surface (a source) starts the exporter thread, so
+a service reports its counters even while idle -- except in a uWSGI master, which forks
+its workers from C (a thread there could hold the GIL at fork): there a uWSGI post-fork
+hook starts it in each worker. A process that forks with Python's ``os.fork`` (a gunicorn
+``--preload`` master) stops the thread for the fork and restarts it after, so no child
+inherits a thread's half-held state. The slow path (``housekeeping()``) starts it too, if
+nothing did, and notices a fork that bypassed ``os.register_at_fork``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 from . import _config
 from ._exporter import TICK, Exporter
 from ._identity import default_service_name, local_index
+from ._listen import server_listener
 from ._source import AppSource, HttpSource, MemcacheSource, Source
 from ._watch import ConfigWatcher
 
@@ -29,12 +33,25 @@ log = logging.getLogger("sflow_app")
 DEFAULT_CONFIG = "/etc/hsflowd.auto"
 CONFIG_CHECK_EVERY = 1.0
 EXIT_FLUSH_TIMEOUT = 1.0
+# s after start-up a service with no HTTP surface waits before it names itself, unless a
+# call went through a surface first: an HTTP surface built later would name it otherwise.
+SETTLE = 10.0
+FORK_JOIN_TIMEOUT = 1.0
 
 
 def threads_run() -> bool:
     """False inside uWSGI started without --enable-threads (its threads never run)."""
     uwsgi = sys.modules.get("uwsgi")
     return uwsgi is None or bool(getattr(uwsgi, "has_threads", True))
+
+
+def uwsgi_master() -> Any:
+    """The ``uwsgi`` module when this is uWSGI's master (worker id 0), else None."""
+    uwsgi = sys.modules.get("uwsgi")
+    try:
+        return uwsgi if uwsgi is not None and uwsgi.worker_id() == 0 else None
+    except Exception:
+        return None
 
 
 class Agent:
@@ -54,6 +71,9 @@ class Agent:
         self._default_name: str | None = None
         self._next_config_check = 0.0
         self._warned: set[str] = set()
+        self._uwsgi_hooked = False
+        self._serving = False
+        self._born = clock()
 
     def _reset_process_state(self) -> None:
         self.pid = os.getpid()
@@ -62,6 +82,7 @@ class Agent:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._paused = False
         self._started = False
         self._inline = False
         self._last_inline = float("-inf")
@@ -152,12 +173,13 @@ class Agent:
                     source = cls(self, name)
                     self._apply_source(source)
                     self._sources[key] = source
+                    if cls is HttpSource:
+                        self._http = source  # type: ignore[assignment]
+            self.start_early()
         return source
 
     def http_source(self) -> HttpSource:
-        source = self._source(HttpSource, "")
-        self._http = source  # type: ignore[assignment]
-        return source  # type: ignore[return-value]
+        return self._source(HttpSource, "")  # type: ignore[return-value]
 
     def memcache_source(self) -> MemcacheSource:
         return self._source(MemcacheSource, "")  # type: ignore[return-value]
@@ -203,12 +225,16 @@ class Agent:
             if self._http.ds_index is None:
                 return None
             return agent_ip, self._http.ds_index
+        if not self._serving and self._clock() - self._born < SETTLE:
+            return None  # an HTTP surface may still be built (it would name the service)
         return agent_ip, local_index(self.service_name, "service")
 
     # -- sampled path -----------------------------------------------------------------
     def housekeeping(self, caller: Source | None = None) -> None:
         if self.pid != os.getpid():  # forked from C: no at-fork hook ran
             self.after_fork(caller)
+        if caller is not None:
+            self._serving = True  # a call went through a surface: the app is built
         if not self._started and self._autostart:
             self.start()
         if self._inline:
@@ -237,6 +263,65 @@ class Agent:
         return items
 
     # -- lifecycle --------------------------------------------------------------------
+    def start_early(self) -> None:
+        """A surface was built: report from now on, requests or not (see the module doc)."""
+        if self._started or not self._autostart:
+            return
+        try:
+            uwsgi = uwsgi_master()
+            if uwsgi is not None:
+                self._hook_uwsgi_fork(uwsgi)
+            else:
+                self.housekeeping()
+        except Exception:
+            log.debug("sflow_app: could not start the exporter", exc_info=True)
+
+    def _hook_uwsgi_fork(self, uwsgi: Any) -> None:
+        """Start in each uWSGI worker right after its fork (chained to any hook there)."""
+        if self._uwsgi_hooked:
+            return
+        self._uwsgi_hooked = True
+
+        def start_here() -> None:
+            try:
+                self.housekeeping()
+            except Exception:
+                log.debug("sflow_app: could not start the exporter", exc_info=True)
+
+        decorators = sys.modules.get("uwsgidecorators")
+        if isinstance(getattr(decorators, "postfork_chain", None), list):
+            decorators.postfork_chain.append(start_here)  # type: ignore[union-attr]
+            return  # uwsgidecorators owns the hook: join its chain
+        previous = getattr(uwsgi, "post_fork_hook", None)
+
+        def post_fork_hook() -> None:
+            if previous is not None:
+                previous()
+            start_here()
+
+        uwsgi.post_fork_hook = post_fork_hook
+
+    def before_fork(self) -> None:
+        """Python's os.fork in a process whose thread runs: stop it for the fork."""
+        thread = self._thread
+        if (self._started and thread is not None and thread.is_alive()
+                and self.pid == os.getpid() and thread is not threading.current_thread()):
+            self._stop.set()
+            thread.join(FORK_JOIN_TIMEOUT)
+            self._paused = True
+
+    def after_fork_in_parent(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._spawn()
+
+    def _spawn(self) -> None:
+        # A fresh event per thread: one that outlived a bounded join still sees its own set.
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,),
+                                        name="sflow-app-exporter", daemon=True)
+        self._thread.start()
+
     def start(self) -> None:
         with self._lock:
             if self._started:
@@ -249,24 +334,36 @@ class Agent:
                     "and only while it serves. Add --enable-threads.")
                 self._inline = True
                 return
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="sflow-app-exporter",
-                                            daemon=True)
-            self._thread.start()
+            self._spawn()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 self.tick(self._clock())
             except Exception:  # the exporter must outlive any bug of its own
                 log.exception("sflow_app: exporter error")
-            self._stop.wait(TICK)
+            stop.wait(TICK)
 
     def tick(self, now: float, *, final: bool = False) -> None:
         if now >= self._next_config_check:
             self._next_config_check = now + CONFIG_CHECK_EVERY
             self.reload()
+            self._find_port()
         self.exporter.step(now, final=final)
+
+    def _find_port(self) -> None:
+        """A worker that has served nothing yet: its server's port from the listener it
+        inherited, so it reports (counters) before its first request."""
+        source = self._http
+        if source is None or source.ds_index is not None:
+            return
+        try:
+            port, where = server_listener()
+        except Exception:
+            log.debug("sflow_app: could not find the listening socket", exc_info=True)
+            return
+        if port:
+            self.set_http_port(port, where)
 
     def shutdown(self, timeout: float = EXIT_FLUSH_TIMEOUT) -> None:
         """Stop the thread and send what is left, within a bounded time."""
@@ -282,11 +379,14 @@ class Agent:
             log.exception("sflow_app: final flush failed")
         self.exporter.close()
         self._started = False
+        for source in self.sources():
+            source.sampler.force()  # a process that goes on serving starts it again
 
     def after_fork(self, caller: Source | None = None) -> None:
         """In a child: reuse nothing inherited (thread, sockets, RNG, queued samples)."""
         self.exporter.abandon()
         self._reset_process_state()
+        self._serving = True  # servers fork once the application is built
         self._lock = threading.Lock()
         self._next_config_check = 0.0
         for source in self.sources():
@@ -329,5 +429,6 @@ class Agent:
 
 
 AGENT = Agent()
-os.register_at_fork(after_in_child=AGENT.after_fork)
+os.register_at_fork(before=AGENT.before_fork, after_in_parent=AGENT.after_fork_in_parent,
+                    after_in_child=AGENT.after_fork)
 atexit.register(AGENT.shutdown)

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ HEADER_MAX = 40  # IPv6 agent header
 HOLD_MAX = 1024  # samples kept while the service's identity is not known yet
 BACKLOG_MAX = 4096  # encoded samples waiting for a sender
 EXIT_WAIT = 0.5  # s: how long an exiting worker waits for a sender to take its samples
+EXIT_LOCK_WAIT = 2.0  # s: how long the exit flush waits for a pass the thread is in
 # Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
 FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
 
@@ -74,9 +76,22 @@ class Exporter:
         self._next_poll: dict[int, float] = {}
         self._socks: dict[int, socket.socket] = {}
         self._fwd: socket.socket | None = None
+        # One pass at a time: the exit flush must not run beside a pass the thread has
+        # half done (samples it drained or took off the socket would go with it).
+        self._lock = threading.RLock()
+        # Counts this process published, per source: the last ones (cumulative since
+        # start), and per shared file, what earlier openings of it already hold, so a
+        # process that closes its state and opens it again publishes nothing twice.
+        self._last: dict[int, tuple[list[int], int, int]] = {}
+        self._offsets: dict[str, dict[int, tuple[list[int], int, int]]] = {}
+        self._offset: dict[int, tuple[list[int], int, int]] = {}
 
     # -- one pass ---------------------------------------------------------------------
     def step(self, now: float, *, final: bool = False) -> None:
+        with self._lock:
+            self._step(now, final)
+
+    def _step(self, now: float, final: bool) -> None:
         agent = self.agent
         items = agent.drain()
         if not agent.settings.enabled:
@@ -134,9 +149,7 @@ class Exporter:
                 agent.warn_once(f"shared state unavailable ({exc}); this process reports "
                                 "alone, so several workers would each claim the service")
                 state = LocalState()
-        if not state.claim_slot():
-            agent.warn_once("all worker slots are taken; this worker's counters are not "
-                            "shared")
+        self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
         self.state = state
         return state
 
@@ -152,15 +165,30 @@ class Exporter:
 
     def _publish(self, state: State, source: Source) -> None:
         index = self._index(state, source)
-        if index is not None:
-            values = list(source.counters.snapshot())
-            for position, current in source.gauges.items():
-                try:
-                    values[position] = max(0, int(current()))
-                except Exception:
-                    log.debug("sflow_app: gauge failed", exc_info=True)
-            state.publish(index, values, source.sampler.sample_pool, source.drops,
-                          gauge_positions(source.kind))
+        if index is None:
+            return
+        values = list(source.counters.snapshot())
+        pool, drops = source.sampler.sample_pool, source.drops
+        if state.slot is None:
+            # A slot is taken at the first count: a pre-fork master that only sends, or
+            # a process that never serves, holds none.
+            if not (pool or drops or any(values) or source.gauges):
+                return
+            if not state.claim_slot():
+                self.agent.warn_once("all worker slots are taken; this worker's counters "
+                                     "are not shared")
+                return
+        self._last[id(source)] = (values[:], pool, drops)
+        offset = self._offset.get(id(source))
+        if offset is not None:
+            values = [v - o for v, o in zip(values, offset[0], strict=True)]
+            pool, drops = pool - offset[1], drops - offset[2]
+        for position, current in source.gauges.items():
+            try:
+                values[position] = max(0, int(current()))
+            except Exception:
+                log.debug("sflow_app: gauge failed", exc_info=True)
+        state.publish(index, values, pool, drops, gauge_positions(source.kind))
 
     # -- samples ----------------------------------------------------------------------
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
@@ -311,6 +339,15 @@ class Exporter:
         itself: recycled workers often exit together, and fresh ones start nothing before
         their first request. What it still holds after that is counted as drops.
         """
+        # Wait (bounded) for a pass the exporter thread may be in the middle of.
+        locked = self._lock.acquire(timeout=EXIT_LOCK_WAIT)
+        try:
+            self._finish(now)
+        finally:
+            if locked:
+                self._lock.release()
+
+    def _finish(self, now: float) -> None:
         agent = self.agent
         ident = agent.identity() if agent.settings.enabled else None
         state = self._open(ident) if ident is not None else self.state
@@ -343,6 +380,10 @@ class Exporter:
                 self._publish(state, source)
 
     def close_state(self) -> None:
+        if isinstance(self.state, SharedState) and self._key is not None:
+            # What this process published stays in the file (its slot, now dead).
+            self._offsets[self._key] = {**self._offset, **self._last}
+        self._last = {}
         if self.state is not None:
             self.state.close()
         self.state = None

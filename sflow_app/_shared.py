@@ -360,6 +360,7 @@ class LocalState:
     """The same interface for one process on its own (no shared file, or it is refused)."""
 
     sender = True
+    slot: int | None = 0
 
     def __init__(self) -> None:
         self._epoch = time.monotonic_ns()

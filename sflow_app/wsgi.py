@@ -51,7 +51,6 @@ import contextlib
 import importlib
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns
 from types import TracebackType
@@ -71,6 +70,9 @@ from ._http import (
     protocol_number,
     submit_http,
 )
+from ._listen import fd_name as _fd_name
+from ._listen import uwsgi_listener as _uwsgi_listener
+from ._listen import uwsgi_router as _uwsgi_router
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
@@ -588,38 +590,6 @@ def listener(environ: Environ) -> tuple[int | None, str]:
         return None, "wsgi"
 
 
-def _uwsgi_listener() -> tuple[int | None, str]:
-    uwsgi: Any = importlib.import_module("uwsgi")  # only exists inside uWSGI
-
-    router = _uwsgi_router(uwsgi.opt)
-    if router is not None:  # the HTTP router's port is the service's
-        return router[1], f"uwsgi router {router[0]}:{router[1]}"
-    ports = []
-    for fd in uwsgi.sockets:
-        name = _fd_name(fd, "getsockname")
-        if isinstance(name, tuple):
-            ports.append(int(name[1]))
-    if ports:
-        return min(ports), f"uwsgi :{min(ports)}"
-    return None, "uwsgi"
-
-
-def _uwsgi_router(opt: Any) -> tuple[str, int] | None:
-    """(address, port) the HTTP router (``--http``/``--https``) listens on, lowest port."""
-    found = []
-    for key in ("http", "https"):
-        value = opt.get(key)
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, bytes):
-                item = item.decode("latin-1")
-            if not isinstance(item, str):
-                continue
-            host, colon, port = item.split(",", 1)[0].rpartition(":")  # https: addr,cert
-            if colon and port.isdigit():
-                found.append((host.strip("[]") or "0.0.0.0", int(port)))
-    return min(found, key=lambda a: a[1]) if found else None
-
-
 def _uwsgi_connection(env: Environ) -> tuple[tuple[str, int] | None, int]:
     """(local address, peer port) of a uWSGI request's connection."""
     uwsgi: Any = importlib.import_module("uwsgi")
@@ -630,11 +600,3 @@ def _uwsgi_connection(env: Environ) -> tuple[tuple[str, int] | None, int]:
     peer = _fd_name(fd, "getpeername")
     local = (name[0], int(name[1])) if isinstance(name, tuple) else None
     return local, int(peer[1]) if isinstance(peer, tuple) else 0
-
-
-def _fd_name(fd: int, which: str) -> Any:
-    sock = socket.socket(fileno=fd)
-    try:
-        return getattr(sock, which)()
-    finally:
-        sock.detach()  # the server owns the descriptor: never close it

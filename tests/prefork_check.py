@@ -428,7 +428,7 @@ def check_source(view: SourceView, load: Load, expect: Expect, rate: int,
         missing = want - got_set - expect.may_lose
         assert len(missing) <= drops, (
             f"{name}: {len(missing)} sampled requests never arrived, {drops} drops "
-            f"reported: {sorted(missing)[:20]}")
+            f"reported: {sorted(missing)[:20]}; {_where(load, missing, got_set)}")
         failed = set(range(1, load.n + 1)) - load.ordinals_ok()
         extra = got_set - want - failed
         assert not extra, f"{name}: samples of requests not sampled: {sorted(extra)[:20]}"
@@ -439,6 +439,19 @@ def check_source(view: SourceView, load: Load, expect: Expect, rate: int,
     info.update(samples=got, drops=drops, expected=expected)
     assert abs(got + drops - expected) <= SAMPLE_TOLERANCE * expected, (
         f"{name}: {got} samples + {drops} drops, expected {expected:.0f} +-25 %")
+
+
+def _where(load: Load, missing: set[int], arrived: set[int]) -> str:
+    """For a failure: which workers the lost samples came from, and when in their lives
+    (ordinals by answer time; L = lost, a = arrived, . = not sampled)."""
+    out = []
+    for pid in sorted({load.pid[i] for i in missing}):
+        mine = sorted((i for i in load.ordinals_ok() if load.pid[i] == pid),
+                      key=lambda i: load.done[i])
+        life = "".join("L" if i in missing else "a" if i in arrived else "."
+                       for i in mine)
+        out.append(f"pid {pid} served {len(mine)}: {life}")
+    return "; ".join(out)
 
 
 def _count(items: Iterable[int]) -> dict[int, int]:

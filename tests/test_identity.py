@@ -1,5 +1,6 @@
 import logging
 
+from sflow_app import _agent
 from sflow_app._identity import LOCAL_FIRST, LOCAL_LAST, default_service_name, local_index
 
 
@@ -62,5 +63,17 @@ def test_memcache_and_app_sources_share_the_services_sub_agent(agent) -> None:
 
 def test_no_http_surface_uses_a_derived_sub_agent(agent) -> None:
     a = agent()
+    mc = a.memcache_source()
+    # Until a call goes through a surface (or SETTLE seconds pass), an HTTP surface may
+    # still be built: it would name the service, so nothing is named yet.
+    assert a.identity() is None
+    mc.sample(1)  # the slow path of a first call
+    assert a.identity() == ("127.0.0.1", local_index("tests", "service"))
+
+
+def test_no_http_surface_names_itself_after_settling(agent, monkeypatch) -> None:
+    a = agent()
     a.memcache_source()
+    assert a.identity() is None
+    monkeypatch.setattr(a, "_born", a._born - _agent.SETTLE)
     assert a.identity() == ("127.0.0.1", local_index("tests", "service"))

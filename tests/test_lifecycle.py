@@ -21,12 +21,13 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from sflow_app._agent import AGENT
     from test_exporter import request
+    assert threading.active_count() == 1  # nothing started by importing
     source = AGENT.http_source()
-    assert threading.active_count() == 1  # nothing started by importing or registering
+    assert threading.active_count() == 2  # the exporter, started with the first surface
     AGENT.set_http_port(8080, "test")
     for _ in range(7):
         request(source)
-    assert threading.active_count() == 2  # the exporter, started by the first request
+    assert threading.active_count() == 2
     # Exit at once: the samples are still queued, the counters never polled.
 """)
 

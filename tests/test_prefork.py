@@ -244,8 +244,13 @@ def finish(service: Service, load: Load, expects: list[Expect], *, exact: bool =
     workers = server.workers_now()
     server.stop(stop_signal)
     time.sleep(1.5)  # what the exiting workers send last
-    report = check_stream(service.collector, load, expects, rate=RATE,
-                          sub_agent_id=service.port)
+    try:
+        report = check_stream(service.collector, load, expects, rate=RATE,
+                              sub_agent_id=service.port)
+    except AssertionError as exc:
+        agent_log = [line for line in server.log().splitlines() if "sflow_app" in line]
+        raise AssertionError(f"{exc}\nagent log lines:\n" + "\n".join(agent_log[-30:])) \
+            from None
     # Bounded state: one file (and at most one socket) whatever the churn, and no more
     # worker slots than workers alive at once.
     files = state_files(service.state_dir)
