@@ -38,14 +38,17 @@ from prefork_check import (
     TimedCollector,
     check_independent_sampling,
     check_stream,
+    counter_record,
     latest_total,
     run_load,
     start_load,
+    total_of,
     wait_for_total,
 )
 
 from sflow_app import _shared
 from sflow_app._exporter import FLUSH_AFTER, TICK
+from sflow_app.records import CountersSample
 
 pytestmark = pytest.mark.slow
 
@@ -430,3 +433,45 @@ def test_gunicorn_worker_killed(service: Service, who: str) -> None:
     total = latest_total(service.collector)
     assert total is not None and load.ok - len(lost_counts) <= total <= N
 
+
+
+# -- idle: counters keep coming without traffic ---------------------------------------------
+
+IDLE_SERVERS = {
+    "gunicorn": lambda: gunicorn("--max-requests", "10", workers=2),
+    "gunicorn-preload": lambda: gunicorn("--preload", "--max-requests", "10", workers=2),
+    "uwsgi": lambda: uwsgi("--enable-threads", "--max-requests", "10", processes=2),
+    "uvicorn": lambda: uvicorn(2),
+}
+
+
+def http_counters_after(service: Service, after: float) -> list[tuple[float, int]]:
+    """(arrival, total) of the service's HTTP counter samples that arrived after ``after``;
+    every datagram must carry the service's one identity."""
+    out = []
+    for t, dg in service.collector.received():
+        assert (dg.agent_address, dg.sub_agent_id) == ("127.0.0.1", service.port), dg
+        for sample in dg.samples:
+            if isinstance(sample, CountersSample) and t > after:
+                assert sample.ds_index == service.port, sample
+                out.append((t, total_of("http", counter_record(sample))))
+    return out
+
+
+@pytest.mark.parametrize("server", list(IDLE_SERVERS))
+def test_idle_service_keeps_reporting(service: Service, server: str) -> None:
+    """No request at all, then 40 requests (which recycle every worker but uvicorn's),
+    then none again: counter samples arrive all along (polling 1 s) under the service's
+    identity, learnt from the listener the workers inherited -- not from a request."""
+    started = time.monotonic()
+    service.start(server, IDLE_SERVERS[server](), 2, cwd=ROOT if server == "uvicorn" else APPS)
+    time.sleep(3.5)
+    idle = http_counters_after(service, started)
+    assert len(idle) >= 2 and all(total == 0 for _, total in idle), idle
+    load = run_load(service.port, 40, 2)
+    assert not load.errors, load.errors[:5]
+    assert wait_for_total(service.collector, 40) == 40
+    settled = time.monotonic()
+    time.sleep(3.5)
+    later = http_counters_after(service, settled)
+    assert len(later) >= 2 and all(total == 40 for _, total in later), later
