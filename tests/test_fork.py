@@ -5,6 +5,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -112,3 +115,58 @@ def test_child_reuses_nothing_inherited(agent, fork: str) -> None:
     assert len(AGENT._queue) == 5  # the parent's own state is untouched
     assert threading.current_thread() is threading.main_thread()
     del AGENT.drain
+
+
+def test_os_fork_pauses_the_thread_and_restarts_it_in_the_parent(agent) -> None:
+    """A process whose exporter runs (a gunicorn --preload master) stops it for the fork,
+    so no child inherits a half-done pass, and runs a fresh one after."""
+    prepare_parent(agent)
+    old = AGENT._thread
+    assert old is not None and old.is_alive()
+    report = run_in_child(os.fork, lambda: {"threads": threading.active_count(),
+                                            "started": AGENT._started})
+    assert report == {"threads": 1, "started": False}
+    assert not old.is_alive(), "the thread ran across the fork"
+    new = AGENT._thread
+    assert new is not None and new is not old and new.is_alive()
+    assert AGENT._started and not AGENT._paused
+    del AGENT.drain
+
+
+UWSGI_MASTER = textwrap.dedent("""
+    import json, os, sys, threading, types
+    calls = []
+    uwsgi = types.ModuleType("uwsgi")
+    uwsgi.has_threads = 1
+    uwsgi.worker_id = lambda: 0  # the master
+    uwsgi.post_fork_hook = lambda: calls.append("previous")
+    uwsgi.opt, uwsgi.sockets = {}, []
+    sys.modules["uwsgi"] = uwsgi
+    from sflow_app._agent import AGENT
+    AGENT.http_source()
+    AGENT.memcache_source()
+    master = {"threads": threading.active_count(), "started": AGENT._started}
+    pid = os.fork()
+    if pid == 0:
+        uwsgi.worker_id = lambda: 1
+        uwsgi.post_fork_hook()  # what uWSGI calls in each new worker
+        worker = {"threads": threading.active_count(), "started": AGENT._started,
+                  "calls": calls}
+        print(json.dumps({"master": master, "worker": worker}), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+""")
+
+
+def test_uwsgi_master_starts_nothing_and_each_worker_starts_at_its_fork(tmp_path) -> None:
+    """uWSGI forks from C: a thread in its master could hold the GIL at fork. The master
+    only chains uwsgi.post_fork_hook; each worker starts there, idle or not."""
+    auto = tmp_path / "hsflowd.auto"
+    auto.write_text("rev_start=1\nsampling=10\npolling=1\ncollector=127.0.0.1 9\n"
+                    "agentIP=127.0.0.1\nrev_end=1\n")
+    env = {**os.environ, "SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_STATE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", UWSGI_MASTER], env=env, capture_output=True,
+                         text=True, timeout=30, check=True)
+    report = json.loads(out.stdout)
+    assert report["master"] == {"threads": 1, "started": False}
+    assert report["worker"] == {"threads": 2, "started": True, "calls": ["previous"]}
