@@ -31,6 +31,7 @@ after a disconnect it reported are not counted.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import perf_counter_ns
 from typing import Any
@@ -178,9 +179,11 @@ class SFlowMiddleware:
         root_path = scope.get("root_path", "")
         exchange = _Exchange(receive, send, head=method == "HEAD")
         token = current_request.set((AGENT.service_name, method, scope.get("path", "")))
+        raised = False
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception:
+            raised = True
             if not exchange.status and not exchange.end_ns:  # raised, client still there
                 exchange.status = 500
             raise
@@ -188,8 +191,12 @@ class SFlowMiddleware:
             current_request.reset(token)
             end_ns = exchange.end_ns or perf_counter_ns()
             status = exchange.status or CLIENT_CLOSED
+            # Counted as the unsampled path counts (the app's answer), so sampling never
+            # skews the counters; the record says what the client saw (499: it left first).
+            counted = (exchange.answered or exchange.status
+                       or (500 if raised else CLIENT_CLOSED))
             self._method_incr.get(method, self._other_method)()
-            self._status_incr.get(status, self._other_status)()
+            self._status_incr.get(counted, self._other_status)()
             self._record(n, scope, method, exchange, status, end_ns, root_path)
 
     def _record(self, n: int, scope: Scope, method: str, exchange: _Exchange, status: int,
@@ -226,14 +233,15 @@ class SFlowMiddleware:
 class _Exchange:
     """What one sampled request or websocket saw; owned by a single call."""
 
-    __slots__ = ("_receive", "_send", "end_ns", "head", "headers", "received", "sent",
-                 "start_ns", "status")
+    __slots__ = ("_receive", "_send", "answered", "end_ns", "head", "headers", "received",
+                 "sent", "start_ns", "status")
 
     def __init__(self, receive: Receive, send: Send, *, head: bool) -> None:
         self._receive = receive
         self._send = send
         self.head = head
         self.status = 0
+        self.answered = 0  # the status the app answered with, even to a client gone
         self.headers: Iterable[tuple[bytes, bytes]] = ()
         self.received = 0
         self.sent = 0
@@ -252,6 +260,9 @@ class _Exchange:
         return message
 
     async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind in ("http.response.start", "websocket.http.response.start"):
+            self.answered = message["status"]
         if self.end_ns:  # finished or disconnected: nothing more reaches the client
             return await self._send(message)
         try:
@@ -259,7 +270,6 @@ class _Exchange:
         except OSError:  # ASGI 2.4 servers raise on send after a disconnect
             self.end_ns = perf_counter_ns()
             raise
-        kind = message["type"]
         if kind in ("http.response.body", "websocket.http.response.body"):
             if not self.head:
                 self.sent += len(message.get("body", b""))
@@ -277,6 +287,18 @@ class _Exchange:
             self.status = 101
         elif kind == "http.response.pathsend":
             self.end_ns = perf_counter_ns()
+            if not self.head:
+                self.sent += self._file_size(message)
+
+    def _file_size(self, message: Message) -> int:
+        """What a pathsend sends: the response's Content-Length, else the file's size."""
+        for name, value in self.headers:
+            if name.lower() == b"content-length" and value.strip().isdigit():
+                return int(value)
+        try:
+            return os.stat(message["path"]).st_size
+        except (OSError, KeyError, TypeError, ValueError):
+            return 0
 
     def mime_type(self) -> bytes:
         for name, value in self.headers:

@@ -6,6 +6,7 @@ The end-to-end checks with a real uvicorn server are in test_asgi_uvicorn.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -154,7 +155,62 @@ def test_disconnect_before_response_is_499(agent, collector):
     [rec] = http_records(collector)
     assert rec.status == 499 and rec.resp_bytes == 0
     assert 20_000 <= rec.uS < 190_000  # the disconnect came ~50 ms in; the app ran 200 ms more
-    assert counters(collector).status_4XX_count == 1
+    # Counted as the unsampled path counts it (the app's answer): sampling never skews
+    # the counters. The record tells what the client saw.
+    assert counters(collector).status_2XX_count == 1
+
+
+@pytest.mark.parametrize("outcome", ["answers", "raises", "returns"])
+def test_late_outcomes_count_alike_sampled_or_not(agent, collector, outcome):
+    """After the client left: the counters the same whether the request was sampled."""
+
+    async def app(scope, receive, send):
+        await receive()
+        await receive()  # http.disconnect
+        if outcome == "answers":
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"late"})
+        elif outcome == "raises":
+            raise RuntimeError("after the client left")
+
+    async def one():
+        peer = Peer()
+        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive,
+                                                          peer.send))
+        await asyncio.sleep(0.02)
+        peer.gone.set()
+        with contextlib.suppress(RuntimeError):
+            await task
+
+    seen = []
+    for sampling in (1, 0):
+        agent(sampling=sampling)
+        asyncio.run(one())
+        snapshot = AGENT.http_source().counters.snapshot()
+        seen.append(dict(zip(AGENT.http_source().counters.names, snapshot, strict=True)))
+    assert seen[0] == seen[1]
+    want = {"answers": "status_4XX_count", "raises": "status_5XX_count",
+            "returns": "status_4XX_count"}[outcome]
+    assert seen[0][want] == 1
+
+
+def test_pathsend_bytes_are_the_files(agent, collector, tmp_path):
+    agent(sampling=1)
+    body = tmp_path / "page.bin"
+    body.write_bytes(b"x" * 12345)
+
+    def app_with(headers):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.pathsend", "path": str(body)})
+        return app
+
+    peer = Peer()
+    asyncio.run(SFlowMiddleware(app_with([]))(http_scope(), peer.receive, peer.send))
+    asyncio.run(SFlowMiddleware(app_with([(b"content-length", b"12345")]))(
+        http_scope(), peer.receive, peer.send))
+    flush(AGENT, collector)
+    assert [rec.resp_bytes for rec in http_records(collector)] == [12345, 12345]
 
 
 def test_disconnect_mid_stream_keeps_bytes_sent_until_then(agent, collector):
