@@ -6,8 +6,15 @@ In ``<project>/wsgi.py``::
 
     application = get_wsgi_application()          # options as sflow_app.wsgi.SFlowMiddleware
 
-and, for route templates in the samples, first in ``settings.py``'s list (a middleware
-before it that answers in ``process_view`` would hide the route)::
+or, under an ASGI server, in ``<project>/asgi.py``::
+
+    from django.core.asgi import get_asgi_application
+    from sflow_app.asgi import SFlowMiddleware
+
+    application = SFlowMiddleware(get_asgi_application())
+
+and, for route templates in the samples (either way), first in ``settings.py``'s list (a
+middleware before it that answers in ``process_view`` would hide the route)::
 
     MIDDLEWARE = ["sflow_app.integrations.django.SFlowMiddleware", ...]
 
@@ -32,7 +39,7 @@ from django.core.wsgi import (  # type: ignore[import-untyped]
 from django.http import HttpRequest, HttpResponseBase  # type: ignore[import-untyped]
 from django.utils.deprecation import MiddlewareMixin  # type: ignore[import-untyped]
 
-from sflow_app import wsgi
+from sflow_app import asgi, wsgi
 from sflow_app.wsgi import TRANSACTION_KEY, set_route
 from sflow_app.wsgi import SFlowMiddleware as _WSGIMiddleware
 
@@ -57,11 +64,16 @@ class SFlowMiddleware(MiddlewareMixin):  # type: ignore[misc]
     def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
                      view_args: Any, view_kwargs: Any) -> HttpResponseBase | None:
         environ = request.META  # a WSGIRequest's META *is* the WSGI environ
+        scope = getattr(request, "scope", None)  # an ASGIRequest's is the ASGI scope
         if TRANSACTION_KEY in environ:
-            match = request.resolver_match
-            route = getattr(match, "route", None)
+            route = _route(request)
             if route:
-                set_route(environ, route if route.startswith(("/", "^")) else "/" + route)
+                set_route(environ, route)
+        elif isinstance(scope, dict):
+            if asgi.ROUTE_KEY in scope:
+                route = _route(request)
+                if route:
+                    asgi.set_route(scope, route)
         elif not SFlowMiddleware._checked:
             SFlowMiddleware._checked = True
             if not wsgi.instances and "wsgi.input" in environ:
@@ -70,3 +82,10 @@ class SFlowMiddleware(MiddlewareMixin):  # type: ignore[misc]
                     "wrapped: use sflow_app.integrations.django.get_wsgi_application() "
                     "in wsgi.py", __name__ + ".SFlowMiddleware")
         return None
+
+
+def _route(request: HttpRequest) -> str | None:
+    route = getattr(request.resolver_match, "route", None)
+    if not route:
+        return None
+    return str(route) if route.startswith(("/", "^")) else "/" + route

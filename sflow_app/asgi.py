@@ -9,7 +9,8 @@ One import serves plain ASGI, Starlette and FastAPI::
 
 Every ``http`` request is counted in ``http_counters``; sampled ones become an
 ``http_request`` record plus ``extended_socket_ipv4/6`` and, when the framework routed
-the request (``scope["route"]``), an ``app_operation`` named by the route template.
+the request (``scope["route"]``, or ``set_route()`` from framework glue), an
+``app_operation`` named by the route template.
 ``websocket`` connections count as a GET answered 101 (403 when closed before being
 accepted, as servers answer) and are sampled with the connection's lifetime as duration
 and message payload bytes as sizes. ``lifespan`` (and any other scope) passes untouched.
@@ -55,7 +56,23 @@ try:
 except ImportError as exc:  # pragma: no cover - the "asgi" extra installs it
     raise ImportError("sflow_app.asgi needs asgiref: pip install 'sflow-app[asgi]'") from exc
 
-__all__ = ["SFlowMiddleware"]
+__all__ = ["ROUTE_KEY", "SFlowMiddleware", "set_route"]
+
+# Scope key present only on sampled requests; set_route() fills it.
+ROUTE_KEY = "sflow_app.route"
+
+
+def set_route(scope: Scope, route: str) -> None:
+    """Record the route template (``/users/<int:id>``) that served this request.
+
+    For frameworks whose router does not set ``scope["route"]`` (Django's glue calls
+    it); it does nothing unless the request is being sampled.
+    """
+    if ROUTE_KEY in scope:
+        scope[ROUTE_KEY] = route
+        sampled = current_request.get()
+        if sampled is not None:
+            current_request.set((sampled[0], sampled[1], route))
 
 log = logging.getLogger("sflow_app")
 
@@ -179,6 +196,7 @@ class SFlowMiddleware:
         root_path = scope.get("root_path", "")
         exchange = _Exchange(receive, send, head=method == "HEAD")
         token = current_request.set((AGENT.service_name, method, scope.get("path", "")))
+        scope[ROUTE_KEY] = None
         raised = False
         try:
             await self.app(scope, exchange.receive, exchange.send)
@@ -342,6 +360,9 @@ def _route_template(scope: Scope, root_path: str) -> str | None:
     Starlette). Mounts show as the growth of ``root_path`` (with concrete values for
     parameterised mount paths).
     """
+    explicit = scope.get(ROUTE_KEY)
+    if isinstance(explicit, str) and explicit:
+        return explicit
     mounted = scope.get("root_path", "")
     fastapi = scope.get("fastapi")
     context = fastapi.get("effective_route_context") if isinstance(fastapi, dict) else None

@@ -89,3 +89,30 @@ def test_middleware_without_wrapping_warns_once(monkeypatch, caplog):
     assert len(warnings) == 1
     assert "get_wsgi_application" in warnings[0].getMessage()
     assert django_app.urlpatterns  # the project under test
+
+
+def test_routes_under_asgi(live, collector):
+    """Django's ASGI handler inside sflow_app.asgi.SFlowMiddleware: the same glue
+    middleware names the routes (ASGIRequest.scope is the middleware's scope)."""
+    import asyncio
+
+    from django.core.asgi import get_asgi_application
+
+    from sflow_app.asgi import SFlowMiddleware as ASGIMiddleware
+
+    live(sampling=1)
+    application = ASGIMiddleware(get_asgi_application())
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [(await client.get(p)).status_code
+                    for p in ("/blog/2024/hello/", "/legacy/abc", "/nowhere")]
+
+    assert asyncio.run(run()) == [200, 200, 404]
+    flush(collector)
+    routes = {record(s, HttpRequest).uri: getattr(record(s, AppOperation), "operation", None)
+              for s in http_samples(collector)}
+    assert routes == {"/blog/2024/hello/": "/blog/<int:year>/<slug:slug>/",
+                      "/legacy/abc": "^legacy/(?P<code>[a-z]+)$",
+                      "/nowhere": None}
