@@ -1036,3 +1036,42 @@ def test_byte_counts_stay_short_without_snapshots(agent, server, monkeypatch) ->
         sfm.uninstrument()
     assert values["bytes_read"] == 5 * 10_000
     assert values["get_hits"] == 10_000
+
+
+
+@pytest.mark.parametrize("sampling", [1, 0], ids=["sampled", "unsampled"])
+def test_a_replaced_agent_is_followed_by_every_part(agent, auto_file, server, monkeypatch,
+                                                    sampling: int) -> None:
+    """The agent replaced under instrument(): the slow path rebinds, and the unsampled path,
+    the outcome counters, the byte counts and the sampled path all use the new source (they
+    read the bound source as module globals of several modules: sflow_app._memcache_*)."""
+    agent(sampling=1, polling=0)  # every operation takes the slow path, which rebinds
+    sfm.instrument()
+    try:
+        c = client(server)
+        c.set("k", b"12345")
+        old = AGENT.memcache_source()
+        AGENT.shutdown()
+        AGENT.__init__(autostart=False)
+        auto_file(sampling=sampling, polling=0)
+        AGENT.reload()
+        new = AGENT.memcache_source()
+        assert new is not old
+        before = old.counters.snapshot()
+        sent: dict[Any, list[Any]] = {old: [], new: []}
+        for source in (old, new):
+            monkeypatch.setattr(source, "submit",
+                                lambda n, records, source=source: sent[source].append(records))
+        c.version()  # sees the new source: rebinds (this one is not sampled)
+        c.get("k")
+        c.delete("gone")  # counted by the outcomes
+        c.get_many(["k", "x", "y"])  # more than one: put()
+        values = dict(zip(MEMCACHE_COUNTERS, new.counters.snapshot(), strict=True))
+        assert old.counters.snapshot() == before
+    finally:
+        sfm.uninstrument()
+    assert (values["get_hits"], values["get_misses"], values["delete_misses"]) == (2, 2, 1)
+    assert values["bytes_read"] == 10
+    assert sent[old] == []
+    assert [(r[0].cmd, r[0].nkeys) for r in sent[new]] == (
+        [(Cmd.GET, 1), (Cmd.DELETE, 1), (Cmd.GET, 3)] if sampling else [])

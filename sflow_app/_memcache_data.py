@@ -1,0 +1,204 @@
+"""Keys and values of a memcache operation: how keys are reported (the key policy), the key
+as sent, and the value bytes an operation moved (read off the values with pymemcache's
+default serde, else tallied by a counting serde attached to the client).
+
+Part of ``sflow_app.memcache`` (see its docstring); nothing here reads the bound source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from pymemcache.client.base import check_key_helper  # type: ignore[import-untyped]
+from pymemcache.serde import LegacyWrappingSerde  # type: ignore[import-untyped]
+
+log = logging.getLogger("sflow_app")
+
+
+# ------------------------------------------------------------------------- key policy
+
+
+@dataclass(frozen=True)
+class _KeyPolicy:
+    mode: str = "plain"
+    secret: bytes = b""
+
+    def render(self, key: bytes) -> bytes:
+        if self.mode == "plain" or not key:
+            return key
+        if self.mode == "none":
+            return b""
+        return hmac.new(self.secret, key, hashlib.sha256).hexdigest()[:32].encode()
+
+
+def _policy(keys: str, secret: bytes | str | None) -> _KeyPolicy:
+    if keys not in ("plain", "hmac", "none"):
+        raise ValueError(f"keys must be 'plain', 'hmac' or 'none', not {keys!r}")
+    if keys != "hmac":
+        return _KeyPolicy(keys)
+    if not secret:
+        raise ValueError("keys='hmac' needs a secret")
+    return _KeyPolicy("hmac", secret.encode() if isinstance(secret, str) else bytes(secret))
+
+
+# -------------------------------------------------------------------------- wire keys
+
+
+def _wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
+    """The key as sent (prefix included); the raw bytes when pymemcache rejects it."""
+    try:
+        check = getattr(instance, "check_key", None)
+        if check is None:  # HashClient
+            return bytes(check_key_helper(key, getattr(instance, "allow_unicode_keys", False),
+                                          prefix))
+        return bytes(check(key, prefix))
+    except Exception:
+        if isinstance(key, str):
+            key = key.encode("utf-8", "backslashreplace")
+        elif not isinstance(key, bytes):
+            key = str(key).encode("utf-8", "backslashreplace")
+        return (prefix or b"") + bytes(key)
+
+
+# ------------------------------------------------------------------- value bytes
+# With pymemcache's default serde (values pass through; non-bytes are sent as str(value)
+# encoded) the sizes are read off the values and results. Any other serde is wrapped, per
+# client, in a proxy that tallies the serialized sizes of the current operation (a Client
+# serves one thread at a time, so no lock). Either way the wrapper adds the operation's
+# bytes to bytes_read / bytes_written once.
+
+
+class _CountingSerde:
+    """pymemcache's serde interface, tallying value bytes for one client."""
+
+    __slots__ = ("__weakref__", "_de", "_encoding", "_ser", "inner", "read", "written")
+
+    def __init__(self, inner: Any, encoding: str) -> None:
+        self.inner = inner
+        self._ser = inner.serialize
+        self._de = inner.deserialize
+        self._encoding = encoding
+        self.read = 0
+        self.written = 0
+
+    def serialize(self, key: Any, value: Any) -> Any:
+        result = self._ser(key, value)
+        try:
+            data = result[0]
+            # Mirrors Client._store_cmd: non-bytes are sent as str(data) encoded.
+            self.written += (len(data) if isinstance(data, bytes)
+                             else len(str(data).encode(self._encoding)))
+        except Exception:
+            pass
+        return result
+
+    def deserialize(self, key: Any, value: bytes, flags: int) -> Any:
+        self.read += len(value)
+        return self._de(key, value, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class _NoTally:
+    """Stands in when a client's serde cannot be proxied (no ``serde`` attribute)."""
+
+    read = written = 0
+
+
+def _is_default_serde(serde: Any) -> bool:
+    if type(serde) is not LegacyWrappingSerde:
+        return False
+    ser, de = serde.__dict__.get("serialize"), serde.__dict__.get("deserialize")
+    return (getattr(ser, "__func__", None) is LegacyWrappingSerde._default_serialize
+            and getattr(de, "__func__", None) is LegacyWrappingSerde._default_deserialize)
+
+
+_attached: weakref.WeakSet[Any] = weakref.WeakSet()  # clients marked by _attach
+_attach_lock = threading.Lock()
+
+
+def _attach(client: Any) -> Any:
+    """First use of ``client`` (or it replaced its serde): its own serde when it is the
+    default one, else a counting proxy installed in its place."""
+    try:
+        serde = client.serde
+        if isinstance(serde, _CountingSerde):  # copied from another client
+            serde = serde.inner
+        if not _is_default_serde(serde):
+            serde = _CountingSerde(serde, getattr(client, "encoding", None) or "ascii")
+        client.serde = serde
+        client._sflow_serde = serde
+        with _attach_lock:
+            _attached.add(client)
+    except Exception:
+        log.debug("sflow_app: cannot count value bytes for %r", client, exc_info=True)
+        return _NoTally()
+    return serde
+
+
+def _proxy(instance: Any) -> Any:
+    try:
+        proxy = instance._sflow_serde
+        if instance.serde is not proxy:
+            proxy = _attach(instance)
+    except AttributeError:
+        proxy = _attach(instance)
+    return proxy
+
+
+def _value_size(value: Any, encoding: str) -> int:
+    """What Client._store_cmd sends for a value the default serde passed through."""
+    if isinstance(value, bytes):
+        return len(value)
+    try:
+        return len(str(value).encode(encoding))
+    except Exception:
+        return 0
+
+
+def _fetched_size(result: Any, expect_cas: Any) -> int:
+    """Value bytes of a get/gets result, when the default serde returned them as sent."""
+    size = 0
+    for value in result.values():
+        if expect_cas:
+            value = value[0]
+        if isinstance(value, bytes):
+            size += len(value)
+    return size
+
+
+def _stored_size(instance: Any, values: Any) -> int:
+    size = 0
+    for value in values.values():
+        if isinstance(value, bytes):
+            size += len(value)
+        else:
+            size += _value_size(value, getattr(instance, "encoding", None) or "ascii")
+    return size
+
+
+def _restore_serdes() -> None:
+    """Give instances no longer instrumented their own serde back."""
+    with _attach_lock:
+        clients = list(_attached)
+    for client in clients:
+        if type(client).__dict__.get("_sflow_wrapped"):
+            continue
+        try:
+            client.__dict__.pop("_sflow_endpoint", None)
+            proxy = client.__dict__.pop("_sflow_serde", None)
+            if isinstance(proxy, _CountingSerde) and client.__dict__.get("serde") is proxy:
+                client.serde = proxy.inner
+            with _attach_lock:
+                _attached.discard(client)
+        except Exception:
+            pass

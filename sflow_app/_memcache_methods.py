@@ -1,0 +1,466 @@
+"""The replacements ``sflow_app.memcache`` installs on pymemcache's classes: the round trips
+(``_fetch_cmd``, ``_store_cmd``, ``_misc_cmd``; the unsampled path is here), ``_connect``,
+and the guards of commands pymemcache refuses before a round trip (``_methods_for`` makes
+them for a class); and the bound memcache data source they count into (``_bind``, ``_due``).
+
+Part of ``sflow_app.memcache`` (see its docstring, "Cost" and "wrapt, and where not").
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import weakref
+from collections.abc import Callable
+from types import MethodType
+from typing import Any
+
+import wrapt
+from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
+from pymemcache.exceptions import MemcacheIllegalInputError  # type: ignore[import-untyped]
+
+from . import _memcache_outcomes, _memcache_record
+from ._agent import AGENT
+from ._counters import _value
+from ._memcache_data import _attach, _CountingSerde, _proxy, _value_size, _wire_key
+from ._memcache_outcomes import (
+    _FETCH,
+    _GUARDED,
+    _HASH_GUARDED,
+    _MISC,
+    _SLOT,
+    _STORE,
+    BYTES_READ,
+    BYTES_WRITTEN,
+    CLIENT_ERROR,
+    CMD_SET,
+    GET_HITS,
+    GET_MISSES,
+    REJECTED_CONNECTIONS,
+    TOTAL_CONNECTIONS,
+    TOTAL_ITEMS,
+    _count,
+    _Describe,
+    _failed,
+    _Kind,
+    _misc_ok,
+    _moved,
+    _raw_sizes,
+    _store_ok,
+)
+from ._memcache_record import _emit, _endpoint, _sampled
+from ._source import MemcacheSource
+
+log = logging.getLogger("sflow_app")
+
+
+# --------------------------------------------------------------------- bound source
+# The one memcache data source of this process, bound at instrument()/wrap() time and
+# re-bound on the slow path if the agent replaced it. The hot path reads these globals, here
+# and (those it needs) in _memcache_outcomes and _memcache_record: _bind() sets them in all
+# three. Never import these names elsewhere (an import copies the binding of the moment).
+
+_source: Any = None
+_sampler: Any = None
+_pool: Callable[[], int] = itertools.count().__next__
+_incr: tuple[Callable[[], int], ...] = ()
+
+
+def _put(item: tuple[int, int]) -> None:  # replaced by the bound source's counters.put
+    return None
+
+
+def _fold() -> None:
+    return None
+
+
+def _bind(source: MemcacheSource) -> None:
+    global _source, _sampler, _pool, _incr, _put, _fold
+    counters = source.counters
+    _sampler = source.sampler
+    _pool = source.sampler.pool
+    _incr = counters.incr
+    # put((slot, n)): add n > 0, lock-free (a deque append the block folds in later).
+    _put = getattr(counters, "put", None) or (lambda item: counters.add(*item))
+    _fold = getattr(counters, "fold", None) or (lambda: None)
+    # The outcome and sampled-path functions read them as their own module globals too.
+    _memcache_outcomes._incr = _incr
+    _memcache_outcomes._put = _put
+    _memcache_record._put = _put
+    _memcache_record._source = source
+    _source = source
+    source.gauges[_SLOT["curr_connections"]] = _open_connections
+
+
+def _due(n: int) -> bool:
+    """The slow path for candidate ``n`` (see _sampler): True when it is sampled."""
+    try:
+        source = AGENT.memcache_source()
+        if source is not _source:
+            _bind(source)  # the agent was replaced (tests); count from the new source on
+            return False
+        _fold()  # keeps the pending byte counts short even when no one takes snapshots
+        return bool(source.sample(n))
+    except Exception:
+        log.debug("sflow_app: memcache sampling decision failed", exc_info=True)
+        return False
+
+
+# ------------------------------------------------------------------------- connections
+# Connections open now are tracked per process (itertools counts, not a lock: the close
+# side runs from a weakref finalizer, which can fire during any allocation in any thread)
+# and reported as the curr_connections gauge.
+
+_opened = itertools.count()
+_closed = itertools.count()
+
+
+def _open_connections() -> int:
+    """Sockets instrumented clients opened in this process and still hold."""
+    return max(0, _value(_opened) - _value(_closed))
+
+
+def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Once per connection, so a wrapt FunctionWrapper."""
+
+    def _connect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException:
+            _incr[REJECTED_CONNECTIONS]()
+            raise
+        _incr[TOTAL_CONNECTIONS]()
+        sock = getattr(instance, "sock", None)
+        if sock is not None:
+            try:
+                # Counts the close however it happens: close(), an error, garbage collection.
+                weakref.finalize(sock, _closed.__next__)
+                next(_opened)
+            except TypeError:  # a socket type without weak references: not tracked
+                pass
+            try:
+                # Read the addresses now: an operation that connects and then fails (the
+                # error closes the socket) still gets its socket record.
+                _endpoint(instance)
+            except Exception:
+                pass
+        return result
+
+    return _wrapt_method(_connect, original)
+
+
+# ---------------------------------------------------------------------------- wrappers
+
+
+# Two kinds of replacement (see "wrapt, and where not" in sflow_app.memcache's docstring):
+#
+# - _method: a plain function, for what runs on every operation -- the three round trips
+#   with pymemcache 4's signatures (fixed parameters, no *args packing) and the guards of
+#   per-operation commands. A wrapt FunctionWrapper costs about 0.85 us per call here
+#   (binding a BoundFunctionWrapper, then the call), about an unsampled operation's whole
+#   budget.
+# - _wrapt_method: a wrapt FunctionWrapper, for what does not run per operation with
+#   pymemcache 4 -- _connect (once per connection), the admin commands' guards and the
+#   round trips of any other signature (another pymemcache version, a subclass): wrapt
+#   binds whatever kind of callable the original is, and keeps its signature.
+#
+# Both keep __wrapped__ (and name, doc, signature) and remember their original so that
+# _original() unwraps ours and only ours.
+
+_NOKW: dict[str, Any] = {}
+
+
+def _method(method: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    functools.update_wrapper(method, original)  # name, doc, __wrapped__
+    method._sflow_original = original  # type: ignore[attr-defined]
+    return method
+
+
+def _wrapt_method(wrapper: Callable[[Any, Any, Any, Any], Any],
+                  original: Callable[..., Any]) -> Callable[..., Any]:
+    method = wrapt.FunctionWrapper(original, wrapper)
+    # _self_ names live on the wrapper (wrapt forwards any other attribute to original).
+    method._self_sflow_original = original  # type: ignore[attr-defined]
+    return method
+
+
+def _params(fn: Any) -> list[tuple[str, Any]] | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None
+    return [(p.name, p.default) for p in params]
+
+
+_EMPTY = inspect.Parameter.empty
+FETCH_SIGNATURE = [("self", _EMPTY), ("name", _EMPTY), ("keys", _EMPTY),
+                   ("expect_cas", _EMPTY), ("key_prefix", b"")]
+STORE_SIGNATURE = [("self", _EMPTY), ("name", _EMPTY), ("values", _EMPTY), ("expire", _EMPTY),
+                   ("noreply", _EMPTY), ("flags", None), ("cas", None)]
+MISC_SIGNATURE = [("self", _EMPTY), ("cmds", _EMPTY), ("cmd_name", _EMPTY),
+                  ("noreply", _EMPTY), ("end_tokens", None)]
+
+
+def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    if _params(original) != FETCH_SIGNATURE:
+        return _generic_method(_FETCH, original)
+
+    def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any,
+                   key_prefix: Any = b"") -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(_FETCH, MethodType(original, self), self,
+                            (name, keys, expect_cas, key_prefix), _NOKW, n)
+        try:
+            proxy = self._sflow_serde
+            if self.serde is not proxy:
+                proxy = _attach(self)
+        except AttributeError:
+            proxy = _attach(self)
+        counting = proxy.__class__ is _CountingSerde
+        if counting:
+            proxy.read = 0
+        try:
+            result = original(self, name, keys, expect_cas, key_prefix)
+        except BaseException as exc:
+            _failed(_FETCH, self, (name, keys, expect_cas, key_prefix), _NOKW, exc)
+            raise
+        try:
+            if name == b"get" or name == b"gets":
+                hits = len(result)
+                if hits == 1:
+                    _incr[GET_HITS]()
+                elif hits:
+                    _put((GET_HITS, hits))
+                elif self.sock is None:
+                    return result  # ignore_exc turned an error into an empty result
+                misses = len(keys) - hits
+                if misses == 1:
+                    _incr[GET_MISSES]()
+                elif misses > 0:
+                    _put((GET_MISSES, misses))
+                if hits:
+                    if counting:
+                        size = proxy.read
+                    else:  # the default serde returned the values as received
+                        size = 0
+                        for value in result.values():
+                            if expect_cas:
+                                value = value[0]
+                            if isinstance(value, bytes):
+                                size += len(value)
+                    if size:
+                        _put((BYTES_READ, size))
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _method(_fetch_cmd, original)
+
+
+def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    if _params(original) != STORE_SIGNATURE:
+        return _generic_method(_STORE, original)
+
+    def _store_cmd(self: Any, name: Any, values: Any, expire: Any, noreply: Any,
+                   flags: Any = None, cas: Any = None) -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(_STORE, MethodType(original, self), self,
+                            (name, values, expire, noreply, flags, cas), _NOKW, n)
+        try:
+            proxy = self._sflow_serde
+            if self.serde is not proxy:
+                proxy = _attach(self)
+        except AttributeError:
+            proxy = _attach(self)
+        counting = proxy.__class__ is _CountingSerde
+        if counting:
+            proxy.written = 0
+        try:
+            result = original(self, name, values, expire, noreply, flags, cas)
+        except BaseException as exc:
+            _failed(_STORE, self, (name, values, expire, noreply, flags, cas), _NOKW, exc)
+            raise
+        try:
+            if len(result) == 1 and name != b"cas":
+                _incr[CMD_SET]()
+                if not noreply and True in result.values():
+                    _incr[TOTAL_ITEMS]()
+            else:
+                _store_ok(self, (name, values, expire, noreply), _NOKW, result)
+            if counting:
+                size = proxy.written
+            else:  # the default serde passed the values through
+                size = 0
+                for value in values.values():
+                    size += (len(value) if isinstance(value, bytes)
+                             else _value_size(value, self.encoding))
+            if size:
+                _put((BYTES_WRITTEN, size))
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _method(_store_cmd, original)
+
+
+def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    if _params(original) != MISC_SIGNATURE:
+        return _generic_method(_MISC, original)
+
+    def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any,
+                  end_tokens: Any = None) -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(_MISC, MethodType(original, self), self,
+                            (cmds, cmd_name, noreply, end_tokens), _NOKW, n)
+        try:
+            result = original(self, cmds, cmd_name, noreply, end_tokens)
+        except BaseException as exc:
+            _failed(_MISC, self, (cmds, cmd_name, noreply, end_tokens), _NOKW, exc)
+            raise
+        try:
+            _misc_ok(self, (cmds, cmd_name, noreply, end_tokens), _NOKW, result)
+            if end_tokens:  # raw_command: value bytes from its command line and reply
+                read, written = _raw_sizes(cmd_name, result)
+                if read:
+                    _put((BYTES_READ, read))
+                if written:
+                    _put((BYTES_WRITTEN, written))
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _method(_misc_cmd, original)
+
+
+def _generic_method(kind: _Kind, original: Callable[..., Any]) -> Callable[..., Any]:
+    """Any other signature (another pymemcache version, a subclass): the same, as a wrapt
+    FunctionWrapper (arguments as they come; ``_arg`` reads them by position or name)."""
+    ok = kind.ok
+
+    def method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        n = _pool()
+        if n >= _sampler.next_at and _due(n):
+            return _sampled(kind, wrapped, instance, args, kwargs, n)
+        proxy = _proxy(instance)
+        proxy.read = proxy.written = 0
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _failed(kind, instance, args, kwargs, exc)
+            raise
+        try:
+            ok(instance, args, kwargs, result)
+            read, written = _moved(kind, proxy, instance, args, kwargs, result)
+            if read:
+                _put((BYTES_READ, read))
+            if written:
+                _put((BYTES_WRITTEN, written))
+        except Exception:
+            log.debug("sflow_app: memcache counting failed", exc_info=True)
+        return result
+
+    return _wrapt_method(method, original)
+
+
+# Guarded commands that are not per-operation (admin): their guards are wrapt wrappers.
+_ADMIN = frozenset({"flush_all", "cache_memlimit"})
+
+
+def _guard_method(describe: _Describe, endpoint: Any, original: Callable[..., Any],
+                  admin: bool = False) -> Callable[..., Any]:
+    """``original`` recording the operations it refuses (MemcacheIllegalInputError) once:
+    an exception already recorded further in (a Client under a HashClient, a round trip
+    method) is marked ``_sflow_seen``. A plain function unless ``admin``."""
+    if admin:
+        def admin_guard(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            try:
+                return wrapped(*args, **kwargs)
+            except MemcacheIllegalInputError as exc:
+                if not getattr(exc, "_sflow_seen", False):
+                    exc._sflow_seen = True
+                    _rejected(instance, describe, args, kwargs, endpoint)
+                raise
+
+        return _wrapt_method(admin_guard, original)
+
+    def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        except MemcacheIllegalInputError as exc:
+            if not getattr(exc, "_sflow_seen", False):
+                exc._sflow_seen = True
+                _rejected(self, describe, args, kwargs, endpoint)
+            raise
+
+    return _method(guard, original)
+
+
+def _rejected(instance: Any, describe: _Describe, args: Any, kwargs: Any,
+              endpoint: Any) -> None:
+    """An operation pymemcache refused before sending: CLIENT_ERROR, no round trip.
+    ``endpoint``: None to name the client's server, False when no server was chosen."""
+    try:
+        n = _pool()
+        cmd, slot, amount, keys = describe(instance, args, kwargs)
+        if slot is not None:
+            _count(slot, amount)
+        if not (n >= _sampler.next_at and _due(n)):
+            return
+        key = b""
+        if keys:
+            key = _wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
+        _emit(instance, n, cmd, key, len(keys), CLIENT_ERROR, 0, 0, endpoint)
+    except Exception:
+        log.debug("sflow_app: could not record a rejected memcache command", exc_info=True)
+
+
+def _original(cls: type, name: str) -> Any:
+    """What ``cls`` has under ``name``, with our replacements (only ours) unwrapped."""
+    value = inspect.getattr_static(cls, name)
+    while True:
+        if isinstance(value, wrapt.FunctionWrapper):  # someone else's is kept as it is
+            inner = getattr(value, "_self_sflow_original", None)
+        else:
+            inner = getattr(value, "_sflow_original", None)
+        if inner is None:
+            return value
+        value = inner
+
+
+_FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "_fetch_cmd": _fetch_method, "_store_cmd": _store_method, "_misc_cmd": _misc_method,
+    "_connect": _connect_method,
+}
+
+
+def _methods_for(cls: type) -> dict[str, Any]:
+    """name -> instrumented replacement of what ``cls`` (a Client or a HashClient) has under
+    that name (aliases too)."""
+    if issubclass(cls, HashClient):
+        factories: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
+        guarded, endpoint = _HASH_GUARDED, False  # refused before a server was chosen
+    else:
+        factories, guarded, endpoint = _FACTORIES, _GUARDED, None
+    out = {name: factory(_original(cls, name)) for name, factory in factories.items()}
+    functions = {}
+    for name in dir(cls):
+        if not name.startswith("__"):
+            try:
+                functions[name] = _original(cls, name)
+            except AttributeError:
+                continue
+    for name, describe in guarded.items():
+        fn = functions.get(name)
+        if fn is None:
+            continue
+        for alias, other in functions.items():
+            if other is fn:  # delete_multi = delete_many, bound at class creation
+                out[alias] = _guard_method(describe, endpoint, fn, name in _ADMIN)
+    return out
