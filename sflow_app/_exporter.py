@@ -169,10 +169,16 @@ class Exporter:
             return
         values = list(source.counters.snapshot())
         pool, drops = source.sampler.sample_pool, source.drops
+        gauges = {}
+        for position, current in source.gauges.items():
+            try:
+                gauges[position] = max(0, int(current()))
+            except Exception:
+                log.debug("sflow_app: gauge failed", exc_info=True)
         if state.slot is None:
             # A slot is taken at the first count: a pre-fork master that only sends, or
             # a process that never serves, holds none.
-            if not (pool or drops or any(values) or source.gauges):
+            if not (pool or drops or any(values) or any(gauges.values())):
                 return
             if not state.claim_slot():
                 self.agent.warn_once("all worker slots are taken; this worker's counters "
@@ -183,11 +189,8 @@ class Exporter:
         if offset is not None:
             values = [v - o for v, o in zip(values, offset[0], strict=True)]
             pool, drops = pool - offset[1], drops - offset[2]
-        for position, current in source.gauges.items():
-            try:
-                values[position] = max(0, int(current()))
-            except Exception:
-                log.debug("sflow_app: gauge failed", exc_info=True)
+        for position, value in gauges.items():
+            values[position] = value
         state.publish(index, values, pool, drops, gauge_positions(source.kind))
 
     # -- samples ----------------------------------------------------------------------
@@ -336,8 +339,8 @@ class Exporter:
         what was handed to it and every count published before it stopped listening. A
         worker that then finds no sender taking samples (it is leaving, or gone) waits up
         to ``EXIT_WAIT`` to become the sender and send its samples and the last counters
-        itself: recycled workers often exit together, and fresh ones start nothing before
-        their first request. What it still holds after that is counted as drops.
+        itself: recycled workers often exit together, and fresh ones may not run yet.
+        What it still holds after that is counted as drops.
         """
         # Wait (bounded) for a pass the exporter thread may be in the middle of.
         locked = self._lock.acquire(timeout=EXIT_LOCK_WAIT)
