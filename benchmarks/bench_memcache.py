@@ -1,14 +1,15 @@
 """pymemcache instrumentation cost, as a ratio to bare pymemcache in the same run.
 
-A real memcached on a loopback port (started here; ``scripts/setup --with-servers``
-installs it) serves one ``pymemcache`` Client doing a get hit, a get miss and a set of a
-100-byte value, in turn. Measured, interleaved round by round so that drift and noise hit
-every variant alike:
+1. Against the server. A real memcached on a loopback port (started here;
+``scripts/setup --with-servers`` installs it) serves one ``pymemcache`` Client doing a get
+hit, a get miss and a set of a 100-byte value, in turn. Measured, interleaved round by
+round so that drift and noise hit every variant alike:
 
 - bare pymemcache (nothing instrumented);
 - two floors: the three round-trip methods replaced by pass-throughs -- plain functions
-  (the least any Python-level hook there costs; sflow_app's replacements are plain
-  functions too) and wrapt FunctionWrappers (what wrapt itself would cost per round trip);
+  with pymemcache 4's signatures (the least any Python-level hook there costs; sflow_app's
+  replacements are such functions too) and wrapt FunctionWrappers (what wrapt itself would
+  cost per round trip);
 - sflow_app.memcache.instrument() with sampling off (only the unsampled path; goal <= 1.02);
 - the same at 1-in-100 (the exporter thread runs and sends to a loopback UDP socket
   nobody reads);
@@ -17,22 +18,45 @@ every variant alike:
 
 Rounds are short and many, the variants' order rotates every round, and each variant
 reports its median and best round (wall clock) plus the client thread's CPU time per
-operation: on a shared or loaded machine the median is the figure to read, and the CPU
-column shows the added work without the scheduler's noise. Printed, not asserted.
+operation (system calls included). On a shared or loaded machine the median is the figure
+to read, and even so its noise (a few %) is larger than what the goal measures.
 
-Then, without the server, the per-call cost of the counting serde a client with a
+2. In memory, the instrumentation's own cost. The same workload on a Client whose
+``socket_module`` is a fake: ``connect`` does nothing, ``sendall`` looks the command up
+in memcached's canned replies and ``recv`` returns the reply, so no network and no system
+call is left, only pymemcache's Python and what the instrumentation adds to it. The same
+variants but OpenTelemetry, with 1-in-100 made exactly every 100th operation (the
+sampler's random draw fixed) so that every window holds the same number of samples. Each
+of get hit, get miss and set is timed timeit-style: the thread's CPU time (other
+processes' and threads' time not counted) of a window of calls, garbage collector off;
+many short windows, the variants interleaved (order rotating), best window per variant
+and operation. Added = best minus bare's best; the workload's mix is a third of each.
+
+Then the estimate, beside the ratios measured in part 1: 1 + (added CPU per operation in
+memory) / (bare pymemcache's round trip against the server in part 1: its best round, the
+least disturbed and so the largest estimate, and its median), for the two floors,
+sampling off and 1-in-100. It is an estimate, not a measurement: it assumes the
+added code costs next to real socket calls what it costs in memory (caches disturbed by
+system calls may make it cost more), and it leaves out the exporter thread (encoding and
+sending the samples, off the application's thread).
+
+3. Without the server, the per-call cost of the counting serde a client with a
 non-default serde gets (sflow_app's ``__slots__`` class, and the same as a
 ``wrapt.ObjectProxy``) over pickle_serde alone.
 
+Printed, not asserted.
+
     .venv/bin/python benchmarks/bench_memcache.py [--ops N] [--rounds N]
 
-``BENCH_ROUNDS`` sets the default number of rounds (40), as for bench_wsgi/bench_asgi.
+``BENCH_ROUNDS`` sets the default number of rounds (40), as for bench_wsgi/bench_asgi;
+part 2 repeats max(20, rounds) times.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import shutil
 import socket
@@ -49,6 +73,7 @@ from pymemcache.client.base import Client
 
 VALUE = b"v" * 100
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 40))
+WINDOWS = 2  # in memory: windows per operation, variant and repeat
 
 
 def start_memcached() -> tuple[subprocess.Popen[bytes], int]:
@@ -88,6 +113,154 @@ def workload(client: Client, ops: int) -> tuple[float, float]:
     return time.perf_counter() - started, time.thread_time() - cpu
 
 
+class FakeSocket:
+    """An in-memory connection to memcached: ``sendall`` looks the command up in canned
+    replies, ``recv`` returns that reply whole. No network, no system call."""
+
+    def __init__(self, replies: dict[bytes, bytes]) -> None:
+        self.replies = replies
+        self.reply = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.reply = self.replies[data]
+
+    def recv(self, size: int) -> bytes:
+        reply, self.reply = self.reply, b""
+        return reply
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+    def connect(self, address: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def getsockname(self) -> tuple[str, int]:  # the sampled path's socket record
+        return ("127.0.0.1", 40000)
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 11211)
+
+
+class FakeSocketModule:
+    """What pymemcache's Client uses of ``socket`` (``socket_module=``) to connect."""
+
+    AF_UNSPEC, AF_UNIX, SOCK_STREAM = socket.AF_UNSPEC, socket.AF_UNIX, socket.SOCK_STREAM
+    IPPROTO_TCP, TCP_NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
+
+    def __init__(self, replies: dict[bytes, bytes]) -> None:
+        self.replies = replies
+
+    def getaddrinfo(self, host: str, port: int, *args: object) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+
+    def socket(self, *args: object) -> FakeSocket:
+        return FakeSocket(self.replies)
+
+
+# memcached's replies to the workload's three commands (default serde: flags 0).
+REPLIES = {
+    b"get hot\r\n": b"VALUE hot 0 %d\r\n%s\r\nEND\r\n" % (len(VALUE), VALUE),
+    b"get cold\r\n": b"END\r\n",
+    b"set written 0 0 %d\r\n%s\r\n" % (len(VALUE), VALUE): b"STORED\r\n",
+}
+
+
+def fake_client() -> Client:
+    client = Client(("127.0.0.1", 11211), default_noreply=False,
+                    socket_module=FakeSocketModule(REPLIES))
+    assert client.get("hot") == VALUE and client.get("cold") is None
+    assert client.set("written", VALUE) is True
+    return client
+
+
+def get_loop(client: Client, key: str, loops: int) -> float:
+    get = client.get
+    started = time.thread_time()
+    for _ in itertools.repeat(None, loops):
+        get(key)
+    return time.thread_time() - started
+
+
+def set_loop(client: Client, key: str, loops: int) -> float:
+    set_ = client.set
+    started = time.thread_time()
+    for _ in itertools.repeat(None, loops):
+        set_(key, VALUE)
+    return time.thread_time() - started
+
+
+# The workload's three operations, in memory: (loop, key).
+FAKE_OPS: dict[str, tuple[Callable[[Client, str, int], float], str]] = {
+    "get hit": (get_loop, "hot"), "get miss": (get_loop, "cold"), "set": (set_loop, "written"),
+}
+
+
+def timed(loop: Callable[[Client, str, int], float], client: Client, key: str,
+          loops: int) -> float:
+    """CPU seconds of this thread for ``loops`` calls (time other processes or threads ran
+    is not counted), the garbage collector off as in timeit."""
+    gc.disable()
+    try:
+        return loop(client, key, loops)
+    finally:
+        gc.enable()
+
+
+class EveryNth:
+    """Stands in for the sampler's ``random.Random``: every skip is exactly ``n`` (the
+    sampler's geometric draw with u fixed), so every window of k * n calls holds k samples
+    and the best window is not merely the one that drew the fewest."""
+
+    def __init__(self, n: int) -> None:
+        self.u = 1 - (1 - 1 / n) ** (n - 0.5)
+
+    def random(self) -> float:
+        return self.u
+
+    def seed(self, *args: object) -> None:
+        pass
+
+
+def in_memory_costs(variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+                    repeats: int, windows: int = WINDOWS,
+                    window: float = 0.0015) -> tuple[dict[str, dict[str, float]], int]:
+    """Microseconds of CPU per call of each variant on the fake socket, per operation: the
+    best of ``repeats`` x ``windows`` windows of ``loops`` calls (timeit-style: ``loops``, a
+    multiple of 100, makes one bare "get hit" window take about ``window`` s). Every repeat
+    runs every variant, in an order rotating from repeat to repeat. Many short windows on
+    the thread's CPU clock: on a busy machine, some of them run undisturbed for each."""
+    client = fake_client()
+    loops = 100
+    while min(timed(get_loop, client, "hot", loops) for _ in range(3)) < window:
+        loops += 100
+    best = {name: dict.fromkeys(FAKE_OPS, float("inf")) for name in variants}
+    names = list(variants)
+    for setup, teardown in variants.values():  # warm up every path once
+        setup()
+        for loop, key in FAKE_OPS.values():
+            timed(loop, client, key, 1000)
+        teardown()
+    for i in range(repeats):
+        gc.collect()
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            setup, teardown = variants[name]
+            setup()
+            try:
+                for op, (loop, key) in FAKE_OPS.items():
+                    for _ in range(windows):
+                        best[name][op] = min(best[name][op], timed(loop, client, key, loops))
+            finally:
+                teardown()
+    return {name: {op: t / loops * 1e6 for op, t in ops.items()}
+            for name, ops in best.items()}, loops
+
+
 class ProxySerde(wrapt.ObjectProxy):
     """sflow_app.memcache's counting serde written as a wrapt.ObjectProxy, for comparison."""
 
@@ -113,8 +286,9 @@ class ProxySerde(wrapt.ObjectProxy):
         return self._self_de(key, value, flags)
 
 
-def serde_costs(number: int = 200_000, repeat: int = 7) -> None:
-    """Per call, best of ``repeat``: serialize and deserialize of a 100-byte value."""
+def serde_costs(number: int = 10_000, repeat: int = 25) -> None:
+    """Per call, best of ``repeat`` interleaved windows of ``number`` calls on the thread's
+    CPU clock: serialize and deserialize of a 100-byte value."""
     import timeit
 
     from pymemcache.serde import pickle_serde
@@ -125,14 +299,19 @@ def serde_costs(number: int = 200_000, repeat: int = 7) -> None:
     serdes = {"pickle_serde alone": pickle_serde,
               "sflow counting serde (__slots__)": _CountingSerde(pickle_serde, "ascii"),
               "the same as a wrapt.ObjectProxy": ProxySerde(pickle_serde, "ascii")}
-    print(f"serde, per call (best of {repeat} x {number})")
+    timers = {name: (timeit.Timer(lambda s=serde: s.serialize("k", VALUE), time.thread_time),
+                     timeit.Timer(lambda s=serde: s.deserialize("k", data, flags),
+                                  time.thread_time))
+              for name, serde in serdes.items()}
+    best = {name: [float("inf"), float("inf")] for name in serdes}
+    for _ in range(repeat):
+        for name, pair in timers.items():
+            for i, timer in enumerate(pair):
+                best[name][i] = min(best[name][i], timer.timeit(number))
+    print(f"serde, CPU per call (best of {repeat} interleaved windows of {number} calls)")
     print(f"  {'':34s} {'serialize':>10s} {'deserialize':>12s}")
-    for name, serde in serdes.items():
-        ser = min(timeit.repeat(lambda s=serde: s.serialize("k", VALUE), number=number,
-                                repeat=repeat)) / number * 1e6
-        de = min(timeit.repeat(lambda s=serde: s.deserialize("k", data, flags),
-                               number=number, repeat=repeat)) / number * 1e6
-        print(f"  {name:34s} {ser:8.3f}us {de:10.3f}us")
+    for name, (ser, de) in best.items():
+        print(f"  {name:34s} {ser / number * 1e6:8.3f}us {de / number * 1e6:10.3f}us")
 
 
 def main() -> None:
@@ -163,13 +342,25 @@ def main() -> None:
 
     originals = {name: Client.__dict__[name] for name in ("_fetch_cmd", "_store_cmd",
                                                           "_misc_cmd")}
+    fetch, store, misc = originals.values()
+
+    # Pass-throughs with pymemcache 4's signatures, as sflow_app's own replacements have.
+    def _fetch_cmd(self: Client, name: Any, keys: Any, expect_cas: Any,
+                   key_prefix: Any = b"") -> Any:
+        return fetch(self, name, keys, expect_cas, key_prefix)
+
+    def _store_cmd(self: Client, name: Any, values: Any, expire: Any, noreply: Any,
+                   flags: Any = None, cas: Any = None) -> Any:
+        return store(self, name, values, expire, noreply, flags, cas)
+
+    def _misc_cmd(self: Client, cmds: Any, cmd_name: Any, noreply: Any,
+                  end_tokens: Any = None) -> Any:
+        return misc(self, cmds, cmd_name, noreply, end_tokens)
 
     def floor_on() -> None:
-        """The least any Python-level hook on the round trip costs: a pass-through."""
-        for name, original in originals.items():
-            def method(self: Client, *args: object, _original=original, **kwargs: object):
-                return _original(self, *args, **kwargs)
-            setattr(Client, name, method)
+        """The least any Python-level hook on the round trip costs: a plain pass-through."""
+        for method in (_fetch_cmd, _store_cmd, _misc_cmd):
+            setattr(Client, method.__name__, method)
 
     def passthrough(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return wrapped(*args, **kwargs)
@@ -205,6 +396,9 @@ def main() -> None:
     walls: dict[str, list[float]] = {name: [] for name in variants}
     cpus: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
+    # In memory, the same variants but OpenTelemetry (not the point there).
+    fake_variants = {name: both for name, both in variants.items()
+                     if not name.startswith("OpenTelemetry")}
     try:
         for setup, teardown in variants.values():  # warm up every path once
             setup()
@@ -220,8 +414,15 @@ def main() -> None:
                     teardown()
                 walls[name].append(wall)
                 cpus[name].append(cpu)
+        sampler = AGENT.memcache_source().sampler
+        through_sflow = sampler.sample_pool
+        repeats = max(20, opts.rounds)
+        rng, sampler._rng = sampler._rng, EveryNth(100)  # 1-in-100 exactly, in memory
+        try:
+            fake, loops = in_memory_costs(fake_variants, repeats, WINDOWS)
+        finally:
+            sampler._rng = rng
     finally:
-        source = AGENT.memcache_source()
         AGENT.shutdown()
         proc.kill()
         proc.wait()
@@ -242,7 +443,42 @@ def main() -> None:
         print(f"  {name:28s} {median * us:6.2f}us {median / bare_median:6.3f} "
               f"{best * us:6.2f}us {best / bare_best:6.3f} {cpu * us:9.2f}us "
               f"{(cpu - bare_cpu) * us:+6.2f}us")
-    print(f"  ({source.sampler.sample_pool} operations through sflow)")
+    print(f"  ({through_sflow} operations through sflow)")
+
+    bare = "bare pymemcache"
+    print(f"in memory: the same Client on a fake socket with canned replies (no network, no "
+          f"system call; 1-in-100 is every 100th):\n  CPU per call, best of {repeats} x {WINDOWS} "
+          f"interleaved windows of {loops} calls; added: over bare")
+    print(f"  {'':28s} " + " ".join(f"{op:>9s}" for op in FAKE_OPS) + f" {'mean':>9s}")
+    print(f"  {bare:28s} " + " ".join(f"{fake[bare][op]:7.3f}us" for op in FAKE_OPS)
+          + f" {statistics.fmean(fake[bare].values()):7.3f}us")
+    added: dict[str, float] = {}
+    for name in names[1:]:
+        if name not in fake:
+            continue
+        per_op = [fake[name][op] - fake[bare][op] for op in FAKE_OPS]
+        added[name] = statistics.fmean(per_op)  # the workload's mix: a third each
+        print(f"  {name:28s} " + " ".join(f"{t:+7.3f}us" for t in per_op)
+              + f" {added[name]:+7.3f}us")
+
+    best_rt, median_rt = bare_best * us, bare_median * us
+    print(f"ratio to bare pymemcache on loopback, per operation: measured (medians of the "
+          f"rounds above: wall, client CPU),\n  and estimated = 1 + added CPU in memory / "
+          f"bare's round trip above: its best round ({best_rt:.2f}us, the least disturbed) "
+          f"or its median ({median_rt:.2f}us)")
+    print(f"  {'':28s} {'measured':>15s} {'estimated':>19s}")
+    print(f"  {'':28s} {'wall':>7s} {'CPU':>7s} {'vs best':>9s} {'vs median':>9s}")
+    for name in names[1:]:
+        wall = statistics.median(walls[name]) / bare_median
+        cpu = statistics.median(cpus[name]) / bare_cpu
+        if name in added:
+            estimate = f"{1 + added[name] / best_rt:9.3f} {1 + added[name] / median_rt:9.3f}"
+        else:
+            estimate = f"{'-':>9s} {'-':>9s}"
+        print(f"  {name:28s} {wall:7.3f} {cpu:7.3f} {estimate}")
+    print("  (an estimate, not a measurement: it assumes the added code costs as much next to "
+          "real socket calls as in memory,\n  and leaves out the exporter thread's encoding "
+          "and sending of samples)")
     serde_costs()
 
 
