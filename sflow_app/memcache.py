@@ -172,10 +172,10 @@ one (measured the same way, with it in place of the plain floor). So:
 ``bench_memcache.py`` shows both floors beside sflow_app, against the real server and in
 memory: "floor: plain pass-through" and "floor: wrapt pass-through" (the three round-trip
 methods replaced by pass-throughs). In memory sflow_app's unsampled path adds about
-0.9 us per operation (get hit and set about 1.05 us, get miss 0.55 us), 1-in-100 about
-1.2 us; over the loopback round trip that is an estimated ratio of 1.015-1.025 unsampled
-and 1.02-1.03 at 1-in-100 (the wrapt floor alone: 1.02-1.035) -- at the 2 % budget rather
-than under it, and below what the wall-clock ratios (a few % of noise here) resolve.
+0.85 us per operation (get hit and set about 1.0 us, get miss 0.5 us), 1-in-100 about
+1.15 us; over the loopback round trip that is an estimated ratio of 1.015-1.025 unsampled
+and 1.02-1.035 at 1-in-100 (the wrapt floor alone: 1.02-1.035) -- at the 2 % budget
+rather than under it, and below what the wall-clock ratios (a few % of noise) resolve.
 
 The counting serde is a ``__slots__`` class forwarding other attributes to the client's
 serde (``client.serde.inner`` is the original), not a ``wrapt.ObjectProxy``: the proxy
