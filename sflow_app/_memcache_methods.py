@@ -8,6 +8,7 @@ Part of ``sflow_app.memcache`` (see its docstring, "Cost" and "wrapt, and where 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -158,16 +159,18 @@ def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
 #
 # - _method: a plain function, for what runs on every operation -- the three round trips
 #   with pymemcache 4's signatures (fixed parameters, no *args packing) and the guards of
-#   per-operation commands. A wrapt FunctionWrapper costs about 0.85 us per call here
-#   (binding a BoundFunctionWrapper, then the call), about an unsampled operation's whole
-#   budget.
+#   commands that check their arguments (including the admin ones: see below). A wrapt
+#   FunctionWrapper costs about 0.85 us per call here (binding a BoundFunctionWrapper,
+#   then the call), about an unsampled operation's whole budget.
 # - _wrapt_method: a wrapt FunctionWrapper, for what does not run per operation with
-#   pymemcache 4 -- _connect (once per connection), the admin commands' guards and the
-#   round trips of any other signature (another pymemcache version, a subclass): wrapt
-#   binds whatever kind of callable the original is, and keeps its signature.
+#   pymemcache 4 -- _connect (once per connection) and the round trips of any other
+#   signature (another pymemcache version, a subclass): wrapt binds whatever kind of
+#   callable the original is, and keeps its signature.
 #
-# Both keep __wrapped__ (and name, doc, signature) and remember their original so that
-# _original() unwraps ours and only ours.
+# Both keep name, doc and signature and remember their original so that _original()
+# unwraps ours and only ours. Replacements of public commands carry no __wrapped__:
+# OpenTelemetry's pymemcache wrappers pass straight through a method that has one (taking
+# it for their own), so with ours installed first its spans would go missing.
 
 _NOKW: dict[str, Any] = {}
 
@@ -175,6 +178,10 @@ _NOKW: dict[str, Any] = {}
 def _method(method: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
     functools.update_wrapper(method, original)  # name, doc, __wrapped__
     method._sflow_original = original  # type: ignore[attr-defined]
+    if not getattr(original, "__name__", "_").startswith("_"):
+        with contextlib.suppress(TypeError, ValueError):
+            method.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
+        del method.__wrapped__  # type: ignore[attr-defined]
     return method
 
 
@@ -369,26 +376,11 @@ def _generic_method(kind: _Kind, original: Callable[..., Any]) -> Callable[..., 
     return _wrapt_method(method, original)
 
 
-# Guarded commands that are not per-operation (admin): their guards are wrapt wrappers.
-_ADMIN = frozenset({"flush_all", "cache_memlimit"})
-
-
-def _guard_method(describe: _Describe, endpoint: Any, original: Callable[..., Any],
-                  admin: bool = False) -> Callable[..., Any]:
+def _guard_method(describe: _Describe, endpoint: Any,
+                  original: Callable[..., Any]) -> Callable[..., Any]:
     """``original`` recording the operations it refuses (MemcacheIllegalInputError) once:
     an exception already recorded further in (a Client under a HashClient, a round trip
-    method) is marked ``_sflow_seen``. A plain function unless ``admin``."""
-    if admin:
-        def admin_guard(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            try:
-                return wrapped(*args, **kwargs)
-            except MemcacheIllegalInputError as exc:
-                if not getattr(exc, "_sflow_seen", False):
-                    exc._sflow_seen = True
-                    _rejected(instance, describe, args, kwargs, endpoint)
-                raise
-
-        return _wrapt_method(admin_guard, original)
+    method) is marked ``_sflow_seen``."""
 
     def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -462,5 +454,5 @@ def _methods_for(cls: type) -> dict[str, Any]:
             continue
         for alias, other in functions.items():
             if other is fn:  # delete_multi = delete_many, bound at class creation
-                out[alias] = _guard_method(describe, endpoint, fn, name in _ADMIN)
+                out[alias] = _guard_method(describe, endpoint, fn)
     return out

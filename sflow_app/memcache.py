@@ -25,10 +25,14 @@ a server (``_run_cmd``, ``get_many``, ``gets_many``, ``set_many`` and their alia
 and hashed clients get it for the ``Client`` objects they create later too. Both are
 idempotent: a repeat is a no-op with a warning.
 ``uninstrument()`` undoes ``instrument()``. Every replacement keeps the original's name,
-docstring, signature and ``__wrapped__``. What runs once per operation is a plain
-function; the rest (``_connect``, the admin commands' guards, round trips with other
-signatures) are ``wrapt.FunctionWrapper`` objects -- see "wrapt, and where not" under
-Cost for why and the measurements. Importing ``sflow_app`` never imports pymemcache; this
+docstring and signature. What runs once per operation, and the public commands, are
+plain functions; ``_connect`` and round trips with other signatures are
+``wrapt.FunctionWrapper`` objects -- see "wrapt, and where not" under Cost for why and
+the measurements. Beside OpenTelemetry's pymemcache instrumentation (wrapt wrappers on
+the public commands), in either order, each sees every operation once: replacements of
+public commands carry no ``__wrapped__``, which OpenTelemetry's wrappers take as "already
+traced" and pass through. Remove the two last-in first-out: ``uninstrument()`` restores
+what it found, so a wrapper installed on top of ours since goes too. Importing ``sflow_app`` never imports pymemcache; this
 module needs the ``memcache`` extra.
 
 Records
@@ -157,14 +161,15 @@ with pymemcache's ``key_prefix=`` keyword), against 0.05 us for a plain pass-thr
 function with the same fixed parameters and about 0.5 us for a plain ``*args, **kwargs``
 one (measured the same way, with it in place of the plain floor). So:
 
-- plain functions (``functools.update_wrapper``: name, docstring, signature,
-  ``__wrapped__``) for what runs on every operation: ``_fetch_cmd``, ``_store_cmd`` and
-  ``_misc_cmd`` with pymemcache 4's exact signatures, the guards of ``delete``,
-  ``delete_many``, ``incr``, ``decr``, ``touch``, ``cas`` (as wrapt wrappers they would
-  add about 3 % to a loopback ``delete``), and HashClient's key-checking methods;
+- plain functions (``functools.update_wrapper``: name, docstring, signature;
+  ``__wrapped__`` on private methods only) for what runs on every operation:
+  ``_fetch_cmd``, ``_store_cmd`` and ``_misc_cmd`` with pymemcache 4's exact signatures,
+  the guards of ``delete``, ``delete_many``, ``incr``, ``decr``, ``touch``, ``cas`` (as
+  wrapt wrappers they would add about 3 % to a loopback ``delete``), and HashClient's
+  key-checking methods; also the guards of ``flush_all`` and ``cache_memlimit``, public
+  commands OpenTelemetry wraps (a wrapt wrapper's ``__wrapped__`` would hide them from it);
 - ``wrapt.FunctionWrapper`` for what does not run per operation with pymemcache 4:
-  ``_connect`` (once per connection), the guards of ``flush_all`` and ``cache_memlimit``,
-  and the round trips of any other signature (another pymemcache version, a subclass that
+  ``_connect`` (once per connection) and the round trips of any other signature (another pymemcache version, a subclass that
   overrides them), where wrapt binds whatever kind of callable the original is. With such
   a signature the wrapt wrapper is on the per-operation path and costs about 0.7 us more
   than a plain ``*args`` function would; pymemcache 4 never takes that path.

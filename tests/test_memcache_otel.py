@@ -1,0 +1,84 @@
+"""Beside OpenTelemetry's pymemcache instrumentation (both wrap pymemcache's Client):
+each sees every operation once, in either order, and each undoes only its own wrapping
+when they are removed last-in first-out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.instrumentation.pymemcache")
+
+from memcached import Memcached, running
+from opentelemetry.instrumentation.pymemcache import PymemcacheInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pymemcache.client.base import Client
+
+import sflow_app.memcache as sfm
+from sflow_app._agent import AGENT
+
+
+@pytest.fixture
+def server() -> Iterator[Memcached]:
+    with running() as mc:
+        yield mc
+
+
+@pytest.fixture
+def otel() -> Iterator[tuple[PymemcacheInstrumentor, InMemorySpanExporter, TracerProvider]]:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    instrumentor = PymemcacheInstrumentor()
+    yield instrumentor, spans, provider
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+    sfm.uninstrument()
+
+
+def workload(server: Memcached) -> None:
+    c = Client(server.server, default_noreply=False)
+    c.set("k", b"value")
+    c.get("k")
+    c.get("missing")
+    c.delete("k")
+    c.close()
+
+
+def sflow_counts() -> dict[str, int]:
+    counters = AGENT.memcache_source().counters
+    counts = dict(zip(counters.names, counters.snapshot(), strict=True))
+    return {k: counts[k] for k in ("cmd_set", "get_hits", "get_misses", "delete_hits")}
+
+
+ONE_EACH = {"cmd_set": 1, "get_hits": 1, "get_misses": 1, "delete_hits": 1}
+
+
+@pytest.mark.parametrize("first", ["otel", "sflow"])
+def test_both_see_every_operation_once(agent, server, otel: Any, first: str) -> None:
+    agent(sampling=0)
+    instrumentor, spans, provider = otel
+    for which in (first, "sflow" if first == "otel" else "otel"):
+        if which == "otel":
+            instrumentor.instrument(tracer_provider=provider)
+        else:
+            sfm.instrument()
+    workload(server)
+    assert sflow_counts() == ONE_EACH
+    assert sorted(s.name for s in spans.get_finished_spans()) == ["delete", "get", "get",
+                                                                  "set"]
+    # Removed last-in first-out: the outer one goes, the inner one still works alone.
+    if first == "otel":
+        sfm.uninstrument()
+        workload(server)
+        assert sflow_counts() == ONE_EACH  # sflow no longer counts
+        assert len(spans.get_finished_spans()) == 8  # OpenTelemetry still traces
+    else:
+        instrumentor.uninstrument()
+        workload(server)
+        assert sflow_counts() == {k: 2 * v for k, v in ONE_EACH.items()}
+        assert len(spans.get_finished_spans()) == 4
