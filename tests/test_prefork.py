@@ -333,10 +333,6 @@ def test_uvicorn_workers(service: Service) -> None:
 # -- uWSGI ---------------------------------------------------------------------------------
 
 
-# Known intermittent (about 1 run in 10 of the full suite on 2 busy cores): a handful of
-# one worker's sampled requests never reach the sender and are not counted as drops.
-# Under investigation (see the issue notes); a rerun keeps CI meaningful meanwhile.
-@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("osafterfork", [False, True], ids=["fork-from-C", "osafterfork"])
 def test_uwsgi_processes(service: Service, osafterfork: bool) -> None:
     extra = ["--py-call-osafterfork"] if osafterfork else []
