@@ -32,8 +32,8 @@ the measurements. Beside OpenTelemetry's pymemcache instrumentation (wrapt wrapp
 the public commands), in either order, each sees every operation once: replacements of
 public commands carry no ``__wrapped__``, which OpenTelemetry's wrappers take as "already
 traced" and pass through. Remove the two last-in first-out: ``uninstrument()`` restores
-what it found, so a wrapper installed on top of ours since goes too. Importing ``sflow_app`` never imports pymemcache; this
-module needs the ``memcache`` extra.
+what it found, so a wrapper installed on top of ours since goes too. Importing
+``sflow_app`` never imports pymemcache; this module needs the ``memcache`` extra.
 
 Records
 -------
@@ -169,8 +169,9 @@ one (measured the same way, with it in place of the plain floor). So:
   key-checking methods; also the guards of ``flush_all`` and ``cache_memlimit``, public
   commands OpenTelemetry wraps (a wrapt wrapper's ``__wrapped__`` would hide them from it);
 - ``wrapt.FunctionWrapper`` for what does not run per operation with pymemcache 4:
-  ``_connect`` (once per connection) and the round trips of any other signature (another pymemcache version, a subclass that
-  overrides them), where wrapt binds whatever kind of callable the original is. With such
+  ``_connect`` (once per connection) and the round trips of any other signature
+  (another pymemcache version, a subclass that overrides them), where wrapt binds
+  whatever kind of callable the original is. With such
   a signature the wrapt wrapper is on the per-operation path and costs about 0.7 us more
   than a plain ``*args`` function would; pymemcache 4 never takes that path.
 
