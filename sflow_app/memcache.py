@@ -31,9 +31,10 @@ plain functions; ``_connect`` and round trips with other signatures are
 the measurements. Beside OpenTelemetry's pymemcache instrumentation (wrapt wrappers on
 the public commands), in either order, each sees every operation once: replacements of
 public commands carry no ``__wrapped__``, which OpenTelemetry's wrappers take as "already
-traced" and pass through. Remove the two last-in first-out: ``uninstrument()`` restores
-what it found, so a wrapper installed on top of ours since goes too. Importing
-``sflow_app`` never imports pymemcache; this module needs the ``memcache`` extra.
+traced" and pass through. Removed in any order: when another library wrapped ours
+since, ``uninstrument()`` takes only our layer out of its wrapt wrapper's chain (a kind
+of wrapper it cannot relink is left as it is, with a warning). Importing ``sflow_app``
+never imports pymemcache; this module needs the ``memcache`` extra.
 
 Records
 -------
@@ -196,6 +197,8 @@ import logging
 import threading
 from typing import Any, Literal, TypeVar
 
+import wrapt
+
 try:
     # pymemcache ships no type information.
     from pymemcache.client.base import Client, PooledClient  # type: ignore[import-untyped]
@@ -228,8 +231,9 @@ AnyClient = TypeVar("AnyClient")
 
 
 _lock = threading.RLock()
-# (class, name) -> the class's own value before instrument(), for Client and HashClient
-_installed: dict[tuple[type, str], Any] = {}
+# (class, name) -> (the class's own value before instrument(), what it installed there),
+# for Client and HashClient
+_installed: dict[tuple[type, str], tuple[Any, Any]] = {}
 _subclasses: dict[tuple[type, _KeyPolicy], type] = {}
 
 
@@ -249,7 +253,7 @@ def instrument(*, keys: KeyMode = "plain", secret: bytes | str | None = None) ->
         _memcache_record._class_policy = policy  # the sampled path's default key policy
         for cls in (Client, HashClient):
             for name, method in _methods_for(cls).items():
-                _installed[(cls, name)] = cls.__dict__.get(name, _MISSING)
+                _installed[(cls, name)] = (cls.__dict__.get(name, _MISSING), method)
                 setattr(cls, name, method)
 
 
@@ -262,13 +266,46 @@ def uninstrument() -> None:
         if not _installed:
             log.warning("sflow_app: pymemcache is not instrumented")
             return
-        for (cls, name), original in _installed.items():
-            if original is _MISSING:
-                delattr(cls, name)
-            else:
-                setattr(cls, name, original)
+        for (cls, name), (original, ours) in _installed.items():
+            current = cls.__dict__.get(name, _MISSING)
+            if current is ours:
+                if original is _MISSING:
+                    delattr(cls, name)
+                else:
+                    setattr(cls, name, original)
+            elif not _unlink(current, ours, original):
+                log.warning("sflow_app: %s.%s was wrapped again since instrument() by "
+                            "something sflow_app cannot unlink from: left as it is",
+                            cls.__name__, name)
         _installed.clear()
         _restore_serdes()
+
+
+# Every wrapt proxy's base (wrapt 2 names it BaseObjectProxy; in wrapt 1 it is ObjectProxy).
+_PROXY: type = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+
+
+def _unlink(outer: Any, ours: Any, original: Any) -> bool:
+    """Another library wrapped ``ours`` since (OpenTelemetry, say, out of last-in
+    first-out order): take ours out of its chain -- its wrapper then wraps ``original``
+    -- rather than remove it too. wrapt wrappers allow that; other kinds may not."""
+    node: Any = outer
+    for _ in range(16):
+        inner = getattr(node, "__wrapped__", None)
+        if inner is None:
+            return False
+        if inner is ours:
+            # Only a proxy calls what __wrapped__ names; a plain function keeps its own.
+            if original is _MISSING or not isinstance(node, _PROXY):
+                return False
+            try:
+                proxy: Any = node  # a wrapt proxy: __wrapped__ is settable
+                proxy.__wrapped__ = original
+            except (AttributeError, TypeError):
+                return False
+            return getattr(proxy, "__wrapped__", None) is original
+        node = inner
+    return False
 
 
 def wrap(client: AnyClient, *, keys: KeyMode = "plain",

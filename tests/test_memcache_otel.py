@@ -1,6 +1,6 @@
 """Beside OpenTelemetry's pymemcache instrumentation (both wrap pymemcache's Client):
-each sees every operation once, in either order, and each undoes only its own wrapping
-when they are removed last-in first-out."""
+each sees every operation once, in either order, and each undoes only its own wrapping,
+in either order of removal."""
 
 from __future__ import annotations
 
@@ -82,3 +82,25 @@ def test_both_see_every_operation_once(agent, server, otel: Any, first: str) -> 
         workload(server)
         assert sflow_counts() == {k: 2 * v for k, v in ONE_EACH.items()}
         assert len(spans.get_finished_spans()) == 4
+
+
+def test_out_of_order_removal_takes_out_only_our_layer(agent, server, otel: Any,
+                                                      caplog) -> None:
+    """sflow_app first, OpenTelemetry on top, then sflow_app removed first: its layer
+    leaves OpenTelemetry's chain, which goes on tracing; then OpenTelemetry's removal
+    leaves pymemcache as it was."""
+    agent(sampling=0)
+    instrumentor, spans, provider = otel
+    pristine = dict(vars(Client))
+    sfm.instrument()
+    instrumentor.instrument(tracer_provider=provider)
+    workload(server)
+    assert sflow_counts() == ONE_EACH and len(spans.get_finished_spans()) == 4
+    sfm.uninstrument()
+    assert "cannot unlink" not in caplog.text
+    workload(server)
+    assert sflow_counts() == ONE_EACH  # sflow_app counts no more
+    assert sorted(s.name for s in spans.get_finished_spans()[4:]) == ["delete", "get", "get",
+                                                                     "set"]
+    instrumentor.uninstrument()
+    assert dict(vars(Client)) == pristine
