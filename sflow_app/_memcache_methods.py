@@ -20,7 +20,10 @@ from typing import Any
 
 import wrapt
 from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
-from pymemcache.exceptions import MemcacheIllegalInputError  # type: ignore[import-untyped]
+from pymemcache.exceptions import (  # type: ignore[import-untyped]
+    MemcacheError,
+    MemcacheIllegalInputError,
+)
 
 from . import _memcache_outcomes, _memcache_record
 from ._agent import AGENT
@@ -37,6 +40,7 @@ from ._memcache_outcomes import (
     BYTES_WRITTEN,
     CLIENT_ERROR,
     CMD_SET,
+    ERROR,
     GET_HITS,
     GET_MISSES,
     REJECTED_CONNECTIONS,
@@ -382,6 +386,20 @@ def _guard_method(describe: _Describe, endpoint: Any,
     an exception already recorded further in (a Client under a HashClient, a round trip
     method) is marked ``_sflow_seen``."""
 
+    if endpoint is False:  # a HashClient's: it also fails when no server is left
+        def hash_guard(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(self, *args, **kwargs)
+            except MemcacheError as exc:
+                if not getattr(exc, "_sflow_seen", False):
+                    exc._sflow_seen = True
+                    status = (CLIENT_ERROR if isinstance(exc, MemcacheIllegalInputError)
+                              else ERROR)  # "All servers seem to be down right now"
+                    _rejected(self, describe, args, kwargs, endpoint, status)
+                raise
+
+        return _method(hash_guard, original)
+
     def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return original(self, *args, **kwargs)
@@ -395,9 +413,10 @@ def _guard_method(describe: _Describe, endpoint: Any,
 
 
 def _rejected(instance: Any, describe: _Describe, args: Any, kwargs: Any,
-              endpoint: Any) -> None:
-    """An operation pymemcache refused before sending: CLIENT_ERROR, no round trip.
-    ``endpoint``: None to name the client's server, False when no server was chosen."""
+              endpoint: Any, status: int = CLIENT_ERROR) -> None:
+    """An operation pymemcache refused before sending (CLIENT_ERROR), or could send to no
+    server (ERROR): no round trip. ``endpoint``: None to name the client's server, False
+    when no server was chosen."""
     try:
         n = _pool()
         cmd, slot, amount, keys = describe(instance, args, kwargs)
@@ -408,7 +427,7 @@ def _rejected(instance: Any, describe: _Describe, args: Any, kwargs: Any,
         key = b""
         if keys:
             key = _wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
-        _emit(instance, n, cmd, key, len(keys), CLIENT_ERROR, 0, 0, endpoint)
+        _emit(instance, n, cmd, key, len(keys), status, 0, 0, endpoint)
     except Exception:
         log.debug("sflow_app: could not record a rejected memcache command", exc_info=True)
 

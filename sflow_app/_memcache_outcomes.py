@@ -14,7 +14,6 @@ from typing import Any
 
 from pymemcache.exceptions import (  # type: ignore[import-untyped]
     MemcacheClientError,
-    MemcacheIllegalInputError,
     MemcacheServerError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
@@ -427,11 +426,10 @@ def _moved(kind: _Kind, proxy: Any, instance: Any, args: Any, kwargs: Any,
 
 
 def _failed(kind: _Kind, instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
-    if isinstance(exc, MemcacheIllegalInputError):
-        try:
-            exc._sflow_seen = True  # the guards: already recorded
-        except Exception:
-            pass
+    try:
+        exc._sflow_seen = True  # type: ignore[attr-defined]  # the guards: recorded here
+    except Exception:
+        pass
     try:
         return int(kind.err(instance, args, kwargs, exc))
     except Exception:

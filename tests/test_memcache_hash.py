@@ -353,3 +353,28 @@ def test_uninstrument_restores_hash_client(agent) -> None:
     finally:
         sfm.uninstrument()
     assert {name: HashClient.__dict__[name] for name in names} == originals
+
+
+def test_no_server_left_is_one_error_operation(agent, collector, pair) -> None:
+    """Every server removed (marked dead): HashClient raises before any round trip. Each
+    such operation is one ERROR record with no socket record; a set still counts."""
+    from pymemcache.exceptions import MemcacheError
+
+    agent(sampling=1, polling=1)
+    sfm.instrument()
+    try:
+        hc = HashClient([s.server for s in pair], default_noreply=False)
+        for key in list(hc.clients):
+            hc.hasher.remove_node(key)  # what marking a server dead does to the ring
+        with pytest.raises(MemcacheError, match="down"):
+            hc.get("k")
+        with pytest.raises(MemcacheError, match="down"):
+            hc.set("k", b"v")
+    finally:
+        sfm.uninstrument()
+    flush(collector)
+    got = operations(collector)
+    assert [r for r, _ in got] == [op(Cmd.GET, "k", 1, 0, Status.ERROR),
+                                   op(Cmd.SET, "k", 1, 0, Status.ERROR)]
+    assert all(sock is None for _, sock in got)
+    assert counter_values(collector) == {"cmd_set": 1}
