@@ -84,6 +84,10 @@ empty result is ERROR, not NOT_FOUND. ``HashClient`` checks every key before it 
 server: a key it refuses is recorded the same way (CLIENT_ERROR, ``uS`` 0, counted as a
 plain ``Client``'s refusal is) but with no socket record, since no server was chosen;
 an argument the chosen ``Client`` refuses (``incr(key, "x")``) is recorded there, once.
+With no server left in its ring (all marked dead) it raises "All servers seem to be down":
+one ERROR operation, no socket record. While a failing server waits out
+``retry_timeout``, HashClient answers its keys with the default value and sends nothing:
+no operation is recorded then.
 ``HashClient.delete_many`` deletes key by key: the keys before a refused one were deleted
 (one operation each), the refused key is one operation, the rest are not sent. A
 ``RetryingClient`` retries a refusal like any error: each attempt is an operation.
