@@ -131,6 +131,21 @@ def test_exception_after_response_started_keeps_status(agent, collector):
     assert counters(collector).status_2XX_count == 1
 
 
+def call_then_leave(app, after: float = 0.05, *expected: type[BaseException]) -> None:
+    """Run SFlowMiddleware(app) for a client that goes away ``after`` seconds in."""
+
+    async def main():
+        peer = Peer()
+        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive,
+                                                          peer.send))
+        await asyncio.sleep(after)
+        peer.gone.set()
+        with contextlib.suppress(*expected):
+            await task
+
+    asyncio.run(main())
+
+
 def test_disconnect_before_response_is_499(agent, collector):
     agent(sampling=1)
 
@@ -142,15 +157,7 @@ def test_disconnect_before_response_is_499(agent, collector):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"too late"})
 
-    async def main():
-        peer = Peer()
-        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive,
-                                                          peer.send))
-        await asyncio.sleep(0.05)
-        peer.gone.set()
-        await task
-
-    asyncio.run(main())
+    call_then_leave(app)
     flush(AGENT, collector)
     [rec] = http_records(collector)
     assert rec.status == 499 and rec.resp_bytes == 0
@@ -173,19 +180,10 @@ def test_late_outcomes_count_alike_sampled_or_not(agent, collector, outcome):
         elif outcome == "raises":
             raise RuntimeError("after the client left")
 
-    async def one():
-        peer = Peer()
-        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive,
-                                                          peer.send))
-        await asyncio.sleep(0.02)
-        peer.gone.set()
-        with contextlib.suppress(RuntimeError):
-            await task
-
     seen = []
     for sampling in (1, 0):
         agent(sampling=sampling)
-        asyncio.run(one())
+        call_then_leave(app, 0.02, RuntimeError)
         snapshot = AGENT.http_source().counters.snapshot()
         seen.append(dict(zip(AGENT.http_source().counters.names, snapshot, strict=True)))
     assert seen[0] == seen[1]
@@ -224,15 +222,7 @@ def test_disconnect_mid_stream_keeps_bytes_sent_until_then(agent, collector):
         await asyncio.sleep(0.2)
         await send({"type": "http.response.body", "body": b"dropped", "more_body": False})
 
-    async def main():
-        peer = Peer()
-        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive,
-                                                          peer.send))
-        await asyncio.sleep(0.05)
-        peer.gone.set()
-        await task
-
-    asyncio.run(main())
+    call_then_leave(app)
     flush(AGENT, collector)
     [rec] = http_records(collector)
     assert (rec.status, rec.resp_bytes) == (206, 5)
