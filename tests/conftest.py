@@ -136,3 +136,14 @@ def agent(auto_file, monkeypatch: pytest.MonkeyPatch):
     yield make
     AGENT.shutdown()
     AGENT.__init__()
+
+
+@pytest.fixture
+def live(auto_file, monkeypatch):
+    """The agent without its exporter thread, following a fresh hsflowd.auto; tests call
+    ``apps.harness.flush``. Returns a factory: ``live(sampling=1)``."""
+    from apps.harness import live_agent, reset_agent
+
+    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
+    yield lambda **kwargs: live_agent(auto_file, **kwargs)
+    reset_agent()

@@ -16,10 +16,8 @@ from apps.harness import (
     flush,
     http_counters,
     http_samples,
-    live_agent,
     other_samples,
     record,
-    reset_agent,
     serve,
 )
 from django.core.wsgi import get_wsgi_application as plain_django
@@ -27,13 +25,6 @@ from django.core.wsgi import get_wsgi_application as plain_django
 from sflow_app import wsgi
 from sflow_app.integrations import django as glue
 from sflow_app.records import AppOperation, AppParentContext, HttpRequest
-
-
-@pytest.fixture
-def live(auto_file, monkeypatch):
-    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
-    yield lambda **kwargs: live_agent(auto_file, **kwargs)
-    reset_agent()
 
 
 def test_routes_counters_and_samples(live, collector):

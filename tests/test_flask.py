@@ -11,10 +11,8 @@ from apps.harness import (
     flush,
     http_counters,
     http_samples,
-    live_agent,
     other_samples,
     record,
-    reset_agent,
     serve,
 )
 from flask import Blueprint, Flask, Response, abort, request
@@ -23,13 +21,6 @@ from sflow_app._transaction import transaction
 from sflow_app.integrations.flask import init_app
 from sflow_app.records import AppOperation, AppParentContext, HttpRequest
 from sflow_app.wsgi import TRANSACTION_KEY, SFlowMiddleware
-
-
-@pytest.fixture
-def live(auto_file, monkeypatch):
-    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
-    yield lambda **kwargs: live_agent(auto_file, **kwargs)
-    reset_agent()
 
 
 def make_app(**options) -> Flask:

@@ -8,7 +8,7 @@ import inspect
 import time
 
 import pytest
-from apps.harness import flush, live_agent, record, reset_agent
+from apps.harness import flush, record, reset_agent
 
 from sflow_app._agent import AGENT
 from sflow_app._http import current_request
@@ -17,13 +17,6 @@ from sflow_app._transaction import transaction
 from sflow_app.records import AppOperation, AppOperations, AppParentContext
 
 SUCCESS, OTHER, TIMEOUT, INTERNAL_ERROR = 0, 1, 2, 3
-
-
-@pytest.fixture
-def live(auto_file, monkeypatch):
-    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
-    yield lambda **kwargs: live_agent(auto_file, **kwargs)
-    reset_agent()
 
 
 def operations(collector) -> list[AppOperation]:

@@ -21,10 +21,8 @@ from apps.harness import (
     flush,
     http_counters,
     http_samples,
-    live_agent,
     other_samples,
     record,
-    reset_agent,
     serve,
 )
 from werkzeug.middleware.lint import LintMiddleware
@@ -51,13 +49,6 @@ ZERO_COUNTERS = dict.fromkeys((f.name for f in dataclasses.fields(HttpCounters))
 
 
 # -- harness --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def live(auto_file, monkeypatch):
-    monkeypatch.setenv("SFLOW_APP_NAME", "tests")
-    yield lambda **kwargs: live_agent(auto_file, **kwargs)
-    reset_agent()
 
 
 counters = http_counters
