@@ -24,9 +24,11 @@ class Sink:
         os.environ["SFLOW_APP_CONFIG"] = str(self.config)
 
     def write(self, sampling: int) -> None:
-        self.config.write_text(f"rev_start=1\nsampling={sampling}\npolling=30\n"
-                               f"collector=127.0.0.1 {self.sock.getsockname()[1]}\n"
-                               f"agentIP=127.0.0.1\nds_index=1\nrev_end=1\n")
+        self.config.write_text(
+            f"rev_start=1\nsampling={sampling}\npolling=30\n"
+            f"collector=127.0.0.1 {self.sock.getsockname()[1]}\n"
+            f"agentIP=127.0.0.1\nds_index=1\nrev_end=1\n"
+        )
 
     def rate(self, sampling: int) -> Callable[[], None]:
         """A setter run before each measurement of a variant: file, then agent reload."""
@@ -42,8 +44,13 @@ class Sink:
         self.sock.close()
 
 
-def best_costs(apps: dict[str, T], seconds: Callable[[T], float], rounds: int,
-               repeats: int, before: dict[str, Callable[[], None]]) -> dict[str, float]:
+def best_costs(
+    apps: dict[str, T],
+    seconds: Callable[[T], float],
+    rounds: int,
+    repeats: int,
+    before: dict[str, Callable[[], None]],
+) -> dict[str, float]:
     """Microseconds per request, best of ``repeats`` interleaved runs (fair under load)."""
     best = dict.fromkeys(apps, float("inf"))
     for _ in range(repeats):
@@ -59,5 +66,7 @@ def report_flushed() -> None:
 
     source = AGENT.http_source()
     AGENT.shutdown()  # flush, so the count below is complete
-    print(f"  ({source.sampler.sample_pool} requests through sflow, "
-          f"{AGENT.stats['samples']} samples sent)")
+    print(
+        f"  ({source.sampler.sample_pool} requests through sflow, "
+        f"{AGENT.stats['samples']} samples sent)"
+    )

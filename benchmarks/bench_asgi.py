@@ -29,15 +29,24 @@ Scope = dict[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]
 
 SCOPE: Scope = {
-    "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-    "method": "GET", "scheme": "http", "path": "/api/orders/1234",
-    "raw_path": b"/api/orders/1234", "query_string": b"page=2&token=abc", "root_path": "",
-    "headers": [(b"host", b"shop.example.com"), (b"user-agent", b"bench/1.0"),
-                (b"accept", b"*/*")],
-    "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 54321),
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/api/orders/1234",
+    "raw_path": b"/api/orders/1234",
+    "query_string": b"page=2&token=abc",
+    "root_path": "",
+    "headers": [(b"host", b"shop.example.com"), (b"user-agent", b"bench/1.0"), (b"accept", b"*/*")],
+    "server": ("127.0.0.1", 8000),
+    "client": ("127.0.0.1", 54321),
 }
-START = {"type": "http.response.start", "status": 200,
-         "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]}
+START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")],
+}
 BODY = {"type": "http.response.body", "body": b"{}", "more_body": False}
 REQUEST = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -61,8 +70,12 @@ class FloorMiddleware:
     def __init__(self, app: App) -> None:
         self.app = app
         cells = [itertools.count() for _ in range(15)]
-        self.methods = {m: cells[i].__next__ for i, m in enumerate(
-            ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT"))}
+        self.methods = {
+            m: cells[i].__next__
+            for i, m in enumerate(
+                ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT")
+            )
+        }
         self.other = cells[8].__next__
         self.statuses = [cells[9 + i].__next__ for i in range(6)]
 
@@ -102,9 +115,12 @@ def main() -> None:
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    apps: dict[str, App] = {"floor (method+status)": FloorMiddleware(app),
-                            "sflow, sampling off": ours, "sflow, 1-in-400": ours,
-                            "no middleware": app}
+    apps: dict[str, App] = {
+        "floor (method+status)": FloorMiddleware(app),
+        "sflow, sampling off": ours,
+        "sflow, 1-in-400": ours,
+        "no middleware": app,
+    }
     before = {"sflow, sampling off": sink.rate(0), "sflow, 1-in-400": sink.rate(400)}
     try:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

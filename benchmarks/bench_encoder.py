@@ -51,28 +51,69 @@ def best_rates(*fns: Callable[[], object]) -> list[float]:
 
 
 HTTP_FLOW = FlowSample(
-    sequence_number=1234, ds_class=DS_CLASS_LOGICAL, ds_index=80, sampling_rate=100,
-    sample_pool=123400, drops=0, input_format=0, input_value=0, output_format=0,
+    sequence_number=1234,
+    ds_class=DS_CLASS_LOGICAL,
+    ds_index=80,
+    sampling_rate=100,
+    sample_pool=123400,
+    drops=0,
+    input_format=0,
+    input_value=0,
+    output_format=0,
     output_value=INTERNAL,
     records=(
         HttpRequest(
-            method=HttpMethod.GET, protocol=1001, uri="/api/v1/orders?id=1234&page=2",
-            host="shop.example.com", referer="https://shop.example.com/cart",
+            method=HttpMethod.GET,
+            protocol=1001,
+            uri="/api/v1/orders?id=1234&page=2",
+            host="shop.example.com",
+            referer="https://shop.example.com/cart",
             useragent="Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
-            xff="", authuser="", mime_type="application/json", req_bytes=0,
-            resp_bytes=5120, uS=1500, status=200,
+            xff="",
+            authuser="",
+            mime_type="application/json",
+            req_bytes=0,
+            resp_bytes=5120,
+            uS=1500,
+            status=200,
         ),
         ExtendedSocketIPv4(6, "10.0.0.7", "192.0.2.33", 443, 51514),
     ),
 )
 # sample header 10 words; 2206: tag, length, 2 words, 2 hypers, 2 words; 2100: 7 words
 HTTP_FLOOR = struct.Struct(">10I" + "4IQQII" + "7I")
-HTTP_VALUES = (1, 200, 1234, 0x03000050, 100, 123400, 0, 0, INTERNAL, 2,
-               2206, 140, 2, 1001, 0, 5120, 1500, 200,
-               2100, 20, 6, 0x0A000007, 0xC0000221, 443, 51514)
+HTTP_VALUES = (
+    1,
+    200,
+    1234,
+    0x03000050,
+    100,
+    123400,
+    0,
+    0,
+    INTERNAL,
+    2,
+    2206,
+    140,
+    2,
+    1001,
+    0,
+    5120,
+    1500,
+    200,
+    2100,
+    20,
+    6,
+    0x0A000007,
+    0xC0000221,
+    443,
+    51514,
+)
 
 COUNTERS = CountersSample(
-    sequence_number=77, ds_class=DS_CLASS_LOGICAL, ds_index=80,
+    sequence_number=77,
+    ds_class=DS_CLASS_LOGICAL,
+    ds_index=80,
     records=(HttpCounters(*range(1000, 1015)), HostParent(2, 1)),
 )
 # sample header 5 words; 2201: tag, length, 15 words; 2002: tag, length, 2 words

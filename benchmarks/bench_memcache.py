@@ -172,8 +172,9 @@ REPLIES = {
 
 
 def fake_client() -> Client:
-    client = Client(("127.0.0.1", 11211), default_noreply=False,
-                    socket_module=FakeSocketModule(REPLIES))
+    client = Client(
+        ("127.0.0.1", 11211), default_noreply=False, socket_module=FakeSocketModule(REPLIES)
+    )
     assert client.get("hot") == VALUE and client.get("cold") is None
     assert client.set("written", VALUE) is True
     return client
@@ -197,12 +198,13 @@ def set_loop(client: Client, key: str, loops: int) -> float:
 
 # The workload's three operations, in memory: (loop, key).
 FAKE_OPS: dict[str, tuple[Callable[[Client, str, int], float], str]] = {
-    "get hit": (get_loop, "hot"), "get miss": (get_loop, "cold"), "set": (set_loop, "written"),
+    "get hit": (get_loop, "hot"),
+    "get miss": (get_loop, "cold"),
+    "set": (set_loop, "written"),
 }
 
 
-def timed(loop: Callable[[Client, str, int], float], client: Client, key: str,
-          loops: int) -> float:
+def timed(loop: Callable[[Client, str, int], float], client: Client, key: str, loops: int) -> float:
     """CPU seconds of this thread for ``loops`` calls (time other processes or threads ran
     is not counted), the garbage collector off as in timeit."""
     gc.disable()
@@ -227,9 +229,12 @@ class EveryNth:
         pass
 
 
-def in_memory_costs(variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
-                    repeats: int, windows: int = WINDOWS,
-                    window: float = 0.0015) -> tuple[dict[str, dict[str, float]], int]:
+def in_memory_costs(
+    variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+    repeats: int,
+    windows: int = WINDOWS,
+    window: float = 0.0015,
+) -> tuple[dict[str, dict[str, float]], int]:
     """Microseconds of CPU per call of each variant on the fake socket, per operation: the
     best of ``repeats`` x ``windows`` windows of ``loops`` calls (timeit-style: ``loops``, a
     multiple of 100, makes one bare "get hit" window take about ``window`` s). Every repeat
@@ -248,7 +253,7 @@ def in_memory_costs(variants: dict[str, tuple[Callable[[], None], Callable[[], N
         teardown()
     for i in range(repeats):
         gc.collect()
-        for name in names[i % len(names):] + names[:i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             setup, teardown = variants[name]
             setup()
             try:
@@ -257,8 +262,9 @@ def in_memory_costs(variants: dict[str, tuple[Callable[[], None], Callable[[], N
                         best[name][op] = min(best[name][op], timed(loop, client, key, loops))
             finally:
                 teardown()
-    return {name: {op: t / loops * 1e6 for op, t in ops.items()}
-            for name, ops in best.items()}, loops
+    return {
+        name: {op: t / loops * 1e6 for op, t in ops.items()} for name, ops in best.items()
+    }, loops
 
 
 class ProxySerde(wrapt.ObjectProxy):
@@ -275,8 +281,9 @@ class ProxySerde(wrapt.ObjectProxy):
         result = self._self_ser(key, value)
         try:
             data = result[0]
-            self.written += (len(data) if isinstance(data, bytes)
-                             else len(str(data).encode(self._self_encoding)))
+            self.written += (
+                len(data) if isinstance(data, bytes) else len(str(data).encode(self._self_encoding))
+            )
         except Exception:
             pass
         return result
@@ -296,13 +303,18 @@ def serde_costs(number: int = 10_000, repeat: int = 25) -> None:
     from sflow_app.memcache import _CountingSerde
 
     data, flags = pickle_serde.serialize("k", VALUE)
-    serdes = {"pickle_serde alone": pickle_serde,
-              "sflow counting serde (__slots__)": _CountingSerde(pickle_serde, "ascii"),
-              "the same as a wrapt.ObjectProxy": ProxySerde(pickle_serde, "ascii")}
-    timers = {name: (timeit.Timer(lambda s=serde: s.serialize("k", VALUE), time.thread_time),
-                     timeit.Timer(lambda s=serde: s.deserialize("k", data, flags),
-                                  time.thread_time))
-              for name, serde in serdes.items()}
+    serdes = {
+        "pickle_serde alone": pickle_serde,
+        "sflow counting serde (__slots__)": _CountingSerde(pickle_serde, "ascii"),
+        "the same as a wrapt.ObjectProxy": ProxySerde(pickle_serde, "ascii"),
+    }
+    timers = {
+        name: (
+            timeit.Timer(lambda s=serde: s.serialize("k", VALUE), time.thread_time),
+            timeit.Timer(lambda s=serde: s.deserialize("k", data, flags), time.thread_time),
+        )
+        for name, serde in serdes.items()
+    }
     best = {name: [float("inf"), float("inf")] for name in serdes}
     for _ in range(repeat):
         for name, pair in timers.items():
@@ -317,8 +329,12 @@ def serde_costs(number: int = 10_000, repeat: int = 25) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ops", type=int, default=1500, help="operations per round")
-    parser.add_argument("--rounds", type=int, default=ROUNDS,
-                        help="interleaved rounds (default: $BENCH_ROUNDS, else 40)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="interleaved rounds (default: $BENCH_ROUNDS, else 40)",
+    )
     opts = parser.parse_args()
 
     sink = Sink()  # the collector (bound, never read) and the hsflowd.auto pointing at it
@@ -340,21 +356,29 @@ def main() -> None:
 
         return setup, sfm.uninstrument
 
-    originals = {name: Client.__dict__[name] for name in ("_fetch_cmd", "_store_cmd",
-                                                          "_misc_cmd")}
+    originals = {name: Client.__dict__[name] for name in ("_fetch_cmd", "_store_cmd", "_misc_cmd")}
     fetch, store, misc = originals.values()
 
     # Pass-throughs with pymemcache 4's signatures, as sflow_app's own replacements have.
-    def _fetch_cmd(self: Client, name: Any, keys: Any, expect_cas: Any,
-                   key_prefix: Any = b"") -> Any:
+    def _fetch_cmd(
+        self: Client, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b""
+    ) -> Any:
         return fetch(self, name, keys, expect_cas, key_prefix)
 
-    def _store_cmd(self: Client, name: Any, values: Any, expire: Any, noreply: Any,
-                   flags: Any = None, cas: Any = None) -> Any:
+    def _store_cmd(
+        self: Client,
+        name: Any,
+        values: Any,
+        expire: Any,
+        noreply: Any,
+        flags: Any = None,
+        cas: Any = None,
+    ) -> Any:
         return store(self, name, values, expire, noreply, flags, cas)
 
-    def _misc_cmd(self: Client, cmds: Any, cmd_name: Any, noreply: Any,
-                  end_tokens: Any = None) -> Any:
+    def _misc_cmd(
+        self: Client, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None
+    ) -> Any:
         return misc(self, cmds, cmd_name, noreply, end_tokens)
 
     def floor_on() -> None:
@@ -389,7 +413,9 @@ def main() -> None:
         provider = TracerProvider(sampler=TraceIdRatioBased(0.01))
         otel = PymemcacheInstrumentor()
         variants["OpenTelemetry, 1 % sampled"] = (
-            lambda: otel.instrument(tracer_provider=provider), otel.uninstrument)
+            lambda: otel.instrument(tracer_provider=provider),
+            otel.uninstrument,
+        )
     except ImportError:
         print("(opentelemetry-instrumentation-pymemcache or -sdk missing: not compared)")
 
@@ -397,15 +423,16 @@ def main() -> None:
     cpus: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     # In memory, the same variants but OpenTelemetry (not the point there).
-    fake_variants = {name: both for name, both in variants.items()
-                     if not name.startswith("OpenTelemetry")}
+    fake_variants = {
+        name: both for name, both in variants.items() if not name.startswith("OpenTelemetry")
+    }
     try:
         for setup, teardown in variants.values():  # warm up every path once
             setup()
             workload(client, 300)
             teardown()
         for i in range(opts.rounds):
-            for name in names[i % len(names):] + names[:i % len(names)]:
+            for name in names[i % len(names) :] + names[: i % len(names)]:
                 setup, teardown = variants[name]
                 setup()
                 try:
@@ -433,39 +460,53 @@ def main() -> None:
     bare_median = statistics.median(walls["bare pymemcache"])
     bare_best = min(walls["bare pymemcache"])
     bare_cpu = statistics.median(cpus["bare pymemcache"])
-    print(f"{opts.rounds} interleaved rounds of {ops} operations (get hit, get miss, set "
-          f"of {len(VALUE)} B) against memcached on loopback")
-    print(f"  {'':28s} {'median':>8s} {'ratio':>6s} {'best':>8s} {'ratio':>6s}"
-          f" {'client CPU':>11s} {'added':>7s}")
+    print(
+        f"{opts.rounds} interleaved rounds of {ops} operations (get hit, get miss, set "
+        f"of {len(VALUE)} B) against memcached on loopback"
+    )
+    print(
+        f"  {'':28s} {'median':>8s} {'ratio':>6s} {'best':>8s} {'ratio':>6s}"
+        f" {'client CPU':>11s} {'added':>7s}"
+    )
     for name in names:
         median, best = statistics.median(walls[name]), min(walls[name])
         cpu = statistics.median(cpus[name])
-        print(f"  {name:28s} {median * us:6.2f}us {median / bare_median:6.3f} "
-              f"{best * us:6.2f}us {best / bare_best:6.3f} {cpu * us:9.2f}us "
-              f"{(cpu - bare_cpu) * us:+6.2f}us")
+        print(
+            f"  {name:28s} {median * us:6.2f}us {median / bare_median:6.3f} "
+            f"{best * us:6.2f}us {best / bare_best:6.3f} {cpu * us:9.2f}us "
+            f"{(cpu - bare_cpu) * us:+6.2f}us"
+        )
     print(f"  ({through_sflow} operations through sflow)")
 
     bare = "bare pymemcache"
-    print(f"in memory: the same Client on a fake socket with canned replies (no network, no "
-          f"system call; 1-in-100 is every 100th):\n  CPU per call, best of {repeats} x {WINDOWS} "
-          f"interleaved windows of {loops} calls; added: over bare")
+    print(
+        f"in memory: the same Client on a fake socket with canned replies (no network, no "
+        f"system call; 1-in-100 is every 100th):\n  CPU per call, best of {repeats} x {WINDOWS} "
+        f"interleaved windows of {loops} calls; added: over bare"
+    )
     print(f"  {'':28s} " + " ".join(f"{op:>9s}" for op in FAKE_OPS) + f" {'mean':>9s}")
-    print(f"  {bare:28s} " + " ".join(f"{fake[bare][op]:7.3f}us" for op in FAKE_OPS)
-          + f" {statistics.fmean(fake[bare].values()):7.3f}us")
+    print(
+        f"  {bare:28s} "
+        + " ".join(f"{fake[bare][op]:7.3f}us" for op in FAKE_OPS)
+        + f" {statistics.fmean(fake[bare].values()):7.3f}us"
+    )
     added: dict[str, float] = {}
     for name in names[1:]:
         if name not in fake:
             continue
         per_op = [fake[name][op] - fake[bare][op] for op in FAKE_OPS]
         added[name] = statistics.fmean(per_op)  # the workload's mix: a third each
-        print(f"  {name:28s} " + " ".join(f"{t:+7.3f}us" for t in per_op)
-              + f" {added[name]:+7.3f}us")
+        print(
+            f"  {name:28s} " + " ".join(f"{t:+7.3f}us" for t in per_op) + f" {added[name]:+7.3f}us"
+        )
 
     best_rt, median_rt = bare_best * us, bare_median * us
-    print(f"ratio to bare pymemcache on loopback, per operation: measured (medians of the "
-          f"rounds above: wall, client CPU),\n  and estimated = 1 + added CPU in memory / "
-          f"bare's round trip above: its best round ({best_rt:.2f}us, the least disturbed) "
-          f"or its median ({median_rt:.2f}us)")
+    print(
+        f"ratio to bare pymemcache on loopback, per operation: measured (medians of the "
+        f"rounds above: wall, client CPU),\n  and estimated = 1 + added CPU in memory / "
+        f"bare's round trip above: its best round ({best_rt:.2f}us, the least disturbed) "
+        f"or its median ({median_rt:.2f}us)"
+    )
     print(f"  {'':28s} {'measured':>15s} {'estimated':>19s}")
     print(f"  {'':28s} {'wall':>7s} {'CPU':>7s} {'vs best':>9s} {'vs median':>9s}")
     for name in names[1:]:
@@ -476,9 +517,11 @@ def main() -> None:
         else:
             estimate = f"{'-':>9s} {'-':>9s}"
         print(f"  {name:28s} {wall:7.3f} {cpu:7.3f} {estimate}")
-    print("  (an estimate, not a measurement: it assumes the added code costs as much next to "
-          "real socket calls as in memory,\n  and leaves out the exporter thread's encoding "
-          "and sending of samples)")
+    print(
+        "  (an estimate, not a measurement: it assumes the added code costs as much next to "
+        "real socket calls as in memory,\n  and leaves out the exporter thread's encoding "
+        "and sending of samples)"
+    )
     serde_costs()
 
 

@@ -45,9 +45,11 @@ def main() -> None:
         best["ours"] = min(best["ours"], ours())
     per = {k: v / N * 1e9 for k, v in best.items()}
     print(f"decrement-and-compare floor: {per['floor']:6.1f} ns/decision")
-    print(f"sflow_app unsampled decision: {per['ours']:6.1f} ns/decision "
-          f"({best['ours'] / best['floor']:.2f}x the floor, "
-          f"+{per['ours'] - per['floor']:.1f} ns)")
+    print(
+        f"sflow_app unsampled decision: {per['ours']:6.1f} ns/decision "
+        f"({best['ours'] / best['floor']:.2f}x the floor, "
+        f"+{per['ours'] - per['floor']:.1f} ns)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,26 @@ Environ = dict[str, Any]
 App = Callable[[Environ, Any], Iterable[bytes]]
 
 ENVIRON: Environ = {
-    "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/api/orders/1234",
-    "QUERY_STRING": "page=2&token=abc", "RAW_URI": "/api/orders/1234?page=2&token=abc",
-    "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
-    "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "54321", "HTTP_HOST": "shop.example.com",
-    "HTTP_USER_AGENT": "bench/1.0", "HTTP_ACCEPT": "*/*", "wsgi.version": (1, 0),
-    "wsgi.url_scheme": "http", "wsgi.input": None, "wsgi.errors": None,
-    "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+    "REQUEST_METHOD": "GET",
+    "SCRIPT_NAME": "",
+    "PATH_INFO": "/api/orders/1234",
+    "QUERY_STRING": "page=2&token=abc",
+    "RAW_URI": "/api/orders/1234?page=2&token=abc",
+    "SERVER_NAME": "127.0.0.1",
+    "SERVER_PORT": "8000",
+    "SERVER_PROTOCOL": "HTTP/1.1",
+    "REMOTE_ADDR": "127.0.0.1",
+    "REMOTE_PORT": "54321",
+    "HTTP_HOST": "shop.example.com",
+    "HTTP_USER_AGENT": "bench/1.0",
+    "HTTP_ACCEPT": "*/*",
+    "wsgi.version": (1, 0),
+    "wsgi.url_scheme": "http",
+    "wsgi.input": None,
+    "wsgi.errors": None,
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": False,
+    "wsgi.run_once": False,
 }
 HEADERS = [("Content-Type", "application/json"), ("Content-Length", "2")]
 BODY = [b"{}"]
@@ -60,8 +73,12 @@ class FloorMiddleware:
     def __init__(self, app: App) -> None:
         self.app = app
         cells = [itertools.count() for _ in range(15)]
-        self.methods = {m: cells[i].__next__ for i, m in enumerate(
-            ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT"))}
+        self.methods = {
+            m: cells[i].__next__
+            for i, m in enumerate(
+                ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT")
+            )
+        }
         self.other = cells[8].__next__
         self.statuses = {str(d): cells[8 + d].__next__ for d in range(1, 6)}
         self.other_status = cells[14].__next__
@@ -99,9 +116,12 @@ def main() -> None:
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    apps: dict[str, App] = {"floor (method+status)": FloorMiddleware(app),
-                            "sflow, sampling off": ours, "sflow, 1-in-400": ours,
-                            "no middleware": app}
+    apps: dict[str, App] = {
+        "floor (method+status)": FloorMiddleware(app),
+        "sflow, sampling off": ours,
+        "sflow, 1-in-400": ours,
+        "no middleware": app,
+    }
     before = {"sflow, sampling off": sink.rate(0), "sflow, 1-in-400": sink.rate(400)}
     try:
         from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
@@ -113,14 +133,18 @@ def main() -> None:
     costs = best_costs(apps, seconds, ROUNDS, REPEATS, before)
     floor = costs["floor (method+status)"]
     bare = costs["no middleware"]
-    print(f"{ROUNDS} requests x best of {REPEATS}, trivial app called directly "
-          "(environ copy, call, iterate, close)")
+    print(
+        f"{ROUNDS} requests x best of {REPEATS}, trivial app called directly "
+        "(environ copy, call, iterate, close)"
+    )
     print(f"  {'':36s} {'us/request':>10s}  {'x floor':>7s}  {'overhead x floor':>16s}")
     for name, cost in costs.items():
         overhead = (cost - bare) / (floor - bare) if floor > bare else float("nan")
         print(f"  {name:36s} {cost:10.3f}  {cost / floor:7.2f}  {overhead:16.2f}")
-    print("  (x floor: total per request / floor's total; overhead x floor: the same"
-          " without the bare app's cost)")
+    print(
+        "  (x floor: total per request / floor's total; overhead x floor: the same"
+        " without the bare app's cost)"
+    )
     report_flushed()
     sink.close()
 

@@ -44,10 +44,30 @@ from sflow_app.records import (  # noqa: E402
 )
 
 SAMPLING, POLLING = 10, 5
-METHODS = {0: "OTHER", 1: "OPTIONS", 2: "GET", 3: "HEAD", 4: "POST", 5: "PUT", 6: "DELETE",
-           7: "TRACE", 8: "CONNECT"}
-APP_STATUS = ["SUCCESS", "OTHER", "TIMEOUT", "INTERNAL_ERROR", "BAD_REQUEST", "FORBIDDEN",
-              "TOO_LARGE", "NOT_IMPLEMENTED", "NOT_FOUND", "UNAVAILABLE", "UNAUTHORIZED"]
+METHODS = {
+    0: "OTHER",
+    1: "OPTIONS",
+    2: "GET",
+    3: "HEAD",
+    4: "POST",
+    5: "PUT",
+    6: "DELETE",
+    7: "TRACE",
+    8: "CONNECT",
+}
+APP_STATUS = [
+    "SUCCESS",
+    "OTHER",
+    "TIMEOUT",
+    "INTERNAL_ERROR",
+    "BAD_REQUEST",
+    "FORBIDDEN",
+    "TOO_LARGE",
+    "NOT_IMPLEMENTED",
+    "NOT_FOUND",
+    "UNAVAILABLE",
+    "UNAUTHORIZED",
+]
 
 
 def free_port() -> int:
@@ -66,51 +86,86 @@ def text(value: Any) -> str:
 def describe_record(rec: Any) -> str:
     if isinstance(rec, HttpRequest):
         version = f"HTTP/{rec.protocol // 1000}.{rec.protocol % 1000}"
-        return (f"http_request  {METHODS.get(rec.method, rec.method)} {text(rec.uri)} -> "
-                f"{rec.status}  {text(rec.mime_type) or '-'}  req {rec.req_bytes} B, "
-                f"resp {rec.resp_bytes} B in {rec.uS / 1000:.1f} ms  {version}  "
-                f"ua={text(rec.useragent)!r}")
+        return (
+            f"http_request  {METHODS.get(rec.method, rec.method)} {text(rec.uri)} -> "
+            f"{rec.status}  {text(rec.mime_type) or '-'}  req {rec.req_bytes} B, "
+            f"resp {rec.resp_bytes} B in {rec.uS / 1000:.1f} ms  {version}  "
+            f"ua={text(rec.useragent)!r}"
+        )
     if isinstance(rec, ExtendedSocketIPv4 | ExtendedSocketIPv6):
-        return (f"socket        tcp {rec.remote_ip}:{rec.remote_port} -> "
-                f"{rec.local_ip}:{rec.local_port}")
+        return (
+            f"socket        tcp {rec.remote_ip}:{rec.remote_port} -> "
+            f"{rec.local_ip}:{rec.local_port}"
+        )
     if isinstance(rec, AppOperation):
         status = APP_STATUS[rec.status] if rec.status < len(APP_STATUS) else rec.status
-        return (f"app_operation {text(rec.application)}: {text(rec.operation)} -> {status}"
-                f"{' (' + text(rec.status_descr) + ')' if rec.status_descr else ''}"
-                f" in {rec.uS / 1000:.1f} ms")
+        return (
+            f"app_operation {text(rec.application)}: {text(rec.operation)} -> {status}"
+            f"{' (' + text(rec.status_descr) + ')' if rec.status_descr else ''}"
+            f" in {rec.uS / 1000:.1f} ms"
+        )
     if isinstance(rec, AppParentContext):
-        return (f"parent        {text(rec.application)}: {text(rec.operation)} "
-                f"[{text(rec.attributes)}]")
+        return (
+            f"parent        {text(rec.application)}: {text(rec.operation)} [{text(rec.attributes)}]"
+        )
     if isinstance(rec, HttpCounters):
-        methods = {"GET": rec.method_get_count, "POST": rec.method_post_count,
-                   "HEAD": rec.method_head_count, "PUT": rec.method_put_count,
-                   "DELETE": rec.method_delete_count, "other": rec.method_other_count}
-        statuses = {"2XX": rec.status_2XX_count, "3XX": rec.status_3XX_count,
-                    "4XX": rec.status_4XX_count, "5XX": rec.status_5XX_count}
-        return ("http_counters " + " ".join(f"{k} {v}" for k, v in methods.items() if v)
-                + " | " + " ".join(f"{k} {v}" for k, v in statuses.items() if v))
+        methods = {
+            "GET": rec.method_get_count,
+            "POST": rec.method_post_count,
+            "HEAD": rec.method_head_count,
+            "PUT": rec.method_put_count,
+            "DELETE": rec.method_delete_count,
+            "other": rec.method_other_count,
+        }
+        statuses = {
+            "2XX": rec.status_2XX_count,
+            "3XX": rec.status_3XX_count,
+            "4XX": rec.status_4XX_count,
+            "5XX": rec.status_5XX_count,
+        }
+        return (
+            "http_counters "
+            + " ".join(f"{k} {v}" for k, v in methods.items() if v)
+            + " | "
+            + " ".join(f"{k} {v}" for k, v in statuses.items() if v)
+        )
     if isinstance(rec, AppOperations):
-        counts = {name: getattr(rec, name) for name in (
-            "success", "other", "timeout", "internal_error", "bad_request", "not_found")}
-        return (f"app_operations {text(rec.application)}: "
-                + " ".join(f"{k} {v}" for k, v in counts.items() if v))
+        counts = {
+            name: getattr(rec, name)
+            for name in (
+                "success",
+                "other",
+                "timeout",
+                "internal_error",
+                "bad_request",
+                "not_found",
+            )
+        }
+        return f"app_operations {text(rec.application)}: " + " ".join(
+            f"{k} {v}" for k, v in counts.items() if v
+        )
     if isinstance(rec, HostParent):
         return f"host_parent   {rec.container_type}:{rec.container_index} (hsflowd's host)"
     return type(rec).__name__
 
 
 def describe(dg: Datagram) -> str:
-    lines = [f"datagram  agent {dg.agent_address}  sub-agent {dg.sub_agent_id}  "
-             f"seq {dg.sequence_number}  uptime {dg.uptime_ms / 1000:.1f} s  "
-             f"{len(dg.samples)} sample(s)"]
+    lines = [
+        f"datagram  agent {dg.agent_address}  sub-agent {dg.sub_agent_id}  "
+        f"seq {dg.sequence_number}  uptime {dg.uptime_ms / 1000:.1f} s  "
+        f"{len(dg.samples)} sample(s)"
+    ]
     for sample in dg.samples:
         if isinstance(sample, FlowSample):
-            lines.append(f"  flow      {sample.ds_class}:{sample.ds_index}  "
-                         f"#{sample.sequence_number}  1-in-{sample.sampling_rate}  "
-                         f"pool {sample.sample_pool}  drops {sample.drops}")
+            lines.append(
+                f"  flow      {sample.ds_class}:{sample.ds_index}  "
+                f"#{sample.sequence_number}  1-in-{sample.sampling_rate}  "
+                f"pool {sample.sample_pool}  drops {sample.drops}"
+            )
         elif isinstance(sample, CountersSample):
-            lines.append(f"  counters  {sample.ds_class}:{sample.ds_index}  "
-                         f"#{sample.sequence_number}")
+            lines.append(
+                f"  counters  {sample.ds_class}:{sample.ds_index}  #{sample.sequence_number}"
+            )
         else:
             lines.append(f"  {type(sample).__name__}")
             continue
@@ -146,23 +201,34 @@ class Collector(threading.Thread):
             with self.lock:
                 self.datagrams.append(dg)
                 self.shown += 1
-                if self.shown <= 12 or any(isinstance(s, CountersSample)
-                                           for s in dg.samples):
+                if self.shown <= 12 or any(isinstance(s, CountersSample) for s in dg.samples):
                     print(describe(dg), flush=True)
                 elif self.shown == 13:
-                    print("  ... (flow datagrams from here on are counted, not printed;"
-                          " counter samples still are)", flush=True)
+                    print(
+                        "  ... (flow datagrams from here on are counted, not printed;"
+                        " counter samples still are)",
+                        flush=True,
+                    )
 
     def latest(self, cls: type) -> Any:
         with self.lock:
-            found = [r for dg in self.datagrams for s in dg.samples
-                     for r in getattr(s, "records", ()) if isinstance(r, cls)]
+            found = [
+                r
+                for dg in self.datagrams
+                for s in dg.samples
+                for r in getattr(s, "records", ())
+                if isinstance(r, cls)
+            ]
         return found[-1] if found else None
 
     def count(self, cls: type) -> int:
         with self.lock:
-            return sum(isinstance(r, cls) for dg in self.datagrams for s in dg.samples
-                       for r in getattr(s, "records", ()))
+            return sum(
+                isinstance(r, cls)
+                for dg in self.datagrams
+                for s in dg.samples
+                for r in getattr(s, "records", ())
+            )
 
 
 # -- the server and the workload -------------------------------------------------------
@@ -170,15 +236,34 @@ class Collector(threading.Thread):
 
 def start_server(port: int, config: Path, state: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFLOW_APP_")}
-    env.update(SFLOW_APP_CONFIG=str(config), SFLOW_APP_NAME="shop-demo",
-               SFLOW_APP_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "4",
-           "-b", f"127.0.0.1:{port}", "--no-control-socket", "--log-level", "warning",
-           "examples.flask_app:app"]
+    env.update(
+        SFLOW_APP_CONFIG=str(config),
+        SFLOW_APP_NAME="shop-demo",
+        SFLOW_APP_STATE_DIR=str(state),
+        PYTHONPATH=str(ROOT),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-w",
+        "1",
+        "-k",
+        "gthread",
+        "--threads",
+        "4",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--no-control-socket",
+        "--log-level",
+        "warning",
+        "examples.flask_app:app",
+    ]
     # The app's own logs (Flask logs the /fail tracebacks) go to a file, not the screen.
     with open(state / "server.log", "wb") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+        )
 
 
 def request(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> int:
@@ -196,13 +281,14 @@ def request(port: int, method: str, path: str, body: dict[str, Any] | None = Non
         conn.close()
 
 
-def wait_ready(port: int, server: subprocess.Popen[bytes], log: Path,
-               timeout: float = 15) -> None:
+def wait_ready(port: int, server: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit("demo: gunicorn exited; is the venv complete? (./scripts/setup)"
-                             f"\n{log.read_text(errors='replace')}")
+            raise SystemExit(
+                "demo: gunicorn exited; is the venv complete? (./scripts/setup)"
+                f"\n{log.read_text(errors='replace')}"
+            )
         try:
             if request(port, "GET", "/healthz") == 200:
                 return
@@ -213,11 +299,18 @@ def wait_ready(port: int, server: subprocess.Popen[bytes], log: Path,
 
 def workload(port: int, seconds: float) -> collections.Counter[tuple[str, int]]:
     sent: collections.Counter[tuple[str, int]] = collections.Counter()
-    plan = [("GET", "/", None), ("GET", "/users/1", None), ("GET", "/users/2", None),
-            ("POST", "/orders", {"items": ["tea", "cake"]}), ("GET", "/users/99", None),
-            ("GET", "/users/3?token=s3cr3t&lang=en", None), ("GET", "/fail", None),
-            ("GET", "/export?rows=2000", None), ("GET", "/missing", None),
-            ("POST", "/orders", {"items": ["coffee"]})]
+    plan = [
+        ("GET", "/", None),
+        ("GET", "/users/1", None),
+        ("GET", "/users/2", None),
+        ("POST", "/orders", {"items": ["tea", "cake"]}),
+        ("GET", "/users/99", None),
+        ("GET", "/users/3?token=s3cr3t&lang=en", None),
+        ("GET", "/fail", None),
+        ("GET", "/export?rows=2000", None),
+        ("GET", "/missing", None),
+        ("POST", "/orders", {"items": ["coffee"]}),
+    ]
     end = time.monotonic() + seconds
     i = 0
     while time.monotonic() < end:
@@ -241,21 +334,30 @@ def main() -> None:
         "# WARNING: Do not edit this file. It is generated automatically by hsflowd.\n"
         f"rev_start=1\nhostname=demo\nsampling={SAMPLING}\nheader=128\ndatagram=1400\n"
         f"polling={POLLING}\ncollector=127.0.0.1 {collector.port}\nagentIP=127.0.0.1\n"
-        "ds_index=1\nrev_end=1\n")
+        "ds_index=1\nrev_end=1\n"
+    )
     port = free_port()
     print(f"demo: collector on udp 127.0.0.1:{collector.port}; config {config}:")
     print("  " + config.read_text().strip().replace("\n", "\n  "))
-    print(f"demo: gunicorn (gthread, 1 worker) serving examples/flask_app.py on "
-          f"http://127.0.0.1:{port}\n", flush=True)
+    print(
+        f"demo: gunicorn (gthread, 1 worker) serving examples/flask_app.py on "
+        f"http://127.0.0.1:{port}\n",
+        flush=True,
+    )
     server = start_server(port, config, tmp)
     try:
         wait_ready(port, server, tmp / "server.log")
         sent = workload(port, args.seconds)
         total = sum(sent.values())
-        print(f"\ndemo: workload done, {total} requests sent; waiting for the next "
-              f"counter sample (every {POLLING} s)...", flush=True)
-        want = (sum(n for (m, _), n in sent.items() if m == "GET"),
-                sum(n for (m, _), n in sent.items() if m == "POST"))
+        print(
+            f"\ndemo: workload done, {total} requests sent; waiting for the next "
+            f"counter sample (every {POLLING} s)...",
+            flush=True,
+        )
+        want = (
+            sum(n for (m, _), n in sent.items() if m == "GET"),
+            sum(n for (m, _), n in sent.items() if m == "POST"),
+        )
         deadline = time.monotonic() + POLLING + 3
         while time.monotonic() < deadline:
             last = collector.latest(HttpCounters)
@@ -278,23 +380,36 @@ def main() -> None:
     by_status: collections.Counter[str] = collections.Counter()
     for (_, status), n in sent.items():
         by_status[f"{status // 100}XX"] += n
-    print(f"requests sent   : {total}  GET {want[0]}  POST {want[1]}  |  "
-          + "  ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
+    print(
+        f"requests sent   : {total}  GET {want[0]}  POST {want[1]}  |  "
+        + "  ".join(f"{k} {v}" for k, v in sorted(by_status.items()))
+    )
     if last is None:
         print("http_counters   : none received")
     else:
-        got = {"2XX": last.status_2XX_count, "3XX": last.status_3XX_count,
-               "4XX": last.status_4XX_count, "5XX": last.status_5XX_count}
-        print(f"http_counters   : {last.method_get_count + last.method_post_count}  "
-              f"GET {last.method_get_count}  POST {last.method_post_count}  |  "
-              + "  ".join(f"{k} {v}" for k, v in got.items() if v))
-        match = ((last.method_get_count, last.method_post_count) == want
-                 and all(got.get(k, 0) == v for k, v in by_status.items()))
-        print(f"counters match  : {'yes' if match else 'NO'} (every request is counted, "
-              f"sampled or not; /healthz is excluded)")
+        got = {
+            "2XX": last.status_2XX_count,
+            "3XX": last.status_3XX_count,
+            "4XX": last.status_4XX_count,
+            "5XX": last.status_5XX_count,
+        }
+        print(
+            f"http_counters   : {last.method_get_count + last.method_post_count}  "
+            f"GET {last.method_get_count}  POST {last.method_post_count}  |  "
+            + "  ".join(f"{k} {v}" for k, v in got.items() if v)
+        )
+        match = (last.method_get_count, last.method_post_count) == want and all(
+            got.get(k, 0) == v for k, v in by_status.items()
+        )
+        print(
+            f"counters match  : {'yes' if match else 'NO'} (every request is counted, "
+            f"sampled or not; /healthz is excluded)"
+        )
     flows = collector.count(HttpRequest)
-    print(f"http samples    : {flows} of {total} requests (1-in-{SAMPLING}: expect about "
-          f"{total // SAMPLING}); app_operation records: {collector.count(AppOperation)}")
+    print(
+        f"http samples    : {flows} of {total} requests (1-in-{SAMPLING}: expect about "
+        f"{total // SAMPLING}); app_operation records: {collector.count(AppOperation)}"
+    )
     agents = sorted({dg.agent_address for dg in collector.datagrams})
     print(f"datagrams       : {len(collector.datagrams)} from agent(s) {', '.join(agents)}")
     print(f"server log      : {tmp / 'server.log'}")

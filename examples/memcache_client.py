@@ -1,6 +1,6 @@
 """pymemcache instrumented in one call: every client class, one record per round trip.
 
-    SFLOW_APP_CONFIG=/etc/hsflowd.auto python examples/memcache_client.py 127.0.0.1:11211
+SFLOW_APP_CONFIG=/etc/hsflowd.auto python examples/memcache_client.py 127.0.0.1:11211
 """
 
 from __future__ import annotations

@@ -61,8 +61,9 @@ class SFlowMiddleware(MiddlewareMixin):  # type: ignore[misc]
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         super().__init__(get_response)
 
-    def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
-                     view_args: Any, view_kwargs: Any) -> HttpResponseBase | None:
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., Any], view_args: Any, view_kwargs: Any
+    ) -> HttpResponseBase | None:
         environ = request.META  # a WSGIRequest's META *is* the WSGI environ
         scope = getattr(request, "scope", None)  # an ASGIRequest's is the ASGI scope
         if TRANSACTION_KEY in environ:
@@ -80,7 +81,9 @@ class SFlowMiddleware(MiddlewareMixin):  # type: ignore[misc]
                 log.warning(
                     "sflow_app: %s is in MIDDLEWARE but the WSGI application is not "
                     "wrapped: use sflow_app.integrations.django.get_wsgi_application() "
-                    "in wsgi.py", __name__ + ".SFlowMiddleware")
+                    "in wsgi.py",
+                    __name__ + ".SFlowMiddleware",
+                )
         return None
 
 

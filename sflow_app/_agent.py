@@ -55,8 +55,13 @@ def uwsgi_master() -> Any:
 
 
 class Agent:
-    def __init__(self, *, autostart: bool = True, env: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        autostart: bool = True,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._env = env
         self._autostart = autostart
         self._clock = clock
@@ -90,8 +95,14 @@ class Agent:
         self.start_time = self._clock()
         self._route = ("", "")
         self.stats: dict[str, Any] = {
-            "datagrams": 0, "samples": 0, "sent": 0, "send_errors": 0, "queue_drops": 0,
-            "backlog_drops": 0, "last_send_error": ""}
+            "datagrams": 0,
+            "samples": 0,
+            "sent": 0,
+            "send_errors": 0,
+            "queue_drops": 0,
+            "backlog_drops": 0,
+            "last_send_error": "",
+        }
 
     # -- configuration ----------------------------------------------------------------
     @property
@@ -100,8 +111,9 @@ class Agent:
 
     @property
     def config_path(self) -> str:
-        return str(self._kwargs.get("config_path") or self.env.get("SFLOW_APP_CONFIG")
-                   or DEFAULT_CONFIG)
+        return str(
+            self._kwargs.get("config_path") or self.env.get("SFLOW_APP_CONFIG") or DEFAULT_CONFIG
+        )
 
     def configure(self, **kwargs: Any) -> None:
         merged = {**self._kwargs, **kwargs}
@@ -203,7 +215,8 @@ class Agent:
             source.ds_index = local_index(self.service_name, "http", where)
             self.warn_once(
                 f"HTTP listener {where!r} has no TCP port: using derived data source "
-                f"3:{source.ds_index}; set SFLOW_APP_DS_INDEX to choose one")
+                f"3:{source.ds_index}; set SFLOW_APP_DS_INDEX to choose one"
+            )
 
     def http_index(self) -> int | None:
         return None if self._http is None else self._http.ds_index
@@ -304,8 +317,13 @@ class Agent:
     def before_fork(self) -> None:
         """Python's os.fork in a process whose thread runs: stop it for the fork."""
         thread = self._thread
-        if (self._started and thread is not None and thread.is_alive()
-                and self.pid == os.getpid() and thread is not threading.current_thread()):
+        if (
+            self._started
+            and thread is not None
+            and thread.is_alive()
+            and self.pid == os.getpid()
+            and thread is not threading.current_thread()
+        ):
             self._stop.set()
             thread.join(FORK_JOIN_TIMEOUT)
             self._paused = True
@@ -318,8 +336,9 @@ class Agent:
     def _spawn(self) -> None:
         # A fresh event per thread: one that outlived a bounded join still sees its own set.
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(self._stop,),
-                                        name="sflow-app-exporter", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="sflow-app-exporter", daemon=True
+        )
         self._thread.start()
 
     def start(self) -> None:
@@ -331,7 +350,8 @@ class Agent:
                 self.warn_once(
                     "uWSGI runs without --enable-threads, so Python threads do not run: "
                     "this worker reports from its sampled requests, at most once a second, "
-                    "and only while it serves. Add --enable-threads.")
+                    "and only while it serves. Add --enable-threads."
+                )
                 self._inline = True
                 return
             self._spawn()
@@ -429,6 +449,9 @@ class Agent:
 
 
 AGENT = Agent()
-os.register_at_fork(before=AGENT.before_fork, after_in_parent=AGENT.after_fork_in_parent,
-                    after_in_child=AGENT.after_fork)
+os.register_at_fork(
+    before=AGENT.before_fork,
+    after_in_parent=AGENT.after_fork_in_parent,
+    after_in_child=AGENT.after_fork,
+)
 atexit.register(AGENT.shutdown)

@@ -130,8 +130,14 @@ class AutoFile:
 
 
 _FILE_INTS = {
-    "rev_start": U32, "rev_end": U32, "sampling": U32, "polling": U32, "datagram": U32,
-    "header": U32, "ds_index": U32, "jsonport": 65535,
+    "rev_start": U32,
+    "rev_end": U32,
+    "sampling": U32,
+    "polling": U32,
+    "datagram": U32,
+    "header": U32,
+    "ds_index": U32,
+    "jsonport": 65535,
 }
 _FILE_FIELDS = {"jsonport": "json_port", "agentip": "agent_ip"}
 
@@ -193,16 +199,20 @@ def parse_auto(text: str) -> AutoFile:
         warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more"]
     state, reason = _judge(values, revs, settings_lines)
     return AutoFile(
-        state, reason,
+        state,
+        reason,
         **{_FILE_FIELDS.get(k, k): v for k, v in values.items()},
-        app_sampling=apps["sampling"], app_polling=apps["polling"],
-        collectors=tuple(dict.fromkeys(collectors)), device_ignored=device,
+        app_sampling=apps["sampling"],
+        app_polling=apps["polling"],
+        collectors=tuple(dict.fromkeys(collectors)),
+        device_ignored=device,
         warnings=tuple(warnings),
     )
 
 
-def _judge(values: Mapping[str, Any], revs: list[str], settings_lines: int
-           ) -> tuple[AutoState, str]:
+def _judge(
+    values: Mapping[str, Any], revs: list[str], settings_lines: int
+) -> tuple[AutoState, str]:
     start, end = values.get("rev_start"), values.get("rev_end")
     if not revs and not settings_lines:
         return "off", "empty file"

@@ -38,10 +38,22 @@ DS_INDEX_MAX = 2**24 - 1  # compact source_id keeps 24 bits for the index
 SourceKind = Literal["file", "explicit", "off"]
 
 # Names configure() accepts (the Settings field names, plus the file's path).
-KWARGS = frozenset({
-    "disable", "collectors", "agent_ip", "sampling", "polling", "datagram", "ds_index",
-    "sub_agent_id", "service_name", "parent_ds_index", "queue_capacity", "config_path",
-})
+KWARGS = frozenset(
+    {
+        "disable",
+        "collectors",
+        "agent_ip",
+        "sampling",
+        "polling",
+        "datagram",
+        "ds_index",
+        "sub_agent_id",
+        "service_name",
+        "parent_ds_index",
+        "queue_capacity",
+        "config_path",
+    }
+)
 
 
 # -- configure() and environment validators: ValueError fit for a log line ----------
@@ -134,10 +146,14 @@ _INT_BOUNDS = {
     "queue_capacity": (QUEUE_MIN, QUEUE_MAX),
 }
 _ENV_NAMES = {
-    "SFLOW_APP_DISABLE": "disable", "SFLOW_APP_COLLECTORS": "collectors",
-    "SFLOW_APP_AGENT_IP": "agent_ip", "SFLOW_APP_DATAGRAM": "datagram",
-    "SFLOW_APP_DS_INDEX": "ds_index", "SFLOW_APP_SUB_AGENT_ID": "sub_agent_id",
-    "SFLOW_APP_NAME": "service_name", "SFLOW_APP_PARENT_DS_INDEX": "parent_ds_index",
+    "SFLOW_APP_DISABLE": "disable",
+    "SFLOW_APP_COLLECTORS": "collectors",
+    "SFLOW_APP_AGENT_IP": "agent_ip",
+    "SFLOW_APP_DATAGRAM": "datagram",
+    "SFLOW_APP_DS_INDEX": "ds_index",
+    "SFLOW_APP_SUB_AGENT_ID": "sub_agent_id",
+    "SFLOW_APP_NAME": "service_name",
+    "SFLOW_APP_PARENT_DS_INDEX": "parent_ds_index",
     "SFLOW_APP_QUEUE": "queue_capacity",
 }
 
@@ -192,8 +208,10 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
 def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
     unknown = sorted(set(kwargs) - KWARGS)
     if unknown:
-        raise ValueError(f"configure(): unknown argument(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(KWARGS))}")
+        raise ValueError(
+            f"configure(): unknown argument(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(KWARGS))}"
+        )
     layer = _Layer()
     for name, value in kwargs.items():
         if value is None or name == "config_path":  # None = not given; path: the caller's
@@ -223,10 +241,16 @@ def _env_layer(env: Mapping[str, str], warnings: list[str]) -> _Layer:
     for kind, hi in (("SAMPLING", U32), ("POLLING", POLLING_MAX)):
         number = partial(_uint, lo=0, hi=hi)
         prefix = f"SFLOW_APP_{kind}_"
-        apps = {var[len(prefix):].upper(): parse(var, number)
-                for var in sorted(env) if var.startswith(prefix) and len(var) > len(prefix)}
-        rates = Rates(parse(f"SFLOW_APP_{kind}", number),
-                      {k: v for k, v in apps.items() if v is not None}, env_style=True)
+        apps = {
+            var[len(prefix) :].upper(): parse(var, number)
+            for var in sorted(env)
+            if var.startswith(prefix) and len(var) > len(prefix)
+        }
+        rates = Rates(
+            parse(f"SFLOW_APP_{kind}", number),
+            {k: v for k, v in apps.items() if v is not None},
+            env_style=True,
+        )
         setattr(layer, kind.lower(), rates)
     return layer
 
@@ -241,16 +265,22 @@ def _file_layer(auto: AutoFile) -> _Layer:
         collectors=auto.collectors or None,
         agent_ip=auto.agent_ip,
         sampling=Rates(auto.sampling, auto.app_sampling),
-        polling=Rates(_clamp(auto.polling, 0, POLLING_MAX),
-                      {k: min(v, POLLING_MAX) for k, v in auto.app_polling.items()}),
+        polling=Rates(
+            _clamp(auto.polling, 0, POLLING_MAX),
+            {k: min(v, POLLING_MAX) for k, v in auto.app_polling.items()},
+        ),
         datagram=_clamp(auto.datagram, DATAGRAM_MIN, DATAGRAM_MAX),
         parent_ds_index=auto.ds_index,
     )
 
 
-_DEFAULTS = _Layer(disable=False, sampling=Rates(DEFAULT_SAMPLING),
-                   polling=Rates(DEFAULT_POLLING), datagram=DEFAULT_DATAGRAM,
-                   queue_capacity=DEFAULT_QUEUE)
+_DEFAULTS = _Layer(
+    disable=False,
+    sampling=Rates(DEFAULT_SAMPLING),
+    polling=Rates(DEFAULT_POLLING),
+    datagram=DEFAULT_DATAGRAM,
+    queue_capacity=DEFAULT_QUEUE,
+)
 
 
 @dataclass(frozen=True)
@@ -300,8 +330,12 @@ def config_path(kwargs: Mapping[str, Any], env: Mapping[str, str]) -> str:
     return env.get("SFLOW_APP_CONFIG", "").strip() or DEFAULT_CONFIG_PATH
 
 
-def resolve(kwargs: Mapping[str, Any], env: Mapping[str, str], auto: AutoFile | None,
-            config_path: str | os.PathLike[str]) -> Settings:
+def resolve(
+    kwargs: Mapping[str, Any],
+    env: Mapping[str, str],
+    auto: AutoFile | None,
+    config_path: str | os.PathLike[str],
+) -> Settings:
     """Settings from configure() kwargs, the environment and a read of the file.
 
     Raises ValueError for bad kwargs only; bad environment values become ``warnings``.
@@ -316,16 +350,18 @@ def resolve(kwargs: Mapping[str, Any], env: Mapping[str, str], auto: AutoFile | 
     layers.append(_DEFAULTS)
 
     def pick(name: str) -> Any:
-        return next((v for v in (getattr(layer, name) for layer in layers) if v is not None),
-                    None)
+        return next((v for v in (getattr(layer, name) for layer in layers) if v is not None), None)
 
     rev = usable.rev_start if usable is not None else None
     collectors: Collectors = pick("collectors") or ()
     explicit = layers[0].collectors or layers[1].collectors
     source: SourceKind
     if pick("disable"):
-        who = ("configure(disable=True)" if layers[0].disable
-               else f"SFLOW_APP_DISABLE={env.get('SFLOW_APP_DISABLE', '').strip()}")
+        who = (
+            "configure(disable=True)"
+            if layers[0].disable
+            else f"SFLOW_APP_DISABLE={env.get('SFLOW_APP_DISABLE', '').strip()}"
+        )
         enabled, source, reason = False, "off", f"off: {who}"
     elif not collectors:
         if usable is not None:
@@ -336,18 +372,25 @@ def resolve(kwargs: Mapping[str, Any], env: Mapping[str, str], auto: AutoFile | 
     else:
         count = f"{len(collectors)} collector{'s' if len(collectors) > 1 else ''}"
         if explicit:
-            origin = ("configure(collectors=...)" if layers[0].collectors
-                      else "SFLOW_APP_COLLECTORS")
+            origin = "configure(collectors=...)" if layers[0].collectors else "SFLOW_APP_COLLECTORS"
             rest = f" (other settings from {path} rev {rev})" if usable is not None else ""
             enabled, source, reason = True, "explicit", f"sending to {count} from {origin}{rest}"
         else:
             enabled, source, reason = True, "file", f"sending to {count} from {path} rev {rev}"
     return Settings(
-        enabled=enabled, reason=reason, source=source, config_path=path,
-        agent_ip=pick("agent_ip"), collectors=collectors if enabled else (),
-        datagram=pick("datagram"), parent_ds_index=pick("parent_ds_index"), rev=rev,
-        ds_index=pick("ds_index"), sub_agent_id=pick("sub_agent_id"),
-        service_name=pick("service_name"), queue_capacity=pick("queue_capacity"),
+        enabled=enabled,
+        reason=reason,
+        source=source,
+        config_path=path,
+        agent_ip=pick("agent_ip"),
+        collectors=collectors if enabled else (),
+        datagram=pick("datagram"),
+        parent_ds_index=pick("parent_ds_index"),
+        rev=rev,
+        ds_index=pick("ds_index"),
+        sub_agent_id=pick("sub_agent_id"),
+        service_name=pick("service_name"),
+        queue_capacity=pick("queue_capacity"),
         warnings=tuple(warnings),
         sampling_layers=tuple(layer.sampling for layer in layers),
         polling_layers=tuple(layer.polling for layer in layers),

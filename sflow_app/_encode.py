@@ -151,8 +151,10 @@ def needs_expanded(s: FlowSample | CountersSample) -> bool:
         return True
     if isinstance(s, FlowSample):
         return bool(
-            s.input_format >> 2 or s.input_value >> 30
-            or s.output_format >> 2 or s.output_value >> 30
+            s.input_format >> 2
+            or s.input_value >> 30
+            or s.output_format >> 2
+            or s.output_value >> 30
         )
     return False
 
@@ -163,8 +165,16 @@ def _clamped(s: Any, names: tuple[str, ...]) -> Any:
 
 
 _FLOW_NUMBERS = (
-    "sequence_number", "ds_class", "ds_index", "sampling_rate", "sample_pool", "drops",
-    "input_format", "input_value", "output_format", "output_value",
+    "sequence_number",
+    "ds_class",
+    "ds_index",
+    "sampling_rate",
+    "sample_pool",
+    "drops",
+    "input_format",
+    "input_value",
+    "output_format",
+    "output_value",
 )
 
 
@@ -175,15 +185,31 @@ def encode_flow_sample(s: FlowSample) -> bytes:
     try:
         if needs_expanded(s):
             head = _FLOW_EXPANDED.pack(
-                3, 44 + size, s.sequence_number, s.ds_class, s.ds_index, s.sampling_rate,
-                s.sample_pool, s.drops, s.input_format, s.input_value,
-                s.output_format, s.output_value, len(records),
+                3,
+                44 + size,
+                s.sequence_number,
+                s.ds_class,
+                s.ds_index,
+                s.sampling_rate,
+                s.sample_pool,
+                s.drops,
+                s.input_format,
+                s.input_value,
+                s.output_format,
+                s.output_value,
+                len(records),
             )
         else:
             head = _FLOW.pack(
-                1, 32 + size, s.sequence_number, s.ds_class << 24 | s.ds_index,
-                s.sampling_rate, s.sample_pool, s.drops,
-                s.input_format << 30 | s.input_value, s.output_format << 30 | s.output_value,
+                1,
+                32 + size,
+                s.sequence_number,
+                s.ds_class << 24 | s.ds_index,
+                s.sampling_rate,
+                s.sample_pool,
+                s.drops,
+                s.input_format << 30 | s.input_value,
+                s.output_format << 30 | s.output_value,
                 len(records),
             )
     except (struct.error, TypeError):
@@ -239,7 +265,10 @@ def agent_address_prefix(agent_address: str) -> bytes:
 
 
 def encode_datagram_header(
-    agent_address: str, sub_agent_id: int, sequence_number: int, uptime_ms: int,
+    agent_address: str,
+    sub_agent_id: int,
+    sequence_number: int,
+    uptime_ms: int,
     num_samples: int,
 ) -> bytes:
     """The 28-byte (IPv4 agent) or 40-byte (IPv6 agent) datagram header."""

@@ -59,7 +59,7 @@ FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
 
 
 def _patch(buf: bytearray, at: int, value: int) -> None:
-    buf[at:at + 4] = (value & 0xFFFFFFFF).to_bytes(4, "big")
+    buf[at : at + 4] = (value & 0xFFFFFFFF).to_bytes(4, "big")
 
 
 class Exporter:
@@ -124,17 +124,18 @@ class Exporter:
 
     def _hold(self, items: list[tuple[Any, ...]]) -> None:
         room = HOLD_MAX - len(self._held)
-        for item in items[max(room, 0):]:
+        for item in items[max(room, 0) :]:
             item[0].drop()
-        self._held.extend(items[:max(room, 0)])
+        self._held.extend(items[: max(room, 0)])
 
     # -- shared state -----------------------------------------------------------------
     def _open(self, ident: tuple[str, int]) -> State:
         agent = self.agent
         settings = agent.settings
         http = agent.http_index()
-        key = service_key(os.getuid(), agent.service_name, http, settings.ds_index,
-                          settings.sub_agent_id)
+        key = service_key(
+            os.getuid(), agent.service_name, http, settings.ds_index, settings.sub_agent_id
+        )
         if self.state is not None and key == self._key:
             return self.state
         self.close_state()
@@ -146,8 +147,10 @@ class Exporter:
             try:
                 state = SharedState.open(state_dir(agent.env), key)
             except OSError as exc:
-                agent.warn_once(f"shared state unavailable ({exc}); this process reports "
-                                "alone, so several workers would each claim the service")
+                agent.warn_once(
+                    f"shared state unavailable ({exc}); this process reports "
+                    "alone, so several workers would each claim the service"
+                )
                 state = LocalState()
         self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
         self.state = state
@@ -181,8 +184,9 @@ class Exporter:
             if not (pool or drops or any(values) or any(gauges.values())):
                 return
             if not state.claim_slot():
-                self.agent.warn_once("all worker slots are taken; this worker's counters "
-                                     "are not shared")
+                self.agent.warn_once(
+                    "all worker slots are taken; this worker's counters are not shared"
+                )
                 return
         self._last[id(source)] = (values[:], pool, drops)
         offset = self._offset.get(id(source))
@@ -202,9 +206,16 @@ class Exporter:
             return None
         inp, out = source.direction
         sample = FlowSample(
-            sequence_number=0, ds_class=DS_CLASS_LOGICAL, ds_index=source.ds_index,
-            sampling_rate=rate, sample_pool=pool & 0xFFFFFFFF, drops=0,
-            input_format=0, input_value=inp, output_format=0, output_value=out,
+            sequence_number=0,
+            ds_class=DS_CLASS_LOGICAL,
+            ds_index=source.ds_index,
+            sampling_rate=rate,
+            sample_pool=pool & 0xFFFFFFFF,
+            drops=0,
+            input_format=0,
+            input_value=inp,
+            output_format=0,
+            output_value=out,
             records=tuple(records),
         )
         fitted = fit_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
@@ -238,8 +249,11 @@ class Exporter:
 
     def _drop_backlog(self, count: int) -> None:
         """Give up the oldest ``count`` waiting samples, counted as their sources' drops."""
-        by_index = {index: s for s in self.agent.sources()
-                    if (index := self._indexes.get(id(s))) is not None}
+        by_index = {
+            index: s
+            for s in self.agent.sources()
+            if (index := self._indexes.get(id(s))) is not None
+        }
         for _ in range(count):
             index, _ = self._backlog.popleft()
             self.agent.stats["backlog_drops"] += 1
@@ -247,8 +261,9 @@ class Exporter:
             if source is not None:
                 source.drop()
 
-    def _stage_flow(self, state: State, totals: dict[int, list[int]],
-                    index: int, data: bytes, now: float) -> None:
+    def _stage_flow(
+        self, state: State, totals: dict[int, list[int]], index: int, data: bytes, now: float
+    ) -> None:
         offsets = FLOW_OFFSETS.get(int.from_bytes(data[:4], "big"))
         if offsets is None:
             return
@@ -260,8 +275,7 @@ class Exporter:
         _patch(buf, offsets[2], total[DROPS])
         self._append(index, True, buf, now)
 
-    def _poll(self, state: State, totals: dict[int, list[int]],
-              now: float, final: bool) -> None:
+    def _poll(self, state: State, totals: dict[int, list[int]], now: float, final: bool) -> None:
         settings = self.agent.settings
         parent = settings.parent_ds_index
         for index, kind, name, ds_index in state.entries():
@@ -281,8 +295,10 @@ class Exporter:
                 totals[index] = state.totals(index, gauges)
             names = SOURCE_KINDS[kind].counter_names
             sample = CountersSample(
-                sequence_number=0, ds_class=DS_CLASS_LOGICAL, ds_index=ds_index,
-                records=tuple(counter_records(kind, name, totals[index][:len(names)], parent)),
+                sequence_number=0,
+                ds_class=DS_CLASS_LOGICAL,
+                ds_index=ds_index,
+                records=tuple(counter_records(kind, name, totals[index][: len(names)], parent)),
             )
             self._append(index, False, bytearray(encode_counters_sample(sample)), now)
 
@@ -307,8 +323,9 @@ class Exporter:
         for index, is_flow, buf in pending:
             _patch(buf, 8, state.next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ))
         agent_ip, sub_agent_id = ident
-        header = encode_datagram_header(agent_ip, sub_agent_id, state.next_datagram_seq(),
-                                        state.uptime_ms(), len(pending))
+        header = encode_datagram_header(
+            agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)
+        )
         payload = header + b"".join(buf for _, _, buf in pending)
         stats = self.agent.stats
         stats["datagrams"] += 1

@@ -18,8 +18,14 @@ log = logging.getLogger("sflow_app")
 
 # method -> (http_method enum, http_counters slot)
 METHODS: dict[str, tuple[int, int]] = {
-    "OPTIONS": (1, 0), "GET": (2, 1), "HEAD": (3, 2), "POST": (4, 3), "PUT": (5, 4),
-    "DELETE": (6, 5), "TRACE": (7, 6), "CONNECT": (8, 7),
+    "OPTIONS": (1, 0),
+    "GET": (2, 1),
+    "HEAD": (3, 2),
+    "POST": (4, 3),
+    "PUT": (5, 4),
+    "DELETE": (6, 5),
+    "TRACE": (7, 6),
+    "CONNECT": (8, 7),
 }
 OTHER_METHOD = (0, 8)
 # http_counters slot per status // 100 (0..6); anything else is "other" (14).
@@ -27,22 +33,47 @@ STATUS_SLOTS = (14, 9, 10, 11, 12, 13, 14)
 STATUS_OTHER = 14
 
 # Query parameters whose values are replaced by default: credentials end up in URLs.
-SENSITIVE = frozenset({
-    "token", "password", "passwd", "pwd", "pass", "secret", "key", "apikey", "signature",
-    "sig", "auth", "authorization", "session", "sessionid", "sid", "jwt", "credential",
-    "credentials", "code", "otp", "private", "sessid", "phpsessid", "jsessionid",
-})
+SENSITIVE = frozenset(
+    {
+        "token",
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "secret",
+        "key",
+        "apikey",
+        "signature",
+        "sig",
+        "auth",
+        "authorization",
+        "session",
+        "sessionid",
+        "sid",
+        "jwt",
+        "credential",
+        "credentials",
+        "code",
+        "otp",
+        "private",
+        "sessid",
+        "phpsessid",
+        "jsessionid",
+    }
+)
 PLACEHOLDER = b"REDACTED"
 QUERY_MODES = ("sensitive", "keep", "redact", "drop")
 
 # (service, method, route-or-path) of the sampled HTTP request this task runs in, for the
 # decorator's app_parent_context. Set only on sampled requests.
 current_request: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
-    "sflow_app_request", default=None)
+    "sflow_app_request", default=None
+)
 
 
 def middleware_options(
-    exclude: Iterable[str] | Callable[[str], bool] | None, query: str,
+    exclude: Iterable[str] | Callable[[str], bool] | None,
+    query: str,
 ) -> Callable[[str], bool] | None:
     """Check the WSGI/ASGI middlewares' shared options; the ``exclude`` predicate."""
     if query not in QUERY_MODES:
@@ -107,10 +138,17 @@ def build_uri(path: bytes, query: bytes, mode: str) -> bytes:
 def app_status(status: int) -> int:
     if status < 400:
         return AppStatus.SUCCESS
-    special = {400: AppStatus.BAD_REQUEST, 401: AppStatus.UNAUTHORIZED,
-               403: AppStatus.FORBIDDEN, 404: AppStatus.NOT_FOUND, 408: AppStatus.TIMEOUT,
-               413: AppStatus.TOO_LARGE, 501: AppStatus.NOT_IMPLEMENTED,
-               503: AppStatus.UNAVAILABLE, 504: AppStatus.TIMEOUT}
+    special = {
+        400: AppStatus.BAD_REQUEST,
+        401: AppStatus.UNAUTHORIZED,
+        403: AppStatus.FORBIDDEN,
+        404: AppStatus.NOT_FOUND,
+        408: AppStatus.TIMEOUT,
+        413: AppStatus.TOO_LARGE,
+        501: AppStatus.NOT_IMPLEMENTED,
+        503: AppStatus.UNAVAILABLE,
+        504: AppStatus.TIMEOUT,
+    }
     if status in special:
         return special[status]
     if status < 500:
@@ -142,21 +180,38 @@ def submit_http(
 ) -> None:
     """Build and queue one sampled HTTP transaction. Never raises into the request."""
     try:
-        records: list[Any] = [HttpRequest(
-            method=METHODS.get(method, OTHER_METHOD)[0], protocol=protocol, uri=uri,
-            host=host, referer=referer, useragent=useragent, xff=xff, authuser=authuser,
-            mime_type=mime_type, req_bytes=req_bytes, resp_bytes=resp_bytes,
-            uS=duration_us, status=status,
-        )]
+        records: list[Any] = [
+            HttpRequest(
+                method=METHODS.get(method, OTHER_METHOD)[0],
+                protocol=protocol,
+                uri=uri,
+                host=host,
+                referer=referer,
+                useragent=useragent,
+                xff=xff,
+                authuser=authuser,
+                mime_type=mime_type,
+                req_bytes=req_bytes,
+                resp_bytes=resp_bytes,
+                uS=duration_us,
+                status=status,
+            )
+        ]
         if local and remote:
             records.append(socket_record(6, local[0], remote[0], local[1], remote[1]))
         if route:
-            records.append(AppOperation(
-                application=application or source.agent.service_name, operation=route,
-                attributes=f"method={method}&route={route}", status_descr=str(status),
-                req_bytes=req_bytes, resp_bytes=resp_bytes, uS=duration_us,
-                status=app_status(status),
-            ))
+            records.append(
+                AppOperation(
+                    application=application or source.agent.service_name,
+                    operation=route,
+                    attributes=f"method={method}&route={route}",
+                    status_descr=str(status),
+                    req_bytes=req_bytes,
+                    resp_bytes=resp_bytes,
+                    uS=duration_us,
+                    status=app_status(status),
+                )
+            )
         source.submit(n, tuple(records))
     except Exception:
         log.debug("sflow_app: could not record an HTTP sample", exc_info=True)

@@ -19,8 +19,20 @@ LOCAL_LAST = 99999
 
 # Launchers whose argv[0] says nothing about the service they run.
 _LAUNCHERS = {
-    "gunicorn", "uvicorn", "uwsgi", "hypercorn", "daphne", "waitress-serve", "python",
-    "python3", "granian", "flask", "django-admin", "celery", "-c", "-m",
+    "gunicorn",
+    "uvicorn",
+    "uwsgi",
+    "hypercorn",
+    "daphne",
+    "waitress-serve",
+    "python",
+    "python3",
+    "granian",
+    "flask",
+    "django-admin",
+    "celery",
+    "-c",
+    "-m",
 }
 
 

@@ -73,9 +73,11 @@ def inherited_listener() -> tuple[int | None, str]:
         except OSError:
             continue
         try:
-            if (sock.family in (socket.AF_INET, socket.AF_INET6)
-                    and sock.type == socket.SOCK_STREAM
-                    and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            if (
+                sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            ):
                 host, port = sock.getsockname()[:2]
                 found.add((host, int(port)))
         except OSError:

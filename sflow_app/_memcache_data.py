@@ -55,8 +55,9 @@ def _wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
     try:
         check = getattr(instance, "check_key", None)
         if check is None:  # HashClient
-            return bytes(check_key_helper(key, getattr(instance, "allow_unicode_keys", False),
-                                          prefix))
+            return bytes(
+                check_key_helper(key, getattr(instance, "allow_unicode_keys", False), prefix)
+            )
         return bytes(check(key, prefix))
     except Exception:
         if isinstance(key, str):
@@ -92,8 +93,9 @@ class _CountingSerde:
         try:
             data = result[0]
             # Mirrors Client._store_cmd: non-bytes are sent as str(data) encoded.
-            self.written += (len(data) if isinstance(data, bytes)
-                             else len(str(data).encode(self._encoding)))
+            self.written += (
+                len(data) if isinstance(data, bytes) else len(str(data).encode(self._encoding))
+            )
         except Exception:
             pass
         return result
@@ -118,8 +120,10 @@ def _is_default_serde(serde: Any) -> bool:
     if type(serde) is not LegacyWrappingSerde:
         return False
     ser, de = serde.__dict__.get("serialize"), serde.__dict__.get("deserialize")
-    return (getattr(ser, "__func__", None) is LegacyWrappingSerde._default_serialize
-            and getattr(de, "__func__", None) is LegacyWrappingSerde._default_deserialize)
+    return (
+        getattr(ser, "__func__", None) is LegacyWrappingSerde._default_serialize
+        and getattr(de, "__func__", None) is LegacyWrappingSerde._default_deserialize
+    )
 
 
 _attached: weakref.WeakSet[Any] = weakref.WeakSet()  # clients marked by _attach

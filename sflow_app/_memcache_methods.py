@@ -189,8 +189,9 @@ def _method(method: Callable[..., Any], original: Callable[..., Any]) -> Callabl
     return method
 
 
-def _wrapt_method(wrapper: Callable[[Any, Any, Any, Any], Any],
-                  original: Callable[..., Any]) -> Callable[..., Any]:
+def _wrapt_method(
+    wrapper: Callable[[Any, Any, Any, Any], Any], original: Callable[..., Any]
+) -> Callable[..., Any]:
     method = wrapt.FunctionWrapper(original, wrapper)
     # _self_ names live on the wrapper (wrapt forwards any other attribute to original).
     method._self_sflow_original = original  # type: ignore[attr-defined]
@@ -208,24 +209,46 @@ def _params(fn: Any) -> list[tuple[str, Any]] | None:
 
 
 _EMPTY = inspect.Parameter.empty
-FETCH_SIGNATURE = [("self", _EMPTY), ("name", _EMPTY), ("keys", _EMPTY),
-                   ("expect_cas", _EMPTY), ("key_prefix", b"")]
-STORE_SIGNATURE = [("self", _EMPTY), ("name", _EMPTY), ("values", _EMPTY), ("expire", _EMPTY),
-                   ("noreply", _EMPTY), ("flags", None), ("cas", None)]
-MISC_SIGNATURE = [("self", _EMPTY), ("cmds", _EMPTY), ("cmd_name", _EMPTY),
-                  ("noreply", _EMPTY), ("end_tokens", None)]
+FETCH_SIGNATURE = [
+    ("self", _EMPTY),
+    ("name", _EMPTY),
+    ("keys", _EMPTY),
+    ("expect_cas", _EMPTY),
+    ("key_prefix", b""),
+]
+STORE_SIGNATURE = [
+    ("self", _EMPTY),
+    ("name", _EMPTY),
+    ("values", _EMPTY),
+    ("expire", _EMPTY),
+    ("noreply", _EMPTY),
+    ("flags", None),
+    ("cas", None),
+]
+MISC_SIGNATURE = [
+    ("self", _EMPTY),
+    ("cmds", _EMPTY),
+    ("cmd_name", _EMPTY),
+    ("noreply", _EMPTY),
+    ("end_tokens", None),
+]
 
 
 def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
     if _params(original) != FETCH_SIGNATURE:
         return _generic_method(_FETCH, original)
 
-    def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any,
-                   key_prefix: Any = b"") -> Any:
+    def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"") -> Any:
         n = _pool()
         if n >= _sampler.next_at and _due(n):
-            return _sampled(_FETCH, MethodType(original, self), self,
-                            (name, keys, expect_cas, key_prefix), _NOKW, n)
+            return _sampled(
+                _FETCH,
+                MethodType(original, self),
+                self,
+                (name, keys, expect_cas, key_prefix),
+                _NOKW,
+                n,
+            )
         try:
             proxy = self._sflow_serde
             if self.serde is not proxy:
@@ -277,12 +300,25 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
     if _params(original) != STORE_SIGNATURE:
         return _generic_method(_STORE, original)
 
-    def _store_cmd(self: Any, name: Any, values: Any, expire: Any, noreply: Any,
-                   flags: Any = None, cas: Any = None) -> Any:
+    def _store_cmd(
+        self: Any,
+        name: Any,
+        values: Any,
+        expire: Any,
+        noreply: Any,
+        flags: Any = None,
+        cas: Any = None,
+    ) -> Any:
         n = _pool()
         if n >= _sampler.next_at and _due(n):
-            return _sampled(_STORE, MethodType(original, self), self,
-                            (name, values, expire, noreply, flags, cas), _NOKW, n)
+            return _sampled(
+                _STORE,
+                MethodType(original, self),
+                self,
+                (name, values, expire, noreply, flags, cas),
+                _NOKW,
+                n,
+            )
         try:
             proxy = self._sflow_serde
             if self.serde is not proxy:
@@ -309,8 +345,11 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
             else:  # the default serde passed the values through
                 size = 0
                 for value in values.values():
-                    size += (len(value) if isinstance(value, bytes)
-                             else _value_size(value, self.encoding))
+                    size += (
+                        len(value)
+                        if isinstance(value, bytes)
+                        else _value_size(value, self.encoding)
+                    )
             if size:
                 _put((BYTES_WRITTEN, size))
         except Exception:
@@ -324,12 +363,17 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
     if _params(original) != MISC_SIGNATURE:
         return _generic_method(_MISC, original)
 
-    def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any,
-                  end_tokens: Any = None) -> Any:
+    def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None) -> Any:
         n = _pool()
         if n >= _sampler.next_at and _due(n):
-            return _sampled(_MISC, MethodType(original, self), self,
-                            (cmds, cmd_name, noreply, end_tokens), _NOKW, n)
+            return _sampled(
+                _MISC,
+                MethodType(original, self),
+                self,
+                (cmds, cmd_name, noreply, end_tokens),
+                _NOKW,
+                n,
+            )
         try:
             result = original(self, cmds, cmd_name, noreply, end_tokens)
         except BaseException as exc:
@@ -380,21 +424,24 @@ def _generic_method(kind: _Kind, original: Callable[..., Any]) -> Callable[..., 
     return _wrapt_method(method, original)
 
 
-def _guard_method(describe: _Describe, endpoint: Any,
-                  original: Callable[..., Any]) -> Callable[..., Any]:
+def _guard_method(
+    describe: _Describe, endpoint: Any, original: Callable[..., Any]
+) -> Callable[..., Any]:
     """``original`` recording the operations it refuses (MemcacheIllegalInputError) once:
     an exception already recorded further in (a Client under a HashClient, a round trip
     method) is marked ``_sflow_seen``."""
 
     if endpoint is False:  # a HashClient's: it also fails when no server is left
+
         def hash_guard(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 return original(self, *args, **kwargs)
             except MemcacheError as exc:
                 if not getattr(exc, "_sflow_seen", False):
                     exc._sflow_seen = True
-                    status = (CLIENT_ERROR if isinstance(exc, MemcacheIllegalInputError)
-                              else ERROR)  # "All servers seem to be down right now"
+                    status = (
+                        CLIENT_ERROR if isinstance(exc, MemcacheIllegalInputError) else ERROR
+                    )  # "All servers seem to be down right now"
                     _rejected(self, describe, args, kwargs, endpoint, status)
                 raise
 
@@ -412,8 +459,14 @@ def _guard_method(describe: _Describe, endpoint: Any,
     return _method(guard, original)
 
 
-def _rejected(instance: Any, describe: _Describe, args: Any, kwargs: Any,
-              endpoint: Any, status: int = CLIENT_ERROR) -> None:
+def _rejected(
+    instance: Any,
+    describe: _Describe,
+    args: Any,
+    kwargs: Any,
+    endpoint: Any,
+    status: int = CLIENT_ERROR,
+) -> None:
     """An operation pymemcache refused before sending (CLIENT_ERROR), or could send to no
     server (ERROR): no round trip. ``endpoint``: None to name the client's server, False
     when no server was chosen."""
@@ -446,7 +499,9 @@ def _original(cls: type, name: str) -> Any:
 
 
 _FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
-    "_fetch_cmd": _fetch_method, "_store_cmd": _store_method, "_misc_cmd": _misc_method,
+    "_fetch_cmd": _fetch_method,
+    "_store_cmd": _store_method,
+    "_misc_cmd": _misc_method,
     "_connect": _connect_method,
 }
 

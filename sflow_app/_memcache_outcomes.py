@@ -42,23 +42,51 @@ DELETED = int(MemcacheStatus.DELETED)
 # memcache_cmd by the command's name on the wire. gat/gats (get-and-touch) have no code of
 # their own; GET/GETS are the closest.
 _CMDS: dict[bytes, int] = {
-    b"set": MemcacheCmd.SET, b"add": MemcacheCmd.ADD, b"replace": MemcacheCmd.REPLACE,
-    b"append": MemcacheCmd.APPEND, b"prepend": MemcacheCmd.PREPEND, b"cas": MemcacheCmd.CAS,
-    b"get": MemcacheCmd.GET, b"gets": MemcacheCmd.GETS, b"gat": MemcacheCmd.GET,
-    b"gats": MemcacheCmd.GETS, b"incr": MemcacheCmd.INCR, b"decr": MemcacheCmd.DECR,
-    b"delete": MemcacheCmd.DELETE, b"stats": MemcacheCmd.STATS,
-    b"flush_all": MemcacheCmd.FLUSH, b"version": MemcacheCmd.VERSION,
-    b"quit": MemcacheCmd.QUIT, b"touch": MemcacheCmd.TOUCH,
+    b"set": MemcacheCmd.SET,
+    b"add": MemcacheCmd.ADD,
+    b"replace": MemcacheCmd.REPLACE,
+    b"append": MemcacheCmd.APPEND,
+    b"prepend": MemcacheCmd.PREPEND,
+    b"cas": MemcacheCmd.CAS,
+    b"get": MemcacheCmd.GET,
+    b"gets": MemcacheCmd.GETS,
+    b"gat": MemcacheCmd.GET,
+    b"gats": MemcacheCmd.GETS,
+    b"incr": MemcacheCmd.INCR,
+    b"decr": MemcacheCmd.DECR,
+    b"delete": MemcacheCmd.DELETE,
+    b"stats": MemcacheCmd.STATS,
+    b"flush_all": MemcacheCmd.FLUSH,
+    b"version": MemcacheCmd.VERSION,
+    b"quit": MemcacheCmd.QUIT,
+    b"touch": MemcacheCmd.TOUCH,
 }
 _CMDS = {name: int(code) for name, code in _CMDS.items()}
 _FETCH_KEYED = (b"get", b"gets")
 _MISC_KEYED = frozenset({b"delete", b"incr", b"decr", b"touch"})
-_ONE_KEY = frozenset({b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"delete",
-                      b"incr", b"decr", b"touch"})
+_ONE_KEY = frozenset(
+    {
+        b"set",
+        b"add",
+        b"replace",
+        b"append",
+        b"prepend",
+        b"cas",
+        b"delete",
+        b"incr",
+        b"decr",
+        b"touch",
+    }
+)
 # A raw_command reply's first word -> status.
 _REPLY_STATUS = {
-    b"STORED": STORED, b"NOT_STORED": NOT_STORED, b"EXISTS": EXISTS,
-    b"NOT_FOUND": NOT_FOUND, b"DELETED": DELETED, b"TOUCHED": OK, b"OK": OK,
+    b"STORED": STORED,
+    b"NOT_STORED": NOT_STORED,
+    b"EXISTS": EXISTS,
+    b"NOT_FOUND": NOT_FOUND,
+    b"DELETED": DELETED,
+    b"TOUCHED": OK,
+    b"OK": OK,
 }
 
 _SLOT = {name: i for i, name in enumerate(MEMCACHE_COUNTERS)}
@@ -88,8 +116,9 @@ def _put(item: tuple[int, int]) -> None:  # replaced by the bound source's count
 # ---------------------------------------------------------------------------- outcomes
 
 
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str,
-         default: Any = None) -> Any:
+def _arg(
+    args: tuple[Any, ...], kwargs: dict[str, Any], i: int, name: str, default: Any = None
+) -> Any:
     return args[i] if len(args) > i else kwargs.get(name, default)
 
 
@@ -292,7 +321,7 @@ def _raw_values(reply: bytes) -> tuple[int, int]:
     hits = size = pos = 0
     while reply.startswith(b"VALUE ", pos):
         end = reply.find(b"\r\n", pos)
-        words = reply[pos:end if end >= 0 else len(reply)].split()
+        words = reply[pos : end if end >= 0 else len(reply)].split()
         try:
             length = int(words[3])
         except (IndexError, ValueError):
@@ -416,8 +445,9 @@ _STORE = _Kind(_store_ok, _store_err, _store_describe, _store_sizes, True)
 _MISC = _Kind(_misc_ok, _misc_err, _misc_describe, _misc_sizes, False)
 
 
-def _moved(kind: _Kind, proxy: Any, instance: Any, args: Any, kwargs: Any,
-           result: Any) -> tuple[int, int]:
+def _moved(
+    kind: _Kind, proxy: Any, instance: Any, args: Any, kwargs: Any, result: Any
+) -> tuple[int, int]:
     """(read, written) value bytes of the operation that just ran."""
     if kind.serde and (proxy.__class__ is _CountingSerde or proxy.__class__ is _NoTally):
         return int(proxy.read), int(proxy.written)
@@ -445,8 +475,9 @@ _Refusal = tuple[int, int | None, int, list[Any]]
 _Describe = Callable[[Any, Any, Any], _Refusal]
 
 
-def _client_refusal(cmd: int, slot: int | None, key_arg: tuple[int, str] | None = None,
-                    multi: bool = False) -> _Describe:
+def _client_refusal(
+    cmd: int, slot: int | None, key_arg: tuple[int, str] | None = None, multi: bool = False
+) -> _Describe:
     def describe(instance: Any, args: Any, kwargs: Any) -> _Refusal:
         keys: list[Any] = []
         if key_arg is not None:
@@ -474,6 +505,7 @@ _GUARDED: dict[str, _Describe] = {
 # HashClient checks every key (check_key_helper in _get_client) before it chooses a
 # server, so a refused key never reaches a Client: these record it, with no socket record.
 
+
 def _hash_one_key(instance: Any, args: Any, kwargs: Any) -> _Refusal:
     """HashClient._run_cmd(cmd, key, default_val, ...): set, get, delete (and delete_many,
     key by key), incr, cas, touch, ..."""
@@ -498,6 +530,8 @@ def _hash_set_many(instance: Any, args: Any, kwargs: Any) -> _Refusal:
 
 
 _HASH_GUARDED: dict[str, _Describe] = {
-    "_run_cmd": _hash_one_key, "get_many": _hash_get_many, "gets_many": _hash_gets_many,
+    "_run_cmd": _hash_one_key,
+    "get_many": _hash_get_many,
+    "gets_many": _hash_gets_many,
     "set_many": _hash_set_many,
 }

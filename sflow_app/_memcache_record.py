@@ -74,14 +74,27 @@ def _configured_endpoint(instance: Any) -> Any:
     return socket_record(6, local, str(addr), 0, int(port))
 
 
-def _emit(instance: Any, n: int, cmd: int, key: bytes, nkeys: int, status: int, ns: int,
-          value_bytes: int, endpoint: Any) -> None:
+def _emit(
+    instance: Any,
+    n: int,
+    cmd: int,
+    key: bytes,
+    nkeys: int,
+    status: int,
+    ns: int,
+    value_bytes: int,
+    endpoint: Any,
+) -> None:
     """Build and queue one sampled operation. Never raises into the application."""
     try:
         policy = getattr(instance, "_sflow_keys", None) or _class_policy
         op = MemcacheOperation(
-            protocol=ASCII, cmd=cmd, key=policy.render(key), nkeys=min(nkeys, U32),
-            value_bytes=min(max(value_bytes, 0), U32), uS=min(ns // 1000, U32),
+            protocol=ASCII,
+            cmd=cmd,
+            key=policy.render(key),
+            nkeys=min(nkeys, U32),
+            value_bytes=min(max(value_bytes, 0), U32),
+            uS=min(ns // 1000, U32),
             status=status,
         )
         if endpoint is None:
@@ -132,8 +145,18 @@ def _sampled(kind: _Kind, call: Any, instance: Any, args: Any, kwargs: Any, n: i
     return result
 
 
-def _finish(kind: _Kind, instance: Any, args: Any, kwargs: Any, n: int, status: int, ns: int,
-            proxy: Any, result: Any, endpoint: Any) -> None:
+def _finish(
+    kind: _Kind,
+    instance: Any,
+    args: Any,
+    kwargs: Any,
+    n: int,
+    status: int,
+    ns: int,
+    proxy: Any,
+    result: Any,
+    endpoint: Any,
+) -> None:
     try:
         cmd, key, nkeys = kind.describe(instance, args, kwargs)
         value_bytes = sum(_moved(kind, proxy, instance, args, kwargs, result))

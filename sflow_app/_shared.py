@@ -167,8 +167,9 @@ class SharedState:
     def _counter_at(self, slot: int, index: int) -> int:
         return SLOTS_AT + slot * SLOT_WORDS + 2 + index * COUNTER_WORDS
 
-    def publish(self, index: int, values: Sequence[int], pool: int, drops: int,
-                gauges: Collection[int] = ()) -> None:
+    def publish(
+        self, index: int, values: Sequence[int], pool: int, drops: int, gauges: Collection[int] = ()
+    ) -> None:
         """Write this worker's cumulative counts (on top of the slot's inherited ones).
 
         ``gauges``: positions holding a current value (open connections), written as is.
@@ -179,7 +180,7 @@ class SharedState:
         words = self.words
         base = self._bases.get(index)
         if base is None:  # first publish for this source: keep what a dead owner left
-            base = self._bases[index] = list(words[at:at + COUNTER_WORDS])
+            base = self._bases[index] = list(words[at : at + COUNTER_WORDS])
             for i in gauges:
                 base[i] = 0
         for i, v in enumerate(values):
@@ -196,7 +197,7 @@ class SharedState:
             if words[SLOTS_AT + slot * SLOT_WORDS] == 0:
                 continue  # never used
             at = self._counter_at(slot, index)
-            row = words[at:at + COUNTER_WORDS].tolist()
+            row = words[at : at + COUNTER_WORDS].tolist()
             if gauges and not self._alive(slot):
                 for i in gauges:
                     row[i] = 0
@@ -238,7 +239,7 @@ class SharedState:
                 if words[at + E_KEY] == 0:
                     raw = name.encode()[:32].ljust(32, b"\0")
                     for j in range(4):
-                        words[at + E_NAME + j] = int.from_bytes(raw[j * 8:j * 8 + 8], "little")
+                        words[at + E_NAME + j] = int.from_bytes(raw[j * 8 : j * 8 + 8], "little")
                     words[at + E_KIND] = KINDS[kind]
                     words[at + E_DS_INDEX] = ds_index
                     words[at + E_KEY] = key  # last: readers see a complete entry
@@ -331,7 +332,7 @@ class SharedState:
                 at += MSG.size
                 if not length or at + length > len(data):
                     break
-                out.append((index, data[at:at + length]))
+                out.append((index, data[at : at + length]))
                 at += length
         return out
 
@@ -372,8 +373,9 @@ class LocalState:
     def claim_slot(self) -> bool:
         return True
 
-    def publish(self, index: int, values: Sequence[int], pool: int, drops: int,
-                gauges: Collection[int] = ()) -> None:
+    def publish(
+        self, index: int, values: Sequence[int], pool: int, drops: int, gauges: Collection[int] = ()
+    ) -> None:
         row = [*values, *([0] * (COUNTER_WORDS - len(values)))]
         row[POOL], row[DROPS] = pool, drops
         self._values[index] = row

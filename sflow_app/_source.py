@@ -19,22 +19,67 @@ if TYPE_CHECKING:
     from ._agent import Agent
 
 HTTP_COUNTERS = (
-    "method_option_count", "method_get_count", "method_head_count", "method_post_count",
-    "method_put_count", "method_delete_count", "method_trace_count", "methd_connect_count",
-    "method_other_count", "status_1XX_count", "status_2XX_count", "status_3XX_count",
-    "status_4XX_count", "status_5XX_count", "status_other_count",
+    "method_option_count",
+    "method_get_count",
+    "method_head_count",
+    "method_post_count",
+    "method_put_count",
+    "method_delete_count",
+    "method_trace_count",
+    "methd_connect_count",
+    "method_other_count",
+    "status_1XX_count",
+    "status_2XX_count",
+    "status_3XX_count",
+    "status_4XX_count",
+    "status_5XX_count",
+    "status_other_count",
 )
 MEMCACHE_COUNTERS = (
-    "cmd_set", "cmd_touch", "cmd_flush", "get_hits", "get_misses", "delete_hits",
-    "delete_misses", "incr_hits", "incr_misses", "decr_hits", "decr_misses", "cas_hits",
-    "cas_misses", "cas_badval", "auth_cmds", "auth_errors", "threads", "conn_yields",
-    "listen_disabled_num", "curr_connections", "rejected_connections", "total_connections",
-    "connection_structures", "evictions", "reclaimed", "curr_items", "total_items",
-    "bytes_read", "bytes_written", "bytes", "limit_maxbytes",
+    "cmd_set",
+    "cmd_touch",
+    "cmd_flush",
+    "get_hits",
+    "get_misses",
+    "delete_hits",
+    "delete_misses",
+    "incr_hits",
+    "incr_misses",
+    "decr_hits",
+    "decr_misses",
+    "cas_hits",
+    "cas_misses",
+    "cas_badval",
+    "auth_cmds",
+    "auth_errors",
+    "threads",
+    "conn_yields",
+    "listen_disabled_num",
+    "curr_connections",
+    "rejected_connections",
+    "total_connections",
+    "connection_structures",
+    "evictions",
+    "reclaimed",
+    "curr_items",
+    "total_items",
+    "bytes_read",
+    "bytes_written",
+    "bytes",
+    "limit_maxbytes",
 )
 APP_COUNTERS = (
-    "success", "other", "timeout", "internal_error", "bad_request", "forbidden", "too_large",
-    "not_implemented", "not_found", "unavailable", "unauthorized",
+    "success",
+    "other",
+    "timeout",
+    "internal_error",
+    "bad_request",
+    "forbidden",
+    "too_large",
+    "not_implemented",
+    "not_found",
+    "unavailable",
+    "unauthorized",
 )
 
 SERVER = (0, INTERNAL)  # (input, output): the transaction terminates here
@@ -117,7 +162,9 @@ class AppSource(Source):
 
 
 SOURCE_KINDS: dict[str, type[Source]] = {
-    "http": HttpSource, "memcache": MemcacheSource, "app": AppSource,
+    "http": HttpSource,
+    "memcache": MemcacheSource,
+    "app": AppSource,
 }
 
 

@@ -82,8 +82,9 @@ def status_of(exc: BaseException) -> int:
 @overload
 def transaction(func: F, /) -> F: ...
 @overload
-def transaction(operation: str | None = None, /, *,
-                application: str | None = None) -> Callable[[F], F]: ...
+def transaction(
+    operation: str | None = None, /, *, application: str | None = None
+) -> Callable[[F], F]: ...
 
 
 def transaction(target: Any = None, /, *, application: str | None = None) -> Any:
@@ -145,8 +146,13 @@ class _Operation:
             log.debug("sflow_app: sampling decision failed", exc_info=True)
             return False
 
-    def call(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Any:
+    def call(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         source = self.source or self._resolve()
         n = source.sampler.pool()
         if n >= source.sampler.next_at and self._decide(source, n):
@@ -160,8 +166,14 @@ class _Operation:
         incr[SUCCESS]()
         return result
 
-    def _sampled(self, source: AppSource, n: int, wrapped: Callable[..., Any],
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _sampled(
+        self,
+        source: AppSource,
+        n: int,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         start = perf_counter_ns()
         try:
             result = wrapped(*args, **kwargs)
@@ -171,8 +183,13 @@ class _Operation:
         self._record(source, n, start, SUCCESS, "")
         return result
 
-    async def call_async(self, wrapped: Callable[..., Any], instance: Any,
-                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call_async(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         source = self.source or self._resolve()
         n = source.sampler.pool()
         if n >= source.sampler.next_at and self._decide(source, n):
@@ -193,22 +210,31 @@ class _Operation:
         incr[SUCCESS]()
         return result
 
-    def _record(self, source: AppSource, n: int, start: int, status: int,
-                descr: str) -> None:
+    def _record(self, source: AppSource, n: int, start: int, status: int, descr: str) -> None:
         """Count the call and queue its sample. Never raises."""
         end = perf_counter_ns()
         source.counters.incr[status]()
         try:
-            records: list[Any] = [AppOperation(
-                application=source.name, operation=self.name, attributes="",
-                status_descr=descr, req_bytes=0, resp_bytes=0,
-                uS=min((end - start) // 1000, MAX_US), status=status,
-            )]
+            records: list[Any] = [
+                AppOperation(
+                    application=source.name,
+                    operation=self.name,
+                    attributes="",
+                    status_descr=descr,
+                    req_bytes=0,
+                    resp_bytes=0,
+                    uS=min((end - start) // 1000, MAX_US),
+                    status=status,
+                )
+            ]
             parent = current_request.get()
             if parent is not None:
                 service, method, where = parent
-                records.append(AppParentContext(
-                    application=service, operation=where, attributes=f"method={method}"))
+                records.append(
+                    AppParentContext(
+                        application=service, operation=where, attributes=f"method={method}"
+                    )
+                )
             source.submit(n, tuple(records))
         except Exception:
             log.debug("sflow_app: could not record an app_operation sample", exc_info=True)

@@ -49,8 +49,7 @@ def read_bounded(path: str, limit: int) -> bytes:
 def _key(st: Any) -> StatKey:
     # mtime_ns (hsflowd can rewrite twice within a second), size and inode as specified;
     # ctime, mode and owner as well so a chmod/chown is re-checked at once.
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-            st.st_mode, st.st_uid)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
 
 
 class ConfigWatcher:
@@ -147,8 +146,9 @@ class ConfigWatcher:
                 self._warn_if_stuck(new)
                 return None
             self._torn_since, self._torn_warned = self._now(), False
-            self._log.debug("sflow_app: %s: %s; keeping previous settings, re-reading",
-                            self.path, new.reason)
+            self._log.debug(
+                "sflow_app: %s: %s; keeping previous settings, re-reading", self.path, new.reason
+            )
             self._last = new
             return new
         if new == last:
@@ -157,14 +157,21 @@ class ConfigWatcher:
         for warning in new.warnings:
             self._log.warning("sflow_app: %s: %s", self.path, warning)
         if new.device_ignored:
-            self._log.info("sflow_app: %s: collector device/namespace ignored: binding to a "
-                           "device needs privileges sflow_app does not ask for; sending via "
-                           "the routing table", self.path)
+            self._log.info(
+                "sflow_app: %s: collector device/namespace ignored: binding to a "
+                "device needs privileges sflow_app does not ask for; sending via "
+                "the routing table",
+                self.path,
+            )
         self._log.debug("sflow_app: %s: %s", self.path, new.reason)
         return new
 
     def _warn_if_stuck(self, torn: AutoFile) -> None:
         if not self._torn_warned and self._now() - self._torn_since >= TORN_GRACE:
             self._torn_warned = True
-            self._log.warning("sflow_app: %s: still inconsistent after %.0f s (%s); keeping "
-                              "previous settings", self.path, TORN_GRACE, torn.reason)
+            self._log.warning(
+                "sflow_app: %s: still inconsistent after %.0f s (%s); keeping previous settings",
+                self.path,
+                TORN_GRACE,
+                torn.reason,
+            )

@@ -74,6 +74,7 @@ def set_route(scope: Scope, route: str) -> None:
         if sampled is not None:
             current_request.set((sampled[0], sampled[1], route))
 
+
 log = logging.getLogger("sflow_app")
 
 Scope = MutableMapping[str, Any]
@@ -87,8 +88,13 @@ MAX_US = 0xFFFFFFFF
 _PROTOCOLS = {"1.0": 1000, "1.1": 1001, "2": 2000, "2.0": 2000, "3": 3000, "3.0": 3000}
 # RFC 3986 pchar plus '/': rebuilding the URI from a decoded path when raw_path is absent.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
-_REQUEST_HEADERS = {b"host": 0, b"referer": 1, b"user-agent": 2, b"x-forwarded-for": 3,
-                    b"content-length": 4}
+_REQUEST_HEADERS = {
+    b"host": 0,
+    b"referer": 1,
+    b"user-agent": 2,
+    b"x-forwarded-for": 3,
+    b"content-length": 4,
+}
 
 
 class SFlowMiddleware:
@@ -100,8 +106,18 @@ class SFlowMiddleware:
     ``"redact"`` (every value replaced) or ``"drop"``.
     """
 
-    __slots__ = ("_excluded", "_method_incr", "_other_method", "_other_status", "_pool",
-                 "_sampler", "_source", "_status_incr", "app", "query")
+    __slots__ = (
+        "_excluded",
+        "_method_incr",
+        "_other_method",
+        "_other_status",
+        "_pool",
+        "_sampler",
+        "_source",
+        "_status_incr",
+        "app",
+        "query",
+    )
 
     def __init__(
         self,
@@ -211,14 +227,21 @@ class SFlowMiddleware:
             status = exchange.status or CLIENT_CLOSED
             # Counted as the unsampled path counts (the app's answer), so sampling never
             # skews the counters; the record says what the client saw (499: it left first).
-            counted = (exchange.answered or exchange.status
-                       or (500 if raised else CLIENT_CLOSED))
+            counted = exchange.answered or exchange.status or (500 if raised else CLIENT_CLOSED)
             self._method_incr.get(method, self._other_method)()
             self._status_incr.get(counted, self._other_status)()
             self._record(n, scope, method, exchange, status, end_ns, root_path)
 
-    def _record(self, n: int, scope: Scope, method: str, exchange: _Exchange, status: int,
-                end_ns: int, root_path: str) -> None:
+    def _record(
+        self,
+        n: int,
+        scope: Scope,
+        method: str,
+        exchange: _Exchange,
+        status: int,
+        end_ns: int,
+        root_path: str,
+    ) -> None:
         try:
             found: list[bytes] = [b"", b"", b"", b"", b""]
             for name, value in scope.get("headers") or ():
@@ -232,15 +255,22 @@ class SFlowMiddleware:
             ).encode("ascii")
             path, _, query = raw_path.partition(b"?")  # some servers leave the query in
             submit_http(
-                self._source, n, method=method,
+                self._source,
+                n,
+                method=method,
                 protocol=_PROTOCOLS.get(version) or protocol_number(version),
                 uri=build_uri(path, scope.get("query_string") or query, self.query),
-                host=found[0], referer=found[1], useragent=found[2], xff=found[3],
+                host=found[0],
+                referer=found[1],
+                useragent=found[2],
+                xff=found[3],
                 mime_type=exchange.mime_type(),
                 req_bytes=int(length) if length.isdigit() else exchange.received,
                 resp_bytes=exchange.sent,
-                duration_us=min((end_ns - exchange.start_ns) // 1000, MAX_US), status=status,
-                local=_address(scope.get("server")), remote=_address(scope.get("client")),
+                duration_us=min((end_ns - exchange.start_ns) // 1000, MAX_US),
+                status=status,
+                local=_address(scope.get("server")),
+                remote=_address(scope.get("client")),
                 route=_route_template(scope, root_path),
             )
         except Exception:  # nothing here may reach the application
@@ -251,8 +281,18 @@ class SFlowMiddleware:
 class _Exchange:
     """What one sampled request or websocket saw; owned by a single call."""
 
-    __slots__ = ("_receive", "_send", "answered", "end_ns", "head", "headers", "received",
-                 "sent", "start_ns", "status")
+    __slots__ = (
+        "_receive",
+        "_send",
+        "answered",
+        "end_ns",
+        "head",
+        "headers",
+        "received",
+        "sent",
+        "start_ns",
+        "status",
+    )
 
     def __init__(self, receive: Receive, send: Send, *, head: bool) -> None:
         self._receive = receive
@@ -366,17 +406,21 @@ def _route_template(scope: Scope, root_path: str) -> str | None:
     mounted = scope.get("root_path", "")
     fastapi = scope.get("fastapi")
     context = fastapi.get("effective_route_context") if isinstance(fastapi, dict) else None
-    template = (getattr(context, "path_format", None)
-                or getattr(scope.get("route"), "path_format", None))
+    template = getattr(context, "path_format", None) or getattr(
+        scope.get("route"), "path_format", None
+    )
     endpoint = scope.get("endpoint")
     if not template and endpoint is not None:
         path = scope.get("path", "")
         router = scope.get("router") or scope.get("app")
-        template = _find_route(getattr(router, "routes", ()), endpoint,
-                               path[len(mounted):] if path.startswith(mounted) else path)
+        template = _find_route(
+            getattr(router, "routes", ()),
+            endpoint,
+            path[len(mounted) :] if path.startswith(mounted) else path,
+        )
     if not template or not isinstance(template, str):
         return None
-    return (mounted[len(root_path):] if mounted.startswith(root_path) else "") + template
+    return (mounted[len(root_path) :] if mounted.startswith(root_path) else "") + template
 
 
 def _find_route(routes: Iterable[Any], endpoint: Any, path: str, depth: int = 0) -> str | None:

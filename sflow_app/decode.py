@@ -138,8 +138,10 @@ def _counters_sample(r: Reader, expanded: bool) -> CountersSample:
 
 
 _SAMPLE_READERS = {
-    1: (_flow_sample, False), 2: (_counters_sample, False),
-    3: (_flow_sample, True), 4: (_counters_sample, True),
+    1: (_flow_sample, False),
+    2: (_counters_sample, False),
+    3: (_flow_sample, True),
+    4: (_counters_sample, True),
 }
 
 
@@ -207,12 +209,17 @@ def _text_or_hex(name: str, value: object) -> tuple[str, object]:
 def _record_fields(rec: object) -> dict[str, Any]:
     if isinstance(rec, OpaqueRecord):
         return {
-            "record": "unknown", "enterprise": rec.enterprise, "format": rec.format,
-            "length": _body_size(rec), "data_hex": to_bytes(rec.data).hex(),
+            "record": "unknown",
+            "enterprise": rec.enterprise,
+            "format": rec.format,
+            "length": _body_size(rec),
+            "data_hex": to_bytes(rec.data).hex(),
         }
     out: dict[str, Any] = {
-        "record": rec.NAME, "enterprise": 0,  # type: ignore[attr-defined]
-        "format": rec.FORMAT, "length": _body_size(rec),  # type: ignore[attr-defined]
+        "record": rec.NAME,  # type: ignore[attr-defined]
+        "enterprise": 0,
+        "format": rec.FORMAT,  # type: ignore[attr-defined]
+        "length": _body_size(rec),
     }
     for f, kind in zip(dataclasses.fields(rec), rec.LAYOUT, strict=True):  # type: ignore[arg-type, attr-defined]
         value = getattr(rec, f.name)
@@ -224,8 +231,11 @@ def _record_fields(rec: object) -> dict[str, Any]:
 def _sample_fields(s: object) -> dict[str, Any]:
     if isinstance(s, OpaqueSample):
         return {
-            "sample": "unknown", "enterprise": s.enterprise, "format": s.format,
-            "length": _body_size(s), "data_hex": to_bytes(s.data).hex(),
+            "sample": "unknown",
+            "enterprise": s.enterprise,
+            "format": s.format,
+            "length": _body_size(s),
+            "data_hex": to_bytes(s.data).hex(),
         }
     if not isinstance(s, FlowSample | CountersSample):
         raise TypeError(f"not an sFlow sample: {s!r}")
@@ -244,7 +254,9 @@ def _sample_fields(s: object) -> dict[str, Any]:
     }
     if isinstance(s, FlowSample):
         out.update(
-            sampling_rate=s.sampling_rate, sample_pool=s.sample_pool, drops=s.drops,
+            sampling_rate=s.sampling_rate,
+            sample_pool=s.sample_pool,
+            drops=s.drops,
             input={"format": s.input_format, "value": s.input_value},
             output={"format": s.output_format, "value": s.output_value},
         )
@@ -279,47 +291,78 @@ _APP_COUNTER_NAMES = ["status_OK"] + [f"errors_{s.name}" for s in AppStatus if s
 
 
 def _prefixed(cls: type, prefix: str, **renames: str) -> dict[str, str]:
-    return {
-        f.name: prefix + renames.get(f.name, f.name) for f in dataclasses.fields(cls)
-    }
+    return {f.name: prefix + renames.get(f.name, f.name) for f in dataclasses.fields(cls)}
 
 
 # class -> (type keys printed after the tag, field -> sflowtool name)
 _SFLOWTOOL: dict[type, tuple[dict[str, str], dict[str, str]]] = {
-    HttpRequest: ({"flowSampleType": "http"}, _prefixed(
-        HttpRequest, "http_", referer="referrer", mime_type="mimetype",
-        req_bytes="request_bytes", resp_bytes="bytes", uS="duration_uS",
-    )),
+    HttpRequest: (
+        {"flowSampleType": "http"},
+        _prefixed(
+            HttpRequest,
+            "http_",
+            referer="referrer",
+            mime_type="mimetype",
+            req_bytes="request_bytes",
+            resp_bytes="bytes",
+            uS="duration_uS",
+        ),
+    ),
     ExtendedProxyRequest: ({}, _prefixed(ExtendedProxyRequest, "proxy_request_")),
-    MemcacheOperation: ({"flowSampleType": "memcache"}, _prefixed(
-        MemcacheOperation, "memcache_op_", uS="duration_uS"
-    )),
-    AppOperation: ({"flowSampleType": "applicationOperation"}, _prefixed(
-        AppOperation, "", req_bytes="request_bytes", resp_bytes="response_bytes",
-        uS="duration_uS",
-    )),
+    MemcacheOperation: (
+        {"flowSampleType": "memcache"},
+        _prefixed(MemcacheOperation, "memcache_op_", uS="duration_uS"),
+    ),
+    AppOperation: (
+        {"flowSampleType": "applicationOperation"},
+        _prefixed(
+            AppOperation,
+            "",
+            req_bytes="request_bytes",
+            resp_bytes="response_bytes",
+            uS="duration_uS",
+        ),
+    ),
     AppParentContext: ({}, _prefixed(AppParentContext, "server_context_")),
     AppInitiator: ({}, {"actor": "actor_initiator"}),
     AppTarget: ({}, {"actor": "actor_target"}),
-    ExtendedSocketIPv4: ({"extendedType": "socket4"}, _prefixed(
-        ExtendedSocketIPv4, "socket4_", protocol="ip_protocol"
-    )),
-    ExtendedSocketIPv6: ({"extendedType": "socket6"}, _prefixed(
-        ExtendedSocketIPv6, "socket6_", protocol="ip_protocol"
-    )),
+    ExtendedSocketIPv4: (
+        {"extendedType": "socket4"},
+        _prefixed(ExtendedSocketIPv4, "socket4_", protocol="ip_protocol"),
+    ),
+    ExtendedSocketIPv6: (
+        {"extendedType": "socket6"},
+        _prefixed(ExtendedSocketIPv6, "socket6_", protocol="ip_protocol"),
+    ),
     HttpCounters: ({}, _prefixed(HttpCounters, "http_")),
     MemcacheCounters: ({}, _prefixed(MemcacheCounters, "memcache_")),
-    AppOperations: ({}, dict(zip(
-        [f.name for f in dataclasses.fields(AppOperations)],
-        ["application", *_APP_COUNTER_NAMES], strict=True,
-    ))),
-    AppResources: ({}, _prefixed(
-        AppResources, "", mem_used="memory_used", mem_max="memory_max", fd_open="files_open",
-        fd_max="files_max", conn_open="connections_open", conn_max="connections_max",
-    )),
-    AppWorkers: ({}, _prefixed(
-        AppWorkers, "", req_delayed="requests_delayed", req_dropped="requests_dropped"
-    )),
+    AppOperations: (
+        {},
+        dict(
+            zip(
+                [f.name for f in dataclasses.fields(AppOperations)],
+                ["application", *_APP_COUNTER_NAMES],
+                strict=True,
+            )
+        ),
+    ),
+    AppResources: (
+        {},
+        _prefixed(
+            AppResources,
+            "",
+            mem_used="memory_used",
+            mem_max="memory_max",
+            fd_open="files_open",
+            fd_max="files_max",
+            conn_open="connections_open",
+            conn_max="connections_max",
+        ),
+    ),
+    AppWorkers: (
+        {},
+        _prefixed(AppWorkers, "", req_delayed="requests_delayed", req_dropped="requests_dropped"),
+    ),
     HostParent: ({}, {"container_type": "parent_dsClass", "container_index": "parent_dsIndex"}),
 }
 
@@ -354,8 +397,10 @@ def _element(rec: object, block: str) -> dict[str, str]:
             raw = to_bytes(value)
             if not raw:
                 continue  # sflowtool prints no empty strings
-            text = _url_encode(raw) if type(rec) is MemcacheOperation else raw.decode(
-                "utf-8", "backslashreplace"
+            text = (
+                _url_encode(raw)
+                if type(rec) is MemcacheOperation
+                else raw.decode("utf-8", "backslashreplace")
             )
         elif kind == "6":
             text = _ip6_full(value)
@@ -386,8 +431,10 @@ def _sflowtool_sample(s: object) -> dict[str, Any]:
     }
     if isinstance(s, FlowSample):
         out.update(
-            meanSkipCount=str(s.sampling_rate), samplePool=str(s.sample_pool),
-            dropEvents=str(s.drops), inputPort=_port(s.input_format, s.input_value),
+            meanSkipCount=str(s.sampling_rate),
+            samplePool=str(s.sample_pool),
+            dropEvents=str(s.drops),
+            inputPort=_port(s.input_format, s.input_value),
             outputPort=_port(s.output_format, s.output_value),
         )
     block = "flowBlock_tag" if flow else "counterBlock_tag"

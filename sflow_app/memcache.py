@@ -210,7 +210,8 @@ try:
     from pymemcache.client.retrying import RetryingClient  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - the "memcache" extra installs it
     raise ImportError(
-        "sflow_app.memcache needs pymemcache: pip install 'sflow-app[memcache]'") from exc
+        "sflow_app.memcache needs pymemcache: pip install 'sflow-app[memcache]'"
+    ) from exc
 
 # The implementation, by concern (this module is the public surface and the install):
 #   _memcache_data      key policy, the key as sent, value bytes (default serde or a
@@ -250,8 +251,10 @@ def instrument(*, keys: KeyMode = "plain", secret: bytes | str | None = None) ->
     policy = _policy(keys, secret)
     with _lock:
         if _installed:
-            log.warning("sflow_app: pymemcache is already instrumented; "
-                        "call uninstrument() first to change options")
+            log.warning(
+                "sflow_app: pymemcache is already instrumented; "
+                "call uninstrument() first to change options"
+            )
             return
         _bind(AGENT.memcache_source())
         _memcache_record._class_policy = policy  # the sampled path's default key policy
@@ -278,9 +281,12 @@ def uninstrument() -> None:
                 else:
                     setattr(cls, name, original)
             elif not _unlink(current, ours, original):
-                log.warning("sflow_app: %s.%s was wrapped again since instrument() by "
-                            "something sflow_app cannot unlink from: left as it is",
-                            cls.__name__, name)
+                log.warning(
+                    "sflow_app: %s.%s was wrapped again since instrument() by "
+                    "something sflow_app cannot unlink from: left as it is",
+                    cls.__name__,
+                    name,
+                )
         _installed.clear()
         _restore_serdes()
 
@@ -312,8 +318,9 @@ def _unlink(outer: Any, ours: Any, original: Any) -> bool:
     return False
 
 
-def wrap(client: AnyClient, *, keys: KeyMode = "plain",
-         secret: bytes | str | None = None) -> AnyClient:
+def wrap(
+    client: AnyClient, *, keys: KeyMode = "plain", secret: bytes | str | None = None
+) -> AnyClient:
     """Instrument one client: ``Client``, ``PooledClient``, ``HashClient`` or
     ``RetryingClient`` (whatever it wraps). Returns the same object.
 
@@ -366,8 +373,11 @@ def _subclass(cls: type, policy: _KeyPolicy) -> type:
     sub = _subclasses.get((cls, policy))
     if sub is None:
         namespace = {
-            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__, "_sflow_wrapped": True, "_sflow_keys": policy,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "_sflow_wrapped": True,
+            "_sflow_keys": policy,
             **_methods_for(cls),
         }
         sub = _subclasses[(cls, policy)] = type(cls.__name__, (cls,), namespace)

@@ -86,8 +86,13 @@ class HttpRequest:
     NAME: ClassVar[str] = "http_request"
     LAYOUT: ClassVar[str] = "IIsssssssQQII"
     MAX_BYTES: ClassVar[dict[str, int]] = {
-        "uri": 255, "host": 64, "referer": 255, "useragent": 128,
-        "xff": 64, "authuser": 32, "mime_type": 64,
+        "uri": 255,
+        "host": 64,
+        "referer": 255,
+        "useragent": 128,
+        "xff": 64,
+        "authuser": 32,
+        "mime_type": 64,
     }
     method: int = HttpMethod.OTHER
     protocol: int = 0  # major * 1000 + minor (1001 = HTTP/1.1)
@@ -138,7 +143,10 @@ class AppOperation:
     NAME: ClassVar[str] = "app_operation"
     LAYOUT: ClassVar[str] = "ssssQQII"
     MAX_BYTES: ClassVar[dict[str, int]] = {
-        "application": 32, "operation": 32, "attributes": 255, "status_descr": 32,
+        "application": 32,
+        "operation": 32,
+        "attributes": 255,
+        "status_descr": 32,
     }
     application: Text = ""
     operation: Text = ""
@@ -343,9 +351,21 @@ class OpaqueRecord:
 
 
 RECORD_TYPES: tuple[type, ...] = (
-    HttpRequest, ExtendedProxyRequest, MemcacheOperation, AppOperation, AppParentContext,
-    AppInitiator, AppTarget, ExtendedSocketIPv4, ExtendedSocketIPv6,
-    HttpCounters, MemcacheCounters, AppOperations, AppResources, AppWorkers, HostParent,
+    HttpRequest,
+    ExtendedProxyRequest,
+    MemcacheOperation,
+    AppOperation,
+    AppParentContext,
+    AppInitiator,
+    AppTarget,
+    ExtendedSocketIPv4,
+    ExtendedSocketIPv6,
+    HttpCounters,
+    MemcacheCounters,
+    AppOperations,
+    AppResources,
+    AppWorkers,
+    HostParent,
 )
 
 # ---------------------------------------------------------------------- samples

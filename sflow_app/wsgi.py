@@ -89,8 +89,14 @@ TRANSACTION_KEY = "sflow_app.transaction"
 
 CLIENT_CLOSED = 499  # nginx's status for a response that never got one
 MAX_US = 0xFFFFFFFF
-_PROTOCOLS = {"HTTP/1.0": 1000, "HTTP/1.1": 1001, "HTTP/2": 2000, "HTTP/2.0": 2000,
-              "HTTP/3": 3000, "HTTP/3.0": 3000}
+_PROTOCOLS = {
+    "HTTP/1.0": 1000,
+    "HTTP/1.1": 1001,
+    "HTTP/2": 2000,
+    "HTTP/2.0": 2000,
+    "HTTP/3": 3000,
+    "HTTP/3.0": 3000,
+}
 # RFC 3986 pchar plus '/', for rebuilding a URI from the decoded PATH_INFO.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -120,8 +126,18 @@ class SFlowMiddleware:
     ``"redact"`` (every value replaced) or ``"drop"``.
     """
 
-    __slots__ = ("_excluded", "_method_incr", "_other_method", "_other_status", "_pool",
-                 "_sampler", "_source", "_status_incr", "app", "query")
+    __slots__ = (
+        "_excluded",
+        "_method_incr",
+        "_other_method",
+        "_other_status",
+        "_pool",
+        "_sampler",
+        "_source",
+        "_status_incr",
+        "app",
+        "query",
+    )
 
     def __init__(
         self,
@@ -142,7 +158,8 @@ class SFlowMiddleware:
         # the status string's first character ("2" of "200 OK" -- a 1-character slice is
         # a cached string in CPython, so no allocation and no int parsing).
         self._method_incr: dict[Any, Callable[[], int]] = {
-            m: incr[slot] for m, (_, slot) in METHODS.items()}
+            m: incr[slot] for m, (_, slot) in METHODS.items()
+        }
         self._other_method = incr[OTHER_METHOD[1]]
         self._status_incr = {str(d): incr[STATUS_SLOTS[d]] for d in range(1, 6)}
         self._other_status = incr[STATUS_OTHER]
@@ -158,8 +175,9 @@ class SFlowMiddleware:
         self._method_incr.get(environ.get("REQUEST_METHOD"), self._other_method)()
         status = None
 
-        def counting_start_response(status_: str, headers: Headers,
-                                    exc_info: ExcInfo | None = None) -> Write:
+        def counting_start_response(
+            status_: str, headers: Headers, exc_info: ExcInfo | None = None
+        ) -> Write:
             nonlocal status
             write = start_response(status_, headers, exc_info)
             status = status_
@@ -191,8 +209,7 @@ class SFlowMiddleware:
             log.debug("sflow_app: sampling decision failed", exc_info=True)
             return False
 
-    def _sampled(self, n: int, environ: Environ,
-                 start_response: StartResponse) -> Iterable[bytes]:
+    def _sampled(self, n: int, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         txn = _Transaction(self, n, environ, start_response)
         self._method_incr.get(txn.method, self._other_method)()
         environ[TRANSACTION_KEY] = txn
@@ -232,8 +249,9 @@ class _LateStatus:
 
     __slots__ = ("_failed", "_iter", "_middleware", "_result", "_status")
 
-    def __init__(self, result: Iterable[bytes], middleware: SFlowMiddleware,
-                 status: Callable[[], str | None]) -> None:
+    def __init__(
+        self, result: Iterable[bytes], middleware: SFlowMiddleware, status: Callable[[], str | None]
+    ) -> None:
         self._result = result
         self._middleware: SFlowMiddleware | None = middleware
         self._status = status
@@ -271,12 +289,27 @@ class _LateStatus:
 class _Transaction:
     """Everything one sampled request saw; owned by that request alone."""
 
-    __slots__ = ("_closed", "_environ", "_middleware", "_start_response", "failed",
-                 "file_result", "headers", "method", "n", "req_bytes", "resp_bytes",
-                 "route", "service", "start_ns", "status")
+    __slots__ = (
+        "_closed",
+        "_environ",
+        "_middleware",
+        "_start_response",
+        "failed",
+        "file_result",
+        "headers",
+        "method",
+        "n",
+        "req_bytes",
+        "resp_bytes",
+        "route",
+        "service",
+        "start_ns",
+        "status",
+    )
 
-    def __init__(self, middleware: SFlowMiddleware, n: int, environ: Environ,
-                 start_response: StartResponse) -> None:
+    def __init__(
+        self, middleware: SFlowMiddleware, n: int, environ: Environ, start_response: StartResponse
+    ) -> None:
         self.start_ns = perf_counter_ns()
         self._middleware = middleware
         self.n = n
@@ -296,10 +329,12 @@ class _Transaction:
     def path(self) -> str:
         env = self._environ
         return _raw(env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")).decode(
-            "utf-8", "replace")
+            "utf-8", "replace"
+        )
 
-    def start_response(self, status: str, headers: Headers,
-                       exc_info: ExcInfo | None = None) -> Write:
+    def start_response(
+        self, status: str, headers: Headers, exc_info: ExcInfo | None = None
+    ) -> Write:
         write = self._start_response(status, headers, exc_info)
         self.status = status
         self.headers = headers
@@ -374,16 +409,24 @@ class _Transaction:
         version = env.get("SERVER_PROTOCOL", "")
         local, remote = _addresses(env)
         submit_http(
-            self._middleware._source, self.n, method=self.method,
+            self._middleware._source,
+            self.n,
+            method=self.method,
             protocol=_PROTOCOLS.get(version) or protocol_number(version),
             uri=_uri(env, self._middleware.query),
-            host=_raw(env.get("HTTP_HOST", "")), referer=_raw(env.get("HTTP_REFERER", "")),
+            host=_raw(env.get("HTTP_HOST", "")),
+            referer=_raw(env.get("HTTP_REFERER", "")),
             useragent=_raw(env.get("HTTP_USER_AGENT", "")),
             xff=_raw(env.get("HTTP_X_FORWARDED_FOR", "")),
-            authuser=_raw(env.get("REMOTE_USER", "")), mime_type=mime,
-            req_bytes=self.req_bytes, resp_bytes=self.resp_bytes,
-            duration_us=min((end_ns - self.start_ns) // 1000, MAX_US), status=code,
-            local=local, remote=remote, route=self.route,
+            authuser=_raw(env.get("REMOTE_USER", "")),
+            mime_type=mime,
+            req_bytes=self.req_bytes,
+            resp_bytes=self.resp_bytes,
+            duration_us=min((end_ns - self.start_ns) // 1000, MAX_US),
+            status=code,
+            local=local,
+            remote=remote,
+            route=self.route,
         )
 
 
@@ -504,8 +547,9 @@ def _uri(env: Environ, mode: str) -> bytes:
             target = _werkzeug_raw(target)
         path, _, query = target.partition(b"?")
     else:
-        path = quote(_raw(env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")),
-                     safe=_PATH_SAFE).encode("ascii")
+        path = quote(
+            _raw(env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")), safe=_PATH_SAFE
+        ).encode("ascii")
         query = _raw(env.get("QUERY_STRING", ""))
     return build_uri(path, query, mode)
 

@@ -49,8 +49,9 @@ def ipv6_loopback() -> bool:
 class Memcached:
     """One memcached process. ``server`` is what pymemcache takes: (host, port) or a path."""
 
-    def __init__(self, host: str = "127.0.0.1", *, unix: bool = False,
-                 extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, unix: bool = False, extra: tuple[str, ...] = ()
+    ) -> None:
         self.host = host
         self.unix = unix
         self.extra = extra
@@ -75,8 +76,7 @@ class Memcached:
             else:
                 self.port = free_port(self.host)
                 cmd = [*args, "-l", self.host, "-p", str(self.port)]
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if self._wait_ready():
                 return self
             self.stop()  # most likely the port was taken meanwhile: another one

@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from conftest import Collector
+from helpers import Collector
 
 from sflow_app.decode import decode
 from sflow_app.records import (
@@ -147,8 +147,11 @@ class Load:
 
     def completed_in(self, start: float, pid: int | None = None) -> set[int]:
         """Ordinals answered (by ``pid``) at or after ``start``."""
-        return {i for i in self.ordinals_ok()
-                if self.done[i] >= start and (pid is None or self.pid[i] == pid)}
+        return {
+            i
+            for i in self.ordinals_ok()
+            if self.done[i] >= start and (pid is None or self.pid[i] == pid)
+        }
 
 
 def _send_one(port: int, i: int, load: Load) -> None:
@@ -173,8 +176,14 @@ def _send_one(port: int, i: int, load: Load) -> None:
 def start_load(port: int, n: int, concurrency: int = 6) -> tuple[Load, threading.Thread]:
     """Send ``GET /r/1`` .. ``/r/n`` from ``concurrency`` threads, in the background."""
     nan = float("nan")
-    load = Load(n=n, concurrency=concurrency, sent=[nan] * (n + 1), done=[nan] * (n + 1),
-                pid=[0] * (n + 1), sampled=[False] * (n + 1))
+    load = Load(
+        n=n,
+        concurrency=concurrency,
+        sent=[nan] * (n + 1),
+        done=[nan] * (n + 1),
+        pid=[0] * (n + 1),
+        sampled=[False] * (n + 1),
+    )
     ordinals = itertools.count(1).__next__  # one C call: unique under threads
 
     def client() -> None:
@@ -224,8 +233,11 @@ GAUGES = {"curr_connections"}  # current values (memcache connections open): may
 
 
 def numeric_fields(record: Any) -> dict[str, int]:
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
-            if isinstance(getattr(record, f.name), int) and f.name not in GAUGES}
+    return {
+        f.name: getattr(record, f.name)
+        for f in dataclasses.fields(record)
+        if isinstance(getattr(record, f.name), int) and f.name not in GAUGES
+    }
 
 
 def total_of(kind: str, record: Any) -> int:
@@ -288,15 +300,18 @@ def latest_total(collector: TimedCollector, kind: str = "http") -> int | None:
     best = None
     for _, dg in collector.received():
         for sample in dg.samples:
-            if (isinstance(sample, CountersSample)
-                    and _kind_of(sample, COUNTER_KINDS) == kind
-                    and (best is None or sample.sequence_number > best.sequence_number)):
+            if (
+                isinstance(sample, CountersSample)
+                and _kind_of(sample, COUNTER_KINDS) == kind
+                and (best is None or sample.sequence_number > best.sequence_number)
+            ):
                 best = sample
     return None if best is None else total_of(kind, counter_record(best))
 
 
-def wait_for_total(collector: TimedCollector, target: int, kind: str = "http",
-                   timeout: float = 15.0) -> int | None:
+def wait_for_total(
+    collector: TimedCollector, target: int, kind: str = "http", timeout: float = 15.0
+) -> int | None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         total = latest_total(collector, kind)
@@ -335,8 +350,9 @@ class Report:
         return "; ".join(parts)
 
 
-def check_datagrams(received: list[tuple[float, Datagram]],
-                    sub_agent_id: int | None = None) -> tuple[str, int]:
+def check_datagrams(
+    received: list[tuple[float, Datagram]], sub_agent_id: int | None = None
+) -> tuple[str, int]:
     """One (agent, sub_agent_id); datagram sequence numbers 1, 2, 3... with no gap or
     repeat; uptime never going back, advancing like the clock."""
     assert received, "no datagram received"
@@ -355,7 +371,8 @@ def check_datagrams(received: list[tuple[float, Datagram]],
     span_uptime = (uptimes[-1] - uptimes[0]) / 1000
     span_clock = ordered[-1][0] - ordered[0][0]
     assert abs(span_uptime - span_clock) <= UPTIME_SLACK, (
-        f"uptime advanced {span_uptime:.3f} s while {span_clock:.3f} s passed")
+        f"uptime advanced {span_uptime:.3f} s while {span_clock:.3f} s passed"
+    )
     return agent
 
 
@@ -364,8 +381,9 @@ def _gaps(what: str, seqs: list[int]) -> str:
     return f"{what} sequence numbers do not step by one: first={seqs[:1]} {steps[:10]}"
 
 
-def check_source(view: SourceView, load: Load, expect: Expect, rate: int,
-                 info: dict[str, Any]) -> None:
+def check_source(
+    view: SourceView, load: Load, expect: Expect, rate: int, info: dict[str, Any]
+) -> None:
     name = f"{view.kind} 3:{view.ds_index}"
     ops = expect.ops_per_request
     # Sample sequence numbers: 1, 2, 3... per data source, flows and counters apart.
@@ -373,7 +391,8 @@ def check_source(view: SourceView, load: Load, expect: Expect, rate: int,
     assert flow_seqs == list(range(1, len(flow_seqs) + 1)), _gaps(f"{name} flow", flow_seqs)
     counter_seqs = [s.sequence_number for _, s in view.counters]
     assert counter_seqs == list(range(1, len(counter_seqs) + 1)), _gaps(
-        f"{name} counter", counter_seqs)
+        f"{name} counter", counter_seqs
+    )
     # Counters never decrease, field by field.
     previous: dict[str, int] | None = None
     for _, sample in view.counters:
@@ -397,21 +416,25 @@ def check_source(view: SourceView, load: Load, expect: Expect, rate: int,
     ordinals: list[int] = []
     for arrival, sample in view.flows:
         assert sample.sampling_rate == rate, f"{name}: sampling_rate {sample.sampling_rate}"
-        assert sample.sample_pool >= pool, f"{name}: sample_pool went back {pool} -> " \
+        assert sample.sample_pool >= pool, (
+            f"{name}: sample_pool went back {pool} -> "
             f"{sample.sample_pool} at seq {sample.sequence_number}"
+        )
         assert sample.drops >= drops, f"{name}: drops went back at {sample.sequence_number}"
         pool, drops = sample.sample_pool, sample.drops
         sent = sends_by(arrival)
         assert 1 <= pool <= ops * sent, (
             f"{name}: sample_pool {pool} at seq {sample.sequence_number} > {ops} x {sent} "
-            "requests sent before its datagram arrived")
+            "requests sent before its datagram arrived"
+        )
         ordinal = ordinal_of(sample)
         if ordinal is not None:
             ordinals.append(ordinal)
             floor = ops * (completed_by(load.sent[ordinal] - POOL_LAG) - expect.count_loss)
             assert pool >= floor, (
                 f"{name}: sample_pool {pool} of request {ordinal} below {floor} (requests "
-                f"completed {POOL_LAG} s before it was sent)")
+                f"completed {POOL_LAG} s before it was sent)"
+            )
     assert pool <= high
     got = len(view.flows)
     if expect.kind == "http":
@@ -428,7 +451,8 @@ def check_source(view: SourceView, load: Load, expect: Expect, rate: int,
         missing = want - got_set - expect.may_lose
         assert len(missing) <= drops, (
             f"{name}: {len(missing)} sampled requests never arrived, {drops} drops "
-            f"reported: {sorted(missing)[:20]}; {_where(load, missing, got_set)}")
+            f"reported: {sorted(missing)[:20]}; {_where(load, missing, got_set)}"
+        )
         failed = set(range(1, load.n + 1)) - load.ordinals_ok()
         extra = got_set - want - failed
         assert not extra, f"{name}: samples of requests not sampled: {sorted(extra)[:20]}"
@@ -438,7 +462,8 @@ def check_source(view: SourceView, load: Load, expect: Expect, rate: int,
     expected = ops * load.n / rate
     info.update(samples=got, drops=drops, expected=expected)
     assert abs(got + drops - expected) <= SAMPLE_TOLERANCE * expected, (
-        f"{name}: {got} samples + {drops} drops, expected {expected:.0f} +-25 %")
+        f"{name}: {got} samples + {drops} drops, expected {expected:.0f} +-25 %"
+    )
 
 
 def _where(load: Load, missing: set[int], arrived: set[int]) -> str:
@@ -446,10 +471,10 @@ def _where(load: Load, missing: set[int], arrived: set[int]) -> str:
     (ordinals by answer time; L = lost, a = arrived, . = not sampled)."""
     out = []
     for pid in sorted({load.pid[i] for i in missing}):
-        mine = sorted((i for i in load.ordinals_ok() if load.pid[i] == pid),
-                      key=lambda i: load.done[i])
-        life = "".join("L" if i in missing else "a" if i in arrived else "."
-                       for i in mine)
+        mine = sorted(
+            (i for i in load.ordinals_ok() if load.pid[i] == pid), key=lambda i: load.done[i]
+        )
+        life = "".join("L" if i in missing else "a" if i in arrived else "." for i in mine)
         out.append(f"pid {pid} served {len(mine)}: {life}")
     return "; ".join(out)
 
@@ -461,8 +486,14 @@ def _count(items: Iterable[int]) -> dict[int, int]:
     return out
 
 
-def check_stream(collector: TimedCollector, load: Load, expects: list[Expect], *,
-                 rate: int = 10, sub_agent_id: int | None = None) -> Report:
+def check_stream(
+    collector: TimedCollector,
+    load: Load,
+    expects: list[Expect],
+    *,
+    rate: int = 10,
+    sub_agent_id: int | None = None,
+) -> Report:
     """All of it: identity, datagram and sample sequence numbers, uptime, one data source
     per kind, monotonic counters, final totals, sample_pool bounds, sample counts."""
     assert not collector.errors, f"undecodable datagrams: {collector.errors[:3]}"
@@ -474,8 +505,7 @@ def check_stream(collector: TimedCollector, load: Load, expects: list[Expect], *
     assert set(by_kind) == wanted, f"data source kinds {sorted(by_kind)}, want {sorted(wanted)}"
     for expect in expects:
         views = by_kind[expect.kind]
-        assert len(views) == 1, (
-            f"{expect.kind}: several data sources {[v.ds_index for v in views]}")
+        assert len(views) == 1, f"{expect.kind}: several data sources {[v.ds_index for v in views]}"
         [view] = views
         info: dict[str, Any] = {"ds_index": view.ds_index}
         report.per_source[expect.kind] = info
@@ -485,7 +515,6 @@ def check_stream(collector: TimedCollector, load: Load, expects: list[Expect], *
 
 class InheritedSkip(AssertionError):
     """Every worker took its first sample at the same point of its life."""
-
 
 
 def check_independent_sampling(load: Load, min_workers: int = 8) -> dict[str, Any]:
@@ -512,5 +541,6 @@ def check_independent_sampling(load: Load, min_workers: int = 8) -> dict[str, An
         raise InheritedSkip(
             f"{near} of {len(firsts)} workers took their first sample at request "
             f"{median + 1} +-1 of their life: the skip is inherited, not drawn per worker "
-            f"({firsts})")
+            f"({firsts})"
+        )
     return info

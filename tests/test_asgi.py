@@ -33,11 +33,17 @@ from sflow_app.records import ExtendedSocketIPv4, ExtendedSocketIPv6
 def test_sampled_request_fields(agent, collector):
     agent(sampling=1)
     app = SFlowMiddleware(respond(201, b"x" * 10, chunks=3))
-    headers = [(b"host", b"shop.example"), (b"referer", b"http://ref.example/"),
-               (b"user-agent", b"tester/1"), (b"x-forwarded-for", b"10.1.1.1"),
-               (b"x-forwarded-for", b"10.2.2.2"), (b"content-length", b"7")]
-    call(app, http_scope("POST", "/cart/add", b"item=3&token=abc", headers),
-         Peer([b"abc", b"defg"]))
+    headers = [
+        (b"host", b"shop.example"),
+        (b"referer", b"http://ref.example/"),
+        (b"user-agent", b"tester/1"),
+        (b"x-forwarded-for", b"10.1.1.1"),
+        (b"x-forwarded-for", b"10.2.2.2"),
+        (b"content-length", b"7"),
+    ]
+    call(
+        app, http_scope("POST", "/cart/add", b"item=3&token=abc", headers), Peer([b"abc", b"defg"])
+    )
     flush(AGENT, collector)
     [rec] = http_records(collector)
     assert rec.method == 4 and rec.protocol == 1001
@@ -75,8 +81,9 @@ def test_head_sends_no_body_bytes(agent, collector):
     assert rec.method == 3 and rec.resp_bytes == 0 and rec.status == 200
 
 
-@pytest.mark.parametrize(("version", "number"),
-                         [("1.0", 1000), ("1.1", 1001), ("2", 2000), ("3", 3000)])
+@pytest.mark.parametrize(
+    ("version", "number"), [("1.0", 1000), ("1.1", 1001), ("2", 2000), ("3", 3000)]
+)
 def test_http_versions(agent, collector, version, number):
     agent(sampling=1)
     call(SFlowMiddleware(respond()), http_scope(http_version=version))
@@ -94,7 +101,11 @@ def test_uri_from_path_when_no_raw_path_and_query_modes(agent, collector):
     call(SFlowMiddleware(respond(), query="redact"), http_scope(path="/r", query=b"a=1&b"))
     flush(AGENT, collector)
     assert [r.uri for r in http_records(collector)] == [
-        "/caf%C3%A9?a=1&password=REDACTED", "/d", "/k?pwd=1", "/r?a=REDACTED&b"]
+        "/caf%C3%A9?a=1&password=REDACTED",
+        "/d",
+        "/k?pwd=1",
+        "/r?a=REDACTED&b",
+    ]
     with pytest.raises(ValueError, match="query"):
         SFlowMiddleware(respond(), query="secret")
 
@@ -136,8 +147,7 @@ def call_then_leave(app, after: float = 0.05, *expected: type[BaseException]) ->
 
     async def main():
         peer = Peer()
-        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive,
-                                                          peer.send))
+        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive, peer.send))
         await asyncio.sleep(after)
         peer.gone.set()
         with contextlib.suppress(*expected):
@@ -187,8 +197,11 @@ def test_late_outcomes_count_alike_sampled_or_not(agent, collector, outcome):
         snapshot = AGENT.http_source().counters.snapshot()
         seen.append(dict(zip(AGENT.http_source().counters.names, snapshot, strict=True)))
     assert seen[0] == seen[1]
-    want = {"answers": "status_4XX_count", "raises": "status_5XX_count",
-            "returns": "status_4XX_count"}[outcome]
+    want = {
+        "answers": "status_4XX_count",
+        "raises": "status_5XX_count",
+        "returns": "status_4XX_count",
+    }[outcome]
     assert seen[0][want] == 1
 
 
@@ -201,12 +214,16 @@ def test_pathsend_bytes_are_the_files(agent, collector, tmp_path):
         async def app(scope, receive, send):
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.pathsend", "path": str(body)})
+
         return app
 
     peer = Peer()
     asyncio.run(SFlowMiddleware(app_with([]))(http_scope(), peer.receive, peer.send))
-    asyncio.run(SFlowMiddleware(app_with([(b"content-length", b"12345")]))(
-        http_scope(), peer.receive, peer.send))
+    asyncio.run(
+        SFlowMiddleware(app_with([(b"content-length", b"12345")]))(
+            http_scope(), peer.receive, peer.send
+        )
+    )
     flush(AGENT, collector)
     assert [rec.resp_bytes for rec in http_records(collector)] == [12345, 12345]
 
@@ -263,8 +280,7 @@ def test_cancelled_before_response_is_499(agent, collector):
 
     async def main():
         peer = Peer()
-        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive,
-                                                          peer.send))
+        task = asyncio.ensure_future(SFlowMiddleware(app)(http_scope(), peer.receive, peer.send))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -397,8 +413,7 @@ def test_identity_from_server_port_then_unix_socket(agent, collector, caplog):
 
     agent(sampling=1)
     with caplog.at_level("WARNING", logger="sflow_app"):
-        call(SFlowMiddleware(respond()), http_scope(server=("/run/app.sock", None),
-                                                   client=None))
+        call(SFlowMiddleware(respond()), http_scope(server=("/run/app.sock", None), client=None))
     index = AGENT.http_source().ds_index
     assert index is not None and 65536 <= index <= 99999
     assert "/run/app.sock" in caplog.text
@@ -446,10 +461,16 @@ def test_concurrent_requests_keep_their_own_state(agent, collector):
     mw = SFlowMiddleware(app)
 
     async def main():
-        await asyncio.gather(*(
-            mw(http_scope(path=f"/{i}", headers=[(b"content-length", str(i * 3).encode())]),
-               Peer().receive, Peer().send)
-            for i in range(1, 201)))
+        await asyncio.gather(
+            *(
+                mw(
+                    http_scope(path=f"/{i}", headers=[(b"content-length", str(i * 3).encode())]),
+                    Peer().receive,
+                    Peer().send,
+                )
+                for i in range(1, 201)
+            )
+        )
 
     asyncio.run(main())
     flush(AGENT, collector)
@@ -458,17 +479,27 @@ def test_concurrent_requests_keep_their_own_state(agent, collector):
     assert len(recs) == 200
     for rec in recs:
         size = int(rec.uri[1:])
-        assert (rec.req_bytes, rec.resp_bytes, rec.status) == (3 * size, 2 * size,
-                                                               200 + size % 7)
+        assert (rec.req_bytes, rec.resp_bytes, rec.status) == (3 * size, 2 * size, 200 + size % 7)
 
 
 # -- websockets ------------------------------------------------------------------------
 
+
 def ws_scope(path: str = "/ws") -> dict:
-    return {"type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "scheme": "ws", "path": path, "raw_path": path.encode(), "query_string": b"",
-            "root_path": "", "headers": [(b"host", b"h")], "server": SERVER,
-            "client": CLIENT, "subprotocols": []}
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"h")],
+        "server": SERVER,
+        "client": CLIENT,
+        "subprotocols": [],
+    }
 
 
 class WsPeer:
@@ -501,11 +532,18 @@ async def echo_ws(scope, receive, send):
 
 def test_websocket_sampled_as_get_101(agent, collector):
     agent(sampling=1)
-    peer = WsPeer([{"type": "websocket.receive", "text": "h\u00e9"},
-                   {"type": "websocket.receive", "bytes": b"\x00\x01\x02"}])
+    peer = WsPeer(
+        [
+            {"type": "websocket.receive", "text": "h\u00e9"},
+            {"type": "websocket.receive", "bytes": b"\x00\x01\x02"},
+        ]
+    )
     asyncio.run(SFlowMiddleware(echo_ws)(ws_scope(), peer.receive, peer.send))
-    assert [m["type"] for m in peer.sent] == ["websocket.accept", "websocket.send",
-                                              "websocket.send"]
+    assert [m["type"] for m in peer.sent] == [
+        "websocket.accept",
+        "websocket.send",
+        "websocket.send",
+    ]
     flush(AGENT, collector)
     [rec] = http_records(collector)
     assert (rec.method, rec.status, rec.uri, rec.host) == (2, 101, "/ws", "h")

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.asgi_harness import Uvicorn, raw_request, record
-from conftest import Collector
+from helpers import Collector
 
 from sflow_app.records import ExtendedSocketIPv4, HttpCounters, HttpRequest
 
@@ -35,10 +35,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uvicorn]:
 
 # -- the tests ---------------------------------------------------------------------------
 
+
 def test_http11_requests_fields_and_counters(server: Uvicorn):
     with httpx.Client(base_url=server.url) as client:
-        r = client.get("/echo", params={"size": 123, "t": "get", "password": "pw"},
-                       headers={"referer": "http://r.example/", "x-forwarded-for": "10.9.8.7"})
+        r = client.get(
+            "/echo",
+            params={"size": 123, "t": "get", "password": "pw"},
+            headers={"referer": "http://r.example/", "x-forwarded-for": "10.9.8.7"},
+        )
         assert r.status_code == 200 and len(r.content) == 123
         server.sent("GET", 200)
         r = client.post("/echo?t=post&status=201", content=b"p" * 1000)
@@ -74,10 +78,16 @@ def test_http11_requests_fields_and_counters(server: Uvicorn):
     assert (post.method, post.status, post.req_bytes, post.resp_bytes) == (4, 201, 1000, 1000)
     head = record(server.sample_for("/echo?t=head&size=50"), HttpRequest)
     assert (head.method, head.status, head.resp_bytes) == (3, 200, 0)
-    others = {m: record(server.sample_for(f"/echo?t={m}&status=202&size=2"), HttpRequest)
-              for m in ("PUT", "DELETE", "OPTIONS", "PATCH")}
+    others = {
+        m: record(server.sample_for(f"/echo?t={m}&status=202&size=2"), HttpRequest)
+        for m in ("PUT", "DELETE", "OPTIONS", "PATCH")
+    }
     assert {m: (r.method, r.status) for m, r in others.items()} == {
-        "PUT": (5, 202), "DELETE": (6, 202), "OPTIONS": (1, 202), "PATCH": (0, 202)}
+        "PUT": (5, 202),
+        "DELETE": (6, 202),
+        "OPTIONS": (1, 202),
+        "PATCH": (0, 202),
+    }
     assert record(server.sample_for("/nowhere"), HttpRequest).status == 404
 
     server.wait_counters()
@@ -102,8 +112,10 @@ def test_http10_over_a_raw_socket(server: Uvicorn):
 
 
 def test_streamed_response(server: Uvicorn):
-    with httpx.Client(base_url=server.url) as client, \
-            client.stream("GET", "/stream?chunks=5&size=1000&gap_ms=40") as r:
+    with (
+        httpx.Client(base_url=server.url) as client,
+        client.stream("GET", "/stream?chunks=5&size=1000&gap_ms=40") as r,
+    ):
         sizes = [len(chunk) for chunk in r.iter_raw()]
     assert sum(sizes) == 5000
     server.sent("GET", 200)
@@ -180,9 +192,12 @@ def test_thousand_concurrent_requests_keep_their_own_sizes(server: Uvicorn):
         status = STATUSES[i % len(STATUSES)]
         # Sleeps before, inside and after each response so that requests interleave at
         # every step a middleware could mix them up.
-        r = await client.post(f"/echo?id={i}&status={status}&size={2 * i + 3}"
-                              f"&delay_ms={i * 37 % 50}&gap_ms={i * 11 % 20}"
-                              f"&after_ms={i * 7 % 30}", content=b"b" * (i + 1))
+        r = await client.post(
+            f"/echo?id={i}&status={status}&size={2 * i + 3}"
+            f"&delay_ms={i * 37 % 50}&gap_ms={i * 11 % 20}"
+            f"&after_ms={i * 7 % 30}",
+            content=b"b" * (i + 1),
+        )
         assert (r.status_code, len(r.content)) == (status, 2 * i + 3)
 
     async def load() -> None:
@@ -217,12 +232,15 @@ def test_thousand_concurrent_requests_keep_their_own_sizes(server: Uvicorn):
     server.collector.wait_for(lambda c: len(ours(c)) >= n, timeout=20)
     records = ours(server.collector)
     assert len(records) == n
-    wrong = [i for i, r in records.items()
-             if (r.req_bytes, r.resp_bytes, r.status) != (i + 1, 2 * i + 3,
-                                                          STATUSES[i % len(STATUSES)])]
+    wrong = [
+        i
+        for i, r in records.items()
+        if (r.req_bytes, r.resp_bytes, r.status) != (i + 1, 2 * i + 3, STATUSES[i % len(STATUSES)])
+    ]
     assert wrong == []
     assert len(server.collector.records(HttpRequest)) == len(
-        {id(r) for r in server.collector.records(HttpRequest)})
+        {id(r) for r in server.collector.records(HttpRequest)}
+    )
     server.wait_counters()
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-from pathlib import Path
 
+from helpers import HSFLOWD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,10 +20,8 @@ from sflow_app._config import (
     resolve,
 )
 
-SHARED = Path(os.environ.get("SFLOW_SHARED") or Path(__file__).resolve().parents[1].parent
-              / "shared")
-REAL = sorted((SHARED / "hsflowd").glob("*.auto"))
-assert REAL, f"no sample files under {SHARED / 'hsflowd'}: set SFLOW_SHARED"
+REAL = sorted(HSFLOWD.glob("*.auto"))
+assert REAL, f"no sample files under {HSFLOWD}"
 TEXTS = [p.read_text() for p in REAL]
 APPS = ["http", "memcache", "app.shop", "app.shop.cart", "app", "", ".", "APP.X.Y"]
 FAST = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -50,14 +47,47 @@ def check_coherent(auto: AutoFile) -> None:
 
 # -- parse_auto ---------------------------------------------------------------------
 
-KEYS = ["rev_start", "rev_end", "sampling", "polling", "datagram", "header", "agentIP",
-        "agent", "hostname", "collector", "ds_index", "jsonPort", "sampling.http",
-        "polling.app.a.b", "sampling.", "Sampling.APP.x"]
-VALUES = st.one_of(st.integers(-5, 2**33).map(str), st.text(max_size=20),
-                   st.sampled_from(["10.0.0.1", "::1", "10.0.0.1 6343", "1.2.3.4/6343/lo/",
-                                    "fe80::1%eth0", "::1 0 9", "/", "//", " = "]))
-LINES = st.builds(lambda k, sep, v: f"{k}{sep}{v}", st.sampled_from(KEYS),
-                  st.sampled_from(["=", " = ", "\t=", "", "=="]), VALUES)
+KEYS = [
+    "rev_start",
+    "rev_end",
+    "sampling",
+    "polling",
+    "datagram",
+    "header",
+    "agentIP",
+    "agent",
+    "hostname",
+    "collector",
+    "ds_index",
+    "jsonPort",
+    "sampling.http",
+    "polling.app.a.b",
+    "sampling.",
+    "Sampling.APP.x",
+]
+VALUES = st.one_of(
+    st.integers(-5, 2**33).map(str),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "10.0.0.1",
+            "::1",
+            "10.0.0.1 6343",
+            "1.2.3.4/6343/lo/",
+            "fe80::1%eth0",
+            "::1 0 9",
+            "/",
+            "//",
+            " = ",
+        ]
+    ),
+)
+LINES = st.builds(
+    lambda k, sep, v: f"{k}{sep}{v}",
+    st.sampled_from(KEYS),
+    st.sampled_from(["=", " = ", "\t=", "", "=="]),
+    VALUES,
+)
 
 
 @FAST
@@ -67,8 +97,9 @@ def test_arbitrary_text(text: str) -> None:
 
 
 @FAST
-@given(st.lists(st.one_of(LINES, st.text(max_size=30)), max_size=30),
-       st.sampled_from(["\n", "\r\n"]))
+@given(
+    st.lists(st.one_of(LINES, st.text(max_size=30)), max_size=30), st.sampled_from(["\n", "\r\n"])
+)
 def test_key_value_soup(lines: list[str], newline: str) -> None:
     check_coherent(parse_auto(newline.join(lines)))
 
@@ -122,7 +153,7 @@ def test_every_prefix_of_a_real_file_is_never_trusted_too_early() -> None:
 def test_new_head_over_old_tail_is_not_trusted(new: str, old: str, cut: int) -> None:
     new = new.replace("rev_start=", "rev_start=9").replace("rev_end=", "rev_end=9")
     head = new[:cut]
-    auto = parse_auto(head + old[len(head):])
+    auto = parse_auto(head + old[len(head) :])
     check_coherent(auto)
     if auto.usable and auto.rev_start == parse_auto(new).rev_start:
         # the new revision is trusted only once its own rev_end line is complete
@@ -131,23 +162,57 @@ def test_new_head_over_old_tail_is_not_trusted(new: str, old: str, cut: int) -> 
 
 # -- resolve with random environments ------------------------------------------------
 
-ENV_NAMES = st.sampled_from([
-    "SFLOW_APP_DISABLE", "SFLOW_APP_COLLECTORS", "SFLOW_APP_AGENT_IP", "SFLOW_APP_SAMPLING",
-    "SFLOW_APP_POLLING", "SFLOW_APP_DATAGRAM", "SFLOW_APP_DS_INDEX", "SFLOW_APP_SUB_AGENT_ID",
-    "SFLOW_APP_NAME", "SFLOW_APP_PARENT_DS_INDEX", "SFLOW_APP_QUEUE", "SFLOW_APP_CONFIG",
-    "SFLOW_APP_SAMPLING_HTTP", "SFLOW_APP_SAMPLING_APP_SHOP", "SFLOW_APP_POLLING_MEMCACHE",
-    "SFLOW_APP_SAMPLING_", "SFLOW_APP_POLLING__",
-]) | st.text(max_size=25).map(lambda s: "SFLOW_APP_SAMPLING_" + s) | st.text(max_size=10)
+ENV_NAMES = (
+    st.sampled_from(
+        [
+            "SFLOW_APP_DISABLE",
+            "SFLOW_APP_COLLECTORS",
+            "SFLOW_APP_AGENT_IP",
+            "SFLOW_APP_SAMPLING",
+            "SFLOW_APP_POLLING",
+            "SFLOW_APP_DATAGRAM",
+            "SFLOW_APP_DS_INDEX",
+            "SFLOW_APP_SUB_AGENT_ID",
+            "SFLOW_APP_NAME",
+            "SFLOW_APP_PARENT_DS_INDEX",
+            "SFLOW_APP_QUEUE",
+            "SFLOW_APP_CONFIG",
+            "SFLOW_APP_SAMPLING_HTTP",
+            "SFLOW_APP_SAMPLING_APP_SHOP",
+            "SFLOW_APP_POLLING_MEMCACHE",
+            "SFLOW_APP_SAMPLING_",
+            "SFLOW_APP_POLLING__",
+        ]
+    )
+    | st.text(max_size=25).map(lambda s: "SFLOW_APP_SAMPLING_" + s)
+    | st.text(max_size=10)
+)
 ENV_VALUES = st.one_of(
-    st.integers(-10, 2**33).map(str), st.text(max_size=40),
-    st.sampled_from(["1", "yes", "off", "10.0.0.1", "10.0.0.1:7000,[::1]:9", "::1", "[::1",
-                     "a:b:c", ",", "1.2.3.4:99999", "fe80::1%lo"]),
+    st.integers(-10, 2**33).map(str),
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "1",
+            "yes",
+            "off",
+            "10.0.0.1",
+            "10.0.0.1:7000,[::1]:9",
+            "::1",
+            "[::1",
+            "a:b:c",
+            ",",
+            "1.2.3.4:99999",
+            "fe80::1%lo",
+        ]
+    ),
 )
 
 
 @FAST
-@given(st.dictionaries(ENV_NAMES, ENV_VALUES, max_size=12),
-       st.one_of(st.none(), st.sampled_from(TEXTS).map(parse_auto), mutated().map(parse_auto)))
+@given(
+    st.dictionaries(ENV_NAMES, ENV_VALUES, max_size=12),
+    st.one_of(st.none(), st.sampled_from(TEXTS).map(parse_auto), mutated().map(parse_auto)),
+)
 def test_resolve_never_raises_on_env(env: dict[str, str], auto: AutoFile | None) -> None:
     s = resolve({}, env, auto, "/etc/hsflowd.auto")
     assert s.enabled is bool(s.collectors)

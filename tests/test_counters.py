@@ -34,6 +34,7 @@ def test_naive_shared_increment_would_lose_updates() -> None:
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
+
         def plus(v: int) -> int:
             return v + 1
 

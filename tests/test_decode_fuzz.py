@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
+from helpers import VECTORS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -64,11 +63,8 @@ def test_arbitrary_samples_after_a_valid_header(num_samples: int, body: bytes) -
 
 # ------------------------------------------------------------------ mutated vectors
 
-# Same location rule as test_vectors.py (which fails the run when the folder is missing).
-SHARED = os.environ.get("SFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared"
 VECTORS = [
-    bytes.fromhex(json.loads(p.read_text())["datagram_hex"])
-    for p in sorted((Path(SHARED) / "vectors").glob("*.json"))
+    bytes.fromhex(json.loads(p.read_text())["datagram_hex"]) for p in sorted(VECTORS.glob("*.json"))
 ]
 WORDS = st.sampled_from([0, 1, 3, 4, 8, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFC])
 
@@ -113,8 +109,11 @@ TEXT = st.one_of(st.text(max_size=80), st.binary(max_size=80), st.text(max_size=
 
 def record_strategy(cls: type) -> st.SearchStrategy[Any]:
     kinds = {
-        "I": U32, "Q": U64, "s": TEXT,
-        "4": st.ip_addresses(v=4).map(str), "6": st.ip_addresses(v=6).map(str),
+        "I": U32,
+        "Q": U64,
+        "s": TEXT,
+        "4": st.ip_addresses(v=4).map(str),
+        "6": st.ip_addresses(v=6).map(str),
     }
     return st.builds(cls, *[kinds[k] for k in cls.LAYOUT])  # type: ignore[attr-defined]
 
@@ -138,13 +137,27 @@ def records(kind: str) -> st.SearchStrategy[tuple[object, ...]]:
 DS_INDEX = st.one_of(st.integers(0, 2**24 - 1), U32)
 IF_VALUE = st.one_of(st.integers(0, 2**30 - 1), U32)
 FLOW_SAMPLES = st.builds(
-    FlowSample, U32, st.integers(0, 255), DS_INDEX, U32, U32, U32,
-    st.integers(0, 3), IF_VALUE, st.integers(0, 3), IF_VALUE,
-    records("flow"), st.booleans(),
+    FlowSample,
+    U32,
+    st.integers(0, 255),
+    DS_INDEX,
+    U32,
+    U32,
+    U32,
+    st.integers(0, 3),
+    IF_VALUE,
+    st.integers(0, 3),
+    IF_VALUE,
+    records("flow"),
+    st.booleans(),
 )
 COUNTERS_SAMPLES = st.builds(
-    CountersSample, U32, st.integers(0, 255), DS_INDEX,
-    records("counter"), st.booleans(),
+    CountersSample,
+    U32,
+    st.integers(0, 255),
+    DS_INDEX,
+    records("counter"),
+    st.booleans(),
 )
 OPAQUE_SAMPLES = st.builds(
     OpaqueSample, st.integers(0, 2**20 - 1), st.integers(0, 4095), WORD_ALIGNED
@@ -152,9 +165,12 @@ OPAQUE_SAMPLES = st.builds(
 DATAGRAMS = st.builds(
     Datagram,
     st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str),
-    U32, U32, U32,
+    U32,
+    U32,
+    U32,
     st.lists(st.one_of(FLOW_SAMPLES, COUNTERS_SAMPLES, OPAQUE_SAMPLES), max_size=4).map(tuple),
 )
+
 
 def expected_record(rec: Any) -> Any:
     """What the decoder gives back for ``rec``: strings cut (str if UTF-8), IPs canonical."""
@@ -191,7 +207,8 @@ def expected_sample(s: Any) -> Any:
 @given(DATAGRAMS)
 def test_encode_decode_round_trip(dg: Datagram) -> None:
     expected = dataclasses.replace(
-        dg, agent_address=canonical_ip(dg.agent_address),
+        dg,
+        agent_address=canonical_ip(dg.agent_address),
         samples=tuple(expected_sample(s) for s in dg.samples),
     )
     data = encode_datagram(dg)

@@ -39,11 +39,11 @@ def test_routes_counters_and_samples(live, collector):
         assert client.get("/crash").status_code == 500
         assert client.get("/feed").status_code == 200  # excluded
     flush(collector)
-    assert http_counters(collector) == expect(method_get_count=5, status_2XX_count=2,
-                                              status_4XX_count=2, status_5XX_count=1)
+    assert http_counters(collector) == expect(
+        method_get_count=5, status_2XX_count=2, status_4XX_count=2, status_5XX_count=1
+    )
     by_uri = {record(s, HttpRequest).uri: s for s in http_samples(collector)}
-    routes = {uri: getattr(record(s, AppOperation), "operation", None)
-              for uri, s in by_uri.items()}
+    routes = {uri: getattr(record(s, AppOperation), "operation", None) for uri, s in by_uri.items()}
     assert routes == {
         "/blog/2024/hello/": "/blog/<int:year>/<slug:slug>/",
         "/blog/1999/old/": "/blog/<int:year>/<slug:slug>/",
@@ -56,7 +56,8 @@ def test_routes_counters_and_samples(live, collector):
     (child,) = other_samples(collector)
     assert record(child, AppOperation).operation == "archive_lookup"
     assert record(child, AppParentContext) == AppParentContext(
-        "tests", "/blog/<int:year>/<slug:slug>/", "method=GET")
+        "tests", "/blog/<int:year>/<slug:slug>/", "method=GET"
+    )
 
 
 def test_streaming_response_timed_to_its_end(live, collector):
@@ -97,13 +98,19 @@ def test_routes_under_asgi(live, collector):
     async def run() -> list[int]:
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return [(await client.get(p)).status_code
-                    for p in ("/blog/2024/hello/", "/legacy/abc", "/nowhere")]
+            return [
+                (await client.get(p)).status_code
+                for p in ("/blog/2024/hello/", "/legacy/abc", "/nowhere")
+            ]
 
     assert asyncio.run(run()) == [200, 200, 404]
     flush(collector)
-    routes = {record(s, HttpRequest).uri: getattr(record(s, AppOperation), "operation", None)
-              for s in http_samples(collector)}
-    assert routes == {"/blog/2024/hello/": "/blog/<int:year>/<slug:slug>/",
-                      "/legacy/abc": "^legacy/(?P<code>[a-z]+)$",
-                      "/nowhere": None}
+    routes = {
+        record(s, HttpRequest).uri: getattr(record(s, AppOperation), "operation", None)
+        for s in http_samples(collector)
+    }
+    assert routes == {
+        "/blog/2024/hello/": "/blog/<int:year>/<slug:slug>/",
+        "/legacy/abc": "^legacy/(?P<code>[a-z]+)$",
+        "/nowhere": None,
+    }

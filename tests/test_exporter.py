@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import Collector, write_auto
+from helpers import Collector, write_auto
 
 from sflow_app._agent import Agent
 from sflow_app._http import METHODS, status_slot, submit_http
@@ -39,8 +39,11 @@ def clock() -> Clock:
 def make_agent(tmp_path: Path, collector: Collector, clock: Clock, state_dir: str):
     def make(**auto) -> Agent:
         path = write_auto(tmp_path / "hsflowd.auto", collector.port, **auto)
-        env = {"SFLOW_APP_CONFIG": str(path), "SFLOW_APP_NAME": "unit",
-               "SFLOW_APP_STATE_DIR": state_dir}
+        env = {
+            "SFLOW_APP_CONFIG": str(path),
+            "SFLOW_APP_NAME": "unit",
+            "SFLOW_APP_STATE_DIR": state_dir,
+        }
         agent = Agent(autostart=False, env=env, clock=clock)
         agent.reload()
         return agent
@@ -56,9 +59,18 @@ def request(source, method: str = "GET", status: int = 200, uri: str = "/x") -> 
     incr[METHODS.get(method, (0, 8))[1]]()
     incr[status_slot(status)]()
     if sampled:
-        submit_http(source, n, method=method, protocol=1001, uri=uri, status=status,
-                    resp_bytes=10, duration_us=5, local=("127.0.0.1", 8080),
-                    remote=("127.0.0.1", 50000))
+        submit_http(
+            source,
+            n,
+            method=method,
+            protocol=1001,
+            uri=uri,
+            status=status,
+            resp_bytes=10,
+            duration_us=5,
+            local=("127.0.0.1", 8080),
+            remote=("127.0.0.1", 50000),
+        )
     return sampled
 
 
@@ -82,7 +94,10 @@ def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, 
     assert (first.input_value, first.output_value) == (0, INTERNAL)
     http = [r for s in flows for r in s.records if isinstance(r, HttpRequest)]
     assert [(r.method, r.status, r.uri) for r in http] == [
-        (2, 200, "/r0"), (4, 300, "/r1"), (4, 400, "/r2")]
+        (2, 200, "/r0"),
+        (4, 300, "/r1"),
+        (4, 400, "/r2"),
+    ]
     assert all(isinstance(s.records[1], ExtendedSocketIPv4) for s in flows)
     # Counters: the first poll falls at a random offset within the interval.
     clock.now += 5.01
@@ -98,7 +113,8 @@ def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, 
     assert (hc.status_2XX_count, hc.status_3XX_count, hc.status_4XX_count) == (1, 1, 1)
     assert (parent.container_type, parent.container_index) == (2, 1)
     assert [d.sequence_number for d in collector.datagrams] == list(
-        range(1, len(collector.datagrams) + 1))
+        range(1, len(collector.datagrams) + 1)
+    )
 
 
 def test_partial_datagram_waits_about_a_second(make_agent, collector: Collector, clock: Clock):
@@ -145,8 +161,9 @@ def test_no_identity_no_sending_until_port_known(make_agent, collector: Collecto
     assert any(isinstance(s, FlowSample) and s.ds_index == 9090 for s in dgs[0].samples)
 
 
-def test_queue_overflow_is_counted_as_drops(make_agent, collector: Collector, clock: Clock,
-                                            monkeypatch: pytest.MonkeyPatch):
+def test_queue_overflow_is_counted_as_drops(
+    make_agent, collector: Collector, clock: Clock, monkeypatch: pytest.MonkeyPatch
+):
     agent = make_agent(sampling=1, polling=0)
     agent.configure(queue_capacity=64)
     source = agent.http_source()
@@ -161,8 +178,9 @@ def test_queue_overflow_is_counted_as_drops(make_agent, collector: Collector, cl
     assert {s.drops for s in flows} == {36}
 
 
-def test_config_reload_applies_within_a_tick(make_agent, tmp_path: Path, collector: Collector,
-                                             clock: Clock):
+def test_config_reload_applies_within_a_tick(
+    make_agent, tmp_path: Path, collector: Collector, clock: Clock
+):
     agent = make_agent(sampling=1, polling=0)
     source = agent.http_source()
     agent.set_http_port(8080, "test")
@@ -186,8 +204,9 @@ def test_config_reload_applies_within_a_tick(make_agent, tmp_path: Path, collect
         other.close()
 
 
-def test_config_removed_turns_sending_off(make_agent, tmp_path: Path, collector: Collector,
-                                          clock: Clock):
+def test_config_removed_turns_sending_off(
+    make_agent, tmp_path: Path, collector: Collector, clock: Clock
+):
     agent = make_agent(sampling=1, polling=0)
     source = agent.http_source()
     agent.set_http_port(8080, "test")
@@ -220,8 +239,16 @@ def test_oversized_sample_is_trimmed_to_fit(make_agent, collector: Collector, cl
     agent.set_http_port(8080, "test")
     n = source.sampler.pool()
     assert source.sample(n)
-    submit_http(source, n, method="GET", protocol=1001, uri="/" + "u" * 254,
-                useragent="a" * 128, referer="r" * 255, host="h" * 64)
+    submit_http(
+        source,
+        n,
+        method="GET",
+        protocol=1001,
+        uri="/" + "u" * 254,
+        useragent="a" * 128,
+        referer="r" * 255,
+        host="h" * 64,
+    )
     agent.tick(clock.now, final=True)
     [dg] = collector.poll(0.5)
     assert len(collector.raw[0]) <= 200

@@ -98,35 +98,56 @@ def test_routes_counters_and_samples(live, collector):
         assert client.get("/healthz").text == "ok"
     flush(collector)
     assert http_counters(collector) == expect(
-        method_get_count=6, method_post_count=1, status_2XX_count=3, status_4XX_count=3,
-        status_5XX_count=1)
+        method_get_count=6,
+        method_post_count=1,
+        status_2XX_count=3,
+        status_4XX_count=3,
+        status_5XX_count=1,
+    )
     by_uri = {record(s, HttpRequest).uri: s for s in http_samples(collector)}
-    assert set(by_uri) == {"/users/7", "/users/0", "/nowhere", "/items", "/crash",
-                           "/shop/carts/c9/lines/2", "/blocked"}
-    routes = {uri: (operation(s).operation, operation(s).status) if operation(s) else None
-              for uri, s in by_uri.items()}
-    assert routes == {
-        "/users/7": ("/users/<int:user_id>", 0),
-        "/users/0": ("/users/<int:user_id>", 8),  # NOT_FOUND
-        "/nowhere": None,  # no rule matched: no route record
-        "/items": ("/items", 0),
-        "/crash": ("/crash", 3),  # INTERNAL_ERROR
-        # operation is a string<32>: the full template is in the attributes
-        "/shop/carts/c9/lines/2": ("/shop/carts/<cart_id>/lines/<int:line>"[:32], 0),
-        "/blocked": ("/blocked", 5),  # FORBIDDEN, answered by a before_request
+    assert set(by_uri) == {
+        "/users/7",
+        "/users/0",
+        "/nowhere",
+        "/items",
+        "/crash",
+        "/shop/carts/c9/lines/2",
+        "/blocked",
     }
+    routes = {
+        uri: (operation(s).operation, operation(s).status) if operation(s) else None
+        for uri, s in by_uri.items()
+    }
+    assert (
+        routes
+        == {
+            "/users/7": ("/users/<int:user_id>", 0),
+            "/users/0": ("/users/<int:user_id>", 8),  # NOT_FOUND
+            "/nowhere": None,  # no rule matched: no route record
+            "/items": ("/items", 0),
+            "/crash": ("/crash", 3),  # INTERNAL_ERROR
+            # operation is a string<32>: the full template is in the attributes
+            "/shop/carts/c9/lines/2": ("/shop/carts/<cart_id>/lines/<int:line>"[:32], 0),
+            "/blocked": ("/blocked", 5),  # FORBIDDEN, answered by a before_request
+        }
+    )
     assert operation(by_uri["/shop/carts/c9/lines/2"]).attributes == (
-        "method=GET&route=/shop/carts/<cart_id>/lines/<int:line>")
+        "method=GET&route=/shop/carts/<cart_id>/lines/<int:line>"
+    )
     op = operation(by_uri["/users/7"])
     assert (op.application, op.attributes, op.status_descr) == (
-        "tests", "method=GET&route=/users/<int:user_id>", "200")
+        "tests",
+        "method=GET&route=/users/<int:user_id>",
+        "200",
+    )
     req = record(by_uri["/crash"], HttpRequest)
     assert (req.status, req.mime_type) == (500, "text/html; charset=utf-8")
     # The decorated function called by the view names the route as its parent.
     (child,) = other_samples(collector)
     assert operation(child).operation == "load_user"
     assert record(child, AppParentContext) == AppParentContext(
-        "tests", "/users/<int:user_id>", "method=GET")
+        "tests", "/users/<int:user_id>", "method=GET"
+    )
 
 
 def test_streamed_response_timed_to_its_end(live, collector):
@@ -188,4 +209,5 @@ def test_transaction_on_a_view(live, collector):
     op = operation(child)
     assert (op.application, op.operation, op.status) == ("reports", "report", 0)
     assert record(child, AppParentContext) == AppParentContext(
-        "tests", "/report/<int:year>", "method=GET")
+        "tests", "/report/<int:year>", "method=GET"
+    )

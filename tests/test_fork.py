@@ -57,13 +57,15 @@ def child_body() -> dict:
     before = inherited_state()
     source = AGENT.http_source()
     request(source)  # the first request takes the slow path: start in this process
-    after = {"started": AGENT._started,
-             "thread_alive": bool(AGENT._thread and AGENT._thread.is_alive()),
-             "thread_tid": AGENT._thread.native_id if AGENT._thread else None,
-             "queue": len(AGENT._queue),
-             "pool": source.sampler.sample_pool,
-             "counters": source.counters.snapshot()[1],
-             "skips": [source.sampler._rng.random() for _ in range(4)]}
+    after = {
+        "started": AGENT._started,
+        "thread_alive": bool(AGENT._thread and AGENT._thread.is_alive()),
+        "thread_tid": AGENT._thread.native_id if AGENT._thread else None,
+        "queue": len(AGENT._queue),
+        "pool": source.sampler.sample_pool,
+        "counters": source.counters.snapshot()[1],
+        "skips": [source.sampler._rng.random() for _ in range(4)],
+    }
     AGENT.shutdown()
     return {"before": before, "after": after}
 
@@ -123,8 +125,9 @@ def test_os_fork_pauses_the_thread_and_restarts_it_in_the_parent(agent) -> None:
     prepare_parent(agent)
     old = AGENT._thread
     assert old is not None and old.is_alive()
-    report = run_in_child(os.fork, lambda: {"threads": threading.active_count(),
-                                            "started": AGENT._started})
+    report = run_in_child(
+        os.fork, lambda: {"threads": threading.active_count(), "started": AGENT._started}
+    )
     assert report == {"threads": 1, "started": False}
     assert not old.is_alive(), "the thread ran across the fork"
     new = AGENT._thread
@@ -162,11 +165,18 @@ def test_uwsgi_master_starts_nothing_and_each_worker_starts_at_its_fork(tmp_path
     """uWSGI forks from C: a thread in its master could hold the GIL at fork. The master
     only chains uwsgi.post_fork_hook; each worker starts there, idle or not."""
     auto = tmp_path / "hsflowd.auto"
-    auto.write_text("rev_start=1\nsampling=10\npolling=1\ncollector=127.0.0.1 9\n"
-                    "agentIP=127.0.0.1\nrev_end=1\n")
+    auto.write_text(
+        "rev_start=1\nsampling=10\npolling=1\ncollector=127.0.0.1 9\nagentIP=127.0.0.1\nrev_end=1\n"
+    )
     env = {**os.environ, "SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_STATE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", UWSGI_MASTER], env=env, capture_output=True,
-                         text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", UWSGI_MASTER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     report = json.loads(out.stdout)
     assert report["master"] == {"threads": 1, "started": False}
     assert report["worker"] == {"threads": 2, "started": True, "calls": ["previous"]}

@@ -15,8 +15,9 @@ def test_local_index_is_stable_in_range_and_distinct() -> None:
 
 
 def test_default_service_name() -> None:
-    assert default_service_name(["/usr/bin/gunicorn", "-w", "4", "shop.wsgi:app"]) == \
-        "shop.wsgi:app"
+    assert (
+        default_service_name(["/usr/bin/gunicorn", "-w", "4", "shop.wsgi:app"]) == "shop.wsgi:app"
+    )
     assert default_service_name(["uvicorn", "--port", "80", "api.main:app"]) == "api.main:app"
     assert default_service_name(["/srv/worker.py"]) == "worker"
     assert default_service_name(["python"]) == "python"
@@ -24,8 +25,10 @@ def test_default_service_name() -> None:
     uwsgi = ["uwsgi", "--http-socket", "127.0.0.1:80", "--wsgi-file", "/srv/blog/app.py"]
     assert default_service_name(uwsgi) == "app"
     assert default_service_name(["uwsgi", "--ini", "/etc/uwsgi/shop.ini"]) == "shop"
-    assert default_service_name(["gunicorn", "-b", "127.0.0.1:80", "api:create_app()"]) == \
-        "api:create_app()"
+    assert (
+        default_service_name(["gunicorn", "-b", "127.0.0.1:80", "api:create_app()"])
+        == "api:create_app()"
+    )
 
 
 def test_unix_socket_listener_gets_a_derived_index_and_one_warning(agent, caplog) -> None:

@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import Collector, write_auto
+from helpers import Collector, write_auto
 
 from sflow_app.records import CountersSample, FlowSample, HttpCounters
 
@@ -34,8 +34,13 @@ SCRIPT = textwrap.dedent("""
 
 def run_script(env: dict[str, str]) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(ROOT / "tests"))],
-                   env={**os.environ, **env}, check=True, timeout=30, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(tests=str(ROOT / "tests"))],
+        env={**os.environ, **env},
+        check=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     return time.monotonic() - start
 
 
@@ -63,9 +68,12 @@ def test_exit_is_not_delayed_by_a_dead_collector(tmp_path: Path) -> None:
 def test_explicit_collectors_without_a_file_and_ipv6(tmp_path: Path) -> None:
     collector = Collector(socket.AF_INET6)
     try:
-        env = {"SFLOW_APP_CONFIG": str(tmp_path / "missing.auto"),
-               "SFLOW_APP_COLLECTORS": f"[::1]:{collector.port}",
-               "SFLOW_APP_SAMPLING": "1", "SFLOW_APP_NAME": "v6"}
+        env = {
+            "SFLOW_APP_CONFIG": str(tmp_path / "missing.auto"),
+            "SFLOW_APP_COLLECTORS": f"[::1]:{collector.port}",
+            "SFLOW_APP_SAMPLING": "1",
+            "SFLOW_APP_NAME": "v6",
+        }
         run_script(env)
         collector.poll(0.5)
         assert collector.datagrams
@@ -79,6 +87,5 @@ def test_explicit_collectors_without_a_file_and_ipv6(tmp_path: Path) -> None:
 
 def test_disabled_sends_nothing(tmp_path: Path, collector: Collector) -> None:
     path = write_auto(tmp_path / "hsflowd.auto", collector.port, sampling=1, polling=1)
-    run_script({"SFLOW_APP_CONFIG": str(path), "SFLOW_APP_DISABLE": "1",
-                "SFLOW_APP_NAME": "off"})
+    run_script({"SFLOW_APP_CONFIG": str(path), "SFLOW_APP_DISABLE": "1", "SFLOW_APP_NAME": "off"})
     assert collector.poll(0.3) == []

@@ -28,8 +28,9 @@ SCRIPT = textwrap.dedent("""
 
 def run(listeners: int, argv0: str = "/srv/venv/bin/gunicorn", v6: bool = False) -> dict:
     code = SCRIPT.format(argv0=argv0, listeners=listeners, v6=v6)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
     return json.loads(out.stdout)
 
 

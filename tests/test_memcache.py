@@ -105,8 +105,9 @@ def operations(collector) -> list[tuple[Any, MemcacheOperation, Any]]:
         if not ops:
             continue
         assert len(ops) == 1
-        socks = [r for r in sample.records
-                 if isinstance(r, ExtendedSocketIPv4 | ExtendedSocketIPv6)]
+        socks = [
+            r for r in sample.records if isinstance(r, ExtendedSocketIPv4 | ExtendedSocketIPv6)
+        ]
         assert len(socks) <= 1
         assert len(sample.records) == 1 + len(socks)
         out.append((sample, ops[0], socks[0] if socks else None))
@@ -114,16 +115,21 @@ def operations(collector) -> list[tuple[Any, MemcacheOperation, Any]]:
 
 
 def op(cmd: int, key: str | bytes, nkeys: int, value_bytes: int, status: int) -> MemcacheOperation:
-    return MemcacheOperation(protocol=ASCII, cmd=cmd, key=key, nkeys=nkeys,
-                             value_bytes=value_bytes, uS=0, status=status)
+    return MemcacheOperation(
+        protocol=ASCII, cmd=cmd, key=key, nkeys=nkeys, value_bytes=value_bytes, uS=0, status=status
+    )
 
 
 def timeless(record: MemcacheOperation) -> MemcacheOperation:
     return dataclasses.replace(record, uS=0)
 
 
-def check_ops(collector, expected: list[MemcacheOperation], *, round_trip: bool = True,
-              ) -> list[tuple[Any, MemcacheOperation, Any]]:
+def check_ops(
+    collector,
+    expected: list[MemcacheOperation],
+    *,
+    round_trip: bool = True,
+) -> list[tuple[Any, MemcacheOperation, Any]]:
     got = operations(collector)
     assert [timeless(o) for _, o, _ in got] == expected
     for _, record, _ in got:
@@ -161,8 +167,13 @@ def expected_counters(**nonzero: int) -> dict[str, int]:
 
 
 def v4(local_port: int, server: Memcached) -> ExtendedSocketIPv4:
-    return ExtendedSocketIPv4(protocol=6, local_ip="127.0.0.1", remote_ip="127.0.0.1",
-                              local_port=local_port, remote_port=server.port)
+    return ExtendedSocketIPv4(
+        protocol=6,
+        local_ip="127.0.0.1",
+        remote_ip="127.0.0.1",
+        local_port=local_port,
+        remote_port=server.port,
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -186,22 +197,25 @@ def test_store_commands_and_outcomes(instrumented, collector, server) -> None:
     c["k9"] = b"item"  # __setitem__: noreply
     c.get("k9")  # after a noreply, one reply proves the server processed it
     flush(collector)
-    got = check_ops(collector, [
-        op(Cmd.SET, "k1", 1, 10, Status.STORED),
-        op(Cmd.SET, "k1", 1, 3, Status.UNKNOWN),
-        op(Cmd.ADD, "k2", 1, 3, Status.STORED),
-        op(Cmd.ADD, "k2", 1, 4, Status.NOT_STORED),
-        op(Cmd.REPLACE, "k3", 1, 1, Status.NOT_STORED),
-        op(Cmd.REPLACE, "k2", 1, 2, Status.STORED),
-        op(Cmd.APPEND, "k2", 1, 2, Status.STORED),
-        op(Cmd.APPEND, "nope", 1, 2, Status.NOT_STORED),
-        op(Cmd.PREPEND, "k2", 1, 2, Status.STORED),
-        op(Cmd.PREPEND, "nope", 1, 2, Status.NOT_STORED),
-        op(Cmd.SET, "m1", 2, 8, Status.STORED),
-        op(Cmd.SET, "m3", 3, 6, Status.STORED),
-        op(Cmd.SET, "k9", 1, 4, Status.UNKNOWN),
-        op(Cmd.GET, "k9", 1, 4, Status.OK),
-    ])
+    got = check_ops(
+        collector,
+        [
+            op(Cmd.SET, "k1", 1, 10, Status.STORED),
+            op(Cmd.SET, "k1", 1, 3, Status.UNKNOWN),
+            op(Cmd.ADD, "k2", 1, 3, Status.STORED),
+            op(Cmd.ADD, "k2", 1, 4, Status.NOT_STORED),
+            op(Cmd.REPLACE, "k3", 1, 1, Status.NOT_STORED),
+            op(Cmd.REPLACE, "k2", 1, 2, Status.STORED),
+            op(Cmd.APPEND, "k2", 1, 2, Status.STORED),
+            op(Cmd.APPEND, "nope", 1, 2, Status.NOT_STORED),
+            op(Cmd.PREPEND, "k2", 1, 2, Status.STORED),
+            op(Cmd.PREPEND, "nope", 1, 2, Status.NOT_STORED),
+            op(Cmd.SET, "m1", 2, 8, Status.STORED),
+            op(Cmd.SET, "m3", 3, 6, Status.STORED),
+            op(Cmd.SET, "k9", 1, 4, Status.UNKNOWN),
+            op(Cmd.GET, "k9", 1, 4, Status.OK),
+        ],
+    )
     for i, (sample, _, sock) in enumerate(got, start=1):
         check_flow_header(sample, pool=i, total=len(got))
         assert sock == v4(port, server)
@@ -209,8 +223,13 @@ def test_store_commands_and_outcomes(instrumented, collector, server) -> None:
     assert pools == sorted(pools)
     assert server.bare_get(b"k2") == b"--rr++"
     assert counters(collector) == expected_counters(
-        cmd_set=16, total_items=10, get_hits=1, total_connections=1,
-        bytes_written=10 + 3 + 3 + 4 + 1 + 2 + 2 + 2 + 2 + 2 + 8 + 6 + 4, bytes_read=4)
+        cmd_set=16,
+        total_items=10,
+        get_hits=1,
+        total_connections=1,
+        bytes_written=10 + 3 + 3 + 4 + 1 + 2 + 2 + 2 + 2 + 2 + 8 + 6 + 4,
+        bytes_read=4,
+    )
 
 
 def test_cas_outcomes(instrumented, collector, server) -> None:
@@ -222,17 +241,28 @@ def test_cas_outcomes(instrumented, collector, server) -> None:
     assert c.cas("missing", b"x", token) is None
     assert c.cas("c", b"four", token, noreply=True) is True
     flush(collector)
-    check_ops(collector, [
-        op(Cmd.SET, "c", 1, 3, Status.STORED),
-        op(Cmd.GETS, "c", 1, 3, Status.OK),
-        op(Cmd.CAS, "c", 1, 3, Status.STORED),
-        op(Cmd.CAS, "c", 1, 5, Status.EXISTS),
-        op(Cmd.CAS, "missing", 1, 1, Status.NOT_FOUND),
-        op(Cmd.CAS, "c", 1, 4, Status.UNKNOWN),
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, "c", 1, 3, Status.STORED),
+            op(Cmd.GETS, "c", 1, 3, Status.OK),
+            op(Cmd.CAS, "c", 1, 3, Status.STORED),
+            op(Cmd.CAS, "c", 1, 5, Status.EXISTS),
+            op(Cmd.CAS, "missing", 1, 1, Status.NOT_FOUND),
+            op(Cmd.CAS, "c", 1, 4, Status.UNKNOWN),
+        ],
+    )
     assert counters(collector) == expected_counters(
-        cmd_set=5, total_items=2, get_hits=1, cas_hits=1, cas_badval=1, cas_misses=1,
-        total_connections=1, bytes_written=3 + 3 + 5 + 1 + 4, bytes_read=3)
+        cmd_set=5,
+        total_items=2,
+        get_hits=1,
+        cas_hits=1,
+        cas_badval=1,
+        cas_misses=1,
+        total_connections=1,
+        bytes_written=3 + 3 + 5 + 1 + 4,
+        bytes_read=3,
+    )
 
 
 def test_fetch_commands_and_outcomes(instrumented, collector, server) -> None:
@@ -250,21 +280,30 @@ def test_fetch_commands_and_outcomes(instrumented, collector, server) -> None:
         c["missing"]
     assert c.get_many([]) == {}  # no round trip: nothing recorded
     flush(collector)
-    check_ops(collector, [
-        op(Cmd.SET, "a", 2, 12, Status.STORED),
-        op(Cmd.GET, "a", 1, 7, Status.OK),
-        op(Cmd.GET, "zz", 1, 0, Status.NOT_FOUND),
-        op(Cmd.GET, "a", 3, 12, Status.OK),
-        op(Cmd.GET, "x", 2, 0, Status.NOT_FOUND),
-        op(Cmd.GETS, "b", 1, 5, Status.OK),
-        op(Cmd.GETS, "nope", 1, 0, Status.NOT_FOUND),
-        op(Cmd.GETS, "a", 3, 12, Status.OK),
-        op(Cmd.GET, "a", 1, 7, Status.OK),
-        op(Cmd.GET, "missing", 1, 0, Status.NOT_FOUND),
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, "a", 2, 12, Status.STORED),
+            op(Cmd.GET, "a", 1, 7, Status.OK),
+            op(Cmd.GET, "zz", 1, 0, Status.NOT_FOUND),
+            op(Cmd.GET, "a", 3, 12, Status.OK),
+            op(Cmd.GET, "x", 2, 0, Status.NOT_FOUND),
+            op(Cmd.GETS, "b", 1, 5, Status.OK),
+            op(Cmd.GETS, "nope", 1, 0, Status.NOT_FOUND),
+            op(Cmd.GETS, "a", 3, 12, Status.OK),
+            op(Cmd.GET, "a", 1, 7, Status.OK),
+            op(Cmd.GET, "missing", 1, 0, Status.NOT_FOUND),
+        ],
+    )
     assert counters(collector) == expected_counters(
-        cmd_set=2, total_items=2, get_hits=1 + 2 + 1 + 2 + 1, get_misses=1 + 1 + 2 + 1 + 1 + 1,
-        total_connections=1, bytes_written=12, bytes_read=7 + 12 + 5 + 12 + 7)
+        cmd_set=2,
+        total_items=2,
+        get_hits=1 + 2 + 1 + 2 + 1,
+        get_misses=1 + 1 + 2 + 1 + 1 + 1,
+        total_connections=1,
+        bytes_written=12,
+        bytes_read=7 + 12 + 5 + 12 + 7,
+    )
 
 
 def test_delete_incr_decr_touch(instrumented, collector, server) -> None:
@@ -287,29 +326,42 @@ def test_delete_incr_decr_touch(instrumented, collector, server) -> None:
     del c["n"]  # __delitem__: noreply
     c.version()
     flush(collector)
-    check_ops(collector, [
-        op(Cmd.SET, "d1", 3, 4, Status.STORED),
-        op(Cmd.DELETE, "d1", 1, 0, Status.DELETED),
-        op(Cmd.DELETE, "d1", 1, 0, Status.NOT_FOUND),
-        op(Cmd.DELETE, "d2", 1, 0, Status.UNKNOWN),
-        op(Cmd.SET, "d3", 1, 1, Status.STORED),
-        op(Cmd.DELETE, "d3", 2, 0, Status.DELETED),  # one of two deleted
-        op(Cmd.DELETE, "gone", 2, 0, Status.NOT_FOUND),
-        op(Cmd.INCR, "n", 1, 0, Status.OK),
-        op(Cmd.INCR, "nokey", 1, 0, Status.NOT_FOUND),
-        op(Cmd.DECR, "n", 1, 0, Status.OK),
-        op(Cmd.DECR, "nokey", 1, 0, Status.NOT_FOUND),
-        op(Cmd.INCR, "n", 1, 0, Status.UNKNOWN),
-        op(Cmd.TOUCH, "n", 1, 0, Status.OK),
-        op(Cmd.TOUCH, "nokey", 1, 0, Status.NOT_FOUND),
-        op(Cmd.TOUCH, "n", 1, 0, Status.UNKNOWN),
-        op(Cmd.DELETE, "n", 1, 0, Status.UNKNOWN),
-        op(Cmd.VERSION, "", 0, 0, Status.OK),
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, "d1", 3, 4, Status.STORED),
+            op(Cmd.DELETE, "d1", 1, 0, Status.DELETED),
+            op(Cmd.DELETE, "d1", 1, 0, Status.NOT_FOUND),
+            op(Cmd.DELETE, "d2", 1, 0, Status.UNKNOWN),
+            op(Cmd.SET, "d3", 1, 1, Status.STORED),
+            op(Cmd.DELETE, "d3", 2, 0, Status.DELETED),  # one of two deleted
+            op(Cmd.DELETE, "gone", 2, 0, Status.NOT_FOUND),
+            op(Cmd.INCR, "n", 1, 0, Status.OK),
+            op(Cmd.INCR, "nokey", 1, 0, Status.NOT_FOUND),
+            op(Cmd.DECR, "n", 1, 0, Status.OK),
+            op(Cmd.DECR, "nokey", 1, 0, Status.NOT_FOUND),
+            op(Cmd.INCR, "n", 1, 0, Status.UNKNOWN),
+            op(Cmd.TOUCH, "n", 1, 0, Status.OK),
+            op(Cmd.TOUCH, "nokey", 1, 0, Status.NOT_FOUND),
+            op(Cmd.TOUCH, "n", 1, 0, Status.UNKNOWN),
+            op(Cmd.DELETE, "n", 1, 0, Status.UNKNOWN),
+            op(Cmd.VERSION, "", 0, 0, Status.OK),
+        ],
+    )
     assert server.bare_get(b"n") is None
     assert counters(collector) == expected_counters(
-        cmd_set=4, total_items=4, delete_hits=2, delete_misses=4, incr_hits=1, incr_misses=1,
-        decr_hits=1, decr_misses=1, cmd_touch=3, total_connections=1, bytes_written=5)
+        cmd_set=4,
+        total_items=4,
+        delete_hits=2,
+        delete_misses=4,
+        incr_hits=1,
+        incr_misses=1,
+        decr_hits=1,
+        decr_misses=1,
+        cmd_touch=3,
+        total_connections=1,
+        bytes_written=5,
+    )
 
 
 def test_admin_and_raw_commands(instrumented, collector, server) -> None:
@@ -329,25 +381,37 @@ def test_admin_and_raw_commands(instrumented, collector, server) -> None:
     c.quit()
     assert c.sock is None
     flush(collector)
-    check_ops(collector, [
-        op(Cmd.STATS, "", 0, 0, Status.OK),
-        op(Cmd.STATS, "", 0, 0, Status.OK),
-        op(Cmd.VERSION, "", 0, 0, Status.OK),
-        op(Cmd.OTHER, "", 0, 0, Status.OK),
-        op(Cmd.FLUSH, "", 0, 0, Status.OK),
-        op(Cmd.FLUSH, "", 0, 0, Status.UNKNOWN),
-        op(Cmd.SET, "r", 1, 3, Status.STORED),
-        op(Cmd.GET, "r", 1, 3, Status.OK),
-        op(Cmd.GET, "nothing", 1, 0, Status.NOT_FOUND),
-        op(Cmd.DELETE, "nothing", 1, 0, Status.NOT_FOUND),
-        op(Cmd.TOUCH, "r", 1, 0, Status.OK),
-        op(Cmd.OTHER, "", 0, 0, Status.OK),
-        op(Cmd.QUIT, "", 0, 0, Status.UNKNOWN),
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.STATS, "", 0, 0, Status.OK),
+            op(Cmd.STATS, "", 0, 0, Status.OK),
+            op(Cmd.VERSION, "", 0, 0, Status.OK),
+            op(Cmd.OTHER, "", 0, 0, Status.OK),
+            op(Cmd.FLUSH, "", 0, 0, Status.OK),
+            op(Cmd.FLUSH, "", 0, 0, Status.UNKNOWN),
+            op(Cmd.SET, "r", 1, 3, Status.STORED),
+            op(Cmd.GET, "r", 1, 3, Status.OK),
+            op(Cmd.GET, "nothing", 1, 0, Status.NOT_FOUND),
+            op(Cmd.DELETE, "nothing", 1, 0, Status.NOT_FOUND),
+            op(Cmd.TOUCH, "r", 1, 0, Status.OK),
+            op(Cmd.OTHER, "", 0, 0, Status.OK),
+            op(Cmd.QUIT, "", 0, 0, Status.UNKNOWN),
+        ],
+    )
     # raw_command counts as the command it is (test_raw_command_counts_as_its_command).
     assert counters(collector) == expected_counters(
-        cmd_flush=2, cmd_set=1, cmd_touch=1, total_items=1, get_hits=1, get_misses=1,
-        delete_misses=1, total_connections=1, bytes_written=3, bytes_read=3)
+        cmd_flush=2,
+        cmd_set=1,
+        cmd_touch=1,
+        total_items=1,
+        get_hits=1,
+        get_misses=1,
+        delete_misses=1,
+        total_connections=1,
+        bytes_written=3,
+        bytes_read=3,
+    )
 
 
 BIG = 2 * 1024 * 1024  # over memcached's 1 MB item limit
@@ -361,7 +425,8 @@ def raw_workload(c: Client) -> list[MemcacheOperation]:
     assert c.raw_command("set a 0 0 5\r\nhello") == b"STORED"
     assert c.raw_command(b"add a 0 0 2\r\nxy") == b"NOT_STORED"
     assert c.raw_command("get r a nothing", "END\r\n") == (
-        b"VALUE r 0 3\r\nabc\r\nVALUE a 0 5\r\nhello\r\n")
+        b"VALUE r 0 3\r\nabc\r\nVALUE a 0 5\r\nhello\r\n"
+    )
     assert c.raw_command("get nothing", "END\r\n") == b""
     reply = c.raw_command("gets r", "END\r\n")
     token = reply.split(b"\r\n")[0].split()[4].decode()
@@ -418,15 +483,24 @@ def raw_workload(c: Client) -> list[MemcacheOperation]:
 
 RAW_COUNTERS = dict(  # expected_counters(**RAW_COUNTERS) when checking
     cmd_set=1 + 2 + 3 + 1 + 1,  # set r; set a, add a; three cas; set n; set big (failed)
-    total_items=4, cas_hits=1, cas_badval=1, cas_misses=1,
-    get_hits=2 + 1 + 1, get_misses=1 + 1 + 1,  # get r a nothing; get nothing; gets; gat
-    incr_hits=1, incr_misses=1, decr_hits=1, decr_misses=1,  # incr r failed: none
-    delete_hits=1, delete_misses=1,
+    total_items=4,
+    cas_hits=1,
+    cas_badval=1,
+    cas_misses=1,
+    get_hits=2 + 1 + 1,
+    get_misses=1 + 1 + 1,  # get r a nothing; get nothing; gets; gat
+    incr_hits=1,
+    incr_misses=1,
+    decr_hits=1,
+    decr_misses=1,  # incr r failed: none
+    delete_hits=1,
+    delete_misses=1,
     cmd_touch=2 + 2,  # touch x2; gat touches each of its 2 keys
     cmd_flush=1,
     total_connections=4,  # each error closes the connection
     bytes_written=3 + 5 + 2 + 3 + 1 + 1 + 2,  # the failed set big: none
-    bytes_read=3 + 5 + 3 + 3)
+    bytes_read=3 + 5 + 3 + 3,
+)
 
 
 @pytest.mark.parametrize("sampling", [1, 0])
@@ -453,17 +527,19 @@ def test_shutdown(instrumented, collector) -> None:
         with pytest.raises(MemcacheUnknownCommandError):
             client(disabled).shutdown()
     flush(collector)
-    check_ops(collector, [
-        op(Cmd.OTHER, "", 0, 0, Status.OK),
-        op(Cmd.OTHER, "", 0, 0, Status.ERROR),  # the server's ERROR reply
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.OTHER, "", 0, 0, Status.OK),
+            op(Cmd.OTHER, "", 0, 0, Status.ERROR),  # the server's ERROR reply
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-def test_server_replies_client_server_and_generic_errors(instrumented, collector,
-                                                         server) -> None:
+def test_server_replies_client_server_and_generic_errors(instrumented, collector, server) -> None:
     c = client(server)
     c.set("text", b"abc")
     with pytest.raises(MemcacheClientError) as exc_info:
@@ -476,21 +552,24 @@ def test_server_replies_client_server_and_generic_errors(instrumented, collector
     c.get("text")  # the client reconnects after each error
     last_port = c.sock.getsockname()[1]
     flush(collector)
-    got = check_ops(collector, [
-        op(Cmd.SET, "text", 1, 3, Status.STORED),
-        op(Cmd.INCR, "text", 1, 0, Status.CLIENT_ERROR),
-        op(Cmd.SET, "huge", 1, 2 * 1024 * 1024, Status.SERVER_ERROR),
-        op(Cmd.OTHER, "", 0, 0, Status.ERROR),
-        op(Cmd.GET, "text", 1, 3, Status.OK),
-    ])
+    got = check_ops(
+        collector,
+        [
+            op(Cmd.SET, "text", 1, 3, Status.STORED),
+            op(Cmd.INCR, "text", 1, 0, Status.CLIENT_ERROR),
+            op(Cmd.SET, "huge", 1, 2 * 1024 * 1024, Status.SERVER_ERROR),
+            op(Cmd.OTHER, "", 0, 0, Status.ERROR),
+            op(Cmd.GET, "text", 1, 3, Status.OK),
+        ],
+    )
     # Each operation names its own connection (four of them).
     first_port = got[0][2].local_port
     assert got[1][2] == v4(first_port, server)
     assert got[-1][2] == v4(last_port, server) and last_port != first_port
     assert len({sock.local_port for _, _, sock in got[1:]}) == 4
     assert counters(collector) == expected_counters(
-        cmd_set=2, total_items=1, get_hits=1, total_connections=4, bytes_written=3,
-        bytes_read=3)
+        cmd_set=2, total_items=1, get_hits=1, total_connections=4, bytes_written=3, bytes_read=3
+    )
 
 
 def test_rejected_before_sending(instrumented, collector, server) -> None:
@@ -500,18 +579,15 @@ def test_rejected_before_sending(instrumented, collector, server) -> None:
     long_key = "k" * 251
     calls = [
         (lambda: c.get("bad key"), op(Cmd.GET, "bad key", 1, 0, Status.CLIENT_ERROR)),
-        (lambda: c.get_many(["fine", "bad key"]),
-         op(Cmd.GET, "fine", 2, 0, Status.CLIENT_ERROR)),
+        (lambda: c.get_many(["fine", "bad key"]), op(Cmd.GET, "fine", 2, 0, Status.CLIENT_ERROR)),
         (lambda: c.set(long_key, b"v"), op(Cmd.SET, long_key, 1, 0, Status.CLIENT_ERROR)),
         (lambda: c.delete("bad key"), op(Cmd.DELETE, "bad key", 1, 0, Status.CLIENT_ERROR)),
-        (lambda: c.delete_many(["ok", "bad key"]),
-         op(Cmd.DELETE, "ok", 2, 0, Status.CLIENT_ERROR)),
+        (lambda: c.delete_many(["ok", "bad key"]), op(Cmd.DELETE, "ok", 2, 0, Status.CLIENT_ERROR)),
         (lambda: c.incr("bad key", 1), op(Cmd.INCR, "bad key", 1, 0, Status.CLIENT_ERROR)),
         (lambda: c.incr("ok", "x"), op(Cmd.INCR, "ok", 1, 0, Status.CLIENT_ERROR)),
         (lambda: c.decr("bad key", 1), op(Cmd.DECR, "bad key", 1, 0, Status.CLIENT_ERROR)),
         (lambda: c.touch("bad key"), op(Cmd.TOUCH, "bad key", 1, 0, Status.CLIENT_ERROR)),
-        (lambda: c.cas("ok", b"v", "not-a-number"),
-         op(Cmd.CAS, "ok", 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.cas("ok", b"v", "not-a-number"), op(Cmd.CAS, "ok", 1, 0, Status.CLIENT_ERROR)),
         (lambda: c.cas("bad key", b"v", 1), op(Cmd.CAS, "bad key", 1, 0, Status.CLIENT_ERROR)),
         (lambda: c.flush_all(delay="soon"), op(Cmd.FLUSH, "", 0, 0, Status.CLIENT_ERROR)),
         (lambda: c.cache_memlimit("lots"), op(Cmd.OTHER, "", 0, 0, Status.CLIENT_ERROR)),
@@ -522,16 +598,26 @@ def test_rejected_before_sending(instrumented, collector, server) -> None:
     assert c.get("ok") == b"1"
     flush(collector)
     got = operations(collector)
-    expected = [op(Cmd.SET, "ok", 1, 1, Status.STORED), *(e for _, e in calls),
-                op(Cmd.GET, "ok", 1, 1, Status.OK)]
+    expected = [
+        op(Cmd.SET, "ok", 1, 1, Status.STORED),
+        *(e for _, e in calls),
+        op(Cmd.GET, "ok", 1, 1, Status.OK),
+    ]
     assert [timeless(o) for _, o, _ in got] == expected
     # No round trip: rejected before anything was sent.
     assert all(o.uS == 0 for _, o, _ in got[1:-1])
     port = c.sock.getsockname()[1]
     assert all(sock == v4(port, server) for _, _, sock in got)
     assert counters(collector) == expected_counters(
-        cmd_set=1 + 1 + 2, cmd_touch=1, cmd_flush=1, total_items=1, get_hits=1,
-        total_connections=1, bytes_written=1, bytes_read=1)
+        cmd_set=1 + 1 + 2,
+        cmd_touch=1,
+        cmd_flush=1,
+        total_items=1,
+        get_hits=1,
+        total_connections=1,
+        bytes_written=1,
+        bytes_read=1,
+    )
 
 
 def test_connection_refused_and_server_gone(instrumented, collector) -> None:
@@ -548,17 +634,20 @@ def test_connection_refused_and_server_gone(instrumented, collector) -> None:
         with pytest.raises((OSError, MemcacheServerError)):  # reset, or closed mid-reply
             live.get("k")
     flush(collector)
-    got = check_ops(collector, [
-        op(Cmd.GET, "k", 1, 0, Status.ERROR),
-        op(Cmd.SET, "k", 1, 1, Status.STORED),
-        op(Cmd.GET, "k", 1, 0, Status.ERROR),
-    ])
+    got = check_ops(
+        collector,
+        [
+            op(Cmd.GET, "k", 1, 0, Status.ERROR),
+            op(Cmd.SET, "k", 1, 1, Status.STORED),
+            op(Cmd.GET, "k", 1, 0, Status.ERROR),
+        ],
+    )
     # No connection was made: the configured address, our end unspecified.
     assert got[0][2] == ExtendedSocketIPv4(6, "0.0.0.0", "127.0.0.1", 0, port)
     assert got[1][2] == got[2][2] == v4(local_port, mc)
     assert counters(collector) == expected_counters(
-        cmd_set=1, total_items=1, rejected_connections=1, total_connections=1,
-        bytes_written=1)
+        cmd_set=1, total_items=1, rejected_connections=1, total_connections=1, bytes_written=1
+    )
 
 
 def test_ignore_exc_error_is_not_a_miss(instrumented, collector) -> None:
@@ -566,8 +655,9 @@ def test_ignore_exc_error_is_not_a_miss(instrumented, collector) -> None:
     assert c.get("k", default=b"d") == b"d"
     assert c.get_many(["a", "b"]) == {}
     flush(collector)
-    check_ops(collector, [op(Cmd.GET, "k", 1, 0, Status.ERROR),
-                          op(Cmd.GET, "a", 2, 0, Status.ERROR)])
+    check_ops(
+        collector, [op(Cmd.GET, "k", 1, 0, Status.ERROR), op(Cmd.GET, "a", 2, 0, Status.ERROR)]
+    )
     assert counters(collector) == expected_counters(rejected_connections=2)
 
 
@@ -580,8 +670,9 @@ def test_unix_socket_server_has_no_socket_record(instrumented, collector) -> Non
         c.set("u", b"unix")
         assert c.get("u") == b"unix"
     flush(collector)
-    got = check_ops(collector, [op(Cmd.SET, "u", 1, 4, Status.STORED),
-                                op(Cmd.GET, "u", 1, 4, Status.OK)])
+    got = check_ops(
+        collector, [op(Cmd.SET, "u", 1, 4, Status.STORED), op(Cmd.GET, "u", 1, 4, Status.OK)]
+    )
     assert all(sock is None for _, _, sock in got)
     assert all(len(sample.records) == 1 for sample, _, _ in got)
 
@@ -604,11 +695,14 @@ def test_keys_as_sent_with_prefix_and_binary(instrumented, collector, server) ->
     u.set("caf\u00e9", b"y")
     c.get_many([b"bin\xff"])
     flush(collector)
-    check_ops(collector, [
-        op(Cmd.SET, "app:user:42", 1, 1, Status.STORED),
-        op(Cmd.SET, "caf\u00e9", 1, 1, Status.STORED),
-        op(Cmd.GET, b"app:bin\xff", 1, 0, Status.NOT_FOUND),  # not UTF-8: bytes
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, "app:user:42", 1, 1, Status.STORED),
+            op(Cmd.SET, "caf\u00e9", 1, 1, Status.STORED),
+            op(Cmd.GET, b"app:bin\xff", 1, 0, Status.NOT_FOUND),  # not UTF-8: bytes
+        ],
+    )
     assert server.bare_get(b"app:user:42") == b"x"
 
 
@@ -636,9 +730,14 @@ def test_key_modes(agent, collector, server, how: str) -> None:
         plain.set("user:42", b"1")
     flush(collector)
     digest = hmac.new(secret, b"p:user:42", hashlib.sha256).hexdigest()[:32]
-    check_ops(collector, [op(Cmd.SET, digest, 1, 1, Status.STORED),
-                          op(Cmd.SET, "", 1, 1, Status.STORED),
-                          op(Cmd.SET, "p:user:42", 1, 1, Status.STORED)])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, digest, 1, 1, Status.STORED),
+            op(Cmd.SET, "", 1, 1, Status.STORED),
+            op(Cmd.SET, "p:user:42", 1, 1, Status.STORED),
+        ],
+    )
 
 
 def test_key_mode_validation() -> None:
@@ -660,12 +759,15 @@ def test_value_bytes_are_serialized_sizes(instrumented, collector, server) -> No
     plain.set("s", "text")  # the default serde sends str(value) encoded
     flush(collector)
     size = len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    check_ops(collector, [
-        op(Cmd.SET, "obj", 1, size, Status.STORED),
-        op(Cmd.GET, "obj", 1, size, Status.OK),
-        op(Cmd.SET, "int", 1, 5, Status.STORED),
-        op(Cmd.SET, "s", 1, 4, Status.STORED),
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, "obj", 1, size, Status.STORED),
+            op(Cmd.GET, "obj", 1, size, Status.OK),
+            op(Cmd.SET, "int", 1, 5, Status.STORED),
+            op(Cmd.SET, "s", 1, 4, Status.STORED),
+        ],
+    )
     assert c.serde.inner is pickle_serde  # the counting proxy wraps the client's serde
 
 
@@ -673,10 +775,25 @@ def test_value_bytes_are_serialized_sizes(instrumented, collector, server) -> No
 
 
 WORKLOAD_COUNTERS = dict(  # expected_counters(**WORKLOAD_COUNTERS) when checking
-    cmd_set=4, cmd_touch=2, cmd_flush=1, get_hits=4, get_misses=3, delete_hits=1,
-    delete_misses=1, incr_hits=1, incr_misses=1, decr_hits=1, decr_misses=1, cas_hits=1,
-    cas_misses=0, cas_badval=1, total_items=3, total_connections=1,
-    bytes_written=4 + 4 + 2 + 2, bytes_read=4 + 2 + 4 + 2)
+    cmd_set=4,
+    cmd_touch=2,
+    cmd_flush=1,
+    get_hits=4,
+    get_misses=3,
+    delete_hits=1,
+    delete_misses=1,
+    incr_hits=1,
+    incr_misses=1,
+    decr_hits=1,
+    decr_misses=1,
+    cas_hits=1,
+    cas_misses=0,
+    cas_badval=1,
+    total_items=3,
+    total_connections=1,
+    bytes_written=4 + 4 + 2 + 2,
+    bytes_read=4 + 2 + 4 + 2,
+)
 
 
 def workload(c: Client) -> None:
@@ -766,13 +883,19 @@ def test_memcache_sampling_and_polling_keys(agent, collector, server) -> None:
     assert pools == sorted(pools) and pools[-1] <= 200
 
 
-OPS = st.lists(st.tuples(
-    st.sampled_from(["set", "add", "get", "get_many", "delete", "incr", "decr", "touch"]),
-    st.sampled_from(["a", "b", "c"]), st.integers(0, 3)), max_size=25)
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "add", "get", "get_many", "delete", "incr", "decr", "touch"]),
+        st.sampled_from(["a", "b", "c"]),
+        st.integers(0, 3),
+    ),
+    max_size=25,
+)
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=OPS)
 def test_counters_follow_a_model(instrumented, server, ops) -> None:
     """Random command sequences: every counter equals a dict model of memcached."""
@@ -835,13 +958,24 @@ def test_counters_follow_a_model(instrumented, server, ops) -> None:
 # --------------------------------------------------------------------- instrumentation
 
 
-PER_OPERATION = ("_fetch_cmd", "_store_cmd", "_misc_cmd", "delete", "delete_many",
-                 "delete_multi", "incr", "decr", "touch", "cas")
+PER_OPERATION = (
+    "_fetch_cmd",
+    "_store_cmd",
+    "_misc_cmd",
+    "delete",
+    "delete_many",
+    "delete_multi",
+    "incr",
+    "decr",
+    "touch",
+    "cas",
+)
 NOT_PER_OPERATION = ("_connect", "flush_all", "cache_memlimit")
 
 
-def test_instrument_is_idempotent_and_uninstrument_restores(agent, collector, server,
-                                                             caplog) -> None:
+def test_instrument_is_idempotent_and_uninstrument_restores(
+    agent, collector, server, caplog
+) -> None:
     agent(sampling=1, polling=1)
     originals = {name: Client.__dict__[name] for name in PER_OPERATION + NOT_PER_OPERATION}
     assert Client.__dict__["delete_multi"] is Client.__dict__["delete_many"]
@@ -886,9 +1020,14 @@ def test_instrument_is_idempotent_and_uninstrument_restores(agent, collector, se
     assert "not instrumented" in caplog.text
     c.get("k")  # not recorded any more
     flush(collector)
-    check_ops(collector, [op(Cmd.SET, "k", 1, 1, Status.STORED),
-                          op(Cmd.DELETE, "k", 1, 0, Status.DELETED),
-                          op(Cmd.GET, "k", 1, 0, Status.NOT_FOUND)])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, "k", 1, 1, Status.STORED),
+            op(Cmd.DELETE, "k", 1, 0, Status.DELETED),
+            op(Cmd.GET, "k", 1, 0, Status.NOT_FOUND),
+        ],
+    )
 
 
 def test_wrap_one_client(agent, collector, server, caplog) -> None:
@@ -909,12 +1048,15 @@ def test_wrap_one_client(agent, collector, server, caplog) -> None:
     finally:
         sfm.uninstrument()
     flush(collector)
-    check_ops(collector, [
-        op(Cmd.SET, "w", 1, 1, Status.STORED),
-        op(Cmd.DELETE, "w", 2, 0, Status.DELETED),
-        op(Cmd.GET, "o", 1, 0, Status.NOT_FOUND),
-        op(Cmd.GET, "w", 1, 0, Status.NOT_FOUND),
-    ])
+    check_ops(
+        collector,
+        [
+            op(Cmd.SET, "w", 1, 1, Status.STORED),
+            op(Cmd.DELETE, "w", 2, 0, Status.DELETED),
+            op(Cmd.GET, "o", 1, 0, Status.NOT_FOUND),
+            op(Cmd.GET, "w", 1, 0, Status.NOT_FOUND),
+        ],
+    )
 
 
 def test_wrap_pooled_client(agent, collector, server) -> None:
@@ -923,14 +1065,18 @@ def test_wrap_pooled_client(agent, collector, server) -> None:
     pooled.set("before", b"1")  # a pooled Client exists (and is connected) before wrap()
     sfm.wrap(pooled)
     pooled.get("before")
-    with pooled.client_pool.get_and_release() as one, \
-            pooled.client_pool.get_and_release() as two:  # a new Client, made after wrap()
+    with (
+        pooled.client_pool.get_and_release() as one,
+        pooled.client_pool.get_and_release() as two,
+    ):  # a new Client, made after wrap()
         assert type(one) is type(two) is not Client
         assert one.get("before") == two.get("before") == b"1"
     pooled.get_multi(["before", "x"])
     flush(collector)
-    check_ops(collector, [op(Cmd.GET, "before", 1, 1, Status.OK)] * 3
-              + [op(Cmd.GET, "before", 2, 1, Status.OK)])
+    check_ops(
+        collector,
+        [op(Cmd.GET, "before", 1, 1, Status.OK)] * 3 + [op(Cmd.GET, "before", 2, 1, Status.OK)],
+    )
     assert counters(collector)["total_connections"] == 1  # the one opened after wrap()
 
 
@@ -938,23 +1084,35 @@ class OtherSignatures(Client):
     """Round trips with signatures other than pymemcache 4's (another version, a subclass):
     instrumented by the generic replacements, wrapt FunctionWrappers."""
 
-    def _fetch_cmd(self, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"", *,
-                   extra: Any = None) -> Any:
+    def _fetch_cmd(
+        self, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"", *, extra: Any = None
+    ) -> Any:
         return super()._fetch_cmd(name, keys, expect_cas, key_prefix)
 
-    def _store_cmd(self, name: Any, values: Any, expire: Any, noreply: Any, flags: Any = None,
-                   cas: Any = None, *, extra: Any = None) -> Any:
+    def _store_cmd(
+        self,
+        name: Any,
+        values: Any,
+        expire: Any,
+        noreply: Any,
+        flags: Any = None,
+        cas: Any = None,
+        *,
+        extra: Any = None,
+    ) -> Any:
         return super()._store_cmd(name, values, expire, noreply, flags=flags, cas=cas)
 
-    def _misc_cmd(self, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None, *,
-                  extra: Any = None) -> Any:
+    def _misc_cmd(
+        self, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None, *, extra: Any = None
+    ) -> Any:
         return super()._misc_cmd(cmds, cmd_name, noreply, end_tokens)
 
 
 @pytest.mark.parametrize("serde", [None, pickle_serde], ids=["default-serde", "pickle"])
 @pytest.mark.parametrize("sampling", [1, 0])
-def test_other_signatures_are_instrumented_by_wrapt(agent, collector, server, sampling: int,
-                                                    serde: Any) -> None:
+def test_other_signatures_are_instrumented_by_wrapt(
+    agent, collector, server, sampling: int, serde: Any
+) -> None:
     """The generic replacements count and record what the fixed-signature ones do."""
     agent(sampling=sampling, polling=1)
 
@@ -972,8 +1130,10 @@ def test_other_signatures_are_instrumented_by_wrapt(agent, collector, server, sa
     expected = raw_workload(raw)
     del raw
     flush(collector)
-    want = {name: WORKLOAD_COUNTERS.get(name, 0) + RAW_COUNTERS.get(name, 0)
-            for name in {*WORKLOAD_COUNTERS, *RAW_COUNTERS}}
+    want = {
+        name: WORKLOAD_COUNTERS.get(name, 0) + RAW_COUNTERS.get(name, 0)
+        for name in {*WORKLOAD_COUNTERS, *RAW_COUNTERS}
+    }
     assert counters(collector) == expected_counters(**want)
     got = operations(collector)
     if sampling:
@@ -983,8 +1143,9 @@ def test_other_signatures_are_instrumented_by_wrapt(agent, collector, server, sa
         assert got == []
 
 
-def test_sampled_path_never_raises_into_the_app(instrumented, collector, server,
-                                                monkeypatch) -> None:
+def test_sampled_path_never_raises_into_the_app(
+    instrumented, collector, server, monkeypatch
+) -> None:
     def broken(*args: Any) -> None:
         raise RuntimeError("exporter bug")
 
@@ -996,8 +1157,10 @@ def test_sampled_path_never_raises_into_the_app(instrumented, collector, server,
 
 
 def test_importing_sflow_app_does_not_import_pymemcache() -> None:
-    code = ("import sys, sflow_app, sflow_app.records, sflow_app.decode; "
-            "assert 'pymemcache' not in sys.modules, 'pymemcache imported'")
+    code = (
+        "import sys, sflow_app, sflow_app.records, sflow_app.decode; "
+        "assert 'pymemcache' not in sys.modules, 'pymemcache imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -1042,10 +1205,10 @@ def test_byte_counts_stay_short_without_snapshots(agent, server, monkeypatch) ->
     assert values["get_hits"] == 10_000
 
 
-
 @pytest.mark.parametrize("sampling", [1, 0], ids=["sampled", "unsampled"])
-def test_a_replaced_agent_is_followed_by_every_part(agent, auto_file, server, monkeypatch,
-                                                    sampling: int) -> None:
+def test_a_replaced_agent_is_followed_by_every_part(
+    agent, auto_file, server, monkeypatch, sampling: int
+) -> None:
     """The agent replaced under instrument(): the slow path rebinds, and the unsampled path,
     the outcome counters, the byte counts and the sampled path all use the new source (they
     read the bound source as module globals of several modules: sflow_app._memcache_*)."""
@@ -1064,8 +1227,9 @@ def test_a_replaced_agent_is_followed_by_every_part(agent, auto_file, server, mo
         before = old.counters.snapshot()
         sent: dict[Any, list[Any]] = {old: [], new: []}
         for source in (old, new):
-            monkeypatch.setattr(source, "submit",
-                                lambda n, records, source=source: sent[source].append(records))
+            monkeypatch.setattr(
+                source, "submit", lambda n, records, source=source: sent[source].append(records)
+            )
         c.version()  # sees the new source: rebinds (this one is not sampled)
         c.get("k")
         c.delete("gone")  # counted by the outcomes
@@ -1078,4 +1242,5 @@ def test_a_replaced_agent_is_followed_by_every_part(agent, auto_file, server, mo
     assert values["bytes_read"] == 10
     assert sent[old] == []
     assert [(r[0].cmd, r[0].nkeys) for r in sent[new]] == (
-        [(Cmd.GET, 1), (Cmd.DELETE, 1), (Cmd.GET, 3)] if sampling else [])
+        [(Cmd.GET, 1), (Cmd.DELETE, 1), (Cmd.GET, 3)] if sampling else []
+    )

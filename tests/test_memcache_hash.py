@@ -63,8 +63,9 @@ def operations(collector) -> list[tuple[MemcacheOperation, Any]]:
 
 
 def op(cmd: int, key: str, nkeys: int, value_bytes: int, status: int) -> MemcacheOperation:
-    return MemcacheOperation(protocol=1, cmd=cmd, key=key, nkeys=nkeys,
-                             value_bytes=value_bytes, uS=0, status=status)
+    return MemcacheOperation(
+        protocol=1, cmd=cmd, key=key, nkeys=nkeys, value_bytes=value_bytes, uS=0, status=status
+    )
 
 
 def holder(servers: tuple[Memcached, ...], key: str) -> Memcached:
@@ -81,12 +82,12 @@ def remote(sock: ExtendedSocketIPv4 | None) -> int:
 
 @pytest.mark.parametrize("use_pooling", [False, True])
 def test_hash_client_attributes_each_operation_to_its_server(
-        agent, collector, pair, use_pooling: bool) -> None:
+    agent, collector, pair, use_pooling: bool
+) -> None:
     agent(sampling=1, polling=1)
     sfm.instrument()
     try:
-        hc = HashClient([s.server for s in pair], use_pooling=use_pooling,
-                        default_noreply=False)
+        hc = HashClient([s.server for s in pair], use_pooling=use_pooling, default_noreply=False)
         for key in KEYS:
             hc.set(key, key.encode())
         where = {key: holder(pair, key) for key in KEYS}
@@ -114,7 +115,8 @@ def test_hash_client_attributes_each_operation_to_its_server(
         assert record == op(Cmd.GET, mine[0], len(mine), sum(map(len, mine)), Status.OK)
     # HashClient.delete_many deletes key by key.
     assert [(r, remote(s)) for r, s in deletes] == [
-        (op(Cmd.DELETE, k, 1, 0, Status.DELETED), where[k].port) for k in KEYS[:4]]
+        (op(Cmd.DELETE, k, 1, 0, Status.DELETED), where[k].port) for k in KEYS[:4]
+    ]
     found = collector.latest_counters(MemcacheCounters)
     assert (found.cmd_set, found.total_items, found.get_hits, found.delete_hits) == (24, 24, 30, 4)
     assert found.total_connections == 2  # one connection per server
@@ -139,8 +141,10 @@ def test_retrying_client_counts_every_attempt(agent, collector) -> None:
     refused = ExtendedSocketIPv4(6, "0.0.0.0", "127.0.0.1", 0, port)
     got = operations(collector)
     assert got[:3] == [(op(Cmd.GET, "k", 1, 0, Status.ERROR), refused)] * 3
-    assert [r for r, _ in got[3:]] == [op(Cmd.SET, "k", 1, 1, Status.STORED),
-                                       op(Cmd.GET, "k", 1, 1, Status.OK)]
+    assert [r for r, _ in got[3:]] == [
+        op(Cmd.SET, "k", 1, 1, Status.STORED),
+        op(Cmd.GET, "k", 1, 1, Status.OK),
+    ]
     assert all(remote(s) == mc.port for _, s in got[3:])
     found = collector.latest_counters(MemcacheCounters)
     assert (found.rejected_connections, found.total_connections) == (3, 1)
@@ -152,8 +156,13 @@ def test_hash_client_dead_server_retries(agent, collector, pair) -> None:
     sfm.instrument()
     try:
         alive, dead = pair
-        hc = HashClient([alive.server, dead.server], retry_attempts=2, retry_timeout=0,
-                        dead_timeout=60, default_noreply=False)
+        hc = HashClient(
+            [alive.server, dead.server],
+            retry_attempts=2,
+            retry_timeout=0,
+            dead_timeout=60,
+            default_noreply=False,
+        )
         on_dead = next(k for k in KEYS if hc._get_client(k).server == dead.server)
         dead.stop()
         for _ in range(2):
@@ -224,16 +233,22 @@ def refused_calls(c: Any) -> list[tuple[Callable[[], Any], MemcacheOperation, bo
 
 REFUSED_COUNTERS = {
     # set ok; set, add, replace, append, prepend, cas; set_many 2 + set_multi 1; cas ok
-    "cmd_set": 1 + 6 + 2 + 1 + 1, "cmd_touch": 1, "total_items": 1, "get_hits": 1,
-    "total_connections": 1, "bytes_written": 1, "bytes_read": 1,
+    "cmd_set": 1 + 6 + 2 + 1 + 1,
+    "cmd_touch": 1,
+    "total_items": 1,
+    "get_hits": 1,
+    "total_connections": 1,
+    "bytes_written": 1,
+    "bytes_read": 1,
 }
 
 
 def make_client(target: str, pair: tuple[Memcached, Memcached]) -> Any:
     if target == "client":
         return Client(pair[0].server, default_noreply=False)
-    return HashClient([s.server for s in pair], use_pooling=target == "hash-pooled",
-                      default_noreply=False)
+    return HashClient(
+        [s.server for s in pair], use_pooling=target == "hash-pooled", default_noreply=False
+    )
 
 
 def counter_values(collector) -> dict[str, int]:
@@ -244,13 +259,21 @@ def counter_values(collector) -> dict[str, int]:
     return {name: value for name, value in values.items() if value}
 
 
-@pytest.mark.parametrize(("target", "how", "sampling"), [
-    ("client", "instrument", 1), ("hash", "instrument", 1), ("hash-pooled", "instrument", 1),
-    ("client", "wrap", 1), ("hash", "wrap", 1), ("hash-pooled", "wrap", 1),
-    ("hash", "instrument", 0),
-])
+@pytest.mark.parametrize(
+    ("target", "how", "sampling"),
+    [
+        ("client", "instrument", 1),
+        ("hash", "instrument", 1),
+        ("hash-pooled", "instrument", 1),
+        ("client", "wrap", 1),
+        ("hash", "wrap", 1),
+        ("hash-pooled", "wrap", 1),
+        ("hash", "instrument", 0),
+    ],
+)
 def test_refused_keys_are_recorded_once_for_every_client(
-        agent, collector, pair, target: str, how: str, sampling: int) -> None:
+    agent, collector, pair, target: str, how: str, sampling: int
+) -> None:
     """A key HashClient refuses before choosing a server is recorded and counted as a
     plain Client's refusal is (once, CLIENT_ERROR), with no socket record."""
     agent(sampling=sampling, polling=1)
@@ -278,9 +301,11 @@ def test_refused_keys_are_recorded_once_for_every_client(
     if not sampling:
         assert got == []
         return
-    assert [r for r, _ in got] == [op(Cmd.SET, "ok", 1, 1, Status.STORED),
-                                   *(record for _, record, _ in calls),
-                                   op(Cmd.GET, "ok", 1, 1, Status.OK)]
+    assert [r for r, _ in got] == [
+        op(Cmd.SET, "ok", 1, 1, Status.STORED),
+        *(record for _, record, _ in calls),
+        op(Cmd.GET, "ok", 1, 1, Status.OK),
+    ]
     ok_port = holder(pair, "ok").port
     assert ok_port == pair[0].port or target != "client"
     for (_, _, by_hash), (_, sock) in zip(calls, got[1:-1], strict=True):
@@ -291,26 +316,36 @@ def test_refused_keys_are_recorded_once_for_every_client(
 
 
 @pytest.mark.parametrize("target", ["client", "hash", "hash-pooled"])
-def test_retrying_client_records_each_refused_attempt(agent, collector, pair,
-                                                      target: str) -> None:
+def test_retrying_client_records_each_refused_attempt(agent, collector, pair, target: str) -> None:
     """RetryingClient retries a refused key like any error: each attempt is one refused
     operation, for a HashClient as for a Client."""
     agent(sampling=1, polling=1)
     retrying = RetryingClient(make_client(target, pair), attempts=2, retry_delay=0)
     sfm.wrap(retrying)
     retrying.set("ok", b"1")
-    for call in (lambda: retrying.get(BAD), lambda: retrying.set(BAD, b"v"),
-                 lambda: retrying.get_many(["ok", BAD]), lambda: retrying.incr("ok", "x")):
+    for call in (
+        lambda: retrying.get(BAD),
+        lambda: retrying.set(BAD, b"v"),
+        lambda: retrying.get_many(["ok", BAD]),
+        lambda: retrying.incr("ok", "x"),
+    ):
         with pytest.raises(MemcacheIllegalInputError):
             call()
     flush(collector)
     error = Status.CLIENT_ERROR
     assert [r for r, _ in operations(collector)] == [
         op(Cmd.SET, "ok", 1, 1, Status.STORED),
-        *[op(Cmd.GET, BAD, 1, 0, error)] * 2, *[op(Cmd.SET, BAD, 1, 0, error)] * 2,
-        *[op(Cmd.GET, "ok", 2, 0, error)] * 2, *[op(Cmd.INCR, "ok", 1, 0, error)] * 2]
-    assert counter_values(collector) == {"cmd_set": 3, "total_items": 1,
-                                         "total_connections": 1, "bytes_written": 1}
+        *[op(Cmd.GET, BAD, 1, 0, error)] * 2,
+        *[op(Cmd.SET, BAD, 1, 0, error)] * 2,
+        *[op(Cmd.GET, "ok", 2, 0, error)] * 2,
+        *[op(Cmd.INCR, "ok", 1, 0, error)] * 2,
+    ]
+    assert counter_values(collector) == {
+        "cmd_set": 3,
+        "total_items": 1,
+        "total_connections": 1,
+        "bytes_written": 1,
+    }
 
 
 def test_hash_client_delete_many_is_key_by_key(agent, collector, pair) -> None:
@@ -327,8 +362,10 @@ def test_hash_client_delete_many_is_key_by_key(agent, collector, pair) -> None:
         sfm.uninstrument()
     flush(collector)
     got = [r for r, _ in operations(collector)]
-    assert got[-2:] == [op(Cmd.DELETE, "a", 1, 0, Status.DELETED),
-                        op(Cmd.DELETE, BAD, 1, 0, Status.CLIENT_ERROR)]
+    assert got[-2:] == [
+        op(Cmd.DELETE, "a", 1, 0, Status.DELETED),
+        op(Cmd.DELETE, BAD, 1, 0, Status.CLIENT_ERROR),
+    ]
     assert holder(pair, "c").bare_get(b"c") == b"3"
     found = counter_values(collector)
     assert (found["delete_hits"], found.get("delete_misses", 0)) == (1, 0)
@@ -336,8 +373,15 @@ def test_hash_client_delete_many_is_key_by_key(agent, collector, pair) -> None:
 
 def test_uninstrument_restores_hash_client(agent) -> None:
     agent(sampling=1, polling=1)
-    names = ("_run_cmd", "get_many", "get_multi", "gets_many", "gets_multi", "set_many",
-             "set_multi")
+    names = (
+        "_run_cmd",
+        "get_many",
+        "get_multi",
+        "gets_many",
+        "gets_multi",
+        "set_many",
+        "set_multi",
+    )
     originals = {name: HashClient.__dict__[name] for name in names}
     sfm.instrument()
     try:
@@ -374,7 +418,9 @@ def test_no_server_left_is_one_error_operation(agent, collector, pair) -> None:
         sfm.uninstrument()
     flush(collector)
     got = operations(collector)
-    assert [r for r, _ in got] == [op(Cmd.GET, "k", 1, 0, Status.ERROR),
-                                   op(Cmd.SET, "k", 1, 0, Status.ERROR)]
+    assert [r for r, _ in got] == [
+        op(Cmd.GET, "k", 1, 0, Status.ERROR),
+        op(Cmd.SET, "k", 1, 0, Status.ERROR),
+    ]
     assert all(sock is None for _, sock in got)
     assert counter_values(collector) == {"cmd_set": 1}

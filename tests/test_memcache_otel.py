@@ -69,8 +69,7 @@ def test_both_see_every_operation_once(agent, server, otel: Any, first: str) -> 
             sfm.instrument()
     workload(server)
     assert sflow_counts() == ONE_EACH
-    assert sorted(s.name for s in spans.get_finished_spans()) == ["delete", "get", "get",
-                                                                  "set"]
+    assert sorted(s.name for s in spans.get_finished_spans()) == ["delete", "get", "get", "set"]
     # Removed last-in first-out: the outer one goes, the inner one still works alone.
     if first == "otel":
         sfm.uninstrument()
@@ -84,8 +83,7 @@ def test_both_see_every_operation_once(agent, server, otel: Any, first: str) -> 
         assert len(spans.get_finished_spans()) == 4
 
 
-def test_out_of_order_removal_takes_out_only_our_layer(agent, server, otel: Any,
-                                                      caplog) -> None:
+def test_out_of_order_removal_takes_out_only_our_layer(agent, server, otel: Any, caplog) -> None:
     """sflow_app first, OpenTelemetry on top, then sflow_app removed first: its layer
     leaves OpenTelemetry's chain, which goes on tracing; then OpenTelemetry's removal
     leaves pymemcache as it was."""
@@ -100,7 +98,6 @@ def test_out_of_order_removal_takes_out_only_our_layer(agent, server, otel: Any,
     assert "cannot unlink" not in caplog.text
     workload(server)
     assert sflow_counts() == ONE_EACH  # sflow_app counts no more
-    assert sorted(s.name for s in spans.get_finished_spans()[4:]) == ["delete", "get", "get",
-                                                                     "set"]
+    assert sorted(s.name for s in spans.get_finished_spans()[4:]) == ["delete", "get", "get", "set"]
     instrumentor.uninstrument()
     assert dict(vars(Client)) == pristine

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_auto
+from helpers import write_auto
 from memcached import Memcached
 from prefork_check import (
     POOL_LAG,
@@ -91,15 +91,24 @@ def alive(pid: int) -> bool:
 class Server:
     """A server in a subprocess (its own session), its log, and graceful stop."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path,
-                 port: int, log: Path, workers: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        port: int,
+        log: Path,
+        workers: int,
+    ) -> None:
         self.name = name
         self.port = port
         self.workers = workers
         self.log_path = log
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:
@@ -136,7 +145,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise AssertionError(
-                    f"{self.name} did not stop on {sig!r}:\n{self.log()}") from None
+                    f"{self.name} did not stop on {sig!r}:\n{self.log()}"
+                ) from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -156,8 +166,11 @@ def read_state(state_dir: str) -> tuple[int, int, int]:
         words = memoryview(m).cast("Q")
         try:
             sender = words[_shared.H_SENDER_PID]
-            used = sum(1 for s in range(_shared.MAX_SLOTS)
-                       if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS])
+            used = sum(
+                1
+                for s in range(_shared.MAX_SLOTS)
+                if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS]
+            )
         finally:
             words.release()
         return sender, used, os.fstat(f.fileno()).st_size
@@ -170,25 +183,30 @@ class Service:
         self.tmp = tmp
         self.state_dir = state_dir
         self.collector = TimedCollector()
-        self.auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=RATE,
-                               polling=1)
+        self.auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=RATE, polling=1)
         self.server: Server | None = None
         self.memcached: Memcached | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SFLOW_APP_", "PREFORK_"))}
-        env.update(SFLOW_APP_CONFIG=str(self.auto), SFLOW_APP_STATE_DIR=self.state_dir,
-                   SFLOW_APP_NAME=SERVICE, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join([str(APPS), str(ROOT)]), **extra)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SFLOW_APP_", "PREFORK_"))}
+        env.update(
+            SFLOW_APP_CONFIG=str(self.auto),
+            SFLOW_APP_STATE_DIR=self.state_dir,
+            SFLOW_APP_NAME=SERVICE,
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join([str(APPS), str(ROOT)]),
+            **extra,
+        )
         return env
 
-    def start(self, name: str, cmd: list[str], workers: int, cwd: Path = APPS,
-              **env: str) -> Server:
+    def start(
+        self, name: str, cmd: list[str], workers: int, cwd: Path = APPS, **env: str
+    ) -> Server:
         self.port = port = free_port()
         cmd = [part.replace("{port}", str(port)) for part in cmd]
-        self.server = Server(name, cmd, self.env(**env), cwd, port,
-                             self.tmp / f"{name}.log", workers)
+        self.server = Server(
+            name, cmd, self.env(**env), cwd, port, self.tmp / f"{name}.log", workers
+        )
         return self.server
 
     def close(self) -> None:
@@ -209,30 +227,76 @@ def service(tmp_path: Path, state_dir: str) -> Iterator[Service]:
 
 
 def gunicorn(*args: str, workers: int = 4) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", "127.0.0.1:{port}",
-            "--timeout", "30", "--graceful-timeout", "10", *args, "prefork_app:application"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-w",
+        str(workers),
+        "-b",
+        "127.0.0.1:{port}",
+        "--timeout",
+        "30",
+        "--graceful-timeout",
+        "10",
+        *args,
+        "prefork_app:application",
+    ]
 
 
 def uwsgi(*args: str, processes: int = 4) -> list[str]:
     assert UWSGI, "uWSGI is not installed (.venv/bin/pip install uwsgi)"
-    return [UWSGI, "--http-socket", "127.0.0.1:{port}", "--master", "--processes",
-            str(processes), "--wsgi-file", "prefork_app.py", "--callable", "application",
-            "--need-app", "--die-on-term", "--disable-logging", "--virtualenv", sys.prefix,
-            "--min-worker-lifetime", "0",  # else --max-requests waits 10 s per worker
-            # else the master sleeps 2 s whenever a worker lived < 2 s -- and a worker it
-            # respawns from that sleep after SIGTERM never gets the signal (uWSGI's race)
-            "--forkbomb-delay", "0",
-            *args]
+    return [
+        UWSGI,
+        "--http-socket",
+        "127.0.0.1:{port}",
+        "--master",
+        "--processes",
+        str(processes),
+        "--wsgi-file",
+        "prefork_app.py",
+        "--callable",
+        "application",
+        "--need-app",
+        "--die-on-term",
+        "--disable-logging",
+        "--virtualenv",
+        sys.prefix,
+        "--min-worker-lifetime",
+        "0",  # else --max-requests waits 10 s per worker
+        # else the master sleeps 2 s whenever a worker lived < 2 s -- and a worker it
+        # respawns from that sleep after SIGTERM never gets the signal (uWSGI's race)
+        "--forkbomb-delay",
+        "0",
+        *args,
+    ]
 
 
 def uvicorn(workers: int = 2) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "tests.apps.prefork_asgi:app", "--workers",
-            str(workers), "--host", "127.0.0.1", "--port", "{port}", "--log-level",
-            "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "tests.apps.prefork_asgi:app",
+        "--workers",
+        str(workers),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--log-level",
+        "warning",
+    ]
 
 
-def finish(service: Service, load: Load, expects: list[Expect], *, exact: bool = True,
-           stop_signal: int = signal.SIGTERM) -> str:
+def finish(
+    service: Service,
+    load: Load,
+    expects: list[Expect],
+    *,
+    exact: bool = True,
+    stop_signal: int = signal.SIGTERM,
+) -> str:
     """Wait for the final counters, stop the server gracefully, check everything."""
     server = service.server
     assert server is not None
@@ -240,20 +304,21 @@ def finish(service: Service, load: Load, expects: list[Expect], *, exact: bool =
         for e in expects:
             want = e.ops_per_request * N
             got = wait_for_total(service.collector, want, e.kind)
-            assert got == want, (f"{e.kind}: counters reached {got}, not {want}, within "
-                                 f"15 s\n{server.log()[-3000:]}")
+            assert got == want, (
+                f"{e.kind}: counters reached {got}, not {want}, within 15 s\n{server.log()[-3000:]}"
+            )
     else:  # settle: a counter sample polled after every worker published its last counts
         settle(service, load.t_end + 1.5)
     workers = server.workers_now()
     server.stop(stop_signal)
     time.sleep(1.5)  # what the exiting workers send last
     try:
-        report = check_stream(service.collector, load, expects, rate=RATE,
-                              sub_agent_id=service.port)
+        report = check_stream(
+            service.collector, load, expects, rate=RATE, sub_agent_id=service.port
+        )
     except AssertionError as exc:
         agent_log = [line for line in server.log().splitlines() if "sflow_app" in line]
-        raise AssertionError(f"{exc}\nagent log lines:\n" + "\n".join(agent_log[-30:])) \
-            from None
+        raise AssertionError(f"{exc}\nagent log lines:\n" + "\n".join(agent_log[-30:])) from None
     # Bounded state: one file (and at most one socket) whatever the churn, and no more
     # worker slots than workers alive at once.
     files = state_files(service.state_dir)
@@ -262,10 +327,13 @@ def finish(service: Service, load: Load, expects: list[Expect], *, exact: bool =
     assert size == _shared.TOTAL_WORDS * 8
     assert used <= server.workers, (
         f"{used} worker slots used by {server.workers} workers (pids seen: "
-        f"{len(load.pids())}, alive at the end: {len(workers)})")
+        f"{len(load.pids())}, alive at the end: {len(workers)})"
+    )
     independent = check_independent_sampling(load)
-    summary = (f"{server.name}: {report}; slots used {used}; worker pids "
-               f"{len(load.pids())}; first samples {independent}")
+    summary = (
+        f"{server.name}: {report}; slots used {used}; worker pids "
+        f"{len(load.pids())}; first samples {independent}"
+    )
     print(summary)
     return summary
 
@@ -273,8 +341,10 @@ def finish(service: Service, load: Load, expects: list[Expect], *, exact: bool =
 def settle(service: Service, after: float, timeout: float = 15) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if any(t >= after and any(not hasattr(s, "sampling_rate") for s in dg.samples)
-               for t, dg in service.collector.received()):
+        if any(
+            t >= after and any(not hasattr(s, "sampling_rate") for s in dg.samples)
+            for t, dg in service.collector.received()
+        ):
             return
         time.sleep(0.1)
     raise AssertionError("no counter sample after the load settled")
@@ -292,13 +362,21 @@ def test_gunicorn_sync_recycled_with_memcache_and_decorator(service: Service) ->
     does a memcache set + get and one decorated call: three data sources, one agent."""
     service.memcached = Memcached().start()
     host, port = service.memcached.server
-    service.start("gunicorn-sync", gunicorn("--max-requests", "50"), 4,
-                  PREFORK_MEMCACHED=f"{host}:{port}", PREFORK_DECORATED="1")
+    service.start(
+        "gunicorn-sync",
+        gunicorn("--max-requests", "50"),
+        4,
+        PREFORK_MEMCACHED=f"{host}:{port}",
+        PREFORK_DECORATED="1",
+    )
     load = run_load(service.port, N, CONCURRENCY)
     assert not load.errors, load.errors[:5]
     assert len(load.pids()) >= N // 100, "workers were not recycled"
-    finish(service, load, [Expect("http", exact_samples=True),
-                           Expect("memcache", ops_per_request=2), Expect("app")])
+    finish(
+        service,
+        load,
+        [Expect("http", exact_samples=True), Expect("memcache", ops_per_request=2), Expect("app")],
+    )
 
 
 @pytest.mark.parametrize("variant", ["gthread", "preload"])
@@ -312,8 +390,9 @@ def test_gunicorn_recycled(service: Service, variant: str) -> None:
 
 
 def test_gunicorn_gevent(service: Service) -> None:
-    service.start("gunicorn-gevent", gunicorn("-k", "gevent", "--max-requests", "200",
-                                              workers=2), 2)
+    service.start(
+        "gunicorn-gevent", gunicorn("-k", "gevent", "--max-requests", "200", workers=2), 2
+    )
     load = run_load(service.port, N, CONCURRENCY)
     assert not load.errors, load.errors[:5]
     finish(service, load, http_only())
@@ -416,19 +495,33 @@ def test_gunicorn_worker_killed(service: Service, who: str) -> None:
     may_lose = {i for i in lost_counts if load.sampled[i]}
     if who == "sender":
         window = t_kill - FLUSH_AFTER - KILL_WINDOW
-        may_lose |= {i for i in load.completed_in(window) if load.sampled[i]
-                     and load.done[i] <= t_kill + 0.05}
+        may_lose |= {
+            i
+            for i in load.completed_in(window)
+            if load.sampled[i] and load.done[i] <= t_kill + 0.05
+        }
     after = sum(1 for t in load.sent[1:] if t > t_kill)
     assert after >= N // 4, f"the kill was not mid-run: {after} requests sent after it"
-    summary = finish(service, load, [Expect("http", count_loss=len(lost_counts),
-                                            may_lose=frozenset(may_lose),
-                                            exact_samples=True)], exact=False)
-    print(f"killed {who} {victim}: N_ok={load.ok} failed={len(load.errors)} "
-          f"count bound L={len(lost_counts)} samples that may be lost={len(may_lose)} "
-          f"pool lag {POOL_LAG} s; {summary}")
+    summary = finish(
+        service,
+        load,
+        [
+            Expect(
+                "http",
+                count_loss=len(lost_counts),
+                may_lose=frozenset(may_lose),
+                exact_samples=True,
+            )
+        ],
+        exact=False,
+    )
+    print(
+        f"killed {who} {victim}: N_ok={load.ok} failed={len(load.errors)} "
+        f"count bound L={len(lost_counts)} samples that may be lost={len(may_lose)} "
+        f"pool lag {POOL_LAG} s; {summary}"
+    )
     total = latest_total(service.collector)
     assert total is not None and load.ok - len(lost_counts) <= total <= N
-
 
 
 # -- idle: counters keep coming without traffic ---------------------------------------------

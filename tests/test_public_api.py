@@ -11,8 +11,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("pymemcache", "werkzeug", "flask", "django", "starlette", "fastapi", "asgiref",
-         "uvicorn", "gunicorn", "gevent")
+HEAVY = (
+    "pymemcache",
+    "werkzeug",
+    "flask",
+    "django",
+    "starlette",
+    "fastapi",
+    "asgiref",
+    "uvicorn",
+    "gunicorn",
+    "gevent",
+)
 
 
 def test_all_is_exactly_the_public_api() -> None:
@@ -29,8 +39,9 @@ def test_import_pulls_in_nothing_heavy_and_starts_nothing() -> None:
         "print(__import__('json').dumps({'mods': sorted(sys.modules), "
         "'threads': threading.active_count()}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     report = json.loads(out.stdout)
     loaded = {m.split(".")[0] for m in report["mods"]}
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
@@ -48,8 +59,22 @@ def test_configure_rejects_bad_values_clearly() -> None:
 
 @pytest.mark.slow
 def test_wheel_has_only_sflow_app_at_top_level(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     [wheel] = tmp_path.glob("sflow_app-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_auto
+from helpers import write_auto
 from prefork_check import (
     Expect,
     InheritedSkip,
@@ -51,18 +51,31 @@ def request(source: Any, uri: str) -> bool:
     incr[METHODS["GET"][1]]()
     incr[status_slot(200)]()
     if sampled:
-        submit_http(source, n, method="GET", protocol=1001, uri=uri, status=200,
-                    resp_bytes=10, duration_us=5, local=("127.0.0.1", PORT),
-                    remote=("127.0.0.1", 50000))
+        submit_http(
+            source,
+            n,
+            method="GET",
+            protocol=1001,
+            uri=uri,
+            status=200,
+            resp_bytes=10,
+            duration_us=5,
+            local=("127.0.0.1", PORT),
+            remote=("127.0.0.1", 50000),
+        )
     return sampled
 
 
 def _status(agent: Agent) -> dict[str, Any]:
     state = agent.exporter.state
-    return {"pid": os.getpid(), "sender": bool(state and state.sender),
-            "slot": getattr(state, "slot", None),
-            "slots_used": state.slots_used() if state else 0,
-            "backlog": len(agent.exporter._backlog), "stats": dict(agent.stats)}
+    return {
+        "pid": os.getpid(),
+        "sender": bool(state and state.sender),
+        "slot": getattr(state, "slot", None),
+        "slots_used": state.slots_used() if state else 0,
+        "backlog": len(agent.exporter._backlog),
+        "stats": dict(agent.stats),
+    }
 
 
 def _serve(conn: Connection, env: dict[str, str], setup: Any) -> None:
@@ -130,10 +143,12 @@ class Worker:
 class Service:
     def __init__(self, tmp: Path, state_dir: str, sampling: int = 1) -> None:
         self.collector = TimedCollector()
-        auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=sampling,
-                          polling=1)
-        self.env = {"SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_NAME": "shared-unit",
-                    "SFLOW_APP_STATE_DIR": state_dir}
+        auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=sampling, polling=1)
+        self.env = {
+            "SFLOW_APP_CONFIG": str(auto),
+            "SFLOW_APP_NAME": "shared-unit",
+            "SFLOW_APP_STATE_DIR": state_dir,
+        }
         self.state_dir = state_dir
         self.workers: list[Worker] = []
 
@@ -162,8 +177,10 @@ class Service:
         """Identity, datagram/sample sequence numbers, uptime, monotonic counters."""
         check_datagrams(self.collector.received(), PORT)
         view = self.http()
-        for what, seqs in (("flow", [s.sequence_number for _, s in view.flows]),
-                           ("counter", [s.sequence_number for _, s in view.counters])):
+        for what, seqs in (
+            ("flow", [s.sequence_number for _, s in view.flows]),
+            ("counter", [s.sequence_number for _, s in view.counters]),
+        ):
             assert seqs == list(range(1, len(seqs) + 1)), f"{what} sequence: {seqs}"
         previous = None
         for _, sample in view.counters:
@@ -199,8 +216,9 @@ def slots_used(state_dir: str) -> tuple[int, int]:
     with open(path, "rb") as f:
         data = f.read()
     words = memoryview(data).cast("Q")
-    used = sum(1 for s in range(_shared.MAX_SLOTS)
-               if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS])
+    used = sum(
+        1 for s in range(_shared.MAX_SLOTS) if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS]
+    )
     return used, len(data)
 
 
@@ -226,8 +244,7 @@ def test_one_sender_exact_sums_contiguous_sequences(service: Service) -> None:
     service.wait(lambda: service.total() == ordinal and len(service.uris()) >= len(sampled))
     assert service.total() == ordinal == 360
     service.check()
-    assert sorted(int(u[3:]) for u in service.uris()) == sorted(sampled) == list(
-        range(1, 361))
+    assert sorted(int(u[3:]) for u in service.uris()) == sorted(sampled) == list(range(1, 361))
 
 
 def test_killed_worker_slot_is_reclaimed_and_counts_continue(service: Service) -> None:
@@ -336,8 +353,7 @@ def _pause_after_final_receive(agent: Agent) -> None:
     exporter.finish = paused_finish
 
 
-def test_sample_forwarded_while_sender_exits_is_not_lost(service: Service,
-                                                         tmp_path: Path) -> None:
+def test_sample_forwarded_while_sender_exits_is_not_lost(service: Service, tmp_path: Path) -> None:
     """Worker B forwards a sample after the exiting sender A read its socket for the last
     time but before A closed it: the sample must still arrive (A reads again after it stops
     taking forwards, or B keeps it until a new sender exists)."""
@@ -362,7 +378,8 @@ def test_sample_forwarded_while_sender_exits_is_not_lost(service: Service,
     service.wait(lambda: len(service.uris()) >= 3, 3)
     assert sorted(service.uris()) == ["/r/1", "/r/2", "/r/3"], (
         f"samples forwarded to the exiting sender were lost (B's backlog after its forward "
-        f"was {status['backlog']}; received {service.uris()})")
+        f"was {status['backlog']}; received {service.uris()})"
+    )
 
 
 def _fake_uwsgi_without_threads(agent: Agent) -> None:
@@ -379,8 +396,11 @@ def _fake_uwsgi_without_threads(agent: Agent) -> None:
 
 
 def _inline_info(agent: Agent) -> dict[str, Any]:
-    return {"thread": agent._thread is not None, "inline": agent._inline,
-            "warnings": [m for m in agent.warnings if "enable-threads" in m]}
+    return {
+        "thread": agent._thread is not None,
+        "inline": agent._inline,
+        "warnings": [m for m in agent.warnings if "enable-threads" in m],
+    }
 
 
 def test_uwsgi_without_threads_warns_once_and_reports_inline(service: Service) -> None:
@@ -427,8 +447,7 @@ def _master_then_children(env: dict[str, str], conn: Connection, children: int) 
     conn.send(reports)
 
 
-def test_children_do_not_inherit_the_masters_next_sample(tmp_path: Path,
-                                                         service: Service) -> None:
+def test_children_do_not_inherit_the_masters_next_sample(tmp_path: Path, service: Service) -> None:
     """gunicorn --preload / uWSGI: the app (and its sampler) is built in the master, which
     reads the config and so draws its first skip there. Each child must draw its own:
     otherwise every worker samples the same ordinal of its life."""
@@ -446,7 +465,8 @@ def test_children_do_not_inherit_the_masters_next_sample(tmp_path: Path,
     if len(set(seen)) == 1:
         raise InheritedSkip(
             f"all {len(seen)} children took their first sample at request {seen[0] + 1}: "
-            f"the skip drawn in the master was inherited ({firsts})")
+            f"the skip drawn in the master was inherited ({firsts})"
+        )
 
 
 def test_forwarding_keeps_up_with_a_busy_worker(service: Service) -> None:
@@ -472,7 +492,8 @@ def test_forwarding_keeps_up_with_a_busy_worker(service: Service) -> None:
     assert got == 100, (
         f"{100 - got} of 100 samples lost (worker backlog at exit: {status['backlog']}, "
         f"drops reported: {service.http().flows[-1][1].drops if got else '-'}, "
-        f"net.unix.max_dgram_qlen={qlen})")
+        f"net.unix.max_dgram_qlen={qlen})"
+    )
     assert service.total() == 100
 
 
@@ -497,8 +518,7 @@ def _pause_before_release(agent: Agent) -> None:
     exporter.close_state = paused_close_state
 
 
-def test_counts_of_a_worker_exiting_with_the_sender_arrive(tmp_path: Path,
-                                                          state_dir: str) -> None:
+def test_counts_of_a_worker_exiting_with_the_sender_arrive(tmp_path: Path, state_dir: str) -> None:
     """Recycled workers often exit together (the last requests of a run): B publishes its
     last counts after the exiting sender A polled for the last time. If no other worker
     ticks (fresh workers start nothing before their first request), B's counts must be
@@ -531,8 +551,9 @@ def _exit_with_the_sender(service: Service, tmp_path: Path) -> None:
     a.conn.recv()
     b.conn.recv()
     service.wait(lambda: service.total() == 25, 2)
-    assert service.total() == 25, "the last counts of a worker exiting with the sender " \
-        "were never sent"
+    assert service.total() == 25, (
+        "the last counts of a worker exiting with the sender were never sent"
+    )
     service.check()
 
 
@@ -547,9 +568,14 @@ class _Stream:
         nan = float("nan")
         n = 100
         ordinals = range(1, n + 1)
-        self.load = Load(n=n, concurrency=1, sent=[nan] + [i * 0.01 for i in ordinals],
-                         done=[nan] + [i * 0.01 + 0.005 for i in ordinals],
-                         pid=[0] + [1] * n, sampled=[False] + [i % 10 == 5 for i in ordinals])
+        self.load = Load(
+            n=n,
+            concurrency=1,
+            sent=[nan] + [i * 0.01 for i in ordinals],
+            done=[nan] + [i * 0.01 + 0.005 for i in ordinals],
+            pid=[0] + [1] * n,
+            sampled=[False] + [i % 10 == 5 for i in ordinals],
+        )
         self.errors: list[str] = []
         self.datagrams: list[tuple[float, Datagram]] = []
         flow_seq = 0
@@ -559,13 +585,30 @@ class _Stream:
             for i in range(10 * k + 1, min(10 * k + 11, n + 1)):
                 if self.load.sampled[i] and i != lose:  # lost before the sender numbers it
                     flow_seq += 1
-                    samples.append(FlowSample(flow_seq, 3, PORT, 10, i, 0, 0, 0, 0, 0x3FFFFFFF,
-                                              (HttpRequest(method=2, uri=f"/r/{i}"),)))
+                    samples.append(
+                        FlowSample(
+                            flow_seq,
+                            3,
+                            PORT,
+                            10,
+                            i,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0x3FFFFFFF,
+                            (HttpRequest(method=2, uri=f"/r/{i}"),),
+                        )
+                    )
             done = min(10 * k + 10, n)
-            samples.append(CountersSample(k + 1, 3, PORT, (
-                HttpCounters(method_get_count=done, status_2XX_count=done),)))
-            self.datagrams.append((t, Datagram("127.0.0.1", PORT, k + 1, int(t * 1000),
-                                               tuple(samples))))
+            samples.append(
+                CountersSample(
+                    k + 1, 3, PORT, (HttpCounters(method_get_count=done, status_2XX_count=done),)
+                )
+            )
+            self.datagrams.append(
+                (t, Datagram("127.0.0.1", PORT, k + 1, int(t * 1000), tuple(samples)))
+            )
 
     def received(self) -> list[tuple[float, Datagram]]:
         return self.datagrams
@@ -586,25 +629,42 @@ def _counters(get: int) -> tuple[Any, ...]:
 
 
 FAULTS = {  # fault: (how to make it, what the check must say)
-    "datagram sequence gap": (lambda s: s.change(5, sequence_number=99),
-                              "datagram sequence numbers"),
-    "second sub_agent_id": (lambda s: s.change(3, sub_agent_id=PORT + 1),
-                            "several agent identities"),
+    "datagram sequence gap": (
+        lambda s: s.change(5, sequence_number=99),
+        "datagram sequence numbers",
+    ),
+    "second sub_agent_id": (
+        lambda s: s.change(3, sub_agent_id=PORT + 1),
+        "several agent identities",
+    ),
     "uptime going back": (lambda s: s.change(6, uptime_ms=1), "uptime went back"),
-    "flow sequence gap": (lambda s: s.change_sample(2, 0, sequence_number=7),
-                          "flow sequence numbers"),
-    "counter sequence repeat": (lambda s: s.change_sample(4, -1, sequence_number=4),
-                                "counter sequence numbers"),
-    "counter going back": (lambda s: s.change_sample(7, -1, records=_counters(5)),
-                           "counters went back"),
-    "final total short": (lambda s: s.change_sample(9, -1, records=_counters(99))
-                          .change_sample(10, -1, records=_counters(99)), "final total 99"),
-    "second data source": (lambda s: s.change_sample(8, -1, ds_index=PORT + 1),
-                           "several data sources"),
-    "pool above requests sent": (lambda s: s.change_sample(0, 0, sample_pool=50),
-                                 "requests sent before its datagram arrived"),
-    "pool going back": (lambda s: s.change_sample(6, 0, sample_pool=3),
-                        "sample_pool went back"),
+    "flow sequence gap": (
+        lambda s: s.change_sample(2, 0, sequence_number=7),
+        "flow sequence numbers",
+    ),
+    "counter sequence repeat": (
+        lambda s: s.change_sample(4, -1, sequence_number=4),
+        "counter sequence numbers",
+    ),
+    "counter going back": (
+        lambda s: s.change_sample(7, -1, records=_counters(5)),
+        "counters went back",
+    ),
+    "final total short": (
+        lambda s: s.change_sample(9, -1, records=_counters(99)).change_sample(
+            10, -1, records=_counters(99)
+        ),
+        "final total 99",
+    ),
+    "second data source": (
+        lambda s: s.change_sample(8, -1, ds_index=PORT + 1),
+        "several data sources",
+    ),
+    "pool above requests sent": (
+        lambda s: s.change_sample(0, 0, sample_pool=50),
+        "requests sent before its datagram arrived",
+    ),
+    "pool going back": (lambda s: s.change_sample(6, 0, sample_pool=3), "sample_pool went back"),
     "wrong sampling rate": (lambda s: s.change_sample(1, 0, sampling_rate=1), "sampling_rate"),
     "sampled request lost": (lambda s: s.__init__(lose=35), "never arrived"),
 }

@@ -24,8 +24,12 @@ def starlette_app() -> Starlette:
     async def hello(request):
         return PlainTextResponse("hi")
 
-    app = Starlette(routes=[Route("/users/{name}", hello),
-                            Mount("/admin", routes=[Route("/items/{item_id:int}", hello)])])
+    app = Starlette(
+        routes=[
+            Route("/users/{name}", hello),
+            Mount("/admin", routes=[Route("/items/{item_id:int}", hello)]),
+        ]
+    )
     app.add_middleware(SFlowMiddleware)
     return app
 
@@ -38,7 +42,9 @@ def test_starlette_route_templates(agent, collector):
     flush(AGENT, collector)
     ops = collector.records(AppOperation)
     assert [(o.operation, o.application, o.status_descr) for o in ops] == [
-        ("/users/{name}", "tests", "200"), ("/admin/items/{item_id}", "tests", "200")]
+        ("/users/{name}", "tests", "200"),
+        ("/admin/items/{item_id}", "tests", "200"),
+    ]
     assert ops[0].attributes == "method=GET&route=/users/{name}"
     assert [r.status for r in http_records(collector)] == [200, 200, 404]
 
@@ -57,7 +63,9 @@ def test_route_fallback_without_scope_route(agent, collector):
     call(app, http_scope(path="/admin/items/7"))
     flush(AGENT, collector)
     assert [o.operation for o in collector.records(AppOperation)] == [
-        "/users/{name}", "/admin/items/{item_id}"]
+        "/users/{name}",
+        "/admin/items/{item_id}",
+    ]
 
 
 def test_fastapi_route_templates(agent, collector):
@@ -87,13 +95,18 @@ def test_fastapi_route_templates(agent, collector):
     call(app, http_scope(path="/sub/deep/q"))
     flush(AGENT, collector)
     assert [o.operation for o in collector.records(AppOperation)] == [
-        "/items/{item_id}", "/api/users/{uid}", "/sub/deep/{z}"]
+        "/items/{item_id}",
+        "/api/users/{uid}",
+        "/sub/deep/{z}",
+    ]
     assert [(r.status, r.mime_type) for r in http_records(collector)] == [
-        (200, "application/json")] * 3
+        (200, "application/json")
+    ] * 3
 
 
 def test_starlette_exception_counts_500_and_reaches_server_error_middleware(agent, collector):
     agent(sampling=1)
+
     async def fail(request):
         raise RuntimeError("boom")
 
@@ -120,7 +133,9 @@ def test_fastapi_under_uvicorn(tmp_path):
             assert client.get("/items/5").json() == {"item_id": 5}
             srv.sent("GET", 200)
             assert client.post("/api/users/bob", content=b"x" * 11).json() == {
-                "uid": "bob", "size": 11}
+                "uid": "bob",
+                "size": 11,
+            }
             srv.sent("POST", 200)
             assert client.get("/legacy/hello/ann").text == "hello ann"
             srv.sent("GET", 200)
@@ -147,9 +162,17 @@ def test_fastapi_under_uvicorn(tmp_path):
             op = record(sample, AppOperation)
             assert http.status == status, uri
             assert (op.application, op.operation, op.attributes, op.status_descr) == (
-                "fastapi-e2e", route, f"method={method}&route={route}", str(status))
+                "fastapi-e2e",
+                route,
+                f"method={method}&route={route}",
+                str(status),
+            )
             assert (op.req_bytes, op.resp_bytes, op.uS, op.status) == (
-                http.req_bytes, http.resp_bytes, http.uS, app_status)
+                http.req_bytes,
+                http.resp_bytes,
+                http.uS,
+                app_status,
+            )
         assert record(srv.sample_for("/api/users/bob"), HttpRequest).req_bytes == 11
         nothing = srv.sample_for("/nothing")
         assert not [r for r in nothing.records if isinstance(r, AppOperation)]

@@ -98,11 +98,18 @@ def test_exceptions_propagate_unchanged_and_map_to_statuses(live, collector, sam
     flush(collector)
     counters = app_counters(collector, "tests")
     assert (counters.success, counters.internal_error, counters.timeout, counters.other) == (
-        0, 2, 1, 1)
+        0,
+        2,
+        1,
+        1,
+    )
     if sampling:
         assert [(o.status, o.status_descr) for o in operations(collector)] == [
-            (INTERNAL_ERROR, "ValueError"), (TIMEOUT, "TimeoutError"),
-            (OTHER, "KeyboardInterrupt"), (INTERNAL_ERROR, "KeyError")]
+            (INTERNAL_ERROR, "ValueError"),
+            (TIMEOUT, "TimeoutError"),
+            (OTHER, "KeyboardInterrupt"),
+            (INTERNAL_ERROR, "KeyError"),
+        ]
     else:
         assert operations(collector) == []
 
@@ -136,12 +143,19 @@ def test_async_functions(live, collector, sampling):
     flush(collector)
     counters = app_counters(collector, "tests")
     assert (counters.success, counters.timeout, counters.internal_error, counters.other) == (
-        1, 1, 1, 1)
+        1,
+        1,
+        1,
+        1,
+    )
     if sampling:
         ops = operations(collector)
         assert [(o.status, o.status_descr) for o in ops] == [
-            (SUCCESS, ""), (TIMEOUT, "TimeoutError"), (INTERNAL_ERROR, "RuntimeError"),
-            (OTHER, "CancelledError")]
+            (SUCCESS, ""),
+            (TIMEOUT, "TimeoutError"),
+            (INTERNAL_ERROR, "RuntimeError"),
+            (OTHER, "CancelledError"),
+        ]
         assert ops[0].uS >= 30_000  # timed to the coroutine's end
         assert ops[3].uS >= 10_000
 
@@ -188,8 +202,14 @@ def test_methods_classmethods_staticmethods(live, collector):
     flush(collector)
     names = [o.operation for o in operations(collector)]
     prefix = "test_methods_classmethods_staticmethods.<locals>."
-    assert names == [(prefix + "Cart.empty")[:32], (prefix + "Cart.add")[:32],
-                     (prefix + "Cart.add")[:32], "tax", "tax", (prefix + "Cart.pay")[:32]]
+    assert names == [
+        (prefix + "Cart.empty")[:32],
+        (prefix + "Cart.add")[:32],
+        (prefix + "Cart.add")[:32],
+        "tax",
+        "tax",
+        (prefix + "Cart.pay")[:32],
+    ]
     assert app_counters(collector, "tests").success == 6
 
 
@@ -240,7 +260,8 @@ def test_parent_context_of_a_sampled_http_request(live, collector):
     flush(collector)
     first, second = collector.flow_samples()
     assert record(first, AppParentContext) == AppParentContext(
-        application="shop", operation="/orders/<id>", attributes="method=POST")
+        application="shop", operation="/orders/<id>", attributes="method=POST"
+    )
     assert record(second, AppParentContext) is None
 
 
@@ -252,6 +273,7 @@ def test_default_application_resolved_at_first_call(auto_file, monkeypatch, coll
     auto_file(sampling=1)
 
     try:
+
         @transaction
         def first():
             return 1
@@ -279,7 +301,10 @@ def test_wraps_and_wrapped_preserved():
     assert decorated.__wrapped__ is original
     assert functools.WRAPPER_ASSIGNMENTS
     assert (decorated.__name__, decorated.__qualname__, decorated.__doc__) == (
-        "original", original.__qualname__, "Doc.")
+        "original",
+        original.__qualname__,
+        "Doc.",
+    )
     assert inspect.signature(decorated) == inspect.signature(original)
     assert decorated.__annotations__ == original.__annotations__
 

@@ -1,7 +1,6 @@
 """The shared conformance vectors: encode from ``fields``, decode to ``fields``, sflowtool view.
 
-The vectors live next to the repository (``../shared/vectors``) or under ``$SFLOW_SHARED``.
-A missing folder fails the run: CI always has it.
+The vectors are kept in ``tests/data/vectors`` (see ``tests/data/README.md``).
 """
 
 from __future__ import annotations
@@ -9,12 +8,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import VECTORS
 
 from sflow_app._encode import encode_datagram
 from sflow_app.decode import DecodeError, decode, to_fields, to_sflowtool
@@ -27,15 +26,6 @@ from sflow_app.records import (
     MemcacheOperation,
 )
 
-
-def vectors_dir() -> Path:
-    shared = os.environ.get("SFLOW_SHARED")
-    if shared:
-        return Path(shared) / "vectors"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-
-
-VECTORS = vectors_dir()
 POSITIVE = sorted(VECTORS.glob("*.json"))
 NEGATIVE = sorted(VECTORS.glob("bad/*.json"))
 
@@ -52,7 +42,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_vectors_are_present() -> None:
-    assert VECTORS.is_dir(), f"conformance vectors not found at {VECTORS} (set SFLOW_SHARED)"
+    assert VECTORS.is_dir(), f"conformance vectors not found at {VECTORS}"
     assert len(POSITIVE) >= 30
     assert len(NEGATIVE) >= 3
 
@@ -84,9 +74,18 @@ def build_sample(f: dict[str, Any]) -> object:
     expanded = f["format"] in (3, 4)
     if f["format"] in (1, 3):
         return FlowSample(
-            f["sequence_number"], source["ds_class"], source["ds_index"], f["sampling_rate"],
-            f["sample_pool"], f["drops"], f["input"]["format"], f["input"]["value"],
-            f["output"]["format"], f["output"]["value"], records, expanded,
+            f["sequence_number"],
+            source["ds_class"],
+            source["ds_index"],
+            f["sampling_rate"],
+            f["sample_pool"],
+            f["drops"],
+            f["input"]["format"],
+            f["input"]["value"],
+            f["output"]["format"],
+            f["output"]["value"],
+            records,
+            expanded,
         )
     return CountersSample(
         f["sequence_number"], source["ds_class"], source["ds_index"], records, expanded
@@ -97,8 +96,12 @@ def build_datagram(f: dict[str, Any]) -> Datagram:
     samples = tuple(build_sample(s) for s in f["samples"])
     assert f["num_samples"] == len(samples)
     return Datagram(
-        f["agent_address"]["address"], f["sub_agent_id"], f["sequence_number"],
-        f["uptime_ms"], samples, f["version"],
+        f["agent_address"]["address"],
+        f["sub_agent_id"],
+        f["sequence_number"],
+        f["uptime_ms"],
+        samples,
+        f["version"],
     )
 
 
@@ -122,7 +125,8 @@ def as_sflowtool_prints(dg: Datagram, size: int) -> dict[str, Any]:
     """``to_sflowtool`` with sflowtool 6.11's printing bugs applied (README quirks 3-6)."""
     samples = tuple(
         dataclasses.replace(s, records=tuple(_sflowtool_cut(r) for r in s.records))
-        if isinstance(s, FlowSample | CountersSample) else s
+        if isinstance(s, FlowSample | CountersSample)
+        else s
         for s in dg.samples
     )
     out = to_sflowtool(dataclasses.replace(dg, samples=samples), datagram_size=size)

@@ -17,10 +17,11 @@ from sflow_app._watch import MAX_BYTES, TORN_GRACE, ConfigWatcher, read_bounded
 STAT_FIELDS = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns", "st_mode", "st_uid")
 
 
-def auto(rev: int = 1, sampling: int = 400, collector: str = "10.0.0.50",
-         extra: str = "") -> str:
-    return (f"rev_start={rev}\nsampling={sampling}\npolling=30\n{extra}"
-            f"collector={collector}\nagentIP=10.0.0.7\nds_index=1\nrev_end={rev}\n")
+def auto(rev: int = 1, sampling: int = 400, collector: str = "10.0.0.50", extra: str = "") -> str:
+    return (
+        f"rev_start={rev}\nsampling={sampling}\npolling=30\n{extra}"
+        f"collector={collector}\nagentIP=10.0.0.7\nds_index=1\nrev_end={rev}\n"
+    )
 
 
 def write(path: Path, text: str, mode: int = 0o644) -> Path:
@@ -171,8 +172,9 @@ def test_current_before_any_trusted_read_is_the_torn_one(path: Path) -> None:
     assert not settings.enabled and "torn read" in settings.reason
 
 
-def test_torn_for_long_warns_once(path: Path, clock: list[float],
-                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_torn_for_long_warns_once(
+    path: Path, clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="sflow_app")
     w = watcher(path, clock)
     assert w.poll() is not None
@@ -188,7 +190,8 @@ def test_torn_for_long_warns_once(path: Path, clock: list[float],
         assert w.poll() is None
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"still inconsistent after {TORN_GRACE:.0f} s" in (
-        warnings[0].getMessage())
+        warnings[0].getMessage()
+    )
 
 
 # -- missing, refused, oversized ----------------------------------------------------
@@ -211,7 +214,8 @@ def test_missing_file_is_off_and_comes_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", [0o666, 0o664, 0o646])
 def test_group_or_world_writable_is_refused_with_one_warning(
-        path: Path, mode: int, caplog: pytest.LogCaptureFixture) -> None:
+    path: Path, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="sflow_app")
     path.chmod(mode)
     w = watcher(path)
@@ -229,11 +233,15 @@ def test_group_or_world_writable_is_refused_with_one_warning(
     assert fixed is not None and fixed.usable and fixed.rev_start == 2
 
 
-@pytest.mark.parametrize("owner, me, allowed", [
-    (1234, 1000, False), (1234, 1234, True), (0, 1000, True),
-])
-def test_owner_must_be_root_or_this_process(path: Path, owner: int, me: int,
-                                            allowed: bool) -> None:
+@pytest.mark.parametrize(
+    "owner, me, allowed",
+    [
+        (1234, 1000, False),
+        (1234, 1234, True),
+        (0, 1000, True),
+    ],
+)
+def test_owner_must_be_root_or_this_process(path: Path, owner: int, me: int, allowed: bool) -> None:
     w = watcher(path, stat=fake_stat(st_uid=owner), getuid=lambda: me)
     result = w.poll()
     assert result is not None and result.usable is allowed
@@ -248,7 +256,8 @@ def test_no_owner_check_without_getuid(path: Path) -> None:
 
 
 def test_oversized_file_is_refused_without_reading_it(
-        path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     text = auto()
     write(path, text + "#" * (MAX_BYTES - len(text) - 1) + "\n")
     assert path.stat().st_size == MAX_BYTES
@@ -285,8 +294,9 @@ def test_directory_is_refused(tmp_path: Path) -> None:
     assert result is not None and result.reason == "refused: not a regular file"
 
 
-def test_unreadable_file_is_off_with_a_warning(path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_file_is_off_with_a_warning(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     def read(p: str, limit: int) -> bytes:
         raise PermissionError(13, "Permission denied")
 
@@ -316,8 +326,9 @@ def test_logs_only_on_change(path: Path, caplog: pytest.LogCaptureFixture) -> No
     assert all(r.name == "sflow_app" for r in caplog.records)
 
 
-def test_device_note_and_parse_warnings_logged_once(path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_device_note_and_parse_warnings_logged_once(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="sflow_app")
     write(path, auto(collector="10.0.0.1/6343/eth1/", extra="sampling.http=lots\n"))
     w = watcher(path)

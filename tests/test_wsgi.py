@@ -85,8 +85,9 @@ def call(app, path: str = "/", method: str = "GET", **builder) -> tuple[str, byt
 
 
 def hello(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
-                              ("Content-Length", "5")])
+    start_response(
+        "200 OK", [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "5")]
+    )
     return [b"hello"]
 
 
@@ -98,8 +99,7 @@ def router(environ, start_response):
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"no"]
     if path == "/redirect":
-        start_response("302 Found", [("Location", "http://127.0.0.1/x"),
-                                     ("Content-Length", "0")])
+        start_response("302 Found", [("Location", "http://127.0.0.1/x"), ("Content-Length", "0")])
         return []
     if path == "/error":
         start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
@@ -115,8 +115,9 @@ def router(environ, start_response):
             while chunk := stream.read(4096):
                 got += len(chunk)
         body = str(got).encode()
-        start_response("201 Created", [("Content-Type", "text/plain"),
-                                       ("Content-Length", str(len(body)))])
+        start_response(
+            "201 Created", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
         return [body]
     if path.startswith("/size/"):
         size = int(path.rsplit("/", 1)[1])
@@ -126,8 +127,7 @@ def router(environ, start_response):
     if method == "HEAD":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return []
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(body)))])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
 
@@ -150,10 +150,18 @@ def test_every_request_counted_with_sampling_off(live, collector):
         assert client.get("/error").status_code == 503
     flush(collector)
     assert counters(collector) == expect(
-        method_get_count=6, method_post_count=1, method_put_count=1,
-        method_delete_count=1, method_option_count=1, method_head_count=1,
-        method_other_count=1, status_2XX_count=9, status_3XX_count=1,
-        status_4XX_count=1, status_5XX_count=1)
+        method_get_count=6,
+        method_post_count=1,
+        method_put_count=1,
+        method_delete_count=1,
+        method_option_count=1,
+        method_head_count=1,
+        method_other_count=1,
+        status_2XX_count=9,
+        status_3XX_count=1,
+        status_4XX_count=1,
+        status_5XX_count=1,
+    )
     assert http_samples(collector) == []
     status = AGENT.status()["data_sources"]["http"]
     assert status["sample_pool"] == 12 and status["sampling_rate"] == 0
@@ -200,15 +208,25 @@ def test_sampled_request_fields(live, collector):
     with serve(with_user) as url:
         port = int(url.rsplit(":", 1)[1])
         response = httpx.post(
-            url + "/upload?page=2&password=hunter2&api_key=k1&x=", content=b"q" * 1234,
-            headers={"Referer": "http://ref.example/a", "User-Agent": "sflow-test/1.0",
-                     "X-Forwarded-For": "203.0.113.9, 10.0.0.1", "Host": "shop.example"})
+            url + "/upload?page=2&password=hunter2&api_key=k1&x=",
+            content=b"q" * 1234,
+            headers={
+                "Referer": "http://ref.example/a",
+                "User-Agent": "sflow-test/1.0",
+                "X-Forwarded-For": "203.0.113.9, 10.0.0.1",
+                "Host": "shop.example",
+            },
+        )
         assert response.text == "1234"
     flush(collector)
     (fs,) = http_samples(collector)
     assert (fs.sampling_rate, fs.sample_pool, fs.drops) == (1, 1, 0)
     assert (fs.input_format, fs.input_value, fs.output_format, fs.output_value) == (
-        0, 0, 0, 0x3FFFFFFF)
+        0,
+        0,
+        0,
+        0x3FFFFFFF,
+    )
     req = record(fs, HttpRequest)
     assert req.method == 4 and req.protocol == 1001
     assert req.uri == "/upload?page=2&password=REDACTED&api_key=REDACTED&x="
@@ -244,7 +262,11 @@ def test_http10_head_patch_and_statuses(live, collector):
     flush(collector)
     reqs = [record(s, HttpRequest) for s in http_samples(collector)]
     assert [(r.method, r.protocol, r.status) for r in reqs] == [
-        (2, 1000, 404), (3, 1001, 200), (0, 1001, 200), (2, 1001, 503)]
+        (2, 1000, 404),
+        (3, 1001, 200),
+        (0, 1001, 200),
+        (2, 1001, 503),
+    ]
     head = reqs[1]
     assert head.resp_bytes == 0 and head.mime_type == "text/plain"
     assert reqs[2].resp_bytes == len(b"PATCH /p")
@@ -274,8 +296,7 @@ def test_uri_non_ascii_and_over_long(live, collector):
         httpx.get(url + "/caf%C3%A9?q=%E2%82%AC")  # what real clients send
         host, port = url[7:].split(":")
         conn = socket.create_connection((host, int(port)))
-        conn.sendall("GET /naïve/€?k=ü HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-                     .encode())
+        conn.sendall("GET /naïve/€?k=ü HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
         while conn.recv(4096):
             pass
         conn.close()
@@ -316,8 +337,7 @@ def test_exclude_prefixes_and_predicate(live, collector):
         for path in ("/health", "/healthz", "/metrics/x", "/missing", "/"):
             httpx.get(url + path)
     flush(collector)
-    assert counters(collector) == expect(method_get_count=2, status_2XX_count=1,
-                                         status_4XX_count=1)
+    assert counters(collector) == expect(method_get_count=2, status_2XX_count=1, status_4XX_count=1)
     assert [record(s, HttpRequest).uri for s in http_samples(collector)] == ["/missing", "/"]
     assert http_samples(collector)[-1].sample_pool == 2
 
@@ -428,8 +448,11 @@ def test_close_forwarded_and_lazy_start_response(live, collector, sampling):
         return Listy([b"a", b"b"])
 
     mw = SFlowMiddleware(LintMiddleware(gen_app))
-    assert call(LintMiddleware(mw), "/g") == ("404 Not Found", b"<p>gone</p>",
-                                             [("Content-Type", "text/html")])
+    assert call(LintMiddleware(mw), "/g") == (
+        "404 Not Found",
+        b"<p>gone</p>",
+        [("Content-Type", "text/html")],
+    )
     assert call(LintMiddleware(SFlowMiddleware(list_app)), "/l")[1] == b"ab"
     # Closed before iterating: the status was never set.
     environ = EnvironBuilder(path="/never").get_environ()
@@ -439,12 +462,14 @@ def test_close_forwarded_and_lazy_start_response(live, collector, sampling):
     assert inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
     assert closed == ["gen", "list"]
     flush(collector)
-    assert counters(collector) == expect(method_get_count=3, status_2XX_count=1,
-                                         status_4XX_count=2)
+    assert counters(collector) == expect(method_get_count=3, status_2XX_count=1, status_4XX_count=2)
     if sampling:
         reqs = [record(s, HttpRequest) for s in http_samples(collector)]
         assert [(r.status, r.resp_bytes, r.mime_type) for r in reqs] == [
-            (404, 11, "text/html"), (200, 2, ""), (499, 0, "")]
+            (404, 11, "text/html"),
+            (200, 2, ""),
+            (499, 0, ""),
+        ]
 
 
 def test_sized_results_keep_their_length(live, collector):
@@ -467,8 +492,10 @@ def test_exc_info_replaces_the_status(live, collector):
             raise Boom
         except Boom:
             import sys
-            start_response("500 Internal Server Error",
-                           [("Content-Type", "text/html")], sys.exc_info())
+
+            start_response(
+                "500 Internal Server Error", [("Content-Type", "text/html")], sys.exc_info()
+            )
         return [b"oops"]
 
     assert call(LintMiddleware(SFlowMiddleware(LintMiddleware(app))))[0].startswith("500")
@@ -644,7 +671,8 @@ def test_route_and_decorator_parent(live, collector):
     (child,) = other_samples(collector)
     assert record(child, AppOperation).operation == "lookup"
     assert record(child, AppParentContext) == AppParentContext(
-        application="tests", operation="/users/<int:id>", attributes="method=GET")
+        application="tests", operation="/users/<int:id>", attributes="method=GET"
+    )
 
 
 def test_unsampled_request_touches_only_what_counting_needs(live, collector):
@@ -701,6 +729,7 @@ def test_per_request_state_never_shared(live, collector):
     middleware = SFlowMiddleware(app)
     assert not hasattr(middleware, "__dict__")  # __slots__: nothing per request fits
     with serve(middleware) as url:
+
         def fetch(size):
             conn = http.client.HTTPConnection(url[7:].split(":")[0], int(url.rsplit(":")[-1]))
             conn.request("GET", f"/n/{size}")
@@ -748,8 +777,11 @@ def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
 
     monkeypatch.setattr(wsgi, "submit_http", broken)
     drops_before = mw._source.drops
-    assert call(mw) == ("200 OK", b"hello", [("Content-Type", "text/plain; charset=utf-8"),
-                                             ("Content-Length", "5")])
+    assert call(mw) == (
+        "200 OK",
+        b"hello",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "5")],
+    )
     assert mw._source.drops == drops_before + 1
 
 
@@ -777,8 +809,9 @@ def test_ipv6_loopback_server(live, collector):
         server = make_server("::1", 0, SFlowMiddleware(hello), threaded=True)
     except OSError:
         pytest.skip("no IPv6 loopback")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     try:
         port = server.server_port
@@ -796,15 +829,16 @@ def test_ipv6_loopback_server(live, collector):
 def test_wsgiref_server_identity(live, collector):
     """wsgiref takes SERVER_PORT from its own socket: trusted for the identity."""
     live(sampling=1)
-    server = wsgiref_make_server("127.0.0.1", 0, SFlowMiddleware(hello),
-                                 handler_class=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
+    server = wsgiref_make_server("127.0.0.1", 0, SFlowMiddleware(hello), handler_class=QuietHandler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     try:
         port = server.server_port
-        assert httpx.get(f"http://127.0.0.1:{port}/ref",
-                         headers={"Host": "other:1"}).text == "hello"
+        assert (
+            httpx.get(f"http://127.0.0.1:{port}/ref", headers={"Host": "other:1"}).text == "hello"
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.harness import ZERO_COUNTERS
-from conftest import Collector, write_auto
+from helpers import Collector, write_auto
 
 from sflow_app.records import (
     AppOperation,
@@ -49,22 +49,51 @@ def free_port() -> int:
 def command(server: str, port: int) -> list[str]:
     bind = f"127.0.0.1:{port}"
     if server.startswith("gunicorn"):
-        worker = ["-k", "sync"] if server == "gunicorn-sync" else ["-k", "gthread",
-                                                                   "--threads", "4"]
-        return [sys.executable, "-m", "gunicorn", "-w", "1", *worker, "-b", bind,
-                "--timeout", "60", "--no-control-socket", "wsgi_app:application"]
+        worker = (
+            ["-k", "sync"] if server == "gunicorn-sync" else ["-k", "gthread", "--threads", "4"]
+        )
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "1",
+            *worker,
+            "-b",
+            bind,
+            "--timeout",
+            "60",
+            "--no-control-socket",
+            "wsgi_app:application",
+        ]
     if server == "werkzeug":
-        return [sys.executable, "-c",
-                "from werkzeug.serving import run_simple; import wsgi_app; "
-                f"run_simple('127.0.0.1', {port}, wsgi_app.application, threaded=True)"]
+        return [
+            sys.executable,
+            "-c",
+            "from werkzeug.serving import run_simple; import wsgi_app; "
+            f"run_simple('127.0.0.1', {port}, wsgi_app.application, threaded=True)",
+        ]
     assert UWSGI is not None
     # --http-socket: the worker speaks HTTP itself; --http: uWSGI's HTTP router process
     # in front of the worker. --enable-threads: the exporter is a Python thread.
     listen = ["--http", bind] if server == "uwsgi-router" else ["--http-socket", bind]
-    return [UWSGI, *listen, "--wsgi-file", "wsgi_app.py",
-            "--callable", "application", "--master", "--processes", "1",
-            "--enable-threads", "--die-on-term", "--need-app", "--disable-logging",
-            "--virtualenv", sys.prefix]
+    return [
+        UWSGI,
+        *listen,
+        "--wsgi-file",
+        "wsgi_app.py",
+        "--callable",
+        "application",
+        "--master",
+        "--processes",
+        "1",
+        "--enable-threads",
+        "--die-on-term",
+        "--need-app",
+        "--disable-logging",
+        "--virtualenv",
+        sys.prefix,
+    ]
 
 
 @dataclasses.dataclass
@@ -106,9 +135,14 @@ def expected_counters(sent: list[Sent], warmup: int) -> dict[str, int]:
     counts = dict(ZERO_COUNTERS)
     counts["method_get_count"] += warmup
     counts["status_2XX_count"] += warmup
-    slot = {"GET": "method_get_count", "HEAD": "method_head_count",
-            "POST": "method_post_count", "PUT": "method_put_count",
-            "DELETE": "method_delete_count", "OPTIONS": "method_option_count"}
+    slot = {
+        "GET": "method_get_count",
+        "HEAD": "method_head_count",
+        "POST": "method_post_count",
+        "PUT": "method_put_count",
+        "DELETE": "method_delete_count",
+        "OPTIONS": "method_option_count",
+    }
     for s in sent:
         counts[slot.get(s.method, "method_other_count")] += 1
         counts[f"status_{s.status // 100}XX_count"] += 1
@@ -145,15 +179,17 @@ def workload(server: str, base: str, port: int) -> list[Sent]:
             sent.append(Sent(method, target, 500, 0, 0))
             return
         elapsed = int((time.monotonic() - start) * 1e6)
-        sent.append(Sent(method, target, response.status_code, elapsed,
-                         len(response.content)))
+        sent.append(Sent(method, target, response.status_code, elapsed, len(response.content)))
 
     def chunks():
         for _ in range(7):
             yield b"c" * 1000
 
-    headers = {"User-Agent": "e2e/1.0", "Referer": "http://ref.example/",
-               "X-Forwarded-For": "198.51.100.7"}
+    headers = {
+        "User-Agent": "e2e/1.0",
+        "Referer": "http://ref.example/",
+        "X-Forwarded-For": "198.51.100.7",
+    }
     # uWSGI closes each connection without saying so: no keep-alive for it.
     limits = httpx.Limits(max_keepalive_connections=0 if "uwsgi" in server else 20)
     with httpx.Client(timeout=30, headers=headers, limits=limits) as client:
@@ -179,7 +215,8 @@ def workload(server: str, base: str, port: int) -> list[Sent]:
     if not server.startswith("gunicorn"):  # gunicorn answers 400 itself to these
         # Raw UTF-8 bytes in the request line.
         status, elapsed = raw_request(
-            port, f"GET {RAW} HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n".encode())
+            port, f"GET {RAW} HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n".encode()
+        )
         sent.append(Sent("GET", RAW, status, elapsed, 0))
     # An HTTP/1.0 request.
     status, elapsed = raw_request(port, b"GET /hello/http10 HTTP/1.0\r\nHost: a\r\n\r\n")
@@ -197,16 +234,27 @@ def run(request):
     port = free_port()
     data = tmp / "blob.bin"
     data.write_bytes(os.urandom(FILE_SIZE))
-    env = {**os.environ,
-           "SFLOW_APP_CONFIG": str(write_auto(tmp / "hsflowd.auto", collector.port,
-                                              sampling=1, polling=1)),
-           "SFLOW_APP_NAME": SERVICE, "SFLOW_APP_STATE_DIR": str(tmp),
-           "WSGI_TEST_FILE": str(data), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "SFLOW_APP_CONFIG": str(
+            write_auto(tmp / "hsflowd.auto", collector.port, sampling=1, polling=1)
+        ),
+        "SFLOW_APP_NAME": SERVICE,
+        "SFLOW_APP_STATE_DIR": str(tmp),
+        "WSGI_TEST_FILE": str(data),
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("SFLOW_APP_DS_INDEX", None)
     log_path = tmp / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command(server, port), cwd=APPS, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command(server, port),
+            cwd=APPS,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -232,8 +280,15 @@ def run(request):
         want = expected_counters(sent, warmup)
         collector.wait_for(lambda c: latest(c) == want, timeout=20)
         collector.poll(0.5)
-        yield Run(server, port, collector, sent, warmup, sendfile_calls,
-                  log_path.read_text(errors="replace"))
+        yield Run(
+            server,
+            port,
+            collector,
+            sent,
+            warmup,
+            sendfile_calls,
+            log_path.read_text(errors="replace"),
+        )
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -263,8 +318,11 @@ def test_identity_is_the_listening_port(run):
             assert (sample.ds_class, sample.ds_index) == (3, run.port)
         else:  # the @transaction application: a locally assigned index
             assert sample.ds_class == 3 and 65536 <= sample.ds_index <= 99999
-    counters = [s for s in run.collector.counter_samples()
-                if any(isinstance(r, HttpCounters) for r in s.records)]
+    counters = [
+        s
+        for s in run.collector.counter_samples()
+        if any(isinstance(r, HttpCounters) for r in s.records)
+    ]
     assert counters and all(HostParent(2, 1) in s.records for s in counters)
     seqs = [s.sequence_number for s in counters]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
@@ -282,14 +340,21 @@ def test_every_request_sampled_with_all_fields(run):
     assert (req.method, req.protocol, req.status) == (2, 1001, 200)
     assert req.host == f"127.0.0.1:{run.port}"
     assert (req.referer, req.useragent, req.xff) == (
-        "http://ref.example/", "e2e/1.0", "198.51.100.7")
+        "http://ref.example/",
+        "e2e/1.0",
+        "198.51.100.7",
+    )
     assert (req.authuser, req.mime_type) == ("", "text/plain")
     assert (req.req_bytes, req.resp_bytes) == (0, 5)
     assert 0 < req.uS < 1_000_000
     assert requests["/hello/http10"].protocol == 1000
     methods = {uri: r.method for uri, r in requests.items()}
-    assert (methods["/hello/put"], methods["/hello/delete"], methods["/hello/options"],
-            methods["/hello/patch"]) == (5, 6, 1, 0)
+    assert (
+        methods["/hello/put"],
+        methods["/hello/delete"],
+        methods["/hello/options"],
+        methods["/hello/patch"],
+    ) == (5, 6, 1, 0)
     flow = run.sample_of("/hello")
     assert (flow.sampling_rate, flow.input_value, flow.output_value) == (1, 0, 0x3FFFFFFF)
     sock = next(r for r in flow.records if isinstance(r, ExtendedSocketIPv4))
@@ -344,9 +409,11 @@ def test_route_and_decorated_call(run):
     sample = run.sample_of("/items/42")
     op = next(r for r in sample.records if isinstance(r, AppOperation))
     assert (op.application, op.operation, op.status) == (SERVICE, "/items/<item>", 0)
-    children = [s for s in run.collector.flow_samples()
-                if any(isinstance(r, AppOperation) and r.operation == "lookup"
-                       for r in s.records)]
+    children = [
+        s
+        for s in run.collector.flow_samples()
+        if any(isinstance(r, AppOperation) and r.operation == "lookup" for r in s.records)
+    ]
     assert len(children) == 1
     parent = next(r for r in children[0].records if isinstance(r, AppParentContext))
     assert parent == AppParentContext(SERVICE, "/items/<item>", "method=GET")

@@ -102,15 +102,21 @@ async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
         chunks, size = params.get("chunks", 3), params.get("size", 100)
         for i in range(chunks):
             await asyncio.sleep(params.get("gap_ms", 20) / 1000)
-            await send({"type": "http.response.body", "body": b"s" * size,
-                        "more_body": i < chunks - 1})
+            await send(
+                {"type": "http.response.body", "body": b"s" * size, "more_body": i < chunks - 1}
+            )
     elif path == "/fail":
         raise RuntimeError("boom (expected by the tests)")
     elif path == "/until-gone":
         await _read_body(receive)
         await _start(send)
-        await send({"type": "http.response.body", "body": b"u" * params.get("size", 100),
-                    "more_body": True})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"u" * params.get("size", 100),
+                "more_body": True,
+            }
+        )
         while (await receive())["type"] != "http.disconnect":
             pass
         await asyncio.sleep(AFTER_GONE_MS / 1000)

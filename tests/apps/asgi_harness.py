@@ -22,7 +22,7 @@ from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any
 
-from conftest import Collector, write_auto
+from helpers import Collector, write_auto
 
 from sflow_app._http import METHODS, OTHER_METHOD, status_slot
 from sflow_app.records import FlowSample, HttpCounters, HttpRequest
@@ -33,13 +33,26 @@ SERVER = ("127.0.0.1", 8123)
 CLIENT = ("127.0.0.1", 50123)
 
 
-def http_scope(method: str = "GET", path: str = "/", query: bytes = b"",
-               headers: list[tuple[bytes, bytes]] | None = None, **extra: Any) -> dict:
+def http_scope(
+    method: str = "GET",
+    path: str = "/",
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    **extra: Any,
+) -> dict:
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1", "method": method, "scheme": "http", "path": path,
-        "raw_path": path.encode(), "query_string": query, "root_path": "",
-        "headers": headers or [], "server": SERVER, "client": CLIENT,
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers or [],
+        "server": SERVER,
+        "client": CLIENT,
     }
     scope.update(extra)
     return scope
@@ -66,20 +79,29 @@ class Peer:
         self.sent.append(message)
 
 
-def respond(status: int = 200, body: bytes = b"hello", content_type: bytes = b"text/plain",
-            chunks: int = 1, read_body: bool = True):
+def respond(
+    status: int = 200,
+    body: bytes = b"hello",
+    content_type: bytes = b"text/plain",
+    chunks: int = 1,
+    read_body: bool = True,
+):
     async def app(scope, receive, send):
         if read_body:
             more = True
             while more:
                 message = await receive()
                 more = message.get("more_body", False)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type),
-                                (b"content-length", b"999999")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", b"999999")],
+            }
+        )
         for i in range(chunks):
-            await send({"type": "http.response.body", "body": body,
-                        "more_body": i < chunks - 1})
+            await send({"type": "http.response.body", "body": body, "more_body": i < chunks - 1})
+
     return app
 
 
@@ -123,25 +145,52 @@ def free_port() -> int:
 class Uvicorn:
     """uvicorn in a subprocess, its collector, and a tally of the requests sent to it."""
 
-    def __init__(self, tmp: Path, *, app: str = APP, name: str = "asgi-e2e",
-                 sampling: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        app: str = APP,
+        name: str = "asgi-e2e",
+        sampling: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.collector = Collector()
         # Bursts of samples must not overflow the default socket buffer.
         self.collector.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=sampling,
-                          polling=1)
+        auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=sampling, polling=1)
         self.port = free_port()
         self.log = tmp / "uvicorn.log"
         self.tally: Counter[int] = Counter()
         self.state_dir = tempfile.mkdtemp(prefix="sfa-")  # short: it holds unix sockets
-        full_env = {**os.environ, "SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_NAME": name,
-                    "SFLOW_APP_STATE_DIR": self.state_dir, "PYTHONPATH": str(ROOT),
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "SFLOW_APP_CONFIG": str(auto),
+            "SFLOW_APP_NAME": name,
+            "SFLOW_APP_STATE_DIR": self.state_dir,
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--http", "h11", "--lifespan", "on"],
-                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    app,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--http",
+                    "h11",
+                    "--lifespan",
+                    "on",
+                ],
+                cwd=ROOT,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -181,8 +230,11 @@ class Uvicorn:
 
     def sample_for(self, uri: str, timeout: float = 10.0) -> FlowSample:
         def find(c: Collector) -> list[FlowSample]:
-            return [s for s in c.flow_samples()
-                    if any(isinstance(r, HttpRequest) and r.uri == uri for r in s.records)]
+            return [
+                s
+                for s in c.flow_samples()
+                if any(isinstance(r, HttpRequest) and r.uri == uri for r in s.records)
+            ]
 
         self.collector.wait_for(lambda c: bool(find(c)), timeout)
         found = find(self.collector)

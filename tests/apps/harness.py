@@ -52,13 +52,17 @@ def expect(**nonzero: int) -> dict[str, int]:
 
 
 def http_samples(collector) -> list:
-    return [s for s in collector.flow_samples()
-            if any(isinstance(r, HttpRequest) for r in s.records)]
+    return [
+        s for s in collector.flow_samples() if any(isinstance(r, HttpRequest) for r in s.records)
+    ]
 
 
 def other_samples(collector) -> list:
-    return [s for s in collector.flow_samples()
-            if not any(isinstance(r, HttpRequest) for r in s.records)]
+    return [
+        s
+        for s in collector.flow_samples()
+        if not any(isinstance(r, HttpRequest) for r in s.records)
+    ]
 
 
 def record(sample, cls):
@@ -70,8 +74,9 @@ def record(sample, cls):
 def serve(app) -> Iterator[str]:
     """Werkzeug's threaded server on 127.0.0.1 (ephemeral port), in a thread."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"

@@ -62,8 +62,7 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         if DECORATED:
             handle(ordinal)
     body = f"{os.getpid()} {int(sampled)}\n".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"),
-                              ("Content-Length", str(len(body)))])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
 

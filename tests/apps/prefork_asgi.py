@@ -23,9 +23,16 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     sampled = current_request.get() is not None
     body = f"{os.getpid()} {int(sampled)}\n".encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

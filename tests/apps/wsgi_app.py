@@ -50,8 +50,7 @@ def _read_body(environ) -> int:
 
 
 def _text(start_response, status: str, body: bytes, content_type: str = "text/plain"):
-    start_response(status, [("Content-Type", content_type),
-                            ("Content-Length", str(len(body)))])
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return [body]
 
 
