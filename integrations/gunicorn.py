@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._agent import AGENT
+from sflow_app._agent import AGENT
 
 __all__ = ["worker_exit"]
 

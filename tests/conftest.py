@@ -46,20 +46,20 @@ def agent(auto_file, monkeypatch: pytest.MonkeyPatch):
 
     Returns a factory so tests can pass auto_file options: ``agent(sampling=10)``.
     """
+    from apps.harness import reset_agent
+
     from sflow_app._agent import AGENT
 
     monkeypatch.setenv("SFLOW_APP_NAME", "tests")
 
     def make(**kwargs):
-        AGENT.shutdown()
-        AGENT.__init__()
+        reset_agent()
         auto_file(**kwargs)
         AGENT.reload()
         return AGENT
 
     yield make
-    AGENT.shutdown()
-    AGENT.__init__()
+    reset_agent()
 
 
 @pytest.fixture

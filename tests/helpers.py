@@ -8,15 +8,45 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
+T = TypeVar("T")
 DATA = Path(__file__).resolve().parent / "data"
 VECTORS = DATA / "vectors"
 HSFLOWD = DATA / "hsflowd"
 
 
-def missing(what: str, how: str) -> None:
+_CLIENTS: list[Any] = []
+
+
+def keep(client: T) -> T:
+    """A pymemcache client the test makes: closed at the end of the test (close_clients)."""
+    _CLIENTS.append(client)
+    return client
+
+
+def close_clients() -> None:
+    """Close every client ``keep`` saw, so no socket outlives its test."""
+    while _CLIENTS:
+        try:
+            _CLIENTS.pop().close()
+        except Exception:
+            pass
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` (generous) passes."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= end:
+            return predicate()
+        time.sleep(0.01)
+    return True
+
+
+def missing(what: str, how: str) -> NoReturn:
     """A real part the tests need is not here: skip with the reason, except under CI
     (``CI=true``), where a missing part is a broken set-up and fails."""
     message = f"{what} is not available: {how}"

@@ -252,7 +252,11 @@ def total_of(kind: str, record: Any) -> int:
 
 def ordinal_of(sample: FlowSample) -> int | None:
     for record in sample.records:
-        if isinstance(record, HttpRequest) and record.uri.startswith("/r/"):
+        if (
+            isinstance(record, HttpRequest)
+            and isinstance(record.uri, str)
+            and record.uri.startswith("/r/")
+        ):
             return int(record.uri[3:])
         if isinstance(record, MemcacheOperation):
             key = record.key if isinstance(record.key, str) else record.key.decode()
@@ -281,13 +285,17 @@ def sources(received: Iterable[tuple[float, Datagram]]) -> dict[str, list[Source
     views: dict[tuple[int, int], SourceView] = {}
     for arrival, dg in sorted(received, key=lambda r: r[1].sequence_number):
         for sample in dg.samples:
+            assert isinstance(sample, FlowSample | CountersSample), f"opaque sample: {sample}"
             flow = isinstance(sample, FlowSample)
             kind = _kind_of(sample, FLOW_KINDS if flow else COUNTER_KINDS)
             assert kind is not None, f"sample of no known kind: {sample}"
             key = (sample.ds_class, sample.ds_index)
             view = views.setdefault(key, SourceView(kind, sample.ds_index))
             assert view.kind == kind, f"3:{sample.ds_index} carries {view.kind} and {kind}"
-            (view.flows if flow else view.counters).append((arrival, sample))
+            if isinstance(sample, FlowSample):
+                view.flows.append((arrival, sample))
+            else:
+                view.counters.append((arrival, sample))
     by_kind: dict[str, list[SourceView]] = defaultdict(list)
     for (ds_class, _), view in views.items():
         assert ds_class == 3, f"data source class {ds_class}, not 3 (logical entity)"
@@ -414,20 +422,20 @@ def check_source(
     completed_by = load.completed_by()
     pool = drops = 0
     ordinals: list[int] = []
-    for arrival, sample in view.flows:
-        assert sample.sampling_rate == rate, f"{name}: sampling_rate {sample.sampling_rate}"
-        assert sample.sample_pool >= pool, (
+    for arrival, flow in view.flows:
+        assert flow.sampling_rate == rate, f"{name}: sampling_rate {flow.sampling_rate}"
+        assert flow.sample_pool >= pool, (
             f"{name}: sample_pool went back {pool} -> "
-            f"{sample.sample_pool} at seq {sample.sequence_number}"
+            f"{flow.sample_pool} at seq {flow.sequence_number}"
         )
-        assert sample.drops >= drops, f"{name}: drops went back at {sample.sequence_number}"
-        pool, drops = sample.sample_pool, sample.drops
+        assert flow.drops >= drops, f"{name}: drops went back at {flow.sequence_number}"
+        pool, drops = flow.sample_pool, flow.drops
         sent = sends_by(arrival)
         assert 1 <= pool <= ops * sent, (
-            f"{name}: sample_pool {pool} at seq {sample.sequence_number} > {ops} x {sent} "
+            f"{name}: sample_pool {pool} at seq {flow.sequence_number} > {ops} x {sent} "
             "requests sent before its datagram arrived"
         )
-        ordinal = ordinal_of(sample)
+        ordinal = ordinal_of(flow)
         if ordinal is not None:
             ordinals.append(ordinal)
             floor = ops * (completed_by(load.sent[ordinal] - POOL_LAG) - expect.count_loss)

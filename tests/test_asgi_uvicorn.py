@@ -146,8 +146,8 @@ def test_disconnect_mid_stream(server: Uvicorn):
     http = record(server.sample_for("/until-gone?size=100"), HttpRequest)
     assert (http.status, http.resp_bytes) == (200, 100)
     # Until the disconnect (0.3 s after the client sent the request; the server may have
-    # started it a little later), not until the app returned 0.8 s after that.
-    assert 150_000 <= http.uS < 700_000, http.uS
+    # started it a little later), not until the app returned 0.8 s after that (>= 1.1 s).
+    assert 150_000 <= http.uS < 1_000_000, http.uS
     server.wait_counters()
 
 
@@ -159,7 +159,7 @@ def test_disconnect_before_any_response_is_499(server: Uvicorn):
     server.sent("GET", 499)
     http = record(server.sample_for("/no-answer?q=1"), HttpRequest)
     assert (http.status, http.resp_bytes, http.host) == (499, 0, "x")
-    assert 150_000 <= http.uS < 700_000, http.uS
+    assert 150_000 <= http.uS < 1_000_000, http.uS  # as above: not until the app returned
     server.wait_counters()
 
 

@@ -69,7 +69,7 @@ def datagram(*samples: object, agent: str = "10.0.0.1") -> Datagram:
     return Datagram(agent, 80, 1, 1000, samples)
 
 
-def roundtrip(dg: Datagram) -> Datagram:
+def roundtrip(dg: Datagram) -> Any:  # a Datagram; Any: tests read its records' fields
     return decode(encode_datagram(dg))
 
 

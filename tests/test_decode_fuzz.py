@@ -10,7 +10,7 @@ import struct
 import time
 from typing import Any
 
-from helpers import VECTORS
+from helpers import VECTORS as VECTOR_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -64,7 +64,8 @@ def test_arbitrary_samples_after_a_valid_header(num_samples: int, body: bytes) -
 # ------------------------------------------------------------------ mutated vectors
 
 VECTORS = [
-    bytes.fromhex(json.loads(p.read_text())["datagram_hex"]) for p in sorted(VECTORS.glob("*.json"))
+    bytes.fromhex(json.loads(p.read_text())["datagram_hex"])
+    for p in sorted(VECTOR_DIR.glob("*.json"))
 ]
 WORDS = st.sampled_from([0, 1, 3, 4, 8, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFC])
 

@@ -46,9 +46,13 @@ def make_agent(tmp_path: Path, collector: Collector, clock: Clock, state_dir: st
         }
         agent = Agent(autostart=False, env=env, clock=clock)
         agent.reload()
+        made.append(agent)
         return agent
 
-    return make
+    made: list[Agent] = []
+    yield make
+    for agent in made:
+        agent.exporter.close()
 
 
 def request(source, method: str = "GET", status: int = 200, uri: str = "/x") -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -80,7 +81,7 @@ def make_app(**options) -> Flask:
     return app
 
 
-def operation(sample) -> AppOperation | None:
+def operation(sample: Any) -> Any:  # an AppOperation or None
     return record(sample, AppOperation)
 
 

@@ -110,6 +110,7 @@ def test_child_reuses_nothing_inherited(agent, fork: str) -> None:
         assert before["pid"] != before["real_pid"]  # no hook ran: stale until noticed
     assert after["skips"] != parent_skips
     assert after["started"] and after["thread_alive"]
+    assert AGENT._thread is not None
     assert after["thread_tid"] != AGENT._thread.native_id
     # The child counts only its own request; the parent's queue was not inherited.
     assert (after["pool"], after["counters"]) == (1, 1)

@@ -17,6 +17,7 @@ def test_a_dead_workers_gauge_stops_counting(state_dir: str) -> None:
             state = SharedState.open(state_dir, "gauges")
             state.claim_slot()
             index = state.source_index("memcache", "", 70000)
+            assert index is not None
             state.publish(index, [1, 5], pool=3, drops=0, gauges=[1])
             os.write(ready_w, b"x")
             time.sleep(60)
@@ -27,6 +28,7 @@ def test_a_dead_workers_gauge_stops_counting(state_dir: str) -> None:
     try:
         assert state.claim_slot()
         index = state.source_index("memcache", "", 70000)
+        assert index is not None
         state.publish(index, [2, 2], pool=4, drops=0, gauges=[1])
         total = state.totals(index, gauges=[1])
         assert (total[0], total[1]) == (3, 7)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import close_clients, keep
+from memcached import Memcached, free_port, running
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 from pymemcache.client.retrying import RetryingClient
@@ -29,13 +31,14 @@ from sflow_app.records import (
     MemcacheStatus,
 )
 
-try:  # tests/ is a rootdir folder on sys.path (no __init__.py) ...
-    from memcached import Memcached, free_port, running
-except ImportError:  # ... or a package
-    from tests.memcached import Memcached, free_port, running
-
 Cmd, Status = MemcacheCmd, MemcacheStatus
 KEYS = [f"key{i}" for i in range(24)]
+
+
+@pytest.fixture(autouse=True)
+def closed_clients() -> Iterator[None]:
+    yield
+    close_clients()
 
 
 @pytest.fixture
@@ -87,7 +90,9 @@ def test_hash_client_attributes_each_operation_to_its_server(
     agent(sampling=1, polling=1)
     sfm.instrument()
     try:
-        hc = HashClient([s.server for s in pair], use_pooling=use_pooling, default_noreply=False)
+        hc = keep(
+            HashClient([s.server for s in pair], use_pooling=use_pooling, default_noreply=False)
+        )
         for key in KEYS:
             hc.set(key, key.encode())
         where = {key: holder(pair, key) for key in KEYS}
@@ -128,11 +133,11 @@ def test_retrying_client_counts_every_attempt(agent, collector) -> None:
     sfm.instrument()
     port = free_port()
     try:
-        retrying = RetryingClient(Client(("127.0.0.1", port)), attempts=3, retry_delay=0)
+        retrying = keep(RetryingClient(Client(("127.0.0.1", port)), attempts=3, retry_delay=0))
         with pytest.raises(ConnectionRefusedError):
             retrying.get("k")
         with running() as mc:
-            live = RetryingClient(Client(mc.server, default_noreply=False), attempts=3)
+            live = keep(RetryingClient(Client(mc.server, default_noreply=False), attempts=3))
             live.set("k", b"v")
             assert live.get("k") == b"v"
     finally:
@@ -156,12 +161,14 @@ def test_hash_client_dead_server_retries(agent, collector, pair) -> None:
     sfm.instrument()
     try:
         alive, dead = pair
-        hc = HashClient(
-            [alive.server, dead.server],
-            retry_attempts=2,
-            retry_timeout=0,
-            dead_timeout=60,
-            default_noreply=False,
+        hc = keep(
+            HashClient(
+                [alive.server, dead.server],
+                retry_attempts=2,
+                retry_timeout=0,
+                dead_timeout=60,
+                default_noreply=False,
+            )
         )
         on_dead = next(k for k in KEYS if hc._get_client(k).server == dead.server)
         dead.stop()
@@ -179,10 +186,10 @@ def test_hash_client_dead_server_retries(agent, collector, pair) -> None:
 def test_wrap_hash_client_covers_servers_added_later(agent, collector, pair) -> None:
     agent(sampling=1, polling=1)
     one, two = pair
-    hc = HashClient([one.server], default_noreply=False)
+    hc = keep(HashClient([one.server], default_noreply=False))
     hc.set("early", b"1")  # a Client exists before wrap()
-    other = HashClient([one.server], default_noreply=False)
-    sfm.wrap(RetryingClient(hc))  # wrap() reaches through RetryingClient
+    other = keep(HashClient([one.server], default_noreply=False))
+    sfm.wrap(keep(RetryingClient(hc)))  # wrap() reaches through RetryingClient
     hc.get("early")
     hc.add_server(*two.server)
     for key in KEYS:
@@ -245,9 +252,11 @@ REFUSED_COUNTERS = {
 
 def make_client(target: str, pair: tuple[Memcached, Memcached]) -> Any:
     if target == "client":
-        return Client(pair[0].server, default_noreply=False)
-    return HashClient(
-        [s.server for s in pair], use_pooling=target == "hash-pooled", default_noreply=False
+        return keep(Client(pair[0].server, default_noreply=False))
+    return keep(
+        HashClient(
+            [s.server for s in pair], use_pooling=target == "hash-pooled", default_noreply=False
+        )
     )
 
 
@@ -320,7 +329,7 @@ def test_retrying_client_records_each_refused_attempt(agent, collector, pair, ta
     """RetryingClient retries a refused key like any error: each attempt is one refused
     operation, for a HashClient as for a Client."""
     agent(sampling=1, polling=1)
-    retrying = RetryingClient(make_client(target, pair), attempts=2, retry_delay=0)
+    retrying = keep(RetryingClient(make_client(target, pair), attempts=2, retry_delay=0))
     sfm.wrap(retrying)
     retrying.set("ok", b"1")
     for call in (
@@ -407,7 +416,7 @@ def test_no_server_left_is_one_error_operation(agent, collector, pair) -> None:
     agent(sampling=1, polling=1)
     sfm.instrument()
     try:
-        hc = HashClient([s.server for s in pair], default_noreply=False)
+        hc = keep(HashClient([s.server for s in pair], default_noreply=False))
         for key in list(hc.clients):
             hc.hasher.remove_node(key)  # what marking a server dead does to the ring
         with pytest.raises(MemcacheError, match="down"):

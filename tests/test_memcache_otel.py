@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.instrumentation.pymemcache")
 
+from helpers import close_clients, keep
 from memcached import Memcached, running
 from opentelemetry.instrumentation.pymemcache import PymemcacheInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
@@ -20,6 +21,12 @@ from pymemcache.client.base import Client
 
 import sflow_app.memcache as sfm
 from sflow_app._agent import AGENT
+
+
+@pytest.fixture(autouse=True)
+def closed_clients() -> Iterator[None]:
+    yield
+    close_clients()
 
 
 @pytest.fixture
@@ -41,7 +48,7 @@ def otel() -> Iterator[tuple[PymemcacheInstrumentor, InMemorySpanExporter, Trace
 
 
 def workload(server: Memcached) -> None:
-    c = Client(server.server, default_noreply=False)
+    c = keep(Client(server.server, default_noreply=False))
     c.set("k", b"value")
     c.get("k")
     c.get("missing")

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import write_auto
+from helpers import missing, write_auto
 from memcached import Memcached
 from prefork_check import (
     POOL_LAG,
@@ -245,7 +245,8 @@ def gunicorn(*args: str, workers: int = 4) -> list[str]:
 
 
 def uwsgi(*args: str, processes: int = 4) -> list[str]:
-    assert UWSGI, "uWSGI is not installed (.venv/bin/pip install uwsgi)"
+    if not UWSGI:
+        missing("uWSGI", "./scripts/setup --with-servers installs it")
     return [
         UWSGI,
         "--http-socket",
@@ -361,7 +362,9 @@ def test_gunicorn_sync_recycled_with_memcache_and_decorator(service: Service) ->
     """4 sync workers recycled every 50 requests (~40 workers in all); each request also
     does a memcache set + get and one decorated call: three data sources, one agent."""
     service.memcached = Memcached().start()
-    host, port = service.memcached.server
+    server = service.memcached.server
+    assert isinstance(server, tuple)
+    host, port = server
     service.start(
         "gunicorn-sync",
         gunicorn("--max-requests", "50"),

@@ -131,6 +131,7 @@ class Worker:
         return status
 
     def kill(self) -> None:
+        assert self.pid is not None
         os.kill(self.pid, signal.SIGKILL)
         self.proc.join(5)
 
@@ -333,6 +334,7 @@ def _pause_after_final_receive(agent: Agent) -> None:
 
     def paused_finish(now: float) -> None:
         state = exporter.state
+        assert state is not None
         receive = state.receive
 
         def receive_then_pause(*args: Any) -> Any:
@@ -347,7 +349,7 @@ def _pause_after_final_receive(agent: Agent) -> None:
                 time.sleep(0.01)
             return got
 
-        state.receive = receive_then_pause
+        state.receive = receive_then_pause  # type: ignore[assignment]
         finish(now)
 
     exporter.finish = paused_finish
@@ -399,7 +401,7 @@ def _inline_info(agent: Agent) -> dict[str, Any]:
     return {
         "thread": agent._thread is not None,
         "inline": agent._inline,
-        "warnings": [m for m in agent.warnings if "enable-threads" in m],
+        "warnings": [m for m in agent.warnings if "enable-threads" in m],  # type: ignore[attr-defined]
     }
 
 
@@ -620,7 +622,7 @@ class _Stream:
 
     def change_sample(self, k: int, j: int, **fields: Any) -> _Stream:
         samples = list(self.datagrams[k][1].samples)
-        samples[j] = dataclasses.replace(samples[j], **fields)
+        samples[j] = dataclasses.replace(samples[j], **fields)  # type: ignore[type-var]
         return self.change(k, samples=tuple(samples))
 
 
@@ -675,10 +677,10 @@ def test_stream_checks_catch_each_fault(fault: str) -> None:
     stream = _Stream()
     expects = [Expect("http", exact_samples=True)]
     if fault == "none":
-        report = check_stream(stream, stream.load, expects, rate=10, sub_agent_id=PORT)
+        report = check_stream(stream, stream.load, expects, rate=10, sub_agent_id=PORT)  # type: ignore[arg-type]
         assert report.per_source["http"]["final_total"] == 100
         return
     make, says = FAULTS[fault]
     make(stream)
     with pytest.raises(AssertionError, match=says):
-        check_stream(stream, stream.load, expects, rate=10, sub_agent_id=PORT)
+        check_stream(stream, stream.load, expects, rate=10, sub_agent_id=PORT)  # type: ignore[arg-type]

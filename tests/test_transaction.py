@@ -219,13 +219,13 @@ def test_generator_functions_timed_until_they_return(live, collector):
     @transaction("gen")
     def numbers(n):
         for i in range(n):
-            time.sleep(0.01)
+            time.sleep(0.04)
             yield i
 
     @transaction("agen")
     async def anumbers(n):
         for i in range(n):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
             yield i
 
     assert inspect.isgeneratorfunction(numbers)
@@ -241,7 +241,8 @@ def test_generator_functions_timed_until_they_return(live, collector):
     flush(collector)
     ops = operations(collector)
     assert [(o.operation, o.status) for o in ops] == [("gen", SUCCESS), ("agen", SUCCESS)]
-    assert all(o.uS < 10_000 for o in ops)  # the iteration is not part of the call
+    # Timing the iteration too would give at least 5 x 40 ms and 3 x 50 ms.
+    assert all(o.uS < 150_000 for o in ops), [o.uS for o in ops]
 
 
 def test_parent_context_of_a_sampled_http_request(live, collector):
@@ -287,9 +288,9 @@ def test_default_application_resolved_at_first_call(auto_file, monkeypatch, coll
 
 def test_decorator_arguments_checked():
     with pytest.raises(TypeError):
-        transaction(42)
+        transaction(42)  # type: ignore[call-overload]
     with pytest.raises(TypeError):
-        transaction("x", application=7)
+        transaction("x", application=7)  # type: ignore[call-overload]
 
 
 def test_wraps_and_wrapped_preserved():
@@ -298,7 +299,7 @@ def test_wraps_and_wrapped_preserved():
         return x
 
     decorated = transaction(original)
-    assert decorated.__wrapped__ is original
+    assert decorated.__wrapped__ is original  # type: ignore[attr-defined]
     assert functools.WRAPPER_ASSIGNMENTS
     assert (decorated.__name__, decorated.__qualname__, decorated.__doc__) == (
         "original",

@@ -55,7 +55,7 @@ BOOKKEEPING = {"record", "enterprise", "format", "length"}
 
 def build_record(f: dict[str, Any]) -> object:
     cls = RECORDS_BY_NAME[f["record"]]
-    assert (f["enterprise"], f["format"]) == (0, cls.FORMAT)
+    assert (f["enterprise"], f["format"]) == (0, cls.FORMAT)  # type: ignore[attr-defined]
     kwargs: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         if field.name in f:
@@ -131,7 +131,7 @@ def as_sflowtool_prints(dg: Datagram, size: int) -> dict[str, Any]:
     )
     out = to_sflowtool(dataclasses.replace(dg, samples=samples), datagram_size=size)
     for sample, original in zip(out["samples"], dg.samples, strict=True):
-        for i, (element, rec) in enumerate(zip(sample["elements"], original.records, strict=True)):
+        for i, (element, rec) in enumerate(zip(sample["elements"], original.records, strict=True)):  # type: ignore[attr-defined]
             if isinstance(rec, ExtendedProxyRequest):  # quirk 6: not decoded
                 sample["elements"][i] = {"flowBlock_tag": element["flowBlock_tag"]}
             elif isinstance(rec, MemcacheOperation) and "memcache_op_key" in element:

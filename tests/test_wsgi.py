@@ -25,9 +25,11 @@ from apps.harness import (
     record,
     serve,
 )
+from helpers import wait_until
 from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
+from werkzeug.wsgi import ClosingIterator
 
 from sflow_app import wsgi
 from sflow_app._agent import AGENT
@@ -456,9 +458,9 @@ def test_close_forwarded_and_lazy_start_response(live, collector, sampling):
     assert call(LintMiddleware(SFlowMiddleware(list_app)), "/l")[1] == b"ab"
     # Closed before iterating: the status was never set.
     environ = EnvironBuilder(path="/never").get_environ()
-    result = SFlowMiddleware(gen_app)(environ, lambda s, h, e=None: None)
-    result.close()
-    generator = result._result
+    result = SFlowMiddleware(gen_app)(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
+    result.close()  # type: ignore[attr-defined]
+    generator = result._result  # type: ignore[attr-defined]
     assert inspect.getgeneratorstate(generator) == inspect.GEN_CLOSED
     assert closed == ["gen", "list"]
     flush(collector)
@@ -476,10 +478,11 @@ def test_sized_results_keep_their_length(live, collector):
     live(sampling=1)
     AGENT.configure(ds_index=8000)
     environ = EnvironBuilder(path="/").get_environ()
-    result = SFlowMiddleware(hello)(environ, lambda s, h, e=None: None)
-    assert len(result) == 1  # servers may set Content-Length from a 1-item list
+    result = SFlowMiddleware(hello)(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
+    # Servers may set Content-Length from a 1-item list.
+    assert len(result) == 1  # type: ignore[arg-type]
     assert list(result) == [b"hello"]
-    result.close()
+    result.close()  # type: ignore[attr-defined]
 
 
 def test_exc_info_replaces_the_status(live, collector):
@@ -549,14 +552,22 @@ def test_streamed_body_timed_to_its_end(live, collector):
 
         return body()
 
-    with serve(linted(app)) as url:
+    closed: list[float] = []
+
+    def server_side(environ, start_response):
+        # The server's close() ends our clock, and may come after the client has the
+        # last byte: note when it returned, outside the middleware.
+        result = linted(app)(environ, start_response)
+        return ClosingIterator(result, lambda: closed.append(time.monotonic()))
+
+    with serve(server_side) as url:
         started = time.monotonic()
         assert len(httpx.get(url).content) == 500_000
-        elapsed_us = (time.monotonic() - started) * 1e6
+        assert wait_until(lambda: bool(closed))
     flush(collector)
     req = record(http_samples(collector)[-1], HttpRequest)
     assert req.resp_bytes == 500_000
-    assert 250_000 <= req.uS <= elapsed_us
+    assert 250_000 <= req.uS <= (closed[0] - started) * 1e6
 
 
 def test_file_wrapper_fast_path_survives(live, collector, tmp_path):
@@ -577,7 +588,7 @@ def test_file_wrapper_fast_path_survives(live, collector, tmp_path):
     mw = SFlowMiddleware(app)
     environ = EnvironBuilder(path="/file").get_environ()
     environ["wsgi.file_wrapper"] = WsgirefFileWrapper
-    result = mw(environ, lambda s, h, e=None: None)
+    result = mw(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
     assert type(result) is WsgirefFileWrapper  # not re-wrapped into a generator
     assert environ["wsgi.file_wrapper"] is WsgirefFileWrapper  # restored for the server
     time.sleep(0.1)
@@ -609,7 +620,7 @@ def test_file_wrapper_returning_the_file_itself(live, collector, tmp_path):
 
     environ = EnvironBuilder(path="/").get_environ()
     environ["wsgi.file_wrapper"] = uwsgi_like
-    result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)
+    result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
     assert type(result) is io.BufferedReader
     flush(collector)
     assert http_samples(collector) == []
@@ -641,7 +652,7 @@ def test_file_wrapper_without_settable_close_ends_at_return(live, collector):
 
     environ = EnvironBuilder(path="/").get_environ()
     environ["wsgi.file_wrapper"] = Slotted
-    result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)
+    result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
     assert type(result) is Slotted
     flush(collector)
     assert record(http_samples(collector)[-1], HttpRequest).resp_bytes == 3
@@ -702,11 +713,11 @@ def test_unsampled_request_touches_only_what_counting_needs(live, collector):
 
     environ = Spy(EnvironBuilder(path="/").get_environ())
     environ.seen = []
-    result = mw(environ, lambda s, h, e=None: None)
+    result = mw(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
     assert environ.seen == ["REQUEST_METHOD"]
     assert result == [b"hello"]  # the app's own iterable, not a wrapper
     environ.seen = []
-    SFlowMiddleware(hello, exclude=["/x"])(environ, lambda s, h, e=None: None)
+    SFlowMiddleware(hello, exclude=["/x"])(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
     assert environ.seen == ["PATH_INFO", "REQUEST_METHOD"]
 
 

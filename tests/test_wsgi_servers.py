@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.harness import ZERO_COUNTERS
-from helpers import Collector, write_auto
+from helpers import Collector, missing, write_auto
 
 from sflow_app.records import (
     AppOperation,
@@ -121,7 +121,7 @@ class Run:
         for sample in self.collector.flow_samples():
             for rec in sample.records:
                 if isinstance(rec, HttpRequest):
-                    found[rec.uri] = rec
+                    found[str(rec.uri)] = rec
         return found
 
     def sample_of(self, uri: str):
@@ -228,7 +228,7 @@ def workload(server: str, base: str, port: int) -> list[Sent]:
 def run(request):
     server = request.param
     if "uwsgi" in server and UWSGI is None:
-        pytest.skip("uWSGI is not installed (./scripts/setup --with-servers)")
+        missing("uWSGI", "./scripts/setup --with-servers installs it")
     tmp = Path(tempfile.mkdtemp(prefix="sfw-"))
     collector = Collector()
     port = free_port()
@@ -346,7 +346,7 @@ def test_every_request_sampled_with_all_fields(run):
     )
     assert (req.authuser, req.mime_type) == ("", "text/plain")
     assert (req.req_bytes, req.resp_bytes) == (0, 5)
-    assert 0 < req.uS < 1_000_000
+    assert 0 < req.uS < 5_000_000
     assert requests["/hello/http10"].protocol == 1000
     methods = {uri: r.method for uri, r in requests.items()}
     assert (
@@ -393,7 +393,9 @@ def test_streamed_body_size_and_duration(run):
     assert req.resp_bytes == STREAM_MB * 1024 * 1024
     chunks = STREAM_MB * 1024 * 1024 // (64 * 1024)
     assert req.uS >= chunks * 2000  # the generator sleeps 2 ms a chunk: timed to its end
-    assert req.uS <= sent.elapsed_us
+    # Our clock ends at the server's close(), which may come after the client's last
+    # byte: bounded generously, not by the client's time.
+    assert req.uS <= sent.elapsed_us + 1_000_000
     assert req.mime_type == "application/octet-stream"
 
 

@@ -131,4 +131,4 @@ async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"not found"})
 
 
-app = SFlowMiddleware(inner)
+app = SFlowMiddleware(inner)  # type: ignore[arg-type]

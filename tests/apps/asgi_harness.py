@@ -253,7 +253,7 @@ class Uvicorn:
         return self.proc.returncode
 
 
-def record(sample: FlowSample, cls: type) -> object:
+def record(sample: FlowSample, cls: type) -> Any:
     [found] = [r for r in sample.records if isinstance(r, cls)]
     return found
 

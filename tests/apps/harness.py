@@ -9,6 +9,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from werkzeug.serving import make_server
 
@@ -65,7 +66,7 @@ def other_samples(collector) -> list:
     ]
 
 
-def record(sample, cls):
+def record(sample: Any, cls: type) -> Any:
     found = [r for r in sample.records if isinstance(r, cls)]
     return found[0] if found else None
 

@@ -36,4 +36,4 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-app = SFlowMiddleware(_app)
+app = SFlowMiddleware(_app)  # type: ignore[arg-type]

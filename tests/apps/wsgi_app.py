@@ -87,8 +87,8 @@ def app(environ, start_response):
         return _text(start_response, "200 OK", str(SENDFILE_CALLS).encode())
     if path.startswith("/items/"):
         set_route(environ, "/items/<item>")
-        body = repr(lookup(path.rsplit("/", 1)[1])).encode()
-        return _text(start_response, "200 OK", body, "application/json")
+        found = repr(lookup(path.rsplit("/", 1)[1])).encode()
+        return _text(start_response, "200 OK", found, "application/json")
     return _text(start_response, "404 Not Found", b"not found")
 
 
