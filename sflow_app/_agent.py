@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _config
 from ._exporter import TICK, Exporter
@@ -27,6 +27,9 @@ from ._identity import default_service_name, local_index
 from ._listen import server_listener
 from ._source import AppSource, HttpSource, MemcacheSource, Source
 from ._watch import ConfigWatcher
+
+if TYPE_CHECKING:
+    from .testing import Capture
 
 log = logging.getLogger("sflow_app")
 
@@ -79,6 +82,8 @@ class Agent:
         self._uwsgi_hooked = False
         self._serving = False
         self._born = clock()
+        # sflow_app.testing.capture(): samples go there, 1-in-1, and nothing is sent.
+        self.capture: Capture | None = None
 
     def _reset_process_state(self) -> None:
         self.pid = os.getpid()
@@ -144,6 +149,8 @@ class Agent:
     def _apply_source(self, source: Source) -> None:
         settings = self.settings
         rate = settings.sampling_for(source.app_key) if settings.enabled else 0
+        if self.capture is not None:
+            rate = 1
         source.sampler.set_rate(rate)
         if source.kind != "http":
             source.ds_index = local_index(self.service_name, source.kind, source.name)
@@ -262,6 +269,10 @@ class Agent:
                     log.debug("sflow_app: inline tick failed", exc_info=True)
 
     def enqueue(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None:
+        capture = self.capture
+        if capture is not None:
+            capture.add(source, pool, rate, records)
+            return
         with self._qlock:
             if len(self._queue) < self.settings.queue_capacity:
                 self._queue.append((source, pool, rate, records))
@@ -365,6 +376,8 @@ class Agent:
             stop.wait(TICK)
 
     def tick(self, now: float, *, final: bool = False) -> None:
+        if self.capture is not None:
+            return  # a capture sends nothing; what it counted goes out after it
         if now >= self._next_config_check:
             self._next_config_check = now + CONFIG_CHECK_EVERY
             self.reload()
@@ -446,6 +459,27 @@ class Agent:
             "queue": {"length": len(self._queue), "capacity": settings.queue_capacity},
             **self.stats,
         }
+
+    # -- sflow_app.testing ------------------------------------------------------------
+    def begin_capture(self, capture: Capture) -> None:
+        if self.capture is not None:
+            raise RuntimeError("sflow_app.testing.capture() is already active")
+        self.ensure_loaded()
+        self.capture = capture
+        for source in self.sources():
+            self._apply_source(source)
+
+    def end_capture(self, capture: Capture) -> None:
+        if self.capture is capture:
+            self.capture = None
+            for source in self.sources():
+                self._apply_source(source)
+
+    def reset(self, **init: Any) -> None:
+        """Back to the state of a fresh import (sflow_app.testing.reset)."""
+        self.shutdown()
+        self.exporter.close()
+        self.__init__(**init)  # type: ignore[misc]
 
 
 AGENT = Agent()

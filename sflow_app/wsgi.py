@@ -325,6 +325,9 @@ class _Transaction:
         self.file_result: object = None
         self.failed = False
         self._closed = False
+        capture = AGENT.capture
+        if capture is not None:
+            capture.track(self)  # finished at the capture's end if never closed
 
     def path(self) -> str:
         env = self._environ

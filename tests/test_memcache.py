@@ -1189,7 +1189,7 @@ def test_open_connections_are_reported_as_a_gauge(instrumented, collector, serve
 def test_byte_counts_stay_short_without_snapshots(agent, server, monkeypatch) -> None:
     """sFlow off (no exporter snapshots): the slow path folds the pending byte counts."""
     monkeypatch.setenv("SFLOW_APP_CONFIG", "/nonexistent/hsflowd.auto")
-    AGENT.__init__(autostart=False)
+    AGENT.reset(autostart=False)
     AGENT.reload()
     assert not AGENT.settings.enabled
     sfm.instrument()
@@ -1220,8 +1220,7 @@ def test_a_replaced_agent_is_followed_by_every_part(
         c = client(server)
         c.set("k", b"12345")
         old = AGENT.memcache_source()
-        AGENT.shutdown()
-        AGENT.__init__(autostart=False)
+        AGENT.reset(autostart=False)
         auto_file(sampling=sampling, polling=0)
         AGENT.reload()
         new = AGENT.memcache_source()

@@ -6,23 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from helpers import wait_until
 from werkzeug.serving import make_server
+from werkzeug.wsgi import ClosingIterator
 
 from sflow_app._agent import AGENT
+from sflow_app._counters import _value
 from sflow_app.records import HttpCounters, HttpRequest
 
 ZERO_COUNTERS = {f.name: 0 for f in dataclasses.fields(HttpCounters)}
 
 
 def reset_agent(**init) -> None:
-    AGENT.shutdown()
-    AGENT.exporter.close()
-    AGENT.__init__(**init)
+    AGENT.reset(**init)
 
 
 def live_agent(auto_file, **kwargs):
@@ -73,14 +75,29 @@ def record(sample: Any, cls: type) -> Any:
 
 @contextlib.contextmanager
 def serve(app) -> Iterator[str]:
-    """Werkzeug's threaded server on 127.0.0.1 (ephemeral port), in a thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    """Werkzeug's threaded server on 127.0.0.1 (ephemeral port), in a thread. On exit it
+    waits until every response was closed by the server: our sample of a request is
+    taken at close(), which may come after the client has the last byte."""
+    open_responses = itertools.count()
+    closed_responses = itertools.count()
+
+    def app_then_close(environ, start_response):
+        next(open_responses)
+        try:
+            result = app(environ, start_response)
+        except BaseException:
+            next(closed_responses)
+            raise
+        return ClosingIterator(result, lambda: next(closed_responses))
+
+    server = make_server("127.0.0.1", 0, app_then_close, threaded=True)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
     )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
+        wait_until(lambda: _value(closed_responses) == _value(open_responses))
     finally:
         server.shutdown()
         server.server_close()
