@@ -81,14 +81,17 @@ def serve(app) -> Iterator[str]:
     open_responses = itertools.count()
     closed_responses = itertools.count()
 
+    def closed() -> None:
+        next(closed_responses)
+
     def app_then_close(environ, start_response):
         next(open_responses)
         try:
             result = app(environ, start_response)
         except BaseException:
-            next(closed_responses)
+            closed()
             raise
-        return ClosingIterator(result, lambda: next(closed_responses))
+        return ClosingIterator(result, closed)
 
     server = make_server("127.0.0.1", 0, app_then_close, threaded=True)
     thread = threading.Thread(
