@@ -121,7 +121,7 @@ def test_flask_under_uwsgi_ini(collector: Collector, tmp: Path) -> None:
 
 def test_memcache_client(collector: Collector, tmp: Path) -> None:
     with running() as mc:
-        host, port = mc.server  # type: ignore[misc]
+        host, port = mc.server  # type: ignore[misc, str-unpack]
         out = subprocess.run(
             [sys.executable, str(EXAMPLES / "memcache_client.py"), f"{host}:{port}"],
             env=agent_env(collector, tmp, SFLOW_APP_NAME="memcache-example"),

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """A minimal Django project instrumented with sflow_app.
 
-    cd examples/django_project
-    SFLOW_APP_CONFIG=/etc/hsflowd.auto gunicorn -w 2 shop.wsgi        # WSGI
-    SFLOW_APP_CONFIG=/etc/hsflowd.auto uvicorn shop.asgi:application  # ASGI
+cd examples/django_project
+SFLOW_APP_CONFIG=/etc/hsflowd.auto gunicorn -w 2 shop.wsgi        # WSGI
+SFLOW_APP_CONFIG=/etc/hsflowd.auto uvicorn shop.asgi:application  # ASGI
 """
 
 import os
