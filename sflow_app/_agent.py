@@ -419,12 +419,14 @@ class Agent:
         settings = self.settings
         ident = self.identity() if settings.enabled else None
         state = self.exporter.state
+        failing = self.exporter.senders.failing()
         return {
             "enabled": settings.enabled,
-            "state": settings.reason,
+            "state": settings.reason + (f"; failing: {', '.join(failing)}" if failing else ""),
             "source": settings.source,
             "config_path": self.config_path,
             "collectors": [f"{h}:{p}" for h, p in settings.collectors],
+            "collector_health": self.exporter.senders.view(),
             "agent_address": ident[0] if ident else settings.agent_ip,
             "sub_agent_id": ident[1] if ident else None,
             "service_name": self.service_name,

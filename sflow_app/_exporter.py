@@ -25,6 +25,7 @@ from ._encode import (
     encode_flow_sample,
     fit_flow_sample,
 )
+from ._send import Senders
 from ._shared import (
     DROPS,
     E_COUNTER_SEQ,
@@ -74,7 +75,8 @@ class Exporter:
         self._size = 0
         self._since = 0.0
         self._next_poll: dict[int, float] = {}
-        self._socks: dict[int, socket.socket] = {}
+        self.senders = Senders(agent.warn_once, time.monotonic)
+        self._socks = self.senders.socks  # one connected socket per collector
         self._fwd: socket.socket | None = None
         # One pass at a time: the exit flush must not run beside a pass the thread has
         # half done (samples it drained or took off the socket would go with it).
@@ -330,22 +332,7 @@ class Exporter:
         stats = self.agent.stats
         stats["datagrams"] += 1
         stats["samples"] += len(pending)
-        for host, port in self.agent.settings.collectors:
-            try:
-                self._socket(host).sendto(payload, (host, port))
-                stats["sent"] += 1
-            except OSError as exc:  # collector down, unreachable, bad address: never raised
-                stats["send_errors"] += 1
-                stats["last_send_error"] = f"{host}:{port}: {exc}"
-
-    def _socket(self, host: str) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = self._socks.get(family)
-        if sock is None:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            self._socks[family] = sock
-        return sock
+        self.senders.send(self.agent.settings.collectors, payload, stats)
 
     # -- lifecycle --------------------------------------------------------------------
     def finish(self, now: float) -> None:
@@ -412,12 +399,9 @@ class Exporter:
 
     def close(self) -> None:
         self.close_state()
-        for sock in [*self._socks.values(), *([self._fwd] if self._fwd else [])]:
-            try:
-                sock.close()
-            except OSError:
-                pass
-        self._socks.clear()
+        self.senders.close()
+        if self._fwd is not None:
+            self._fwd.close()
         self._fwd = None
 
     def abandon(self) -> None:
@@ -425,8 +409,6 @@ class Exporter:
         if isinstance(self.state, SharedState):
             self.state.abandon()
         self.state = None
-        for sock in [*self._socks.values(), *([self._fwd] if self._fwd else [])]:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        self.senders.close()
+        if self._fwd is not None:
+            self._fwd.close()
