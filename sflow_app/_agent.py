@@ -101,6 +101,7 @@ class Agent:
             "send_errors": 0,
             "queue_drops": 0,
             "backlog_drops": 0,
+            "bad_forwards": 0,
             "last_send_error": "",
         }
 
@@ -417,7 +418,7 @@ class Agent:
         if not self._started:
             self.reload()
         settings = self.settings
-        ident = self.identity() if settings.enabled else None
+        ident = self.exporter.identity() if settings.enabled else None
         state = self.exporter.state
         failing = self.exporter.senders.failing()
         return {

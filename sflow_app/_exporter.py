@@ -25,19 +25,10 @@ from ._encode import (
     encode_flow_sample,
     fit_flow_sample,
 )
+from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ, POOL
 from ._send import Senders
-from ._shared import (
-    DROPS,
-    E_COUNTER_SEQ,
-    E_FLOW_SEQ,
-    FORWARD_MAX,
-    MSG,
-    POOL,
-    LocalState,
-    SharedState,
-    service_key,
-    state_dir,
-)
+from ._sender import FORWARD_MAX, MSG
+from ._shared import LocalState, SharedState, service_key, state_dir
 from ._source import SOURCE_KINDS, counter_records, gauge_positions
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
 
@@ -57,6 +48,9 @@ EXIT_WAIT = 0.5  # s: how long an exiting worker waits for a sender to take its 
 EXIT_LOCK_WAIT = 2.0  # s: how long the exit flush waits for a pass the thread is in
 # Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
 FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
+# The automatic fallback's sub-agents: one per process, at random in this range, far
+# from ports (1-65535) and locally assigned indexes (65536-99999).
+FALLBACK_SUB_AGENTS = (1 << 24, 1 << 31)
 
 
 def _patch(buf: bytearray, at: int, value: int) -> None:
@@ -109,8 +103,13 @@ class Exporter:
         if self._held:
             items, self._held = self._held + items, []
         sources = agent.sources()
-        for source in sources:
-            self._publish(state, source)
+        try:
+            for source in sources:
+                self._publish(state, source)
+        except OSError as exc:  # the file cannot grow (a full tmpfs): report alone
+            state = self._fall_back(f"the shared state cannot grow ({exc})")
+            for source in sources:
+                self._publish(state, source)
         encoded = [e for e in (self._encode(state, item) for item in items) if e]
         if not state.try_become_sender():
             self._forward(state, encoded)
@@ -118,6 +117,9 @@ class Exporter:
         totals: dict[int, list[int]] = {}
         incoming = [*self._backlog, *encoded, *state.receive()]
         self._backlog.clear()
+        if isinstance(state, SharedState):
+            state.touch()
+            agent.stats["bad_forwards"] = state.bad_forwards
         for index, data in incoming:
             self._stage_flow(state, totals, index, data, now)
         self._poll(state, totals, now, final)
@@ -144,24 +146,63 @@ class Exporter:
         self._key = key
         state: State
         if agent.env.get("SFLOW_APP_SHARED", "1").lower() in ("0", "false", "no", "off"):
-            state = LocalState()
+            state = LocalState()  # the operator says: this process is the whole service
         else:
             try:
-                state = SharedState.open(state_dir(agent.env), key)
-            except OSError as exc:
-                agent.warn_once(
-                    f"shared state unavailable ({exc}); this process reports "
-                    "alone, so several workers would each claim the service"
+                state = SharedState.open(
+                    state_dir(agent.env), key, runtime_dir=agent.env.get("XDG_RUNTIME_DIR")
                 )
-                state = LocalState()
+            except OSError as exc:
+                return self._fall_back(f"shared state unavailable ({exc})")
+            self._check_shared(state, ident)
         self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
         self.state = state
         return state
 
+    def _check_shared(self, state: SharedState, ident: tuple[str, int]) -> None:
+        warn = self.agent.warn_once
+        if state.skipped:
+            skipped = "; ".join(state.skipped)
+            warn(f"unsafe state directories skipped ({skipped}); using {state.private.path}")
+        others = state.others()
+        if others:
+            warn(
+                f"another instance of service {self.agent.service_name!r} (pid {others[0]}) "
+                f"runs on this host under the same identity (agent {ident[0]}, sub_agent_id "
+                f"{ident[1]}): a collector would mix their counters; give each its own "
+                "SFLOW_APP_NAME"
+            )
+
+    def _fall_back(self, why: str) -> LocalState:
+        """Report alone, under a sub-agent of this process's own: a collector sees a
+        separate, valid stream (never the service's counters going back)."""
+        key = self._key
+        self.close_state()
+        self._key = key
+        sub_agent = random.randrange(*FALLBACK_SUB_AGENTS)
+        self.agent.warn_once(
+            f"{why}; this process reports alone as sub_agent_id {sub_agent} "
+            "(SFLOW_APP_SHARED=0 makes one process the whole service)"
+        )
+        self._offset = {}
+        state = self.state = LocalState(sub_agent)
+        return state
+
+    def identity(self) -> tuple[str, int] | None:
+        """The agent's identity, with the fallback's own sub-agent if it reports alone."""
+        ident = self.agent.identity()
+        sub_agent = getattr(self.state, "sub_agent_id", None)
+        if ident is None or sub_agent is None:
+            return ident
+        return ident[0], sub_agent
+
     def _index(self, state: State, source: Source) -> int | None:
         index = self._indexes.get(id(source))
         if index is None and source.ds_index is not None:
-            index = state.source_index(source.kind, source.name, source.ds_index)
+            try:
+                index = state.source_index(source.kind, source.name, source.ds_index)
+            except OSError:  # its lock is held by a stopped process: try again later
+                return None
             if index is None:
                 self.agent.warn_once("too many data sources for the shared state")
                 return None
@@ -229,6 +270,9 @@ class Exporter:
     def _forward(self, state: State, encoded: list[tuple[int, bytes]]) -> None:
         if not isinstance(state, SharedState):
             return
+        if state.handed_back:  # taken in while it was the sender, never sent
+            encoded = [*state.handed_back, *encoded]
+            state.handed_back = []
         if self._fwd is None:
             self._fwd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._fwd.setblocking(False)
@@ -318,8 +362,11 @@ class Exporter:
         """Number and send the pending samples as one datagram (sender only)."""
         state = self.state
         pending, self._pending, self._size = self._pending, [], 0
-        ident = self.agent.identity()
+        ident = self.identity()
         if not pending or state is None or ident is None:
+            return
+        if not state.still_sender():  # replaced while stopped: the new sender sends them
+            self._backlog.extend((i, bytes(buf)) for i, is_flow, buf in pending if is_flow)
             return
         # Sequence numbers are taken only now, for samples really sent, so they step by one.
         for index, is_flow, buf in pending:

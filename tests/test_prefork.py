@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import write_auto
+from helpers import state_files, write_auto
 from memcached import Memcached
 from prefork_check import (
     POOL_LAG,
@@ -46,7 +46,7 @@ from prefork_check import (
     wait_for_total,
 )
 
-from sflow_app import _shared
+from sflow_app import _layout
 from sflow_app._exporter import FLUSH_AFTER, TICK
 from sflow_app.records import CountersSample
 
@@ -155,21 +155,18 @@ class Server:
             self.proc.wait(10)
 
 
-def state_files(state_dir: str) -> list[str]:
-    return sorted(os.listdir(state_dir))
-
-
 def read_state(state_dir: str) -> tuple[int, int, int]:
     """(sender pid, slots used, file size) of the one service state file."""
-    [path] = glob.glob(os.path.join(state_dir, "sflow-app-*.state"))
+    [path] = state_files(state_dir, ".state")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         words = memoryview(m).cast("Q")
         try:
-            sender = words[_shared.H_SENDER_PID]
+            sender = words[_layout.H_SENDER_PID]
+            assert len(m) == _layout.file_size(words[_layout.H_SLOTS])
             used = sum(
                 1
-                for s in range(_shared.MAX_SLOTS)
-                if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS]
+                for s in range(words[_layout.H_SLOTS])
+                if words[_layout.SLOTS_AT + s * _layout.SLOT_WORDS]
             )
         finally:
             words.release()
@@ -324,7 +321,7 @@ def finish(
     files = state_files(service.state_dir)
     assert len(files) <= 2 and all(f.endswith((".state", ".sock")) for f in files), files
     _, used, size = read_state(service.state_dir)
-    assert size == _shared.TOTAL_WORDS * 8
+    assert size <= _layout.file_size(max(_layout.INITIAL_SLOTS, 2 * server.workers))
     assert used <= server.workers, (
         f"{used} worker slots used by {server.workers} workers (pids seen: "
         f"{len(load.pids())}, alive at the end: {len(workers)})"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_auto
+from helpers import state_files, write_auto
 from prefork_check import (
     Expect,
     InheritedSkip,
@@ -34,7 +34,7 @@ from prefork_check import (
     sources,
 )
 
-from sflow_app import _shared
+from sflow_app import _layout
 from sflow_app._agent import Agent
 from sflow_app._http import METHODS, status_slot, submit_http
 from sflow_app.records import CountersSample, Datagram, FlowSample, HttpCounters, HttpRequest
@@ -210,14 +210,14 @@ def service(tmp_path: Path, state_dir: str) -> Iterator[Service]:
 
 def slots_used(state_dir: str) -> tuple[int, int]:
     """(slots used, file size) of the service's one state file, read from outside."""
-    files = [f for f in os.listdir(state_dir) if f.endswith(".state")]
+    files = state_files(state_dir, ".state")
     assert len(files) == 1, files
-    path = os.path.join(state_dir, files[0])
-    with open(path, "rb") as f:
+    with open(files[0], "rb") as f:
         data = f.read()
     words = memoryview(data).cast("Q")
+    assert len(data) == _layout.file_size(words[_layout.H_SLOTS])
     used = sum(
-        1 for s in range(_shared.MAX_SLOTS) if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS]
+        1 for s in range(words[_layout.H_SLOTS]) if words[_layout.SLOTS_AT + s * _layout.SLOT_WORDS]
     )
     return used, len(data)
 
