@@ -112,6 +112,9 @@ class Exporter:
                 self._publish(state, source)
         encoded = [e for e in (self._encode(state, item) for item in items) if e]
         if not state.try_become_sender():
+            if self._pending:  # staged while it was the sender, then replaced
+                self._backlog.extend((i, bytes(buf)) for i, flow, buf in self._pending if flow)
+                self._pending, self._size = [], 0
             self._forward(state, encoded)
             return
         totals: dict[int, list[int]] = {}

@@ -78,8 +78,11 @@ def _status(agent: Agent) -> dict[str, Any]:
     }
 
 
-def _serve(conn: Connection, env: dict[str, str], setup: Any) -> None:
-    """The worker process: a command loop over ``conn``."""
+def _serve(conn: Connection, env: dict[str, str], setup: Any, before: Any = None) -> None:
+    """The worker process: a command loop over ``conn``. ``before()`` runs first (e.g.
+    to become another user)."""
+    if before is not None:
+        before()
     agent = Agent(autostart=False, env=env)
     agent.reload()
     source = agent.http_source()
@@ -106,9 +109,9 @@ def _serve(conn: Connection, env: dict[str, str], setup: Any) -> None:
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], setup: Any = None) -> None:
+    def __init__(self, env: dict[str, str], setup: Any = None, before: Any = None) -> None:
         self.conn, child = CTX.Pipe()
-        self.proc = CTX.Process(target=_serve, args=(child, env, setup), daemon=True)
+        self.proc = CTX.Process(target=_serve, args=(child, env, setup, before), daemon=True)
         self.proc.start()
         child.close()
         self.pid = self.proc.pid
@@ -141,9 +144,10 @@ class Worker:
 
 
 class Service:
-    def __init__(self, tmp: Path, state_dir: str, sampling: int = 1) -> None:
+    def __init__(self, tmp: Path, state_dir: str, sampling: int = 1, before: Any = None) -> None:
         self.collector = TimedCollector()
         auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=sampling, polling=1)
+        self.before = before
         self.env = {
             "SFLOW_APP_CONFIG": str(auto),
             "SFLOW_APP_NAME": "shared-unit",
@@ -153,7 +157,7 @@ class Service:
         self.workers: list[Worker] = []
 
     def worker(self, setup: Any = None) -> Worker:
-        w = Worker(self.env, setup)
+        w = Worker(self.env, setup, self.before)
         self.workers.append(w)
         return w
 
