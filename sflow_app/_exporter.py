@@ -26,9 +26,10 @@ from ._encode import (
     fit_flow_sample,
 )
 from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ, POOL
+from ._local import LocalState
 from ._send import Senders
 from ._sender import FORWARD_MAX, MSG
-from ._shared import LocalState, SharedState, service_key, state_dir
+from ._shared import SharedState, service_key, state_dir
 from ._source import SOURCE_KINDS, counter_records, gauge_positions
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
 

@@ -170,7 +170,7 @@ def instance_root() -> tuple[int, int]:
     exe = _exe(pid)
     root, root_start = pid, mine[2]
     ppid = mine[0]
-    while ppid > 1:
+    while ppid > 0:  # pid 1 too: a master that is a container's first process
         parent = _stat(ppid)
         if parent is None or parent[1] != mine[1]:
             break  # another process group: a shell, a supervisor
