@@ -465,3 +465,42 @@ def test_stale_and_old_version_files_are_removed(state_dir: str) -> None:
         assert os.path.basename(live) in left  # its root (this process) still runs
     finally:
         state.close()
+
+
+# -- sizing -------------------------------------------------------------------------------
+def test_file_sized_to_the_workers_and_grows_for_more(state_dir: str) -> None:
+    """The file starts with room for INITIAL_SLOTS workers; more workers alive at once
+    grow it (allocated first), and a process that mapped it small sees every slot."""
+    state = _shared.SharedState.open(state_dir, "grow")
+    [path] = state_files(state_dir, ".state")
+    assert os.path.getsize(path) == _layout.file_size(_layout.INITIAL_SLOTS)
+    index = state.source_index("http", "", 8080)
+    assert index is not None
+    r, w = os.pipe()
+    kids = []
+    for k in range(_layout.INITIAL_SLOTS + 2):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                mine = _shared.SharedState.open(state_dir, "grow")
+                assert mine.claim_slot()
+                mine.publish(index, [k + 1], pool=0, drops=0)
+                os.write(w, b"x")
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        kids.append(pid)
+        assert os.read(r, 1) == b"x"
+    try:
+        want = sum(range(1, _layout.INITIAL_SLOTS + 3))
+        assert state.totals(index)[0] == want  # remapped to see the slots added
+        assert state.slots_used() == _layout.INITIAL_SLOTS + 2
+        assert os.path.getsize(path) == _layout.file_size(2 * _layout.INITIAL_SLOTS)
+        st = os.stat(path)
+        assert st.st_blocks * 512 >= st.st_size, "not allocated (sparse)"
+    finally:
+        for pid in kids:
+            reap(pid)
+        state.close()
+        os.close(r)
+        os.close(w)

@@ -36,11 +36,13 @@ from prefork_check import (
     Expect,
     Load,
     TimedCollector,
+    check_datagrams,
     check_independent_sampling,
     check_stream,
     counter_record,
     latest_total,
     run_load,
+    sources,
     start_load,
     total_of,
     wait_for_total,
@@ -561,3 +563,37 @@ def test_idle_service_keeps_reporting(service: Service, server: str) -> None:
     time.sleep(3.5)
     later = http_counters_after(service, settled)
     assert len(later) >= 2 and all(total == 40 for _, total in later), later
+
+
+def test_gunicorn_on_a_full_tmpfs(service: Service) -> None:
+    """Issue 11's repro: gunicorn -w 2 with the state on an 8 KB tmpfs. No worker dies
+    (SIGBUS); each reports alone under a sub-agent of its own, every stream valid, and
+    together they count every request."""
+    from test_hostile import tmpfs
+
+    with tmpfs("8k") as full:
+        service.state_dir = full
+        server = service.start("gunicorn-full", gunicorn(workers=2), 2)
+        pids = set(server.workers_now())
+        load = run_load(service.port, 400, CONCURRENCY)
+        assert not load.errors, load.errors[:5]
+        time.sleep(2.5)  # a counter poll (1 s) after the last request
+        assert set(server.workers_now()) == pids, f"workers died:\n{server.log()[-2000:]}"
+        server.stop()
+        log = server.log()
+        assert "signal 7" not in log and "SIGBUS" not in log, log[-2000:]
+        assert log.count("reports alone as sub_agent_id") == 2, log[-2000:]
+        by_agent: dict[tuple[str, int], list] = {}
+        for arrival, dg in service.collector.received():
+            by_agent.setdefault((dg.agent_address, dg.sub_agent_id), []).append((arrival, dg))
+        assert len(by_agent) == 2 and all(sub >= 1 << 24 for _, sub in by_agent), by_agent.keys()
+        total = 0
+        for received in by_agent.values():
+            check_datagrams(received)
+            [view] = sources(received)["http"]
+            seqs = [s.sequence_number for _, s in view.counters]
+            assert seqs == list(range(1, len(seqs) + 1)), seqs
+            gets = [total_of("http", counter_record(s)) for _, s in view.counters]
+            assert gets == sorted(gets), f"counters went back: {gets}"
+            total += gets[-1]
+        assert total == 400
