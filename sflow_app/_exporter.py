@@ -180,6 +180,8 @@ class Exporter:
     def _fall_back(self, why: str) -> LocalState:
         """Report alone, under a sub-agent of this process's own: a collector sees a
         separate, valid stream (never the service's counters going back)."""
+        if self._pending and self.state is not None and self.state.sender:
+            self.flush()  # what it staged as the service's sender goes out as such
         key = self._key
         self.close_state()
         self._key = key

@@ -24,7 +24,7 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 VERSION_PREFIX = "sflow-app-"  # files of earlier versions: <parent>/sflow-app-<uid>-*
 NAMES_PER_PLACE = 4  # sflow-app-<uid>, then .1, .2, .3 when squatted
@@ -95,7 +95,7 @@ def open_private(parent: str, env_runtime: str | None) -> tuple[PrivateDir, list
     raise PermissionError("no usable private state directory: " + "; ".join(skipped))
 
 
-def remove_old_versions(parent: str, in_use: object) -> None:
+def remove_old_versions(parent: str, in_use: Callable[[int], bool]) -> None:
     """Remove files earlier versions left directly in ``parent``
     (``sflow-app-<uid>-<key>.state`` / ``.sock``), unless a live process holds one.
 
@@ -125,14 +125,14 @@ def remove_old_versions(parent: str, in_use: object) -> None:
         os.close(pfd)
 
 
-def _held(dir_fd: int, name: str, in_use: object) -> bool:
+def _held(dir_fd: int, name: str, in_use: Callable[[int], bool]) -> bool:
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
         return False
     try:
-        return bool(in_use(fd))  # type: ignore[operator]
+        return in_use(fd)
     finally:
         os.close(fd)
 
