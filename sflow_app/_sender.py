@@ -56,6 +56,7 @@ STALL = 3.0  # s without progress after which a sender is replaced
 MSG = struct.Struct(">II")
 FORWARD_MAX = 60000  # bytes per forwarded message (a unix datagram takes up to ~200 KB)
 SUN_PATH_MAX = 107
+_replaced_logged = False
 FLOW_FORMATS = (1, 3)  # flow_sample, flow_sample_expanded
 FLOW_MIN = 32  # bytes: up to the fields the sender patches (drops of an expanded sample)
 
@@ -115,13 +116,17 @@ class Election:
     def still_sender(self) -> bool:
         """Whether this process still holds the role; if it was replaced (it was
         stopped), it lets go now."""
+        global _replaced_logged
         if self.sender and self.words[H_GEN] != self._gen:
             self.handed_back.extend(self.receive())  # queued while it was stopped
             self.leave(unlink=True)
-            log.warning(
-                "sflow_app: this process was replaced as the sender (it made no progress for %ss)",
-                STALL,
-            )
+            if not _replaced_logged:  # once per process: an idle inline sender bounces
+                _replaced_logged = True
+                log.warning(
+                    "sflow_app: this process was replaced as the sender (no progress for "
+                    "%ss); what it held goes to the new one",
+                    STALL,
+                )
         return self.sender
 
     def try_become_sender(self) -> bool:

@@ -420,9 +420,12 @@ def test_two_programs_under_one_identity_warn(tmp_path: Path, collector, state_d
     script = tmp_path / "same.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_NAME": "same"}
-    cmd = [sys.executable, str(script), "2.5"]
+    cmd = [sys.executable, str(script), "3"]
     first = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    end = time.monotonic() + 20
+    while not state_files(state_dir, ".state") and time.monotonic() < end:
+        time.sleep(0.05)  # the first one has its state
+    assert state_files(state_dir, ".state"), "the first program never opened its state"
     second = subprocess.run(
         [*cmd[:-1], "0.5"], env=env, start_new_session=True, capture_output=True, text=True
     )
