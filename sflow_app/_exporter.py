@@ -3,7 +3,7 @@
 ``step(now)`` is one pass and takes the clock as an argument, so tests drive it with an
 injected clock; the background thread calls it every ``TICK`` seconds. Every process
 publishes its counters into the service's shared state each pass; the one process that
-holds the sender role (see ``_shared``) assigns sequence numbers and uptime when it
+holds the sender role (see ``_sender``) assigns sequence numbers and uptime when it
 sends, sums counters over all workers and sends to the collectors. The others forward
 their encoded samples to it.
 """
