@@ -106,6 +106,7 @@ class Agent:
             "send_errors": 0,
             "queue_drops": 0,
             "backlog_drops": 0,
+            "bad_forwards": 0,
             "last_send_error": "",
         }
 
@@ -430,14 +431,16 @@ class Agent:
         if not self._started:
             self.reload()
         settings = self.settings
-        ident = self.identity() if settings.enabled else None
+        ident = self.exporter.identity() if settings.enabled else None
         state = self.exporter.state
+        failing = self.exporter.senders.failing()
         return {
             "enabled": settings.enabled,
-            "state": settings.reason,
+            "state": settings.reason + (f"; failing: {', '.join(failing)}" if failing else ""),
             "source": settings.source,
             "config_path": self.config_path,
             "collectors": [f"{h}:{p}" for h, p in settings.collectors],
+            "collector_health": self.exporter.senders.view(),
             "agent_address": ident[0] if ident else settings.agent_ip,
             "sub_agent_id": ident[1] if ident else None,
             "service_name": self.service_name,

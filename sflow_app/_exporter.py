@@ -3,7 +3,7 @@
 ``step(now)`` is one pass and takes the clock as an argument, so tests drive it with an
 injected clock; the background thread calls it every ``TICK`` seconds. Every process
 publishes its counters into the service's shared state each pass; the one process that
-holds the sender role (see ``_shared``) assigns sequence numbers and uptime when it
+holds the sender role (see ``_sender``) assigns sequence numbers and uptime when it
 sends, sums counters over all workers and sends to the collectors. The others forward
 their encoded samples to it.
 """
@@ -25,18 +25,11 @@ from ._encode import (
     encode_flow_sample,
     fit_flow_sample,
 )
-from ._shared import (
-    DROPS,
-    E_COUNTER_SEQ,
-    E_FLOW_SEQ,
-    FORWARD_MAX,
-    MSG,
-    POOL,
-    LocalState,
-    SharedState,
-    service_key,
-    state_dir,
-)
+from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ, POOL
+from ._local import LocalState
+from ._send import Senders
+from ._sender import FORWARD_MAX, MSG
+from ._shared import SharedState, service_key, state_dir
 from ._source import SOURCE_KINDS, counter_records, gauge_positions
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
 
@@ -56,6 +49,9 @@ EXIT_WAIT = 0.5  # s: how long an exiting worker waits for a sender to take its 
 EXIT_LOCK_WAIT = 2.0  # s: how long the exit flush waits for a pass the thread is in
 # Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
 FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
+# The automatic fallback's sub-agents: one per process, at random in this range, far
+# from ports (1-65535) and locally assigned indexes (65536-99999).
+FALLBACK_SUB_AGENTS = (1 << 24, 1 << 31)
 
 
 def _patch(buf: bytearray, at: int, value: int) -> None:
@@ -74,7 +70,8 @@ class Exporter:
         self._size = 0
         self._since = 0.0
         self._next_poll: dict[int, float] = {}
-        self._socks: dict[int, socket.socket] = {}
+        self.senders = Senders(agent.warn_once, time.monotonic)
+        self._socks = self.senders.socks  # one connected socket per collector
         self._fwd: socket.socket | None = None
         # One pass at a time: the exit flush must not run beside a pass the thread has
         # half done (samples it drained or took off the socket would go with it).
@@ -107,15 +104,26 @@ class Exporter:
         if self._held:
             items, self._held = self._held + items, []
         sources = agent.sources()
-        for source in sources:
-            self._publish(state, source)
+        try:
+            for source in sources:
+                self._publish(state, source)
+        except OSError as exc:  # the file cannot grow (a full tmpfs): report alone
+            state = self._fall_back(f"the shared state cannot grow ({exc})")
+            for source in sources:
+                self._publish(state, source)
         encoded = [e for e in (self._encode(state, item) for item in items) if e]
         if not state.try_become_sender():
+            if self._pending:  # staged while it was the sender, then replaced
+                self._backlog.extend((i, bytes(buf)) for i, flow, buf in self._pending if flow)
+                self._pending, self._size = [], 0
             self._forward(state, encoded)
             return
         totals: dict[int, list[int]] = {}
         incoming = [*self._backlog, *encoded, *state.receive()]
         self._backlog.clear()
+        if isinstance(state, SharedState):
+            state.touch()
+            agent.stats["bad_forwards"] = state.bad_forwards
         for index, data in incoming:
             self._stage_flow(state, totals, index, data, now)
         self._poll(state, totals, now, final)
@@ -142,24 +150,65 @@ class Exporter:
         self._key = key
         state: State
         if agent.env.get("SFLOW_APP_SHARED", "1").lower() in ("0", "false", "no", "off"):
-            state = LocalState()
+            state = LocalState()  # the operator says: this process is the whole service
         else:
             try:
-                state = SharedState.open(state_dir(agent.env), key)
-            except OSError as exc:
-                agent.warn_once(
-                    f"shared state unavailable ({exc}); this process reports "
-                    "alone, so several workers would each claim the service"
+                state = SharedState.open(
+                    state_dir(agent.env), key, runtime_dir=agent.env.get("XDG_RUNTIME_DIR")
                 )
-                state = LocalState()
+            except OSError as exc:
+                return self._fall_back(f"shared state unavailable ({exc})")
+            self._check_shared(state, ident)
         self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
         self.state = state
         return state
 
+    def _check_shared(self, state: SharedState, ident: tuple[str, int]) -> None:
+        warn = self.agent.warn_once
+        if state.skipped:
+            skipped = "; ".join(state.skipped)
+            warn(f"unsafe state directories skipped ({skipped}); using {state.private.path}")
+        others = state.others()
+        if others:
+            warn(
+                f"another instance of service {self.agent.service_name!r} (pid {others[0]}) "
+                f"runs on this host under the same identity (agent {ident[0]}, sub_agent_id "
+                f"{ident[1]}): a collector would mix their counters; give each its own "
+                "SFLOW_APP_NAME"
+            )
+
+    def _fall_back(self, why: str) -> LocalState:
+        """Report alone, under a sub-agent of this process's own: a collector sees a
+        separate, valid stream (never the service's counters going back)."""
+        if self._pending and self.state is not None and self.state.sender:
+            self.flush()  # what it staged as the service's sender goes out as such
+        key = self._key
+        self.close_state()
+        self._key = key
+        sub_agent = random.randrange(*FALLBACK_SUB_AGENTS)
+        self.agent.warn_once(
+            f"{why}; this process reports alone as sub_agent_id {sub_agent} "
+            "(SFLOW_APP_SHARED=0 makes one process the whole service)"
+        )
+        self._offset = {}
+        state = self.state = LocalState(sub_agent)
+        return state
+
+    def identity(self) -> tuple[str, int] | None:
+        """The agent's identity, with the fallback's own sub-agent if it reports alone."""
+        ident = self.agent.identity()
+        sub_agent = getattr(self.state, "sub_agent_id", None)
+        if ident is None or sub_agent is None:
+            return ident
+        return ident[0], sub_agent
+
     def _index(self, state: State, source: Source) -> int | None:
         index = self._indexes.get(id(source))
         if index is None and source.ds_index is not None:
-            index = state.source_index(source.kind, source.name, source.ds_index)
+            try:
+                index = state.source_index(source.kind, source.name, source.ds_index)
+            except OSError:  # its lock is held by a stopped process: try again later
+                return None
             if index is None:
                 self.agent.warn_once("too many data sources for the shared state")
                 return None
@@ -227,6 +276,9 @@ class Exporter:
     def _forward(self, state: State, encoded: list[tuple[int, bytes]]) -> None:
         if not isinstance(state, SharedState):
             return
+        if state.handed_back:  # taken in while it was the sender, never sent
+            encoded = [*state.handed_back, *encoded]
+            state.handed_back = []
         if self._fwd is None:
             self._fwd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._fwd.setblocking(False)
@@ -316,8 +368,11 @@ class Exporter:
         """Number and send the pending samples as one datagram (sender only)."""
         state = self.state
         pending, self._pending, self._size = self._pending, [], 0
-        ident = self.agent.identity()
+        ident = self.identity()
         if not pending or state is None or ident is None:
+            return
+        if not state.still_sender():  # replaced while stopped: the new sender sends them
+            self._backlog.extend((i, bytes(buf)) for i, is_flow, buf in pending if is_flow)
             return
         # Sequence numbers are taken only now, for samples really sent, so they step by one.
         for index, is_flow, buf in pending:
@@ -330,22 +385,7 @@ class Exporter:
         stats = self.agent.stats
         stats["datagrams"] += 1
         stats["samples"] += len(pending)
-        for host, port in self.agent.settings.collectors:
-            try:
-                self._socket(host).sendto(payload, (host, port))
-                stats["sent"] += 1
-            except OSError as exc:  # collector down, unreachable, bad address: never raised
-                stats["send_errors"] += 1
-                stats["last_send_error"] = f"{host}:{port}: {exc}"
-
-    def _socket(self, host: str) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = self._socks.get(family)
-        if sock is None:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            self._socks[family] = sock
-        return sock
+        self.senders.send(self.agent.settings.collectors, payload, stats)
 
     # -- lifecycle --------------------------------------------------------------------
     def finish(self, now: float) -> None:
@@ -412,12 +452,9 @@ class Exporter:
 
     def close(self) -> None:
         self.close_state()
-        for sock in [*self._socks.values(), *([self._fwd] if self._fwd else [])]:
-            try:
-                sock.close()
-            except OSError:
-                pass
-        self._socks.clear()
+        self.senders.close()
+        if self._fwd is not None:
+            self._fwd.close()
         self._fwd = None
 
     def abandon(self) -> None:
@@ -425,8 +462,6 @@ class Exporter:
         if isinstance(self.state, SharedState):
             self.state.abandon()
         self.state = None
-        for sock in [*self._socks.values(), *([self._fwd] if self._fwd else [])]:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        self.senders.close()
+        if self._fwd is not None:
+            self._fwd.close()

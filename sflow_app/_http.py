@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from .records import AppOperation, AppStatus, HttpRequest, socket_record
 
@@ -103,8 +105,12 @@ def protocol_number(version: str) -> int:
         return 0
 
 
-def _sensitive(name: bytes) -> bool:
-    lowered = name.lower().replace(b"-", b"_").replace(b".", b"_")
+_LAST_BRACKET = re.compile(rb"\[([^\[\]]*)\]$")
+_SEPARATOR = re.compile(rb"([&;])")
+
+
+def _words_sensitive(name: bytes) -> bool:
+    lowered = name.lower().replace(b"-", b"_").replace(b".", b"_").replace(b" ", b"_")
     try:
         text = lowered.decode("ascii")
     except UnicodeDecodeError:
@@ -114,20 +120,32 @@ def _sensitive(name: bytes) -> bool:
     return any(part in SENSITIVE for part in text.split("_") if part)
 
 
+def _sensitive(name: bytes) -> bool:
+    """Whether a parameter name looks like a credential: the name as sent and decoded
+    (``+`` and %-escapes: ``pass%77ord``), and its last bracketed or dotted component
+    (``user[password]``, ``user.password``), case-insensitively."""
+    decoded = unquote_to_bytes(name.replace(b"+", b" ")).strip()
+    bracket = _LAST_BRACKET.search(decoded)
+    last = bracket.group(1) if bracket else decoded.rsplit(b".", 1)[-1]
+    return any(_words_sensitive(n) for n in (name, decoded, last))
+
+
 def redact_query(query: bytes, mode: str = "sensitive") -> bytes:
-    """Apply the ``query=`` option to a raw query string (no leading '?')."""
+    """Apply the ``query=`` option to a raw query string (no leading '?').
+
+    Pairs are split on ``&`` and ``;`` (both are used as separators); the separators and
+    every pair not redacted are kept as they came: ``a=1;password=REDACTED``.
+    """
     if not query or mode == "keep":
         return query
     if mode == "drop":
         return b""
-    out = []
-    for pair in query.split(b"&"):
-        name, eq, _value = pair.partition(b"=")
+    parts = _SEPARATOR.split(query)  # pairs at even positions, separators between
+    for i in range(0, len(parts), 2):
+        name, eq, _value = parts[i].partition(b"=")
         if eq and (mode == "redact" or _sensitive(name)):
-            out.append(name + b"=" + PLACEHOLDER)
-        else:
-            out.append(pair)
-    return b"&".join(out)
+            parts[i] = name + b"=" + PLACEHOLDER
+    return b"".join(parts)
 
 
 def build_uri(path: bytes, query: bytes, mode: str) -> bytes:

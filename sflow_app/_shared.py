@@ -1,9 +1,11 @@
-"""State shared by every worker process of one service on one host (pre-fork servers).
+"""State shared by every worker process of one service instance on one host (pre-fork
+servers).
 
-One memory-mapped file per service (in ``SFLOW_APP_STATE_DIR``, default ``/dev/shm``)
-holds what sFlow needs to see a single agent however many processes serve:
+One memory-mapped file per instance (in the user's private directory, see
+``_statedir``) holds what sFlow needs to see a single agent however many processes serve:
 
-- a header: the service's epoch (uptime) and the datagram sequence number;
+- a header: the instance's epoch (uptime), the datagram sequence number, and the sender's
+  generation and heartbeat;
 - a source table: per data source its kind, name, ds_index and the flow- and
   counter-sample sequence numbers;
 - worker slots: each live worker owns one (an ``fcntl`` record lock, released by the
@@ -12,9 +14,14 @@ holds what sFlow needs to see a single agent however many processes serve:
   continues counting from its values, so the sums stay monotonic and the file stays
   bounded by the number of workers alive at once.
 
-One process at a time is the sender (another record lock). The others forward their
-encoded samples to it over a unix datagram socket. Request threads never touch any of
-this: only the exporter thread does.
+The file starts with room for ``INITIAL_SLOTS`` slots and grows (doubling) when more
+workers are alive at once; it never shrinks, since every process maps it. Every byte is
+allocated (``posix_fallocate``) before it is mapped: a full tmpfs is an ``OSError`` at
+open or growth (the caller falls back), never a SIGBUS at the first write.
+
+One process at a time is the sender (``_sender.Election``); the others forward their
+encoded samples to it over a unix datagram socket in the private directory. Request
+threads never touch any of this: only the exporter thread does.
 """
 
 from __future__ import annotations
@@ -22,50 +29,50 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import logging
 import mmap
 import os
-import socket
-import struct
+import stat
 import time
 from collections.abc import Collection, Mapping, Sequence
 
-log = logging.getLogger("sflow_app")
-
-MAGIC = 0x7346_6C6F_7741_7070  # "sFlowApp"
-LAYOUT = 1
-HEADER_WORDS = 16
-MAX_SOURCES = 16
-ENTRY_WORDS = 16
-MAX_SLOTS = 256
-COUNTER_WORDS = 40  # per source in a slot: counters, then pool and drops
-POOL = COUNTER_WORDS - 2
-DROPS = COUNTER_WORDS - 1
-SLOT_WORDS = 2 + MAX_SOURCES * COUNTER_WORDS
-TABLE_AT = HEADER_WORDS
-SLOTS_AT = TABLE_AT + MAX_SOURCES * ENTRY_WORDS
-TOTAL_WORDS = SLOTS_AT + MAX_SLOTS * SLOT_WORDS
-
-# Header words.
-H_MAGIC, H_LAYOUT, H_EPOCH_NS, H_DATAGRAM_SEQ, H_SENDER_PID = range(5)
-# Source-table entry words (name: 4 words = 32 bytes).
-E_KEY, E_KIND, E_DS_INDEX, E_FLOW_SEQ, E_COUNTER_SEQ, E_LAST_POOL, E_NAME = 0, 1, 2, 3, 4, 5, 6
-KINDS = {"http": 1, "memcache": 2, "app": 3}
-KIND_NAMES = {v: k for k, v in KINDS.items()}
-
-# Record locks live beyond the data (locking past EOF is allowed).
-LOCK_BASE = 1 << 40
-LOCK_SENDER = LOCK_BASE
-LOCK_TABLE = LOCK_BASE + 1
-LOCK_SLOT0 = LOCK_BASE + 16
-
-# A forwarded message carries many samples, each as (source-table index, length) then the
-# encoded flow sample: a unix datagram socket queues only net.unix.max_dgram_qlen messages
-# (10 by default) whatever its buffer size, so one message per sample would cap what the
-# workers can hand over at about 10 samples per sender tick.
-MSG = struct.Struct(">II")
-FORWARD_MAX = 60000  # bytes per forwarded message (a unix datagram takes up to ~200 KB)
-SUN_PATH_MAX = 100
+from . import _statedir
+from ._layout import (
+    COUNTER_WORDS,
+    DROPS,
+    E_DS_INDEX,
+    E_KEY,
+    E_KIND,
+    E_LAST_POOL,
+    E_NAME,
+    ENTRY_WORDS,
+    H_DATAGRAM_SEQ,
+    H_EPOCH_NS,
+    H_LAYOUT,
+    H_MAGIC,
+    H_SLOTS,
+    INITIAL_SLOTS,
+    KIND_NAMES,
+    KINDS,
+    LAYOUT,
+    LOCK_SLOT0,
+    LOCK_TABLE,
+    LOCK_USERS,
+    MAGIC,
+    MAX_SLOTS,
+    MAX_SOURCES,
+    POOL,
+    SLOT_WORDS,
+    SLOTS_AT,
+    STALE_AFTER,
+    TABLE_AT,
+    TOUCH_EVERY,
+    file_size,
+    in_use,
+    lock,
+    unlock,
+)
+from ._sender import Election
+from ._statedir import PrivateDir
 
 
 def state_dir(env: Mapping[str, str]) -> str:
@@ -85,84 +92,184 @@ def _key_word(kind: str, name: str) -> int:
     return int.from_bytes(digest, "little") or 1
 
 
-class SharedState:
-    """The mapped file, this process's slot, and the sender role."""
-
-    def __init__(self, path: str, fd: int, mapping: mmap.mmap) -> None:
-        self.path = path
-        self._fd = fd
-        self._map = mapping
-        self.words = memoryview(mapping).cast("Q")
-        self.slot: int | None = None
-        self._bases: dict[int, list[int]] = {}
-        self.sender = False
-        self._sock: socket.socket | None = None
-        self.sock_addr = self._socket_address()
-
-    # -- opening ----------------------------------------------------------------------
-    @classmethod
-    def open(cls, directory: str, key: str) -> SharedState:
-        """Open or create the service's file. Raises OSError with a clear message."""
-        path = os.path.join(directory, f"sflow-app-{os.getuid()}-{key}.state")
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags, 0o600)
+def _open_file(private: PrivateDir, name: str) -> int:
+    """Open (or create) ``name`` in the private directory and join its users: a shared
+    lock, then a check that the name still names this inode (a later start may have
+    removed the file as stale between our open and our lock)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    for _ in range(10):
+        fd = os.open(name, flags, 0o600, dir_fd=private.fd)
         try:
             st = os.fstat(fd)
-            if st.st_uid != os.getuid():
-                raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to us")
-            size = TOTAL_WORDS * 8
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, LOCK_TABLE)
-            try:
-                if st.st_size < size:
-                    os.ftruncate(fd, size)
-                mapping = mmap.mmap(fd, size)
-                words = memoryview(mapping).cast("Q")
-                if words[H_MAGIC] != MAGIC or words[H_LAYOUT] != LAYOUT:
-                    mapping[:] = bytes(size)  # the layout changed or a fresh file: start over
-                    words[H_EPOCH_NS] = time.time_ns()
-                    words[H_LAYOUT] = LAYOUT
-                    words[H_MAGIC] = MAGIC
-                words.release()
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, 1, LOCK_TABLE)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                raise PermissionError(f"{private.path}/{name} is not our regular file")
+            lock(fd, LOCK_USERS, shared=True)
+            now = os.stat(name, dir_fd=private.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            continue  # removed as stale meanwhile: open it again
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, mapping)
+        if now.st_ino == st.st_ino:
+            return fd
+        os.close(fd)
+    raise OSError(f"{private.path}/{name} keeps changing")
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            if self.sender and isinstance(self.sock_addr, str):
-                with contextlib.suppress(OSError):
-                    os.unlink(self.sock_addr)
-        self.sender = False
+
+def _root(base: str) -> tuple[int, int] | None:
+    """(root pid, start time) from a state file name of this layout."""
+    if not base.startswith(f"v{LAYOUT}-"):
+        return None
+    try:
+        root, started = base.rsplit("-", 2)[1:]
+        return int(root), int(started)
+    except ValueError:
+        return None
+
+
+class SharedState(Election):
+    """The mapped file, this process's slot, and the sender role."""
+
+    def __init__(self, private: PrivateDir, name: str, fd: int, mapping: mmap.mmap) -> None:
+        self.private = private
+        self.name = name
+        self.path = os.path.join(private.path, name)
+        self._fd = fd
+        self._map = mapping
+        self.words = memoryview(mapping).cast("Q")
+        self._slots = self.words[H_SLOTS]
+        self.slot: int | None = None
+        self._bases: dict[int, list[int]] = {}
+        self.skipped: list[str] = []  # private directory names found unsafe
+        self.instance = (0, 0)  # (root pid, start time)
+        self._touched = 0.0
+        Election.__init__(self)
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        directory: str,
+        key: str,
+        instance: tuple[int, int] | None = None,
+        runtime_dir: str | None = None,
+    ) -> SharedState:
+        """Open or create the instance's file. Raises OSError with a clear message."""
+        private, skipped = _statedir.open_private(directory, runtime_dir)
+        try:
+            _statedir.remove_old_versions(directory, in_use)
+            root, started = instance or _statedir.instance_root()
+            name = f"v{LAYOUT}-{key}-{root}-{started}.state"
+            fd = _open_file(private, name)
+            try:
+                mapping = cls._map_file(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            private.close()
+            raise
+        state = cls(private, name, fd, mapping)
+        state.skipped = skipped
+        state.instance = (root, started)
+        state.remove_stale()
+        return state
+
+    @staticmethod
+    def _map_file(fd: int) -> mmap.mmap:
+        lock(fd, LOCK_TABLE)
+        try:
+            size = os.fstat(fd).st_size
+            if size < file_size(INITIAL_SLOTS):  # a fresh file: allocate every byte first
+                os.posix_fallocate(fd, 0, file_size(INITIAL_SLOTS))
+                size = file_size(INITIAL_SLOTS)
+            mapping = mmap.mmap(fd, size)
+            words = memoryview(mapping).cast("Q")
+            try:
+                if words[H_MAGIC] != MAGIC:
+                    mapping[:] = bytes(size)
+                    words[H_EPOCH_NS] = time.time_ns()
+                    words[H_LAYOUT] = LAYOUT
+                    words[H_SLOTS] = (size // 8 - SLOTS_AT) // SLOT_WORDS
+                    words[H_MAGIC] = MAGIC
+                elif words[H_LAYOUT] != LAYOUT or file_size(words[H_SLOTS]) > size:
+                    raise OSError(f"state file of another layout ({words[H_LAYOUT]})")
+            finally:
+                words.release()
+        finally:
+            unlock(fd, LOCK_TABLE)
+        return mapping
+
+    def _remap(self) -> None:
+        """Another process grew the file: map all of it (the old mapping stays valid)."""
+        slots = self.words[H_SLOTS]
+        if slots == self._slots:
+            return
+        mapping = mmap.mmap(self._fd, file_size(slots))
         self.words.release()
         self._map.close()
-        os.close(self._fd)  # releases this process's record locks
+        self._map = mapping
+        self.words = memoryview(mapping).cast("Q")
+        self._slots = slots
+
+    def _grow(self) -> bool:
+        """Room for more slots (doubling); False at MAX_SLOTS. OSError (ENOSPC) when the
+        file system cannot back it: nothing was changed then."""
+        lock(self._fd, LOCK_TABLE)
+        try:
+            slots = self.words[H_SLOTS]
+            if slots >= MAX_SLOTS:
+                return False
+            new = min(MAX_SLOTS, slots * 2)
+            os.posix_fallocate(self._fd, 0, file_size(new))
+            self.words[H_SLOTS] = new
+        finally:
+            unlock(self._fd, LOCK_TABLE)
+        self._remap()
+        return True
+
+    def close(self) -> None:
+        self.leave(unlink=True)
+        with contextlib.suppress(OSError):
+            os.utime(self._fd)  # last used now (see remove_stale)
+        self._release()
 
     def abandon(self) -> None:
         """In a forked child: let go of the parent's mapping and descriptors only."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self.sender = False
+        self.leave(unlink=False)
+        self._release()
+
+    def _release(self) -> None:
         self.words.release()
         self._map.close()
-        os.close(self._fd)
+        os.close(self._fd)  # releases this process's record locks
+        self.private.close()
+
+    def touch(self) -> None:
+        """Mark the file as in use (its mtime), at most once a minute."""
+        now = time.monotonic()
+        if now - self._touched >= TOUCH_EVERY:
+            self._touched = now
+            with contextlib.suppress(OSError):
+                os.utime(self._fd)
 
     # -- slots ------------------------------------------------------------------------
     def claim_slot(self) -> bool:
-        for i in range(MAX_SLOTS):
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_SLOT0 + i)
-            except OSError:
-                continue
-            self.slot = i
-            self.words[SLOTS_AT + i * SLOT_WORDS] = os.getpid()
-            return True
-        return False
+        """Take a free slot, growing the file if every one is taken. False when
+        MAX_SLOTS workers are alive; OSError when the file cannot grow."""
+        while True:
+            self._remap()
+            for i in range(self._slots):
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_SLOT0 + i)
+                except OSError:
+                    continue
+                self.slot = i
+                self.words[SLOTS_AT + i * SLOT_WORDS] = os.getpid()
+                return True
+            if not self._grow():
+                return False
 
     def _counter_at(self, slot: int, index: int) -> int:
         return SLOTS_AT + slot * SLOT_WORDS + 2 + index * COUNTER_WORDS
@@ -191,9 +298,10 @@ class SharedState:
     def totals(self, index: int, gauges: Collection[int] = ()) -> list[int]:
         """Counters, pool and drops summed over every slot, live or dead; ``gauges``
         positions summed over live workers only (a dead one holds no connection)."""
+        self._remap()
         out = [0] * COUNTER_WORDS
         words = self.words
-        for slot in range(MAX_SLOTS):
+        for slot in range(self._slots):
             if words[SLOTS_AT + slot * SLOT_WORDS] == 0:
                 continue  # never used
             at = self._counter_at(slot, index)
@@ -213,11 +321,12 @@ class SharedState:
             fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_SLOT0 + slot)
         except OSError:
             return True
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, LOCK_SLOT0 + slot)
+        unlock(self._fd, LOCK_SLOT0 + slot)
         return False
 
     def slots_used(self) -> int:
-        return sum(1 for s in range(MAX_SLOTS) if self.words[SLOTS_AT + s * SLOT_WORDS])
+        self._remap()
+        return sum(1 for s in range(self._slots) if self.words[SLOTS_AT + s * SLOT_WORDS])
 
     # -- source table -----------------------------------------------------------------
     def _entry(self, index: int) -> int:
@@ -230,7 +339,7 @@ class SharedState:
         for i in range(MAX_SOURCES):
             if words[self._entry(i) + E_KEY] == key:
                 return i
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, LOCK_TABLE)
+        lock(self._fd, LOCK_TABLE)
         try:
             for i in range(MAX_SOURCES):
                 at = self._entry(i)
@@ -245,7 +354,7 @@ class SharedState:
                     words[at + E_KEY] = key  # last: readers see a complete entry
                     return i
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, LOCK_TABLE)
+            unlock(self._fd, LOCK_TABLE)
         return None
 
     def entries(self) -> list[tuple[int, str, str, int]]:
@@ -282,143 +391,52 @@ class SharedState:
     def uptime_ms(self) -> int:
         return ((time.time_ns() - self.words[H_EPOCH_NS]) // 1_000_000) & 0xFFFFFFFF
 
-    # -- the sender role and its socket ----------------------------------------------
-    def _socket_address(self) -> str | bytes:
-        path = self.path[: -len(".state")] + ".sock"
-        if len(path.encode()) <= SUN_PATH_MAX:
-            return path
-        return b"\0" + path.encode()[-SUN_PATH_MAX:]  # Linux abstract namespace
-
-    def try_become_sender(self) -> bool:
-        if self.sender:
-            return True
+    # -- other instances --------------------------------------------------------------
+    def remove_stale(self) -> None:
+        """Remove state files (and their sockets) nobody has open whose instance is over
+        (its root process is gone) or that nobody used for ``STALE_AFTER``."""
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, LOCK_SENDER)
+            names = os.listdir(self.private.fd)
         except OSError:
-            return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            if isinstance(self.sock_addr, str):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.sock_addr)  # left by a sender that died
-            sock.bind(self.sock_addr)
-            if isinstance(self.sock_addr, str):
-                os.chmod(self.sock_addr, 0o600)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, LOCK_SENDER)
-            raise
-        self._sock = sock
-        self.sender = True
-        self.words[H_SENDER_PID] = os.getpid()
-        return True
-
-    def receive(self, limit: int = 20000) -> list[tuple[int, bytes]]:
-        """Samples forwarded by the other workers (sender only)."""
-        out: list[tuple[int, bytes]] = []
-        sock = self._sock
-        if sock is None:
-            return out
-        for _ in range(limit):
-            try:
-                data = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            at = 0
-            while at + MSG.size <= len(data):
-                index, length = MSG.unpack_from(data, at)
-                at += MSG.size
-                if not length or at + length > len(data):
-                    break
-                out.append((index, data[at : at + length]))
-                at += length
-        return out
-
-    def stop_listening(self) -> None:
-        """The sender at exit: forwards fail from now on (the workers keep them for the
-        next sender), so one more ``receive()`` gets everything sent to this one."""
-        if self.sender and isinstance(self.sock_addr, str):
+            return
+        now = time.time()
+        for name in names:
+            if not name.endswith(".state") or name == self.name:
+                continue
+            base = name[: -len(".state")]
+            root = _root(base)
+            if root == self.instance:
+                continue  # another service of our own instance, maybe of this process
             with contextlib.suppress(OSError):
-                os.unlink(self.sock_addr)
+                st = os.stat(name, dir_fd=self.private.fd, follow_symlinks=False)
+                over = root is not None and not _statedir.alive(*root)
+                if over or now - st.st_mtime > STALE_AFTER:
+                    self._remove(name, base, names)
 
-    def sender_leaving(self) -> bool:
-        """No sender is taking forwards: its socket is gone (it stopped listening at exit,
-        or there has been none since)."""
-        return isinstance(self.sock_addr, str) and not os.path.exists(self.sock_addr)
-
-    def forward(self, sock: socket.socket, message: bytes) -> bool:
-        """Hand encoded samples (``MSG`` framed) to the sender; False when it cannot now."""
+    def _remove(self, name: str, base: str, names: list[str]) -> None:
+        """Unlink ``name`` if no process has it open, checked under its lock and for the
+        very inode we locked (it may have been replaced meanwhile)."""
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.private.fd)
         try:
-            sock.sendto(message, self.sock_addr)
-        except OSError:
-            return False
-        return True
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                return
+            lock(fd, LOCK_USERS, wait=0)  # OSError: someone has it open
+            now = os.stat(name, dir_fd=self.private.fd, follow_symlinks=False)
+            if now.st_ino == st.st_ino:
+                os.unlink(name, dir_fd=self.private.fd)
+                self._unlink_sockets(base, names)
+        finally:
+            os.close(fd)
 
-
-class LocalState:
-    """The same interface for one process on its own (no shared file, or it is refused)."""
-
-    sender = True
-    slot: int | None = 0
-
-    def __init__(self) -> None:
-        self._epoch = time.monotonic_ns()
-        self._seq = 0
-        self._sources: list[tuple[str, str, int]] = []
-        self._table: list[list[int]] = []
-        self._values: dict[int, list[int]] = {}
-
-    def claim_slot(self) -> bool:
-        return True
-
-    def publish(
-        self, index: int, values: Sequence[int], pool: int, drops: int, gauges: Collection[int] = ()
-    ) -> None:
-        row = [*values, *([0] * (COUNTER_WORDS - len(values)))]
-        row[POOL], row[DROPS] = pool, drops
-        self._values[index] = row
-
-    def totals(self, index: int, gauges: Collection[int] = ()) -> list[int]:
-        return list(self._values.get(index, [0] * COUNTER_WORDS))
-
-    def source_index(self, kind: str, name: str, ds_index: int) -> int | None:
-        for i, entry in enumerate(self._sources):
-            if entry[:2] == (kind, name):
-                return i
-        self._sources.append((kind, name, ds_index))
-        self._table.append([0] * ENTRY_WORDS)
-        return len(self._sources) - 1
-
-    def entries(self) -> list[tuple[int, str, str, int]]:
-        return [(i, k, n, d) for i, (k, n, d) in enumerate(self._sources)]
-
-    def next_datagram_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        return self._seq
-
-    def next_seq(self, index: int, word: int) -> int:
-        row = self._table[index]
-        row[word] = (row[word] + 1) & 0xFFFFFFFF
-        return row[word]
-
-    def pool_for_sample(self, index: int, pool: int) -> int:
-        row = self._table[index]
-        row[E_LAST_POOL] = max(row[E_LAST_POOL], pool)
-        return row[E_LAST_POOL]
-
-    def uptime_ms(self) -> int:
-        return ((time.monotonic_ns() - self._epoch) // 1_000_000) & 0xFFFFFFFF
-
-    def try_become_sender(self) -> bool:
-        return True
-
-    def receive(self, limit: int = 0) -> list[tuple[int, bytes]]:
-        return []
-
-    def slots_used(self) -> int:
-        return 1
-
-    def close(self) -> None:
-        pass
+    def others(self) -> list[int]:
+        """Root pids of other live instances of this service (same key) on this host."""
+        out = []
+        head = self.name.rsplit("-", 2)[0] + "-"
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.private.fd):
+                if name.startswith(head) and name.endswith(".state") and name != self.name:
+                    root = _root(name[: -len(".state")])
+                    if root is not None and _statedir.alive(*root):
+                        out.append(root[0])
+        return out

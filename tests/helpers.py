@@ -58,6 +58,19 @@ def missing(what: str, how: str) -> NoReturn:
     pytest.skip(message)
 
 
+def private_dir(state_dir: str) -> str:
+    """The agent's private folder inside SFLOW_APP_STATE_DIR (see sflow_app._statedir)."""
+    return os.path.join(state_dir, f"sflow-app-{os.getuid()}")
+
+
+def state_files(state_dir: str, suffix: str = "") -> list[str]:
+    """Paths of the files in the agent's private folder (ending in ``suffix``)."""
+    folder = private_dir(state_dir)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(suffix))
+
+
 class Collector:
     """A UDP socket on 127.0.0.1 that decodes what it receives with sflow_app.decode."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -223,17 +225,82 @@ def test_config_removed_turns_sending_off(
     assert collector.poll(0.1) == []
 
 
-def test_send_errors_never_raise(make_agent, clock: Clock):
+def test_send_errors_never_raise(make_agent, collector: Collector, clock: Clock):
     agent = make_agent(sampling=1, polling=0)
     source = agent.http_source()
     agent.set_http_port(8080, "test")
     broken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    broken.close()  # sendto() on it fails with EBADF, as a dead socket would
-    agent.exporter._socks[socket.AF_INET] = broken
+    broken.close()  # send() on it fails with EBADF, as a dead socket would
+    agent.exporter._socks[("127.0.0.1", collector.port)] = broken
     request(source)
     agent.tick(clock.now, final=True)
     status = agent.status()
     assert status["send_errors"] == 1 and "127.0.0.1" in status["last_send_error"]
+
+
+def _closed_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_failing_collectors_are_visible(make_agent, collector: Collector, clock: Clock, caplog):
+    """A collector whose port is closed (ICMP port-unreachable) and one that refuses every
+    send (a broadcast address: EACCES) are counted per collector, with the errno, and
+    warned about once each; the healthy collector beside them gets every datagram."""
+    closed = _closed_port()
+    agent = make_agent(sampling=1, polling=0)
+    agent.configure(
+        collectors=f"127.0.0.1:{closed},255.255.255.255:{closed},127.0.0.1:{collector.port}"
+    )
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    with caplog.at_level(logging.WARNING, logger="sflow_app"):
+        for _ in range(6):
+            request(source)
+            agent.tick(clock.now, final=True)
+            time.sleep(0.05)  # the ICMP error arrives
+    assert len(collector.poll(0.5)) == 6
+    status = agent.status()
+    health = status["collector_health"]
+    refused = health[f"127.0.0.1:{closed}"]
+    assert refused["errors"] >= 2 and refused["last_errno"] == "ECONNREFUSED"
+    assert refused["failing"]
+    broadcast = health[f"255.255.255.255:{closed}"]
+    assert broadcast["errors"] == 6 and broadcast["last_errno"] == "EACCES"
+    assert health[f"127.0.0.1:{collector.port}"] == {
+        "sent": 6,
+        "errors": 0,
+        "failing": False,
+        "last_errno": "",
+        "last_error": "",
+    }
+    assert "failing" in status["state"]
+    warnings = [r.getMessage() for r in caplog.records if "sending fails" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+
+
+def test_recovered_collector_gets_one_line(
+    make_agent, collector: Collector, clock: Clock, caplog, monkeypatch
+):
+    from sflow_app import _send
+
+    monkeypatch.setattr(_send, "RECOVER_AFTER", 0.0)
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    broken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    broken.close()
+    agent.exporter._socks[("127.0.0.1", collector.port)] = broken
+    with caplog.at_level(logging.INFO, logger="sflow_app"):
+        for _ in range(3):
+            request(source)
+            agent.tick(clock.now, final=True)
+    lines = [r.getMessage() for r in caplog.records if "collector" in r.getMessage()]
+    assert len(lines) == 2 and "fails" in lines[0] and "again" in lines[1], lines
+    assert not agent.status()["collector_health"][f"127.0.0.1:{collector.port}"]["failing"]
 
 
 def test_oversized_sample_is_trimmed_to_fit(make_agent, collector: Collector, clock: Clock):

@@ -29,24 +29,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import missing, write_auto
+from helpers import missing, state_files, write_auto
 from memcached import Memcached
 from prefork_check import (
     POOL_LAG,
     Expect,
     Load,
     TimedCollector,
+    check_datagrams,
     check_independent_sampling,
     check_stream,
     counter_record,
     latest_total,
     run_load,
+    sources,
     start_load,
     total_of,
     wait_for_total,
 )
 
-from sflow_app import _shared
+from sflow_app import _layout
 from sflow_app._exporter import FLUSH_AFTER, TICK
 from sflow_app.records import CountersSample
 
@@ -155,21 +157,18 @@ class Server:
             self.proc.wait(10)
 
 
-def state_files(state_dir: str) -> list[str]:
-    return sorted(os.listdir(state_dir))
-
-
 def read_state(state_dir: str) -> tuple[int, int, int]:
     """(sender pid, slots used, file size) of the one service state file."""
-    [path] = glob.glob(os.path.join(state_dir, "sflow-app-*.state"))
+    [path] = state_files(state_dir, ".state")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         words = memoryview(m).cast("Q")
         try:
-            sender = words[_shared.H_SENDER_PID]
+            sender = words[_layout.H_SENDER_PID]
+            assert len(m) == _layout.file_size(words[_layout.H_SLOTS])
             used = sum(
                 1
-                for s in range(_shared.MAX_SLOTS)
-                if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS]
+                for s in range(words[_layout.H_SLOTS])
+                if words[_layout.SLOTS_AT + s * _layout.SLOT_WORDS]
             )
         finally:
             words.release()
@@ -325,7 +324,7 @@ def finish(
     files = state_files(service.state_dir)
     assert len(files) <= 2 and all(f.endswith((".state", ".sock")) for f in files), files
     _, used, size = read_state(service.state_dir)
-    assert size == _shared.TOTAL_WORDS * 8
+    assert size <= _layout.file_size(max(_layout.INITIAL_SLOTS, 2 * server.workers))
     assert used <= server.workers, (
         f"{used} worker slots used by {server.workers} workers (pids seen: "
         f"{len(load.pids())}, alive at the end: {len(workers)})"
@@ -567,3 +566,37 @@ def test_idle_service_keeps_reporting(service: Service, server: str) -> None:
     time.sleep(3.5)
     later = http_counters_after(service, settled)
     assert len(later) >= 2 and all(total == 40 for _, total in later), later
+
+
+def test_gunicorn_on_a_full_tmpfs(service: Service) -> None:
+    """Issue 11's repro: gunicorn -w 2 with the state on an 8 KB tmpfs. No worker dies
+    (SIGBUS); each reports alone under a sub-agent of its own, every stream valid, and
+    together they count every request."""
+    from test_hostile import tmpfs
+
+    with tmpfs("8k") as full:
+        service.state_dir = full
+        server = service.start("gunicorn-full", gunicorn(workers=2), 2)
+        pids = set(server.workers_now())
+        load = run_load(service.port, 400, CONCURRENCY)
+        assert not load.errors, load.errors[:5]
+        time.sleep(2.5)  # a counter poll (1 s) after the last request
+        assert set(server.workers_now()) == pids, f"workers died:\n{server.log()[-2000:]}"
+        server.stop()
+        log = server.log()
+        assert "signal 7" not in log and "SIGBUS" not in log, log[-2000:]
+        assert log.count("reports alone as sub_agent_id") == 2, log[-2000:]
+        by_agent: dict[tuple[str, int], list] = {}
+        for arrival, dg in service.collector.received():
+            by_agent.setdefault((dg.agent_address, dg.sub_agent_id), []).append((arrival, dg))
+        assert len(by_agent) == 2 and all(sub >= 1 << 24 for _, sub in by_agent), by_agent.keys()
+        total = 0
+        for received in by_agent.values():
+            check_datagrams(received)
+            [view] = sources(received)["http"]
+            seqs = [s.sequence_number for _, s in view.counters]
+            assert seqs == list(range(1, len(seqs) + 1)), seqs
+            gets = [total_of("http", counter_record(s)) for _, s in view.counters]
+            assert gets == sorted(gets), f"counters went back: {gets}"
+            total += gets[-1]
+        assert total == 400

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_auto
+from helpers import state_files, write_auto
 from prefork_check import (
     Expect,
     InheritedSkip,
@@ -34,7 +34,7 @@ from prefork_check import (
     sources,
 )
 
-from sflow_app import _shared
+from sflow_app import _layout
 from sflow_app._agent import Agent
 from sflow_app._http import METHODS, status_slot, submit_http
 from sflow_app.records import CountersSample, Datagram, FlowSample, HttpCounters, HttpRequest
@@ -78,8 +78,11 @@ def _status(agent: Agent) -> dict[str, Any]:
     }
 
 
-def _serve(conn: Connection, env: dict[str, str], setup: Any) -> None:
-    """The worker process: a command loop over ``conn``."""
+def _serve(conn: Connection, env: dict[str, str], setup: Any, before: Any = None) -> None:
+    """The worker process: a command loop over ``conn``. ``before()`` runs first (e.g.
+    to become another user)."""
+    if before is not None:
+        before()
     agent = Agent(autostart=False, env=env)
     agent.reload()
     source = agent.http_source()
@@ -106,9 +109,9 @@ def _serve(conn: Connection, env: dict[str, str], setup: Any) -> None:
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], setup: Any = None) -> None:
+    def __init__(self, env: dict[str, str], setup: Any = None, before: Any = None) -> None:
         self.conn, child = CTX.Pipe()
-        self.proc = CTX.Process(target=_serve, args=(child, env, setup), daemon=True)
+        self.proc = CTX.Process(target=_serve, args=(child, env, setup, before), daemon=True)
         self.proc.start()
         child.close()
         self.pid = self.proc.pid
@@ -142,9 +145,10 @@ class Worker:
 
 
 class Service:
-    def __init__(self, tmp: Path, state_dir: str, sampling: int = 1) -> None:
+    def __init__(self, tmp: Path, state_dir: str, sampling: int = 1, before: Any = None) -> None:
         self.collector = TimedCollector()
         auto = write_auto(tmp / "hsflowd.auto", self.collector.port, sampling=sampling, polling=1)
+        self.before = before
         self.env = {
             "SFLOW_APP_CONFIG": str(auto),
             "SFLOW_APP_NAME": "shared-unit",
@@ -154,7 +158,7 @@ class Service:
         self.workers: list[Worker] = []
 
     def worker(self, setup: Any = None) -> Worker:
-        w = Worker(self.env, setup)
+        w = Worker(self.env, setup, self.before)
         self.workers.append(w)
         return w
 
@@ -211,14 +215,14 @@ def service(tmp_path: Path, state_dir: str) -> Iterator[Service]:
 
 def slots_used(state_dir: str) -> tuple[int, int]:
     """(slots used, file size) of the service's one state file, read from outside."""
-    files = [f for f in os.listdir(state_dir) if f.endswith(".state")]
+    files = state_files(state_dir, ".state")
     assert len(files) == 1, files
-    path = os.path.join(state_dir, files[0])
-    with open(path, "rb") as f:
+    with open(files[0], "rb") as f:
         data = f.read()
     words = memoryview(data).cast("Q")
+    assert len(data) == _layout.file_size(words[_layout.H_SLOTS])
     used = sum(
-        1 for s in range(_shared.MAX_SLOTS) if words[_shared.SLOTS_AT + s * _shared.SLOT_WORDS]
+        1 for s in range(words[_layout.H_SLOTS]) if words[_layout.SLOTS_AT + s * _layout.SLOT_WORDS]
     )
     return used, len(data)
 

@@ -291,6 +291,23 @@ def test_query_modes(live, collector):
         SFlowMiddleware(hello, query="nope")
 
 
+def test_redaction_without_gaps(live, collector):
+    """Brackets, dots, ';' separators and %-escaped names are redacted; the rest stays."""
+    live(sampling=1)
+    for query, want in [
+        ("user[password]=x&page=2", "user[password]=REDACTED&page=2"),
+        ("a=1;password=x;b=2", "a=1;password=REDACTED;b=2"),
+        ("pass%77ord=x", "pass%77ord=REDACTED"),
+        ("user.Password=x", "user.Password=REDACTED"),
+        ("x[y][API_KEY]=k&passenger=3", "x[y][API_KEY]=REDACTED&passenger=3"),
+        ("Pass+Word=w&flag", "Pass+Word=REDACTED&flag"),
+    ]:
+        with serve(SFlowMiddleware(hello)) as url:
+            httpx.get(url + "/q?" + query)
+        flush(collector)
+        assert record(http_samples(collector)[-1], HttpRequest).uri == "/q?" + want, query
+
+
 def test_uri_non_ascii_and_over_long(live, collector):
     live(sampling=1)
     long_path = "/" + "a" * 600

@@ -1,0 +1,144 @@
+"""Sending datagrams: one connected UDP socket per collector, and its health.
+
+A *connected* UDP socket lets Linux report what the network says about a collector: an
+ICMP port-unreachable comes back as ECONNREFUSED at the next send, an unroutable or
+forbidden address (a broadcast address: EACCES) fails at connect or send. Each collector
+counts its sends and errors and keeps the last errno; ``status()`` shows them. A
+collector that starts failing gets one warning; one that sends cleanly again for
+``RECOVER_AFTER`` seconds after its last error gets one line saying so. (A closed port
+fails every other send — the send after an ICMP error goes out, and draws the next
+error — so "recovered" needs a quiet period, not one good send.)
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("sflow_app")
+
+MAX_COLLECTORS = 10
+RECOVER_AFTER = 10.0  # s without an error before a failing collector counts as recovered
+
+
+def _name(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Health:
+    __slots__ = ("errors", "failing", "last_errno", "last_error", "last_error_at", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.errors = 0
+        self.failing = False
+        self.last_errno = ""
+        self.last_error = ""
+        self.last_error_at = float("-inf")
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "errors": self.errors,
+            "failing": self.failing,
+            "last_errno": self.last_errno,
+            "last_error": self.last_error,
+        }
+
+
+class Senders:
+    """The sockets towards the configured collectors (at most ``MAX_COLLECTORS``)."""
+
+    def __init__(self, warn_once: Callable[[str], None], clock: Callable[[], float]) -> None:
+        self._warn_once = warn_once
+        self._clock = clock
+        self.socks: dict[tuple[str, int], socket.socket] = {}
+        self.health: dict[tuple[str, int], Health] = {}
+
+    def send(self, collectors: Sequence[tuple[str, int]], payload: bytes, stats: Any) -> None:
+        if len(collectors) > MAX_COLLECTORS:
+            self._warn_once(
+                f"{len(collectors)} collectors configured: only the first {MAX_COLLECTORS} "
+                "are sent to"
+            )
+            collectors = collectors[:MAX_COLLECTORS]
+        self._forget(collectors)
+        for target in collectors:
+            health = self.health.get(target)
+            if health is None:
+                health = self.health[target] = Health()
+            try:
+                self._socket(target).send(payload)
+            except OSError as exc:  # collector down, unreachable, bad address: never raised
+                self._failed(target, health, exc, stats)
+                continue
+            stats["sent"] += 1
+            health.sent += 1
+            if health.failing and self._clock() - health.last_error_at >= RECOVER_AFTER:
+                health.failing = False
+                log.warning(
+                    "sflow_app: collector %s: sending again (%d failed sends in all)",
+                    _name(*target),
+                    health.errors,
+                )
+
+    def _socket(self, target: tuple[str, int]) -> socket.socket:
+        sock = self.socks.get(target)
+        if sock is None:
+            host, port = target
+            sock = socket.socket(
+                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+            )
+            sock.setblocking(False)
+            try:
+                sock.connect((host, port))
+            except OSError:
+                sock.close()  # tried again at the next datagram
+                raise
+            self.socks[target] = sock
+        return sock
+
+    def _failed(self, target: tuple[str, int], health: Health, exc: OSError, stats: Any) -> None:
+        name = _name(*target)
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        stats["send_errors"] += 1
+        stats["last_send_error"] = f"{name}: {exc}"
+        health.errors += 1
+        health.last_errno = code
+        health.last_error = str(exc)
+        health.last_error_at = self._clock()
+        if not health.failing:
+            health.failing = True
+            log.warning(
+                "sflow_app: collector %s: sending fails (%s); counted in status()", name, exc
+            )
+        if exc.errno in (errno.EBADF, errno.ENOTCONN):
+            self._close(target)  # a dead socket: a new one next time
+
+    def _forget(self, collectors: Sequence[tuple[str, int]]) -> None:
+        """Close the sockets of collectors no longer configured."""
+        for target in [t for t in self.socks if t not in collectors]:
+            self._close(target)
+        for target in [t for t in self.health if t not in collectors]:
+            del self.health[target]
+
+    def _close(self, target: tuple[str, int]) -> None:
+        sock = self.socks.pop(target, None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def failing(self) -> list[str]:
+        return [f"{_name(*t)} ({h.last_errno})" for t, h in self.health.items() if h.failing]
+
+    def view(self) -> dict[str, dict[str, Any]]:
+        return {_name(*t): h.view() for t, h in self.health.items()}
+
+    def close(self) -> None:
+        for target in list(self.socks):
+            self._close(target)
