@@ -176,7 +176,7 @@ def test_full_tmpfs_never_kills_a_worker(tmp_path: Path) -> None:
             exits = run_two_workers(svc)
             codes = [w.proc.exitcode for w in svc.workers]
             assert codes == [0, 0], f"worker exit codes {codes} (-7: SIGBUS)"
-            svc.wait(lambda: sum(check_streams(svc).values()) == 100, 5)
+            svc.wait(lambda: sum(check_streams(svc).values()) == 100, 15)
             totals = check_streams(svc)
             assert len(totals) == 2 and sum(totals.values()) == 100, totals
             assert all(sub >= 1 << 24 for _, sub in totals), totals
@@ -201,7 +201,7 @@ def test_state_that_cannot_grow_falls_back(tmp_path: Path) -> None:
             for w in workers:
                 w.exit()
             assert [w.proc.exitcode for w in workers] == [0] * len(workers)
-            svc.wait(lambda: sum(check_streams(svc).values()) == 10 * len(workers), 5)
+            svc.wait(lambda: sum(check_streams(svc).values()) == 10 * len(workers), 15)
             totals = check_streams(svc)
             assert totals.get(("127.0.0.1", PORT)) == 10 * _layout.INITIAL_SLOTS, totals
             assert len(totals) == 2, totals
@@ -244,7 +244,7 @@ def test_squatter_changes_nothing_a_collector_sees(tmp_path: Path, shared_dir: s
     svc = service_as(tmp_path, shared_dir, DAEMON)
     try:
         exits = run_two_workers(svc)
-        svc.wait(lambda: svc.total() == 100 and len(svc.uris()) == 100, 5)
+        svc.wait(lambda: svc.total() == 100 and len(svc.uris()) == 100, 15)
         assert svc.total() == 100 and len(svc.uris()) == 100
         svc.check()
         assert streams(svc).keys() == {("127.0.0.1", PORT)}
@@ -282,7 +282,7 @@ def test_read_only_state_dir_uses_a_private_temp_dir(tmp_path: Path) -> None:
     svc.before = before
     try:
         run_two_workers(svc)
-        svc.wait(lambda: svc.total() == 100, 5)
+        svc.wait(lambda: svc.total() == 100, 15)
         svc.check()
         assert streams(svc).keys() == {("127.0.0.1", PORT)}
         assert os.path.isdir(os.path.join(temp, f"sflow-app-{DAEMON}"))
@@ -326,7 +326,7 @@ def test_long_state_dir_no_abstract_socket_and_bad_messages_dropped(tmp_path: Pa
         worker.requests(range(11, 21))
         worker.tick(final=True)
         sender.tick(final=True)
-        svc.wait(lambda: len(svc.uris()) == 20 and svc.total() == 20, 5)
+        svc.wait(lambda: len(svc.uris()) == 20 and svc.total() == 20, 15)
         svc.check()
     finally:
         svc.close()

@@ -162,7 +162,7 @@ class Service:
         self.workers.append(w)
         return w
 
-    def wait(self, predicate: Any, timeout: float = 5.0) -> None:
+    def wait(self, predicate: Any, timeout: float = 15.0) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end and not predicate():
             time.sleep(0.02)
