@@ -55,7 +55,8 @@ def serve_and_check(
 
 def test_flask_under_gunicorn_with_its_config(collector: Collector, tmp: Path) -> None:
     port = free_port()
-    argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-w", "2"]
+    # --no-control-socket: gunicorn 23+ opens one at a fixed path, shared by every run.
+    argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-w", "2", "--no-control-socket"]
     argv += ["-b", f"127.0.0.1:{port}", "flask_app:app"]
     server = Server(argv, cwd=EXAMPLES, env=agent_env(collector, tmp), port=port, log=tmp / "log")
     serve_and_check(
@@ -90,7 +91,8 @@ def test_starlette_under_uvicorn(collector: Collector, tmp: Path) -> None:
 def test_django_project(collector: Collector, tmp: Path, entry: str) -> None:
     port = free_port()
     if entry == "wsgi":
-        argv = [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "shop.wsgi"]
+        argv = [str(BIN / "gunicorn"), "-w", "2", "--no-control-socket"]
+        argv += ["-b", f"127.0.0.1:{port}", "shop.wsgi"]
     else:
         argv = [str(BIN / "uvicorn"), "shop.asgi:application", "--port", str(port)]
     server = Server(

@@ -238,6 +238,7 @@ def gunicorn(*args: str, workers: int = 4) -> list[str]:
         "30",
         "--graceful-timeout",
         "10",
+        "--no-control-socket",  # gunicorn's default is one fixed path for every run
         *args,
         "prefork_app:application",
     ]
