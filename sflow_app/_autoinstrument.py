@@ -1,0 +1,327 @@
+"""Instrumentation without code changes, for ``sflow-app run`` (see ``_bootstrap``).
+
+Nothing is imported eagerly: each hook waits for the import of the module it patches
+(gunicorn, uvicorn, werkzeug, Flask, Django, pymemcache), so a process that never
+imports a framework pays for none. Servers are patched where they take the application,
+so the middleware sits outermost (around Starlette's error page too) and wraps once:
+
+- gunicorn: ``BaseApplication.wsgi()`` (WSGI apps; ASGI apps under uvicorn's worker are
+  left to the uvicorn hook);
+- uvicorn: ``Config.load()`` (any ASGI app, Starlette and FastAPI included);
+- uWSGI: the ``module`` option's callable, when that module is imported;
+- Werkzeug's ``run_simple`` / ``make_server`` (``flask run``, ``app.run()``);
+- Flask apps get ``init_app`` (route rules); Django gets the route middleware first in
+  ``MIDDLEWARE``; pymemcache gets ``instrument()``.
+
+An application that already carries the middleware (``init_app``, ``SFlowMiddleware``,
+``add_middleware``) is left as it is. ``SFLOW_APP_DISABLED_INTEGRATIONS`` names what to
+skip: ``flask,django,starlette,fastapi,wsgi,asgi,memcache`` (``pymemcache`` too).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("sflow_app")
+
+INTEGRATIONS = ("flask", "django", "starlette", "fastapi", "wsgi", "asgi", "memcache")
+SYNONYMS = {"pymemcache": "memcache"}
+DJANGO_MIDDLEWARE = "sflow_app.integrations.django.SFlowMiddleware"
+
+
+def disabled(env: dict[str, str] | os._Environ[str] = os.environ) -> set[str]:
+    """The integrations ``SFLOW_APP_DISABLED_INTEGRATIONS`` names (unknown ones: warned)."""
+    out = set()
+    for name in env.get("SFLOW_APP_DISABLED_INTEGRATIONS", "").split(","):
+        name = SYNONYMS.get(name.strip().lower(), name.strip().lower())
+        if not name:
+            continue
+        if name not in INTEGRATIONS:
+            log.warning(
+                "sflow_app: SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration %r (known: %s)",
+                name,
+                ", ".join(INTEGRATIONS),
+            )
+            continue
+        out.add(name)
+    return out
+
+
+# -- post-import hooks ---------------------------------------------------------------------
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``hooks[name](module)`` right after module ``name`` is first executed."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[str, list[Callable[[ModuleType], None]]] = {}
+        self._busy = threading.local()
+        # Inside uWSGI: called once the ``uwsgi`` module exists (after start-up, before
+        # the application's module is imported) to hook that module.
+        self.when_uwsgi: Callable[[], None] | None = None
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if self.when_uwsgi is not None and "uwsgi" in sys.modules:
+            ready, self.when_uwsgi = self.when_uwsgi, None
+            _guarded(lambda _: ready(), sys.modules["uwsgi"])
+        if fullname not in self.hooks or getattr(self._busy, "name", None) == fullname:
+            return None
+        self._busy.name = fullname  # find the real spec with the other finders
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy.name = None
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _Loader(spec.loader, self.hooks.pop(fullname, []))
+        return spec
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, loader: Any, hooks: list[Callable[[ModuleType], None]]) -> None:
+        self._loader = loader
+        self._hooks = hooks
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        module: ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        for hook in self._hooks:
+            _guarded(hook, module)
+
+
+_FINDER = _AfterImport()
+
+
+def when_imported(name: str, hook: Callable[[ModuleType], None]) -> None:
+    """Run ``hook(module)`` once ``name`` is imported (now, if it already is)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        _guarded(hook, module)
+        return
+    _FINDER.hooks.setdefault(name, []).append(hook)
+    _listen()
+
+
+def _listen() -> None:
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+def _guarded(hook: Callable[[ModuleType], None], module: ModuleType) -> None:
+    try:
+        hook(module)
+    except Exception:  # instrumentation must never stop the application from starting
+        log.warning("sflow_app: could not instrument %s", module.__name__, exc_info=True)
+
+
+# -- is it ours already? ------------------------------------------------------------------
+def carries_middleware(app: Any, depth: int = 8) -> bool:
+    """Whether ``app`` or what it wraps is already instrumented by sflow_app."""
+    from . import asgi, wsgi
+
+    ours = (wsgi.SFlowMiddleware, asgi.SFlowMiddleware)
+    seen = 0
+    while app is not None and seen < depth:
+        if isinstance(app, ours):
+            return True
+        for middleware in getattr(app, "user_middleware", None) or ():  # Starlette
+            if getattr(middleware, "cls", None) is asgi.SFlowMiddleware:
+                return True
+        inner = getattr(app, "wsgi_app", None)  # Flask: init_app wraps wsgi_app
+        if isinstance(inner, ours):
+            return True
+        app = getattr(app, "app", None) or getattr(app, "application", None)
+        seen += 1
+    return False
+
+
+# -- wrapping -----------------------------------------------------------------------------
+class Wrapper:
+    """Wraps applications as the enabled integrations allow; each app at most once."""
+
+    def __init__(self, off: set[str]) -> None:
+        self.off = off
+        self._done: dict[int, Any] = {}
+
+    def wsgi(self, app: Any) -> Any:
+        if app is None or "wsgi" in self.off or _is_asgi(app):
+            return app
+        done = self._done.get(id(app))
+        if done is not None:
+            return done
+        wrapped = app
+        if not carries_middleware(app):
+            if _is_flask(app) and "flask" not in self.off:
+                # (imported by name: integrations/ is installed inside the package)
+                importlib.import_module("sflow_app.integrations.flask").init_app(app)
+            else:
+                from .wsgi import SFlowMiddleware
+
+                wrapped = SFlowMiddleware(app)
+        self._done[id(app)] = wrapped
+        return wrapped
+
+    def asgi(self, app: Any, user_app: Any = None) -> Any:
+        if app is None or "asgi" in self.off:
+            return app
+        kind = _framework(user_app if user_app is not None else app)
+        if kind in self.off or carries_middleware(app) or carries_middleware(user_app):
+            return app
+        from .asgi import SFlowMiddleware
+
+        return SFlowMiddleware(app)
+
+
+def _is_asgi(app: Any) -> bool:
+    import inspect
+
+    call = app if inspect.isfunction(app) else getattr(app, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(call)
+
+
+def _is_flask(app: Any) -> bool:
+    return any(
+        c.__module__.startswith("flask.") and c.__name__ == "Flask" for c in type(app).__mro__
+    )
+
+
+def _framework(app: Any) -> str:
+    names = {f"{c.__module__}.{c.__name__}" for c in type(app).__mro__}
+    if "fastapi.applications.FastAPI" in names:
+        return "fastapi"
+    if "starlette.applications.Starlette" in names:
+        return "starlette"
+    return "asgi"
+
+
+# -- the hooks ------------------------------------------------------------------------------
+def _gunicorn(module: ModuleType, wrap: Wrapper) -> None:
+    base = module.BaseApplication
+    original = base.wsgi
+
+    def wsgi(self: Any) -> Any:
+        return wrap.wsgi(original(self))
+
+    base.wsgi = wsgi
+
+
+def _uvicorn(module: ModuleType, wrap: Wrapper) -> None:
+    config = module.Config
+    original = config.load
+
+    def load(self: Any) -> None:
+        original(self)
+        if getattr(self, "_sflow_app_wrapped", False):
+            return
+        self._sflow_app_wrapped = True
+        user_app = self.app if not isinstance(self.app, str) else _innermost(self.loaded_app)
+        self.loaded_app = wrap.asgi(self.loaded_app, user_app)
+
+    config.load = load
+
+
+def _innermost(app: Any, depth: int = 8) -> Any:
+    """The application under uvicorn's own wrappers (proxy headers, ASGI 2, logging)."""
+    for _ in range(depth):
+        if not type(app).__module__.startswith("uvicorn."):
+            return app
+        inner = getattr(app, "app", None)
+        if inner is None:
+            return app
+        app = inner
+    return app
+
+
+def _werkzeug(module: ModuleType, wrap: Wrapper) -> None:
+    run_simple, make_server = module.run_simple, module.make_server
+
+    def run_simple_wrapped(hostname: str, port: int, application: Any, *a: Any, **k: Any) -> Any:
+        return run_simple(hostname, port, wrap.wsgi(application), *a, **k)
+
+    def make_server_wrapped(host: str, port: int, app: Any, *a: Any, **k: Any) -> Any:
+        return make_server(host, port, wrap.wsgi(app), *a, **k)
+
+    setattr(module, "run_simple", run_simple_wrapped)  # noqa: B010 - typed module
+    setattr(module, "make_server", make_server_wrapped)  # noqa: B010
+
+
+def _django(module: ModuleType) -> None:
+    handler = module.BaseHandler
+    original = handler.load_middleware
+
+    def load_middleware(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from django.conf import settings  # type: ignore[import-untyped]
+
+        current = list(settings.MIDDLEWARE)
+        if DJANGO_MIDDLEWARE not in current:
+            settings.MIDDLEWARE = [DJANGO_MIDDLEWARE, *current]
+        return original(self, *args, **kwargs)
+
+    handler.load_middleware = load_middleware
+
+
+def _memcache(module: ModuleType) -> None:
+    from . import memcache
+
+    memcache.instrument()
+
+
+def _uwsgi_target() -> tuple[str, str] | None:
+    """(module, callable) of uWSGI's ``module``/``wsgi`` option, inside uWSGI."""
+    uwsgi = sys.modules.get("uwsgi")
+    opt = getattr(uwsgi, "opt", None)
+    if not isinstance(opt, dict):
+        return None
+
+    def text(key: str) -> str | None:
+        value = opt.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return value.decode() if isinstance(value, bytes) else value
+
+    spec = text("module") or text("wsgi")
+    if not spec:
+        return None
+    name, _, attr = spec.partition(":")
+    return name, attr or text("callable") or "application"
+
+
+def install(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """Set up every enabled integration's hook; False when sflow_app is off."""
+    if env.get("SFLOW_APP_DISABLE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    off = disabled(env)
+    wrap = Wrapper(off)
+    when_imported("gunicorn.app.base", lambda m: _gunicorn(m, wrap))
+    when_imported("uvicorn.config", lambda m: _uvicorn(m, wrap))
+    when_imported("werkzeug.serving", lambda m: _werkzeug(m, wrap))
+    if "django" not in off:
+        when_imported("django.core.handlers.base", _django)
+    if "memcache" not in off:
+        when_imported("pymemcache", _memcache)  # the package, once its __init__ has run
+
+    def uwsgi_ready() -> None:
+        target = _uwsgi_target()
+        if target is not None:
+            name, attr = target
+
+            def wrap_callable(module: ModuleType) -> None:
+                setattr(module, attr, wrap.wsgi(getattr(module, attr)))
+
+            when_imported(name, wrap_callable)
+
+    _FINDER.when_uwsgi = uwsgi_ready
+    _listen()
+    return True
