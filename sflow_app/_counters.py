@@ -70,6 +70,10 @@ class CounterBlock:
             _value(c) + e - b for c, e, b in zip(self._cells, extra, self._base, strict=True)
         )
 
+    def discount(self, amounts: Sequence[int]) -> None:
+        """Take ``amounts`` out of the totals (what a test capture counted)."""
+        self._base = tuple(b + a for b, a in zip(self._base, amounts, strict=True))
+
     def rebase(self) -> None:
         """Start counting from zero again without replacing the cells the surfaces hold."""
         self._add_lock = threading.Lock()

@@ -41,6 +41,10 @@ class Sampler:
         """Candidates seen so far."""
         return _value(self._pool_cell) - 1 - self._base
 
+    def discount(self, candidates: int) -> None:
+        """Take ``candidates`` out of ``sample_pool`` (what a test capture saw)."""
+        self._base += max(candidates, 0)
+
     def skip(self) -> int:
         rate = self.rate
         if rate <= 1:

@@ -27,7 +27,9 @@ recorded when the block exits, timed to then.
 
 When the block exits, ``samples`` also holds one counter sample per data source with
 what was counted inside the block (gauges such as open memcache connections: their value
-then). :func:`reset` puts the process-wide agent back as it was at import.
+then). What the block counted is then taken out of the agent's counters and sample pools,
+so it never reaches a collector later either. :func:`reset` puts the process-wide agent
+back as it was at import.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Capture:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._open: list[Any] = []  # sampled WSGI transactions not finished yet
-        self._start: dict[int, list[int]] = {}
+        self._start: dict[int, tuple[list[int], int]] = {}
         self.samples: list[FlowSample | CountersSample] = []
 
     def records(self, cls: type[R]) -> list[R]:
@@ -116,7 +118,8 @@ class Capture:
 
     def _begin(self) -> None:
         for source in self._agent.sources():
-            self._start[id(source)] = list(source.counters.snapshot())
+            start = list(source.counters.snapshot()), source.sampler.sample_pool
+            self._start[id(source)] = start
 
     def _end(self) -> None:
         with self._lock:
@@ -131,11 +134,13 @@ class Capture:
         parent = self._agent.settings.parent_ds_index
         for source in self._agent.sources():
             values = list(source.counters.snapshot())
-            start = self._start.get(id(source), [0] * len(values))
+            start, pool = self._start.get(id(source), ([0] * len(values), 0))
             gauges = set(gauge_positions(source.kind))
             for i, base in enumerate(start):
-                if i not in gauges:
-                    values[i] -= base
+                values[i] = 0 if i in gauges else values[i] - base
+            # Counted here, so never sent later: out of the agent's totals.
+            source.counters.discount(values)
+            source.sampler.discount(source.sampler.sample_pool - pool)
             for position, current in source.gauges.items():
                 with contextlib.suppress(Exception):
                     values[position] = max(0, int(current()))
