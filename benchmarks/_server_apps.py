@@ -1,14 +1,11 @@
-"""The trivial apps ``bench_servers`` and ``bench_idle`` run under real servers: bare, and
-behind sflow_app's middleware (configured by the environment the benchmark gives the
-server: ``SFLOW_APP_CONFIG``, ``SFLOW_APP_STATE_DIR``)."""
+"""The trivial apps ``bench_servers`` and ``bench_idle`` run under real servers, bare (this
+module imports nothing of sflow_app: creating a middleware starts the agent) and behind
+sflow_app's middleware in ``_server_sflow.py``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-
-from sflow_app.asgi import SFlowMiddleware as ASGIMiddleware
-from sflow_app.wsgi import SFlowMiddleware as WSGIMiddleware
 
 BODY = b'{"ok": true}'
 HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))]
@@ -36,7 +33,3 @@ async def bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     await send(START)
     await send(END)
-
-
-sflow_wsgi = WSGIMiddleware(bare_wsgi)
-sflow_asgi = ASGIMiddleware(bare_asgi)

@@ -21,6 +21,7 @@ import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from _harness import Report, Sink, bench_args, median_costs, ratio, report_flushed, thread_costs
@@ -221,13 +222,17 @@ def main() -> None:
 
     # A sampled request: request thread, and in all (request thread + exporter).
     total, burst = (400, 100) if opts.smoke else (20_000, 200)
-    variants = {BARE: (app, sink.rate(0)), OFF: (ours, sink.rate(0)), SAMPLED_1: (ours, sink.rate(1))}
+    variants = {
+        BARE: (app, sink.rate(0)),
+        OFF: (ours, sink.rate(0)),
+        SAMPLED_1: (ours, sink.rate(1)),
+    }
     own: dict[str, list[float]] = {name: [] for name in variants}
     whole: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(max(1, repeats // 3)):
         for name, (wrapped, rate) in variants.items():
             rate()
-            a, b = thread_costs(lambda n, w=wrapped: serve(loop, w, n), total, burst)
+            a, b = thread_costs(partial(serve, loop, wrapped), total, burst)
             own[name].append(a)
             whole[name].append(b)
     loop.close()

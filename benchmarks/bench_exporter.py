@@ -89,7 +89,9 @@ def main() -> None:
         f"({issued / took:,.0f}/s), {delivered} delivered, {dropped} dropped, "
         f"drained in {drain:.2f} s"
     )
-    report.add(f"delivered at {RATE // 1000}k sampled requests/s", 100 * delivered / issued, "%", ">= 98")
+    report.add(
+        f"delivered at {RATE // 1000}k sampled requests/s", 100 * delivered / issued, "%", ">= 98"
+    )
     report.add("issued rate reached", issued / took, "requests/s")
     report.add("dropped (counted in drops)", dropped, "samples")
     report.add("lost and not counted in drops", issued - delivered - dropped, "samples", "<= 0")

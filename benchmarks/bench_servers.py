@@ -32,18 +32,19 @@ from _loadgen import load, wrk_path
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"bare": 0, "sflow 1-in-100": 100, "sflow 1-in-1": 1}
+MODULE = {"bare": "_server_apps", "sflow": "_server_sflow"}
 
 
 def command(server: str, app: str, port: int) -> list[str]:
     if server == "gunicorn":
         return [
             sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
-            "--chdir", str(HERE), "--log-level", "warning", f"_server_apps:{app}_wsgi",
+            "--chdir", str(HERE), "--log-level", "warning", f"{MODULE[app]}:{app}_wsgi",
         ]  # fmt: skip
     return [
         sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "--host", "127.0.0.1",
         "--port", str(port), "--log-level", "warning", "--no-access-log",
-        f"_server_apps:{app}_asgi",
+        f"{MODULE[app]}:{app}_asgi",
     ]  # fmt: skip
 
 

@@ -25,6 +25,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from _harness import (
@@ -243,7 +244,7 @@ def main() -> None:
             for name in names[i % 3 :] + names[: i % 3]:
                 before.get(name, lambda: None)()
                 cpu[name].append(
-                    threaded_cpu(lambda n, w=variants[name]: serve(w, n), threads, threads_total)
+                    threaded_cpu(partial(serve, variants[name]), threads, threads_total)
                 )
         med = {name: statistics.median(v) for name, v in cpu.items()}
         print(
@@ -259,20 +260,24 @@ def main() -> None:
 
     # A sampled request: request thread, and in all (request thread + exporter).
     total, burst = (400, 100) if opts.smoke else (20_000, 200)
-    variants = {BARE: (app, sink.rate(0)), OFF: (ours, sink.rate(0)), SAMPLED_1: (ours, sink.rate(1))}
-    own: dict[str, list[float]] = {name: [] for name in variants}
-    whole: dict[str, list[float]] = {name: [] for name in variants}
+    sampled: dict[str, tuple[App, Callable[[], None]]] = {
+        BARE: (app, sink.rate(0)),
+        OFF: (ours, sink.rate(0)),
+        SAMPLED_1: (ours, sink.rate(1)),
+    }
+    own: dict[str, list[float]] = {name: [] for name in sampled}
+    whole: dict[str, list[float]] = {name: [] for name in sampled}
     for _ in range(max(1, repeats // 3)):
-        for name, (wrapped, rate) in variants.items():
+        for name, (wrapped, rate) in sampled.items():
             rate()
-            a, b = thread_costs(lambda n, w=wrapped: serve(w, n), total, burst)
+            a, b = thread_costs(partial(serve, wrapped), total, burst)
             own[name].append(a)
             whole[name].append(b)
     own_m = {name: statistics.median(v) for name, v in own.items()}
     whole_m = {name: statistics.median(v) for name, v in whole.items()}
     print(
         "per request, CPU us: request thread / in all (request thread + exporter): "
-        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in variants)
+        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in sampled)
     )
     report.add("sampled request, in all", whole_m[SAMPLED_1] - own_m[BARE], "us CPU", "<= 10")
     report.add(
