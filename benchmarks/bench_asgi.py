@@ -26,8 +26,8 @@ from typing import Any
 
 from _harness import Report, Sink, bench_args, median_costs, ratio, report_flushed, thread_costs
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 20_000))
-REPEATS = 9
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 15_000))
+REPEATS = 7
 
 Scope = dict[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -221,7 +221,7 @@ def main() -> None:
         )
 
     # A sampled request: request thread, and in all (request thread + exporter).
-    total, burst = (400, 100) if opts.smoke else (20_000, 200)
+    total, burst = (400, 100) if opts.smoke else (10_000, 200)
     variants = {
         BARE: (app, sink.rate(0)),
         OFF: (ours, sink.rate(0)),

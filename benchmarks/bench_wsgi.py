@@ -39,8 +39,8 @@ from _harness import (
     threaded_cpu,
 )
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 50_000))
-REPEATS = 9
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 30_000))
+REPEATS = 7
 
 Environ = dict[str, Any]
 App = Callable[[Environ, Any], Iterable[bytes]]
@@ -259,7 +259,7 @@ def main() -> None:
         )
 
     # A sampled request: request thread, and in all (request thread + exporter).
-    total, burst = (400, 100) if opts.smoke else (20_000, 200)
+    total, burst = (400, 100) if opts.smoke else (10_000, 200)
     sampled: dict[str, tuple[App, Callable[[], None]]] = {
         BARE: (app, sink.rate(0)),
         OFF: (ours, sink.rate(0)),
