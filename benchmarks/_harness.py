@@ -61,22 +61,6 @@ class Sink:
         self.sock.close()
 
 
-def best_costs(
-    apps: dict[str, T],
-    seconds: Callable[[T], float],
-    rounds: int,
-    repeats: int,
-    before: dict[str, Callable[[], None]],
-) -> dict[str, float]:
-    """Microseconds per request, best of ``repeats`` interleaved runs (fair under load)."""
-    best = dict.fromkeys(apps, float("inf"))
-    for _ in range(repeats):
-        for name, wrapped in apps.items():
-            before.get(name, lambda: None)()
-            best[name] = min(best[name], seconds(wrapped))
-    return {name: b / rounds * 1e6 for name, b in best.items()}
-
-
 def report_flushed() -> None:
     """Flush the agent and say how much went through it."""
     from sflow_app._agent import AGENT
