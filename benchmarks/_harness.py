@@ -1,16 +1,32 @@
-"""What the middleware benchmarks share: a collector nobody reads, an hsflowd.auto whose
-sampling rate each measured variant sets, and interleaved best-of timing."""
+"""What the benchmarks share: a collector nobody reads (and one that counts, in its own
+process), an hsflowd.auto whose sampling rate each measured variant sets, interleaved
+timing, CPU time of threads and processes, and the figures each benchmark reports to the
+suite (``benchmarks/run.py``, run by ``./scripts/bench``)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
 import socket
+import statistics
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def isolate() -> None:
+    """A state directory of our own: the agent's shared state file (pre-fork sharing and
+    sender election) must not be shared with other processes on the machine."""
+    os.environ.setdefault("SFLOW_APP_STATE_DIR", tempfile.mkdtemp(prefix="sfa-bench-"))
 
 
 class Sink:
@@ -22,6 +38,7 @@ class Sink:
         self.config = Path(tempfile.mkdtemp()) / "hsflowd.auto"
         self.write(0)
         os.environ["SFLOW_APP_CONFIG"] = str(self.config)
+        isolate()
 
     def write(self, sampling: int) -> None:
         self.config.write_text(
@@ -44,22 +61,6 @@ class Sink:
         self.sock.close()
 
 
-def best_costs(
-    apps: dict[str, T],
-    seconds: Callable[[T], float],
-    rounds: int,
-    repeats: int,
-    before: dict[str, Callable[[], None]],
-) -> dict[str, float]:
-    """Microseconds per request, best of ``repeats`` interleaved runs (fair under load)."""
-    best = dict.fromkeys(apps, float("inf"))
-    for _ in range(repeats):
-        for name, wrapped in apps.items():
-            before.get(name, lambda: None)()
-            best[name] = min(best[name], seconds(wrapped))
-    return {name: b / rounds * 1e6 for name, b in best.items()}
-
-
 def report_flushed() -> None:
     """Flush the agent and say how much went through it."""
     from sflow_app._agent import AGENT
@@ -70,3 +71,259 @@ def report_flushed() -> None:
         f"  ({source.sampler.sample_pool} requests through sflow, "
         f"{AGENT.stats['samples']} samples sent)"
     )
+
+
+# --- the suite: figures, targets, JSON ------------------------------------------------------
+
+
+def median_costs(
+    apps: dict[str, T],
+    seconds: Callable[[T], float],
+    rounds: int,
+    repeats: int,
+    before: dict[str, Callable[[], None]],
+) -> dict[str, float]:
+    """Microseconds per request, median of ``repeats`` interleaved runs whose order rotates
+    from repeat to repeat, so drift and noise on a shared machine hit every variant alike."""
+    times: dict[str, list[float]] = {name: [] for name in apps}
+    names = list(apps)
+    for name in names:  # warm every path (and the agent's threads) up once, unmeasured
+        before.get(name, lambda: None)()
+        seconds(apps[name])
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            before.get(name, lambda: None)()
+            times[name].append(seconds(apps[name]))
+    return {name: statistics.median(t) / rounds * 1e6 for name, t in times.items()}
+
+
+class Report:
+    """The figures of one benchmark: printed as they come, written as JSON for the suite.
+
+    A figure may carry a target (``"<= 1.3"``, ``">= 0.98"``): pass/fail is worked out here,
+    and is information only (a missed target never makes a benchmark fail)."""
+
+    def __init__(self, bench: str) -> None:
+        self.bench = bench
+        self.figures: list[dict[str, Any]] = []
+        self.info: dict[str, Any] = {}
+
+    def add(
+        self, name: str, value: float, unit: str, target: str | None = None, note: str = ""
+    ) -> None:
+        ok = None if target is None else meets(value, target)
+        self.figures.append(
+            {"name": name, "value": value, "unit": unit, "target": target, "ok": ok, "note": note}
+        )
+        mark = "" if ok is None else ("  PASS" if ok else "  FAIL")
+        goal = f"  (target {target})" if target else ""
+        print(f"  = {name}: {fmt(value)} {unit}{goal}{mark}{'  ' + note if note else ''}")
+
+    def write(self, path: str | None) -> None:
+        if path:
+            data = {"bench": self.bench, "figures": self.figures, "info": self.info}
+            Path(path).write_text(json.dumps(data, indent=1, default=str))
+
+
+def meets(value: float, target: str) -> bool:
+    op, _, bound = target.partition(" ")
+    if not math.isfinite(value):
+        return False
+    return value <= float(bound) if op == "<=" else value >= float(bound)
+
+
+def fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def bench_args(doc: str | None, **defaults: Any) -> argparse.ArgumentParser:
+    """Every benchmark's command line: ``--smoke`` (tiny counts: the harness works, the
+    figures mean nothing) and ``--json PATH`` (its figures, for ``benchmarks/run.py``)."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: check the harness")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON here")
+    return parser
+
+
+# --- CPU time of threads and processes ---------------------------------------------------
+
+
+def other_threads_cpu() -> float:
+    """CPU seconds used so far by every thread of this process but the calling one: the
+    agent's exporter (and config watcher), measured on each thread's own clock."""
+    me = threading.get_ident()
+    total = 0.0
+    for thread in threading.enumerate():
+        if thread.ident is None or thread.ident == me:
+            continue
+        try:
+            total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, AttributeError):
+            pass  # ended meanwhile
+    return total
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def threads_cpu(pid: int) -> float:
+    """CPU seconds of a process's live threads, in ns resolution (each thread's
+    /proc/<pid>/task/<tid>/schedstat): for small amounts, where /proc/<pid>/stat's clock
+    ticks (10 ms) are too coarse. Threads that ended are not in it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(task.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's master and workers)."""
+    found = [pid]
+    for p in found:
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                found += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    return sum(proc_cpu(p) for p in process_tree(pid))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- a counting collector in its own process ---------------------------------------------
+
+
+class Collector:
+    """benchmarks/_collector.py in a subprocess: counts the flow samples that reach it, so
+    delivery is measured where a collector sees it, and its CPU is not ours."""
+
+    def __init__(self) -> None:
+        here = Path(__file__).parent
+        isolate()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(here / "_collector.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def flows(self) -> int:
+        """Flow samples received so far."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline().split()[0])
+
+    def auto(self, path: Path, sampling: int, polling: int = 20) -> Path:
+        path.write_text(
+            f"rev_start=1\nsampling={sampling}\npolling={polling}\n"
+            f"collector=127.0.0.1 {self.port}\nagentIP=127.0.0.1\nds_index=1\nrev_end=1\n"
+        )
+        return path
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --- in-process: what a sampled request costs, threads ------------------------------------
+
+
+def queue_length() -> int:
+    import sflow_app
+
+    queue = sflow_app.status().get("queue") or {}
+    return int(queue.get("length", 0))
+
+
+def drops() -> int:
+    """Samples the agent dropped so far: the data sources' ``drops`` (what the wire says)."""
+    import sflow_app
+
+    sources = sflow_app.status().get("data_sources") or {}
+    return sum(int(s.get("drops", 0)) for s in sources.values())
+
+
+def wait_drained(timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while queue_length() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def thread_costs(run: Callable[[int], None], total: int, burst: int) -> tuple[float, float]:
+    """(request thread, request thread + every other thread) CPU microseconds per request of
+    ``run(n)``, which serves ``n`` requests. Served in bursts of ``burst``, each left to
+    drain from the exporter's queue before the next, so no sample is dropped and each
+    one's encoding and sending are counted; the waits are not on the clocks measured."""
+    wait_drained()
+    others = other_threads_cpu()
+    own = 0.0
+    for _ in range(max(1, total // burst)):
+        started = time.thread_time()
+        run(burst)
+        own += time.thread_time() - started
+        wait_drained()
+    time.sleep(0.25)  # the exporter's last datagram goes out on its next tick
+    served = max(1, total // burst) * burst
+    return own / served * 1e6, (own + other_threads_cpu() - others) / served * 1e6
+
+
+def threaded_cpu(serve: Callable[[int], None], threads: int, total: int) -> float:
+    """Process CPU microseconds per request (every thread, the exporter's too) when
+    ``threads`` threads each call ``serve(total // threads)`` at once."""
+    each = total // threads
+    barrier = threading.Barrier(threads + 1)
+
+    def worker() -> None:
+        barrier.wait()
+        serve(each)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    started = time.process_time()
+    barrier.wait()
+    for t in pool:
+        t.join()
+    return (time.process_time() - started) / (each * threads) * 1e6

@@ -1,14 +1,16 @@
-"""ASGI middleware cost per request, as a ratio to a floor measured in the same run.
+"""ASGI middleware cost per request, as ratios to a floor measured in the same run.
 
 The floor is the least any per-request HTTP counter can do in pure ASGI: a wrapper that
 wraps ``send`` to see the status of ``http.response.start`` and bumps a method counter and
-a status-class counter. Ours is measured with sampling off (the unsampled path only) and
-at 1-in-400 (hsflowd's default; the exporter thread runs and sends to a loopback socket
-nobody reads), and OpenTelemetry's ASGI middleware (no SDK installed: its no-op tracer)
-for information. A trivial app is called directly on one event loop with a pre-built
-scope: no server, no sockets, so the middleware's own cost is what shows.
+a status-class counter. Measured side by side (interleaved repeats, order rotating,
+medians): no middleware, the floor, ours with sampling off, at 1-in-100 and at 1-in-1
+(the exporter thread runs and sends to a loopback socket nobody reads), OpenTelemetry's
+ASGI middleware with the SDK sampling 1 % and a prometheus_client middleware (Counter and
+Histogram by method and status). A trivial app is called directly on one event loop with
+a pre-built scope: no server, no sockets, so the middleware's own cost is what shows.
+Then what a sampled request costs on the request thread and in all (+ exporter).
 
-    .venv/bin/python benchmarks/bench_asgi.py
+    .venv/bin/python benchmarks/bench_asgi.py [--smoke] [--json PATH]
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import statistics
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
-from _harness import Sink, best_costs, report_flushed
+from _harness import Report, Sink, bench_args, median_costs, ratio, report_flushed, thread_costs
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 20_000))
-REPEATS = 5
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 15_000))
+REPEATS = 7
 
 Scope = dict[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -97,47 +101,158 @@ class FloorMiddleware:
             self.statuses[min(status // 100, 5)]()
 
 
-def seconds(loop: asyncio.AbstractEventLoop, wrapped: App) -> float:
+class PrometheusMiddleware:
+    """prometheus_client as its ASGI exporters use it: a request Counter and a latency
+    Histogram, both labelled by method and status."""
+
+    def __init__(self, app: App) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        registry = CollectorRegistry()
+        self.app = app
+        self.requests = Counter("requests", "", ["method", "status"], registry=registry)
+        self.latency = Histogram("latency", "", ["method", "status"], registry=registry)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = "500"
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            method = scope["method"]
+            self.requests.labels(method, status).inc()
+            self.latency.labels(method, status).observe(time.perf_counter() - started)
+
+
+def otel(app: App) -> App | None:
+    """OpenTelemetry's ASGI middleware, its SDK sampling 1 % (None if not installed)."""
+    try:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    except ImportError:
+        return None
+    provider = TracerProvider(sampler=TraceIdRatioBased(0.01))
+    return OpenTelemetryMiddleware(app, tracer_provider=provider)  # type: ignore[no-any-return]
+
+
+def serve(loop: asyncio.AbstractEventLoop, wrapped: App, rounds: int) -> None:
     async def run() -> None:
-        for _ in itertools.repeat(None, ROUNDS):
+        for _ in itertools.repeat(None, rounds):
             await wrapped(SCOPE, receive, send)
 
-    started = time.perf_counter()
     loop.run_until_complete(run())
+
+
+def seconds(loop: asyncio.AbstractEventLoop, wrapped: App, rounds: int = ROUNDS) -> float:
+    started = time.perf_counter()
+    serve(loop, wrapped, rounds)
     return time.perf_counter() - started
 
 
+FLOOR, OFF, SAMPLED_100, SAMPLED_1 = (
+    "floor (method+status)",
+    "sflow, sampling off",
+    "sflow, 1-in-100",
+    "sflow, 1-in-1",
+)
+BARE, OTEL, PROM = "no middleware", "OpenTelemetry ASGI, 1 %", "prometheus_client"
+
+
 def main() -> None:
+    opts = bench_args(__doc__).parse_args()
+    rounds = 500 if opts.smoke else ROUNDS
+    repeats = 2 if opts.smoke else REPEATS
+    report = Report("asgi")
     sink = Sink()
+    os.environ["SFLOW_APP_MAX_SAMPLES"] = "0"  # no overload guard: every 1-in-1 sample
     from sflow_app._agent import AGENT
     from sflow_app.asgi import SFlowMiddleware
 
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    apps: dict[str, App] = {
-        "floor (method+status)": FloorMiddleware(app),
-        "sflow, sampling off": ours,
-        "sflow, 1-in-400": ours,
-        "no middleware": app,
-    }
-    before = {"sflow, sampling off": sink.rate(0), "sflow, 1-in-400": sink.rate(400)}
+    apps: dict[str, App] = {BARE: app, FLOOR: FloorMiddleware(app), OFF: ours, SAMPLED_100: ours}
+    apps[SAMPLED_1] = ours
+    before = {OFF: sink.rate(0), SAMPLED_100: sink.rate(100), SAMPLED_1: sink.rate(1)}
+    other = otel(app)
+    if other is not None:
+        apps[OTEL] = other
     try:
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        apps["OpenTelemetry ASGI (no-op tracer)"] = OpenTelemetryMiddleware(app)
+        apps[PROM] = PrometheusMiddleware(app)
     except ImportError:
         pass
 
     loop = asyncio.new_event_loop()
-    costs = best_costs(apps, lambda wrapped: seconds(loop, wrapped), ROUNDS, REPEATS, before)
-    loop.close()
-    floor = costs["floor (method+status)"]
-    print(f"{ROUNDS} requests x best of {REPEATS}, trivial app called directly")
+    costs = median_costs(
+        apps, lambda wrapped: seconds(loop, wrapped, rounds), rounds, repeats, before
+    )
+    floor, bare = costs[FLOOR], costs[BARE]
+    print(f"{rounds} requests x median of {repeats} interleaved runs, trivial app called directly")
     for name, cost in costs.items():
-        print(f"  {name:36s} {cost:7.2f} us/request  {cost / floor:5.2f}x floor")
+        overhead = ratio(cost - bare, floor - bare)
+        print(
+            f"  {name:36s} {cost:7.2f} us/request  {cost / floor:5.2f}x floor  "
+            f"{overhead:6.2f}x floor's overhead"
+        )
+    ours_100 = costs[SAMPLED_100] - bare
+    report.add("floor overhead", floor - bare, "us/request")
+    report.add("sampling off, overhead x floor", ratio(costs[OFF] - bare, floor - bare), "x")
+    report.add("1-in-100, overhead x floor", ratio(ours_100, floor - bare), "x", "<= 1.3")
+    if OTEL in costs:
+        report.add(
+            "OpenTelemetry 1 % / ours 1-in-100 (overhead)",
+            ratio(costs[OTEL] - bare, ours_100),
+            "x",
+            ">= 80",
+        )
+    if PROM in costs:
+        report.add(
+            "prometheus_client / ours 1-in-100 (overhead)", ratio(costs[PROM] - bare, ours_100), "x"
+        )
+
+    # A sampled request: request thread, and in all (request thread + exporter).
+    total, burst = (400, 100) if opts.smoke else (10_000, 200)
+    variants = {
+        BARE: (app, sink.rate(0)),
+        OFF: (ours, sink.rate(0)),
+        SAMPLED_1: (ours, sink.rate(1)),
+    }
+    own: dict[str, list[float]] = {name: [] for name in variants}
+    whole: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(max(1, repeats // 3)):
+        for name, (wrapped, rate) in variants.items():
+            rate()
+            a, b = thread_costs(partial(serve, loop, wrapped), total, burst)
+            own[name].append(a)
+            whole[name].append(b)
+    loop.close()
+    own_m = {name: statistics.median(v) for name, v in own.items()}
+    whole_m = {name: statistics.median(v) for name, v in whole.items()}
+    print(
+        "per request, CPU us: request thread / in all (request thread + exporter): "
+        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in variants)
+    )
+    report.add("sampled request, in all", whole_m[SAMPLED_1] - own_m[BARE], "us CPU", "<= 10")
+    report.add(
+        "sampled / unsampled, request thread",
+        ratio(own_m[SAMPLED_1], own_m[OFF]),
+        "x",
+        "<= 5",
+        "totals, trivial app included",
+    )
     report_flushed()
     sink.close()
+    report.write(opts.json)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The floor is one ``struct.pack`` of the same number of fixed fields, strings lef
 what no encoder of these samples can beat in Python. Ratios, not absolute rates, are what
 compare across machines.
 
-    .venv/bin/python benchmarks/bench_encoder.py
+    .venv/bin/python benchmarks/bench_encoder.py [--smoke] [--json PATH]
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import struct
 import time
 from collections.abc import Callable
 from itertools import repeat
+
+from _harness import Report, bench_args
 
 from sflow_app._encode import encode_counters_sample, encode_flow_sample
 from sflow_app.records import (
@@ -121,22 +123,34 @@ COUNTERS_FLOOR = struct.Struct(">5I17I4I")
 COUNTERS_VALUES = (2, 96, 77, 0x03000050, 2, 2201, 60, *range(1000, 1015), 2002, 8, 2, 1)
 
 
-def report(name: str, encode: Callable[[], object], floor: Callable[[], object]) -> None:
+def report(
+    out: Report, name: str, encode: Callable[[], object], floor: Callable[[], object]
+) -> None:
     rate, floor_rate = best_rates(encode, floor)
     print(f"{name}: {rate:,.0f}/s  ({floor_rate / rate:.1f}x the struct.pack floor)")
+    out.add(name, rate, "/s")
+    out.add(f"{name.split(' (')[0]} x struct.pack floor", floor_rate / rate, "x")
 
 
 def main() -> None:
+    global ROUNDS, REPEATS
+    opts = bench_args(__doc__).parse_args()
+    if opts.smoke:
+        ROUNDS, REPEATS = 500, 1
+    out = Report("encoder")
     report(
+        out,
         "encode http flow sample (2206 + 2100)",
         lambda: encode_flow_sample(HTTP_FLOW),
         lambda: HTTP_FLOOR.pack(*HTTP_VALUES),
     )
     report(
+        out,
         "encode counters sample (2201 + 2002)",
         lambda: encode_counters_sample(COUNTERS),
         lambda: COUNTERS_FLOOR.pack(*COUNTERS_VALUES),
     )
+    out.write(opts.json)
 
 
 if __name__ == "__main__":

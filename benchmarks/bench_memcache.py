@@ -46,7 +46,7 @@ non-default serde gets (sflow_app's ``__slots__`` class, and the same as a
 
 Printed, not asserted.
 
-    .venv/bin/python benchmarks/bench_memcache.py [--ops N] [--rounds N]
+    .venv/bin/python benchmarks/bench_memcache.py [--ops N] [--rounds N] [--smoke] [--json PATH]
 
 ``BENCH_ROUNDS`` sets the default number of rounds (40), as for bench_wsgi/bench_asgi;
 part 2 repeats max(20, rounds) times.
@@ -54,7 +54,6 @@ part 2 repeats max(20, rounds) times.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import os
@@ -65,11 +64,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import wrapt
-from _harness import Sink
-from pymemcache.client.base import Client
+from _harness import Report, Sink, bench_args
+from pymemcache.client.base import Client  # type: ignore[import-untyped]
 
 VALUE = b"v" * 100
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 40))
@@ -298,7 +298,7 @@ def serde_costs(number: int = 10_000, repeat: int = 25) -> None:
     CPU clock: serialize and deserialize of a 100-byte value."""
     import timeit
 
-    from pymemcache.serde import pickle_serde
+    from pymemcache.serde import pickle_serde  # type: ignore[import-untyped]
 
     from sflow_app.memcache import _CountingSerde
 
@@ -310,8 +310,8 @@ def serde_costs(number: int = 10_000, repeat: int = 25) -> None:
     }
     timers = {
         name: (
-            timeit.Timer(lambda s=serde: s.serialize("k", VALUE), time.thread_time),
-            timeit.Timer(lambda s=serde: s.deserialize("k", data, flags), time.thread_time),
+            timeit.Timer(partial(serde.serialize, "k", VALUE), time.thread_time),
+            timeit.Timer(partial(serde.deserialize, "k", data, flags), time.thread_time),
         )
         for name, serde in serdes.items()
     }
@@ -327,7 +327,7 @@ def serde_costs(number: int = 10_000, repeat: int = 25) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_args(__doc__)
     parser.add_argument("--ops", type=int, default=1500, help="operations per round")
     parser.add_argument(
         "--rounds",
@@ -336,6 +336,9 @@ def main() -> None:
         help="interleaved rounds (default: $BENCH_ROUNDS, else 40)",
     )
     opts = parser.parse_args()
+    if opts.smoke:
+        opts.ops, opts.rounds = 30, 2
+    report = Report("memcache")
 
     sink = Sink()  # the collector (bound, never read) and the hsflowd.auto pointing at it
     os.environ.setdefault("SFLOW_APP_STATE_DIR", tempfile.mkdtemp(prefix="sfa-"))
@@ -443,10 +446,15 @@ def main() -> None:
                 cpus[name].append(cpu)
         sampler = AGENT.memcache_source().sampler
         through_sflow = sampler.sample_pool
-        repeats = max(20, opts.rounds)
+        repeats = 2 if opts.smoke else max(20, opts.rounds)
         rng, sampler._rng = sampler._rng, EveryNth(100)  # 1-in-100 exactly, in memory
         try:
-            fake, loops = in_memory_costs(fake_variants, repeats, WINDOWS)
+            fake, loops = in_memory_costs(
+                fake_variants,
+                repeats,
+                1 if opts.smoke else WINDOWS,
+                0.0002 if opts.smoke else 0.0015,
+            )
         finally:
             sampler._rng = rng
     finally:
@@ -517,12 +525,16 @@ def main() -> None:
         else:
             estimate = f"{'-':>9s} {'-':>9s}"
         print(f"  {name:28s} {wall:7.3f} {cpu:7.3f} {estimate}")
+        if name.startswith(("sflow", "OpenTelemetry")):
+            target = "<= 1.02" if name == "sflow, sampling off" else None
+            report.add(f"{name} / bare, wall (median)", wall, "x", target)
     print(
         "  (an estimate, not a measurement: it assumes the added code costs as much next to "
         "real socket calls as in memory,\n  and leaves out the exporter thread's encoding "
         "and sending of samples)"
     )
-    serde_costs()
+    serde_costs(200 if opts.smoke else 10_000, 2 if opts.smoke else 25)
+    report.write(opts.json)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,45 @@
-"""WSGI middleware cost per request, as a ratio to a floor measured in the same run.
+"""WSGI middleware cost per request, as ratios to a floor measured in the same run.
 
 The floor is the least any per-request HTTP counter can do in WSGI: a wrapper that wraps
 ``start_response`` to see the status and bumps a method counter and a status-class
-counter. Ours is measured with sampling off (the unsampled path only: the target is
-1.6x the floor) and at 1-in-400 (hsflowd's default; the exporter thread runs and sends to
-a loopback socket nobody reads), and OpenTelemetry's ``OpenTelemetryMiddleware`` (no SDK
-configured: its no-op tracer) for information. A trivial app is called directly, as a
-server would (call, iterate, close), with a fresh copy of a realistic environ each time:
-no server, no sockets, so the middleware's own cost is what shows.
+counter. Measured side by side (interleaved repeats, order rotating, medians): no
+middleware, the floor, ours with sampling off, at 1-in-100 and at 1-in-1 (the exporter
+thread runs and sends to a loopback socket nobody reads), OpenTelemetry's
+``OpenTelemetryMiddleware`` with the SDK sampling 1 % (``TraceIdRatioBased(0.01)``, no
+span processor) and a prometheus_client middleware (a Counter and a Histogram labelled by
+method and status, as its exporters do). A trivial app is called directly, as a server
+would (call, iterate, close), with a fresh copy of a realistic environ each time: no
+server, no sockets, so the middleware's own cost is what shows.
 
-    .venv/bin/python benchmarks/bench_wsgi.py
+Then: the overhead at 1-in-100 against the floor's with 1 and with 16 threads (process
+CPU, the exporter's included), and what a sampled request costs on the request thread
+and in all (request thread + exporter, each on its own thread's CPU clock).
+
+    .venv/bin/python benchmarks/bench_wsgi.py [--smoke] [--json PATH]
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
-from _harness import Sink, best_costs, report_flushed
+from _harness import (
+    Report,
+    Sink,
+    bench_args,
+    median_costs,
+    ratio,
+    report_flushed,
+    thread_costs,
+    threaded_cpu,
+)
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 50_000))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 30_000))
 REPEATS = 7
 
 Environ = dict[str, Any]
@@ -94,59 +111,186 @@ class FloorMiddleware:
         return self.app(environ, counting_start_response)
 
 
-def seconds(wrapped: App) -> float:
+class PrometheusMiddleware:
+    """prometheus_client as its WSGI exporters use it: a request Counter and a latency
+    Histogram, both labelled by method and status."""
+
+    def __init__(self, app: App) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        registry = CollectorRegistry()
+        self.app = app
+        self.requests = Counter("requests", "", ["method", "status"], registry=registry)
+        self.latency = Histogram("latency", "", ["method", "status"], registry=registry)
+
+    def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
+        started = time.perf_counter()
+        status = ["500"]
+
+        def counting_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
+            status[0] = code[:3]
+            return start_response(code, headers, exc_info)
+
+        try:
+            return self.app(environ, counting_start_response)
+        finally:
+            method = environ.get("REQUEST_METHOD", "")
+            self.requests.labels(method, status[0]).inc()
+            self.latency.labels(method, status[0]).observe(time.perf_counter() - started)
+
+
+def otel(app: App) -> App | None:
+    """OpenTelemetry's WSGI middleware, its SDK sampling 1 % (None if not installed)."""
+    try:
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+    except ImportError:
+        return None
+    provider = TracerProvider(sampler=TraceIdRatioBased(0.01))
+    return OpenTelemetryMiddleware(app, tracer_provider=provider)  # type: ignore[no-any-return]
+
+
+def serve(wrapped: App, rounds: int) -> None:
     copy = ENVIRON.copy
-    started = time.perf_counter()
-    for _ in itertools.repeat(None, ROUNDS):
+    for _ in itertools.repeat(None, rounds):
         result = wrapped(copy(), start_response)
         for _chunk in result:
             pass
         close = getattr(result, "close", None)
         if close is not None:
             close()
+
+
+def seconds(wrapped: App, rounds: int = ROUNDS) -> float:
+    started = time.perf_counter()
+    serve(wrapped, rounds)
     return time.perf_counter() - started
 
 
+FLOOR, OFF, SAMPLED_100, SAMPLED_1 = (
+    "floor (method+status)",
+    "sflow, sampling off",
+    "sflow, 1-in-100",
+    "sflow, 1-in-1",
+)
+BARE, OTEL, PROM = "no middleware", "OpenTelemetry WSGI, 1 %", "prometheus_client"
+
+
 def main() -> None:
+    opts = bench_args(__doc__).parse_args()
+    rounds = 500 if opts.smoke else ROUNDS
+    repeats = 2 if opts.smoke else REPEATS
+    report = Report("wsgi")
     sink = Sink()
     os.environ["SFLOW_APP_DS_INDEX"] = "8000"  # no server socket in a direct call
+    os.environ["SFLOW_APP_MAX_SAMPLES"] = "0"  # no overload guard: every 1-in-1 sample
     from sflow_app._agent import AGENT
     from sflow_app.wsgi import SFlowMiddleware
 
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    apps: dict[str, App] = {
-        "floor (method+status)": FloorMiddleware(app),
-        "sflow, sampling off": ours,
-        "sflow, 1-in-400": ours,
-        "no middleware": app,
-    }
-    before = {"sflow, sampling off": sink.rate(0), "sflow, 1-in-400": sink.rate(400)}
+    apps: dict[str, App] = {BARE: app, FLOOR: FloorMiddleware(app), OFF: ours, SAMPLED_100: ours}
+    apps[SAMPLED_1] = ours
+    before = {OFF: sink.rate(0), SAMPLED_100: sink.rate(100), SAMPLED_1: sink.rate(1)}
+    other = otel(app)
+    if other is not None:
+        apps[OTEL] = other
     try:
-        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
-
-        apps["OpenTelemetry WSGI (no-op tracer)"] = OpenTelemetryMiddleware(app)
+        apps[PROM] = PrometheusMiddleware(app)
     except ImportError:
         pass
 
-    costs = best_costs(apps, seconds, ROUNDS, REPEATS, before)
-    floor = costs["floor (method+status)"]
-    bare = costs["no middleware"]
+    costs = median_costs(apps, lambda w: seconds(w, rounds), rounds, repeats, before)
+    floor, bare = costs[FLOOR], costs[BARE]
     print(
-        f"{ROUNDS} requests x best of {REPEATS}, trivial app called directly "
-        "(environ copy, call, iterate, close)"
+        f"{rounds} requests x median of {repeats} interleaved runs, trivial app called "
+        "directly (environ copy, call, iterate, close)"
     )
     print(f"  {'':36s} {'us/request':>10s}  {'x floor':>7s}  {'overhead x floor':>16s}")
     for name, cost in costs.items():
-        overhead = (cost - bare) / (floor - bare) if floor > bare else float("nan")
+        overhead = ratio(cost - bare, floor - bare)
         print(f"  {name:36s} {cost:10.3f}  {cost / floor:7.2f}  {overhead:16.2f}")
     print(
         "  (x floor: total per request / floor's total; overhead x floor: the same"
         " without the bare app's cost)"
     )
+    ours_100 = costs[SAMPLED_100] - bare
+    report.add("floor overhead", floor - bare, "us/request")
+    report.add("sampling off, overhead x floor", ratio(costs[OFF] - bare, floor - bare), "x")
+    report.add("1-in-100, overhead x floor", ratio(ours_100, floor - bare), "x", "<= 1.3")
+    if OTEL in costs:
+        report.add(
+            "OpenTelemetry 1 % / ours 1-in-100 (overhead)",
+            ratio(costs[OTEL] - bare, ours_100),
+            "x",
+            ">= 60",
+        )
+    if PROM in costs:
+        report.add(
+            "prometheus_client / ours 1-in-100 (overhead)",
+            ratio(costs[PROM] - bare, ours_100),
+            "x",
+        )
+
+    # Threads: process CPU per request, the exporter's included.
+    threads_total = 3200 if opts.smoke else rounds * 2
+    for threads in (1, 16):
+        variants = {BARE: app, FLOOR: apps[FLOOR], SAMPLED_100: ours}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
+        for i in range(repeats):
+            names = list(variants)
+            for name in names[i % 3 :] + names[: i % 3]:
+                before.get(name, lambda: None)()
+                cpu[name].append(
+                    threaded_cpu(partial(serve, variants[name]), threads, threads_total)
+                )
+        med = {name: statistics.median(v) for name, v in cpu.items()}
+        print(
+            f"{threads} thread(s): CPU us/request (median of {repeats}): "
+            + ", ".join(f"{name} {v:.3f}" for name, v in med.items())
+        )
+        report.add(
+            f"1-in-100, overhead x floor, {threads} thread(s), CPU",
+            ratio(med[SAMPLED_100] - med[BARE], med[FLOOR] - med[BARE]),
+            "x",
+            "<= 1.3",
+        )
+
+    # A sampled request: request thread, and in all (request thread + exporter).
+    total, burst = (400, 100) if opts.smoke else (10_000, 200)
+    sampled: dict[str, tuple[App, Callable[[], None]]] = {
+        BARE: (app, sink.rate(0)),
+        OFF: (ours, sink.rate(0)),
+        SAMPLED_1: (ours, sink.rate(1)),
+    }
+    own: dict[str, list[float]] = {name: [] for name in sampled}
+    whole: dict[str, list[float]] = {name: [] for name in sampled}
+    for _ in range(max(1, repeats // 3)):
+        for name, (wrapped, rate) in sampled.items():
+            rate()
+            a, b = thread_costs(partial(serve, wrapped), total, burst)
+            own[name].append(a)
+            whole[name].append(b)
+    own_m = {name: statistics.median(v) for name, v in own.items()}
+    whole_m = {name: statistics.median(v) for name, v in whole.items()}
+    print(
+        "per request, CPU us: request thread / in all (request thread + exporter): "
+        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in sampled)
+    )
+    report.add("sampled request, in all", whole_m[SAMPLED_1] - own_m[BARE], "us CPU", "<= 10")
+    report.add(
+        "sampled / unsampled, request thread",
+        ratio(own_m[SAMPLED_1], own_m[OFF]),
+        "x",
+        "<= 5",
+        "totals, trivial app included",
+    )
+    report.add("unsampled request, request thread", own_m[OFF], "us CPU")
     report_flushed()
     sink.close()
+    report.write(opts.json)
 
 
 if __name__ == "__main__":

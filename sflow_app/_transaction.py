@@ -44,13 +44,10 @@ those of the decorated function.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any, TypeVar, cast, overload
-
-import wrapt
 
 from ._agent import AGENT
 from ._http import current_request
@@ -107,6 +104,13 @@ def transaction(target: Any = None, /, *, application: str | None = None) -> Any
 
 
 def _decorate(func: Any, operation: str | None, application: str | None) -> Any:
+    # Imported here, at decoration: wrapt pulls in asyncio, importlib.metadata, email and
+    # zipfile (tens of ms), which ``import sflow_app`` should not cost a process that
+    # never decorates anything.
+    import inspect
+
+    import wrapt
+
     inner = getattr(func, "__func__", func)  # classmethod / staticmethod objects
     name = operation or getattr(inner, "__qualname__", None) or repr(inner)
     op = _Operation(name, application)
