@@ -15,10 +15,9 @@ import sys
 import threading
 from pathlib import Path
 
+import memcached
 import pytest
-
-from tests import memcached
-from tests.helpers import missing
+from helpers import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
