@@ -141,11 +141,11 @@ class Exporter:
         self.close_state()
         self._key = key
         state: State
-        if agent.env.get("SFLOW_APP_SHARED", "1").lower() in ("0", "false", "no", "off"):
+        if not settings.shared:
             state = LocalState()
         else:
             try:
-                state = SharedState.open(state_dir(agent.env), key)
+                state = SharedState.open(state_dir(settings.state_dir), key)
             except OSError as exc:
                 agent.warn_once(
                     f"shared state unavailable ({exc}); this process reports "

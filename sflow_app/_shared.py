@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 log = logging.getLogger("sflow_app")
 
@@ -68,8 +68,8 @@ FORWARD_MAX = 60000  # bytes per forwarded message (a unix datagram takes up to 
 SUN_PATH_MAX = 100
 
 
-def state_dir(env: Mapping[str, str]) -> str:
-    configured = env.get("SFLOW_APP_STATE_DIR")
+def state_dir(configured: str | None = None) -> str:
+    """The directory for state files: the setting (SFLOW_APP_STATE_DIR), else the default."""
     if configured:
         return configured
     return "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"

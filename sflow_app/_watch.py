@@ -69,8 +69,10 @@ class ConfigWatcher:
         getuid: Callable[[], int] | None = _GETUID,
         now: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self._warn = warn  # None: log each warning (the agent passes its once-per-service)
         self._stat, self._read, self._getuid, self._now = stat, read, getuid, now
         self._log = logger or logging.getLogger("sflow_app")
         self._key: StatKey | None = None  # stat of the last trusted read
@@ -155,7 +157,10 @@ class ConfigWatcher:
             return None
         self._last = self._trusted = new
         for warning in new.warnings:
-            self._log.warning("sflow_app: %s: %s", self.path, warning)
+            if self._warn is not None:
+                self._warn(f"{self.path}: {warning}")
+            else:
+                self._log.warning("sflow_app: %s: %s", self.path, warning)
         if new.device_ignored:
             self._log.info(
                 "sflow_app: %s: collector device/namespace ignored: binding to a "
