@@ -182,3 +182,67 @@ def test_a_second_worker_of_the_service_does_not_warn_again(
     assert _warnings(caplog) == [
         "sflow_app: unknown variable SFLOW_APP_SAMPLNG ignored; did you mean SFLOW_APP_SAMPLING?"
     ]
+
+
+def up(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.slow
+def test_gunicorn_with_3_workers_warns_once_per_mistake(tmp_path: Path, state_dir: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from memcached import free_port
+
+    apps = Path(__file__).resolve().parent / "apps"
+    collector = Collector()
+    port = free_port()
+    missing = str(tmp_path / "nowhere.auto")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFLOW_APP_")}
+    env.update(
+        SFLOW_APP_CONFIG=missing,
+        SFLOW_APP_COLLECTORS=f"127.0.0.1:{collector.port}, collector.example.com",
+        SFLOW_APP_SAMPLNG="5",
+        SFLOW_APP_POLLING="1",
+        SFLOW_APP_NAME="warns-once",
+        SFLOW_APP_STATE_DIR=state_dir,
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "gunicorn", "-w", "3", "-k", "sync", "-b", f"127.0.0.1:{port}"]
+    cmd += ["--no-control-socket", "--log-level", "info", "wsgi_app:application"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=apps, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count("Booting worker") < 3 or not up(port):
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        for i in range(30):  # every worker builds its middleware and reads its settings
+            httpx.get(f"http://127.0.0.1:{port}/hello/{i}", timeout=10)
+        assert collector.wait_for(lambda c: bool(c.datagrams), timeout=20)
+        time.sleep(2)  # a late worker would log by now
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+        collector.close()
+    text = log_path.read_text()
+    assert text.count("Booting worker") >= 3
+    for warning in (
+        "unknown variable SFLOW_APP_SAMPLNG ignored; did you mean SFLOW_APP_SAMPLING?",
+        "SFLOW_APP_COLLECTORS entry 'collector.example.com' ignored",
+        f"SFLOW_APP_CONFIG={missing}: no such file",
+    ):
+        assert text.count(warning) == 1, text
