@@ -130,7 +130,8 @@ class Top:
 
     # -- plain text ---------------------------------------------------------------------
     def tables(self, elapsed: float) -> list[tuple[str, list[str], list[list[str]]]]:
-        """(title, column names, rows) for every section that has something to show."""
+        """(title, column names, rows) for every section that has something to show; the
+        last column names the row (a URI, a key), the others are numbers."""
         secs = max(elapsed, 1e-9)
 
         def n(value: int) -> str:
@@ -149,9 +150,9 @@ class Top:
         out.append(
             (
                 "services (agent/sub-agent)",
-                ["service", "datagrams", "samples", "est. transactions"],
+                ["datagrams", "samples", "est. transactions", "service"],
                 [
-                    [name, n(s.datagrams), n(s.samples), n(s.estimated)]
+                    [n(s.datagrams), n(s.samples), n(s.estimated), name]
                     for name, s in sorted(self.services.items())
                 ],
             )

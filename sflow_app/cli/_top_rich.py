@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ._top import Top
 
@@ -16,15 +17,18 @@ class RichView:
         self.live.start()
 
     def render(self, elapsed: float) -> Group:
-        tables = []
+        head = self.top.plain(elapsed).splitlines()[0]
+        parts: list[Text | Table] = [Text(head, style="bold")]
         for title, cols, rows in self.top.tables(elapsed):
-            table = Table(title=title, title_justify="left", expand=False)
-            for i, col in enumerate(cols):
-                table.add_column(col, justify="left" if i == len(cols) - 1 else "right")
+            # The name (URI, key...) first: on a narrow terminal it folds, numbers do not.
+            table = Table(title=title, title_justify="left")
+            table.add_column(cols[-1], overflow="fold", ratio=1)
+            for col in cols[:-1]:
+                table.add_column(col, justify="right", no_wrap=True)
             for row in rows:
-                table.add_row(*row)
-            tables.append(table)
-        return Group(*tables)
+                table.add_row(row[-1], *row[:-1])
+            parts.append(table)
+        return Group(*parts)
 
     def __call__(self, elapsed: float) -> None:
         self.live.update(self.render(elapsed), refresh=True)
