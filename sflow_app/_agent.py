@@ -28,7 +28,7 @@ from ._listen import server_listener
 from ._once import first_in_service
 from ._shared import state_dir
 from ._source import AppSource, HttpSource, MemcacheSource, Source
-from ._watch import NOT_FOUND, ConfigWatcher
+from ._watch import ConfigWatcher, file_mistakes
 
 log = logging.getLogger("sflow_app")
 
@@ -130,16 +130,9 @@ class Agent:
         auto = self._watcher.current()
         self._loaded = True
         settings = _config.resolve(self._kwargs, self.env, auto, path)
-        if auto is not None and auto.state == "off":
-            origin = settings.sources.get("config_path")
-            if auto.reason == NOT_FOUND and origin in ("environment", "configure"):
-                who = "SFLOW_APP_CONFIG" if origin == "environment" else "configure(config_path)"
-                self.warn_service(f"{who}={path}: no such file; {settings.reason}")
-            elif auto.reason == "no agentIP":
-                self.warn_service(
-                    f"{path} has no agentIP line (hsflowd has no agent address yet); "
-                    f"{settings.reason}"
-                )
+        origin = settings.sources.get("config_path")
+        for mistake in file_mistakes(auto, path, origin, settings.reason):
+            self.warn_service(mistake)
         self.apply(settings)
 
     def apply(self, settings: _config.Settings) -> None:

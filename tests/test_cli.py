@@ -341,6 +341,7 @@ def test_config_exit_1_for_a_missing_file_and_0_with_collectors_from_the_environ
     assert report["settings"]["collector"] == {"value": ["127.0.0.1:7000"], "source": "environment"}
     assert report["identity"]["agent_ip_source"] == "derived"
     assert "SFLOW_APP_COLLECTORS entry 'web1' ignored" in err
+    assert f"SFLOW_APP_CONFIG={missing}: no such file; sending to 1 collector" in err
 
 
 @pytest.mark.parametrize(

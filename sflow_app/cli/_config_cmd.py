@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _config
 from .._shared import state_dir
-from .._watch import NOT_FOUND, ConfigWatcher
+from .._watch import NOT_FOUND, ConfigWatcher, file_mistakes
 
 TORN_RETRIES = 10  # x 0.1 s: hsflowd rewrites in place; a torn read usually heals at once
 SUPPRESSED = ("empty file", "hsflowd suppressed output (rev-only file)")
@@ -89,7 +89,9 @@ def gather(env: dict[str, str]) -> tuple[dict[str, Any], _config.Settings, list[
         time.sleep(0.1)
         auto = watcher.current()
     settings = _config.resolve({}, env, auto, path)
-    warnings = [*settings.warnings, *warnings]
+    origin = settings.sources.get("config_path")
+    mistakes = file_mistakes(auto, path, origin, settings.reason)
+    warnings = [*settings.warnings, *warnings, *mistakes]
     src = settings.sources
     out: dict[str, dict[str, Any]] = {}
 
