@@ -18,6 +18,8 @@ from . import _config_cmd, _listen_cmd, _top_cmd
 
 __all__ = ["main"]
 
+# Each module: add_parser(subparsers) and the run(args) -> exit status it registers.
+# `status` (service-wide counts read from the state directory) will be one more here.
 COMMANDS = (_config_cmd, _listen_cmd, _top_cmd)
 
 
