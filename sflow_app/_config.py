@@ -4,7 +4,9 @@ Pure: no file, environment or clock access except through arguments (``route_add
 is the one exception: it asks the kernel for a route, without sending a packet).
 Precedence is per key: ``configure()`` keyword arguments > ``SFLOW_APP_*`` environment
 variables > /etc/hsflowd.auto > defaults. docs/config.md is the operator's view of it.
-The file itself is parsed by _auto.py.
+The file itself is parsed by _auto.py. ``VARS`` is the registry of settings: every
+``SFLOW_APP_*`` variable with its ``configure()`` keyword and the key ``sflow-app config``
+shows; a setting added there is resolved, configurable and known to the typo warning.
 """
 
 from __future__ import annotations
@@ -100,6 +102,35 @@ def _collectors_arg(value: object) -> Collectors:
     return tuple(dict.fromkeys(found))  # the same collector twice would double-count
 
 
+def _name_arg(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _rates_arg(value: object, hi: int) -> Rates:
+    """``sampling=10`` or ``sampling={"http": 10, "app.shop": 5, "": 400}``."""
+    if not isinstance(value, Mapping):
+        return Rates(_int_arg(value, 0, hi))
+    generic, apps = None, {}
+    for key, n in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"application names are strings, got {key!r}")
+        if key.strip().lower() in ("", "default"):
+            generic = _int_arg(n, 0, hi)
+        else:
+            apps[_app_name(key)] = _int_arg(n, 0, hi)
+    return Rates(generic, apps)
+
+
+def _bool_arg(value: object) -> bool:
+    return value if isinstance(value, bool) else _flag(str(value))
+
+
+def _agent_ip_arg(value: object) -> str:
+    return _ip(_name_arg(value), scoped=False)
+
+
 # -- the registry of settings -------------------------------------------------------
 
 
@@ -144,13 +175,13 @@ def _int_var(env: str, field: str, key: str, lo: int, hi: int, in_file: bool = F
 
 VARS: tuple[Var, ...] = (
     Var("SFLOW_APP_CONFIG", "config_path", "config", _path_env, _path_arg),
-    Var("SFLOW_APP_DISABLE", "disable", "disable", _flag, lambda v: _bool_arg(v)),
+    Var("SFLOW_APP_DISABLE", "disable", "disable", _flag, _bool_arg),
     Var(
         "SFLOW_APP_COLLECTORS",
         "collectors",
         "collector",
-        lambda t: _collectors_arg(t),
-        lambda v: _collectors_arg(v),
+        _collectors_arg,
+        _collectors_arg,
         in_file=True,
     ),
     Var(
@@ -158,7 +189,7 @@ VARS: tuple[Var, ...] = (
         "agent_ip",
         "agentIP",
         partial(_ip, scoped=False),
-        lambda v: _agent_ip_arg(v),
+        _agent_ip_arg,
         in_file=True,
     ),
     Var(
@@ -166,7 +197,7 @@ VARS: tuple[Var, ...] = (
         "sampling",
         "sampling",
         partial(_uint, lo=0, hi=U32),
-        lambda v: _rates_arg(v, U32),
+        partial(_rates_arg, hi=U32),
         per_app=True,
         in_file=True,
     ),
@@ -175,7 +206,7 @@ VARS: tuple[Var, ...] = (
         "polling",
         "polling",
         partial(_uint, lo=0, hi=POLLING_MAX),
-        lambda v: _rates_arg(v, POLLING_MAX),
+        partial(_rates_arg, hi=POLLING_MAX),
         per_app=True,
         in_file=True,
     ),
@@ -184,17 +215,17 @@ VARS: tuple[Var, ...] = (
     _int_var("SFLOW_APP_PARENT_DS_INDEX", "parent_ds_index", "ds_index", 0, U32, True),
     _int_var("SFLOW_APP_DS_INDEX", "ds_index", "http_ds_index", 1, DS_INDEX_MAX),
     _int_var("SFLOW_APP_SUB_AGENT_ID", "sub_agent_id", "sub_agent_id", 0, U32),
-    Var("SFLOW_APP_NAME", "service_name", "service_name", str, lambda v: _name_arg(v)),
+    Var("SFLOW_APP_NAME", "service_name", "service_name", str, _name_arg),
     _int_var("SFLOW_APP_QUEUE", "queue_capacity", "queue_capacity", QUEUE_MIN, QUEUE_MAX),
     Var("SFLOW_APP_STATE_DIR", "state_dir", "state_dir", _path_env, _path_arg),
-    Var("SFLOW_APP_SHARED", "shared", "shared", _flag, lambda v: _bool_arg(v)),
+    Var("SFLOW_APP_SHARED", "shared", "shared", _flag, _bool_arg),
 )
 BY_FIELD = {v.field: v for v in VARS}
 BY_ENV = {v.env: v for v in VARS}
 KWARGS = frozenset(BY_FIELD)  # the names configure() accepts
 
 
-def unknown_variables(env: Mapping[str, str]) -> list[str]:  # the typo warning
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """One warning per ``SFLOW_APP_*`` variable that is no setting, naming the closest."""
     found = []
     per_app = tuple(f"{v.env}_" for v in VARS if v.per_app)
@@ -240,35 +271,6 @@ class _Layer:
     queue_capacity: int | None = None
     state_dir: str | None = None
     shared: bool | None = None
-
-
-def _name_arg(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _rates_arg(value: object, hi: int) -> Rates:
-    """``sampling=10`` or ``sampling={"http": 10, "app.shop": 5, "": 400}``."""
-    if not isinstance(value, Mapping):
-        return Rates(_int_arg(value, 0, hi))
-    generic, apps = None, {}
-    for key, n in value.items():
-        if not isinstance(key, str):
-            raise ValueError(f"application names are strings, got {key!r}")
-        if key.strip().lower() in ("", "default"):
-            generic = _int_arg(n, 0, hi)
-        else:
-            apps[_app_name(key)] = _int_arg(n, 0, hi)
-    return Rates(generic, apps)
-
-
-def _bool_arg(value: object) -> bool:
-    return value if isinstance(value, bool) else _flag(str(value))
-
-
-def _agent_ip_arg(value: object) -> str:
-    return _ip(_name_arg(value), scoped=False)
 
 
 def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
