@@ -78,6 +78,7 @@ class Agent:
         self._default_name: str | None = None
         self._next_config_check = 0.0
         self._warned: set[str] = set()
+        self._file_warnings: list[str] = []  # the watcher's, logged once settings apply
         self._uwsgi_hooked = False
         self._serving = False
         self._born = clock()
@@ -126,14 +127,17 @@ class Agent:
         """Read the config file and apply it (exporter thread, or configure())."""
         path = self.config_path
         if self._watcher is None or self._watcher.path != path:
-            self._watcher = ConfigWatcher(path, warn=self.warn_service)
+            self._watcher = ConfigWatcher(path, warn=self._file_warnings.append)
         auto = self._watcher.current()
         self._loaded = True
         settings = _config.resolve(self._kwargs, self.env, auto, path)
-        origin = settings.sources.get("config_path")
-        for mistake in file_mistakes(auto, path, origin, settings.reason):
-            self.warn_service(mistake)
         self.apply(settings)
+        # After apply: a warning is recorded in the state directory these settings name.
+        origin = settings.sources.get("config_path")
+        mistakes = file_mistakes(auto, path, origin, settings.reason)
+        pending, self._file_warnings = [*self._file_warnings, *mistakes], []
+        for message in pending:
+            self.warn_service(message)
 
     def apply(self, settings: _config.Settings) -> None:
         old = getattr(self, "settings", None)

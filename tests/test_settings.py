@@ -60,9 +60,10 @@ def test_state_dir_and_shared_go_through_resolution() -> None:
         resolve({"state_dir": ""}, {}, None, PATH)
 
 
-def test_the_agent_and_the_helper_agree_on_the_config_path() -> None:
+def test_the_agent_and_the_helper_agree_on_the_config_path(state_dir: str) -> None:
     # Worked out once: the agent used to keep the spaces the helper stripped.
-    agent = Agent(autostart=False, env={"SFLOW_APP_CONFIG": " /run/h.auto "})
+    env = {"SFLOW_APP_CONFIG": " /run/h.auto ", "SFLOW_APP_STATE_DIR": state_dir}
+    agent = Agent(autostart=False, env=env)
     assert agent.config_path == "/run/h.auto"
     agent.configure(config_path=Path("/k/h.auto"))
     assert agent.config_path == "/k/h.auto"
@@ -117,11 +118,16 @@ def test_a_bad_collector_entry_drops_only_itself() -> None:
     )
 
 
-def test_rejected_collectors_are_blamed_in_the_state_not_the_file() -> None:
+def test_rejected_collectors_are_blamed_in_the_state_not_the_file(state_dir: str) -> None:
     s = resolve({}, {"SFLOW_APP_COLLECTORS": "web1"}, None, PATH)
     assert not s.enabled
     assert s.reason.startswith("off: SFLOW_APP_COLLECTORS entry 'web1' ignored")
-    agent = Agent(autostart=False, env={"SFLOW_APP_COLLECTORS": "web1", "SFLOW_APP_CONFIG": "/x"})
+    env = {
+        "SFLOW_APP_COLLECTORS": "web1",
+        "SFLOW_APP_CONFIG": "/x",
+        "SFLOW_APP_STATE_DIR": state_dir,
+    }
+    agent = Agent(autostart=False, env=env)
     assert agent.status()["state"].startswith("off: SFLOW_APP_COLLECTORS")
 
 
@@ -153,6 +159,8 @@ def test_config_mistakes_warn_at_the_default_level(
     assert _warnings(caplog) == [
         f"sflow_app: SFLOW_APP_CONFIG={missing}: no such file; off: {missing}: not found"
     ]
+    # Recorded in the state directory these settings name, not the default one.
+    assert [p for p in os.listdir(state_dir) if p.endswith(".warned")]
     caplog.clear()
     no_ip = tmp_path / "noip.auto"
     no_ip.write_text("rev_start=1\ncollector=127.0.0.1\nrev_end=1\n")
