@@ -5,7 +5,8 @@ local sFlow collector receives, decoded. Stops by itself (about 15 s).
 
 Everything stays on 127.0.0.1: the collector is a UDP socket this script binds on an
 ephemeral loopback port, named in a private hsflowd.auto (sampling 1-in-10, polling
-every 5 s) that the server finds through ``SFLOW_APP_CONFIG``.
+every 5 s) that the server finds through ``SFLOW_APP_CONFIG``. The lines it prints come
+from the same renderer as ``sflow-app listen``, which does this for any agent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import collections
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,46 +30,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sflow_app.cli.render import describe  # noqa: E402
 from sflow_app.decode import DecodeError, decode  # noqa: E402
 from sflow_app.records import (  # noqa: E402
     AppOperation,
-    AppOperations,
-    AppParentContext,
     CountersSample,
     Datagram,
-    ExtendedSocketIPv4,
-    ExtendedSocketIPv6,
-    FlowSample,
-    HostParent,
     HttpCounters,
     HttpRequest,
 )
 
 SAMPLING, POLLING = 10, 5
-METHODS = {
-    0: "OTHER",
-    1: "OPTIONS",
-    2: "GET",
-    3: "HEAD",
-    4: "POST",
-    5: "PUT",
-    6: "DELETE",
-    7: "TRACE",
-    8: "CONNECT",
-}
-APP_STATUS = [
-    "SUCCESS",
-    "OTHER",
-    "TIMEOUT",
-    "INTERNAL_ERROR",
-    "BAD_REQUEST",
-    "FORBIDDEN",
-    "TOO_LARGE",
-    "NOT_IMPLEMENTED",
-    "NOT_FOUND",
-    "UNAVAILABLE",
-    "UNAUTHORIZED",
-]
 
 
 def free_port() -> int:
@@ -76,101 +49,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# -- what the collector prints ---------------------------------------------------------
-
-
-def text(value: Any) -> str:
-    return value if isinstance(value, str) else repr(value)
-
-
-def describe_record(rec: Any) -> str:
-    if isinstance(rec, HttpRequest):
-        version = f"HTTP/{rec.protocol // 1000}.{rec.protocol % 1000}"
-        return (
-            f"http_request  {METHODS.get(rec.method, rec.method)} {text(rec.uri)} -> "
-            f"{rec.status}  {text(rec.mime_type) or '-'}  req {rec.req_bytes} B, "
-            f"resp {rec.resp_bytes} B in {rec.uS / 1000:.1f} ms  {version}  "
-            f"ua={text(rec.useragent)!r}"
-        )
-    if isinstance(rec, ExtendedSocketIPv4 | ExtendedSocketIPv6):
-        return (
-            f"socket        tcp {rec.remote_ip}:{rec.remote_port} -> "
-            f"{rec.local_ip}:{rec.local_port}"
-        )
-    if isinstance(rec, AppOperation):
-        status = APP_STATUS[rec.status] if rec.status < len(APP_STATUS) else rec.status
-        return (
-            f"app_operation {text(rec.application)}: {text(rec.operation)} -> {status}"
-            f"{' (' + text(rec.status_descr) + ')' if rec.status_descr else ''}"
-            f" in {rec.uS / 1000:.1f} ms"
-        )
-    if isinstance(rec, AppParentContext):
-        return (
-            f"parent        {text(rec.application)}: {text(rec.operation)} [{text(rec.attributes)}]"
-        )
-    if isinstance(rec, HttpCounters):
-        methods = {
-            "GET": rec.method_get_count,
-            "POST": rec.method_post_count,
-            "HEAD": rec.method_head_count,
-            "PUT": rec.method_put_count,
-            "DELETE": rec.method_delete_count,
-            "other": rec.method_other_count,
-        }
-        statuses = {
-            "2XX": rec.status_2XX_count,
-            "3XX": rec.status_3XX_count,
-            "4XX": rec.status_4XX_count,
-            "5XX": rec.status_5XX_count,
-        }
-        return (
-            "http_counters "
-            + " ".join(f"{k} {v}" for k, v in methods.items() if v)
-            + " | "
-            + " ".join(f"{k} {v}" for k, v in statuses.items() if v)
-        )
-    if isinstance(rec, AppOperations):
-        counts = {
-            name: getattr(rec, name)
-            for name in (
-                "success",
-                "other",
-                "timeout",
-                "internal_error",
-                "bad_request",
-                "not_found",
-            )
-        }
-        return f"app_operations {text(rec.application)}: " + " ".join(
-            f"{k} {v}" for k, v in counts.items() if v
-        )
-    if isinstance(rec, HostParent):
-        return f"host_parent   {rec.container_type}:{rec.container_index} (hsflowd's host)"
-    return type(rec).__name__
-
-
-def describe(dg: Datagram) -> str:
-    lines = [
-        f"datagram  agent {dg.agent_address}  sub-agent {dg.sub_agent_id}  "
-        f"seq {dg.sequence_number}  uptime {dg.uptime_ms / 1000:.1f} s  "
-        f"{len(dg.samples)} sample(s)"
-    ]
-    for sample in dg.samples:
-        if isinstance(sample, FlowSample):
-            lines.append(
-                f"  flow      {sample.ds_class}:{sample.ds_index}  "
-                f"#{sample.sequence_number}  1-in-{sample.sampling_rate}  "
-                f"pool {sample.sample_pool}  drops {sample.drops}"
-            )
-        elif isinstance(sample, CountersSample):
-            lines.append(
-                f"  counters  {sample.ds_class}:{sample.ds_index}  #{sample.sequence_number}"
-            )
-        else:
-            lines.append(f"  {type(sample).__name__}")
-            continue
-        lines.extend("    " + describe_record(r) for r in sample.records)
-    return "\n".join(lines)
+# -- what the collector prints (the renderer sflow-app listen uses) ----------------------
 
 
 class Collector(threading.Thread):
@@ -322,11 +201,22 @@ def workload(port: int, seconds: float) -> collections.Counter[tuple[str, int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="It leaves nothing behind: its config, state and server log live in a "
+        "temporary folder that is removed at the end.",
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="workload duration")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="sflow-demo-"))
+    try:
+        run(args.seconds, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(seconds: float, tmp: Path) -> None:
     collector = Collector()
     collector.start()
     config = tmp / "hsflowd.auto"
@@ -347,7 +237,7 @@ def main() -> None:
     server = start_server(port, config, tmp)
     try:
         wait_ready(port, server, tmp / "server.log")
-        sent = workload(port, args.seconds)
+        sent = workload(port, seconds)
         total = sum(sent.values())
         print(
             f"\ndemo: workload done, {total} requests sent; waiting for the next "
@@ -412,7 +302,6 @@ def main() -> None:
     )
     agents = sorted({dg.agent_address for dg in collector.datagrams})
     print(f"datagrams       : {len(collector.datagrams)} from agent(s) {', '.join(agents)}")
-    print(f"server log      : {tmp / 'server.log'}")
 
 
 if __name__ == "__main__":

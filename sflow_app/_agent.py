@@ -25,15 +25,17 @@ from . import _config
 from ._exporter import TICK, Exporter
 from ._identity import default_service_name, local_index
 from ._listen import server_listener
+from ._once import first_in_service
+from ._shared import state_dir
 from ._source import AppSource, HttpSource, MemcacheSource, Source
-from ._watch import ConfigWatcher
+from ._watch import ConfigWatcher, file_mistakes
 
 if TYPE_CHECKING:
     from .testing import Capture
 
 log = logging.getLogger("sflow_app")
 
-DEFAULT_CONFIG = "/etc/hsflowd.auto"
+DEFAULT_CONFIG = _config.DEFAULT_CONFIG_PATH
 CONFIG_CHECK_EVERY = 1.0
 EXIT_FLUSH_TIMEOUT = 1.0
 # s after start-up a service with no HTTP surface waits before it names itself, unless a
@@ -79,6 +81,7 @@ class Agent:
         self._default_name: str | None = None
         self._next_config_check = 0.0
         self._warned: set[str] = set()
+        self._file_warnings: list[str] = []  # the watcher's, logged once settings apply
         self._uwsgi_hooked = False
         self._serving = False
         self._born = clock()
@@ -117,9 +120,7 @@ class Agent:
 
     @property
     def config_path(self) -> str:
-        return str(
-            self._kwargs.get("config_path") or self.env.get("SFLOW_APP_CONFIG") or DEFAULT_CONFIG
-        )
+        return _config.config_path(self._kwargs, self.env)
 
     def configure(self, **kwargs: Any) -> None:
         merged = {**self._kwargs, **kwargs}
@@ -132,16 +133,23 @@ class Agent:
         """Read the config file and apply it (exporter thread, or configure())."""
         path = self.config_path
         if self._watcher is None or self._watcher.path != path:
-            self._watcher = ConfigWatcher(path)
+            self._watcher = ConfigWatcher(path, warn=self._file_warnings.append)
         auto = self._watcher.current()
         self._loaded = True
-        self.apply(_config.resolve(self._kwargs, self.env, auto, path))
+        settings = _config.resolve(self._kwargs, self.env, auto, path)
+        self.apply(settings)
+        # After apply: a warning is recorded in the state directory these settings name.
+        origin = settings.sources.get("config_path")
+        mistakes = file_mistakes(auto, path, origin, settings.reason)
+        pending, self._file_warnings = [*self._file_warnings, *mistakes], []
+        for message in pending:
+            self.warn_service(message)
 
     def apply(self, settings: _config.Settings) -> None:
         old = getattr(self, "settings", None)
         self.settings = settings
         for warning in settings.warnings:
-            self.warn_once(warning)
+            self.warn_service(warning)
         if old is None or (old.enabled, old.reason) != (settings.enabled, settings.reason):
             log.info("sflow_app: %s", settings.reason)
         for source in self.sources():
@@ -161,6 +169,15 @@ class Agent:
     def warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
+            log.warning("sflow_app: %s", message)
+
+    def warn_service(self, message: str) -> None:
+        """A configuration mistake: one warning for the whole service (see _once)."""
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        directory = state_dir(self.settings.state_dir)
+        if first_in_service(directory, self.service_name, message):
             log.warning("sflow_app: %s", message)
 
     # -- sources ----------------------------------------------------------------------

@@ -4,11 +4,14 @@ Pure: no file, environment or clock access except through arguments (``route_add
 is the one exception: it asks the kernel for a route, without sending a packet).
 Precedence is per key: ``configure()`` keyword arguments > ``SFLOW_APP_*`` environment
 variables > /etc/hsflowd.auto > defaults. docs/config.md is the operator's view of it.
-The file itself is parsed by _auto.py.
+The file itself is parsed by _auto.py. ``VARS`` is the registry of settings: every
+``SFLOW_APP_*`` variable with its ``configure()`` keyword and the key ``sflow-app config``
+shows; a setting added there is resolved, configurable and known to the typo warning.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import socket
@@ -36,25 +39,6 @@ POLLING_MAX = 3600
 DS_INDEX_MAX = 2**24 - 1  # compact source_id keeps 24 bits for the index
 
 SourceKind = Literal["file", "explicit", "off"]
-
-# Names configure() accepts (the Settings field names, plus the file's path).
-KWARGS = frozenset(
-    {
-        "disable",
-        "collectors",
-        "agent_ip",
-        "sampling",
-        "polling",
-        "datagram",
-        "ds_index",
-        "sub_agent_id",
-        "service_name",
-        "parent_ds_index",
-        "queue_capacity",
-        "config_path",
-    }
-)
-
 
 # -- configure() and environment validators: ValueError fit for a log line ----------
 
@@ -118,46 +102,6 @@ def _collectors_arg(value: object) -> Collectors:
     return tuple(dict.fromkeys(found))  # the same collector twice would double-count
 
 
-# -- resolution ---------------------------------------------------------------------
-
-
-@dataclass
-class _Layer:
-    """One precedence level; None = this level does not set the key."""
-
-    disable: bool | None = None
-    collectors: Collectors | None = None
-    agent_ip: str | None = None
-    sampling: Rates = field(default_factory=Rates)
-    polling: Rates = field(default_factory=Rates)
-    datagram: int | None = None
-    ds_index: int | None = None
-    sub_agent_id: int | None = None
-    service_name: str | None = None
-    parent_ds_index: int | None = None
-    queue_capacity: int | None = None
-
-
-_INT_BOUNDS = {
-    "datagram": (DATAGRAM_MIN, DATAGRAM_MAX),
-    "ds_index": (1, DS_INDEX_MAX),
-    "sub_agent_id": (0, U32),
-    "parent_ds_index": (0, U32),
-    "queue_capacity": (QUEUE_MIN, QUEUE_MAX),
-}
-_ENV_NAMES = {
-    "SFLOW_APP_DISABLE": "disable",
-    "SFLOW_APP_COLLECTORS": "collectors",
-    "SFLOW_APP_AGENT_IP": "agent_ip",
-    "SFLOW_APP_DATAGRAM": "datagram",
-    "SFLOW_APP_DS_INDEX": "ds_index",
-    "SFLOW_APP_SUB_AGENT_ID": "sub_agent_id",
-    "SFLOW_APP_NAME": "service_name",
-    "SFLOW_APP_PARENT_DS_INDEX": "parent_ds_index",
-    "SFLOW_APP_QUEUE": "queue_capacity",
-}
-
-
 def _name_arg(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a non-empty string, got {value!r}")
@@ -187,22 +131,146 @@ def _agent_ip_arg(value: object) -> str:
     return _ip(_name_arg(value), scoped=False)
 
 
-_KWARG_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "disable": _bool_arg,
-    "collectors": _collectors_arg,
-    "agent_ip": _agent_ip_arg,
-    "sampling": partial(_rates_arg, hi=U32),
-    "polling": partial(_rates_arg, hi=POLLING_MAX),
-    "service_name": _name_arg,
-    **{k: partial(_int_arg, lo=lo, hi=hi) for k, (lo, hi) in _INT_BOUNDS.items()},
-}
-_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
-    "disable": _flag,
-    "collectors": _collectors_arg,
-    "agent_ip": partial(_ip, scoped=False),
-    "service_name": str,
-    **{k: partial(_uint, lo=lo, hi=hi) for k, (lo, hi) in _INT_BOUNDS.items()},
-}
+# -- the registry of settings -------------------------------------------------------
+
+
+def _path_arg(value: object) -> str:
+    text = str(os.fspath(value)).strip() if isinstance(value, str | os.PathLike) else ""
+    if not text:
+        raise ValueError(f"expected a path, got {value!r}")
+    return text
+
+
+def _path_env(text: str) -> str:
+    return text  # already stripped; an empty value means unset
+
+
+@dataclass(frozen=True)
+class Var:
+    """One setting: its ``SFLOW_APP_*`` variable, its ``configure()`` keyword (also the
+    Settings field) and the name ``sflow-app config`` shows it under -- hsflowd.auto's key
+    where the file can set it. This one table drives resolution, ``configure()``'s
+    keywords, ``sflow-app config`` and the warning for a misspelt variable."""
+
+    env: str
+    field: str
+    key: str
+    env_parser: Callable[[str], Any]
+    kwarg_parser: Callable[[Any], Any]
+    per_app: bool = False  # SFLOW_APP_<NAME>_<APP> too (sampling, polling)
+    in_file: bool = False  # hsflowd.auto can set it
+
+
+def _int_var(env: str, field: str, key: str, lo: int, hi: int, in_file: bool = False) -> Var:
+    return Var(
+        env,
+        field,
+        key,
+        partial(_uint, lo=lo, hi=hi),
+        partial(_int_arg, lo=lo, hi=hi),
+        False,
+        in_file,
+    )
+
+
+VARS: tuple[Var, ...] = (
+    Var("SFLOW_APP_CONFIG", "config_path", "config", _path_env, _path_arg),
+    Var("SFLOW_APP_DISABLE", "disable", "disable", _flag, _bool_arg),
+    Var(
+        "SFLOW_APP_COLLECTORS",
+        "collectors",
+        "collector",
+        _collectors_arg,
+        _collectors_arg,
+        in_file=True,
+    ),
+    Var(
+        "SFLOW_APP_AGENT_IP",
+        "agent_ip",
+        "agentIP",
+        partial(_ip, scoped=False),
+        _agent_ip_arg,
+        in_file=True,
+    ),
+    Var(
+        "SFLOW_APP_SAMPLING",
+        "sampling",
+        "sampling",
+        partial(_uint, lo=0, hi=U32),
+        partial(_rates_arg, hi=U32),
+        per_app=True,
+        in_file=True,
+    ),
+    Var(
+        "SFLOW_APP_POLLING",
+        "polling",
+        "polling",
+        partial(_uint, lo=0, hi=POLLING_MAX),
+        partial(_rates_arg, hi=POLLING_MAX),
+        per_app=True,
+        in_file=True,
+    ),
+    _int_var("SFLOW_APP_DATAGRAM", "datagram", "datagram", DATAGRAM_MIN, DATAGRAM_MAX, True),
+    # In the file this is hsflowd's own index (host_parent); the variable overrides it.
+    _int_var("SFLOW_APP_PARENT_DS_INDEX", "parent_ds_index", "ds_index", 0, U32, True),
+    _int_var("SFLOW_APP_DS_INDEX", "ds_index", "http_ds_index", 1, DS_INDEX_MAX),
+    _int_var("SFLOW_APP_SUB_AGENT_ID", "sub_agent_id", "sub_agent_id", 0, U32),
+    Var("SFLOW_APP_NAME", "service_name", "service_name", str, _name_arg),
+    _int_var("SFLOW_APP_QUEUE", "queue_capacity", "queue_capacity", QUEUE_MIN, QUEUE_MAX),
+    Var("SFLOW_APP_STATE_DIR", "state_dir", "state_dir", _path_env, _path_arg),
+    Var("SFLOW_APP_SHARED", "shared", "shared", _flag, _bool_arg),
+)
+BY_FIELD = {v.field: v for v in VARS}
+BY_ENV = {v.env: v for v in VARS}
+KWARGS = frozenset(BY_FIELD)  # the names configure() accepts
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning per ``SFLOW_APP_*`` variable that is no setting, naming the closest."""
+    found = []
+    per_app = tuple(f"{v.env}_" for v in VARS if v.per_app)
+    for name in sorted(env):
+        if not name.startswith("SFLOW_APP_") or name in BY_ENV:
+            continue
+        if name.startswith(per_app) and not name.endswith("_"):
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        tails = {v.env[len("SFLOW_APP_") :]: v.env for v in VARS}
+        close = difflib.get_close_matches(name[len("SFLOW_APP_") :], tails, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {tails[close[0]]}?"
+            if close
+            else "see docs/config.md for the known names"
+        )
+        found.append(f"unknown variable {name} ignored; {hint}")
+    return found
+
+
+# -- resolution ---------------------------------------------------------------------
+
+Source = Literal["configure", "environment", "file", "default", "derived"]
+LAYER_SOURCES: tuple[Source, ...] = ("configure", "environment", "file", "default")
+
+
+@dataclass
+class _Layer:
+    """One precedence level; None = this level does not set the key."""
+
+    source: Source
+    config_path: str | None = None
+    disable: bool | None = None
+    collectors: Collectors | None = None
+    agent_ip: str | None = None
+    sampling: Rates = field(default_factory=Rates)
+    polling: Rates = field(default_factory=Rates)
+    datagram: int | None = None
+    ds_index: int | None = None
+    sub_agent_id: int | None = None
+    service_name: str | None = None
+    parent_ds_index: int | None = None
+    queue_capacity: int | None = None
+    state_dir: str | None = None
+    shared: bool | None = None
 
 
 def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
@@ -212,19 +280,32 @@ def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
             f"configure(): unknown argument(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(KWARGS))}"
         )
-    layer = _Layer()
+    layer = _Layer("configure")
     for name, value in kwargs.items():
-        if value is None or name == "config_path":  # None = not given; path: the caller's
+        if value is None:  # None = not given
             continue
         try:
-            setattr(layer, name, _KWARG_PARSERS[name](value))
+            setattr(layer, name, BY_FIELD[name].kwarg_parser(value))
         except ValueError as exc:
             raise ValueError(f"configure({name}=...): {exc}") from None
     return layer
 
 
+def _env_collectors(raw: str, warnings: list[str]) -> Collectors | None:
+    """SFLOW_APP_COLLECTORS: a bad entry drops only itself, with a warning."""
+    found: list[tuple[str, int]] = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        try:
+            found.append(_collector_spec(item))
+        except ValueError as exc:
+            warnings.append(f"SFLOW_APP_COLLECTORS entry {item.strip()!r} ignored: {exc}")
+    return tuple(dict.fromkeys(found)) or None
+
+
 def _env_layer(env: Mapping[str, str], warnings: list[str]) -> _Layer:
-    layer = _Layer()
+    layer = _Layer("environment")
 
     def parse(var: str, parser: Callable[[str], Any]) -> Any:
         raw = env.get(var)
@@ -236,22 +317,26 @@ def _env_layer(env: Mapping[str, str], warnings: list[str]) -> _Layer:
             warnings.append(f"{var}={raw.strip()!r} ignored: {exc}")
             return None
 
-    for var, name in _ENV_NAMES.items():
-        setattr(layer, name, parse(var, _ENV_PARSERS[name]))
-    for kind, hi in (("SAMPLING", U32), ("POLLING", POLLING_MAX)):
-        number = partial(_uint, lo=0, hi=hi)
-        prefix = f"SFLOW_APP_{kind}_"
-        apps = {
-            var[len(prefix) :].upper(): parse(var, number)
-            for var in sorted(env)
-            if var.startswith(prefix) and len(var) > len(prefix)
-        }
-        rates = Rates(
-            parse(f"SFLOW_APP_{kind}", number),
-            {k: v for k, v in apps.items() if v is not None},
-            env_style=True,
-        )
-        setattr(layer, kind.lower(), rates)
+    for var in VARS:
+        if var.per_app:
+            prefix = f"{var.env}_"
+            apps = {
+                name[len(prefix) :].upper(): parse(name, var.env_parser)
+                for name in sorted(env)
+                if name.startswith(prefix) and len(name) > len(prefix)
+            }
+            value: Any = Rates(
+                parse(var.env, var.env_parser),
+                {k: v for k, v in apps.items() if v is not None},
+                env_style=True,
+            )
+        elif var.field == "collectors":
+            raw = env.get(var.env)
+            value = _env_collectors(raw, warnings) if isinstance(raw, str) else None
+        else:
+            value = parse(var.env, var.env_parser)
+        setattr(layer, var.field, value)
+    warnings.extend(unknown_variables(env))
     return layer
 
 
@@ -262,6 +347,7 @@ def _clamp(value: int | None, lo: int, hi: int) -> int | None:
 def _file_layer(auto: AutoFile) -> _Layer:
     # hsflowd validates its own ranges; clamp rather than discard a whole file for one key.
     return _Layer(
+        "file",
         collectors=auto.collectors or None,
         agent_ip=auto.agent_ip,
         sampling=Rates(auto.sampling, auto.app_sampling),
@@ -275,11 +361,14 @@ def _file_layer(auto: AutoFile) -> _Layer:
 
 
 _DEFAULTS = _Layer(
+    "default",
+    config_path=DEFAULT_CONFIG_PATH,
     disable=False,
     sampling=Rates(DEFAULT_SAMPLING),
     polling=Rates(DEFAULT_POLLING),
     datagram=DEFAULT_DATAGRAM,
     queue_capacity=DEFAULT_QUEUE,
+    shared=True,
 )
 
 
@@ -300,9 +389,15 @@ class Settings:
     sub_agent_id: int | None = None
     service_name: str | None = None
     queue_capacity: int = DEFAULT_QUEUE
+    state_dir: str | None = None  # None: _shared's default directory
+    shared: bool = True  # False: each process reports alone (SFLOW_APP_SHARED=0)
     warnings: tuple[str, ...] = ()  # bad environment values, for the caller to log once
+    # Where each field's value came from (a Var.field -> "configure", "environment",
+    # "file" or "default"; a field no layer sets is absent).
+    sources: Mapping[str, Source] = field(default_factory=dict, repr=False)
     sampling_layers: tuple[Rates, ...] = field(default=(), repr=False)
     polling_layers: tuple[Rates, ...] = field(default=(), repr=False)
+    layer_sources: tuple[Source, ...] = field(default=(), repr=False)
 
     @property
     def state(self) -> Literal["on", "off"]:
@@ -310,24 +405,43 @@ class Settings:
 
     def sampling_for(self, app: str) -> int:
         """1-in-N for ``http``, ``memcache`` or ``app.<name>``; 0 = no flow samples."""
-        return _first_match(self.sampling_layers, app) if self.enabled else 0
+        return _first_match(self.sampling_layers, app)[0] if self.enabled else 0
 
     def polling_for(self, app: str) -> int:
         """Counter interval in seconds; 0 = no counter samples."""
-        return _first_match(self.polling_layers, app) if self.enabled else 0
+        return _first_match(self.polling_layers, app)[0] if self.enabled else 0
+
+    def sampling_setting(self, app: str) -> tuple[int, Source]:
+        """The configured 1-in-N for ``app`` (on or off) and where it came from."""
+        value, at = _first_match(self.sampling_layers, app)
+        return value, self.layer_sources[at]
+
+    def polling_setting(self, app: str) -> tuple[int, Source]:
+        value, at = _first_match(self.polling_layers, app)
+        return value, self.layer_sources[at]
 
 
-def _first_match(layers: tuple[Rates, ...], app: str) -> int:
+def _first_match(layers: tuple[Rates, ...], app: str) -> tuple[int, int]:
     # The first layer with any key for the app decides, with its deepest match.
-    return next((v for v in (r.match(app) for r in layers) if v is not None), 0)
+    for i, rates in enumerate(layers):
+        value = rates.match(app)
+        if value is not None:
+            return value, i
+    return 0, len(layers) - 1
 
 
 def config_path(kwargs: Mapping[str, Any], env: Mapping[str, str]) -> str:
-    """configure(config_path=...) > SFLOW_APP_CONFIG > /etc/hsflowd.auto."""
-    value = kwargs.get("config_path")
-    if value:
-        return str(os.fspath(value))
-    return env.get("SFLOW_APP_CONFIG", "").strip() or DEFAULT_CONFIG_PATH
+    """configure(config_path=...) > SFLOW_APP_CONFIG > /etc/hsflowd.auto (stripped, as
+    every other setting: the one place the path is worked out)."""
+    return str(_pick([_kwargs_layer(kwargs), _env_layer(env, [])], "config_path")[0])
+
+
+def _pick(layers: list[_Layer], name: str) -> tuple[Any, Source]:
+    for layer in [*layers, _DEFAULTS]:
+        value = getattr(layer, name)
+        if value is not None:
+            return value, layer.source
+    return None, "default"
 
 
 def resolve(
@@ -340,6 +454,7 @@ def resolve(
 
     Raises ValueError for bad kwargs only; bad environment values become ``warnings``.
     ``auto`` None means the file was not found; a torn or off AutoFile counts as no file.
+    ``config_path`` is the file ``auto`` was read from (see ``config_path()``).
     """
     path = os.fspath(config_path)
     warnings: list[str] = []
@@ -348,13 +463,18 @@ def resolve(
     if usable is not None:
         layers.append(_file_layer(usable))
     layers.append(_DEFAULTS)
+    sources: dict[str, Source] = {}
 
     def pick(name: str) -> Any:
-        return next((v for v in (getattr(layer, name) for layer in layers) if v is not None), None)
+        value, sources[name] = _pick(layers, name)
+        if value is None:
+            del sources[name]
+        return value
 
     rev = usable.rev_start if usable is not None else None
     collectors: Collectors = pick("collectors") or ()
     explicit = layers[0].collectors or layers[1].collectors
+    rejected = [w for w in warnings if w.startswith("SFLOW_APP_COLLECTORS")]
     source: SourceKind
     if pick("disable"):
         who = (
@@ -368,7 +488,8 @@ def resolve(
             detail = f"rev {rev} lists no collectors"
         else:
             detail = "not found" if auto is None else auto.reason
-        enabled, source, reason = False, "off", f"off: {path}: {detail}"
+        blame = f"{rejected[-1]}; " if rejected else ""
+        enabled, source, reason = False, "off", f"off: {blame}{path}: {detail}"
     else:
         count = f"{len(collectors)} collector{'s' if len(collectors) > 1 else ''}"
         if explicit:
@@ -391,9 +512,13 @@ def resolve(
         sub_agent_id=pick("sub_agent_id"),
         service_name=pick("service_name"),
         queue_capacity=pick("queue_capacity"),
+        state_dir=pick("state_dir"),
+        shared=pick("shared"),
         warnings=tuple(warnings),
+        sources={**sources, "config_path": _pick(layers, "config_path")[1]},
         sampling_layers=tuple(layer.sampling for layer in layers),
         polling_layers=tuple(layer.polling for layer in layers),
+        layer_sources=tuple(layer.source for layer in layers),
     )
 
 

@@ -149,12 +149,12 @@ class Exporter:
         self.close_state()
         self._key = key
         state: State
-        if agent.env.get("SFLOW_APP_SHARED", "1").lower() in ("0", "false", "no", "off"):
+        if not settings.shared:
             state = LocalState()  # the operator says: this process is the whole service
         else:
             try:
                 state = SharedState.open(
-                    state_dir(agent.env), key, runtime_dir=agent.env.get("XDG_RUNTIME_DIR")
+                    state_dir(settings.state_dir), key, runtime_dir=agent.env.get("XDG_RUNTIME_DIR")
                 )
             except OSError as exc:
                 return self._fall_back(f"shared state unavailable ({exc})")

@@ -33,7 +33,7 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 
 from . import _statedir
 from ._layout import (
@@ -75,8 +75,8 @@ from ._sender import Election
 from ._statedir import PrivateDir
 
 
-def state_dir(env: Mapping[str, str]) -> str:
-    configured = env.get("SFLOW_APP_STATE_DIR")
+def state_dir(configured: str | None = None) -> str:
+    """The directory for state files: the setting (SFLOW_APP_STATE_DIR), else the default."""
     if configured:
         return configured
     return "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"

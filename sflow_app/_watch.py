@@ -28,6 +28,21 @@ _GETUID: Callable[[], int] | None = getattr(os, "getuid", None)  # None: no POSI
 NOT_FOUND = "not found"
 
 
+def file_mistakes(auto: AutoFile | None, path: str, origin: str | None, reason: str) -> list[str]:
+    """What is wrong with a read of the config file and worth a warning (the watcher
+    already warns for a refused one): a path someone chose that does not exist (the
+    default one missing is normal: no hsflowd), or a file without agentIP. ``origin``:
+    where the path came from; ``reason``: the resolved state, to say what follows."""
+    if auto is None or auto.state != "off":
+        return []
+    if auto.reason == NOT_FOUND and origin in ("environment", "configure"):
+        who = "SFLOW_APP_CONFIG" if origin == "environment" else "configure(config_path)"
+        return [f"{who}={path}: no such file; {reason}"]
+    if auto.reason == "no agentIP":
+        return [f"{path} has no agentIP line (hsflowd has no agent address yet); {reason}"]
+    return []
+
+
 def read_bounded(path: str, limit: int) -> bytes:
     """At most ``limit`` bytes. O_NONBLOCK so a FIFO swapped in after the stat cannot
     block the exporter thread."""
@@ -69,8 +84,10 @@ class ConfigWatcher:
         getuid: Callable[[], int] | None = _GETUID,
         now: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self._warn = warn  # None: log each warning (the agent passes its once-per-service)
         self._stat, self._read, self._getuid, self._now = stat, read, getuid, now
         self._log = logger or logging.getLogger("sflow_app")
         self._key: StatKey | None = None  # stat of the last trusted read
@@ -155,7 +172,10 @@ class ConfigWatcher:
             return None
         self._last = self._trusted = new
         for warning in new.warnings:
-            self._log.warning("sflow_app: %s: %s", self.path, warning)
+            if self._warn is not None:
+                self._warn(f"{self.path}: {warning}")
+            else:
+                self._log.warning("sflow_app: %s: %s", self.path, warning)
         if new.device_ignored:
             self._log.info(
                 "sflow_app: %s: collector device/namespace ignored: binding to a "

@@ -532,13 +532,13 @@ def test_bad_env_values_are_warnings_not_errors() -> None:
         "SFLOW_APP_POLLING_MEMCACHE": "9",  # a good one among them still applies
     }
     s = settings_for(FILE, {}, env)
-    assert s.enabled and s.collectors == (("10.0.0.50", 6343),)  # the file's
+    assert s.enabled and s.collectors == (("10.0.0.1", 6343),)  # the bad entry alone dropped
     assert (s.sampling_for("http"), s.polling_for("http"), s.polling_for("memcache")) == (50, 20, 9)
     assert (s.datagram, s.queue_capacity, s.agent_ip, s.ds_index) == (1300, 4096, "10.0.0.7", None)
     assert len(s.warnings) == 11
     assert "SFLOW_APP_DATAGRAM='9000' ignored: 9000 is outside 200..1500" in s.warnings
     assert (
-        "SFLOW_APP_COLLECTORS='10.0.0.1, collector.example.com:6343' ignored: "
+        "SFLOW_APP_COLLECTORS entry 'collector.example.com:6343' ignored: "
         "'collector.example.com' is not an IPv4 or IPv6 address"
     ) in s.warnings
 

@@ -1,0 +1,56 @@
+"""Configuration warnings a whole service logs once, not once per worker.
+
+Every worker of a pre-fork server resolves the same settings and would log the same
+mistake; the issue is the service's, so one line is enough. "The service" is this uid,
+the service name and the process group (a server's workers share their master's group; a
+restarted service has a new one, so it warns again). A small file per service in the state
+directory lists the warnings already logged. It is touched only when there is something to
+warn about; any failure logs the warning anyway (twice is better than never).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+
+LOCK_TRIES = 20  # x 1 ms: start-up only, and only when two workers warn at the same moment
+MAX_LINES = 256
+
+
+def first_in_service(directory: str, service: str, message: str) -> bool:
+    """True when no other process of this service logged ``message`` yet (and record it)."""
+    name = hashlib.blake2b(f"{os.getuid()}\0{service}".encode(), digest_size=8).hexdigest()
+    path = os.path.join(directory, f"sflow-app-{name}.warned")
+    digest = hashlib.blake2b(message.encode(), digest_size=8).hexdigest()
+    group = str(os.getpgrp())
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return True
+    try:
+        for _ in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+        else:
+            return True
+        lines = os.read(fd, 64 * 1024).decode("ascii", "replace").split()
+        if not lines or lines[0] != group:
+            lines = [group]  # a new run of the service: start over
+        if digest in lines[1:]:
+            return False
+        lines = [group, *lines[1:][-(MAX_LINES - 2) :], digest]
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, ("\n".join(lines) + "\n").encode())
+        return True
+    except OSError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # also releases the flock

@@ -1,0 +1,51 @@
+"""The ``sflow-app`` command (also ``python -m sflow_app``): one sub-command per question.
+
+- ``config``: the settings a process started here would use, and where each came from;
+- ``listen``: receive sFlow and print it, readable or as ``sflowtool -j`` does;
+- ``top``: the busiest URIs, routes, memcache keys and operations, live.
+
+Never imported by ``import sflow_app``. Exit status: 0 ok, 1 nothing to report (see each
+command), 2 usage errors (argparse's own convention) and errors a person must fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import _config_cmd, _listen_cmd, _top_cmd
+
+__all__ = ["main"]
+
+# Each module: add_parser(subparsers) and the run(args) -> exit status it registers.
+# `status` (service-wide counts read from the state directory) will be one more here.
+COMMANDS = (_config_cmd, _listen_cmd, _top_cmd)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="sflow-app",
+        description="See what the sflow_app agent is configured to do and what it sends.",
+        epilog="Run 'sflow-app COMMAND --help' for a command's options.",
+    )
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # `sflow-app listen | head`: the reader left; not an error. Point stdout at
+        # nothing so the interpreter's own flush at exit does not complain again.
+        try:
+            sys.stdout = open("/dev/null", "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return 0

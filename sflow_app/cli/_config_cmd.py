@@ -1,0 +1,186 @@
+"""``sflow-app config``: the settings a process started here would use, and their sources.
+
+Reads the environment and the config file exactly as the agent does (the same watcher, the
+same resolution), so what it prints is what a service started from this shell would do.
+Exit status 0 when that process would send, 1 when it would send nothing (why, on
+stderr), 2 on usage errors -- so ``sflow-app config && exec gunicorn ...`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from .. import _config
+from .._shared import state_dir
+from .._watch import NOT_FOUND, ConfigWatcher, file_mistakes
+
+TORN_RETRIES = 10  # x 0.1 s: hsflowd rewrites in place; a torn read usually heals at once
+SUPPRESSED = ("empty file", "hsflowd suppressed output (rev-only file)")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "config",
+        help="the settings a process started here would use, and where each came from",
+        description=(
+            "Show the settings a process started here, with this environment, would use: "
+            "each with its source (environment, file, default or derived), the config "
+            "file's state and the agent's identity. Exit status: 0 when it would send, "
+            "1 when it would send nothing (the reason on stderr), 2 on usage errors."
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def _collector(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _disabled(settings: _config.Settings) -> bool:
+    return settings.reason.startswith(("off: SFLOW_APP_DISABLE", "off: configure(disable"))
+
+
+def _file_state(auto: _config.AutoFile | None, settings: _config.Settings) -> str:
+    if _disabled(settings):
+        return "off"
+    if auto is None or auto.reason == NOT_FOUND:
+        return "missing"
+    if auto.state == "torn":
+        return "torn"
+    if auto.state == "ok":
+        return "ok" if auto.collectors else "incomplete"
+    if auto.reason.startswith(("refused", "cannot")):
+        return "refused"
+    if auto.reason in SUPPRESSED:
+        return "suppressed"
+    return "incomplete"  # no agentIP, no rev_start
+
+
+def _app_keys(auto: _config.AutoFile | None, env: dict[str, str], kind: str) -> list[str]:
+    """``http``, ``memcache`` and every application the file or the environment names."""
+    names = {"http", "memcache"}
+    if auto is not None and auto.usable:
+        names |= set(auto.app_sampling if kind == "sampling" else auto.app_polling)
+    prefix = f"SFLOW_APP_{kind.upper()}_"
+    for var, value in env.items():
+        if var.startswith(prefix) and len(var) > len(prefix) and value.strip():
+            names.add(var[len(prefix) :].lower().replace("_", "."))
+    return sorted(names)
+
+
+def gather(env: dict[str, str]) -> tuple[dict[str, Any], _config.Settings, list[str]]:
+    """(the report, the settings, warnings) for a process started with ``env``."""
+    warnings: list[str] = []
+    path = _config.config_path({}, env)
+    quiet = logging.getLogger("sflow_app.cli.config")
+    quiet.propagate, quiet.disabled = False, True
+    watcher = ConfigWatcher(path, logger=quiet, warn=warnings.append)
+    auto = watcher.current()
+    for _ in range(TORN_RETRIES):
+        if auto is None or auto.state != "torn":
+            break
+        time.sleep(0.1)
+        auto = watcher.current()
+    settings = _config.resolve({}, env, auto, path)
+    origin = settings.sources.get("config_path")
+    mistakes = file_mistakes(auto, path, origin, settings.reason)
+    warnings = [*settings.warnings, *warnings, *mistakes]
+    src = settings.sources
+    out: dict[str, dict[str, Any]] = {}
+
+    def put(key: str, value: Any, source: str) -> None:
+        out[key] = {"value": value, "source": source}
+
+    put("disable", _disabled(settings), src.get("disable", "default"))
+    for kind in ("sampling", "polling"):
+        get = settings.sampling_setting if kind == "sampling" else settings.polling_setting
+        put(kind, *get(""))
+        for app in _app_keys(auto, env, kind):
+            put(f"{kind}.{app}", *get(app))
+    collectors = settings.collectors
+    put("collector", [_collector(h, p) for h, p in collectors], src.get("collectors", "default"))
+    if settings.agent_ip is not None:
+        agent_ip, agent_src = settings.agent_ip, src.get("agent_ip", "default")
+    elif collectors:
+        agent_ip, agent_src = _config.route_address(collectors[0][0]), "derived"
+    else:
+        agent_ip, agent_src = None, "derived"
+    put("agentIP", agent_ip, agent_src)
+    put("datagram", settings.datagram, src.get("datagram", "default"))
+    put("ds_index", settings.parent_ds_index, src.get("parent_ds_index", "default"))
+    # What only the running server knows (its listening port, its command line): null.
+    for key, field in (
+        ("http_ds_index", "ds_index"),
+        ("sub_agent_id", "sub_agent_id"),
+        ("service_name", "service_name"),
+    ):
+        value = getattr(settings, field)
+        put(key, value, src.get(field, "derived") if value is not None else "derived")
+    put("queue_capacity", settings.queue_capacity, src.get("queue_capacity", "default"))
+    put("state_dir", state_dir(settings.state_dir), src.get("state_dir", "default"))
+    put("shared", settings.shared, src.get("shared", "default"))
+    put("config", path, src.get("config_path", "default"))
+    report = {
+        "settings": out,
+        "file": {
+            "path": path,
+            "state": _file_state(auto, settings),
+            "rev": auto.rev_start if auto is not None and auto.rev_start is not None else None,
+            "reason": auto.reason if auto is not None else NOT_FOUND,
+        },
+        "identity": {
+            "agent_ip": agent_ip,
+            "agent_ip_source": agent_src,
+            "sub_agent_id": settings.sub_agent_id,
+            "http_ds_index": settings.ds_index,
+            "service_name": settings.service_name,
+        },
+    }
+    return report, settings, warnings
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def table(report: dict[str, Any], settings: _config.Settings) -> str:
+    rows = [(k, _show(v["value"]), v["source"]) for k, v in report["settings"].items()]
+    file, ident = report["file"], report["identity"]
+    rows += [
+        ("", "", ""),
+        ("file", file["path"], file["state"]),
+        ("file rev", _show(file["rev"]), file["reason"]),
+        ("agent address", _show(ident["agent_ip"]), ident["agent_ip_source"]),
+        ("would send", "yes" if settings.enabled else "no", settings.reason),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    head = f"{'SETTING':<{widths[0]}}  {'VALUE':<{widths[1]}}  SOURCE"
+    lines = [head] + [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    report, settings, warnings = gather(dict(os.environ))
+    for warning in warnings:
+        print(f"sflow-app config: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(table(report, settings))
+    if not settings.enabled:
+        print(f"sflow-app config: would send nothing: {settings.reason}", file=sys.stderr)
+        return 1
+    return 0

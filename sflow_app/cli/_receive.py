@@ -1,0 +1,79 @@
+"""The UDP socket ``listen`` and ``top`` read from, and its error messages."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Callable
+
+DEFAULT_PORT = 6343
+DEFAULT_BIND = "127.0.0.1"
+
+
+class BindError(Exception):
+    """A message a person can act on; the command exits 2."""
+
+
+def open_socket(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            hint = (
+                "something already listens there (hsflowd's collector, sflowtool, another "
+                "sflow-app?); stop it or choose another --port"
+            )
+        elif exc.errno == errno.EACCES:
+            hint = "ports below 1024 need privileges; choose another --port"
+        elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            hint = "that address is not on this host; --bind 127.0.0.1 or ::1 is loopback"
+        else:
+            hint = exc.strerror or str(exc)
+        raise BindError(f"cannot listen on udp {bind} port {port}: {hint}") from None
+    except (socket.gaierror, OverflowError, TypeError) as exc:
+        sock.close()
+        raise BindError(f"cannot listen on udp {bind} port {port}: {exc}") from None
+    # Bursts from many workers: a bigger buffer loses less while the terminal scrolls.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    except OSError:
+        pass
+    return sock
+
+
+def receive(
+    sock: socket.socket,
+    handle: Callable[[bytes, str, float], bool],
+    *,
+    count: int | None = None,
+    seconds: float | None = None,
+    tick: Callable[[float], None] | None = None,
+    tick_every: float = 1.0,
+) -> int:
+    """Call ``handle(data, source_ip, unix_time)`` per datagram until ``count`` of them
+    were handled (``handle`` returns True for one that counts) or ``seconds`` passed.
+    ``tick(now)`` runs about every ``tick_every`` seconds. Returns how many counted."""
+    start = time.monotonic()
+    end = None if seconds is None else start + seconds
+    next_tick = start + tick_every
+    handled = 0
+    while count is None or handled < count:
+        now = time.monotonic()
+        if end is not None and now >= end:
+            break
+        wait = min(x for x in (0.2, next_tick - now, None if end is None else end - now) if x)
+        sock.settimeout(max(wait, 0.001))
+        try:
+            data, peer = sock.recvfrom(65535)
+        except TimeoutError:
+            data = b""
+        if data and handle(data, str(peer[0]).split("%", 1)[0], time.time()):
+            handled += 1
+        if tick is not None and time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + tick_every
+            tick(time.monotonic() - start)
+    return handled

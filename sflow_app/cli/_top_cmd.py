@@ -1,0 +1,108 @@
+"""``sflow-app top``: a live view of what collectors receive from sflow_app agents.
+
+With ``--once`` it collects for ``--seconds`` and prints one snapshot. On a terminal the
+view is refreshed in place (with rich, the optional ``sflow-app[cli]`` extra, as tables);
+otherwise each snapshot is plain text, one row per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from typing import Any
+
+from ..decode import DecodeError, decode
+from ._listen_cmd import port_number, positive_float, positive_int
+from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, open_socket, receive
+from ._top import Top
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "top",
+        help="live view: top URIs, routes, memcache keys and operations",
+        description=(
+            "Receive sFlow and show the busiest URIs and routes (estimated requests: each "
+            "sample counts its sampling rate), status mix, p50/p95/p99 durations and "
+            "bytes per service; memcache hot and missed keys and commands; decorated "
+            "operations. Refreshed in place on a terminal; plain text otherwise."
+        ),
+    )
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")
+    p.add_argument("--bind", default=DEFAULT_BIND, help="address to listen on (127.0.0.1)")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument(
+        "--seconds",
+        type=positive_float,
+        help="how long to collect: the snapshot's window with --once (default 10), else "
+        "stop after this long (default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "--interval", type=positive_float, default=2.0, help="seconds between refreshes (2)"
+    )
+    p.add_argument("--rows", type=positive_int, default=10, help="rows per table (10)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import _top
+
+    _top.ROWS = args.rows
+    try:
+        sock = open_socket(args.bind, args.port)
+    except BindError as exc:
+        print(f"sflow-app top: {exc}", file=sys.stderr)
+        return 2
+    top = Top()
+
+    def handle(data: bytes, source_ip: str, when: float) -> bool:
+        try:
+            top.add(decode(data))
+        except DecodeError as exc:
+            print(f"sflow-app top: undecodable datagram from {source_ip}: {exc}", file=sys.stderr)
+            return False
+        return True
+
+    seconds = args.seconds if args.seconds is not None or not args.once else 10.0
+    window = f" for {seconds:g} s" if args.once else ""
+    print(
+        f"sflow-app top: listening on udp {args.bind} port {args.port}{window}",
+        file=sys.stderr,
+        flush=True,
+    )
+    with sock:
+        if args.once:
+            receive(sock, handle, seconds=seconds)
+            print(top.plain(seconds))
+            return 0
+        view = _view(top)
+        try:
+            receive(sock, handle, seconds=seconds, tick=view, tick_every=args.interval)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            close = getattr(view, "close", None)
+            if close is not None:
+                close()
+    return 0
+
+
+def _view(top: Top) -> Any:
+    """A callable(elapsed) that shows the current snapshot."""
+    if not sys.stdout.isatty():
+
+        def plain(elapsed: float) -> None:
+            print(top.plain(elapsed) + "\n", flush=True)
+
+        return plain
+    if importlib.util.find_spec("rich") is not None:
+        from ._top_rich import RichView
+
+        return RichView(top)
+
+    def redraw(elapsed: float) -> None:
+        sys.stdout.write("\x1b[H\x1b[2J" + top.plain(elapsed) + "\n")
+        sys.stdout.flush()
+
+    return redraw

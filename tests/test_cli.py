@@ -1,0 +1,371 @@
+"""The ``sflow-app`` command, end to end: each sub-command runs as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import DATA, write_auto
+
+from sflow_app._encode import encode_datagram
+from sflow_app.records import (
+    CountersSample,
+    Datagram,
+    FlowSample,
+    HttpRequest,
+    MemcacheOperation,
+)
+
+APPS = Path(__file__).resolve().parent / "apps"
+RECORDED = DATA / "sflowtool" / "app.jsonl"
+RUN_KEYS = ("unixSecondsUTC", "unixSecondsUTC_uS", "localtime")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFLOW_APP_")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sflow_app", *args],
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a receiving command and return once it says it listens (on stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sflow_app", *args],
+        env=env or cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "listening on udp" in line, line + proc.stderr.read()
+    return proc
+
+
+def send(port: int, payloads: list[bytes]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for data in payloads:
+            s.sendto(data, ("127.0.0.1", port))
+            time.sleep(0.01)  # loopback keeps order; pacing keeps the receive buffer easy
+
+
+def recorded() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in RECORDED.read_text().splitlines()]
+
+
+# -- the command itself ----------------------------------------------------------------
+
+
+def test_help_for_every_command_and_usage_errors_exit_2() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ("config", "listen", "top"))
+    for command in ("config", "listen", "top"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and "usage: sflow-app " + command in result.stdout
+    assert run_cli().returncode == 2
+    assert run_cli("nonsense").returncode == 2
+    bad = run_cli("listen", "--port", "70000")
+    assert bad.returncode == 2 and "not a port" in bad.stderr
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("sflow-app")
+    if not script.exists():
+        pytest.skip("sflow-app is not installed in this environment (pip install -e .)")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "usage: sflow-app" in result.stdout
+
+
+def test_import_sflow_app_does_not_import_the_cli() -> None:
+    code = (
+        "import sys, sflow_app; "
+        "print(sorted(m for m in sys.modules if 'cli' in m or m == 'argparse'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+# -- listen ---------------------------------------------------------------------------
+
+
+def test_listen_json_prints_what_sflowtool_printed() -> None:
+    vectors = recorded()
+    port = free_udp_port()
+    t0 = time.time()
+    proc = start_cli("listen", "--json", "--port", str(port), "--count", str(len(vectors)))
+    send(port, [bytes.fromhex(v["datagram_hex"]) for v in vectors])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == len(vectors)
+    for line, vector in zip(lines, vectors, strict=True):
+        ours, theirs = json.loads(line), vector["sflowtool"]
+        assert list(ours) == list(theirs)  # sflowtool's keys in sflowtool's order
+        assert {k: v for k, v in ours.items() if k not in RUN_KEYS} == {
+            k: v for k, v in theirs.items() if k not in RUN_KEYS
+        }
+        assert t0 - 1 <= int(ours["unixSecondsUTC"]) <= time.time() + 1
+        assert 0 <= int(ours["unixSecondsUTC_uS"]) < 1_000_000
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", ours["localtime"])
+
+
+def test_listen_json_escapes_what_sflowtool_would_not() -> None:
+    rec = HttpRequest(method=2, protocol=1001, uri='/a"b\\c\n', status=200)
+    sample = FlowSample(1, 3, 80, 1, 1, 0, 0, 0, 0, 0x3FFFFFFF, (rec,))
+    port = free_udp_port()
+    proc = start_cli("listen", "--json", "--port", str(port), "--count", "1")
+    send(port, [encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (sample,)))])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    element = json.loads(out)["samples"][0]["elements"][0]
+    assert element["http_uri"] == '/a"b\\c\n'
+
+
+def test_listen_receives_an_instrumented_app(tmp_path: Path) -> None:
+    port = free_udp_port()
+    proc = start_cli("listen", "--json", "--port", str(port), "--seconds", "20")
+    env = cli_env(
+        SFLOW_APP_COLLECTORS=f"127.0.0.1:{port}",
+        SFLOW_APP_AGENT_IP="127.0.0.1",
+        SFLOW_APP_SAMPLING="1",
+        SFLOW_APP_CONFIG=str(tmp_path / "none.auto"),
+        SFLOW_APP_STATE_DIR=str(tmp_path),
+        SFLOW_APP_NAME="sender",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), str(APPS)]),
+    )
+    paths = ["/a", "/b", "/missing"]
+    subprocess.run(
+        [sys.executable, str(APPS / "sender_app.py"), *paths], env=env, check=True, timeout=60
+    )
+    proc.terminate()  # the sender has exited; every line printed was flushed
+    out, _ = proc.communicate(timeout=30)
+    objects = [json.loads(line) for line in out.splitlines()]
+    assert objects and all(o["datagramSourceIP"] == "127.0.0.1" for o in objects)
+    uris = [
+        (e["http_uri"], e["http_status"])
+        for o in objects
+        for s in o["samples"]
+        for e in s["elements"]
+        if e.get("flowBlock_tag") == "0:2206"
+    ]
+    assert uris == [("/a", "200"), ("/b", "200"), ("/missing", "404")]
+
+
+def test_listen_prints_readable_lines_with_names() -> None:
+    vectors = recorded()
+    port = free_udp_port()
+    proc = start_cli("listen", "--port", str(port), "--count", str(len(vectors)))
+    send(port, [bytes.fromhex(v["datagram_hex"]) for v in vectors])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "http GET /users/1 -> 200 text/plain" in out
+    assert "http GET /missing -> 404" in out
+    assert "memcache GET user43 -> NOT_FOUND" in out
+    assert "memcache GET user42 -> OK" in out
+    assert "app shop: checkout -> SUCCESS" in out
+    assert "http_counters GET 3 | 2XX 2 4XX 1" in out
+    samples = sum(len(v["sflowtool"]["samples"]) for v in vectors)
+    assert len(out.splitlines()) == samples  # one line per sample
+
+
+def test_listen_exit_1_when_nothing_arrived_and_2_when_the_port_is_taken() -> None:
+    port = free_udp_port()
+    quiet = run_cli("listen", "--port", str(port), "--seconds", "0.5")
+    assert quiet.returncode == 1 and "nothing arrived" in quiet.stderr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = run_cli("listen", "--port", str(taken.getsockname()[1]), "--count", "1")
+    assert busy.returncode == 2 and "already listens there" in busy.stderr
+    assert busy.stdout == ""
+
+
+def test_listen_skips_an_undecodable_datagram() -> None:
+    port = free_udp_port()
+    proc = start_cli("listen", "--json", "--port", str(port), "--count", "1")
+    good = bytes.fromhex(recorded()[1]["datagram_hex"])
+    send(port, [b"\x00\x00\x00\x05garbage", good])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "undecodable datagram from 127.0.0.1" in err
+    assert len(out.splitlines()) == 1
+
+
+# -- top ------------------------------------------------------------------------------
+
+
+def http_sample(seq: int, uri: str, status: int, us: int, rate: int) -> FlowSample:
+    rec = HttpRequest(method=2, protocol=1001, uri=uri, status=status, resp_bytes=1000, uS=us)
+    return FlowSample(seq, 3, 8080, rate, seq * rate, 0, 0, 0, 0, 0x3FFFFFFF, (rec,))
+
+
+def memcache_sample(seq: int, key: str, status: int, rate: int) -> FlowSample:
+    rec = MemcacheOperation(protocol=1, cmd=7, key=key, nkeys=1, uS=100, status=status)
+    return FlowSample(seq, 3, 70000, rate, seq * rate, 0, 0x3FFFFFFF, 0, 0, 0, (rec,))
+
+
+def test_top_once_ranks_scaled_estimates_with_percentiles_and_keys() -> None:
+    samples: list[object] = []
+    # /hot: 39 samples at 1-in-100 (3,900 requests), durations 1..39 ms; /cold: 2 samples.
+    samples += [http_sample(i, f"/hot?id={i}", 200, (i + 1) * 1000, 100) for i in range(39)]
+    samples += [http_sample(100 + i, "/cold", 500, 50_000, 100) for i in range(2)]
+    samples += [memcache_sample(200 + i, "user42", 1, 10) for i in range(5)]
+    samples += [memcache_sample(300 + i, "user43", 8, 10) for i in range(3)]
+    datagrams = [
+        encode_datagram(Datagram("127.0.0.1", 8080, n, 1000, tuple(samples[i : i + 8])))
+        for n, i in enumerate(range(0, len(samples), 8))
+    ]
+    datagrams.append(
+        encode_datagram(Datagram("127.0.0.1", 8080, 99, 1000, (CountersSample(1, 3, 8080, ()),)))
+    )
+    port = free_udp_port()
+    proc = start_cli("top", "--once", "--seconds", "4", "--port", str(port))
+    send(port, datagrams)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    hot = next(i for i, line in enumerate(lines) if line.endswith("GET /hot  [127.0.0.1/8080]"))
+    cold = next(i for i, line in enumerate(lines) if line.endswith("GET /cold  [127.0.0.1/8080]"))
+    assert hot < cold
+    # est. requests, per s, 2xx, 3xx, 4xx, 5xx, p50, p95, p99, est. bytes
+    fields = lines[hot].split()
+    assert fields[0] == "3,900" and fields[2:6] == ["3,900", "0", "0", "0"]
+    assert fields[6:9] == ["20.0", "38.0", "39.0"]  # weighted nearest rank over 1..39 ms
+    assert fields[9] == "3,900,000"
+    assert lines[cold].split()[0] == "200" and lines[cold].split()[5] == "200"
+    assert re.search(r"^\s+50\s+\S+\s+0.1\s+0.1\s+0.1\s+user42$", out, re.M)
+    missed = out[out.index("memcache missed keys") :]
+    assert re.search(r"^\s+30\s+\S+.*user43$", missed, re.M)
+    assert "user42" not in missed.split("memcache commands")[0]
+    assert not re.search(r"\d[kKM]\b", out)  # whole numbers, never 3.9k
+
+
+def test_top_port_in_use_exits_2() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        result = run_cli("top", "--once", "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 2 and "choose another --port" in result.stderr
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+def config_json(env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+    result = run_cli("config", "--json", env=env)
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def test_config_shows_sources_for_a_file_and_environment_mix(tmp_path: Path) -> None:
+    auto = write_auto(tmp_path / "h.auto", 6343, sampling=400, extra="sampling.http=50\n")
+    env = cli_env(
+        SFLOW_APP_CONFIG=str(auto),
+        SFLOW_APP_DATAGRAM="1200",
+        SFLOW_APP_SAMPLING_APP_SHOP="5",
+        SFLOW_APP_SHARED="0",
+        SFLOW_APP_STATE_DIR=str(tmp_path),
+    )
+    code, report, err = config_json(env)
+    assert code == 0, err
+    s = report["settings"]
+    assert s["sampling"] == {"value": 400, "source": "file"}
+    assert s["sampling.http"] == {"value": 50, "source": "file"}
+    assert s["sampling.app.shop"] == {"value": 5, "source": "environment"}
+    assert s["sampling.memcache"] == {"value": 400, "source": "file"}
+    assert s["datagram"] == {"value": 1200, "source": "environment"}
+    assert s["collector"] == {"value": ["127.0.0.1:6343"], "source": "file"}
+    assert s["agentIP"] == {"value": "127.0.0.1", "source": "file"}
+    assert s["ds_index"] == {"value": 1, "source": "file"}
+    assert s["queue_capacity"] == {"value": 4096, "source": "default"}
+    assert s["polling"] == {"value": 1, "source": "file"}
+    assert s["shared"] == {"value": False, "source": "environment"}
+    assert s["state_dir"] == {"value": str(tmp_path), "source": "environment"}
+    assert s["http_ds_index"] == {"value": None, "source": "derived"}
+    assert s["service_name"] == {"value": None, "source": "derived"}
+    assert report["file"] == {"path": str(auto), "state": "ok", "rev": 1, "reason": "rev 1"}
+    assert report["identity"] == {
+        "agent_ip": "127.0.0.1",
+        "agent_ip_source": "file",
+        "sub_agent_id": None,
+        "http_ds_index": None,
+        "service_name": None,
+    }
+    plain = run_cli("config", env=env)
+    assert plain.returncode == 0
+    assert re.search(r"^sampling\.http\s+50\s+file$", plain.stdout, re.M)
+    assert re.search(r"^datagram\s+1200\s+environment$", plain.stdout, re.M)
+
+
+def test_config_exit_1_for_a_torn_file(tmp_path: Path) -> None:
+    torn = tmp_path / "torn.auto"
+    torn.write_text("rev_start=2\nsampling=10\ncollector=127.0.0.1\nagentIP=127.0.0.1\n")
+    torn.chmod(0o644)
+    code, report, err = config_json(cli_env(SFLOW_APP_CONFIG=str(torn)))
+    assert code == 1 and report["file"]["state"] == "torn" and report["file"]["rev"] == 2
+    assert "would send nothing" in err and "torn read" in err
+
+
+def test_config_exit_1_for_a_missing_file_and_0_with_collectors_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    missing = str(tmp_path / "missing.auto")
+    code, report, err = config_json(cli_env(SFLOW_APP_CONFIG=missing))
+    assert code == 1 and report["file"]["state"] == "missing"
+    assert f"would send nothing: off: {missing}: not found" in err
+    assert report["settings"]["config"] == {"value": missing, "source": "environment"}
+    env = cli_env(SFLOW_APP_CONFIG=missing, SFLOW_APP_COLLECTORS="127.0.0.1:7000, web1")
+    code, report, err = config_json(env)
+    assert code == 0 and report["file"]["state"] == "missing"
+    assert report["settings"]["collector"] == {"value": ["127.0.0.1:7000"], "source": "environment"}
+    assert report["identity"]["agent_ip_source"] == "derived"
+    assert "SFLOW_APP_COLLECTORS entry 'web1' ignored" in err
+    assert f"SFLOW_APP_CONFIG={missing}: no such file; sending to 1 collector" in err
+
+
+@pytest.mark.parametrize(
+    "text, mode, state",
+    [
+        ("", 0o644, "suppressed"),
+        ("rev_start=4\nrev_end=4\n", 0o644, "suppressed"),
+        ("rev_start=4\ncollector=127.0.0.1\nrev_end=4\n", 0o644, "incomplete"),
+        ("rev_start=4\nagentIP=127.0.0.1\nrev_end=4\n", 0o644, "incomplete"),
+        ("rev_start=4\ncollector=127.0.0.1\nagentIP=127.0.0.1\nrev_end=4\n", 0o666, "refused"),
+    ],
+)
+def test_config_file_states(tmp_path: Path, text: str, mode: int, state: str) -> None:
+    path = tmp_path / "h.auto"
+    path.write_text(text)
+    path.chmod(mode)
+    code, report, _ = config_json(cli_env(SFLOW_APP_CONFIG=str(path)))
+    assert (code, report["file"]["state"]) == (1, state)
+
+
+def test_config_off_and_typos(tmp_path: Path) -> None:
+    auto = write_auto(tmp_path / "h.auto", 6343)
+    env = cli_env(SFLOW_APP_CONFIG=str(auto), SFLOW_APP_DISABLE="1", SFLOW_APP_SAMPLNG="5")
+    code, report, err = config_json(env)
+    assert code == 1 and report["file"]["state"] == "off"
+    assert report["settings"]["disable"] == {"value": True, "source": "environment"}
+    assert "unknown variable SFLOW_APP_SAMPLNG ignored; did you mean SFLOW_APP_SAMPLING?" in err

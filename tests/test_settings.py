@@ -1,0 +1,256 @@
+"""One route for every setting: the registry, sources, and the mistakes that must warn."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from helpers import Collector, write_auto
+
+from sflow_app._agent import Agent
+from sflow_app._config import KWARGS, VARS, parse_auto, resolve
+from sflow_app._once import first_in_service
+from sflow_app._shared import SharedState
+
+PATH = "/etc/hsflowd.auto"
+FILE = (
+    "rev_start=3\nsampling=400\nsampling.http=50\npolling=30\ndatagram=1400\n"
+    "collector=10.0.0.50\nagentIP=10.0.0.7\nds_index=1\nrev_end=3\n"
+)
+
+
+def test_every_variable_is_a_configure_keyword_and_back() -> None:
+    assert {v.field for v in VARS} == KWARGS
+    assert {"state_dir", "shared", "config_path"} <= KWARGS
+    assert len({v.env for v in VARS}) == len(VARS) == len({v.key for v in VARS})
+
+
+def test_sources_for_a_file_and_environment_mix() -> None:
+    env = {
+        "SFLOW_APP_DATAGRAM": "1200",
+        "SFLOW_APP_SAMPLING_MEMCACHE": "7",
+        "SFLOW_APP_SHARED": "0",
+    }
+    s = resolve({"queue_capacity": 128}, env, parse_auto(FILE), PATH)
+    assert s.sources["datagram"] == "environment" and s.datagram == 1200
+    assert s.sources["collectors"] == "file" and s.sources["agent_ip"] == "file"
+    assert s.sources["queue_capacity"] == "configure"
+    assert s.sources["shared"] == "environment" and s.shared is False
+    assert s.sources["config_path"] == "default" and "state_dir" not in s.sources
+    assert s.sampling_setting("http") == (50, "file")
+    assert s.sampling_setting("memcache") == (7, "environment")
+    assert s.sampling_setting("app.x") == (400, "file")
+    assert s.polling_setting("http") == (30, "file")
+    assert resolve({}, {}, None, PATH).sampling_setting("http") == (400, "default")
+
+
+def test_state_dir_and_shared_go_through_resolution() -> None:
+    s = resolve({}, {"SFLOW_APP_STATE_DIR": " /run/sfa ", "SFLOW_APP_SHARED": "no"}, None, PATH)
+    assert (s.state_dir, s.shared) == ("/run/sfa", False)
+    s = resolve({"state_dir": "/k", "shared": True}, {"SFLOW_APP_SHARED": "0"}, None, PATH)
+    assert (s.state_dir, s.shared, s.sources["state_dir"]) == ("/k", True, "configure")
+    s = resolve({}, {"SFLOW_APP_SHARED": "maybe"}, None, PATH)
+    assert s.shared is True
+    assert "SFLOW_APP_SHARED='maybe' ignored: 'maybe' is not 1/true/yes or 0/false/no" in (
+        s.warnings
+    )
+    with pytest.raises(ValueError, match=r"configure\(state_dir=...\)"):
+        resolve({"state_dir": ""}, {}, None, PATH)
+
+
+def test_the_agent_and_the_helper_agree_on_the_config_path(state_dir: str) -> None:
+    # Worked out once: the agent used to keep the spaces the helper stripped.
+    env = {"SFLOW_APP_CONFIG": " /run/h.auto ", "SFLOW_APP_STATE_DIR": state_dir}
+    agent = Agent(autostart=False, env=env)
+    assert agent.config_path == "/run/h.auto"
+    agent.configure(config_path=Path("/k/h.auto"))
+    assert agent.config_path == "/k/h.auto"
+
+
+def test_configure_sets_state_dir_and_shared(tmp_path: Path, collector: Collector) -> None:
+    auto = write_auto(tmp_path / "hsflowd.auto", collector.port)
+    where = tmp_path / "state"
+    where.mkdir()
+    agent = Agent(autostart=False, env={"SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_NAME": "u"})
+    agent.configure(state_dir=str(where))
+    agent.http_source()
+    agent.set_http_port(8080, "test")
+    agent.tick(0.0)
+    assert isinstance(agent.exporter.state, SharedState)
+    assert [p.suffix for p in where.iterdir()] == [".state"]
+    agent.exporter.close()
+    agent.configure(shared=False)
+    agent.tick(10.0)
+    assert not isinstance(agent.exporter.state, SharedState)
+    agent.exporter.close()
+
+
+@pytest.mark.parametrize(
+    "name, closest",
+    [
+        ("SFLOW_APP_SAMPLNG", "SFLOW_APP_SAMPLING"),
+        ("SFLOW_APP_COLLECTOR", "SFLOW_APP_COLLECTORS"),
+        ("SFLOW_APP_STATEDIR", "SFLOW_APP_STATE_DIR"),
+        ("SFLOW_APP_SAMPLNG_HTTP", "SFLOW_APP_SAMPLING"),
+    ],
+)
+def test_an_unknown_variable_names_the_closest_known_one(name: str, closest: str) -> None:
+    s = resolve({}, {name: "5"}, None, PATH)
+    assert s.warnings == (f"unknown variable {name} ignored; did you mean {closest}?",)
+
+
+def test_known_and_per_application_variables_are_not_unknown() -> None:
+    env = {v.env: "1" for v in VARS} | {"SFLOW_APP_SAMPLING_APP_SHOP": "3"}
+    assert not [w for w in resolve({}, env, None, PATH).warnings if "unknown" in w]
+    s = resolve({}, {"SFLOW_APP_XYZZY": "1"}, None, PATH)
+    assert s.warnings == (
+        "unknown variable SFLOW_APP_XYZZY ignored; see docs/config.md for the known names",
+    )
+
+
+def test_a_bad_collector_entry_drops_only_itself() -> None:
+    s = resolve({}, {"SFLOW_APP_COLLECTORS": "127.0.0.1:7000, web1:6343, [::1]:9"}, None, PATH)
+    assert s.collectors == (("127.0.0.1", 7000), ("::1", 9))
+    assert s.warnings == (
+        "SFLOW_APP_COLLECTORS entry 'web1:6343' ignored: 'web1' is not an IPv4 or IPv6 address",
+    )
+
+
+def test_rejected_collectors_are_blamed_in_the_state_not_the_file(state_dir: str) -> None:
+    s = resolve({}, {"SFLOW_APP_COLLECTORS": "web1"}, None, PATH)
+    assert not s.enabled
+    assert s.reason.startswith("off: SFLOW_APP_COLLECTORS entry 'web1' ignored")
+    env = {
+        "SFLOW_APP_COLLECTORS": "web1",
+        "SFLOW_APP_CONFIG": "/x",
+        "SFLOW_APP_STATE_DIR": state_dir,
+    }
+    agent = Agent(autostart=False, env=env)
+    assert agent.status()["state"].startswith("off: SFLOW_APP_COLLECTORS")
+
+
+def test_first_in_service_is_once_per_uid_service_and_process_group(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    assert first_in_service(d, "shop", "m1")
+    assert not first_in_service(d, "shop", "m1")
+    assert first_in_service(d, "shop", "m2") and first_in_service(d, "cart", "m1")
+    # A restarted service (another process group) warns again: the file names the group.
+    [shop] = [p for p in tmp_path.iterdir() if len(p.read_text().split()) == 3]
+    assert shop.read_text().split()[0] == str(os.getpgrp())
+    shop.write_text("1\n" + "\n".join(shop.read_text().split()[1:]) + "\n")
+    assert first_in_service(d, "shop", "m1")
+    # Without a usable directory: warn anyway.
+    assert first_in_service(str(tmp_path / "missing"), "shop", "m1")
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_config_mistakes_warn_at_the_default_level(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    caplog.set_level(logging.WARNING, "sflow_app")
+    base = {"SFLOW_APP_STATE_DIR": state_dir, "SFLOW_APP_NAME": "warns"}
+    missing = str(tmp_path / "nope.auto")
+    Agent(autostart=False, env={**base, "SFLOW_APP_CONFIG": missing}).reload()
+    assert _warnings(caplog) == [
+        f"sflow_app: SFLOW_APP_CONFIG={missing}: no such file; off: {missing}: not found"
+    ]
+    # Recorded in the state directory these settings name, not the default one.
+    assert [p for p in os.listdir(state_dir) if p.endswith(".warned")]
+    caplog.clear()
+    no_ip = tmp_path / "noip.auto"
+    no_ip.write_text("rev_start=1\ncollector=127.0.0.1\nrev_end=1\n")
+    no_ip.chmod(0o644)
+    Agent(autostart=False, env={**base, "SFLOW_APP_CONFIG": str(no_ip)}).reload()
+    [line] = _warnings(caplog)
+    assert f"{no_ip} has no agentIP line" in line
+    caplog.clear()
+    open_file = write_auto(tmp_path / "open.auto", 6343)
+    open_file.chmod(0o666)
+    Agent(autostart=False, env={**base, "SFLOW_APP_CONFIG": str(open_file)}).reload()
+    [line] = _warnings(caplog)
+    assert "refused: writable by group or others" in line
+    caplog.clear()
+    # The default path missing stays quiet (no hsflowd on this host is normal).
+    Agent(autostart=False, env={"SFLOW_APP_STATE_DIR": state_dir}).reload()
+    assert _warnings(caplog) == [] or os.path.exists("/etc/hsflowd.auto")
+
+
+def test_a_second_worker_of_the_service_does_not_warn_again(
+    caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    caplog.set_level(logging.WARNING, "sflow_app")
+    env = {"SFLOW_APP_STATE_DIR": state_dir, "SFLOW_APP_NAME": "svc", "SFLOW_APP_SAMPLNG": "5"}
+    Agent(autostart=False, env=env).reload()
+    Agent(autostart=False, env=env).reload()  # as another worker would
+    assert _warnings(caplog) == [
+        "sflow_app: unknown variable SFLOW_APP_SAMPLNG ignored; did you mean SFLOW_APP_SAMPLING?"
+    ]
+
+
+def up(port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.slow
+def test_gunicorn_with_3_workers_warns_once_per_mistake(tmp_path: Path, state_dir: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from memcached import free_port
+
+    apps = Path(__file__).resolve().parent / "apps"
+    collector = Collector()
+    port = free_port()
+    missing = str(tmp_path / "nowhere.auto")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFLOW_APP_")}
+    env.update(
+        SFLOW_APP_CONFIG=missing,
+        SFLOW_APP_COLLECTORS=f"127.0.0.1:{collector.port}, collector.example.com",
+        SFLOW_APP_SAMPLNG="5",
+        SFLOW_APP_POLLING="1",
+        SFLOW_APP_NAME="warns-once",
+        SFLOW_APP_STATE_DIR=state_dir,
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "gunicorn", "-w", "3", "-k", "sync", "-b", f"127.0.0.1:{port}"]
+    cmd += ["--no-control-socket", "--log-level", "info", "wsgi_app:application"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=apps, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count("Booting worker") < 3 or not up(port):
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        for i in range(30):  # every worker builds its middleware and reads its settings
+            httpx.get(f"http://127.0.0.1:{port}/hello/{i}", timeout=10)
+        assert collector.wait_for(lambda c: bool(c.datagrams), timeout=20)
+        time.sleep(2)  # a late worker would log by now
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+        collector.close()
+    text = log_path.read_text()
+    assert text.count("Booting worker") >= 3
+    for warning in (
+        "unknown variable SFLOW_APP_SAMPLNG ignored; did you mean SFLOW_APP_SAMPLING?",
+        "SFLOW_APP_COLLECTORS entry 'collector.example.com' ignored",
+        f"SFLOW_APP_CONFIG={missing}: no such file",
+    ):
+        assert text.count(warning) == 1, text
