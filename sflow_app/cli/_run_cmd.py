@@ -1,0 +1,73 @@
+"""``sflow-app run [--] COMMAND ARGS...``: run a Python service instrumented, unchanged.
+
+The command replaces this process (``exec``): no wrapper is left behind, signals reach
+the server directly and PID 1 in a container stays the server. What it inherits is
+``PYTHONPATH`` with sflow_app's bootstrap folder first, whose ``sitecustomize`` (chaining
+any existing one) installs the import hooks of ``sflow_app._autoinstrument`` in every
+Python process started from there: gunicorn, uvicorn, uWSGI, ``python app.py``...
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import sflow_app
+
+BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(sflow_app.__file__)), "_bootstrap")
+USAGE_ERROR, NOT_EXECUTABLE, NOT_FOUND = 2, 126, 127
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a command with sflow_app instrumenting it, no code change",
+        description=(
+            "Run COMMAND (gunicorn, uvicorn, uwsgi, python app.py, ...) with sflow_app "
+            "instrumenting the Python processes it starts: Flask, Django, Starlette/FastAPI, "
+            "any WSGI or ASGI application a server loads, and pymemcache. The command "
+            "replaces this process; its exit status is the command's own (127: not found, "
+            "126: not executable, 2: no command). SFLOW_APP_DISABLED_INTEGRATIONS skips "
+            "integrations; SFLOW_APP_DISABLE=1 turns everything off."
+        ),
+        usage="sflow-app run [-h] [--] COMMAND [ARGS ...]",
+    )
+    p.add_argument("command", nargs="...", help="the command and its arguments")
+    p.set_defaults(run=run)
+
+
+def command_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the bootstrap folder first on PYTHONPATH (once: a child that already
+    carries it keeps it as it is)."""
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if BOOTSTRAP not in (os.path.abspath(p) for p in paths):
+        paths.insert(0, BOOTSTRAP)
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def run(args: Any) -> int:
+    argv = list(args.command)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        print("sflow-app run: no command given (sflow-app run -- COMMAND ARGS...)", file=sys.stderr)
+        return USAGE_ERROR
+    program = argv[0]
+    path = program if os.sep in program else shutil.which(program)
+    if path is None or not os.path.exists(path):
+        print(f"sflow-app run: {program}: command not found", file=sys.stderr)
+        return NOT_FOUND
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        print(f"sflow-app run: {program}: not executable", file=sys.stderr)
+        return NOT_EXECUTABLE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(path, argv, command_env(os.environ))
+    except OSError as exc:
+        print(f"sflow-app run: {program}: {exc.strerror}", file=sys.stderr)
+        return NOT_EXECUTABLE
+    return 0  # not reached

@@ -1,0 +1,307 @@
+"""``sflow-app run``: unmodified applications under real servers, instrumented from outside.
+
+The apps in tests/apps/plain import nothing of sflow_app (but ``already.py``, which
+uses the middleware itself and must not be wrapped twice).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import Collector, Server, agent_env, free_port, missing
+from memcached import Memcached, running
+
+from sflow_app.records import (
+    AppOperation,
+    HttpCounters,
+    HttpRequest,
+    MemcacheCounters,
+    MemcacheOperation,
+)
+
+pytestmark = pytest.mark.slow
+
+PLAIN = Path(__file__).resolve().parent / "apps" / "plain"
+BIN = Path(sys.executable).parent
+SFLOW_APP = [sys.executable, "-m", "sflow_app", "run", "--"]
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sfr-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def memcached() -> Iterator[Memcached]:
+    with running() as mc:
+        yield mc
+
+
+def run_env(collector: Collector, tmp: Path, mc: Memcached | None = None, **extra: str) -> dict:
+    env = agent_env(collector, tmp, **extra)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if mc is not None:
+        host, port = mc.server  # type: ignore[misc, str-unpack]
+        env["MEMCACHED"] = f"{host}:{port}"
+    return env
+
+
+def gunicorn(port: int, app: str, *extra: str) -> list[str]:
+    return [
+        "gunicorn",
+        "-w",
+        "2",
+        "--no-control-socket",
+        "-b",
+        f"127.0.0.1:{port}",
+        *extra,
+        app,
+    ]
+
+
+def routes(collector: Collector) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for sample in collector.flow_samples():
+        reqs = [r for r in sample.records if isinstance(r, HttpRequest)]
+        ops = [r for r in sample.records if isinstance(r, AppOperation)]
+        if reqs:
+            out[str(reqs[0].uri)] = str(ops[0].operation) if ops else None
+    return out
+
+
+def memcache_hits(collector: Collector) -> int:
+    found = collector.latest_counters(MemcacheCounters)
+    return -1 if found is None else found.get_hits
+
+
+def http_total(collector: Collector) -> int:
+    found = collector.latest_counters(HttpCounters)
+    return 0 if found is None else found.method_get_count
+
+
+@pytest.mark.parametrize("worker", ["sync", "gthread"])
+def test_flask_and_pymemcache_under_gunicorn(
+    collector: Collector, tmp: Path, memcached: Memcached, worker: str
+) -> None:
+    """Every request and memcache operation sampled at 1-in-1; counters exact across the
+    two workers (one service, one sender)."""
+    port = free_port()
+    extra = ["-k", worker] + (["--threads", "4"] if worker == "gthread" else [])
+    argv = SFLOW_APP + gunicorn(port, "flask_memcache:app", *extra)
+    server = Server(
+        argv, cwd=PLAIN, env=run_env(collector, tmp, memcached), port=port, log=tmp / "log"
+    )
+    n = 20
+    with server:
+        for i in range(n):
+            assert httpx.get(f"{server.base}/items/{i}", timeout=10).status_code == 200
+        total = n + 1  # and the one health check that answered
+        assert collector.wait_for(lambda c: http_total(c) == total, 20), server.log()
+        want = {f"/items/{i}": "/items/<int:item_id>" for i in range(n)}
+        assert collector.wait_for(lambda c: want.items() <= routes(c).items(), 10)
+        assert collector.wait_for(lambda c: len(c.records(MemcacheOperation)) == 2 * n, 10)
+        assert collector.wait_for(lambda c: memcache_hits(c) == n, 10)
+    counters = collector.latest_counters(MemcacheCounters)
+    assert (counters.cmd_set, counters.get_hits) == (n, n)
+    assert len(routes(collector)) == n + 1  # one sample per request, none twice
+    assert len({s.ds_index for s in collector.counter_samples()}) == 2  # http, memcache
+
+
+def test_disabled_integration_memcache(
+    collector: Collector, tmp: Path, memcached: Memcached
+) -> None:
+    port = free_port()
+    env = run_env(collector, tmp, memcached, SFLOW_APP_DISABLED_INTEGRATIONS="pymemcache")
+    server = Server(
+        SFLOW_APP + gunicorn(port, "flask_memcache:app"),
+        cwd=PLAIN,
+        env=env,
+        port=port,
+        log=tmp / "log",
+    )
+    with server:
+        for i in range(5):
+            httpx.get(f"{server.base}/items/{i}", timeout=10)
+        assert collector.wait_for(lambda c: http_total(c) == 6, 20), server.log()
+    assert collector.records(MemcacheOperation) == []
+    assert collector.latest_counters(MemcacheCounters) is None
+
+
+def test_starlette_under_uvicorn_workers(collector: Collector, tmp: Path) -> None:
+    port = free_port()
+    argv = [*SFLOW_APP, "uvicorn", "starlette_plain:app", "--port", str(port), "--workers", "2"]
+    server = Server(argv, cwd=PLAIN, env=run_env(collector, tmp), port=port, log=tmp / "log")
+    with server:
+        httpx.get(server.base + "/items/4", timeout=10)
+        assert httpx.get(server.base + "/boom", timeout=10).status_code == 500
+        want = {"/items/4": "/items/{item_id}", "/boom": "/boom"}
+        assert collector.wait_for(lambda c: want.items() <= routes(c).items(), 20), server.log()
+    # Outermost, around Starlette's error page: what the client received.
+    [boom] = [r for r in collector.records(HttpRequest) if r.uri == "/boom"]
+    assert (boom.status, boom.resp_bytes, boom.mime_type) == (
+        500,
+        len(b"Internal Server Error"),
+        "text/plain; charset=utf-8",
+    )
+
+
+def test_django_under_gunicorn(collector: Collector, tmp: Path) -> None:
+    port = free_port()
+    env = run_env(collector, tmp, DJANGO_SETTINGS_MODULE="djangoplain.settings")
+    server = Server(
+        SFLOW_APP + gunicorn(port, "djangoplain.wsgi"),
+        cwd=PLAIN,
+        env=env,
+        port=port,
+        log=tmp / "log",
+        health="/orders/0",
+    )
+    with server:
+        httpx.get(server.base + "/orders/5", timeout=10)
+        want = {"/orders/5": "/orders/<int:order_id>"}
+        assert collector.wait_for(lambda c: want.items() <= routes(c).items(), 20), server.log()
+
+
+def test_uwsgi_module(collector: Collector, tmp: Path) -> None:
+    uwsgi = shutil.which("uwsgi", path=str(BIN)) or shutil.which("uwsgi")
+    if uwsgi is None:
+        missing("uWSGI", "./scripts/setup --with-servers installs it")
+    port = free_port()
+    argv = [
+        *SFLOW_APP,
+        uwsgi,
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--module",
+        "wsgi_plain:application",
+        "--master",
+        "--processes",
+        "2",
+        "--enable-threads",
+        "--die-on-term",
+    ]
+    server = Server(argv, cwd=PLAIN, env=run_env(collector, tmp), port=port, log=tmp / "log")
+    with server:
+        for i in range(4):
+            httpx.get(f"{server.base}/u/{i}", timeout=10)
+        want = {f"/u/{i}": None for i in range(4)}
+        assert collector.wait_for(lambda c: want.items() <= routes(c).items(), 20), server.log()
+        assert collector.wait_for(lambda c: http_total(c) == 5, 20)
+
+
+def test_python_app_py(collector: Collector, tmp: Path, memcached: Memcached) -> None:
+    """Flask's own ``app.run()`` (Werkzeug's server)."""
+    port = free_port()
+    env = run_env(collector, tmp, memcached, PORT=str(port))
+    argv = [*SFLOW_APP, "python", "flask_memcache.py"]
+    server = Server(argv, cwd=PLAIN, env=env, port=port, log=tmp / "log")
+    with server:
+        httpx.get(server.base + "/items/1", timeout=10)
+        want = {"/items/1": "/items/<int:item_id>"}
+        assert collector.wait_for(lambda c: want.items() <= routes(c).items(), 20), server.log()
+        assert collector.wait_for(lambda c: len(c.records(MemcacheOperation)) == 2, 10)
+
+
+@pytest.mark.parametrize(
+    "server_app",
+    ["gunicorn already:app", "gunicorn already_wsgi:application", "uvicorn already_asgi:app"],
+)
+def test_app_with_the_middleware_is_not_wrapped_twice(
+    collector: Collector, tmp: Path, server_app: str
+) -> None:
+    """Flask's init_app, a WSGI app wrapped by its author, Starlette's add_middleware."""
+    port = free_port()
+    name, app = server_app.split()
+    if name == "gunicorn":
+        argv = SFLOW_APP + gunicorn(port, app)
+    else:
+        argv = [*SFLOW_APP, "uvicorn", app, "--port", str(port)]
+    server = Server(argv, cwd=PLAIN, env=run_env(collector, tmp), port=port, log=tmp / "log")
+    with server:
+        for _ in range(9):
+            httpx.get(server.base + "/items/1", timeout=10)
+        assert collector.wait_for(lambda c: http_total(c) == 10, 20), server.log()
+        collector.poll(2.5)  # a second wrapper would count each request twice: 20
+    assert http_total(collector) == 10
+    assert len(collector.records(HttpRequest)) == 10
+
+
+def test_existing_sitecustomize_still_runs(collector: Collector, tmp: Path) -> None:
+    mine = tmp / "site"
+    mine.mkdir()
+    marker = tmp / "marker"
+    (mine / "sitecustomize.py").write_text(
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n", encoding="utf-8"
+    )
+    port = free_port()
+    env = run_env(collector, tmp, PYTHONPATH=str(mine))
+    server = Server(
+        SFLOW_APP + gunicorn(port, "already:app"), cwd=PLAIN, env=env, port=port, log=tmp / "log"
+    )
+    with server:
+        assert collector.wait_for(lambda c: http_total(c) == 1, 20), server.log()
+    assert marker.read_text().count("ran") >= 1  # each Python process ran it once
+
+
+def test_sigterm_to_the_run_process_stops_the_server(collector: Collector, tmp: Path) -> None:
+    """exec: the process started as ``sflow-app run`` *is* the server."""
+    port = free_port()
+    server = Server(
+        SFLOW_APP + gunicorn(port, "already:app"),
+        cwd=PLAIN,
+        env=run_env(collector, tmp),
+        port=port,
+        log=tmp / "log",
+    )
+    server.start()
+    try:
+        assert server.proc is not None
+        cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+        assert b"gunicorn" in cmdline and b"sflow_app" not in cmdline
+        os.kill(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+        assert "Shutting down: Master" in server.log()
+    finally:
+        server.stop()
+
+
+def test_exit_status_and_usage() -> None:
+    def sflow_app_run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sflow_app", "run", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert sflow_app_run().returncode == 2
+    missing_cmd = sflow_app_run("--", "no-such-command-here")
+    assert missing_cmd.returncode == 127 and "not found" in missing_cmd.stderr
+    assert sflow_app_run("--", "/etc/hostname").returncode == 126
+    assert sflow_app_run("--", sys.executable, "-c", "raise SystemExit(7)").returncode == 7
+
+
+def test_another_interpreter_ignores_the_bootstrap(tmp: Path) -> None:
+    """An interpreter that cannot import sflow_app inherits PYTHONPATH: silence."""
+    python = "/usr/bin/python3"
+    if not os.path.exists(python):
+        pytest.skip("no system Python beside the project's")
+    out = subprocess.run(
+        [sys.executable, "-m", "sflow_app", "run", "--", python, "-c", "print('ok')"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp,  # not the checkout, where sflow_app would be importable
+    )
+    assert (out.stdout, out.stderr, out.returncode) == ("ok\n", "", 0)
