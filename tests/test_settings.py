@@ -77,14 +77,18 @@ def test_configure_sets_state_dir_and_shared(tmp_path: Path, collector: Collecto
     agent.configure(state_dir=str(where))
     agent.http_source()
     agent.set_http_port(8080, "test")
-    agent.tick(0.0)
-    assert isinstance(agent.exporter.state, SharedState)
-    assert [p.suffix for p in where.iterdir()] == [".state"]
-    agent.exporter.close()
-    agent.configure(shared=False)
-    agent.tick(10.0)
-    assert not isinstance(agent.exporter.state, SharedState)
-    agent.exporter.close()
+    try:
+        agent.tick(0.0)
+        assert isinstance(agent.exporter.state, SharedState)
+        [private] = where.iterdir()  # the user's private folder under the configured one
+        assert private.name == f"sflow-app-{os.getuid()}"
+        assert ".state" in {p.suffix for p in private.iterdir()}
+        agent.exporter.close()
+        agent.configure(shared=False)
+        agent.tick(10.0)
+        assert not isinstance(agent.exporter.state, SharedState)
+    finally:
+        agent.exporter.close()
 
 
 @pytest.mark.parametrize(
