@@ -27,33 +27,27 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 log = logging.getLogger("sflow_app")
 
-INTEGRATIONS = ("flask", "django", "starlette", "fastapi", "wsgi", "asgi", "memcache")
-SYNONYMS = {"pymemcache": "memcache"}
 DJANGO_MIDDLEWARE = "sflow_app.integrations.django.SFlowMiddleware"
 
 
-def disabled(env: dict[str, str] | os._Environ[str] = os.environ) -> set[str]:
+def disabled(env: Mapping[str, str] = os.environ) -> set[str]:
     """The integrations ``SFLOW_APP_DISABLED_INTEGRATIONS`` names (unknown ones: warned)."""
-    out = set()
-    for name in env.get("SFLOW_APP_DISABLED_INTEGRATIONS", "").split(","):
-        name = SYNONYMS.get(name.strip().lower(), name.strip().lower())
-        if not name:
-            continue
-        if name not in INTEGRATIONS:
-            log.warning(
-                "sflow_app: SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration %r (known: %s)",
-                name,
-                ", ".join(INTEGRATIONS),
-            )
-            continue
-        out.add(name)
-    return out
+    from ._config import BY_ENV, INTEGRATIONS, integration_names
+
+    known, unknown = integration_names(env.get(BY_ENV["SFLOW_APP_DISABLED_INTEGRATIONS"].env, ""))
+    for name in unknown:
+        log.warning(
+            "sflow_app: SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration %r (known: %s)",
+            name,
+            ", ".join(INTEGRATIONS),
+        )
+    return set(known)
 
 
 # -- post-import hooks ---------------------------------------------------------------------
@@ -298,7 +292,7 @@ def _uwsgi_target() -> tuple[str, str] | None:
     return name, attr or text("callable") or "application"
 
 
-def install(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def install(env: Mapping[str, str] = os.environ) -> bool:
     """Set up every enabled integration's hook; False when sflow_app is off."""
     if env.get("SFLOW_APP_DISABLE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False

@@ -145,6 +145,30 @@ def _path_env(text: str) -> str:
     return text  # already stripped; an empty value means unset
 
 
+# What SFLOW_APP_DISABLED_INTEGRATIONS can name (sflow-app run's integrations).
+INTEGRATIONS = ("flask", "django", "starlette", "fastapi", "wsgi", "asgi", "memcache")
+INTEGRATION_SYNONYMS = {"pymemcache": "memcache"}
+
+
+def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(known, unknown) integration names in a comma-separated list (or a sequence)."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+    known: list[str] = []
+    unknown: list[str] = []
+    for item in items:
+        name = str(item).strip().lower()
+        name = INTEGRATION_SYNONYMS.get(name, name)
+        if name:
+            (known if name in INTEGRATIONS else unknown).append(name)
+    return tuple(dict.fromkeys(known)), tuple(unknown)
+
+
+def _integrations(value: object) -> tuple[str, ...]:
+    # Unknown names are warned about where the integrations are installed; the known
+    # ones still apply (a typo must not turn an integration back on).
+    return integration_names(value)[0]
+
+
 @dataclass(frozen=True)
 class Var:
     """One setting: its ``SFLOW_APP_*`` variable, its ``configure()`` keyword (also the
@@ -219,6 +243,13 @@ VARS: tuple[Var, ...] = (
     _int_var("SFLOW_APP_QUEUE", "queue_capacity", "queue_capacity", QUEUE_MIN, QUEUE_MAX),
     Var("SFLOW_APP_STATE_DIR", "state_dir", "state_dir", _path_env, _path_arg),
     Var("SFLOW_APP_SHARED", "shared", "shared", _flag, _bool_arg),
+    Var(
+        "SFLOW_APP_DISABLED_INTEGRATIONS",
+        "disabled_integrations",
+        "disabled_integrations",
+        _integrations,
+        _integrations,
+    ),
 )
 BY_FIELD = {v.field: v for v in VARS}
 BY_ENV = {v.env: v for v in VARS}
@@ -271,6 +302,7 @@ class _Layer:
     queue_capacity: int | None = None
     state_dir: str | None = None
     shared: bool | None = None
+    disabled_integrations: tuple[str, ...] | None = None
 
 
 def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
@@ -369,6 +401,7 @@ _DEFAULTS = _Layer(
     datagram=DEFAULT_DATAGRAM,
     queue_capacity=DEFAULT_QUEUE,
     shared=True,
+    disabled_integrations=(),
 )
 
 
@@ -391,6 +424,7 @@ class Settings:
     queue_capacity: int = DEFAULT_QUEUE
     state_dir: str | None = None  # None: _shared's default directory
     shared: bool = True  # False: each process reports alone (SFLOW_APP_SHARED=0)
+    disabled_integrations: tuple[str, ...] = ()  # sflow-app run's integrations to skip
     warnings: tuple[str, ...] = ()  # bad environment values, for the caller to log once
     # Where each field's value came from (a Var.field -> "configure", "environment",
     # "file" or "default"; a field no layer sets is absent).
@@ -514,6 +548,7 @@ def resolve(
         queue_capacity=pick("queue_capacity"),
         state_dir=pick("state_dir"),
         shared=pick("shared"),
+        disabled_integrations=pick("disabled_integrations"),
         warnings=tuple(warnings),
         sources={**sources, "config_path": _pick(layers, "config_path")[1]},
         sampling_layers=tuple(layer.sampling for layer in layers),

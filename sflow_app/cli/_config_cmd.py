@@ -127,6 +127,16 @@ def gather(env: dict[str, str]) -> tuple[dict[str, Any], _config.Settings, list[
     put("state_dir", state_dir(settings.state_dir), src.get("state_dir", "default"))
     put("shared", settings.shared, src.get("shared", "default"))
     put("config", path, src.get("config_path", "default"))
+    # Every other registered setting, as the registry names it (later ones too).
+    shown = {"config_path", "disable", "sampling", "polling", "collectors", "agent_ip"}
+    for var in _config.VARS:
+        if var.key not in out and var.field not in shown:
+            value = getattr(settings, var.field, None)
+            put(
+                var.key,
+                list(value) if isinstance(value, tuple) else value,
+                src.get(var.field, "default"),
+            )
     report = {
         "settings": out,
         "file": {

@@ -1,0 +1,155 @@
+"""sflow_app._autoinstrument and the bootstrap, in process and in fresh interpreters (the
+end-to-end runs under real servers are in test_run.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from sflow_app import _autoinstrument as auto
+from sflow_app.asgi import SFlowMiddleware as ASGIMiddleware
+from sflow_app.cli._run_cmd import BOOTSTRAP, command_env
+from sflow_app.wsgi import SFlowMiddleware as WSGIMiddleware
+
+
+def plain(environ, start_response):
+    start_response("200 OK", [])
+    return [b"x"]
+
+
+async def plain_asgi(scope, receive, send):
+    pass
+
+
+def test_disabled_integrations_parsed_and_unknown_warned(caplog) -> None:
+    env = {"SFLOW_APP_DISABLED_INTEGRATIONS": " Flask, pymemcache ,,bogus"}
+    with caplog.at_level(logging.WARNING, logger="sflow_app"):
+        assert auto.disabled(env) == {"flask", "memcache"}
+    assert ["bogus" in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_disabled_integrations_in_sflow_app_config() -> None:
+    env = {**os.environ, "SFLOW_APP_DISABLED_INTEGRATIONS": "memcache,asgi"}
+    out = subprocess.run(
+        [sys.executable, "-m", "sflow_app", "config", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    setting = json.loads(out.stdout)["settings"]["disabled_integrations"]
+    assert setting == {"value": ["memcache", "asgi"], "source": "environment"}
+
+
+def test_carries_middleware() -> None:
+    assert not auto.carries_middleware(plain)
+    assert auto.carries_middleware(WSGIMiddleware(plain))
+    assert auto.carries_middleware(ASGIMiddleware(plain_asgi))
+    flask = Flask(__name__)
+    assert not auto.carries_middleware(flask)
+    flask.wsgi_app = WSGIMiddleware(flask.wsgi_app)  # type: ignore[method-assign]
+    assert auto.carries_middleware(flask)
+
+    class Outer:  # a server's own wrapper around the user's app
+        def __init__(self, app: object) -> None:
+            self.app = app
+
+    assert auto.carries_middleware(Outer(Outer(WSGIMiddleware(plain))))
+
+
+def test_wrapper_wraps_once_and_leaves_asgi_to_asgi() -> None:
+    wrap = auto.Wrapper(set())
+    once = wrap.wsgi(plain)
+    assert isinstance(once, WSGIMiddleware) and wrap.wsgi(plain) is once
+    assert wrap.wsgi(plain_asgi) is plain_asgi  # an ASGI app under a WSGI hook: untouched
+    assert auto.Wrapper({"wsgi"}).wsgi(plain) is plain
+    assert isinstance(wrap.asgi(plain_asgi), ASGIMiddleware)
+    assert auto.Wrapper({"asgi"}).asgi(plain_asgi) is plain_asgi
+    flask = Flask(__name__)
+    assert wrap.wsgi(flask) is flask and isinstance(flask.wsgi_app, WSGIMiddleware)
+
+
+def test_when_imported_runs_after_the_module(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "sfa_probe_mod.py").write_text("VALUE = 1\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[int] = []
+    auto.when_imported("sfa_probe_mod", lambda m: seen.append(m.VALUE))
+    try:
+        import sfa_probe_mod  # type: ignore[import-not-found]
+
+        assert seen == [1] and sfa_probe_mod.VALUE == 1
+        auto.when_imported("sfa_probe_mod", lambda m: seen.append(2))  # already imported
+        assert seen == [1, 2]
+    finally:
+        sys.modules.pop("sfa_probe_mod", None)
+
+
+def test_a_failing_hook_never_stops_the_import(tmp_path: Path, monkeypatch, caplog) -> None:
+    (tmp_path / "sfa_probe_bad.py").write_text("VALUE = 2\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def broken(module: object) -> None:
+        raise RuntimeError("hook bug")
+
+    auto.when_imported("sfa_probe_bad", broken)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sflow_app"):
+            import sfa_probe_bad  # type: ignore[import-not-found]
+        assert sfa_probe_bad.VALUE == 2
+        assert "could not instrument sfa_probe_bad" in caplog.text
+    finally:
+        sys.modules.pop("sfa_probe_bad", None)
+
+
+def test_command_env_adds_the_bootstrap_once() -> None:
+    env = command_env({"PYTHONPATH": "/a:/b"})
+    assert env["PYTHONPATH"] == f"{BOOTSTRAP}:/a:/b"
+    assert command_env(env)["PYTHONPATH"] == env["PYTHONPATH"]  # a child: not twice
+    assert command_env({})["PYTHONPATH"] == BOOTSTRAP
+
+
+def test_bootstrap_chains_sitecustomize_and_installs_hooks(tmp_path: Path) -> None:
+    mine = tmp_path / "site"
+    mine.mkdir()
+    marker = tmp_path / "chained"
+    (mine / "sitecustomize.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n", encoding="utf-8"
+    )
+    code = (
+        "import sys, sitecustomize\n"
+        "from sflow_app import _autoinstrument as a\n"
+        "print(sorted(a._FINDER.hooks), a._FINDER in sys.meta_path)\n"
+    )
+    env = command_env({**os.environ, "PYTHONPATH": str(mine)})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "gunicorn.app.base" in out.stdout and "pymemcache" in out.stdout
+    assert out.stdout.rstrip().endswith("True")
+    assert marker.read_text() == "ran"  # the shadowed sitecustomize ran first
+    chained = subprocess.run(
+        [sys.executable, "-c", "import sys; print(sys.modules.get('sitecustomize'))"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "_bootstrap" in chained.stdout  # ours is the module; it ran the other one
+
+
+@pytest.mark.parametrize("value", ["1", "true"])
+def test_disable_means_no_hooks(tmp_path: Path, value: str) -> None:
+    code = "from sflow_app import _autoinstrument as a; print(sorted(a._FINDER.hooks))"
+    env = command_env({**os.environ, "SFLOW_APP_DISABLE": value})
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stderr
