@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _config
+from ._exit import flush_on_sigterm
 from ._exporter import TICK, Exporter
 from ._identity import default_service_name, local_index
 from ._listen import server_listener
@@ -310,6 +311,7 @@ class Agent:
         if self._started or not self._autostart:
             return
         try:
+            flush_on_sigterm(self.shutdown)  # uvicorn: no atexit after its SIGTERM
             uwsgi = uwsgi_master()
             if uwsgi is not None:
                 self._hook_uwsgi_fork(uwsgi)

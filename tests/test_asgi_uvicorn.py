@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.asgi_harness import Uvicorn, raw_request, record
-from helpers import Collector
+from helpers import Collector, Server, agent_env, free_port, write_auto
 
 from sflow_app.records import ExtendedSocketIPv4, HttpCounters, HttpRequest
 
 pytestmark = pytest.mark.slow
+APPS = Path(__file__).resolve().parent / "apps"
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +263,38 @@ def test_lifespan_reaches_the_app_and_exit_flushes(tmp_path: Path):
     assert [r.uri for r in srv.collector.records(HttpRequest)] == ["/echo?size=3&life=1"]
     latest = srv.collector.latest_counters(HttpCounters)
     assert latest is not None and astuple(latest) == srv.expected_counters()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_sends_the_last_samples_and_counters(tmp_path: Path, workers: int) -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so atexit never runs: the
+    agent flushes from the signal instead. Counters are polled every 30 s, so only the
+    exit flush can send the final ones; samples are sent at most 1 s after they were
+    taken, so the last ones too."""
+    collector = Collector()
+    env = agent_env(collector, tmp_path)
+    env["SFLOW_APP_CONFIG"] = str(write_auto(tmp_path / "auto", collector.port, polling=30))
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "uvicorn"), "asgi_app:app", "--port", str(port)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    server = Server(argv, cwd=APPS, env=env, port=port, log=tmp_path / "log", health="/echo")
+    try:
+        server.start()
+        for i in range(20):
+            assert httpx.get(f"{server.base}/echo?i={i}", timeout=10).status_code == 200
+        server.stop()  # SIGTERM to the process group
+        want = {"/echo"} | {f"/echo?i={i}" for i in range(20)}
+
+        def arrived(c: Collector) -> bool:
+            found = c.latest_counters(HttpCounters)
+            total = 0 if found is None else found.method_get_count
+            return {r.uri for r in c.records(HttpRequest)} >= want and total == 21
+
+        assert collector.wait_for(arrived, 10), (
+            sorted(str(r.uri) for r in collector.records(HttpRequest)),
+            collector.latest_counters(HttpCounters),
+        )
+    finally:
+        server.stop()
+        collector.close()
