@@ -227,6 +227,19 @@ class Server:
         self.stop()
 
 
+def routes(collector: Collector) -> dict[str, str | None]:
+    """uri -> the route template its sample recorded (None without one)."""
+    from sflow_app.records import AppOperation, HttpRequest
+
+    out: dict[str, str | None] = {}
+    for sample in collector.flow_samples():
+        reqs = [r for r in sample.records if isinstance(r, HttpRequest)]
+        ops = [r for r in sample.records if isinstance(r, AppOperation)]
+        if reqs:
+            out[str(reqs[0].uri)] = str(ops[0].operation) if ops else None
+    return out
+
+
 def agent_env(collector: Collector, tmp: Path, **overrides: str) -> dict[str, str]:
     """The environment of a server under test: hsflowd.auto for ``collector`` at 1-in-1,
     1 s polling, a private state folder."""

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Collector, Server, agent_env, free_port, missing
+from helpers import Collector, Server, agent_env, free_port, missing, routes
 from memcached import running
 
-from sflow_app.records import AppOperation, HttpCounters, HttpRequest, MemcacheOperation
+from sflow_app.records import HttpCounters, MemcacheOperation
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,6 @@ def tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="sfx-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def routes(collector: Collector) -> dict[str, str | None]:
-    """uri -> the route template recorded with it (None without one)."""
-    out: dict[str, str | None] = {}
-    for sample in collector.flow_samples():
-        reqs = [r for r in sample.records if isinstance(r, HttpRequest)]
-        ops = [r for r in sample.records if isinstance(r, AppOperation)]
-        if reqs:
-            out[str(reqs[0].uri)] = str(ops[0].operation) if ops else None
-    return out
 
 
 def serve_and_check(

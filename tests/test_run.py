@@ -17,11 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Collector, Server, agent_env, free_port, missing
+from helpers import Collector, Server, agent_env, free_port, missing, routes
 from memcached import Memcached, running
 
 from sflow_app.records import (
-    AppOperation,
     HttpCounters,
     HttpRequest,
     MemcacheCounters,
@@ -68,16 +67,6 @@ def gunicorn(port: int, app: str, *extra: str) -> list[str]:
         *extra,
         app,
     ]
-
-
-def routes(collector: Collector) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for sample in collector.flow_samples():
-        reqs = [r for r in sample.records if isinstance(r, HttpRequest)]
-        ops = [r for r in sample.records if isinstance(r, AppOperation)]
-        if reqs:
-            out[str(reqs[0].uri)] = str(ops[0].operation) if ops else None
-    return out
 
 
 def memcache_hits(collector: Collector) -> int:
