@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._auto import DEFAULT_PORT, Collectors, Rates, _app_name, _ip, _port, _uint
 
@@ -27,6 +27,9 @@ from ._auto import MAX_WARNINGS as MAX_WARNINGS
 from ._auto import U32 as U32
 from ._auto import AutoFile as AutoFile
 from ._auto import parse_auto as parse_auto
+
+if TYPE_CHECKING:
+    from ._http import QueryMode
 
 DEFAULT_CONFIG_PATH = "/etc/hsflowd.auto"
 DEFAULT_SAMPLING = 400  # hsflowd's own default 1-in-N
@@ -150,6 +153,15 @@ INTEGRATIONS = ("flask", "django", "starlette", "fastapi", "wsgi", "asgi", "memc
 INTEGRATION_SYNONYMS = {"pymemcache": "memcache"}
 
 
+def _query_mode(value: object) -> QueryMode:
+    from ._http import QUERY_MODES
+
+    for mode in QUERY_MODES:
+        if str(value).strip().lower() == mode:
+            return mode
+    raise ValueError(f"expected one of {', '.join(QUERY_MODES)}, got {value!r}")
+
+
 def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(known, unknown) integration names in a comma-separated list (or a sequence)."""
     items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
@@ -243,6 +255,7 @@ VARS: tuple[Var, ...] = (
     _int_var("SFLOW_APP_QUEUE", "queue_capacity", "queue_capacity", QUEUE_MIN, QUEUE_MAX),
     Var("SFLOW_APP_STATE_DIR", "state_dir", "state_dir", _path_env, _path_arg),
     Var("SFLOW_APP_SHARED", "shared", "shared", _flag, _bool_arg),
+    Var("SFLOW_APP_QUERY", "query", "query", _query_mode, _query_mode),
     Var(
         "SFLOW_APP_DISABLED_INTEGRATIONS",
         "disabled_integrations",
@@ -303,6 +316,7 @@ class _Layer:
     state_dir: str | None = None
     shared: bool | None = None
     disabled_integrations: tuple[str, ...] | None = None
+    query: str | None = None
 
 
 def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
@@ -402,6 +416,7 @@ _DEFAULTS = _Layer(
     queue_capacity=DEFAULT_QUEUE,
     shared=True,
     disabled_integrations=(),
+    query="sensitive",
 )
 
 
@@ -425,6 +440,7 @@ class Settings:
     state_dir: str | None = None  # None: _shared's default directory
     shared: bool = True  # False: each process reports alone (SFLOW_APP_SHARED=0)
     disabled_integrations: tuple[str, ...] = ()  # sflow-app run's integrations to skip
+    query: QueryMode = "sensitive"  # what sampled URIs keep of the query (middleware default)
     warnings: tuple[str, ...] = ()  # bad environment values, for the caller to log once
     # Where each field's value came from (a Var.field -> "configure", "environment",
     # "file" or "default"; a field no layer sets is absent).
@@ -549,6 +565,7 @@ def resolve(
         state_dir=pick("state_dir"),
         shared=pick("shared"),
         disabled_integrations=pick("disabled_integrations"),
+        query=pick("query"),
         warnings=tuple(warnings),
         sources={**sources, "config_path": _pick(layers, "config_path")[1]},
         sampling_layers=tuple(layer.sampling for layer in layers),

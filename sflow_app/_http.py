@@ -11,7 +11,7 @@ import contextvars
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
 from .records import AppOperation, AppStatus, HttpRequest, socket_record
@@ -64,7 +64,8 @@ SENSITIVE = frozenset(
     }
 )
 PLACEHOLDER = b"REDACTED"
-QUERY_MODES = ("sensitive", "keep", "redact", "drop")
+QueryMode = Literal["sensitive", "keep", "redact", "drop"]
+QUERY_MODES: tuple[QueryMode, ...] = ("sensitive", "keep", "redact", "drop")
 
 # (service, method, route-or-path) of the sampled HTTP request this task runs in, for the
 # decorator's app_parent_context. Set only on sampled requests.
@@ -75,10 +76,11 @@ current_request: contextvars.ContextVar[tuple[str, str, str] | None] = contextva
 
 def middleware_options(
     exclude: Iterable[str] | Callable[[str], bool] | None,
-    query: str,
+    query: str | None,
 ) -> Callable[[str], bool] | None:
-    """Check the WSGI/ASGI middlewares' shared options; the ``exclude`` predicate."""
-    if query not in QUERY_MODES:
+    """Check the WSGI/ASGI middlewares' shared options; the ``exclude`` predicate.
+    ``query=None``: the ``query`` setting (SFLOW_APP_QUERY), read when a sample is taken."""
+    if query is not None and query not in QUERY_MODES:
         raise ValueError(f"query must be one of {QUERY_MODES}, not {query!r}")
     if exclude is None or callable(exclude):
         return exclude

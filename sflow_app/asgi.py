@@ -43,6 +43,7 @@ from ._http import (
     METHODS,
     OTHER_METHOD,
     STATUS_OTHER,
+    QueryMode,
     build_uri,
     current_request,
     middleware_options,
@@ -103,7 +104,8 @@ class SFlowMiddleware:
     ``exclude``: path prefixes (or a predicate on ``scope["path"]``) neither counted nor
     sampled, e.g. health checks. ``query``: what sampled URIs keep of the query string --
     ``"sensitive"`` (default: values of credential-like parameters replaced), ``"keep"``,
-    ``"redact"`` (every value replaced) or ``"drop"``.
+    ``"redact"`` (every value replaced) or ``"drop"``; unset, the ``query`` setting
+    (``SFLOW_APP_QUERY``, default ``"sensitive"``).
     """
 
     __slots__ = (
@@ -124,7 +126,7 @@ class SFlowMiddleware:
         app: ASGIApp,
         *,
         exclude: Iterable[str] | Callable[[str], bool] | None = None,
-        query: str = "sensitive",
+        query: QueryMode | None = None,
     ) -> None:
         self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
         self.query = query
@@ -259,7 +261,9 @@ class SFlowMiddleware:
                 n,
                 method=method,
                 protocol=_PROTOCOLS.get(version) or protocol_number(version),
-                uri=build_uri(path, scope.get("query_string") or query, self.query),
+                uri=build_uri(
+                    path, scope.get("query_string") or query, self.query or AGENT.settings.query
+                ),
                 host=found[0],
                 referer=found[1],
                 useragent=found[2],

@@ -64,6 +64,7 @@ from ._http import (
     OTHER_METHOD,
     STATUS_OTHER,
     STATUS_SLOTS,
+    QueryMode,
     build_uri,
     current_request,
     middleware_options,
@@ -123,7 +124,8 @@ class SFlowMiddleware:
     nor sampled, e.g. health checks -- like NGINX's ``sflow off``. ``query``: what sampled
     URIs keep of the query string -- ``"sensitive"`` (default: the values of
     credential-like parameters, ``_http.SENSITIVE``, replaced by ``REDACTED``), ``"keep"``,
-    ``"redact"`` (every value replaced) or ``"drop"``.
+    ``"redact"`` (every value replaced) or ``"drop"``; unset, the ``query`` setting
+    (``SFLOW_APP_QUERY``, default ``"sensitive"``).
     """
 
     __slots__ = (
@@ -144,7 +146,7 @@ class SFlowMiddleware:
         app: WSGIApplication,
         *,
         exclude: Iterable[str] | Callable[[str], bool] | None = None,
-        query: str = "sensitive",
+        query: QueryMode | None = None,
     ) -> None:
         global instances
         self.app = app
@@ -416,7 +418,7 @@ class _Transaction:
             self.n,
             method=self.method,
             protocol=_PROTOCOLS.get(version) or protocol_number(version),
-            uri=_uri(env, self._middleware.query),
+            uri=_uri(env, self._middleware.query or AGENT.settings.query),
             host=_raw(env.get("HTTP_HOST", "")),
             referer=_raw(env.get("HTTP_REFERER", "")),
             useragent=_raw(env.get("HTTP_USER_AGENT", "")),

@@ -108,7 +108,7 @@ def test_uri_from_path_when_no_raw_path_and_query_modes(agent, collector):
         "/r?a=REDACTED&b",
     ]
     with pytest.raises(ValueError, match="query"):
-        SFlowMiddleware(respond(), query="secret")
+        SFlowMiddleware(respond(), query="secret")  # type: ignore[arg-type]
 
 
 def test_exception_before_response_is_500_and_reraised(agent, collector):

@@ -53,8 +53,22 @@ def test_configure_rejects_bad_values_clearly() -> None:
 
     with pytest.raises(ValueError, match="sampling"):
         sflow_app.configure(sampling=-1)
-    with pytest.raises(ValueError, match="unknown"):
-        sflow_app.configure(samplign=10)
+    with pytest.raises(TypeError, match="samplign"):
+        sflow_app.configure(samplign=10)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="query"):
+        sflow_app.configure(query="some")  # type: ignore[arg-type]
+
+
+def test_configure_takes_exactly_the_registered_settings() -> None:
+    """configure()'s typed keywords and the registry of SFLOW_APP_* variables agree."""
+    import inspect
+
+    import sflow_app
+    from sflow_app._config import KWARGS
+
+    params = inspect.signature(sflow_app.configure).parameters
+    assert set(params) == KWARGS
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
 
 
 @pytest.mark.slow

@@ -283,12 +283,28 @@ def test_query_modes(live, collector):
         ("redact", "/q?user=REDACTED&token=REDACTED&sessionid=REDACTED&next=REDACTED&flag"),
         ("drop", "/q"),
     ]:
-        with serve(SFlowMiddleware(hello, query=mode)) as url:
+        middleware = SFlowMiddleware(hello, query=mode)  # type: ignore[arg-type]
+        with serve(middleware) as url:
             httpx.get(url + "/q" + query)
         flush(collector)
         assert record(http_samples(collector)[-1], HttpRequest).uri == want, mode
     with pytest.raises(ValueError):
-        SFlowMiddleware(hello, query="nope")
+        SFlowMiddleware(hello, query="nope")  # type: ignore[arg-type]
+
+
+def test_query_setting_is_the_middlewares_default(live, collector, monkeypatch):
+    """SFLOW_APP_QUERY sets what middlewares built without ``query=`` keep; an explicit
+    ``query=`` wins."""
+    monkeypatch.setenv("SFLOW_APP_QUERY", "drop")
+    live(sampling=1)
+    for middleware, want in [
+        (SFlowMiddleware(hello), "/q"),
+        (SFlowMiddleware(hello, query="keep"), "/q?token=t"),
+    ]:
+        with serve(middleware) as url:
+            httpx.get(url + "/q?token=t")
+        flush(collector)
+        assert record(http_samples(collector)[-1], HttpRequest).uri == want
 
 
 def test_redaction_without_gaps(live, collector):
