@@ -7,7 +7,6 @@ import socket
 import struct
 
 U32 = struct.Struct(">I")
-U64 = struct.Struct(">Q")
 TAG_LEN = struct.Struct(">II")  # data_format + length of every sample and record
 pack_u32 = U32.pack
 
@@ -86,13 +85,6 @@ def cut_utf8(b: str | bytes, limit: int) -> bytes:
     while i > 0 and (b[i] & 0xC0) == 0x80:  # b[i] continues a character: back off
         i -= 1
     return b[:i]
-
-
-def pack_string(s: str | bytes, limit: int) -> bytes:
-    """XDR ``string<limit>``: length word, bytes cut to ``limit``, zero padding."""
-    b = cut_utf8(s, limit)
-    n = len(b)
-    return pack_u32(n) + b + PAD[n & 3]
 
 
 def pack_ip(ip: object, family: int) -> bytes:
