@@ -75,6 +75,7 @@ class Exporter:
         self._socks = self.senders.socks  # one connected socket per collector
         self._fwd: socket.socket | None = None
         self._sidecars: Sidecars | None = None  # what `sflow-app status` reads
+        self._sidecars_done: dict[str, tuple[dict[str, Any], dict[str, int]]] = {}
         # One pass at a time: the exit flush must not run beside a pass the thread has
         # half done (samples it drained or took off the socket would go with it).
         self._lock = threading.RLock()
@@ -137,7 +138,7 @@ class Exporter:
     def _status_files(self, state: State, final: bool) -> None:
         """Publish what only this process knows for `sflow-app status` (see _sidecar)."""
         sidecars = self._sidecars
-        if sidecars is None or not isinstance(state, SharedState):
+        if sidecars is None or not isinstance(state, SharedState) or not sidecars.due(final):
             return
         agent = self.agent
         rates = {}
@@ -188,9 +189,10 @@ class Exporter:
         self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
         self._sidecars = None
         if isinstance(state, SharedState):
+            # As for the counters: what an earlier opening of this file already holds.
+            stats, errors = self._sidecars_done.get(key, ({}, {}))
             base = state.name[: -len(".state")]
-            errors = self.senders.errors()
-            self._sidecars = Sidecars(base, state.private.fd, agent.stats, errors)
+            self._sidecars = Sidecars(base, state.private.fd, stats, errors)
         self.state = state
         return state
 
@@ -474,6 +476,7 @@ class Exporter:
         if isinstance(self.state, SharedState) and self._key is not None:
             # What this process published stays in the file (its slot, now dead).
             self._offsets[self._key] = {**self._offset, **self._last}
+            self._sidecars_done[self._key] = (dict(self.agent.stats), self.senders.errors())
         self._last = {}
         if self.state is not None:
             self.state.close()

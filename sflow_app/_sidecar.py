@@ -116,8 +116,8 @@ class Sidecars:
     def __init__(
         self, base: str, dir_fd: int, stats: Mapping[str, Any], errors: Mapping[str, int]
     ) -> None:
-        """``stats`` and ``errors``: this process's counts when it opened the state file
-        (what it counted before went to the files of an earlier opening)."""
+        """``stats`` and ``errors``: this process's counts an earlier opening of the same
+        file already published (empty the first time)."""
         self.base = base
         self.dir_fd = dir_fd
         self._next = 0.0
@@ -129,6 +129,10 @@ class Sidecars:
         self._slot: int | None = None
         self._slot_base: dict[str, int] = {}
         self._slot_at = _causes(stats)
+
+    def due(self, force: bool = False) -> bool:
+        """Whether ``update`` would look now (the exporter gathers its values only then)."""
+        return force or time.monotonic() >= self._next
 
     def update(
         self,
@@ -144,10 +148,9 @@ class Sidecars:
     ) -> None:
         """``sender``: this process's generation if it sends; ``errors``: its send errors
         per collector; ``stats``: its agent's counters (drop causes among them)."""
-        now = time.monotonic()
-        if not force and now < self._next:
+        if not self.due(force):
             return
-        self._next = now + WRITE_EVERY
+        self._next = time.monotonic() + WRITE_EVERY
         try:
             if sender is not None:
                 self._sender(sender, name, rates, errors, bad_forwards)

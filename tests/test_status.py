@@ -305,7 +305,7 @@ def test_gunicorn_three_workers_is_one_service(state_dir: str, tmp_path: Path) -
     cmd = [p.replace("{port}", str(port)) for p in gunicorn(workers=3)]
     server = Server("gunicorn", cmd, env, APPS, port, tmp_path / "gunicorn.log", 3)
     try:
-        sent, pids = 0, set()
+        sent, pids = 0, set[int]()
         while len(pids) < 3 and sent < 3000:  # until every worker served (holds a slot)
             pids.add(int(get(port, f"/r/{sent}").split()[0]))
             sent += 1
