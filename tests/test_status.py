@@ -368,3 +368,21 @@ def wait_for_count(state_dir: str, sent: int, timeout: float = 30) -> dict[str, 
                 return last[0]
         time.sleep(0.2)
     raise AssertionError(f"status never showed {sent} requests: {last}")
+
+
+def test_names_cannot_drive_the_terminal(state_dir: str) -> None:
+    """A name from another user's file (root reads them) is shown escaped in the table."""
+    collector = Collector()
+    try:
+        run_script(state_dir, "shop", ["/a"], collector.port)
+    finally:
+        collector.close()
+    [sidecar] = state_files(state_dir, ".json")
+    with open(sidecar) as f:
+        content = json.load(f)
+    with open(sidecar, "w") as f:
+        json.dump({**content, "name": "evil\x1b[2J"}, f)
+    done = status(state_dir=state_dir)
+    assert done.returncode == 0 and "\x1b" not in done.stdout
+    assert "evil\\x1b[2J" in done.stdout
+    assert services(state_dir)[0]["name"] == "evil\x1b[2J"

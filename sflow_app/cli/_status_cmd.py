@@ -157,11 +157,16 @@ def _align(rows: list[list[str]]) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    return "-" if value is None else str(value)
+    """A cell. Names come from other users' files when root reads them: no control
+    characters reach the terminal."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode()
 
 
 def _pairs(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in counts.items() if v) or "0"
+    return ", ".join(f"{_show(k)}={v}" for k, v in counts.items() if v) or "0"
 
 
 def table(services: list[dict[str, Any]]) -> str:
@@ -185,7 +190,7 @@ def table(services: list[dict[str, Any]]) -> str:
             ]
         )
         for d in s["data_sources"]:
-            source = f"{d['kind']}:{d['name']}" if d["name"] else d["kind"]
+            source = _show(f"{d['kind']}:{d['name']}" if d["name"] else d["kind"])
             sources.append(
                 [
                     name,
