@@ -171,6 +171,7 @@ class Sidecars:
         file = sender_name(self.base)
         if gen != self._gen:  # a new sender: continue from the previous one's counts
             self._gen = gen
+            self._written.pop(file, None)  # another sender may have written it since
             old = read(self.dir_fd, file) or {}
             self._sender_base = {
                 **{f"collector {c}": n for c, n in _ints(old.get("send_errors")).items()},

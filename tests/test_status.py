@@ -11,6 +11,8 @@ import fcntl
 import http.client
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -220,6 +222,46 @@ def test_reads_without_changing_or_locking(state_dir: str) -> None:
         os.close(fd)
     assert snapshot(folder) == before
     assert '"name": "quiet"' in done.stdout and '"flow_samples": 2' in done.stdout
+
+
+def test_no_lock_taken_and_nothing_opened_for_writing(state_dir: str, tmp_path: Path) -> None:
+    """Under strace, against a running service: status asks about locks (F_GETLK) and
+    never sets one, opens the state only for reading and maps it read-only."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (the other tests check the same by effect)")
+    trace = tmp_path / "strace.txt"
+    collector = Collector()
+    try:
+        with running_script(state_dir, "traced", ["/a"], collector.port):
+            wait_for(state_dir, lambda found: found[0]["sender_pid"] is not None)
+            done = subprocess.run(
+                [strace, "-f", "-qq", "-o", str(trace), "-e", f"trace={TRACED}", *STATUS],
+                env=clean_env(SFLOW_APP_STATE_DIR=state_dir, PYTHONDONTWRITEBYTECODE="1"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+    finally:
+        collector.close()
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["services"][0]["running"] is True
+    lines = trace.read_text().splitlines()
+    assert any("F_GETLK" in line for line in lines), "status did not ask about the locks"
+    for line in lines:
+        assert not re.search(r"F_SETLKW?|F_OFD_SETLKW?|flock\(", line), line
+        mine = state_dir in line or re.search(r"openat\(\d+, ", line)
+        if mine:  # a name in the state directory, or relative to one of its folders
+            assert "O_RDONLY" in line and not re.search(r"O_CREAT|O_WRONLY|O_RDWR", line), line
+            assert not re.match(r"\d+ +(rename|unlink|mkdir|ftruncate|utime)", line), line
+        if "MAP_SHARED" in line:
+            assert "PROT_WRITE" not in line, line
+
+
+STATUS = [sys.executable, "-m", "sflow_app", "status", "--json"]
+TRACED = "fcntl,flock,open,openat,mmap,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat"
 
 
 # -- errors a person can act on -----------------------------------------------------------
