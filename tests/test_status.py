@@ -332,7 +332,11 @@ def get(port: int, path: str) -> str:
 
 
 @pytest.mark.slow
-def test_gunicorn_three_workers_is_one_service(state_dir: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["gunicorn", "gunicorn-preload"])
+def test_gunicorn_three_workers_is_one_service(
+    state_dir: str, tmp_path: Path, preload: bool
+) -> None:
+    """Under --preload the master (which holds no slot) usually sends."""
     from test_prefork import Server, gunicorn
 
     collector = Collector()
@@ -344,7 +348,8 @@ def test_gunicorn_three_workers_is_one_service(state_dir: str, tmp_path: Path) -
         SFLOW_APP_NAME="status-e2e",
         PYTHONPATH=os.pathsep.join([str(APPS), str(ROOT)]),
     )
-    cmd = [p.replace("{port}", str(port)) for p in gunicorn(workers=3)]
+    args = ["--preload"] if preload else []
+    cmd = [p.replace("{port}", str(port)) for p in gunicorn(*args, workers=3)]
     server = Server("gunicorn", cmd, env, APPS, port, tmp_path / "gunicorn.log", 3)
     try:
         sent, pids = 0, set[int]()
