@@ -28,8 +28,10 @@ def folder(tmp_path: Path) -> Iterator[int]:
     os.close(fd)
 
 
-def sidecars(fd: int, stats: dict[str, int] | None = None, **errors: int) -> _sidecar.Sidecars:
-    return _sidecar.Sidecars("v2-k-1-2", fd, stats or {}, errors)
+def sidecars(
+    fd: int, stats: dict[str, int] | None = None, errors: dict[str, int] | None = None
+) -> _sidecar.Sidecars:
+    return _sidecar.Sidecars("v2-k-1-2", fd, stats or {}, errors or {})
 
 
 def update(side: _sidecar.Sidecars, **kw: Any) -> None:
@@ -48,7 +50,7 @@ def update(side: _sidecar.Sidecars, **kw: Any) -> None:
 def test_a_new_sender_continues_the_counts(folder: int) -> None:
     a = sidecars(folder)
     update(a, sender=1, errors={"c:1": 3}, bad_forwards=1)
-    b = sidecars(folder, **{"c:1": 7})  # counted 7 before this opening: not this file's
+    b = sidecars(folder, errors={"c:1": 7})  # counted 7 before this opening: not this file's
     update(b, sender=2, errors={"c:1": 9})
     got = _sidecar.read(folder, "v2-k-1-2.json")
     assert got is not None
