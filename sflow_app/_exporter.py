@@ -30,6 +30,7 @@ from ._local import LocalState
 from ._send import Senders
 from ._sender import FORWARD_MAX, MSG
 from ._shared import SharedState, service_key, state_dir
+from ._sidecar import Sidecars
 from ._source import SOURCE_KINDS, counter_records, gauge_positions
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
 
@@ -73,6 +74,8 @@ class Exporter:
         self.senders = Senders(agent.warn_once, time.monotonic)
         self._socks = self.senders.socks  # one connected socket per collector
         self._fwd: socket.socket | None = None
+        self._sidecars: Sidecars | None = None  # what `sflow-app status` reads
+        self._sidecars_done: dict[str, tuple[dict[str, Any], dict[str, int]]] = {}
         # One pass at a time: the exit flush must not run beside a pass the thread has
         # half done (samples it drained or took off the socket would go with it).
         self._lock = threading.RLock()
@@ -117,6 +120,7 @@ class Exporter:
                 self._backlog.extend((i, bytes(buf)) for i, flow, buf in self._pending if flow)
                 self._pending, self._size = [], 0
             self._forward(state, encoded)
+            self._status_files(state, final)
             return
         totals: dict[int, list[int]] = {}
         incoming = [*self._backlog, *encoded, *state.receive()]
@@ -129,6 +133,29 @@ class Exporter:
         self._poll(state, totals, now, final)
         if self._pending and (final or now - self._since >= FLUSH_AFTER):
             self.flush()
+        self._status_files(state, final)
+
+    def _status_files(self, state: State, final: bool) -> None:
+        """Publish what only this process knows for `sflow-app status` (see _sidecar)."""
+        sidecars = self._sidecars
+        if sidecars is None or not isinstance(state, SharedState) or not sidecars.due(final):
+            return
+        agent = self.agent
+        rates = {}
+        for source in agent.sources():
+            index = self._indexes.get(id(source))
+            if index is not None:
+                rates[index] = source.sampler.rate
+        sidecars.update(
+            sender=state.generation if state.sender else None,
+            slot=state.slot,
+            name=agent.service_name,
+            rates=rates,
+            errors=self.senders.errors(),
+            bad_forwards=state.bad_forwards,
+            stats=agent.stats,
+            force=final,
+        )
 
     def _hold(self, items: list[tuple[Any, ...]]) -> None:
         room = HOLD_MAX - len(self._held)
@@ -160,6 +187,12 @@ class Exporter:
                 return self._fall_back(f"shared state unavailable ({exc})")
             self._check_shared(state, ident)
         self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
+        self._sidecars = None
+        if isinstance(state, SharedState):
+            # As for the counters: what an earlier opening of this file already holds.
+            stats, errors = self._sidecars_done.get(key, ({}, {}))
+            base = state.name[: -len(".state")]
+            self._sidecars = Sidecars(base, state.private.fd, stats, errors)
         self.state = state
         return state
 
@@ -443,10 +476,12 @@ class Exporter:
         if isinstance(self.state, SharedState) and self._key is not None:
             # What this process published stays in the file (its slot, now dead).
             self._offsets[self._key] = {**self._offset, **self._last}
+            self._sidecars_done[self._key] = (dict(self.agent.stats), self.senders.errors())
         self._last = {}
         if self.state is not None:
             self.state.close()
         self.state = None
+        self._sidecars = None
         self._indexes.clear()
         self._next_poll.clear()
 

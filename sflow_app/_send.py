@@ -136,6 +136,10 @@ class Senders:
     def failing(self) -> list[str]:
         return [f"{_name(*t)} ({h.last_errno})" for t, h in self.health.items() if h.failing]
 
+    def errors(self) -> dict[str, int]:
+        """Failed sends per collector (``host:port``)."""
+        return {_name(*t): h.errors for t, h in self.health.items()}
+
     def view(self) -> dict[str, dict[str, Any]]:
         return {_name(*t): h.view() for t, h in self.health.items()}
 

@@ -76,6 +76,11 @@ class Election:
         self.bad_forwards = 0  # messages (or their tails) dropped as malformed
         self.handed_back: list[tuple[int, bytes]] = []  # taken in, not sent: to forward
 
+    @property
+    def generation(self) -> int:
+        """The generation this process holds (meaningful while ``sender``)."""
+        return self._gen
+
     # -- names --------------------------------------------------------------------------
     def _sock_name(self, gen: int) -> str:
         return f"{self.name[: -len('.state')]}-{gen}.sock"

@@ -35,7 +35,7 @@ import stat
 import time
 from collections.abc import Collection, Sequence
 
-from . import _statedir
+from . import _sidecar, _statedir
 from ._layout import (
     COUNTER_WORDS,
     DROPS,
@@ -426,6 +426,8 @@ class SharedState(Election):
             if now.st_ino == st.st_ino:
                 os.unlink(name, dir_fd=self.private.fd)
                 self._unlink_sockets(base, names)
+                for sidecar in _sidecar.files_of(base, names):
+                    self._unlink(sidecar)
         finally:
             os.close(fd)
 

@@ -323,7 +323,11 @@ def finish(
     # Bounded state: one file (and at most one socket) whatever the churn, and no more
     # worker slots than workers alive at once.
     files = state_files(service.state_dir)
+    # ... and the status sidecars: the sender's, and one per slot that dropped samples.
+    status = [f for f in files if f.endswith(".json")]
+    files = [f for f in files if f not in status]
     assert len(files) <= 2 and all(f.endswith((".state", ".sock")) for f in files), files
+    assert len(status) <= 1 + max(_layout.INITIAL_SLOTS, 2 * server.workers), status
     _, used, size = read_state(service.state_dir)
     assert size <= _layout.file_size(max(_layout.INITIAL_SLOTS, 2 * server.workers))
     assert used <= server.workers, (

@@ -3,6 +3,8 @@
 - ``config``: the settings a process started here would use, and where each came from;
 - ``listen``: receive sFlow and print it, readable or as ``sflowtool -j`` does;
 - ``top``: the busiest URIs, routes, memcache keys and operations, live;
+- ``status``: what every service of this user on this host counted and sent, read from
+  its shared state without changing it;
 - ``run``: run a service instrumented without changing its code.
 
 Never imported by ``import sflow_app``. Exit status: 0 ok, 1 nothing to report (see each
@@ -15,13 +17,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import _config_cmd, _listen_cmd, _run_cmd, _top_cmd
+from . import _config_cmd, _listen_cmd, _run_cmd, _status_cmd, _top_cmd
 
 __all__ = ["main"]
 
 # Each module: add_parser(subparsers) and the run(args) -> exit status it registers.
-# `status` (service-wide counts read from the state directory) will be one more here.
-COMMANDS = (_config_cmd, _listen_cmd, _top_cmd, _run_cmd)
+COMMANDS = (_config_cmd, _status_cmd, _listen_cmd, _top_cmd, _run_cmd)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,12 +1,14 @@
 """An instrumented WSGI app that serves a few requests to itself, then exits.
 
 For the ``sflow-app`` tests: configured by the environment (``SFLOW_APP_COLLECTORS``,
-sampling...), served by wsgiref on loopback. argv: the paths to request, in order.
+sampling...), served by wsgiref on loopback. argv: the paths to request, in order. With
+``SENDER_APP_WAIT=1`` it then prints ``ready`` and keeps running until its stdin closes.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import sys
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -42,6 +44,9 @@ def main() -> None:
         conn.request("GET", path)
         conn.getresponse().read()
         conn.close()
+    if os.environ.get("SENDER_APP_WAIT") == "1":
+        print("ready", flush=True)
+        sys.stdin.read()
     server.shutdown()  # the agent's exit flush sends what is left
 
 
