@@ -25,12 +25,20 @@ from ._encode import (
     encode_flow_sample,
     fit_flow_sample,
 )
-from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ, POOL
+from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ
 from ._local import LocalState
+from ._runtime import RuntimeCollector, mem_max
 from ._send import Senders
-from ._sender import FORWARD_MAX, MSG
+from ._sender import FORWARD_MAX, MSG, POOL_ONLY
 from ._shared import SharedState, service_key, state_dir
-from ._source import SOURCE_KINDS, counter_records, gauge_positions
+from ._source import (
+    HTTP_METHODS,
+    HTTP_STATUSES,
+    SOURCE_KINDS,
+    counter_records,
+    counts_digest,
+    gauge_positions,
+)
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
 
 if TYPE_CHECKING:
@@ -82,6 +90,10 @@ class Exporter:
         self._last: dict[int, tuple[list[int], int, int]] = {}
         self._offsets: dict[str, dict[int, tuple[list[int], int, int]]] = {}
         self._offset: dict[int, tuple[list[int], int, int]] = {}
+        # Per source, this process's pool as far as its samples (or a final hand-over)
+        # carried it: each sample carries the increment since (see _pool_step).
+        self._pool_carried: dict[int, int] = {}
+        self.runtime = RuntimeCollector()
 
     # -- one pass ---------------------------------------------------------------------
     def step(self, now: float, *, final: bool = False) -> None:
@@ -103,6 +115,7 @@ class Exporter:
         state = self._open(ident)
         if self._held:
             items, self._held = self._held + items, []
+        items.sort(key=lambda item: item[1])  # candidate order: increments stay positive
         sources = agent.sources()
         try:
             for source in sources:
@@ -111,7 +124,10 @@ class Exporter:
             state = self._fall_back(f"the shared state cannot grow ({exc})")
             for source in sources:
                 self._publish(state, source)
+        self._publish_runtime(state, sources, now, final)
         encoded = [e for e in (self._encode(state, item) for item in items) if e]
+        if final:  # what this process pooled since its last sample, carried by no sample
+            encoded += self._pool_remainders(state, sources)
         if not state.try_become_sender():
             if self._pending:  # staged while it was the sender, then replaced
                 self._backlog.extend((i, bytes(buf)) for i, flow, buf in self._pending if flow)
@@ -160,6 +176,7 @@ class Exporter:
                 return self._fall_back(f"shared state unavailable ({exc})")
             self._check_shared(state, ident)
         self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
+        self.runtime.opened(key, isinstance(state, SharedState))
         self.state = state
         return state
 
@@ -191,6 +208,7 @@ class Exporter:
             "(SFLOW_APP_SHARED=0 makes one process the whole service)"
         )
         self._offset = {}
+        self.runtime.opened(None, False)
         state = self.state = LocalState(sub_agent)
         return state
 
@@ -246,20 +264,41 @@ class Exporter:
             values[position] = value
         state.publish(index, values, pool, drops, gauge_positions(source.kind))
 
+    def _publish_runtime(
+        self, state: State, sources: list[Source], now: float, final: bool
+    ) -> None:
+        """This process's runtime figures (app_resources, app_workers), at most once per
+        polling interval of the HTTP source and at exit, off the request path."""
+        http = next((s for s in sources if s.kind == "http"), None)
+        if http is None or state.slot is None:
+            return
+        interval = self.agent.settings.polling_for(http.app_key)
+        # In progress: candidates (pooled as they arrive) not yet given a status.
+        statuses = http.counters.snapshot()[HTTP_METHODS:HTTP_STATUSES]
+        in_flight = http.sampler.sample_pool - sum(statuses)
+        try:
+            figures = self.runtime.collect(now, interval, in_flight, final)
+        except Exception:
+            log.debug("sflow_app: runtime figures failed", exc_info=True)
+            return
+        if figures is not None:
+            state.publish_runtime(figures)
+
     # -- samples ----------------------------------------------------------------------
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
-        source, pool, rate, records = item
+        source, n, rate, records = item
         index = self._index(state, source)
         if index is None:
             source.drop()
             return None
+        pool = self._pool_step(source, source.sampler.ordinal(n))
         inp, out = source.direction
         sample = FlowSample(
             sequence_number=0,
             ds_class=DS_CLASS_LOGICAL,
             ds_index=source.ds_index,
             sampling_rate=rate,
-            sample_pool=pool & 0xFFFFFFFF,
+            sample_pool=pool & 0xFFFFFFFF,  # the increment: the sender accumulates it
             drops=0,
             input_format=0,
             input_value=inp,
@@ -269,9 +308,34 @@ class Exporter:
         )
         fitted = fit_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
         if fitted is None:
+            self._pool_carried[id(source)] -= pool  # the next sample carries it
             source.drop()
             return None
         return index, encode_flow_sample(fitted)
+
+    def _pool_step(self, source: Source, pool: int) -> int:
+        """This process's pool increment since its previous sample of ``source`` (as
+        mod_sflow does): at least 1, so the service's pool strictly increases. A sample
+        submitted late (a slow request sampled before a quick one) takes 1 and is made up
+        for by the next: the sum never runs ahead of the candidates seen by more than the
+        samples in flight."""
+        carried = self._pool_carried.get(id(source), 0)
+        now = max(pool, carried + 1)
+        self._pool_carried[id(source)] = now
+        return now - carried
+
+    def _pool_remainders(self, state: State, sources: list[Source]) -> list[tuple[int, bytes]]:
+        """At exit: pool increments no sample carries, as pool-only messages."""
+        out = []
+        for source in sources:
+            index = self._indexes.get(id(source))
+            carried = self._pool_carried.get(id(source), 0)
+            rest = source.sampler.sample_pool - carried
+            if index is None or rest <= 0:
+                continue
+            self._pool_carried[id(source)] = carried + rest
+            out.append((index, POOL_ONLY.pack(min(rest, 0xFFFFFFFF))))
+        return out
 
     def _forward(self, state: State, encoded: list[tuple[int, bytes]]) -> None:
         if not isinstance(state, SharedState):
@@ -307,7 +371,9 @@ class Exporter:
             if (index := self._indexes.get(id(s))) is not None
         }
         for _ in range(count):
-            index, _ = self._backlog.popleft()
+            index, data = self._backlog.popleft()
+            if len(data) == POOL_ONLY.size:
+                continue  # a pool increment, not a sample
             self.agent.stats["backlog_drops"] += 1
             source = by_index.get(index)
             if source is not None:
@@ -316,6 +382,9 @@ class Exporter:
     def _stage_flow(
         self, state: State, totals: dict[int, list[int]], index: int, data: bytes, now: float
     ) -> None:
+        if len(data) == POOL_ONLY.size:  # an exiting worker's last pool increment
+            state.add_pool(index, POOL_ONLY.unpack(data)[0])
+            return
         offsets = FLOW_OFFSETS.get(int.from_bytes(data[:4], "big"))
         if offsets is None:
             return
@@ -323,7 +392,10 @@ class Exporter:
             totals[index] = state.totals(index)
         total = totals[index]
         buf = bytearray(data)
-        _patch(buf, offsets[1], state.pool_for_sample(index, total[POOL]))
+        # The sample carries its worker's pool increment; staged in order, the service's
+        # pool is the running sum: strictly increasing with the sequence numbers.
+        step = int.from_bytes(buf[offsets[1] : offsets[1] + 4], "big")
+        _patch(buf, offsets[1], state.add_pool(index, max(step, 1)))
         _patch(buf, offsets[2], total[DROPS])
         self._append(index, True, buf, now)
 
@@ -346,13 +418,31 @@ class Exporter:
             if gauges or index not in totals:  # gauges: live workers only
                 totals[index] = state.totals(index, gauges)
             names = SOURCE_KINDS[kind].counter_names
+            counts = totals[index][: len(names)]
+            digest = counts_digest(counts)
+            if not state.counts_changed(index, digest) and final:
+                continue  # an exiting worker adds nothing to the last counter sample sent
+            runtime = None
+            if kind == "http":
+                runtime = [*state.runtime_totals(), mem_max()]
+            records = counter_records(kind, name, counts, parent, self.agent.service_name, runtime)
             sample = CountersSample(
-                sequence_number=0,
-                ds_class=DS_CLASS_LOGICAL,
-                ds_index=ds_index,
-                records=tuple(counter_records(kind, name, totals[index][: len(names)], parent)),
+                sequence_number=0, ds_class=DS_CLASS_LOGICAL, ds_index=ds_index, records=records
             )
-            self._append(index, False, bytearray(encode_counters_sample(sample)), now)
+            self._append_counters(index, bytearray(encode_counters_sample(sample)), now)
+
+    def _append_counters(self, index: int, buf: bytearray, now: float) -> None:
+        """A counter sample of this source still waiting is superseded by this one, in
+        its place: one datagram never carries a source's counters twice."""
+        for i, (waiting, is_flow, old) in enumerate(self._pending):
+            if waiting == index and not is_flow:
+                if len(old) == len(buf):  # the same records: same size
+                    self._pending[i] = (index, False, buf)
+                    return
+                del self._pending[i]
+                self._size -= len(old)
+                break
+        self._append(index, False, buf, now)
 
     def _append(self, index: int, is_flow: bool, buf: bytearray, now: float) -> None:
         limit = self.agent.settings.datagram - HEADER_MAX
@@ -443,6 +533,7 @@ class Exporter:
         if isinstance(self.state, SharedState) and self._key is not None:
             # What this process published stays in the file (its slot, now dead).
             self._offsets[self._key] = {**self._offset, **self._last}
+            self.runtime.closed(self._key)
         self._last = {}
         if self.state is not None:
             self.state.close()

@@ -41,6 +41,10 @@ class Sampler:
         """Candidates seen so far."""
         return _value(self._pool_cell) - 1 - self._base
 
+    def ordinal(self, n: int) -> int:
+        """Candidate ``n``'s place among this process's candidates (its pool then)."""
+        return n - self._base
+
     def skip(self) -> int:
         rate = self.rate
         if rate <= 1:

@@ -50,6 +50,7 @@ from ._http import (
     status_slot,
     submit_http,
 )
+from ._source import detail_slots
 
 try:
     from asgiref.compatibility import guarantee_single_callable
@@ -82,6 +83,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _both(first: Callable[[], int], second: Callable[[], int]) -> Callable[[], int]:
+    def incr() -> int:
+        first()
+        return second()
+
+    return incr
+
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the response
 MAX_US = 0xFFFFFFFF
@@ -137,6 +147,9 @@ class SFlowMiddleware:
         self._method_incr = {m: incr[slot] for m, (_, slot) in METHODS.items()}
         self._other_method = incr[OTHER_METHOD[1]]
         self._status_incr = {s: incr[status_slot(s)] for s in range(100, 600)}
+        # 4xx/5xx statuses app_operations tells apart: their class and their own counter.
+        for code, slot in detail_slots().items():
+            self._status_incr[code] = _both(self._status_incr[code], incr[slot])
         self._other_status = incr[STATUS_OTHER]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -73,6 +73,7 @@ from ._http import (
 from ._listen import fd_name as _fd_name
 from ._listen import uwsgi_listener as _uwsgi_listener
 from ._listen import uwsgi_router as _uwsgi_router
+from ._source import detail_slots
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
@@ -88,6 +89,12 @@ Write = Callable[[bytes], object]
 TRANSACTION_KEY = "sflow_app.transaction"
 
 CLIENT_CLOSED = 499  # nginx's status for a response that never got one
+
+
+def _nothing() -> int:
+    return 0
+
+
 MAX_US = 0xFFFFFFFF
 _PROTOCOLS = {
     "HTTP/1.0": 1000,
@@ -127,6 +134,7 @@ class SFlowMiddleware:
     """
 
     __slots__ = (
+        "_detail_incr",
         "_excluded",
         "_method_incr",
         "_other_method",
@@ -163,6 +171,8 @@ class SFlowMiddleware:
         self._other_method = incr[OTHER_METHOD[1]]
         self._status_incr = {str(d): incr[STATUS_SLOTS[d]] for d in range(1, 6)}
         self._other_status = incr[STATUS_OTHER]
+        # 4xx/5xx statuses app_operations tells apart ("404" -> its own counter).
+        self._detail_incr = {str(code): incr[slot] for code, slot in detail_slots().items()}
         instances += 1
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -186,14 +196,14 @@ class SFlowMiddleware:
         try:
             result = self.app(environ, counting_start_response)
         except BaseException:
-            if status is None:
-                self._status_incr["5"]()
-            else:
-                self._status_incr.get(status[:1], self._other_status)()
+            self._count_status(status, True)
             raise
         if status is None:  # start_response deferred to the first iteration (generators)
             return _LateStatus(result, self, lambda: status)
-        self._status_incr.get(status[:1], self._other_status)()
+        first = status[:1]
+        self._status_incr.get(first, self._other_status)()
+        if first > "3":  # 4xx, 5xx: a status app_operations counts on its own?
+            self._detail_incr.get(status[:3], _nothing)()
         return result
 
     # -- slow path --------------------------------------------------------------------
@@ -237,6 +247,7 @@ class SFlowMiddleware:
     def _count_status(self, status: str | None, failed: bool) -> None:
         if status is not None:
             self._status_incr.get(status[:1], self._other_status)()
+            self._detail_incr.get(status[:3], _nothing)()
         elif failed:
             self._status_incr["5"]()
         else:
