@@ -53,20 +53,25 @@ class ServerShape:
         self.name = name
 
 
-def _main_frames_self(module_prefix: str) -> Any:
-    """The ``self`` of the outermost frame of the main thread running code of
-    ``module_prefix`` (the server's worker or server object), or None."""
+def _main_thread_self(cls: type | None) -> Any:
+    """The ``self`` of a frame of the main thread that is a ``cls`` (the server's worker
+    or server object, whose method runs the serving loop), or None."""
+    if cls is None:
+        return None
     frame = sys._current_frames().get(threading.main_thread().ident or 0)
-    found = None
     while frame is not None:
-        code = frame.f_code
-        if code.co_varnames[:1] == ("self",) and module_prefix in code.co_filename:
+        if frame.f_code.co_varnames[:1] == ("self",):
             with contextlib.suppress(Exception):
                 candidate = frame.f_locals.get("self")
-                if type(candidate).__module__.startswith(module_prefix):
-                    found = candidate
+                if isinstance(candidate, cls):
+                    return candidate
         frame = frame.f_back
-    return found
+    return None
+
+
+def _class(module: str, name: str) -> type | None:
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
 
 
 def _int(value: Any) -> int:
@@ -89,7 +94,7 @@ def server_shape() -> ServerShape:
         processes = _int(getattr(uwsgi, "numproc", 0))
         return ServerShape(threads, processes * threads, processes * threads, "uwsgi")
     if "gunicorn.workers.base" in sys.modules:
-        worker = _main_frames_self("gunicorn")
+        worker = _main_thread_self(_class("gunicorn.workers.base", "Worker"))
         cfg = getattr(worker, "cfg", None)
         if cfg is not None:
             processes = _int(getattr(cfg, "workers", 0))
@@ -102,8 +107,8 @@ def server_shape() -> ServerShape:
             # gevent, eventlet, tornado: a worker is a process serving many connections
             conns = _int(getattr(cfg, "worker_connections", 0))
             return ServerShape(1, processes, processes * conns, f"gunicorn {kind}")
-    if "uvicorn" in sys.modules:
-        server = _main_frames_self("uvicorn")
+    if "uvicorn.server" in sys.modules:
+        server = _main_thread_self(_class("uvicorn.server", "Server"))
         config = getattr(server, "config", None)
         if config is not None:
             processes = _int(getattr(config, "workers", 1) or 1)
