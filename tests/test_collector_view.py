@@ -155,7 +155,8 @@ def test_runtime_counters_gunicorn_sync(service: Service) -> None:  # noqa: F811
 
 def test_no_duplicate_counter_samples_at_exit(service: Service) -> None:  # noqa: F811
     """Audit fix 2: gunicorn -w 3 stopped after its counters settled: each exiting worker
-    used to send a last counter sample with the same counts (3 within a few ms)."""
+    used to send a last counter sample with the same counts (3 within a few ms), and a
+    poll due before the previous one left put the source twice in one datagram."""
     service.start("gunicorn-exit", gunicorn(workers=3), 3)
     load = run_load(service.port, 300, 6)
     settled_counters(service, load.t_end)
@@ -167,6 +168,10 @@ def test_no_duplicate_counter_samples_at_exit(service: Service) -> None:  # noqa
     after = [s for _, s in http_counters(service, stopped)]
     counts = [record(s, HttpCounters) for s in after]
     assert len(counts) == len(set(counts)), f"identical counter samples at exit: {counts}"
+    # Nor twice in one datagram (a poll due before the previous one was flushed).
+    for _, dg in service.collector.received():
+        polled = [s.ds_index for s in dg.samples if isinstance(s, CountersSample)]
+        assert len(polled) == len(set(polled)), f"one source twice in datagram {dg}"
 
 
 def test_runtime_counters_gunicorn_gthread(service: Service) -> None:  # noqa: F811
