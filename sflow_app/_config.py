@@ -300,6 +300,7 @@ class Settings:
     sub_agent_id: int | None = None
     service_name: str | None = None
     queue_capacity: int = DEFAULT_QUEUE
+    authuser: bool = True  # SFLOW_APP_AUTHUSER: report the client's user name
     warnings: tuple[str, ...] = ()  # bad environment values, for the caller to log once
     sampling_layers: tuple[Rates, ...] = field(default=(), repr=False)
     polling_layers: tuple[Rates, ...] = field(default=(), repr=False)
@@ -391,10 +392,24 @@ def resolve(
         sub_agent_id=pick("sub_agent_id"),
         service_name=pick("service_name"),
         queue_capacity=pick("queue_capacity"),
+        authuser=_authuser(env, warnings),
         warnings=tuple(warnings),
         sampling_layers=tuple(layer.sampling for layer in layers),
         polling_layers=tuple(layer.polling for layer in layers),
     )
+
+
+def _authuser(env: Mapping[str, str], warnings: list[str]) -> bool:
+    """SFLOW_APP_AUTHUSER (default 1): 0 keeps user names (personal data) out of the
+    samples. Kept apart so it moves into the settings registry in one piece."""
+    raw = env.get("SFLOW_APP_AUTHUSER", "").strip()
+    if not raw:
+        return True
+    try:
+        return _flag(raw)
+    except ValueError as exc:
+        warnings.append(f"SFLOW_APP_AUTHUSER ignored: {exc}")
+        return True
 
 
 def route_address(collector_ip: str, port: int = DEFAULT_PORT) -> str:

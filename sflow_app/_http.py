@@ -7,10 +7,11 @@ record, the route's app_operation) is here.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -172,6 +173,38 @@ def app_status(status: int) -> int:
     if status < 500:
         return AppStatus.BAD_REQUEST
     return AppStatus.INTERNAL_ERROR if status < 600 else AppStatus.OTHER
+
+
+def basic_user(authorization: bytes | str) -> bytes:
+    """The user name of a ``Basic`` Authorization header, never the password; b"" for
+    anything else (other schemes, bad base64)."""
+    if isinstance(authorization, str):
+        authorization = authorization.encode("latin-1", "replace")
+    scheme, _, token = authorization.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return b""
+    try:
+        decoded = base64.b64decode(token.strip()[:1024], validate=True)
+    except ValueError:
+        return b""
+    user, colon, _password = decoded.partition(b":")
+    return user if colon else b""
+
+
+def scope_user(scope: Mapping[str, Any]) -> str:
+    """The name of ``scope["user"]`` as an auth middleware (Starlette's) set it; "" for
+    none or an unauthenticated user."""
+    user = scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", True):
+        return ""
+    for attr in ("display_name", "username"):
+        try:
+            name = getattr(user, attr, None)
+        except Exception:  # a property of someone else's class
+            continue
+        if isinstance(name, str) and name:
+            return name
+    return user if isinstance(user, str) else ""
 
 
 def submit_http(

@@ -43,10 +43,12 @@ from ._http import (
     METHODS,
     OTHER_METHOD,
     STATUS_OTHER,
+    basic_user,
     build_uri,
     current_request,
     middleware_options,
     protocol_number,
+    scope_user,
     status_slot,
     submit_http,
 )
@@ -104,6 +106,7 @@ _REQUEST_HEADERS = {
     b"user-agent": 2,
     b"x-forwarded-for": 3,
     b"content-length": 4,
+    b"authorization": 5,
 }
 
 
@@ -256,7 +259,7 @@ class SFlowMiddleware:
         root_path: str,
     ) -> None:
         try:
-            found: list[bytes] = [b"", b"", b"", b"", b""]
+            found: list[bytes] = [b"", b"", b"", b"", b"", b""]
             for name, value in scope.get("headers") or ():
                 i = _REQUEST_HEADERS.get(name.lower())
                 if i is not None:
@@ -277,6 +280,7 @@ class SFlowMiddleware:
                 referer=found[1],
                 useragent=found[2],
                 xff=found[3],
+                authuser=_authuser(scope, found[5]),
                 mime_type=exchange.mime_type(),
                 req_bytes=int(length) if length.isdigit() else exchange.received,
                 resp_bytes=exchange.sent,
@@ -289,6 +293,14 @@ class SFlowMiddleware:
         except Exception:  # nothing here may reach the application
             log.debug("sflow_app: could not record an ASGI sample", exc_info=True)
             self._source.drop()
+
+
+def _authuser(scope: Scope, authorization: bytes) -> bytes | str:
+    """``scope["user"]`` where an auth middleware set it, else the user name of a Basic
+    Authorization header; nothing when SFLOW_APP_AUTHUSER=0."""
+    if not AGENT.settings.authuser:
+        return b""
+    return scope_user(scope) or basic_user(authorization)
 
 
 class _Exchange:

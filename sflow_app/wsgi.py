@@ -64,6 +64,7 @@ from ._http import (
     OTHER_METHOD,
     STATUS_OTHER,
     STATUS_SLOTS,
+    basic_user,
     build_uri,
     current_request,
     middleware_options,
@@ -432,7 +433,7 @@ class _Transaction:
             referer=_raw(env.get("HTTP_REFERER", "")),
             useragent=_raw(env.get("HTTP_USER_AGENT", "")),
             xff=_raw(env.get("HTTP_X_FORWARDED_FOR", "")),
-            authuser=_raw(env.get("REMOTE_USER", "")),
+            authuser=_authuser(env),
             mime_type=mime,
             req_bytes=self.req_bytes,
             resp_bytes=self.resp_bytes,
@@ -442,6 +443,14 @@ class _Transaction:
             remote=remote,
             route=self.route,
         )
+
+
+def _authuser(env: Environ) -> bytes:
+    """REMOTE_USER (the server or a middleware authenticated the client), else the user
+    name of a Basic Authorization header; nothing when SFLOW_APP_AUTHUSER=0."""
+    if not AGENT.settings.authuser:
+        return b""
+    return _raw(env.get("REMOTE_USER", "")) or basic_user(env.get("HTTP_AUTHORIZATION", ""))
 
 
 class _Body:

@@ -4,15 +4,18 @@ route template in the parent context."""
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import pytest
 from apps.asgi_harness import call, http_scope, respond
 from apps.asgi_harness import flush as asgi_flush
-from apps.harness import flush, serve
+from apps.asgi_harness import http_records as asgi_records
+from apps.harness import flush, http_samples, record, serve
 
 from sflow_app._agent import AGENT
 from sflow_app.asgi import SFlowMiddleware as AsgiMiddleware
-from sflow_app.records import AppOperations, HttpCounters
+from sflow_app.records import AppOperations, HttpCounters, HttpRequest
 from sflow_app.wsgi import SFlowMiddleware
 
 STATUSES = {
@@ -80,3 +83,96 @@ def test_http_source_sends_app_operations_asgi(agent, collector, sampling):
         call(AsgiMiddleware(respond(code, b"x")), http_scope("GET", f"/{code}"))
     asgi_flush(AGENT, collector)
     assert app_operations(collector) == EXPECTED
+
+
+# -- fix 3: authuser ----------------------------------------------------------------------
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hi"]
+
+
+def wsgi_users(collector, requests: list[dict[str, str]], app=hello) -> list[str]:
+    with serve(SFlowMiddleware(app)) as url, httpx.Client(base_url=url) as client:
+        for headers in requests:
+            assert client.get("/", headers=headers).status_code == 200
+    flush(collector)
+    raw = b"".join(collector.raw)
+    assert b"s3cret" not in raw, "a password went out"
+    return [record(s, HttpRequest).authuser for s in http_samples(collector)]
+
+
+def test_wsgi_basic_authorization_user(live, collector):
+    live(sampling=1)
+    users = wsgi_users(
+        collector,
+        [{"Authorization": basic("alice", "s3cret")}, {"Authorization": "Bearer abc"}, {}],
+    )
+    assert users == ["alice", "", ""]
+
+
+def test_wsgi_remote_user_first(live, collector):
+    """REMOTE_USER (set by the server or an auth layer outside ours) wins."""
+    live(sampling=1)
+    middleware = SFlowMiddleware(hello)
+    with serve(lambda env, start: middleware({**env, "REMOTE_USER": "bob"}, start)) as url:
+        httpx.get(url + "/", headers={"Authorization": basic("alice", "s3cret")})
+    flush(collector)
+    assert [record(s, HttpRequest).authuser for s in http_samples(collector)] == ["bob"]
+
+
+def test_authuser_off(live, collector, monkeypatch):
+    """SFLOW_APP_AUTHUSER=0: no user names (personal data) at all."""
+    monkeypatch.setenv("SFLOW_APP_AUTHUSER", "0")
+    live(sampling=1)
+    users = wsgi_users(collector, [{"Authorization": basic("alice", "s3cret")}])
+    assert users == [""]
+
+
+def test_asgi_basic_and_scope_user(agent, collector):
+    agent(sampling=1)
+    app = AsgiMiddleware(respond(200, b"x"))
+    call(
+        app, http_scope("GET", "/", headers=[(b"authorization", basic("carol", "s3cret").encode())])
+    )
+
+    class User:
+        is_authenticated = True
+        display_name = "dave"
+
+    inner = respond(200, b"x")
+
+    async def auth(scope, receive, send):  # an auth middleware inside ours
+        scope["user"] = User()
+        await inner(scope, receive, send)
+
+    call(AsgiMiddleware(auth), http_scope("GET", "/"))
+    asgi_flush(AGENT, collector)
+    assert b"s3cret" not in b"".join(collector.raw)
+    assert [r.authuser for r in asgi_records(collector)] == ["carol", "dave"]
+
+
+def test_starlette_authentication_user(agent, collector):
+    """A real Starlette AuthenticationMiddleware sets scope["user"]."""
+    from starlette.applications import Starlette
+    from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    class Backend(AuthenticationBackend):
+        async def authenticate(self, conn):
+            return AuthCredentials(["authenticated"]), SimpleUser("erin")
+
+    app = Starlette(
+        routes=[Route("/", lambda request: PlainTextResponse("hi"))],
+        middleware=[Middleware(AuthenticationMiddleware, backend=Backend())],
+    )
+    agent(sampling=1)
+    call(AsgiMiddleware(app), http_scope("GET", "/"))
+    asgi_flush(AGENT, collector)
+    assert [r.authuser for r in asgi_records(collector)] == ["erin"]
