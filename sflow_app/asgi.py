@@ -32,13 +32,14 @@ after a disconnect it reported are not counted.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import perf_counter_ns
 from typing import Any
 from urllib.parse import quote
 
 from ._agent import AGENT
+from ._asgi_exchange import Exchange as _Exchange
+from ._asgi_exchange import follow_error_page, websocket_status
 from ._http import (
     METHODS,
     OTHER_METHOD,
@@ -210,7 +211,7 @@ class SFlowMiddleware:
         async def send_status(message: Message) -> None:
             nonlocal status
             if not status:
-                status = _websocket_status(message)
+                status = websocket_status(message)
             await send(message)
 
         try:
@@ -229,13 +230,27 @@ class SFlowMiddleware:
         exchange = _Exchange(receive, send, head=method == "HEAD")
         token = current_request.set((AGENT.service_name, method, scope.get("path", "")))
         scope[ROUTE_KEY] = None
-        raised = False
+        raised = deferred = False
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception:
             raised = True
             if not exchange.status and not exchange.end_ns:  # raised, client still there
                 exchange.status = 500
+                # Starlette's error page goes out beside us: record it when it is sent.
+                deferred = follow_error_page(
+                    send,
+                    exchange,
+                    lambda: self._record(
+                        n,
+                        scope,
+                        method,
+                        exchange,
+                        exchange.status or 500,
+                        exchange.end_ns,
+                        root_path,
+                    ),
+                )
             raise
         finally:
             current_request.reset(token)
@@ -246,7 +261,8 @@ class SFlowMiddleware:
             counted = exchange.answered or exchange.status or (500 if raised else CLIENT_CLOSED)
             self._method_incr.get(method, self._other_method)()
             self._status_incr.get(counted, self._other_status)()
-            self._record(n, scope, method, exchange, status, end_ns, root_path)
+            if not deferred:
+                self._record(n, scope, method, exchange, status, end_ns, root_path)
 
     def _record(
         self,
@@ -301,112 +317,6 @@ def _authuser(scope: Scope, authorization: bytes) -> bytes | str:
     if not AGENT.settings.authuser:
         return b""
     return scope_user(scope) or basic_user(authorization)
-
-
-class _Exchange:
-    """What one sampled request or websocket saw; owned by a single call."""
-
-    __slots__ = (
-        "_receive",
-        "_send",
-        "answered",
-        "end_ns",
-        "head",
-        "headers",
-        "received",
-        "sent",
-        "start_ns",
-        "status",
-    )
-
-    def __init__(self, receive: Receive, send: Send, *, head: bool) -> None:
-        self._receive = receive
-        self._send = send
-        self.head = head
-        self.status = 0
-        self.answered = 0  # the status the app answered with, even to a client gone
-        self.headers: Iterable[tuple[bytes, bytes]] = ()
-        self.received = 0
-        self.sent = 0
-        self.start_ns = perf_counter_ns()
-        self.end_ns = 0  # set by the last body message, close, or disconnect
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        kind = message["type"]
-        if kind == "http.request":
-            self.received += len(message.get("body", b""))
-        elif kind == "websocket.receive":
-            self.received += _payload_size(message)
-        elif kind in ("http.disconnect", "websocket.disconnect") and not self.end_ns:
-            self.end_ns = perf_counter_ns()
-        return message
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind in ("http.response.start", "websocket.http.response.start"):
-            self.answered = message["status"]
-        if self.end_ns:  # finished or disconnected: nothing more reaches the client
-            return await self._send(message)
-        try:
-            await self._send(message)
-        except OSError:  # ASGI 2.4 servers raise on send after a disconnect
-            self.end_ns = perf_counter_ns()
-            raise
-        if kind in ("http.response.body", "websocket.http.response.body"):
-            if not self.head:
-                self.sent += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                self.end_ns = perf_counter_ns()
-        elif kind == "websocket.send":
-            self.sent += _payload_size(message)
-        elif kind in ("http.response.start", "websocket.http.response.start"):
-            self.status = message["status"]
-            self.headers = message.get("headers") or ()
-        elif kind == "websocket.close":
-            self.status = self.status or 403  # closed before accept: servers answer 403
-            self.end_ns = perf_counter_ns()
-        elif kind == "websocket.accept":
-            self.status = 101
-        elif kind == "http.response.pathsend":
-            self.end_ns = perf_counter_ns()
-            if not self.head:
-                self.sent += self._file_size(message)
-
-    def _file_size(self, message: Message) -> int:
-        """What a pathsend sends: the response's Content-Length, else the file's size."""
-        for name, value in self.headers:
-            if name.lower() == b"content-length" and value.strip().isdigit():
-                return int(value)
-        try:
-            return os.stat(message["path"]).st_size
-        except (OSError, KeyError, TypeError, ValueError):
-            return 0
-
-    def mime_type(self) -> bytes:
-        for name, value in self.headers:
-            if name.lower() == b"content-type":
-                return bytes(value)
-        return b""
-
-
-def _websocket_status(message: Message) -> int:
-    kind = message["type"]
-    if kind == "websocket.accept":
-        return 101
-    if kind == "websocket.close":
-        return 403
-    if kind == "websocket.http.response.start":
-        return int(message["status"])
-    return 0
-
-
-def _payload_size(message: Message) -> int:
-    data = message.get("bytes")
-    if data is not None:
-        return len(data)
-    text = message.get("text")
-    return len(text.encode()) if text else 0
 
 
 def _address(addr: Any) -> tuple[str, int] | None:

@@ -8,7 +8,7 @@ import base64
 
 import httpx
 import pytest
-from apps.asgi_harness import call, http_scope, respond
+from apps.asgi_harness import Peer, call, http_scope, respond
 from apps.asgi_harness import flush as asgi_flush
 from apps.asgi_harness import http_records as asgi_records
 from apps.harness import flush, http_samples, record, serve
@@ -176,3 +176,61 @@ def test_starlette_authentication_user(agent, collector):
     call(AsgiMiddleware(app), http_scope("GET", "/"))
     asgi_flush(AGENT, collector)
     assert [r.authuser for r in asgi_records(collector)] == ["erin"]
+
+
+# -- fix 4: Starlette / FastAPI 500s -----------------------------------------------------
+def starlette_failing(handler=None):
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def fail(request):
+        raise RuntimeError("boom")
+
+    handlers = {500: handler} if handler else {}
+    app = Starlette(routes=[Route("/fail/{n}", fail)], exception_handlers=handlers)
+    app.add_middleware(AsgiMiddleware)
+    return app
+
+
+def fastapi_failing():
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/fail/{n}")
+    async def fail(n: int):
+        raise RuntimeError("boom")
+
+    app.add_middleware(AsgiMiddleware)
+    return app
+
+
+def client_received(peer) -> tuple[int, int, str]:
+    [start] = [m for m in peer.sent if m["type"] == "http.response.start"]
+    body = sum(len(m.get("body", b"")) for m in peer.sent if m["type"] == "http.response.body")
+    mime = dict(start["headers"]).get(b"content-type", b"").decode()
+    return start["status"], body, mime
+
+
+def json_500(request, exc):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": "sorry"}, status_code=500)
+
+
+@pytest.mark.parametrize(
+    "make", [starlette_failing, fastapi_failing, lambda: starlette_failing(json_500)]
+)
+def test_server_error_page_recorded_as_received(agent, collector, make):
+    """Fix 4: ServerErrorMiddleware sends the 500 page outside our middleware; the sample
+    says what the client received (status, bytes, MIME type), and the counters count it."""
+    agent(sampling=1)
+    peer = Peer()
+    with pytest.raises(RuntimeError):
+        call(make(), http_scope(path="/fail/1"), peer)
+    status, body, mime = client_received(peer)
+    assert status == 500 and body > 0 and mime
+    asgi_flush(AGENT, collector)
+    [rec] = asgi_records(collector)
+    assert (rec.status, rec.resp_bytes, rec.mime_type) == (status, body, mime)
+    assert collector.latest_counters(HttpCounters).status_5XX_count == 1
