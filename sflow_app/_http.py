@@ -74,6 +74,26 @@ current_request: contextvars.ContextVar[tuple[str, str, str] | None] = contextva
 )
 
 
+# On sampled ASGI requests: the route template once the router has matched (FastAPI and
+# Starlette record it on the scope only then), for the same parent context.
+current_route: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar(
+    "sflow_app_route", default=None
+)
+
+
+def parent_context() -> tuple[str, str, str] | None:
+    """(service, method, route-or-path) of the sampled request this task runs in."""
+    parent = current_request.get()
+    route = current_route.get()
+    if parent is None or route is None:
+        return parent
+    try:
+        template = route()
+    except Exception:
+        template = None
+    return (parent[0], parent[1], template) if template else parent
+
+
 def middleware_options(
     exclude: Iterable[str] | Callable[[str], bool] | None,
     query: str,

@@ -53,7 +53,7 @@ from typing import Any, TypeVar, cast, overload
 import wrapt
 
 from ._agent import AGENT
-from ._http import current_request
+from ._http import parent_context
 from ._source import AppSource
 from .records import AppOperation, AppParentContext, AppStatus
 
@@ -227,7 +227,7 @@ class _Operation:
                     status=status,
                 )
             ]
-            parent = current_request.get()
+            parent = parent_context()
             if parent is not None:
                 service, method, where = parent
                 records.append(

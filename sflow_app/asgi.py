@@ -47,6 +47,7 @@ from ._http import (
     basic_user,
     build_uri,
     current_request,
+    current_route,
     middleware_options,
     protocol_number,
     scope_user,
@@ -229,6 +230,7 @@ class SFlowMiddleware:
         root_path = scope.get("root_path", "")
         exchange = _Exchange(receive, send, head=method == "HEAD")
         token = current_request.set((AGENT.service_name, method, scope.get("path", "")))
+        route_token = current_route.set(lambda: _route_template(scope, root_path))
         scope[ROUTE_KEY] = None
         raised = deferred = False
         try:
@@ -254,6 +256,7 @@ class SFlowMiddleware:
             raise
         finally:
             current_request.reset(token)
+            current_route.reset(route_token)
             end_ns = exchange.end_ns or perf_counter_ns()
             status = exchange.status or CLIENT_CLOSED
             # Counted as the unsampled path counts (the app's answer), so sampling never

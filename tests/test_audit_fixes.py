@@ -15,7 +15,7 @@ from apps.harness import flush, http_samples, record, serve
 
 from sflow_app._agent import AGENT
 from sflow_app.asgi import SFlowMiddleware as AsgiMiddleware
-from sflow_app.records import AppOperations, HttpCounters, HttpRequest
+from sflow_app.records import AppOperations, AppParentContext, HttpCounters, HttpRequest
 from sflow_app.wsgi import SFlowMiddleware
 
 STATUSES = {
@@ -234,3 +234,28 @@ def test_server_error_page_recorded_as_received(agent, collector, make):
     [rec] = asgi_records(collector)
     assert (rec.status, rec.resp_bytes, rec.mime_type) == (status, body, mime)
     assert collector.latest_counters(HttpCounters).status_5XX_count == 1
+
+
+# -- fix 5: FastAPI's parent context carries the route template ------------------------------
+def test_fastapi_parent_context_is_the_route_template(agent, collector):
+    from fastapi import FastAPI
+
+    from sflow_app import transaction
+
+    @transaction("lookup", application="users")
+    def lookup(user_id: int) -> int:
+        return user_id
+
+    app = FastAPI()
+
+    @app.get("/users/{user_id}")
+    async def user(user_id: int):
+        return {"id": lookup(user_id)}
+
+    app.add_middleware(AsgiMiddleware)
+    agent(sampling=1)
+    call(app, http_scope(path="/users/1"))
+    asgi_flush(AGENT, collector)
+    [parent] = collector.records(AppParentContext)
+    assert (parent.application, parent.operation) == ("tests", "/users/{user_id}")
+    assert parent.attributes == "method=GET"
