@@ -27,6 +27,23 @@ request") otherwise -- the client disconnected first, the task was cancelled, or
 returned without responding. Bytes and duration stop at the last body message, at the
 disconnect, or when the app returns, whichever comes first; bytes the server dropped
 after a disconnect it reported are not counted.
+
+Starlette's (FastAPI's) ``ServerErrorMiddleware`` sits outside a middleware added with
+``add_middleware`` and answers an exception with its 500 page through the ``send`` it was
+given, bypassing ours. On a *sampled* request that raised before answering, the
+middleware follows that page (it redirects the variable the error middleware sends
+through, the closure cell of the ``send`` it handed us) and records the sample when the
+page is sent: status, bytes and MIME type as the client received them. The unsampled path
+is untouched (counters count such a request as 500 either way). Elsewhere -- another
+middleware between the two, or a handler that fails -- the sample is recorded at once as
+a 500 with no body (or not at all if the handler fails). ``app = SFlowMiddleware(app)``
+(outermost) sees every response directly.
+
+``authuser`` is ``scope["user"]`` where an auth middleware set it (Starlette's
+``AuthenticationMiddleware``: its ``display_name``), else a ``Basic`` Authorization
+header's user name (never the password); ``SFLOW_APP_AUTHUSER=0`` turns it off. A
+decorated function called inside a routed request names the route template as its
+parent context (once the router matched), not the concrete path.
 """
 
 from __future__ import annotations
