@@ -175,6 +175,10 @@ def build_uri(path: bytes, query: bytes, mode: str) -> bytes:
 
 
 def app_status(status: int) -> int:
+    """The app_operation outcome of an HTTP status; the HTTP source's app_operations
+    counters map every request the same way (``_source.http_app_operations``)."""
+    if status < 100:  # no status class: http_counters' "other" too
+        return AppStatus.OTHER
     if status < 400:
         return AppStatus.SUCCESS
     special = {

@@ -259,3 +259,15 @@ def test_fastapi_parent_context_is_the_route_template(agent, collector):
     [parent] = collector.records(AppParentContext)
     assert (parent.application, parent.operation) == ("tests", "/users/{user_id}")
     assert parent.attributes == "method=GET"
+
+
+def test_authuser_setting_resolves_once_per_reload():
+    from sflow_app import _config
+
+    def resolve(value: str) -> _config.Settings:
+        return _config.resolve({}, {"SFLOW_APP_AUTHUSER": value}, None, "/nonexistent")
+
+    assert resolve("").authuser and resolve("1").authuser
+    assert not resolve("0").authuser and not resolve("off").authuser
+    bad = resolve("maybe")
+    assert bad.authuser and any("SFLOW_APP_AUTHUSER" in w for w in bad.warnings)
