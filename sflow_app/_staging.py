@@ -98,16 +98,10 @@ class Staging:
             self._append_counters(index, bytearray(encode_counters_sample(sample)), now)
 
     def _append_counters(self, index: int, buf: bytearray, now: float) -> None:
-        """A counter sample of this source still waiting is superseded by this one, in
-        its place: one datagram never carries a source's counters twice."""
-        for i, (waiting, is_flow, old) in enumerate(self._pending):
-            if waiting == index and not is_flow:
-                if len(old) == len(buf):  # the same records: same size
-                    self._pending[i] = (index, False, buf)
-                    return
-                del self._pending[i]
-                self._size -= len(old)
-                break
+        """A counter sample of this source still waits (polled within the flush delay):
+        it leaves first, in its own datagram -- never twice in one, none skipped."""
+        if any(waiting == index and not is_flow for waiting, is_flow, _ in self._pending):
+            self.flush()
         self._append(index, False, buf, now)
 
     def _append(self, index: int, is_flow: bool, buf: bytearray, now: float) -> None:
