@@ -41,6 +41,7 @@ def configure(
     disable: bool | None = None,
     query: QueryMode | None = None,
     disabled_integrations: str | Sequence[str] | None = None,
+    authuser: bool | None = None,
 ) -> None:
     """Override settings for this process (highest precedence, per key; None: not given).
 
@@ -49,7 +50,8 @@ def configure(
     "memcache": 50, "app.shop": 5, "": 400}), ``polling`` (likewise), ``datagram``,
     ``ds_index``, ``sub_agent_id``, ``service_name``, ``parent_ds_index``,
     ``queue_capacity``, ``config_path``, ``state_dir``, ``shared``, ``disable``, ``query``
-    (the middlewares' default), ``disabled_integrations`` (``sflow-app run``). Raises
+    (the middlewares' default), ``disabled_integrations`` (``sflow-app run``),
+    ``authuser`` (user names in samples: personal data). Raises
     ``ValueError`` for a bad value: an explicit call should fail loudly; nothing else in
     the agent ever raises.
     """

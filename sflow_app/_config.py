@@ -256,6 +256,8 @@ VARS: tuple[Var, ...] = (
     Var("SFLOW_APP_STATE_DIR", "state_dir", "state_dir", _path_env, _path_arg),
     Var("SFLOW_APP_SHARED", "shared", "shared", _flag, _bool_arg),
     Var("SFLOW_APP_QUERY", "query", "query", _query_mode, _query_mode),
+    # User names are personal data: 0 keeps them out of every sampled request.
+    Var("SFLOW_APP_AUTHUSER", "authuser", "authuser", _flag, _bool_arg),
     Var(
         "SFLOW_APP_DISABLED_INTEGRATIONS",
         "disabled_integrations",
@@ -317,6 +319,7 @@ class _Layer:
     shared: bool | None = None
     disabled_integrations: tuple[str, ...] | None = None
     query: str | None = None
+    authuser: bool | None = None
 
 
 def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
@@ -417,6 +420,7 @@ _DEFAULTS = _Layer(
     shared=True,
     disabled_integrations=(),
     query="sensitive",
+    authuser=True,
 )
 
 
@@ -441,6 +445,7 @@ class Settings:
     shared: bool = True  # False: each process reports alone (SFLOW_APP_SHARED=0)
     disabled_integrations: tuple[str, ...] = ()  # sflow-app run's integrations to skip
     query: QueryMode = "sensitive"  # what sampled URIs keep of the query (middleware default)
+    authuser: bool = True  # SFLOW_APP_AUTHUSER: report the client's user name
     warnings: tuple[str, ...] = ()  # bad environment values, for the caller to log once
     # Where each field's value came from (a Var.field -> "configure", "environment",
     # "file" or "default"; a field no layer sets is absent).
@@ -566,6 +571,7 @@ def resolve(
         shared=pick("shared"),
         disabled_integrations=pick("disabled_integrations"),
         query=pick("query"),
+        authuser=pick("authuser"),
         warnings=tuple(warnings),
         sources={**sources, "config_path": _pick(layers, "config_path")[1]},
         sampling_layers=tuple(layer.sampling for layer in layers),

@@ -19,20 +19,16 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._encode import (
-    encode_counters_sample,
-    encode_datagram_header,
-    encode_flow_sample,
-    fit_flow_sample,
-)
-from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ, POOL
+from ._encode import encode_flow_sample, fit_flow_sample
 from ._local import LocalState
+from ._runtime import RuntimeCollector
 from ._send import Senders
-from ._sender import FORWARD_MAX, MSG
+from ._sender import FORWARD_MAX, MSG, POOL_ONLY
 from ._shared import SharedState, service_key, state_dir
 from ._sidecar import Sidecars
-from ._source import SOURCE_KINDS, counter_records, gauge_positions
-from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
+from ._source import HTTP_METHODS, HTTP_STATUSES, gauge_positions
+from ._staging import HEADER_MAX, Staging
+from .records import DS_CLASS_LOGICAL, FlowSample
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -40,26 +36,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sflow_app")
 State = SharedState | LocalState
+__all__ = ["FLUSH_AFTER", "TICK", "Exporter"]
 
 TICK = 0.1
 FLUSH_AFTER = 1.0  # a partial datagram leaves within about a second
-HEADER_MAX = 40  # IPv6 agent header
 HOLD_MAX = 1024  # samples kept while the service's identity is not known yet
 BACKLOG_MAX = 4096  # encoded samples waiting for a sender
 EXIT_WAIT = 0.5  # s: how long an exiting worker waits for a sender to take its samples
 EXIT_LOCK_WAIT = 2.0  # s: how long the exit flush waits for a pass the thread is in
-# Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
-FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
 # The automatic fallback's sub-agents: one per process, at random in this range, far
 # from ports (1-65535) and locally assigned indexes (65536-99999).
 FALLBACK_SUB_AGENTS = (1 << 24, 1 << 31)
 
 
-def _patch(buf: bytearray, at: int, value: int) -> None:
-    buf[at : at + 4] = (value & 0xFFFFFFFF).to_bytes(4, "big")
-
-
-class Exporter:
+class Exporter(Staging):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.state: State | None = None
@@ -85,6 +75,10 @@ class Exporter:
         self._last: dict[int, tuple[list[int], int, int]] = {}
         self._offsets: dict[str, dict[int, tuple[list[int], int, int]]] = {}
         self._offset: dict[int, tuple[list[int], int, int]] = {}
+        # Per source, this process's pool as far as its samples (or a final hand-over)
+        # carried it: each sample carries the increment since (see _pool_step).
+        self._pool_carried: dict[int, int] = {}
+        self.runtime = RuntimeCollector()
 
     # -- one pass ---------------------------------------------------------------------
     def step(self, now: float, *, final: bool = False) -> None:
@@ -106,6 +100,7 @@ class Exporter:
         state = self._open(ident)
         if self._held:
             items, self._held = self._held + items, []
+        items.sort(key=lambda item: item[1])  # candidate order: increments stay positive
         sources = agent.sources()
         try:
             for source in sources:
@@ -114,7 +109,10 @@ class Exporter:
             state = self._fall_back(f"the shared state cannot grow ({exc})")
             for source in sources:
                 self._publish(state, source)
+        self._publish_runtime(state, sources, now, final)
         encoded = [e for e in (self._encode(state, item) for item in items) if e]
+        if final:  # what this process pooled since its last sample, carried by no sample
+            encoded += self._pool_remainders(state, sources)
         if not state.try_become_sender():
             if self._pending:  # staged while it was the sender, then replaced
                 self._backlog.extend((i, bytes(buf)) for i, flow, buf in self._pending if flow)
@@ -193,6 +191,7 @@ class Exporter:
             stats, errors = self._sidecars_done.get(key, ({}, {}))
             base = state.name[: -len(".state")]
             self._sidecars = Sidecars(base, state.private.fd, stats, errors)
+        self.runtime.opened(key, isinstance(state, SharedState))
         self.state = state
         return state
 
@@ -224,6 +223,7 @@ class Exporter:
             "(SFLOW_APP_SHARED=0 makes one process the whole service)"
         )
         self._offset = {}
+        self.runtime.opened(None, False)
         state = self.state = LocalState(sub_agent)
         return state
 
@@ -279,20 +279,41 @@ class Exporter:
             values[position] = value
         state.publish(index, values, pool, drops, gauge_positions(source.kind))
 
+    def _publish_runtime(
+        self, state: State, sources: list[Source], now: float, final: bool
+    ) -> None:
+        """This process's runtime figures (app_resources, app_workers), at most once per
+        polling interval of the HTTP source and at exit, off the request path."""
+        http = next((s for s in sources if s.kind == "http"), None)
+        if http is None or state.slot is None:
+            return
+        interval = self.agent.settings.polling_for(http.app_key)
+        # In progress: candidates (pooled as they arrive) not yet given a status.
+        statuses = http.counters.snapshot()[HTTP_METHODS:HTTP_STATUSES]
+        in_flight = http.sampler.sample_pool - sum(statuses)
+        try:
+            figures = self.runtime.collect(now, interval, in_flight, final)
+        except Exception:
+            log.debug("sflow_app: runtime figures failed", exc_info=True)
+            return
+        if figures is not None:
+            state.publish_runtime(figures)
+
     # -- samples ----------------------------------------------------------------------
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
-        source, pool, rate, records = item
+        source, n, rate, records = item
         index = self._index(state, source)
         if index is None:
             source.drop()
             return None
+        pool = self._pool_step(source, source.sampler.ordinal(n))
         inp, out = source.direction
         sample = FlowSample(
             sequence_number=0,
             ds_class=DS_CLASS_LOGICAL,
             ds_index=source.ds_index,
             sampling_rate=rate,
-            sample_pool=pool & 0xFFFFFFFF,
+            sample_pool=pool & 0xFFFFFFFF,  # the increment: the sender accumulates it
             drops=0,
             input_format=0,
             input_value=inp,
@@ -302,9 +323,34 @@ class Exporter:
         )
         fitted = fit_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
         if fitted is None:
+            self._pool_carried[id(source)] -= pool  # the next sample carries it
             source.drop()
             return None
         return index, encode_flow_sample(fitted)
+
+    def _pool_step(self, source: Source, pool: int) -> int:
+        """This process's pool increment since its previous sample of ``source`` (as
+        mod_sflow does): at least 1, so the service's pool strictly increases. A sample
+        submitted late (a slow request sampled before a quick one) takes 1 and is made up
+        for by the next: the sum never runs ahead of the candidates seen by more than the
+        samples in flight."""
+        carried = self._pool_carried.get(id(source), 0)
+        now = max(pool, carried + 1)
+        self._pool_carried[id(source)] = now
+        return now - carried
+
+    def _pool_remainders(self, state: State, sources: list[Source]) -> list[tuple[int, bytes]]:
+        """At exit: pool increments no sample carries, as pool-only messages."""
+        out = []
+        for source in sources:
+            index = self._indexes.get(id(source))
+            carried = self._pool_carried.get(id(source), 0)
+            rest = source.sampler.sample_pool - carried
+            if index is None or rest <= 0:
+                continue
+            self._pool_carried[id(source)] = carried + rest
+            out.append((index, POOL_ONLY.pack(min(rest, 0xFFFFFFFF))))
+        return out
 
     def _forward(self, state: State, encoded: list[tuple[int, bytes]]) -> None:
         if not isinstance(state, SharedState):
@@ -340,85 +386,13 @@ class Exporter:
             if (index := self._indexes.get(id(s))) is not None
         }
         for _ in range(count):
-            index, _ = self._backlog.popleft()
+            index, data = self._backlog.popleft()
+            if len(data) == POOL_ONLY.size:
+                continue  # a pool increment, not a sample
             self.agent.stats["backlog_drops"] += 1
             source = by_index.get(index)
             if source is not None:
                 source.drop()
-
-    def _stage_flow(
-        self, state: State, totals: dict[int, list[int]], index: int, data: bytes, now: float
-    ) -> None:
-        offsets = FLOW_OFFSETS.get(int.from_bytes(data[:4], "big"))
-        if offsets is None:
-            return
-        if index not in totals:
-            totals[index] = state.totals(index)
-        total = totals[index]
-        buf = bytearray(data)
-        _patch(buf, offsets[1], state.pool_for_sample(index, total[POOL]))
-        _patch(buf, offsets[2], total[DROPS])
-        self._append(index, True, buf, now)
-
-    def _poll(self, state: State, totals: dict[int, list[int]], now: float, final: bool) -> None:
-        settings = self.agent.settings
-        parent = settings.parent_ds_index
-        for index, kind, name, ds_index in state.entries():
-            app_key = SOURCE_KINDS[kind].key_for(name)
-            interval = settings.polling_for(app_key)
-            if interval <= 0:
-                continue
-            due = self._next_poll.get(index)
-            if due is None:
-                # First poll at a random offset so hosts and workers do not synchronise.
-                due = self._next_poll[index] = now + random.uniform(0, interval)
-            if not final and now < due:
-                continue
-            self._next_poll[index] = max(due + interval, now)
-            gauges = gauge_positions(kind)
-            if gauges or index not in totals:  # gauges: live workers only
-                totals[index] = state.totals(index, gauges)
-            names = SOURCE_KINDS[kind].counter_names
-            sample = CountersSample(
-                sequence_number=0,
-                ds_class=DS_CLASS_LOGICAL,
-                ds_index=ds_index,
-                records=tuple(counter_records(kind, name, totals[index][: len(names)], parent)),
-            )
-            self._append(index, False, bytearray(encode_counters_sample(sample)), now)
-
-    def _append(self, index: int, is_flow: bool, buf: bytearray, now: float) -> None:
-        limit = self.agent.settings.datagram - HEADER_MAX
-        if self._pending and self._size + len(buf) > limit:
-            self.flush()
-        if not self._pending:
-            self._since = now
-        self._pending.append((index, is_flow, buf))
-        self._size += len(buf)
-
-    # -- datagrams --------------------------------------------------------------------
-    def flush(self) -> None:
-        """Number and send the pending samples as one datagram (sender only)."""
-        state = self.state
-        pending, self._pending, self._size = self._pending, [], 0
-        ident = self.identity()
-        if not pending or state is None or ident is None:
-            return
-        if not state.still_sender():  # replaced while stopped: the new sender sends them
-            self._backlog.extend((i, bytes(buf)) for i, is_flow, buf in pending if is_flow)
-            return
-        # Sequence numbers are taken only now, for samples really sent, so they step by one.
-        for index, is_flow, buf in pending:
-            _patch(buf, 8, state.next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ))
-        agent_ip, sub_agent_id = ident
-        header = encode_datagram_header(
-            agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)
-        )
-        payload = header + b"".join(buf for _, _, buf in pending)
-        stats = self.agent.stats
-        stats["datagrams"] += 1
-        stats["samples"] += len(pending)
-        self.senders.send(self.agent.settings.collectors, payload, stats)
 
     # -- lifecycle --------------------------------------------------------------------
     def finish(self, now: float) -> None:
@@ -477,6 +451,7 @@ class Exporter:
             # What this process published stays in the file (its slot, now dead).
             self._offsets[self._key] = {**self._offset, **self._last}
             self._sidecars_done[self._key] = (dict(self.agent.stats), self.senders.errors())
+            self.runtime.closed(self._key)
         self._last = {}
         if self.state is not None:
             self.state.close()

@@ -7,10 +7,11 @@ record, the route's app_operation) is here.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
@@ -72,6 +73,26 @@ QUERY_MODES: tuple[QueryMode, ...] = ("sensitive", "keep", "redact", "drop")
 current_request: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
     "sflow_app_request", default=None
 )
+
+
+# On sampled ASGI requests: the route template once the router has matched (FastAPI and
+# Starlette record it on the scope only then), for the same parent context.
+current_route: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar(
+    "sflow_app_route", default=None
+)
+
+
+def parent_context() -> tuple[str, str, str] | None:
+    """(service, method, route-or-path) of the sampled request this task runs in."""
+    parent = current_request.get()
+    route = current_route.get()
+    if parent is None or route is None:
+        return parent
+    try:
+        template = route()
+    except Exception:
+        template = None
+    return (parent[0], parent[1], template) if template else parent
 
 
 def middleware_options(
@@ -156,6 +177,10 @@ def build_uri(path: bytes, query: bytes, mode: str) -> bytes:
 
 
 def app_status(status: int) -> int:
+    """The app_operation outcome of an HTTP status; the HTTP source's app_operations
+    counters map every request the same way (``_source.http_app_operations``)."""
+    if status < 100:  # no status class: http_counters' "other" too
+        return AppStatus.OTHER
     if status < 400:
         return AppStatus.SUCCESS
     special = {
@@ -174,6 +199,38 @@ def app_status(status: int) -> int:
     if status < 500:
         return AppStatus.BAD_REQUEST
     return AppStatus.INTERNAL_ERROR if status < 600 else AppStatus.OTHER
+
+
+def basic_user(authorization: bytes | str) -> bytes:
+    """The user name of a ``Basic`` Authorization header, never the password; b"" for
+    anything else (other schemes, bad base64)."""
+    if isinstance(authorization, str):
+        authorization = authorization.encode("latin-1", "replace")
+    scheme, _, token = authorization.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return b""
+    try:
+        decoded = base64.b64decode(token.strip()[:1024], validate=True)
+    except ValueError:
+        return b""
+    user, colon, _password = decoded.partition(b":")
+    return user if colon else b""
+
+
+def scope_user(scope: Mapping[str, Any]) -> str:
+    """The name of ``scope["user"]`` as an auth middleware (Starlette's) set it; "" for
+    none or an unauthenticated user."""
+    user = scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", True):
+        return ""
+    for attr in ("display_name", "username"):
+        try:
+            name = getattr(user, attr, None)
+        except Exception:  # a property of someone else's class
+            continue
+        if isinstance(name, str) and name:
+            return name
+    return user if isinstance(user, str) else ""
 
 
 def submit_http(

@@ -11,7 +11,7 @@ import fcntl
 import time
 
 MAGIC = 0x7346_6C6F_7741_7070  # "sFlowApp"
-LAYOUT = 2  # also in the file name: v2-<service>-<root pid>-<root start>.state
+LAYOUT = 3  # also in the file name: v3-<service>-<root pid>-<root start>.state
 HEADER_WORDS = 16
 MAX_SOURCES = 16
 ENTRY_WORDS = 16
@@ -20,7 +20,9 @@ INITIAL_SLOTS = 4
 COUNTER_WORDS = 40  # per source in a slot: counters, then pool and drops
 POOL = COUNTER_WORDS - 2
 DROPS = COUNTER_WORDS - 1
-SLOT_WORDS = 2 + MAX_SOURCES * COUNTER_WORDS
+RUNTIME_WORDS = 14  # per slot: this process's runtime figures (see R_* below)
+SLOT_HEAD = 2 + RUNTIME_WORDS  # owner pid, spare, runtime
+SLOT_WORDS = SLOT_HEAD + MAX_SOURCES * COUNTER_WORDS
 TABLE_AT = HEADER_WORDS
 SLOTS_AT = TABLE_AT + MAX_SOURCES * ENTRY_WORDS
 
@@ -28,7 +30,17 @@ SLOTS_AT = TABLE_AT + MAX_SOURCES * ENTRY_WORDS
 H_MAGIC, H_LAYOUT, H_EPOCH_NS, H_DATAGRAM_SEQ, H_SENDER_PID = range(5)
 H_GEN, H_HEARTBEAT, H_SLOTS = 5, 6, 7  # sender generation, its last progress (monotonic ns)
 # Source-table entry words (name: 4 words = 32 bytes).
+# E_LAST_POOL: the service's sample_pool, the running sum of the samples' increments.
 E_KEY, E_KIND, E_DS_INDEX, E_FLOW_SEQ, E_COUNTER_SEQ, E_LAST_POOL, E_NAME = 0, 1, 2, 3, 4, 5, 6
+E_LAST_COUNTS = 10  # digest of the counts in the last counter sample sent (final polls)
+# Runtime words of a slot (see _runtime): counters (kept for exited workers), gauges
+# (live workers only), and what the server's configuration says (the largest live value).
+R_USER_MS, R_SYSTEM_MS, R_DELAYED, R_DROPPED = 0, 1, 2, 3
+R_RSS, R_FD_OPEN, R_FD_MAX, R_CONN_OPEN, R_BUSY, R_UNITS = 4, 5, 6, 7, 8, 9
+R_CONF_WORKERS, R_CONF_CONNS = 10, 11
+R_COUNTERS = (R_USER_MS, R_SYSTEM_MS, R_DELAYED, R_DROPPED)
+R_GAUGES = (R_RSS, R_FD_OPEN, R_FD_MAX, R_CONN_OPEN, R_BUSY, R_UNITS)
+R_CONFIG = (R_CONF_WORKERS, R_CONF_CONNS)
 KINDS = {"http": 1, "memcache": 2, "app": 3}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 
-from ._layout import COUNTER_WORDS, DROPS, E_LAST_POOL, ENTRY_WORDS, POOL
+from ._layout import (
+    COUNTER_WORDS,
+    DROPS,
+    E_LAST_COUNTS,
+    E_LAST_POOL,
+    ENTRY_WORDS,
+    POOL,
+    RUNTIME_WORDS,
+)
 
 
 class LocalState:
@@ -31,6 +39,7 @@ class LocalState:
         self._sources: list[tuple[str, str, int]] = []
         self._table: list[list[int]] = []
         self._values: dict[int, list[int]] = {}
+        self._runtime = [0] * RUNTIME_WORDS
 
     def claim_slot(self) -> bool:
         return True
@@ -65,10 +74,22 @@ class LocalState:
         row[word] = (row[word] + 1) & 0xFFFFFFFF
         return row[word]
 
-    def pool_for_sample(self, index: int, pool: int) -> int:
+    def add_pool(self, index: int, step: int) -> int:
         row = self._table[index]
-        row[E_LAST_POOL] = max(row[E_LAST_POOL], pool)
+        row[E_LAST_POOL] += step
         return row[E_LAST_POOL]
+
+    def counts_changed(self, index: int, digest: int) -> bool:
+        row = self._table[index]
+        changed = row[E_LAST_COUNTS] != digest
+        row[E_LAST_COUNTS] = digest
+        return changed
+
+    def publish_runtime(self, values: Sequence[int]) -> None:
+        self._runtime = list(values)
+
+    def runtime_totals(self) -> list[int]:
+        return [*self._runtime, 1]
 
     def uptime_ms(self) -> int:
         return ((time.monotonic_ns() - self._epoch) // 1_000_000) & 0xFFFFFFFF

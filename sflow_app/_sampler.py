@@ -45,6 +45,10 @@ class Sampler:
         """Take ``candidates`` out of ``sample_pool`` (what a test capture saw)."""
         self._base += max(candidates, 0)
 
+    def ordinal(self, n: int) -> int:
+        """Candidate ``n``'s place among this process's candidates (its pool then)."""
+        return n - self._base
+
     def skip(self) -> int:
         rate = self.rate
         if rate <= 1:

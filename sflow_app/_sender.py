@@ -54,6 +54,9 @@ STALL = 3.0  # s without progress after which a sender is replaced
 # (10 by default) whatever its buffer size, so one message per sample would cap what the
 # workers can hand over at about 10 samples per sender tick.
 MSG = struct.Struct(">II")
+# A pool-only message (no sample): an exiting worker's pool increment since its last
+# sample, which the sender adds to the service's sample_pool.
+POOL_ONLY = struct.Struct(">I")
 FORWARD_MAX = 60000  # bytes per forwarded message (a unix datagram takes up to ~200 KB)
 SUN_PATH_MAX = 107
 _replaced_logged = False
@@ -233,6 +236,10 @@ class Election:
             index, length = MSG.unpack_from(data, at)
             at += MSG.size
             sample = data[at : at + length]
+            if self.registered(index) and length == POOL_ONLY.size == len(sample):
+                out.append((index, sample))
+                at += length
+                continue
             if (
                 not self.registered(index)
                 or length < FLOW_MIN

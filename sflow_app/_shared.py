@@ -42,6 +42,7 @@ from ._layout import (
     E_DS_INDEX,
     E_KEY,
     E_KIND,
+    E_LAST_COUNTS,
     E_LAST_POOL,
     E_NAME,
     ENTRY_WORDS,
@@ -61,6 +62,7 @@ from ._layout import (
     MAX_SLOTS,
     MAX_SOURCES,
     POOL,
+    SLOT_HEAD,
     SLOT_WORDS,
     SLOTS_AT,
     STALE_AFTER,
@@ -71,6 +73,7 @@ from ._layout import (
     lock,
     unlock,
 )
+from ._runtime_slots import RuntimeSlots
 from ._sender import Election
 from ._statedir import PrivateDir
 
@@ -128,7 +131,12 @@ def _root(base: str) -> tuple[int, int] | None:
         return None
 
 
-class SharedState(Election):
+def _other_layout(base: str) -> bool:
+    head = base.split("-", 1)[0]
+    return head[:1] == "v" and head[1:].isdigit() and head != f"v{LAYOUT}"
+
+
+class SharedState(Election, RuntimeSlots):
     """The mapped file, this process's slot, and the sender role."""
 
     def __init__(self, private: PrivateDir, name: str, fd: int, mapping: mmap.mmap) -> None:
@@ -145,6 +153,7 @@ class SharedState(Election):
         self.instance = (0, 0)  # (root pid, start time)
         self._touched = 0.0
         Election.__init__(self)
+        RuntimeSlots.__init__(self)
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
@@ -272,7 +281,7 @@ class SharedState(Election):
                 return False
 
     def _counter_at(self, slot: int, index: int) -> int:
-        return SLOTS_AT + slot * SLOT_WORDS + 2 + index * COUNTER_WORDS
+        return SLOTS_AT + slot * SLOT_WORDS + SLOT_HEAD + index * COUNTER_WORDS
 
     def publish(
         self, index: int, values: Sequence[int], pool: int, drops: int, gauges: Collection[int] = ()
@@ -381,12 +390,19 @@ class SharedState(Election):
         self.words[at] = seq = (self.words[at] + 1) & 0xFFFFFFFF
         return seq
 
-    def pool_for_sample(self, index: int, pool: int) -> int:
-        """Service-wide sample_pool, never going backwards between samples."""
+    def add_pool(self, index: int, step: int) -> int:
+        """Add a sample's pool increment to the service's sample_pool (sender only)."""
         at = self._entry(index) + E_LAST_POOL
-        value = max(self.words[at], pool)
-        self.words[at] = value
+        self.words[at] = value = (self.words[at] + step) & 0xFFFFFFFFFFFFFFFF
         return value
+
+    def counts_changed(self, index: int, digest: int) -> bool:
+        """Whether a counter sample with counts ``digest`` differs from the last one sent
+        for the source (by any sender); remembers it."""
+        at = self._entry(index) + E_LAST_COUNTS
+        changed = self.words[at] != digest
+        self.words[at] = digest
+        return changed
 
     def uptime_ms(self) -> int:
         return ((time.time_ns() - self.words[H_EPOCH_NS]) // 1_000_000) & 0xFFFFFFFF
@@ -394,7 +410,8 @@ class SharedState(Election):
     # -- other instances --------------------------------------------------------------
     def remove_stale(self) -> None:
         """Remove state files (and their sockets) nobody has open whose instance is over
-        (its root process is gone) or that nobody used for ``STALE_AFTER``."""
+        (its root process is gone), of another layout, or that nobody used for
+        ``STALE_AFTER``."""
         try:
             names = os.listdir(self.private.fd)
         except OSError:
@@ -410,6 +427,8 @@ class SharedState(Election):
             with contextlib.suppress(OSError):
                 st = os.stat(name, dir_fd=self.private.fd, follow_symlinks=False)
                 over = root is not None and not _statedir.alive(*root)
+                # Another layout's file is of no use to this version: gone once unused.
+                over = over or (root is None and _other_layout(base))
                 if over or now - st.st_mtime > STALE_AFTER:
                     self._remove(name, base, names)
 

@@ -7,13 +7,36 @@ encoding) belongs to the exporter.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._counters import CounterBlock, _value
+from ._layout import (
+    R_BUSY,
+    R_CONF_CONNS,
+    R_CONF_WORKERS,
+    R_CONN_OPEN,
+    R_DELAYED,
+    R_DROPPED,
+    R_FD_MAX,
+    R_FD_OPEN,
+    R_RSS,
+    R_SYSTEM_MS,
+    R_UNITS,
+    R_USER_MS,
+)
 from ._sampler import Sampler
-from .records import INTERNAL, AppOperations, HostParent, HttpCounters, MemcacheCounters
+from .records import (
+    INTERNAL,
+    AppOperations,
+    AppResources,
+    AppWorkers,
+    HostParent,
+    HttpCounters,
+    MemcacheCounters,
+)
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -34,7 +57,21 @@ HTTP_COUNTERS = (
     "status_4XX_count",
     "status_5XX_count",
     "status_other_count",
+    # Statuses the app_operations counters tell apart within their class (see below).
+    "status_401",
+    "status_403",
+    "status_404",
+    "status_408",
+    "status_413",
+    "status_501",
+    "status_503",
+    "status_504",
 )
+HTTP_METHODS = 9  # method counters come first, then the status classes
+HTTP_STATUSES = 15  # end of the status classes (http_counters ends here)
+# The statuses counted one by one, each as a function that adds one to its class's
+# counter too (the surfaces count with these; every other status only by class).
+DETAIL_STATUSES = (401, 403, 404, 408, 413, 501, 503, 504)
 MEMCACHE_COUNTERS = (
     "cmd_set",
     "cmd_touch",
@@ -173,12 +210,84 @@ def gauge_positions(kind: str) -> tuple[int, ...]:
     return tuple(cls.counter_names.index(name) for name in cls.gauge_names)
 
 
-def counter_records(kind: str, name: str, values: Sequence[int], parent: int | None) -> list[Any]:
+def detail_slots() -> dict[int, int]:
+    """Counter slot of each status counted on its own (for app_operations)."""
+    return {code: HTTP_COUNTERS.index(f"status_{code}") for code in DETAIL_STATUSES}
+
+
+def counts_digest(values: Sequence[int]) -> int:
+    raw = b"".join(v.to_bytes(8, "little") for v in values)
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") or 1
+
+
+def http_app_operations(application: str, values: Sequence[int]) -> AppOperations:
+    """The HTTP source's requests as app_operations, statuses mapped as the sampled
+    app_operation records map them (``_http.app_status``): 1xx-3xx success, the statuses
+    counted one by one as theirs, the rest of 4xx bad_request and of 5xx internal_error,
+    anything else other."""
+    c = dict(zip(HTTP_COUNTERS, values, strict=False))
+    s401, s403, s404, s408, s413, s501, s503, s504 = (
+        c[f"status_{code}"] for code in DETAIL_STATUSES
+    )
+    counts = (  # in AppOperations' order
+        c["status_1XX_count"] + c["status_2XX_count"] + c["status_3XX_count"],  # success
+        c["status_other_count"],  # other
+        s408 + s504,  # timeout
+        max(0, c["status_5XX_count"] - s501 - s503 - s504),  # internal_error
+        max(0, c["status_4XX_count"] - s401 - s403 - s404 - s408 - s413),  # bad_request
+        s403,  # forbidden
+        s413,  # too_large
+        s501,  # not_implemented
+        s404,  # not_found
+        s503,  # unavailable
+        s401,  # unauthorized
+    )
+    return AppOperations(application, *(v & 0xFFFFFFFF for v in counts))
+
+
+def runtime_records(runtime: Sequence[int]) -> list[Any]:
+    """app_resources and app_workers from the slots' runtime words (``runtime_totals``
+    then the live workers, then mem_max)."""
+    u32 = 0xFFFFFFFF
+    workers_max = runtime[R_CONF_WORKERS] or runtime[R_UNITS]
+    active = min(runtime[R_BUSY], workers_max)
+    return [
+        AppResources(
+            user_time=runtime[R_USER_MS] & u32,
+            system_time=runtime[R_SYSTEM_MS] & u32,
+            mem_used=runtime[R_RSS],
+            mem_max=runtime[-1],
+            fd_open=min(runtime[R_FD_OPEN], u32),
+            fd_max=min(runtime[R_FD_MAX], u32),
+            conn_open=min(runtime[R_CONN_OPEN], u32),
+            conn_max=min(runtime[R_CONF_CONNS], u32),
+        ),
+        AppWorkers(
+            workers_active=min(active, u32),
+            workers_idle=min(workers_max - active, u32),
+            workers_max=min(workers_max, u32),
+            req_delayed=runtime[R_DELAYED] & u32,
+            req_dropped=runtime[R_DROPPED] & u32,
+        ),
+    ]
+
+
+def counter_records(
+    kind: str,
+    name: str,
+    values: Sequence[int],
+    parent: int | None,
+    service: str = "",
+    runtime: Sequence[int] | None = None,
+) -> tuple[Any, ...]:
     """The counter records of one data source, built by the sender from summed slots."""
     # Counters wrap like every sFlow counter (u32; the memcache byte counters are u64).
     wrapped = [v & 0xFFFFFFFF for v in values]
     if kind == "http":
-        records: list[Any] = [HttpCounters(*wrapped)]
+        records: list[Any] = [HttpCounters(*wrapped[:HTTP_STATUSES])]
+        records.append(http_app_operations(service, values))
+        if runtime is not None:
+            records += runtime_records(runtime)
     elif kind == "memcache":
         wrapped[-4:] = [v & 0xFFFFFFFFFFFFFFFF for v in values[-4:]]
         records = [MemcacheCounters(*wrapped)]
@@ -186,4 +295,4 @@ def counter_records(kind: str, name: str, values: Sequence[int], parent: int | N
         records = [AppOperations(name, *wrapped)]
     if parent is not None:
         records.append(HostParent(container_type=2, container_index=parent))
-    return records
+    return tuple(records)

@@ -50,7 +50,7 @@ from time import perf_counter_ns
 from typing import Any, TypeVar, cast, overload
 
 from ._agent import AGENT
-from ._http import current_request
+from ._http import parent_context
 from ._source import AppSource
 from .records import AppOperation, AppParentContext, AppStatus
 
@@ -231,7 +231,7 @@ class _Operation:
                     status=status,
                 )
             ]
-            parent = current_request.get()
+            parent = parent_context()
             if parent is not None:
                 service, method, where = parent
                 records.append(

@@ -27,30 +27,52 @@ request") otherwise -- the client disconnected first, the task was cancelled, or
 returned without responding. Bytes and duration stop at the last body message, at the
 disconnect, or when the app returns, whichever comes first; bytes the server dropped
 after a disconnect it reported are not counted.
+
+Starlette's (FastAPI's) ``ServerErrorMiddleware`` sits outside a middleware added with
+``add_middleware`` and answers an exception with its 500 page through the ``send`` it was
+given, bypassing ours. On a *sampled* request that raised before answering, the
+middleware follows that page (it redirects the variable the error middleware sends
+through, the closure cell of the ``send`` it handed us) and records the sample when the
+page is sent: status, bytes and MIME type as the client received them. The unsampled path
+is untouched (counters count such a request as 500 either way). Elsewhere -- another
+middleware between the two, or a handler that fails -- the sample is recorded at once as
+a 500 with no body (or not at all if the handler fails). ``app = SFlowMiddleware(app)``
+(outermost) sees every response directly.
+
+``authuser`` is ``scope["user"]`` where an auth middleware set it (Starlette's
+``AuthenticationMiddleware``: its ``display_name``), else a ``Basic`` Authorization
+header's user name (never the password); ``SFLOW_APP_AUTHUSER=0`` turns it off. A
+decorated function called inside a routed request names the route template as its
+parent context (once the router matched), not the concrete path.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import perf_counter_ns
 from typing import Any
 from urllib.parse import quote
 
 from ._agent import AGENT
+from ._asgi_exchange import Exchange as _Exchange
+from ._asgi_exchange import follow_error_page, websocket_status
 from ._http import (
     METHODS,
     OTHER_METHOD,
     STATUS_OTHER,
     QueryMode,
+    basic_user,
     build_uri,
     current_request,
+    current_route,
     middleware_options,
     protocol_number,
+    scope_user,
     status_slot,
     submit_http,
 )
+from ._source import detail_slots
 
 try:
     from asgiref.compatibility import guarantee_single_callable
@@ -84,6 +106,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+
+def _both(first: Callable[[], int], second: Callable[[], int]) -> Callable[[], int]:
+    def incr() -> int:
+        first()
+        return second()
+
+    return incr
+
+
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the response
 MAX_US = 0xFFFFFFFF
 _PROTOCOLS = {"1.0": 1000, "1.1": 1001, "2": 2000, "2.0": 2000, "3": 3000, "3.0": 3000}
@@ -95,6 +126,7 @@ _REQUEST_HEADERS = {
     b"user-agent": 2,
     b"x-forwarded-for": 3,
     b"content-length": 4,
+    b"authorization": 5,
 }
 
 
@@ -139,6 +171,9 @@ class SFlowMiddleware:
         self._method_incr = {m: incr[slot] for m, (_, slot) in METHODS.items()}
         self._other_method = incr[OTHER_METHOD[1]]
         self._status_incr = {s: incr[status_slot(s)] for s in range(100, 600)}
+        # 4xx/5xx statuses app_operations tells apart: their class and their own counter.
+        for code, slot in detail_slots().items():
+            self._status_incr[code] = _both(self._status_incr[code], incr[slot])
         self._other_status = incr[STATUS_OTHER]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,7 +231,7 @@ class SFlowMiddleware:
         async def send_status(message: Message) -> None:
             nonlocal status
             if not status:
-                status = _websocket_status(message)
+                status = websocket_status(message)
             await send(message)
 
         try:
@@ -214,17 +249,33 @@ class SFlowMiddleware:
         root_path = scope.get("root_path", "")
         exchange = _Exchange(receive, send, head=method == "HEAD")
         token = current_request.set((AGENT.service_name, method, scope.get("path", "")))
+        route_token = current_route.set(lambda: _route_template(scope, root_path))
         scope[ROUTE_KEY] = None
-        raised = False
+        raised = deferred = False
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception:
             raised = True
             if not exchange.status and not exchange.end_ns:  # raised, client still there
                 exchange.status = 500
+                # Starlette's error page goes out beside us: record it when it is sent.
+                deferred = follow_error_page(
+                    send,
+                    exchange,
+                    lambda: self._record(
+                        n,
+                        scope,
+                        method,
+                        exchange,
+                        exchange.status or 500,
+                        exchange.end_ns,
+                        root_path,
+                    ),
+                )
             raise
         finally:
             current_request.reset(token)
+            current_route.reset(route_token)
             end_ns = exchange.end_ns or perf_counter_ns()
             status = exchange.status or CLIENT_CLOSED
             # Counted as the unsampled path counts (the app's answer), so sampling never
@@ -232,7 +283,8 @@ class SFlowMiddleware:
             counted = exchange.answered or exchange.status or (500 if raised else CLIENT_CLOSED)
             self._method_incr.get(method, self._other_method)()
             self._status_incr.get(counted, self._other_status)()
-            self._record(n, scope, method, exchange, status, end_ns, root_path)
+            if not deferred:
+                self._record(n, scope, method, exchange, status, end_ns, root_path)
 
     def _record(
         self,
@@ -245,7 +297,7 @@ class SFlowMiddleware:
         root_path: str,
     ) -> None:
         try:
-            found: list[bytes] = [b"", b"", b"", b"", b""]
+            found: list[bytes] = [b"", b"", b"", b"", b"", b""]
             for name, value in scope.get("headers") or ():
                 i = _REQUEST_HEADERS.get(name.lower())
                 if i is not None:
@@ -268,6 +320,7 @@ class SFlowMiddleware:
                 referer=found[1],
                 useragent=found[2],
                 xff=found[3],
+                authuser=_authuser(scope, found[5]),
                 mime_type=exchange.mime_type(),
                 req_bytes=int(length) if length.isdigit() else exchange.received,
                 resp_bytes=exchange.sent,
@@ -282,110 +335,12 @@ class SFlowMiddleware:
             self._source.drop()
 
 
-class _Exchange:
-    """What one sampled request or websocket saw; owned by a single call."""
-
-    __slots__ = (
-        "_receive",
-        "_send",
-        "answered",
-        "end_ns",
-        "head",
-        "headers",
-        "received",
-        "sent",
-        "start_ns",
-        "status",
-    )
-
-    def __init__(self, receive: Receive, send: Send, *, head: bool) -> None:
-        self._receive = receive
-        self._send = send
-        self.head = head
-        self.status = 0
-        self.answered = 0  # the status the app answered with, even to a client gone
-        self.headers: Iterable[tuple[bytes, bytes]] = ()
-        self.received = 0
-        self.sent = 0
-        self.start_ns = perf_counter_ns()
-        self.end_ns = 0  # set by the last body message, close, or disconnect
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        kind = message["type"]
-        if kind == "http.request":
-            self.received += len(message.get("body", b""))
-        elif kind == "websocket.receive":
-            self.received += _payload_size(message)
-        elif kind in ("http.disconnect", "websocket.disconnect") and not self.end_ns:
-            self.end_ns = perf_counter_ns()
-        return message
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind in ("http.response.start", "websocket.http.response.start"):
-            self.answered = message["status"]
-        if self.end_ns:  # finished or disconnected: nothing more reaches the client
-            return await self._send(message)
-        try:
-            await self._send(message)
-        except OSError:  # ASGI 2.4 servers raise on send after a disconnect
-            self.end_ns = perf_counter_ns()
-            raise
-        if kind in ("http.response.body", "websocket.http.response.body"):
-            if not self.head:
-                self.sent += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                self.end_ns = perf_counter_ns()
-        elif kind == "websocket.send":
-            self.sent += _payload_size(message)
-        elif kind in ("http.response.start", "websocket.http.response.start"):
-            self.status = message["status"]
-            self.headers = message.get("headers") or ()
-        elif kind == "websocket.close":
-            self.status = self.status or 403  # closed before accept: servers answer 403
-            self.end_ns = perf_counter_ns()
-        elif kind == "websocket.accept":
-            self.status = 101
-        elif kind == "http.response.pathsend":
-            self.end_ns = perf_counter_ns()
-            if not self.head:
-                self.sent += self._file_size(message)
-
-    def _file_size(self, message: Message) -> int:
-        """What a pathsend sends: the response's Content-Length, else the file's size."""
-        for name, value in self.headers:
-            if name.lower() == b"content-length" and value.strip().isdigit():
-                return int(value)
-        try:
-            return os.stat(message["path"]).st_size
-        except (OSError, KeyError, TypeError, ValueError):
-            return 0
-
-    def mime_type(self) -> bytes:
-        for name, value in self.headers:
-            if name.lower() == b"content-type":
-                return bytes(value)
+def _authuser(scope: Scope, authorization: bytes) -> bytes | str:
+    """``scope["user"]`` where an auth middleware set it, else the user name of a Basic
+    Authorization header; nothing when SFLOW_APP_AUTHUSER=0."""
+    if not AGENT.settings.authuser:
         return b""
-
-
-def _websocket_status(message: Message) -> int:
-    kind = message["type"]
-    if kind == "websocket.accept":
-        return 101
-    if kind == "websocket.close":
-        return 403
-    if kind == "websocket.http.response.start":
-        return int(message["status"])
-    return 0
-
-
-def _payload_size(message: Message) -> int:
-    data = message.get("bytes")
-    if data is not None:
-        return len(data)
-    text = message.get("text")
-    return len(text.encode()) if text else 0
+    return scope_user(scope) or basic_user(authorization)
 
 
 def _address(addr: Any) -> tuple[str, int] | None:

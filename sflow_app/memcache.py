@@ -131,6 +131,18 @@ or rate counters correct. curr_connections is a gauge: the connections instrumen
 clients hold open now, summed over the service's live workers only (a dead worker's
 connections are gone with it).
 
+These are the *client's* view: a collector that also hears a memcached's own sFlow agent
+gets two kinds of ``memcache_counters``, and tells them apart by their data source and
+agent. A memcached's own agent reports data source ``3:<its port>`` (11211 by default;
+sub_agent_id the same number), from the cache's host, with the server-only fields filled
+and flow samples whose ``input`` is 0 (the request came in). This module reports from
+the application's host, under the service's sub_agent_id, data source ``3:65536`` to
+``3:99999`` (a hash of the service name), with the server-only fields 0 (threads,
+curr_items, bytes, limit_maxbytes, evictions, ...), a ``host_parent`` naming the
+application's host, and flow samples whose ``output`` is 0 and ``input`` 0x3FFFFFFF (the
+request went out). Summing a service's client counters with a server's is double
+counting: each operation is counted once by each side.
+
 ``raw_command`` counts as the command it sends (its first word; pymemcache does not parse
 the reply, so this module reads the command line and the reply): get/gets (and gat/gats,
 which also count one cmd_touch per key) count a hit per ``VALUE`` block in the reply and a

@@ -148,7 +148,9 @@ class Capture:
                 sequence_number=next(self._seq),
                 ds_class=DS_CLASS_LOGICAL,
                 ds_index=source.ds_index or 0,
-                records=tuple(counter_records(source.kind, source.name, values, parent)),
+                records=counter_records(
+                    source.kind, source.name, values, parent, self._agent.service_name
+                ),
             )
             header = encode_datagram_header("127.0.0.1", 0, 1, 0, 1)
             [decoded] = decode(header + encode_counters_sample(sample)).samples

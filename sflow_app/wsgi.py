@@ -65,6 +65,7 @@ from ._http import (
     STATUS_OTHER,
     STATUS_SLOTS,
     QueryMode,
+    basic_user,
     build_uri,
     current_request,
     middleware_options,
@@ -74,6 +75,7 @@ from ._http import (
 from ._listen import fd_name as _fd_name
 from ._listen import uwsgi_listener as _uwsgi_listener
 from ._listen import uwsgi_router as _uwsgi_router
+from ._source import detail_slots
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
@@ -89,6 +91,12 @@ Write = Callable[[bytes], object]
 TRANSACTION_KEY = "sflow_app.transaction"
 
 CLIENT_CLOSED = 499  # nginx's status for a response that never got one
+
+
+def _nothing() -> int:
+    return 0
+
+
 MAX_US = 0xFFFFFFFF
 _PROTOCOLS = {
     "HTTP/1.0": 1000,
@@ -129,6 +137,7 @@ class SFlowMiddleware:
     """
 
     __slots__ = (
+        "_detail_incr",
         "_excluded",
         "_method_incr",
         "_other_method",
@@ -165,6 +174,8 @@ class SFlowMiddleware:
         self._other_method = incr[OTHER_METHOD[1]]
         self._status_incr = {str(d): incr[STATUS_SLOTS[d]] for d in range(1, 6)}
         self._other_status = incr[STATUS_OTHER]
+        # 4xx/5xx statuses app_operations tells apart ("404" -> its own counter).
+        self._detail_incr = {str(code): incr[slot] for code, slot in detail_slots().items()}
         instances += 1
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -188,14 +199,14 @@ class SFlowMiddleware:
         try:
             result = self.app(environ, counting_start_response)
         except BaseException:
-            if status is None:
-                self._status_incr["5"]()
-            else:
-                self._status_incr.get(status[:1], self._other_status)()
+            self._count_status(status, True)
             raise
         if status is None:  # start_response deferred to the first iteration (generators)
             return _LateStatus(result, self, lambda: status)
-        self._status_incr.get(status[:1], self._other_status)()
+        first = status[:1]
+        self._status_incr.get(first, self._other_status)()
+        if first > "3":  # 4xx, 5xx: a status app_operations counts on its own?
+            self._detail_incr.get(status[:3], _nothing)()
         return result
 
     # -- slow path --------------------------------------------------------------------
@@ -239,6 +250,7 @@ class SFlowMiddleware:
     def _count_status(self, status: str | None, failed: bool) -> None:
         if status is not None:
             self._status_incr.get(status[:1], self._other_status)()
+            self._detail_incr.get(status[:3], _nothing)()
         elif failed:
             self._status_incr["5"]()
         else:
@@ -423,7 +435,7 @@ class _Transaction:
             referer=_raw(env.get("HTTP_REFERER", "")),
             useragent=_raw(env.get("HTTP_USER_AGENT", "")),
             xff=_raw(env.get("HTTP_X_FORWARDED_FOR", "")),
-            authuser=_raw(env.get("REMOTE_USER", "")),
+            authuser=_authuser(env),
             mime_type=mime,
             req_bytes=self.req_bytes,
             resp_bytes=self.resp_bytes,
@@ -433,6 +445,14 @@ class _Transaction:
             remote=remote,
             route=self.route,
         )
+
+
+def _authuser(env: Environ) -> bytes:
+    """REMOTE_USER (the server or a middleware authenticated the client), else the user
+    name of a Basic Authorization header; nothing when SFLOW_APP_AUTHUSER=0."""
+    if not AGENT.settings.authuser:
+        return b""
+    return _raw(env.get("REMOTE_USER", "")) or basic_user(env.get("HTTP_AUTHORIZATION", ""))
 
 
 class _Body:

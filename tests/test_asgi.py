@@ -24,7 +24,7 @@ from apps.asgi_harness import (
     respond,
 )
 
-from sflow_app import asgi
+from sflow_app import _asgi_exchange
 from sflow_app._agent import AGENT
 from sflow_app._http import current_request
 from sflow_app.asgi import SFlowMiddleware
@@ -307,7 +307,7 @@ def test_cancelled_before_response_is_499(agent, collector):
 def test_duration_is_clamped(agent, collector, monkeypatch):
     agent(sampling=1)
     clock = iter([0, 2**40 * 1000])
-    monkeypatch.setattr(asgi, "perf_counter_ns", lambda: next(clock))
+    monkeypatch.setattr(_asgi_exchange, "perf_counter_ns", lambda: next(clock))
     call(SFlowMiddleware(respond(chunks=1)), http_scope())
     flush(AGENT, collector)
     assert [r.uS for r in http_records(collector)] == [2**32 - 1]

@@ -15,6 +15,9 @@ from sflow_app._agent import Agent
 from sflow_app._http import METHODS, status_slot, submit_http
 from sflow_app.records import (
     INTERNAL,
+    AppOperations,
+    AppResources,
+    AppWorkers,
     CountersSample,
     ExtendedSocketIPv4,
     FlowSample,
@@ -94,7 +97,7 @@ def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, 
     assert (dg.agent_address, dg.sub_agent_id, dg.sequence_number) == ("127.0.0.1", 8080, 1)
     flows = [s for s in dg.samples if isinstance(s, FlowSample)]
     assert [s.sequence_number for s in flows] == [1, 2, 3]
-    assert [s.sample_pool for s in flows] == [3, 3, 3]  # pool summed when staged
+    assert [s.sample_pool for s in flows] == [1, 2, 3]  # the pool at each sample
     first = flows[0]
     assert (first.ds_class, first.ds_index, first.sampling_rate) == (3, 8080, 1)
     assert (first.input_value, first.output_value) == (0, INTERNAL)
@@ -112,9 +115,13 @@ def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, 
     agent.tick(clock.now)
     collector.poll(0.5)
     counters = [s for s in collector.samples() if isinstance(s, CountersSample)]
-    assert counters and counters[0].sequence_number == 1
-    hc, parent = counters[0].records
+    assert counters and counters[0].sequence_number == 1, collector.datagrams
+    hc, ops, resources, workers, parent = counters[0].records
     assert isinstance(hc, HttpCounters) and isinstance(parent, HostParent)
+    assert isinstance(ops, AppOperations) and (ops.application, ops.success) == ("unit", 2)
+    assert ops.bad_request == 1  # a 400
+    assert isinstance(resources, AppResources) and resources.mem_used > 0
+    assert isinstance(workers, AppWorkers) and workers.workers_max == 1
     assert (hc.method_get_count, hc.method_post_count) == (1, 2)
     assert (hc.status_2XX_count, hc.status_3XX_count, hc.status_4XX_count) == (1, 1, 1)
     assert (parent.container_type, parent.container_index) == (2, 1)

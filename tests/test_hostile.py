@@ -456,13 +456,17 @@ def test_stale_and_old_version_files_are_removed(state_dir: str) -> None:
     first = _shared.SharedState.open(state_dir, "k1")
     folder = private_dir(state_dir)
     first.close()
-    dead = os.path.join(folder, "v2-k1-999999999-1.state")  # its root is long gone
+    v = _layout.LAYOUT
+    dead = os.path.join(folder, f"v{v}-k1-999999999-1.state")  # its root is long gone
     idle = os.path.join(folder, "v9-other.state")  # another layout, unused for two days
-    live = os.path.join(folder, f"v2-k1-{os.getpid()}-{_statedir.start_time(os.getpid())}.state")
+    me = f"{os.getpid()}-{_statedir.start_time(os.getpid())}"
+    live = os.path.join(folder, f"v{v}-k1-{me}.state")
+    # The previous layout's file of a live instance, open by nobody: removed at once.
+    earlier = os.path.join(folder, f"v{v - 1}-k1-{me}.state")
     dead_base, live_base = dead[: -len(".state")], live[: -len(".state")]
     # Status sidecars (see _sidecar) go with their state file.
     sidecars = [dead_base + ".json", dead_base + "-slot0.json", dead_base + ".json.7.tmp"]
-    for path in (dead, dead_base + "-3.sock", idle, live, *sidecars, live_base + ".json"):
+    for path in (dead, dead_base + "-3.sock", idle, live, earlier, *sidecars, live_base + ".json"):
         open(path, "w").close()
     os.utime(idle, (time.time() - 2 * 86400,) * 2)
     state = _shared.SharedState.open(state_dir, "k2")
@@ -473,6 +477,7 @@ def test_stale_and_old_version_files_are_removed(state_dir: str) -> None:
         assert os.path.basename(live) in left  # its root (this process) still runs
         assert not [p for p in sidecars if os.path.basename(p) in left], left
         assert os.path.basename(live_base + ".json") in left
+        assert os.path.basename(earlier) not in left, left
     finally:
         state.close()
 

@@ -568,7 +568,12 @@ def test_idle_service_keeps_reporting(service: Service, server: str) -> None:
     assert not load.errors, load.errors[:5]
     assert wait_for_total(service.collector, 40) == 40
     settled = time.monotonic()
-    time.sleep(3.5)
+    # Two more counter samples, from the fresh workers (a new sender may take a couple
+    # of seconds to take over from a recycled one: poll generously). An exiting worker
+    # no longer repeats the last counts (issue 12), so these are regular polls.
+    deadline = settled + 10
+    while len(http_counters_after(service, settled)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     later = http_counters_after(service, settled)
     assert len(later) >= 2 and all(total == 40 for _, total in later), later
 

@@ -148,7 +148,7 @@ def _totals(
     """Counters, pool and drops summed over the slots; gauges over live workers only."""
     out = [0] * L.COUNTER_WORDS
     for slot in used:
-        at = L.SLOTS_AT + slot * L.SLOT_WORDS + 2 + index * L.COUNTER_WORDS
+        at = L.SLOTS_AT + slot * L.SLOT_WORDS + L.SLOT_HEAD + index * L.COUNTER_WORDS
         for i in range(L.COUNTER_WORDS):
             if i in gauges and slot not in live:
                 continue

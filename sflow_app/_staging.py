@@ -1,0 +1,138 @@
+"""The sender's side of the exporter: stage flow samples (their sample_pool and drops),
+poll counters into counter samples, pack and number datagrams.
+
+Mixed into ``Exporter`` (kept apart so each module stays small).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from ._encode import encode_counters_sample, encode_datagram_header
+from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ
+from ._local import LocalState
+from ._runtime import mem_max
+from ._send import Senders
+from ._sender import POOL_ONLY
+from ._shared import SharedState
+from ._source import SOURCE_KINDS, counter_records, counts_digest, gauge_positions
+from .records import DS_CLASS_LOGICAL, CountersSample
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+
+State = SharedState | LocalState
+HEADER_MAX = 40  # IPv6 agent header
+# Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
+FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
+
+
+def _patch(buf: bytearray, at: int, value: int) -> None:
+    buf[at : at + 4] = (value & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+class Staging:
+    agent: Agent
+    state: State | None
+    senders: Senders
+    _pending: list[tuple[int, bool, bytearray]]
+    _size: int
+    _since: float
+    _next_poll: dict[int, float]
+    _backlog: Any
+
+    def identity(self) -> tuple[str, int] | None:
+        raise NotImplementedError
+
+    def _stage_flow(
+        self, state: State, totals: dict[int, list[int]], index: int, data: bytes, now: float
+    ) -> None:
+        if len(data) == POOL_ONLY.size:  # an exiting worker's last pool increment
+            state.add_pool(index, POOL_ONLY.unpack(data)[0])
+            return
+        offsets = FLOW_OFFSETS.get(int.from_bytes(data[:4], "big"))
+        if offsets is None:
+            return
+        if index not in totals:
+            totals[index] = state.totals(index)
+        total = totals[index]
+        buf = bytearray(data)
+        # The sample carries its worker's pool increment; staged in order, the service's
+        # pool is the running sum: strictly increasing with the sequence numbers.
+        step = int.from_bytes(buf[offsets[1] : offsets[1] + 4], "big")
+        _patch(buf, offsets[1], state.add_pool(index, max(step, 1)))
+        _patch(buf, offsets[2], total[DROPS])
+        self._append(index, True, buf, now)
+
+    def _poll(self, state: State, totals: dict[int, list[int]], now: float, final: bool) -> None:
+        settings = self.agent.settings
+        parent = settings.parent_ds_index
+        for index, kind, name, ds_index in state.entries():
+            app_key = SOURCE_KINDS[kind].key_for(name)
+            interval = settings.polling_for(app_key)
+            if interval <= 0:
+                continue
+            due = self._next_poll.get(index)
+            if due is None:
+                # First poll at a random offset so hosts and workers do not synchronise.
+                due = self._next_poll[index] = now + random.uniform(0, interval)
+            if not final and now < due:
+                continue
+            self._next_poll[index] = max(due + interval, now)
+            gauges = gauge_positions(kind)
+            if gauges or index not in totals:  # gauges: live workers only
+                totals[index] = state.totals(index, gauges)
+            names = SOURCE_KINDS[kind].counter_names
+            counts = totals[index][: len(names)]
+            digest = counts_digest(counts)
+            if not state.counts_changed(index, digest) and final:
+                continue  # an exiting worker adds nothing to the last counter sample sent
+            runtime = None
+            if kind == "http":
+                runtime = [*state.runtime_totals(), mem_max()]
+            records = counter_records(kind, name, counts, parent, self.agent.service_name, runtime)
+            sample = CountersSample(
+                sequence_number=0, ds_class=DS_CLASS_LOGICAL, ds_index=ds_index, records=records
+            )
+            self._append_counters(index, bytearray(encode_counters_sample(sample)), now)
+
+    def _append_counters(self, index: int, buf: bytearray, now: float) -> None:
+        """A counter sample of this source still waits (polled within the flush delay):
+        it leaves first, in its own datagram -- never twice in one, none skipped."""
+        if any(waiting == index and not is_flow for waiting, is_flow, _ in self._pending):
+            self.flush()
+        self._append(index, False, buf, now)
+
+    def _append(self, index: int, is_flow: bool, buf: bytearray, now: float) -> None:
+        limit = self.agent.settings.datagram - HEADER_MAX
+        if self._pending and self._size + len(buf) > limit:
+            self.flush()
+        if not self._pending:
+            self._since = now
+        self._pending.append((index, is_flow, buf))
+        self._size += len(buf)
+
+    # -- datagrams --------------------------------------------------------------------
+    def flush(self) -> None:
+        """Number and send the pending samples as one datagram (sender only)."""
+        state = self.state
+        pending, self._pending, self._size = self._pending, [], 0
+        ident = self.identity()
+        if not pending or state is None or ident is None:
+            return
+        if not state.still_sender():  # replaced while stopped: the new sender sends them
+            self._backlog.extend((i, bytes(buf)) for i, is_flow, buf in pending if is_flow)
+            return
+        # Sequence numbers are taken only now, for samples really sent, so they step by one.
+        for index, is_flow, buf in pending:
+            _patch(buf, 8, state.next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ))
+        agent_ip, sub_agent_id = ident
+        header = encode_datagram_header(
+            agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)
+        )
+        payload = header + b"".join(buf for _, _, buf in pending)
+        stats = self.agent.stats
+        stats["datagrams"] += 1
+        stats["samples"] += len(pending)
+        self.senders.send(self.agent.settings.collectors, payload, stats)
