@@ -60,10 +60,13 @@ N = 2000
 RATE = 10
 CONCURRENCY = 6
 SERVICE = "prefork-e2e"
-# Counts a SIGKILLed worker can lose: what it counted since its last publish, which it
-# does every TICK (0.1 s). Requests it answered within KILL_WINDOW before the kill are a
-# safe over-estimate (3 ticks: its exporter thread may be late under load on 2 cores).
-KILL_WINDOW = 3 * TICK
+# Counts a SIGKILLed worker can lose: what it counted since its last publish (every
+# TICK). What a killed process may still hold, in wall-clock time before the kill: it publishes
+# counts every TICK and sends a partial datagram after FLUSH_AFTER, but on a loaded machine
+# its exporter thread can wait seconds for the CPU (or for the GIL behind a busy request
+# thread). Generous on purpose; what must hold by construction is asserted exactly.
+KILL_WINDOW = max(15 * TICK, 1.5)
+SENDER_WINDOW = max(FLUSH_AFTER + KILL_WINDOW, 5.0)
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
 
 
@@ -484,13 +487,13 @@ def kill_mid_run(service: Service, *, sender: bool) -> tuple[Load, int, float]:
 def test_gunicorn_worker_killed(service: Service, who: str) -> None:
     """SIGKILL one of 4 workers half-way through the load; gunicorn replaces it.
 
-    Bounds asserted (KILL_WINDOW = 0.3 s, 3 publish ticks):
+    Bounds asserted (KILL_WINDOW and SENDER_WINDOW: generous wall-clock windows, see above):
     - requests failing at the client: at most the concurrency (in flight on the victim);
     - counters: final total in [N_ok - L, N], L = requests the victim answered within
       KILL_WINDOW before the kill (what it may have counted but not yet published);
     - samples: every sampled request the client saw answered arrives, except those the
       victim answered within KILL_WINDOW (not yet forwarded) and, when the victim was the
-      sender, those any worker answered within FLUSH_AFTER + KILL_WINDOW before the kill
+      sender, those any worker answered within SENDER_WINDOW before the kill
       (its partial datagram and its socket's unread forwards);
     - and every stream check of the clean runs (sequence numbers, monotonic counters,
       sample_pool bounds less L, one data source).
@@ -501,7 +504,7 @@ def test_gunicorn_worker_killed(service: Service, who: str) -> None:
     lost_counts = load.completed_in(t_kill - KILL_WINDOW, victim)
     may_lose = {i for i in lost_counts if load.sampled[i]}
     if who == "sender":
-        window = t_kill - FLUSH_AFTER - KILL_WINDOW
+        window = t_kill - SENDER_WINDOW
         may_lose |= {
             i
             for i in load.completed_in(window)
