@@ -76,7 +76,11 @@ def prepare_parent(agent) -> None:
     a.set_http_port(8080, "test")
     request(source)  # starts the exporter thread, which opens state and sockets
     deadline = time.monotonic() + 5
-    while not (a.exporter.state and a.exporter._socks) and time.monotonic() < deadline:
+    # Its first pass may run before that request's sample is queued: wait for the pass
+    # that takes it too (the thread sleeps until it is woken for it).
+    while not (a.exporter.state and a.exporter._socks and not a._queue):
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.05)
     a.drain = lambda: []  # the thread keeps running but leaves the queue alone
     for _ in range(5):
