@@ -42,6 +42,7 @@ def configure(
     query: QueryMode | None = None,
     disabled_integrations: str | Sequence[str] | None = None,
     authuser: bool | None = None,
+    max_samples: int | None = None,
 ) -> None:
     """Override settings for this process (highest precedence, per key; None: not given).
 
@@ -51,7 +52,8 @@ def configure(
     ``ds_index``, ``sub_agent_id``, ``service_name``, ``parent_ds_index``,
     ``queue_capacity``, ``config_path``, ``state_dir``, ``shared``, ``disable``, ``query``
     (the middlewares' default), ``disabled_integrations`` (``sflow-app run``),
-    ``authuser`` (user names in samples: personal data). Raises
+    ``authuser`` (user names in samples: personal data), ``max_samples`` (the overload
+    guard: flow samples per second per data source, 0 = no cap). Raises
     ``ValueError`` for a bad value: an explicit call should fail loudly; nothing else in
     the agent ever raises.
     """

@@ -21,14 +21,16 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _config
+from . import _config, _idle
 from ._exit import flush_on_sigterm
 from ._exporter import TICK, Exporter
 from ._identity import default_service_name, local_index
 from ._listen import server_listener
 from ._once import first_in_service
+from ._sampler import WINDOW
 from ._shared import state_dir
 from ._source import AppSource, HttpSource, MemcacheSource, Source
+from ._wake import Waker
 from ._watch import ConfigWatcher, file_mistakes
 
 if TYPE_CHECKING:
@@ -60,6 +62,14 @@ def uwsgi_master() -> Any:
         return None
 
 
+def _env_key(env: Mapping[str, str]) -> object:
+    """What of the environment settings are resolved from, cheap to compare."""
+    data = getattr(env, "_data", None) if env is os.environ else None
+    if isinstance(data, dict):  # os.environ's raw bytes: no decoding of every variable
+        return [item for item in data.items() if item[0].startswith(b"SFLOW_APP_")]
+    return sorted((k, v) for k, v in env.items() if k.startswith("SFLOW_APP_"))
+
+
 class Agent:
     def __init__(
         self,
@@ -70,12 +80,14 @@ class Agent:
     ) -> None:
         self._env = env
         self._autostart = autostart
-        self._clock = clock
+        self._clock = self.clock = clock
         self._kwargs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._sources: dict[tuple[str, str], Source] = {}
         self._http: HttpSource | None = None
         self._reset_process_state()
+        # (environment key, AutoFile, config path) the settings were last resolved from.
+        self._resolved: tuple[object, object, str] | None = None
         self.settings = _config.resolve({}, {}, None, DEFAULT_CONFIG)
         self._watcher: ConfigWatcher | None = None
         self._loaded = False
@@ -93,7 +105,11 @@ class Agent:
         self.pid = os.getpid()
         self._queue: deque[tuple[Any, ...]] = deque()
         self._qlock = threading.Lock()
-        self._wake = threading.Event()
+        # The exporter thread's sleep (made when it starts: agents that never start one,
+        # as in tests, hold no pipe); passes counts its passes (tests count wake-ups).
+        self._waker: Waker | None = None
+        self.passes = 0
+        self._pools = -1  # every source's sample_pool at the last pass: busy or idle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._paused = False
@@ -128,17 +144,26 @@ class Agent:
         _config.resolve(merged, {}, None, DEFAULT_CONFIG)  # raises ValueError on bad kwargs
         self._kwargs = merged
         self._watcher = None  # re-read the file (the path may have changed)
+        self._resolved = None
         self.reload()
 
     def reload(self) -> None:
         """Read the config file and apply it (exporter thread, or configure())."""
-        path = self.config_path
+        # Resolving from the environment is most of an idle process's once-a-second
+        # re-check: done again only when the variables, the file or configure() changed.
+        env_key = _env_key(self.env)
+        cached = self._resolved
+        path = cached[2] if cached is not None and cached[0] == env_key else self.config_path
         if self._watcher is None or self._watcher.path != path:
             self._watcher = ConfigWatcher(path, warn=self._file_warnings.append)
         auto = self._watcher.current()
         self._loaded = True
-        settings = _config.resolve(self._kwargs, self.env, auto, path)
-        self.apply(settings)
+        if cached is not None and cached[:3] == (env_key, auto, path):
+            settings = self.settings
+        else:
+            settings = _config.resolve(self._kwargs, self.env, auto, path)
+            self.apply(settings)
+            self._resolved = (env_key, auto, path)
         # After apply: a warning is recorded in the state directory these settings name.
         origin = settings.sources.get("config_path")
         mistakes = file_mistakes(auto, path, origin, settings.reason)
@@ -147,6 +172,7 @@ class Agent:
             self.warn_service(message)
 
     def apply(self, settings: _config.Settings) -> None:
+        self._resolved = None  # the next reload resolves again
         old = getattr(self, "settings", None)
         self.settings = settings
         for warning in settings.warnings:
@@ -159,9 +185,11 @@ class Agent:
     def _apply_source(self, source: Source) -> None:
         settings = self.settings
         rate = settings.sampling_for(source.app_key) if settings.enabled else 0
+        cap = settings.max_samples
         if self.capture is not None:
-            rate = 1
+            rate, cap = 1, 0  # a test sees every sample
         source.sampler.set_rate(rate)
+        source.sampler.set_cap(cap)
         if source.kind != "http":
             source.ds_index = local_index(self.service_name, source.kind, source.name)
         elif settings.ds_index is not None:
@@ -293,11 +321,19 @@ class Agent:
             capture.add(source, pool, rate, records)
             return
         with self._qlock:
-            if len(self._queue) < self.settings.queue_capacity:
-                self._queue.append((source, pool, rate, records))
-                return
-        source.drop()
-        self.stats["queue_drops"] += 1
+            queue = self._queue
+            if len(queue) < self.settings.queue_capacity:
+                queue.append((source, pool, rate, records))
+                first = len(queue) == 1
+            else:
+                first = None
+        if first is None:
+            source.drop()
+            self.stats["queue_drops"] += 1
+        elif first:  # the exporter may sleep for a second: wake it (once per pass at most)
+            waker = self._waker
+            if waker is not None:
+                waker.set()
 
     def drain(self) -> list[tuple[Any, ...]]:
         with self._qlock:
@@ -356,6 +392,7 @@ class Agent:
             and thread is not threading.current_thread()
         ):
             self._stop.set()
+            self._wake_now()
             thread.join(FORK_JOIN_TIMEOUT)
             self._paused = True
 
@@ -367,10 +404,20 @@ class Agent:
     def _spawn(self) -> None:
         # A fresh event per thread: one that outlived a bounded join still sees its own set.
         self._stop = threading.Event()
+        if self._waker is None:
+            self._waker = Waker()
         self._thread = threading.Thread(
-            target=self._run, args=(self._stop,), name="sflow-app-exporter", daemon=True
+            target=self._run,
+            args=(self._stop, self._waker),
+            name="sflow-app-exporter",
+            daemon=True,
         )
         self._thread.start()
+
+    def _wake_now(self) -> None:
+        waker = self._waker
+        if waker is not None:
+            waker.set()
 
     def start(self) -> None:
         with self._lock:
@@ -387,15 +434,46 @@ class Agent:
                 return
             self._spawn()
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: threading.Event, waker: Waker) -> None:
+        last = float("-inf")
         while not stop.is_set():
+            early = TICK - (self._clock() - last)
+            if early > 0:  # at most one pass per TICK, however often it is woken
+                stop.wait(early)
+                continue
+            waker.clear()  # before the pass: a sample queued from here on wakes the next
+            last = self._clock()
+            self.passes += 1
+            timeout = TICK
             try:
-                self.tick(self._clock())
+                self.tick(last)
+                timeout = self._next_due(last) - self._clock()
             except Exception:  # the exporter must outlive any bug of its own
                 log.exception("sflow_app: exporter error")
-            stop.wait(TICK)
+            if timeout > 0 and not stop.is_set():
+                waker.wait(timeout, _idle.listening(self.exporter))
+
+    def _next_due(self, passed_at: float) -> float:
+        """When the thread must pass next (see _idle): earlier while the process serves."""
+        due = min(self._next_config_check, _idle.next_due(self.exporter, passed_at))
+        pools = 0
+        for source in self.sources():
+            pools += source.sampler.sample_pool
+            if source.sampler.raised:  # the guard looks at the load again (see tick)
+                due = min(due, passed_at + WINDOW)
+        if pools != self._pools:
+            # It serves: publish its counts every TICK, as when it was last busy, so the
+            # sender's counters lag by at most that (and a killed worker loses no more).
+            self._pools = pools
+            due = min(due, passed_at + TICK)
+        return due
 
     def tick(self, now: float, *, final: bool = False) -> None:
+        for source in self.sources():
+            if source.sampler.raised:
+                # The overload guard lowers N again from the sampled path: make the next
+                # candidate take it, so it does even when the load has fallen away.
+                source.sampler.force()
         if self.capture is not None:
             return  # a capture sends nothing; what it counted goes out after it
         if now >= self._next_config_check:
@@ -423,6 +501,7 @@ class Agent:
         if not self._started or self.pid != os.getpid():
             return
         self._stop.set()
+        self._wake_now()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -501,13 +580,24 @@ class Agent:
         """Back to the state of a fresh import (sflow_app.testing.reset)."""
         self.shutdown()
         self.exporter.close()
+        waker = self._waker
         self.__init__(**init)  # type: ignore[misc]
+        if waker is not None:
+            waker.close()
+
+    def after_fork_in_child(self) -> None:
+        """The at-fork hook: the parent's pipe is closed here, where no other thread of
+        the child runs yet (a fork from C, noticed later, leaves its copy open)."""
+        waker = self._waker
+        self.after_fork()
+        if waker is not None:
+            waker.close()
 
 
 AGENT = Agent()
 os.register_at_fork(
     before=AGENT.before_fork,
     after_in_parent=AGENT.after_fork_in_parent,
-    after_in_child=AGENT.after_fork,
+    after_in_child=AGENT.after_fork_in_child,
 )
 atexit.register(AGENT.shutdown)

@@ -40,6 +40,7 @@ DEFAULT_QUEUE = 4096
 QUEUE_MIN, QUEUE_MAX = 64, 1 << 20
 POLLING_MAX = 3600
 DS_INDEX_MAX = 2**24 - 1  # compact source_id keeps 24 bits for the index
+DEFAULT_MAX_SAMPLES = 2000  # flow samples per second, per process and data source
 
 SourceKind = Literal["file", "explicit", "off"]
 
@@ -265,6 +266,8 @@ VARS: tuple[Var, ...] = (
         _integrations,
         _integrations,
     ),
+    # The overload guard: a cap on flow samples per second (0 = no cap), see _sampler.
+    _int_var("SFLOW_APP_MAX_SAMPLES", "max_samples", "max_samples", 0, U32),
 )
 BY_FIELD = {v.field: v for v in VARS}
 BY_ENV = {v.env: v for v in VARS}
@@ -320,6 +323,7 @@ class _Layer:
     disabled_integrations: tuple[str, ...] | None = None
     query: str | None = None
     authuser: bool | None = None
+    max_samples: int | None = None
 
 
 def _kwargs_layer(kwargs: Mapping[str, Any]) -> _Layer:
@@ -421,6 +425,7 @@ _DEFAULTS = _Layer(
     disabled_integrations=(),
     query="sensitive",
     authuser=True,
+    max_samples=DEFAULT_MAX_SAMPLES,
 )
 
 
@@ -446,6 +451,7 @@ class Settings:
     disabled_integrations: tuple[str, ...] = ()  # sflow-app run's integrations to skip
     query: QueryMode = "sensitive"  # what sampled URIs keep of the query (middleware default)
     authuser: bool = True  # SFLOW_APP_AUTHUSER: report the client's user name
+    max_samples: int = DEFAULT_MAX_SAMPLES  # flow samples/s per data source; 0 = no cap
     warnings: tuple[str, ...] = ()  # bad environment values, for the caller to log once
     # Where each field's value came from (a Var.field -> "configure", "environment",
     # "file" or "default"; a field no layer sets is absent).
@@ -572,6 +578,7 @@ def resolve(
         disabled_integrations=pick("disabled_integrations"),
         query=pick("query"),
         authuser=pick("authuser"),
+        max_samples=pick("max_samples"),
         warnings=tuple(warnings),
         sources={**sources, "config_path": _pick(layers, "config_path")[1]},
         sampling_layers=tuple(layer.sampling for layer in layers),

@@ -6,6 +6,15 @@ geometric with mean N (the gap between Bernoulli(1/N) successes), drawn from a p
 ``random.Random`` (reseeded after fork): any N up to 2**32-1, unlike the 15-bit LCG of the
 C agents. ``next_at`` is also lowered to make the slow path run for rare per-process work
 (lazy start, fork checks, periodic hand-over).
+
+The overload guard (``SFLOW_APP_MAX_SAMPLES``, a cap per second) lives here too, on the
+slow path only: a token bucket (``cap`` tokens a second, at most ``cap / 2`` saved) makes
+a sample take a token, so no one-second window holds more than 1.5x the cap whatever
+the load; and so that the bucket is rarely empty, the effective N is raised to keep the
+samples near ``TARGET`` of the cap (measured from the pool over half-second windows, or
+at once when half the bucket is gone) and lowered again when the load falls. Each sample
+carries the N in force when it was taken (``rate_of``), so a collector's estimate (the
+sum of sampling_rate) stays right; a due candidate refused for want of a token is a drop.
 """
 
 from __future__ import annotations
@@ -14,26 +23,71 @@ import itertools
 import math
 import random
 import threading
+import time
+from collections.abc import Callable
 
 from ._counters import _value
 
 NEVER = 1 << 62
 # The slow path runs at least this often, sampled or not (fork checks, hand-over).
 HOUSEKEEPING_EVERY = 4096
+U32 = 0xFFFFFFFF
+# The overload guard.
+WINDOW = 0.5  # s: the load is measured over windows of this length
+TARGET = 0.9  # of the cap: what the raised N aims at (the bucket refills at the cap)
+TAKEN_MAX = 4096  # sampled candidates whose rate is remembered until they are submitted
+
+
+def _no_drop() -> int:
+    return 0
 
 
 class Sampler:
-    __slots__ = ("_base", "_lock", "_pool_cell", "_rng", "due_at", "next_at", "pool", "rate")
+    __slots__ = (
+        "_base",
+        "_clock",
+        "_filled_at",
+        "_last_n",
+        "_last_t",
+        "_lock",
+        "_n0",
+        "_pool_cell",
+        "_rng",
+        "_samples",
+        "_t0",
+        "_taken",
+        "_tokens",
+        "cap",
+        "configured",
+        "due_at",
+        "next_at",
+        "on_refuse",
+        "pool",
+        "rate",
+    )
 
-    def __init__(self, rate: int = 0, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        rate: int = 0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._rng = rng or random.Random()
+        self._clock = clock
         self._lock = threading.Lock()
         self._pool_cell = itertools.count(1)
         self.pool = self._pool_cell.__next__  # returns the candidate's ordinal, 1-based
         self._base = 0
-        self.rate = 0
+        self.rate = 0  # the N in force: the configured one, or the guard's raised one
+        self.configured = 0
         self.due_at = NEVER
         self.next_at = 0  # first candidate takes the slow path
+        self._taken: dict[int, int] = {}  # sampled candidate -> its N, until submitted
+        self.on_refuse: Callable[[], object] = _no_drop  # a due candidate got no token
+        self.cap = 0  # samples per second; 0 = no guard
+        self._tokens = 0.0
+        self._filled_at = self._t0 = self._last_t = 0.0
+        self._n0 = self._last_n = self._samples = 0
         self.set_rate(rate)
 
     @property
@@ -57,14 +111,58 @@ class Sampler:
         return int(math.log1p(-u) / math.log1p(-1.0 / rate)) + 1
 
     def set_rate(self, rate: int) -> None:
-        rate = max(0, min(int(rate), 0xFFFFFFFF))
+        """The configured 1-in-N (the guard may raise the one in force above it)."""
+        rate = max(0, min(int(rate), U32))
         with self._lock:
-            if rate == self.rate:
+            if rate == self.configured:
                 return
-            self.rate = rate
-            here = self.sample_pool
-            self.due_at = here + self.skip() if rate else NEVER
-            self.next_at = min(self.next_at, self.due_at)
+            raised = self.raised
+            self.configured = rate
+            # A raised N stays until the guard's next window says otherwise.
+            self._use(max(rate, self.rate) if rate and raised else rate, self._here())
+
+    def _here(self) -> int:
+        """The last candidate's ordinal (what ``pool()`` returned last)."""
+        return _value(self._pool_cell) - 1
+
+    def _use(self, rate: int, here: int) -> None:
+        """Put 1-in-``rate`` in force from candidate ``here`` on (under the lock)."""
+        if rate == self.rate:
+            return
+        self.rate = rate
+        # Skips are memoryless: drawing afresh from here samples each candidate from now
+        # on with probability 1/rate, whatever the skip drawn before.
+        self.due_at = here + self.skip() if rate else NEVER
+        self.next_at = min(self.next_at, self.due_at)
+
+    def set_cap(self, cap: int) -> None:
+        """The overload guard: at most about ``cap`` samples a second (0 = no cap)."""
+        cap = max(0, int(cap))
+        with self._lock:
+            if cap == self.cap:
+                return
+            self.cap = cap
+            self._restart_guard()
+            if not cap:
+                self._use(self.configured, self._here())
+
+    def _restart_guard(self) -> None:
+        self._tokens = self._burst()
+        self._filled_at = self._t0 = self._last_t = self._clock()
+        self._n0 = self._last_n = self._here()
+        self._samples = 0
+
+    def _burst(self) -> float:
+        return max(1.0, self.cap / 2)
+
+    @property
+    def raised(self) -> bool:
+        """Whether the guard holds the N in force above the configured one."""
+        return self.rate > self.configured > 0
+
+    def rate_of(self, n: int) -> int:
+        """The 1-in-N candidate ``n`` was sampled at (once: it is forgotten here)."""
+        return self._taken.pop(n, self.rate)
 
     def force(self) -> None:
         """Make the next candidate take the slow path."""
@@ -76,16 +174,68 @@ class Sampler:
         # Python-level call: CPython hands the GIL to another thread only at such calls
         # (and loops), so a thread is never switched out while it holds the lock. One
         # that was would make every other request thread block on it in turn (a lock
-        # convoy: at 1-in-1 with 4-16 threads, +30-70 % CPU per sampled request).
+        # convoy: at 1-in-1 with 4-16 threads, +30-70 % CPU per sampled request). The
+        # guard's re-tuning (``_retune``) is the one exception, at most a few times a
+        # second.
         skip = self.skip() if self.rate > 1 and n >= self.due_at else 1
+        now = self._clock() if self.cap else 0.0
+        refused = False
         with self._lock:
+            rate = self.rate
+            guarded = self.cap and self.configured
+            if guarded:
+                burst = self._burst()
+                tokens = self._tokens + (now - self._filled_at) * self.cap
+                if tokens > burst:
+                    tokens = burst
+                self._filled_at = now
+                if now - self._t0 >= WINDOW or (
+                    tokens < burst / 2 and self._samples * 16 >= self.cap
+                ):
+                    self._retune(n, now, tokens < burst / 2)
+                    if self.rate != rate:
+                        rate = self.rate
+                        skip = self.skip() if rate > 1 else 1
+                        self.due_at = n - 1 + skip  # candidate n too, with 1/rate
+                        skip = self.skip() if rate > 1 else 1
+                self._last_n, self._last_t = n, now
             sampled = False
-            if self.rate == 1 or n >= self.due_at:
-                sampled = self.rate > 0
+            if rate == 1 or n >= self.due_at:
+                sampled = rate > 0
                 if sampled:
                     self.due_at = n + skip
+                    if guarded:
+                        if tokens >= 1.0:
+                            tokens -= 1.0
+                            self._samples += 1
+                        else:
+                            sampled, refused = False, True
+            if guarded:
+                self._tokens = tokens
+            if sampled:
+                taken = self._taken
+                taken[n] = rate
+                if len(taken) > TAKEN_MAX:  # sampled, never submitted (a dropped request)
+                    del taken[next(iter(taken))]
             self.next_at = min(self.due_at, n + HOUSEKEEPING_EVERY)
-            return sampled
+        if refused:
+            self.on_refuse()
+        return sampled
+
+    def _retune(self, n: int, now: float, escalate: bool) -> None:
+        """The guard's N from the load of the window ending now (under the lock)."""
+        if now - self._t0 > 2 * WINDOW:
+            # No slow path for a while (the load fell): measure from the last one only,
+            # so the tail of a burst long past does not hold N up.
+            self._t0, self._n0 = self._last_t, self._last_n
+        elapsed = now - self._t0
+        load = (n - self._n0) / elapsed if elapsed > 0 else float(n - self._n0) * 1e6
+        target = TARGET * self.cap
+        want = max(self.configured, -int(-load // target))
+        if escalate:  # half the bucket is gone within a window: at least double now
+            want = max(want, 2 * self.rate)
+        self._t0, self._n0, self._samples = now, n, 0
+        self._use(min(want, U32), n)
 
     def reset_after_fork(self, in_flight: int = 0) -> None:
         """New RNG state, a fresh lock, a pool counted from zero, and a slow path next.
@@ -94,6 +244,8 @@ class Sampler:
         """
         self._rng.seed()
         self._lock = threading.Lock()
+        self._taken = {}
+        self._restart_guard()  # the parent's bucket and load are not this process's
         self._base = 0
         self._base = max(self.sample_pool - in_flight, 0)
         # The skip in force was drawn by the parent: every sibling would sample the same

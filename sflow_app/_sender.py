@@ -193,6 +193,10 @@ class Election:
             return  # it still sends its own samples and every worker's counters
         self._sock = sock
 
+    def listening(self) -> socket.socket | None:
+        """The socket the workers forward to (the sender's exporter waits on it)."""
+        return self._sock
+
     def leave(self, *, unlink: bool) -> None:
         """Give up the role (at close, or when replaced): the socket, then the lock."""
         if self._sock is not None:

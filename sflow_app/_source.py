@@ -136,11 +136,12 @@ class Source:
         self.name = name
         self.app_key = self.key_for(name)  # key for sampling.<app> / polling.<app>
         self.ds_index: int | None = None
-        self.sampler = Sampler(0)
         self.counters = CounterBlock(self.counter_names)
         self._drops = itertools.count()
         self._drops_base = 0
         self.drop = self._drops.__next__
+        self.sampler = Sampler(0, clock=agent.clock)
+        self.sampler.on_refuse = self.drop  # the overload guard had no token for it
         # Position -> function giving the gauge's current value in this process.
         self.gauges: dict[int, Callable[[], int]] = {}
 
@@ -159,7 +160,8 @@ class Source:
 
     def submit(self, n: int, records: tuple[Any, ...]) -> None:
         """Hand a sampled transaction's records to the exporter (never blocks)."""
-        self.agent.enqueue(self, n, self.sampler.rate, records)
+        # The N in force when it was sampled: the overload guard may have moved it since.
+        self.agent.enqueue(self, n, self.sampler.rate_of(n), records)
 
     def reset_after_fork(self, in_flight: int = 0) -> None:
         self.sampler.reset_after_fork(in_flight)
