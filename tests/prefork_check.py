@@ -14,10 +14,12 @@ Bounds (see ``check_stream``):
 - ``sample_pool <= ops_per_request * (requests whose send had started when the sample's
   datagram arrived)``: a pool counts candidates, each of which is a request already sent.
 - ``sample_pool >= ops_per_request * (requests completed at the client before the sampled
-  request was sent - POOL_LAG)`` minus the counts a killed worker may have lost. The
-  sender sums what workers *published*, and each publishes every ``TICK`` (0.1 s), so the
-  pool lags the truth; ``POOL_LAG`` = 1 s is a loose, documented allowance for a worker's
-  exporter thread being late under load on 2 cores. No tighter lower bound holds by design.
+  request was sent - POOL_LAG)`` minus the counts a killed worker may have lost. Each
+  sample carries its worker's pool increment since that worker's previous sample, so the
+  service's pool lags by what the *other* workers saw since their last samples (about
+  rate x workers requests), and by a worker's exporter thread being late under load on 2
+  cores: ``POOL_LAG`` = 3 s is a loose, documented allowance in time for both. No tighter
+  lower bound holds by design.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from sflow_app.records import (
     MemcacheOperation,
 )
 
-POOL_LAG = 1.0  # s: how far the service-wide sample_pool may lag the requests completed
+POOL_LAG = 3.0  # s: how far the service-wide sample_pool may lag the requests completed
 UPTIME_SLACK = 1.0  # s: uptime advance vs. arrival-time advance between first and last
 SAMPLE_TOLERANCE = 0.25  # samples received + drops within +-25 % of N / rate
 FLOW_KINDS = {HttpRequest: "http", MemcacheOperation: "memcache", AppOperation: "app"}

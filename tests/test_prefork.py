@@ -564,7 +564,11 @@ def test_idle_service_keeps_reporting(service: Service, server: str) -> None:
     identity, learnt from the listener the workers inherited -- not from a request."""
     started = time.monotonic()
     service.start(server, IDLE_SERVERS[server](), 2, cwd=ROOT if server == "uvicorn" else APPS)
-    time.sleep(3.5)
+    # Two polls (1 s, the first at a random offset) after the start, however slow a loaded
+    # machine makes the start: polled for generously, not slept for.
+    deadline = time.monotonic() + 15
+    while len(http_counters_after(service, started)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     idle = http_counters_after(service, started)
     assert len(idle) >= 2 and all(total == 0 for _, total in idle), idle
     load = run_load(service.port, 40, 2)
