@@ -29,7 +29,9 @@ APPS = Path(__file__).resolve().parent / "apps"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uvicorn]:
-    srv = Uvicorn(tmp_path_factory.mktemp("uvicorn"))
+    # Every request sampled, bursts of 1,000 included: no overload guard here (its own
+    # tests are in test_guard.py).
+    srv = Uvicorn(tmp_path_factory.mktemp("uvicorn"), env={"SFLOW_APP_MAX_SAMPLES": "0"})
     yield srv
     srv.stop()
     srv.collector.close()
