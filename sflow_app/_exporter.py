@@ -120,6 +120,8 @@ class Exporter(Staging):
             self._forward(state, encoded)
             self._status_files(state, final)
             return
+        if final:  # its last read is below: a forward that came after it would be lost
+            state.stop_listening()
         totals: dict[int, list[int]] = {}
         incoming = [*self._backlog, *encoded, *state.receive()]
         self._backlog.clear()
@@ -418,14 +420,7 @@ class Exporter(Staging):
         agent = self.agent
         ident = agent.identity() if agent.settings.enabled else None
         state = self._open(ident) if ident is not None else self.state
-        if isinstance(state, SharedState):
-            try:
-                state.try_become_sender()
-            except OSError:
-                pass
-            if state.sender:
-                state.stop_listening()
-        self.step(now, final=True)
+        self.step(now, final=True)  # a sender's final pass stops taking forwards first
         if not isinstance(state, SharedState) or state.sender:
             return
         end = time.monotonic() + EXIT_WAIT
@@ -435,7 +430,6 @@ class Exporter(Staging):
             time.sleep(TICK / 5)
             try:
                 if state.try_become_sender():
-                    state.stop_listening()
                     self.step(now, final=True)
                     return
             except OSError:

@@ -100,6 +100,9 @@ class LocalState:
     def still_sender(self) -> bool:
         return True
 
+    def stop_listening(self) -> None:
+        pass  # nothing forwards to a process that shares nothing
+
     def receive(self, limit: int = 0) -> list[tuple[int, bytes]]:
         return []
 

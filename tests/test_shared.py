@@ -388,6 +388,70 @@ def test_sample_forwarded_while_sender_exits_is_not_lost(service: Service, tmp_p
     )
 
 
+def _wait_flag(flag: str) -> None:
+    with open(flag + ".ready", "w"):
+        pass
+    end = time.monotonic() + 5
+    while not os.path.exists(flag + ".go") and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def _pause_in_exit(agent: Agent) -> None:
+    """Make an exiting worker stop twice: before its final pass (``<flag>1``) and before
+    it lets go of its state (``<flag>2``)."""
+    exporter = agent.exporter
+    step, close_state = exporter.step, exporter.close_state
+    flag = agent.env["PAUSE_FIFO"]
+
+    def paused_step(now: float, *, final: bool = False) -> None:
+        if final and not os.path.exists(flag + "1.ready"):
+            _wait_flag(flag + "1")
+        step(now, final=final)
+
+    def paused_close_state() -> None:
+        if exporter.state is not None:  # not the _open() before the state exists
+            _wait_flag(flag + "2")
+        close_state()
+
+    exporter.step = paused_step  # type: ignore[method-assign]
+    exporter.close_state = paused_close_state  # type: ignore[method-assign]
+
+
+def test_worker_that_becomes_the_sender_in_its_exit_pass_takes_no_forwards(
+    service: Service, tmp_path: Path
+) -> None:
+    """Recycled uWSGI workers exit together: B starts its exit while A is the sender,
+    A leaves, and B takes the role in its own final pass. B must not take forwards it
+    will never read: C's samples forwarded after B's last read stay with C (until C
+    sends them itself) instead of dying in B's socket (seen as lost samples under uWSGI
+    --max-requests, with 0 drops)."""
+    flag = str(tmp_path / "pause")
+    service.env["PAUSE_FIFO"] = flag
+    a = service.worker()
+    b = service.worker(setup=_pause_in_exit)
+    c = service.worker()
+    assert a.tick()["sender"] and not b.tick()["sender"] and not c.tick()["sender"]
+    b.conn.send(("exit", None))  # A holds the role: B's exit goes on to its final pass
+    service.wait(lambda: os.path.exists(flag + "1.ready"))
+    assert a("exit")["sender"]  # A leaves
+    a.proc.join(5)
+    open(flag + "1.go", "w").close()  # B's final pass: B becomes the sender in it
+    service.wait(lambda: os.path.exists(flag + "2.ready"))
+    assert os.path.exists(flag + "2.ready")
+    assert c.requests(range(1, 4)) == [1, 2, 3]
+    c.tick()  # forwards them if B still takes forwards
+    open(flag + "2.go", "w").close()
+    assert b.conn.poll(10)
+    assert b.conn.recv()["sender"], "B did not take the role in its final pass"
+    b.proc.join(5)
+    c.tick(final=True)
+    service.wait(lambda: len(service.uris()) >= 3, 3)
+    assert sorted(service.uris()) == ["/r/1", "/r/2", "/r/3"], (
+        f"C's samples forwarded to a sender that had made its last pass were lost "
+        f"(received {service.uris()})"
+    )
+
+
 def _fake_uwsgi_without_threads(agent: Agent) -> None:
     sys.modules["uwsgi"] = types.SimpleNamespace(has_threads=0)  # type: ignore[assignment]
     agent._autostart = True
