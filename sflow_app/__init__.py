@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._status import Status
 from ._transaction import transaction
 
 if TYPE_CHECKING:
     from ._http import QueryMode
 
-__all__ = ["configure", "status", "transaction"]
+__all__ = ["Status", "configure", "status", "transaction"]
 __version__ = "0.1.0"
 
 
@@ -63,7 +64,7 @@ def configure(
     AGENT.configure(**given)
 
 
-def status() -> dict[str, Any]:
+def status() -> Status:
     """What the agent is doing: config source and state, identity, counts sent and dropped."""
     from ._agent import AGENT
 

@@ -30,6 +30,7 @@ from ._once import first_in_service
 from ._sampler import WINDOW
 from ._shared import state_dir
 from ._source import AppSource, HttpSource, MemcacheSource, Source
+from ._status import Stats, Status
 from ._wake import Waker
 from ._watch import ConfigWatcher, file_mistakes
 
@@ -117,9 +118,8 @@ class Agent:
         self._inline = False
         self._last_inline = float("-inf")
         self.exporter = Exporter(self)
-        self.start_time = self._clock()
         self._route = ("", "")
-        self.stats: dict[str, Any] = {
+        self.stats: Stats = {
             "datagrams": 0,
             "samples": 0,
             "sent": 0,
@@ -524,7 +524,7 @@ class Agent:
         for source in self.sources():
             source.reset_after_fork(1 if source is caller else 0)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """Config source and state, identity, what was sent and dropped: for operators."""
         if not self._started:
             self.reload()
@@ -532,22 +532,23 @@ class Agent:
         ident = self.exporter.identity() if settings.enabled else None
         state = self.exporter.state
         failing = self.exporter.senders.failing()
-        return {
-            "enabled": settings.enabled,
-            "state": settings.reason + (f"; failing: {', '.join(failing)}" if failing else ""),
-            "source": settings.source,
-            "config_path": self.config_path,
-            "collectors": [f"{h}:{p}" for h, p in settings.collectors],
-            "collector_health": self.exporter.senders.view(),
-            "agent_address": ident[0] if ident else settings.agent_ip,
-            "sub_agent_id": ident[1] if ident else None,
-            "service_name": self.service_name,
-            "pid": self.pid,
-            "running": self._started,
-            "sender": bool(state and state.sender),
-            "shared_state": getattr(state, "path", None),
-            "workers_seen": state.slots_used() if state else 0,
-            "data_sources": {
+        return Status(
+            **self.stats,
+            enabled=settings.enabled,
+            state=settings.reason + (f"; failing: {', '.join(failing)}" if failing else ""),
+            source=settings.source,
+            config_path=self.config_path,
+            collectors=[f"{h}:{p}" for h, p in settings.collectors],
+            collector_health=self.exporter.senders.view(),
+            agent_address=ident[0] if ident else settings.agent_ip,
+            sub_agent_id=ident[1] if ident else None,
+            service_name=self.service_name,
+            pid=self.pid,
+            running=self._started,
+            sender=bool(state and state.sender),
+            shared_state=getattr(state, "path", None),
+            workers_seen=state.slots_used() if state else 0,
+            data_sources={
                 f"{s.kind}:{s.name}" if s.name else s.kind: {
                     "ds_index": s.ds_index,
                     "sampling_rate": s.sampler.rate,
@@ -557,9 +558,8 @@ class Agent:
                 }
                 for s in self.sources()
             },
-            "queue": {"length": len(self._queue), "capacity": settings.queue_capacity},
-            **self.stats,
-        }
+            queue={"length": len(self._queue), "capacity": settings.queue_capacity},
+        )
 
     # -- sflow_app.testing ------------------------------------------------------------
     def begin_capture(self, capture: Capture) -> None:

@@ -16,7 +16,10 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._status import CollectorHealth, Stats
 
 log = logging.getLogger("sflow_app")
 
@@ -39,7 +42,7 @@ class Health:
         self.last_error = ""
         self.last_error_at = float("-inf")
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> CollectorHealth:
         return {
             "sent": self.sent,
             "errors": self.errors,
@@ -58,7 +61,7 @@ class Senders:
         self.socks: dict[tuple[str, int], socket.socket] = {}
         self.health: dict[tuple[str, int], Health] = {}
 
-    def send(self, collectors: Sequence[tuple[str, int]], payload: bytes, stats: Any) -> None:
+    def send(self, collectors: Sequence[tuple[str, int]], payload: bytes, stats: Stats) -> None:
         if len(collectors) > MAX_COLLECTORS:
             self._warn_once(
                 f"{len(collectors)} collectors configured: only the first {MAX_COLLECTORS} "
@@ -101,7 +104,7 @@ class Senders:
             self.socks[target] = sock
         return sock
 
-    def _failed(self, target: tuple[str, int], health: Health, exc: OSError, stats: Any) -> None:
+    def _failed(self, target: tuple[str, int], health: Health, exc: OSError, stats: Stats) -> None:
         name = _name(*target)
         code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         stats["send_errors"] += 1
@@ -140,7 +143,7 @@ class Senders:
         """Failed sends per collector (``host:port``)."""
         return {_name(*t): h.errors for t, h in self.health.items()}
 
-    def view(self) -> dict[str, dict[str, Any]]:
+    def view(self) -> dict[str, CollectorHealth]:
         return {_name(*t): h.view() for t, h in self.health.items()}
 
     def close(self) -> None:

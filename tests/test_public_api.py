@@ -28,9 +28,35 @@ HEAVY = (
 def test_all_is_exactly_the_public_api() -> None:
     import sflow_app
 
-    assert sorted(sflow_app.__all__) == ["configure", "status", "transaction"]
+    assert sorted(sflow_app.__all__) == ["Status", "configure", "status", "transaction"]
     for name in sflow_app.__all__:
         assert callable(getattr(sflow_app, name))
+
+
+def test_status_has_exactly_the_typed_keys(tmp_path: Path) -> None:
+    """``status()`` is typed (``sflow_app.Status``): every key the type names is there,
+    and none it does not name, for the agent and each of its data sources."""
+    from helpers import write_auto
+
+    from sflow_app._agent import Agent
+    from sflow_app._status import CollectorHealth, QueueStatus, SourceStatus, Status
+
+    agent = Agent(
+        autostart=False,
+        env={"SFLOW_APP_CONFIG": str(write_auto(tmp_path / "hsflowd.auto", 9))},
+    )
+    agent.http_source()
+    agent.app_source("shop")
+    agent.exporter.senders.send([("127.0.0.1", 9)], b"x", agent.stats)
+    status = agent.status()
+    assert set(status) == set(Status.__required_keys__)
+    assert set(status["queue"]) == set(QueueStatus.__required_keys__)
+    assert sorted(status["data_sources"]) == ["app:shop", "http"]
+    for source in status["data_sources"].values():
+        assert set(source) == set(SourceStatus.__required_keys__)
+    [health] = status["collector_health"].values()
+    assert set(health) == set(CollectorHealth.__required_keys__)
+    agent.exporter.close()
 
 
 def test_import_pulls_in_nothing_heavy_and_starts_nothing() -> None:
