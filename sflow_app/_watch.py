@@ -1,4 +1,6 @@
-"""Stat-based watcher for hsflowd.auto, run from the exporter thread (never a request).
+"""Stat-based watcher for hsflowd.auto, run from the exporter's pass: on its thread, or
+(uWSGI without threads) inline from a sampled request at most once a second -- a ``stat``
+and, only when the file changed, a read of < 1 KiB.
 
 hsflowd rewrites the file in place, so a read can be torn; ``parse_auto`` notices that
 (rev_start != rev_end) and the watcher then reads again on the next poll. The stat key of
