@@ -381,7 +381,8 @@ def _url_encode(key: bytes) -> str:
     return "".join(out)
 
 
-def _ip6_full(ip: object) -> str:
+def ip6_full(ip: object) -> str:
+    """An IPv6 address as sflowtool prints it: eight groups of four hex digits."""
     h = pack_ip(ip, socket.AF_INET6).hex()
     return ":".join(h[i : i + 4] for i in range(0, 32, 4))
 
@@ -403,7 +404,7 @@ def _element(rec: object, block: str) -> dict[str, str]:
                 else raw.decode("utf-8", "backslashreplace")
             )
         elif kind == "6":
-            text = _ip6_full(value)
+            text = ip6_full(value)
         elif type(rec) is AppOperation and field == "status":
             text = _APP_STATUS.get(value, f"<out-of-range={value}>")
         else:
@@ -453,7 +454,7 @@ def to_sflowtool(dg: Datagram, datagram_size: int | None = None) -> dict[str, An
     sflowtool does. Non-UTF-8 bytes in other strings are backslash-escaped.
     """
     kind, raw = _agent(dg)
-    agent = socket.inet_ntop(socket.AF_INET, raw) if kind == 1 else _ip6_full(raw)
+    agent = socket.inet_ntop(socket.AF_INET, raw) if kind == 1 else ip6_full(raw)
     if datagram_size is None:
         datagram_size = len(encode_datagram(dg))
     return {

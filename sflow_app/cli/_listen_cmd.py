@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from ..decode import DecodeError, _ip6_full, decode, to_sflowtool
+from ..decode import DecodeError, decode, ip6_full, to_sflowtool
 from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, open_socket, receive
 from .render import sample_lines
 
@@ -69,7 +69,7 @@ def sflowtool_json(data: bytes, source_ip: str, when: float) -> dict[str, Any]:
     body = to_sflowtool(decode(data), len(data))
     seconds = int(when)
     if ":" in source_ip:
-        source_ip = _ip6_full(source_ip)
+        source_ip = ip6_full(source_ip)
     return {
         "datagramSourceIP": source_ip,
         "datagramSize": body.pop("datagramSize"),
