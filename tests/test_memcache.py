@@ -1213,7 +1213,7 @@ def test_a_replaced_agent_is_followed_by_every_part(
 ) -> None:
     """The agent replaced under instrument(): the slow path rebinds, and the unsampled path,
     the outcome counters, the byte counts and the sampled path all use the new source (they
-    read the bound source as module globals of several modules: sflow_app._memcache_*)."""
+    read the bound source as module globals of several modules: sflow_app.memcache._*)."""
     agent(sampling=1, polling=0)  # every operation takes the slow path, which rebinds
     sfm.instrument()
     try:

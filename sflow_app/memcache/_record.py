@@ -15,9 +15,9 @@ from typing import Any
 
 from pymemcache.exceptions import MemcacheIllegalInputError  # type: ignore[import-untyped]
 
-from ._memcache_data import _KeyPolicy, _NoTally, _proxy
-from ._memcache_outcomes import BYTES_READ, BYTES_WRITTEN, UNKNOWN, _failed, _Kind, _moved
-from .records import MemcacheOperation, MemcacheProtocol, socket_record
+from ..records import MemcacheOperation, MemcacheProtocol, socket_record
+from ._data import _KeyPolicy, _NoTally, _proxy
+from ._outcomes import BYTES_READ, BYTES_WRITTEN, UNKNOWN, _failed, _Kind, _moved
 
 log = logging.getLogger("sflow_app")
 
@@ -25,7 +25,7 @@ U32 = 0xFFFFFFFF
 ASCII = int(MemcacheProtocol.ASCII)
 
 # --------------------------------------------------------------------- bound source
-# Read by the functions below as module globals: _memcache_methods._bind() sets the bound
+# Read by the functions below as module globals: _methods._bind() sets the bound
 # source and its counters' put here, sflow_app.memcache.instrument() the key policy of
 # instrument()'s clients (a wrap()ped client's class carries its own). Import the module,
 # never these names.

@@ -25,11 +25,12 @@ from pymemcache.exceptions import (  # type: ignore[import-untyped]
     MemcacheIllegalInputError,
 )
 
-from . import _memcache_outcomes, _memcache_record
-from ._agent import AGENT
-from ._counters import _value
-from ._memcache_data import _attach, _CountingSerde, _proxy, _value_size, _wire_key
-from ._memcache_outcomes import (
+from .._agent import AGENT
+from .._counters import _value
+from .._source import MemcacheSource
+from . import _outcomes, _record
+from ._data import _attach, _CountingSerde, _proxy, _value_size, _wire_key
+from ._outcomes import (
     _FETCH,
     _GUARDED,
     _HASH_GUARDED,
@@ -55,8 +56,7 @@ from ._memcache_outcomes import (
     _raw_sizes,
     _store_ok,
 )
-from ._memcache_record import _emit, _endpoint, _sampled
-from ._source import MemcacheSource
+from ._record import _emit, _endpoint, _sampled
 
 log = logging.getLogger("sflow_app")
 
@@ -64,7 +64,7 @@ log = logging.getLogger("sflow_app")
 # --------------------------------------------------------------------- bound source
 # The one memcache data source of this process, bound at instrument()/wrap() time and
 # re-bound on the slow path if the agent replaced it. The hot path reads these globals, here
-# and (those it needs) in _memcache_outcomes and _memcache_record: _bind() sets them in all
+# and (those it needs) in _outcomes and _record: _bind() sets them in all
 # three. Never import these names elsewhere (an import copies the binding of the moment).
 
 _source: Any = None
@@ -91,10 +91,10 @@ def _bind(source: MemcacheSource) -> None:
     _put = getattr(counters, "put", None) or (lambda item: counters.add(*item))
     _fold = getattr(counters, "fold", None) or (lambda: None)
     # The outcome and sampled-path functions read them as their own module globals too.
-    _memcache_outcomes._incr = _incr
-    _memcache_outcomes._put = _put
-    _memcache_record._put = _put
-    _memcache_record._source = source
+    _outcomes._incr = _incr
+    _outcomes._put = _put
+    _record._put = _put
+    _record._source = source
     _source = source
     source.gauges[_SLOT["curr_connections"]] = _open_connections
 

@@ -19,9 +19,9 @@ from pymemcache.exceptions import (  # type: ignore[import-untyped]
     MemcacheUnknownCommandError,
 )
 
-from ._memcache_data import _CountingSerde, _fetched_size, _NoTally, _stored_size, _wire_key
-from ._source import MEMCACHE_COUNTERS
-from .records import MemcacheCmd, MemcacheStatus
+from .._source import MEMCACHE_COUNTERS
+from ..records import MemcacheCmd, MemcacheStatus
+from ._data import _CountingSerde, _fetched_size, _NoTally, _stored_size, _wire_key
 
 log = logging.getLogger("sflow_app")
 
@@ -104,7 +104,7 @@ REJECTED_CONNECTIONS = _SLOT["rejected_connections"]
 
 # --------------------------------------------------------------------- bound source
 # The bound source's counters, read by the functions below as module globals (the hot
-# path); _memcache_methods._bind() sets them here. Import the module, never these names.
+# path); _methods._bind() sets them here. Import the module, never these names.
 
 _incr: tuple[Callable[[], int], ...] = ()
 

@@ -226,18 +226,18 @@ except ImportError as exc:  # pragma: no cover - the "memcache" extra installs i
     ) from exc
 
 # The implementation, by concern (this module is the public surface and the install):
-#   _memcache_data      key policy, the key as sent, value bytes (default serde or a
+#   _data      key policy, the key as sent, value bytes (default serde or a
 #                       counting serde attached per client)
-#   _memcache_outcomes  per command kind: memcache_cmd, status and counters of an outcome
-#   _memcache_record    the sampled path: timing, describing, queueing one flow sample
-#   _memcache_methods   the replacements installed on pymemcache's classes (the unsampled
+#   _outcomes  per command kind: memcache_cmd, status and counters of an outcome
+#   _record    the sampled path: timing, describing, queueing one flow sample
+#   _methods   the replacements installed on pymemcache's classes (the unsampled
 #                       path) and the bound data source they count into (_bind)
-from . import _memcache_record
-from ._agent import AGENT
-from ._memcache_data import _CountingSerde as _CountingSerde  # used by benchmarks
-from ._memcache_data import _KeyPolicy, _policy, _restore_serdes
-from ._memcache_methods import _bind, _methods_for
-from ._memcache_methods import _open_connections as _open_connections  # used by tests
+from .._agent import AGENT
+from . import _record
+from ._data import _CountingSerde as _CountingSerde  # used by benchmarks
+from ._data import _KeyPolicy, _policy, _restore_serdes
+from ._methods import _bind, _methods_for
+from ._methods import _open_connections as _open_connections  # used by tests
 
 __all__ = ["KeyMode", "instrument", "uninstrument", "wrap"]
 
@@ -269,7 +269,7 @@ def instrument(*, keys: KeyMode = "plain", secret: bytes | str | None = None) ->
             )
             return
         _bind(AGENT.memcache_source())
-        _memcache_record._class_policy = policy  # the sampled path's default key policy
+        _record._class_policy = policy  # the sampled path's default key policy
         for cls in (Client, HashClient):
             for name, method in _methods_for(cls).items():
                 _installed[(cls, name)] = (cls.__dict__.get(name, _MISSING), method)
