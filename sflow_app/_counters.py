@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 FOLD_AT = 1024  # add() folds the pending amounts in once this many are waiting
 
 
-def _value(cell: itertools.count[int]) -> int:
+def read_count(cell: itertools.count[int]) -> int:
     # repr is "count(N)"; it is the one stable way to read a count across Python versions.
     return int(repr(cell)[6:-1])
 
@@ -67,7 +67,7 @@ class CounterBlock:
             self._fold()
             extra = tuple(self._extra)
         return tuple(
-            _value(c) + e - b for c, e, b in zip(self._cells, extra, self._base, strict=True)
+            read_count(c) + e - b for c, e, b in zip(self._cells, extra, self._base, strict=True)
         )
 
     def discount(self, amounts: Sequence[int]) -> None:

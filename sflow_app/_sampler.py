@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ._counters import _value
+from ._counters import read_count
 
 NEVER = 1 << 62
 # The slow path runs at least this often, sampled or not (fork checks, hand-over).
@@ -93,7 +93,7 @@ class Sampler:
     @property
     def sample_pool(self) -> int:
         """Candidates seen so far."""
-        return _value(self._pool_cell) - 1 - self._base
+        return read_count(self._pool_cell) - 1 - self._base
 
     def discount(self, candidates: int) -> None:
         """Take ``candidates`` out of ``sample_pool`` (what a test capture saw)."""
@@ -123,7 +123,7 @@ class Sampler:
 
     def _here(self) -> int:
         """The last candidate's ordinal (what ``pool()`` returned last)."""
-        return _value(self._pool_cell) - 1
+        return read_count(self._pool_cell) - 1
 
     def _use(self, rate: int, here: int) -> None:
         """Put 1-in-``rate`` in force from candidate ``here`` on (under the lock)."""

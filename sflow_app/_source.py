@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._counters import CounterBlock, _value
+from ._counters import CounterBlock, read_count
 from ._layout import (
     R_BUSY,
     R_CONF_CONNS,
@@ -151,7 +151,7 @@ class Source:
 
     @property
     def drops(self) -> int:
-        return _value(self._drops) - self._drops_base
+        return read_count(self._drops) - self._drops_base
 
     def sample(self, n: int) -> bool:
         """Slow path for candidate ``n`` (see _sampler): True when it is sampled."""
@@ -166,7 +166,7 @@ class Source:
     def reset_after_fork(self, in_flight: int = 0) -> None:
         self.sampler.reset_after_fork(in_flight)
         self.counters.rebase()
-        self._drops_base = _value(self._drops)
+        self._drops_base = read_count(self._drops)
 
 
 class HttpSource(Source):
