@@ -171,7 +171,8 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
         return _generic_method(FETCH, original)
 
     def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"") -> Any:
-        n = STATE.pool()
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
         if n >= STATE.sampler.next_at and STATE.due(n):
             return sampled(
                 FETCH,
@@ -220,7 +221,8 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
                             if isinstance(value, bytes):
                                 size += len(value)
                     if size:
-                        STATE.put((BYTES_READ, size))
+                        put = STATE.put
+                        put((BYTES_READ, size))
         except Exception:
             log.debug("sflow_app: memcache counting failed", exc_info=True)
         return result
@@ -241,7 +243,8 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
         flags: Any = None,
         cas: Any = None,
     ) -> Any:
-        n = STATE.pool()
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
         if n >= STATE.sampler.next_at and STATE.due(n):
             return sampled(
                 STORE,
@@ -281,7 +284,8 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
                         len(value) if isinstance(value, bytes) else value_size(value, self.encoding)
                     )
             if size:
-                STATE.put((BYTES_WRITTEN, size))
+                put = STATE.put
+                put((BYTES_WRITTEN, size))
         except Exception:
             log.debug("sflow_app: memcache counting failed", exc_info=True)
         return result
@@ -294,7 +298,8 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
         return _generic_method(MISC, original)
 
     def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None) -> Any:
-        n = STATE.pool()
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
         if n >= STATE.sampler.next_at and STATE.due(n):
             return sampled(
                 MISC,
@@ -330,7 +335,8 @@ def _generic_method(kind: Kind, original: Callable[..., Any]) -> Callable[..., A
     ok = kind.ok
 
     def method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        n = STATE.pool()
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
         if n >= STATE.sampler.next_at and STATE.due(n):
             return sampled(kind, wrapped, instance, args, kwargs, n)
         proxy = serde_proxy(instance)
