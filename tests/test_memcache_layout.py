@@ -48,8 +48,9 @@ def test_no_module_rebinds_globals() -> None:
         for node in ast.walk(parsed(path)):
             if isinstance(node, ast.Global):
                 found.append(f"{path.name}:{node.lineno}: global {', '.join(node.names)}")
-            targets = node.targets if isinstance(node, ast.Assign) else []
-            for target in targets:
+            if not isinstance(node, ast.Assign):
+                continue
+            for target in node.targets:
                 if (
                     isinstance(target, ast.Attribute)
                     and isinstance(target.value, ast.Name)

@@ -96,8 +96,9 @@ def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
 # - _method: a plain function, for what runs on every operation -- the three round trips
 #   with pymemcache 4's signatures (fixed parameters, no *args packing) and the guards of
 #   commands that check their arguments (including the admin ones: see below). A wrapt
-#   FunctionWrapper costs about 0.85 us per call here (binding a BoundFunctionWrapper,
-#   then the call), about an unsampled operation's whole budget.
+#   FunctionWrapper costs about 1.2 us per call here (binding a BoundFunctionWrapper,
+#   then the call; measured in docs/memcache.md), more than an unsampled operation's
+#   whole budget.
 # - _wrapt_method: a wrapt FunctionWrapper, for what does not run per operation with
 #   pymemcache 4 -- _connect (once per connection) and the round trips of any other
 #   signature (another pymemcache version, a subclass): wrapt binds whatever kind of
