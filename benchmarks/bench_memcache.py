@@ -300,12 +300,12 @@ def serde_costs(number: int = 10_000, repeat: int = 25) -> None:
 
     from pymemcache.serde import pickle_serde  # type: ignore[import-untyped]
 
-    from sflow_app.memcache import _CountingSerde
+    from sflow_app.memcache._data import CountingSerde
 
     data, flags = pickle_serde.serialize("k", VALUE)
     serdes = {
         "pickle_serde alone": pickle_serde,
-        "sflow counting serde (__slots__)": _CountingSerde(pickle_serde, "ascii"),
+        "sflow counting serde (__slots__)": CountingSerde(pickle_serde, "ascii"),
         "the same as a wrapt.ObjectProxy": ProxySerde(pickle_serde, "ascii"),
     }
     timers = {

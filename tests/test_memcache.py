@@ -42,6 +42,7 @@ import sflow_app.memcache as sfm
 from sflow_app._agent import AGENT
 from sflow_app._identity import local_index
 from sflow_app._source import MEMCACHE_COUNTERS
+from sflow_app.memcache._state import STATE
 from sflow_app.records import (
     INTERNAL,
     ExtendedSocketIPv4,
@@ -158,7 +159,7 @@ def counters(collector) -> dict[str, int]:
 def expected_counters(**nonzero: int) -> dict[str, int]:
     values = dict.fromkeys(MEMCACHE_COUNTERS, 0)
     # The gauge: connections held now, as the last flush read them.
-    values["curr_connections"] = sfm._open_connections()
+    values["curr_connections"] = STATE.open_connections()
     for name, value in nonzero.items():
         assert name in values, name
         values[name] = value
@@ -1165,25 +1166,25 @@ def test_importing_sflow_app_does_not_import_pymemcache() -> None:
 
 def test_open_connections_are_reported_as_a_gauge(instrumented, collector, server) -> None:
     """curr_connections: the connections held now, going down as well as up."""
-    before = sfm._open_connections()
+    before = STATE.open_connections()
     # Not kept for closing: the last one is dropped unclosed on purpose.
     clients = [Client(server.server, default_noreply=False) for _ in range(3)]
     for one in clients:
         one.version()
     del one
-    assert sfm._open_connections() == before + 3
+    assert STATE.open_connections() == before + 3
     flush(collector)
     assert counters(collector)["curr_connections"] == before + 3
     clients[0].close()
     clients[1].quit()
-    assert sfm._open_connections() == before + 1
+    assert STATE.open_connections() == before + 1
     flush(collector)
     assert counters(collector)["curr_connections"] == before + 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)  # the dropped client's socket
         del clients
         gc.collect()
-    assert sfm._open_connections() == before
+    assert STATE.open_connections() == before
 
 
 def test_byte_counts_stay_short_without_snapshots(agent, server, monkeypatch) -> None:
@@ -1213,7 +1214,7 @@ def test_a_replaced_agent_is_followed_by_every_part(
 ) -> None:
     """The agent replaced under instrument(): the slow path rebinds, and the unsampled path,
     the outcome counters, the byte counts and the sampled path all use the new source (they
-    read the bound source as module globals of several modules: sflow_app._memcache_*)."""
+    all read the one STATE, which the slow path rebinds: sflow_app.memcache._state)."""
     agent(sampling=1, polling=0)  # every operation takes the slow path, which rebinds
     sfm.instrument()
     try:

@@ -121,4 +121,5 @@ def test_wheel_has_only_sflow_app_at_top_level(tmp_path: Path) -> None:
     assert top == {"sflow_app"}
     assert "sflow_app/py.typed" in names
     assert "sflow_app/integrations/flask.py" in names
+    assert {"sflow_app/memcache/__init__.py", "sflow_app/memcache/_state.py"} <= set(names)
     assert not any(n.startswith(("tests/", "integrations/", "examples/")) for n in names)

@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 from werkzeug.wsgi import ClosingIterator
 
 from sflow_app._agent import AGENT
-from sflow_app._counters import _value
+from sflow_app._counters import read_count
 from sflow_app.records import HttpCounters, HttpRequest
 
 ZERO_COUNTERS = {f.name: 0 for f in dataclasses.fields(HttpCounters)}
@@ -100,7 +100,7 @@ def serve(app) -> Iterator[str]:
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
-        wait_until(lambda: _value(closed_responses) == _value(open_responses))
+        wait_until(lambda: read_count(closed_responses) == read_count(open_responses))
     finally:
         server.shutdown()
         server.server_close()

@@ -1,9 +1,9 @@
 """Outcomes of memcache operations, per command kind: the ``memcache_cmd`` and
 ``memcache_status`` each pymemcache round trip maps to, the counters its outcome counts,
-and the value bytes it moved (``_Kind``: ``_FETCH``, ``_STORE``, ``_MISC``; ``raw_command``
+and the value bytes it moved (``Kind``: ``FETCH``, ``STORE``, ``MISC``; ``raw_command``
 read from its command line and reply).
 
-Part of ``sflow_app.memcache`` (see its docstring for the tables this implements).
+Part of ``sflow_app.memcache`` (docs/memcache.md has the tables this implements).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pymemcache.exceptions import (  # type: ignore[import-untyped]
     MemcacheUnknownCommandError,
 )
 
-from ._memcache_data import _CountingSerde, _fetched_size, _NoTally, _stored_size, _wire_key
-from ._source import MEMCACHE_COUNTERS
-from .records import MemcacheCmd, MemcacheStatus
+from .._source import MEMCACHE_COUNTERS
+from ..records import MemcacheCmd, MemcacheStatus
+from ._data import CountingSerde, NoTally, fetched_size, stored_size, wire_key
+from ._state import STATE
 
 log = logging.getLogger("sflow_app")
 
@@ -102,17 +103,6 @@ TOTAL_CONNECTIONS = _SLOT["total_connections"]
 REJECTED_CONNECTIONS = _SLOT["rejected_connections"]
 
 
-# --------------------------------------------------------------------- bound source
-# The bound source's counters, read by the functions below as module globals (the hot
-# path); _memcache_methods._bind() sets them here. Import the module, never these names.
-
-_incr: tuple[Callable[[], int], ...] = ()
-
-
-def _put(item: tuple[int, int]) -> None:  # replaced by the bound source's counters.put
-    return None
-
-
 # ---------------------------------------------------------------------------- outcomes
 
 
@@ -122,11 +112,11 @@ def _arg(
     return args[i] if len(args) > i else kwargs.get(name, default)
 
 
-def _count(slot: int, amount: int) -> None:
+def tally(slot: int, amount: int) -> None:
     if amount == 1:
-        _incr[slot]()
+        STATE.incr[slot]()
     elif amount > 0:
-        _put((slot, amount))
+        STATE.put((slot, amount))
 
 
 def _status_of(exc: BaseException) -> int:
@@ -152,8 +142,8 @@ def _fetch_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
         hits = len(result)
         if not hits and instance.sock is None:
             return ERROR  # ignore_exc turned an error into an empty result
-        _count(GET_HITS, hits)
-        _count(GET_MISSES, len(_arg(args, kwargs, 1, "keys", ())) - hits)
+        tally(GET_HITS, hits)
+        tally(GET_MISSES, len(_arg(args, kwargs, 1, "keys", ())) - hits)
         return OK if hits else NOT_FOUND
     if not result and instance.sock is None:
         return ERROR
@@ -171,12 +161,12 @@ def _fetch_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, 
         return cmd, b"", 0
     keys = list(_arg(args, kwargs, 1, "keys", ()))
     prefix = _arg(args, kwargs, 3, "key_prefix", b"")
-    return cmd, _wire_key(instance, keys[0], prefix) if keys else b"", len(keys)
+    return cmd, wire_key(instance, keys[0], prefix) if keys else b"", len(keys)
 
 
-def _store_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
+def store_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
     name = args[0] if args else kwargs.get("name")
-    _count(CMD_SET, len(result))
+    tally(CMD_SET, len(result))
     if _arg(args, kwargs, 3, "noreply"):
         return UNKNOWN
     stored = 0
@@ -194,21 +184,21 @@ def _store_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
                 badval += 1
                 if status == STORED:
                     status = EXISTS
-        _count(CAS_HITS, stored)
-        _count(CAS_MISSES, missing)
-        _count(CAS_BADVAL, badval)
+        tally(CAS_HITS, stored)
+        tally(CAS_MISSES, missing)
+        tally(CAS_BADVAL, badval)
     else:
         for outcome in result.values():
             if outcome:
                 stored += 1
             elif status == STORED:
                 status = NOT_STORED
-    _count(TOTAL_ITEMS, stored)
+    tally(TOTAL_ITEMS, stored)
     return status
 
 
 def _store_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
-    _count(CMD_SET, len(_arg(args, kwargs, 1, "values", ())))
+    tally(CMD_SET, len(_arg(args, kwargs, 1, "values", ())))
     return _status_of(exc)
 
 
@@ -216,18 +206,18 @@ def _store_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, 
     values = _arg(args, kwargs, 1, "values", {})
     cmd = _CMDS.get(_arg(args, kwargs, 0, "name", b""), OTHER)
     first = next(iter(values), None)
-    key = b"" if first is None else _wire_key(instance, first, instance.key_prefix)
+    key = b"" if first is None else wire_key(instance, first, instance.key_prefix)
     return cmd, key, len(values)
 
 
-def _misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
+def misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
     name = args[1] if len(args) > 1 else kwargs.get("cmd_name")
     if _arg(args, kwargs, 3, "end_tokens"):
         return _raw_ok(name, result)
     if name == b"touch":
-        _incr[CMD_TOUCH]()
+        STATE.incr[CMD_TOUCH]()
     elif name == b"flush_all":
-        _incr[CMD_FLUSH]()
+        STATE.incr[CMD_FLUSH]()
     if _arg(args, kwargs, 2, "noreply") or not result:
         return UNKNOWN
     first = result[0]
@@ -236,15 +226,15 @@ def _misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
         for line in result:
             if line == b"DELETED":
                 hits += 1
-        _count(DELETE_HITS, hits)
-        _count(DELETE_MISSES, len(result) - hits)
+        tally(DELETE_HITS, hits)
+        tally(DELETE_MISSES, len(result) - hits)
         return DELETED if hits else NOT_FOUND
     if name == b"incr" or name == b"decr":
         found = first != b"NOT_FOUND"
         if name == b"incr":
-            _incr[INCR_HITS if found else INCR_MISSES]()
+            STATE.incr[INCR_HITS if found else INCR_MISSES]()
         else:
-            _incr[DECR_HITS if found else DECR_MISSES]()
+            STATE.incr[DECR_HITS if found else DECR_MISSES]()
         return OK if found else NOT_FOUND
     if name == b"touch":
         return OK if first == b"TOUCHED" else NOT_FOUND
@@ -257,9 +247,9 @@ def _misc_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
         _raw_err(name)
         return _status_of(exc)
     if name == b"touch":
-        _incr[CMD_TOUCH]()
+        STATE.incr[CMD_TOUCH]()
     elif name == b"flush_all":
-        _incr[CMD_FLUSH]()
+        STATE.incr[CMD_FLUSH]()
     elif name == b"shutdown" and isinstance(exc, MemcacheUnexpectedCloseError):
         return OK  # the server closing the connection is what shutdown asked for
     return _status_of(exc)
@@ -353,34 +343,34 @@ def _raw_ok(command: Any, result: Any) -> int:
     if name in _RAW_FETCH:
         nkeys = len(_raw_keys(name, words))
         hits = _raw_values(_raw_reply(result))[0]
-        _count(GET_HITS, hits)
-        _count(GET_MISSES, nkeys - hits)
+        tally(GET_HITS, hits)
+        tally(GET_MISSES, nkeys - hits)
         if name in _RAW_TOUCHING:
-            _count(CMD_TOUCH, nkeys)
+            tally(CMD_TOUCH, nkeys)
     elif name in _RAW_STORE:
-        _incr[CMD_SET]()
+        STATE.incr[CMD_SET]()
         if status == STORED:
-            _incr[TOTAL_ITEMS]()
+            STATE.incr[TOTAL_ITEMS]()
         if name == b"cas":
             if status == STORED:
-                _incr[CAS_HITS]()
+                STATE.incr[CAS_HITS]()
             elif status == EXISTS:
-                _incr[CAS_BADVAL]()
+                STATE.incr[CAS_BADVAL]()
             elif status == NOT_FOUND:
-                _incr[CAS_MISSES]()
+                STATE.incr[CAS_MISSES]()
     elif name == b"delete":
         if status == DELETED:
-            _incr[DELETE_HITS]()
+            STATE.incr[DELETE_HITS]()
         elif status == NOT_FOUND:
-            _incr[DELETE_MISSES]()
+            STATE.incr[DELETE_MISSES]()
     elif name == b"incr":
-        _incr[INCR_MISSES if status == NOT_FOUND else INCR_HITS]()
+        STATE.incr[INCR_MISSES if status == NOT_FOUND else INCR_HITS]()
     elif name == b"decr":
-        _incr[DECR_MISSES if status == NOT_FOUND else DECR_HITS]()
+        STATE.incr[DECR_MISSES if status == NOT_FOUND else DECR_HITS]()
     elif name == b"touch":
-        _incr[CMD_TOUCH]()
+        STATE.incr[CMD_TOUCH]()
     elif name == b"flush_all":
-        _incr[CMD_FLUSH]()
+        STATE.incr[CMD_FLUSH]()
     return status
 
 
@@ -388,16 +378,16 @@ def _raw_err(command: Any) -> None:
     """A raw command that failed: the command counters that count whatever the outcome."""
     name, words = _raw_words(command)
     if name in _RAW_STORE:
-        _incr[CMD_SET]()
+        STATE.incr[CMD_SET]()
     elif name == b"touch":
-        _incr[CMD_TOUCH]()
+        STATE.incr[CMD_TOUCH]()
     elif name in _RAW_TOUCHING:
-        _count(CMD_TOUCH, len(_raw_keys(name, words)))
+        tally(CMD_TOUCH, len(_raw_keys(name, words)))
     elif name == b"flush_all":
-        _incr[CMD_FLUSH]()
+        STATE.incr[CMD_FLUSH]()
 
 
-def _raw_sizes(command: Any, result: Any) -> tuple[int, int]:
+def raw_sizes(command: Any, result: Any) -> tuple[int, int]:
     """(read, written) value bytes of a raw command: the data blocks of a retrieval reply;
     the data block sent with a storage command (what its <bytes> field announces)."""
     name, words = _raw_words(command)
@@ -414,21 +404,21 @@ def _raw_sizes(command: Any, result: Any) -> tuple[int, int]:
 
 def _fetch_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
     if isinstance(result, dict) and _arg(args, kwargs, 0, "name") in _FETCH_KEYED:
-        return _fetched_size(result, _arg(args, kwargs, 2, "expect_cas")), 0
+        return fetched_size(result, _arg(args, kwargs, 2, "expect_cas")), 0
     return 0, 0
 
 
 def _store_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
-    return 0, _stored_size(instance, _arg(args, kwargs, 1, "values", {}))
+    return 0, stored_size(instance, _arg(args, kwargs, 1, "values", {}))
 
 
 def _misc_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
     if _arg(args, kwargs, 3, "end_tokens"):  # raw_command: values are in the command/reply
-        return _raw_sizes(_arg(args, kwargs, 1, "cmd_name"), result)
+        return raw_sizes(_arg(args, kwargs, 1, "cmd_name"), result)
     return 0, 0
 
 
-class _Kind:
+class Kind:
     """ok/err count an outcome and return its status; describe gives (cmd, key, nkeys);
     sizes gives (read, written) value bytes for clients with the default serde, or always
     when the values do not go through the serde (``serde`` False: _misc_cmd)."""
@@ -440,22 +430,22 @@ class _Kind:
         self.serde = serde
 
 
-_FETCH = _Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes, True)
-_STORE = _Kind(_store_ok, _store_err, _store_describe, _store_sizes, True)
-_MISC = _Kind(_misc_ok, _misc_err, _misc_describe, _misc_sizes, False)
+FETCH = Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes, True)
+STORE = Kind(store_ok, _store_err, _store_describe, _store_sizes, True)
+MISC = Kind(misc_ok, _misc_err, _misc_describe, _misc_sizes, False)
 
 
-def _moved(
-    kind: _Kind, proxy: Any, instance: Any, args: Any, kwargs: Any, result: Any
+def moved(
+    kind: Kind, proxy: Any, instance: Any, args: Any, kwargs: Any, result: Any
 ) -> tuple[int, int]:
     """(read, written) value bytes of the operation that just ran."""
-    if kind.serde and (proxy.__class__ is _CountingSerde or proxy.__class__ is _NoTally):
+    if kind.serde and (proxy.__class__ is CountingSerde or proxy.__class__ is NoTally):
         return int(proxy.read), int(proxy.written)
     read, written = kind.sizes(instance, args, kwargs, result)
     return int(read), int(written)
 
 
-def _failed(kind: _Kind, instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
+def failed(kind: Kind, instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
     try:
         exc._sflow_seen = True  # type: ignore[attr-defined]  # the guards: recorded here
     except Exception:
@@ -472,12 +462,12 @@ def _failed(kind: _Kind, instance: Any, args: Any, kwargs: Any, exc: BaseExcepti
 # Commands refused before a round trip. A guard describes the refused operation as
 # (cmd, counter slot or None, how many to count there, the keys asked for).
 _Refusal = tuple[int, int | None, int, list[Any]]
-_Describe = Callable[[Any, Any, Any], _Refusal]
+Describe = Callable[[Any, Any, Any], _Refusal]
 
 
 def _client_refusal(
     cmd: int, slot: int | None, key_arg: tuple[int, str] | None = None, multi: bool = False
-) -> _Describe:
+) -> Describe:
     def describe(instance: Any, args: Any, kwargs: Any) -> _Refusal:
         keys: list[Any] = []
         if key_arg is not None:
@@ -490,7 +480,7 @@ def _client_refusal(
 
 # Client's public commands that check their arguments before the round trip starts (the
 # others check inside _fetch_cmd / _store_cmd, which record the refusal themselves).
-_GUARDED: dict[str, _Describe] = {
+GUARDED: dict[str, Describe] = {
     "delete": _client_refusal(_CMDS[b"delete"], None, (0, "key")),
     "delete_many": _client_refusal(_CMDS[b"delete"], None, (0, "keys"), True),
     "incr": _client_refusal(_CMDS[b"incr"], None, (0, "key")),
@@ -529,7 +519,7 @@ def _hash_set_many(instance: Any, args: Any, kwargs: Any) -> _Refusal:
     return _CMDS[b"set"], CMD_SET, len(keys), keys  # cmd_set: one per key, as Client's
 
 
-_HASH_GUARDED: dict[str, _Describe] = {
+HASH_GUARDED: dict[str, Describe] = {
     "_run_cmd": _hash_one_key,
     "get_many": _hash_get_many,
     "gets_many": _hash_gets_many,

@@ -2,7 +2,7 @@
 as sent, and the value bytes an operation moved (read off the values with pymemcache's
 default serde, else tallied by a counting serde attached to the client).
 
-Part of ``sflow_app.memcache`` (see its docstring); nothing here reads the bound source.
+Part of ``sflow_app.memcache`` (see docs/memcache.md); nothing here reads the bound source.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger("sflow_app")
 
 
 @dataclass(frozen=True)
-class _KeyPolicy:
+class KeyPolicy:
     mode: str = "plain"
     secret: bytes = b""
 
@@ -37,20 +37,20 @@ class _KeyPolicy:
         return hmac.new(self.secret, key, hashlib.sha256).hexdigest()[:32].encode()
 
 
-def _policy(keys: str, secret: bytes | str | None) -> _KeyPolicy:
+def key_policy(keys: str, secret: bytes | str | None) -> KeyPolicy:
     if keys not in ("plain", "hmac", "none"):
         raise ValueError(f"keys must be 'plain', 'hmac' or 'none', not {keys!r}")
     if keys != "hmac":
-        return _KeyPolicy(keys)
+        return KeyPolicy(keys)
     if not secret:
         raise ValueError("keys='hmac' needs a secret")
-    return _KeyPolicy("hmac", secret.encode() if isinstance(secret, str) else bytes(secret))
+    return KeyPolicy("hmac", secret.encode() if isinstance(secret, str) else bytes(secret))
 
 
 # -------------------------------------------------------------------------- wire keys
 
 
-def _wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
+def wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
     """The key as sent (prefix included); the raw bytes when pymemcache rejects it."""
     try:
         check = getattr(instance, "check_key", None)
@@ -75,7 +75,7 @@ def _wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
 # bytes to bytes_read / bytes_written once.
 
 
-class _CountingSerde:
+class CountingSerde:
     """pymemcache's serde interface, tallying value bytes for one client."""
 
     __slots__ = ("__weakref__", "_de", "_encoding", "_ser", "inner", "read", "written")
@@ -110,7 +110,7 @@ class _CountingSerde:
         return getattr(self.inner, name)
 
 
-class _NoTally:
+class NoTally:
     """Stands in when a client's serde cannot be proxied (no ``serde`` attribute)."""
 
     read = written = 0
@@ -126,40 +126,40 @@ def _is_default_serde(serde: Any) -> bool:
     )
 
 
-_attached: weakref.WeakSet[Any] = weakref.WeakSet()  # clients marked by _attach
+_attached: weakref.WeakSet[Any] = weakref.WeakSet()  # clients marked by attach
 _attach_lock = threading.Lock()
 
 
-def _attach(client: Any) -> Any:
+def attach(client: Any) -> Any:
     """First use of ``client`` (or it replaced its serde): its own serde when it is the
     default one, else a counting proxy installed in its place."""
     try:
         serde = client.serde
-        if isinstance(serde, _CountingSerde):  # copied from another client
+        if isinstance(serde, CountingSerde):  # copied from another client
             serde = serde.inner
         if not _is_default_serde(serde):
-            serde = _CountingSerde(serde, getattr(client, "encoding", None) or "ascii")
+            serde = CountingSerde(serde, getattr(client, "encoding", None) or "ascii")
         client.serde = serde
         client._sflow_serde = serde
         with _attach_lock:
             _attached.add(client)
     except Exception:
         log.debug("sflow_app: cannot count value bytes for %r", client, exc_info=True)
-        return _NoTally()
+        return NoTally()
     return serde
 
 
-def _proxy(instance: Any) -> Any:
+def serde_proxy(instance: Any) -> Any:
     try:
         proxy = instance._sflow_serde
         if instance.serde is not proxy:
-            proxy = _attach(instance)
+            proxy = attach(instance)
     except AttributeError:
-        proxy = _attach(instance)
+        proxy = attach(instance)
     return proxy
 
 
-def _value_size(value: Any, encoding: str) -> int:
+def value_size(value: Any, encoding: str) -> int:
     """What Client._store_cmd sends for a value the default serde passed through."""
     if isinstance(value, bytes):
         return len(value)
@@ -169,7 +169,7 @@ def _value_size(value: Any, encoding: str) -> int:
         return 0
 
 
-def _fetched_size(result: Any, expect_cas: Any) -> int:
+def fetched_size(result: Any, expect_cas: Any) -> int:
     """Value bytes of a get/gets result, when the default serde returned them as sent."""
     size = 0
     for value in result.values():
@@ -180,17 +180,17 @@ def _fetched_size(result: Any, expect_cas: Any) -> int:
     return size
 
 
-def _stored_size(instance: Any, values: Any) -> int:
+def stored_size(instance: Any, values: Any) -> int:
     size = 0
     for value in values.values():
         if isinstance(value, bytes):
             size += len(value)
         else:
-            size += _value_size(value, getattr(instance, "encoding", None) or "ascii")
+            size += value_size(value, getattr(instance, "encoding", None) or "ascii")
     return size
 
 
-def _restore_serdes() -> None:
+def restore_serdes() -> None:
     """Give instances no longer instrumented their own serde back."""
     with _attach_lock:
         clients = list(_attached)
@@ -200,7 +200,7 @@ def _restore_serdes() -> None:
         try:
             client.__dict__.pop("_sflow_endpoint", None)
             proxy = client.__dict__.pop("_sflow_serde", None)
-            if isinstance(proxy, _CountingSerde) and client.__dict__.get("serde") is proxy:
+            if isinstance(proxy, CountingSerde) and client.__dict__.get("serde") is proxy:
                 client.serde = proxy.inner
             with _attach_lock:
                 _attached.discard(client)

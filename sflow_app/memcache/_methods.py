@@ -1,9 +1,9 @@
 """The replacements ``sflow_app.memcache`` installs on pymemcache's classes: the round trips
 (``_fetch_cmd``, ``_store_cmd``, ``_misc_cmd``; the unsampled path is here), ``_connect``,
-and the guards of commands pymemcache refuses before a round trip (``_methods_for`` makes
-them for a class); and the bound memcache data source they count into (``_bind``, ``_due``).
+and the guards of commands pymemcache refuses before a round trip (``methods_for`` makes
+them for a class). They count into ``STATE`` (``_state``).
 
-Part of ``sflow_app.memcache`` (see its docstring, "Cost" and "wrapt, and where not").
+Part of ``sflow_app.memcache`` (see docs/memcache.md, "Cost" and "wrapt, and where not").
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import itertools
 import logging
 import weakref
 from collections.abc import Callable
@@ -25,106 +24,39 @@ from pymemcache.exceptions import (  # type: ignore[import-untyped]
     MemcacheIllegalInputError,
 )
 
-from . import _memcache_outcomes, _memcache_record
-from ._agent import AGENT
-from ._counters import _value
-from ._memcache_data import _attach, _CountingSerde, _proxy, _value_size, _wire_key
-from ._memcache_outcomes import (
-    _FETCH,
-    _GUARDED,
-    _HASH_GUARDED,
-    _MISC,
-    _SLOT,
-    _STORE,
+from ._data import CountingSerde, attach, serde_proxy, value_size, wire_key
+from ._outcomes import (
     BYTES_READ,
     BYTES_WRITTEN,
     CLIENT_ERROR,
     CMD_SET,
     ERROR,
+    FETCH,
     GET_HITS,
     GET_MISSES,
+    GUARDED,
+    HASH_GUARDED,
+    MISC,
     REJECTED_CONNECTIONS,
+    STORE,
     TOTAL_CONNECTIONS,
     TOTAL_ITEMS,
-    _count,
-    _Describe,
-    _failed,
-    _Kind,
-    _misc_ok,
-    _moved,
-    _raw_sizes,
-    _store_ok,
+    Describe,
+    Kind,
+    failed,
+    misc_ok,
+    moved,
+    raw_sizes,
+    store_ok,
+    tally,
 )
-from ._memcache_record import _emit, _endpoint, _sampled
-from ._source import MemcacheSource
+from ._record import connection_record, emit, sampled
+from ._state import STATE
 
 log = logging.getLogger("sflow_app")
 
 
-# --------------------------------------------------------------------- bound source
-# The one memcache data source of this process, bound at instrument()/wrap() time and
-# re-bound on the slow path if the agent replaced it. The hot path reads these globals, here
-# and (those it needs) in _memcache_outcomes and _memcache_record: _bind() sets them in all
-# three. Never import these names elsewhere (an import copies the binding of the moment).
-
-_source: Any = None
-_sampler: Any = None
-_pool: Callable[[], int] = itertools.count().__next__
-_incr: tuple[Callable[[], int], ...] = ()
-
-
-def _put(item: tuple[int, int]) -> None:  # replaced by the bound source's counters.put
-    return None
-
-
-def _fold() -> None:
-    return None
-
-
-def _bind(source: MemcacheSource) -> None:
-    global _source, _sampler, _pool, _incr, _put, _fold
-    counters = source.counters
-    _sampler = source.sampler
-    _pool = source.sampler.pool
-    _incr = counters.incr
-    # put((slot, n)): add n > 0, lock-free (a deque append the block folds in later).
-    _put = getattr(counters, "put", None) or (lambda item: counters.add(*item))
-    _fold = getattr(counters, "fold", None) or (lambda: None)
-    # The outcome and sampled-path functions read them as their own module globals too.
-    _memcache_outcomes._incr = _incr
-    _memcache_outcomes._put = _put
-    _memcache_record._put = _put
-    _memcache_record._source = source
-    _source = source
-    source.gauges[_SLOT["curr_connections"]] = _open_connections
-
-
-def _due(n: int) -> bool:
-    """The slow path for candidate ``n`` (see _sampler): True when it is sampled."""
-    try:
-        source = AGENT.memcache_source()
-        if source is not _source:
-            _bind(source)  # the agent was replaced (tests); count from the new source on
-            return False
-        _fold()  # keeps the pending byte counts short even when no one takes snapshots
-        return bool(source.sample(n))
-    except Exception:
-        log.debug("sflow_app: memcache sampling decision failed", exc_info=True)
-        return False
-
-
 # ------------------------------------------------------------------------- connections
-# Connections open now are tracked per process (itertools counts, not a lock: the close
-# side runs from a weakref finalizer, which can fire during any allocation in any thread)
-# and reported as the curr_connections gauge.
-
-_opened = itertools.count()
-_closed = itertools.count()
-
-
-def _open_connections() -> int:
-    """Sockets instrumented clients opened in this process and still hold."""
-    return max(0, _value(_opened) - _value(_closed))
 
 
 def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -134,21 +66,21 @@ def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException:
-            _incr[REJECTED_CONNECTIONS]()
+            STATE.incr[REJECTED_CONNECTIONS]()
             raise
-        _incr[TOTAL_CONNECTIONS]()
+        STATE.incr[TOTAL_CONNECTIONS]()
         sock = getattr(instance, "sock", None)
         if sock is not None:
             try:
                 # Counts the close however it happens: close(), an error, garbage collection.
-                weakref.finalize(sock, _closed.__next__)
-                next(_opened)
+                weakref.finalize(sock, STATE.closed.__next__)
+                next(STATE.opened)
             except TypeError:  # a socket type without weak references: not tracked
                 pass
             try:
                 # Read the addresses now: an operation that connects and then fails (the
                 # error closes the socket) still gets its socket record.
-                _endpoint(instance)
+                connection_record(instance)
             except Exception:
                 pass
         return result
@@ -159,13 +91,14 @@ def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
 # ---------------------------------------------------------------------------- wrappers
 
 
-# Two kinds of replacement (see "wrapt, and where not" in sflow_app.memcache's docstring):
+# Two kinds of replacement (see "wrapt, and where not" in docs/memcache.md):
 #
 # - _method: a plain function, for what runs on every operation -- the three round trips
 #   with pymemcache 4's signatures (fixed parameters, no *args packing) and the guards of
 #   commands that check their arguments (including the admin ones: see below). A wrapt
-#   FunctionWrapper costs about 0.85 us per call here (binding a BoundFunctionWrapper,
-#   then the call), about an unsampled operation's whole budget.
+#   FunctionWrapper costs about 1.2 us per call here (binding a BoundFunctionWrapper,
+#   then the call; measured in docs/memcache.md), more than an unsampled operation's
+#   whole budget.
 # - _wrapt_method: a wrapt FunctionWrapper, for what does not run per operation with
 #   pymemcache 4 -- _connect (once per connection) and the round trips of any other
 #   signature (another pymemcache version, a subclass): wrapt binds whatever kind of
@@ -236,13 +169,14 @@ MISC_SIGNATURE = [
 
 def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
     if _params(original) != FETCH_SIGNATURE:
-        return _generic_method(_FETCH, original)
+        return _generic_method(FETCH, original)
 
     def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"") -> Any:
-        n = _pool()
-        if n >= _sampler.next_at and _due(n):
-            return _sampled(
-                _FETCH,
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
+        if n >= STATE.sampler.next_at and STATE.due(n):
+            return sampled(
+                FETCH,
                 MethodType(original, self),
                 self,
                 (name, keys, expect_cas, key_prefix),
@@ -252,31 +186,31 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             proxy = self._sflow_serde
             if self.serde is not proxy:
-                proxy = _attach(self)
+                proxy = attach(self)
         except AttributeError:
-            proxy = _attach(self)
-        counting = proxy.__class__ is _CountingSerde
+            proxy = attach(self)
+        counting = proxy.__class__ is CountingSerde
         if counting:
             proxy.read = 0
         try:
             result = original(self, name, keys, expect_cas, key_prefix)
         except BaseException as exc:
-            _failed(_FETCH, self, (name, keys, expect_cas, key_prefix), _NOKW, exc)
+            failed(FETCH, self, (name, keys, expect_cas, key_prefix), _NOKW, exc)
             raise
         try:
             if name == b"get" or name == b"gets":
                 hits = len(result)
                 if hits == 1:
-                    _incr[GET_HITS]()
+                    STATE.incr[GET_HITS]()
                 elif hits:
-                    _put((GET_HITS, hits))
+                    STATE.put((GET_HITS, hits))
                 elif self.sock is None:
                     return result  # ignore_exc turned an error into an empty result
                 misses = len(keys) - hits
                 if misses == 1:
-                    _incr[GET_MISSES]()
+                    STATE.incr[GET_MISSES]()
                 elif misses > 0:
-                    _put((GET_MISSES, misses))
+                    STATE.put((GET_MISSES, misses))
                 if hits:
                     if counting:
                         size = proxy.read
@@ -288,7 +222,8 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
                             if isinstance(value, bytes):
                                 size += len(value)
                     if size:
-                        _put((BYTES_READ, size))
+                        put = STATE.put
+                        put((BYTES_READ, size))
         except Exception:
             log.debug("sflow_app: memcache counting failed", exc_info=True)
         return result
@@ -298,7 +233,7 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
     if _params(original) != STORE_SIGNATURE:
-        return _generic_method(_STORE, original)
+        return _generic_method(STORE, original)
 
     def _store_cmd(
         self: Any,
@@ -309,10 +244,11 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
         flags: Any = None,
         cas: Any = None,
     ) -> Any:
-        n = _pool()
-        if n >= _sampler.next_at and _due(n):
-            return _sampled(
-                _STORE,
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
+        if n >= STATE.sampler.next_at and STATE.due(n):
+            return sampled(
+                STORE,
                 MethodType(original, self),
                 self,
                 (name, values, expire, noreply, flags, cas),
@@ -322,36 +258,35 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             proxy = self._sflow_serde
             if self.serde is not proxy:
-                proxy = _attach(self)
+                proxy = attach(self)
         except AttributeError:
-            proxy = _attach(self)
-        counting = proxy.__class__ is _CountingSerde
+            proxy = attach(self)
+        counting = proxy.__class__ is CountingSerde
         if counting:
             proxy.written = 0
         try:
             result = original(self, name, values, expire, noreply, flags, cas)
         except BaseException as exc:
-            _failed(_STORE, self, (name, values, expire, noreply, flags, cas), _NOKW, exc)
+            failed(STORE, self, (name, values, expire, noreply, flags, cas), _NOKW, exc)
             raise
         try:
             if len(result) == 1 and name != b"cas":
-                _incr[CMD_SET]()
+                STATE.incr[CMD_SET]()
                 if not noreply and True in result.values():
-                    _incr[TOTAL_ITEMS]()
+                    STATE.incr[TOTAL_ITEMS]()
             else:
-                _store_ok(self, (name, values, expire, noreply), _NOKW, result)
+                store_ok(self, (name, values, expire, noreply), _NOKW, result)
             if counting:
                 size = proxy.written
             else:  # the default serde passed the values through
                 size = 0
                 for value in values.values():
                     size += (
-                        len(value)
-                        if isinstance(value, bytes)
-                        else _value_size(value, self.encoding)
+                        len(value) if isinstance(value, bytes) else value_size(value, self.encoding)
                     )
             if size:
-                _put((BYTES_WRITTEN, size))
+                put = STATE.put
+                put((BYTES_WRITTEN, size))
         except Exception:
             log.debug("sflow_app: memcache counting failed", exc_info=True)
         return result
@@ -361,13 +296,14 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
     if _params(original) != MISC_SIGNATURE:
-        return _generic_method(_MISC, original)
+        return _generic_method(MISC, original)
 
     def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None) -> Any:
-        n = _pool()
-        if n >= _sampler.next_at and _due(n):
-            return _sampled(
-                _MISC,
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
+        if n >= STATE.sampler.next_at and STATE.due(n):
+            return sampled(
+                MISC,
                 MethodType(original, self),
                 self,
                 (cmds, cmd_name, noreply, end_tokens),
@@ -377,16 +313,16 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = original(self, cmds, cmd_name, noreply, end_tokens)
         except BaseException as exc:
-            _failed(_MISC, self, (cmds, cmd_name, noreply, end_tokens), _NOKW, exc)
+            failed(MISC, self, (cmds, cmd_name, noreply, end_tokens), _NOKW, exc)
             raise
         try:
-            _misc_ok(self, (cmds, cmd_name, noreply, end_tokens), _NOKW, result)
+            misc_ok(self, (cmds, cmd_name, noreply, end_tokens), _NOKW, result)
             if end_tokens:  # raw_command: value bytes from its command line and reply
-                read, written = _raw_sizes(cmd_name, result)
+                read, written = raw_sizes(cmd_name, result)
                 if read:
-                    _put((BYTES_READ, read))
+                    STATE.put((BYTES_READ, read))
                 if written:
-                    _put((BYTES_WRITTEN, written))
+                    STATE.put((BYTES_WRITTEN, written))
         except Exception:
             log.debug("sflow_app: memcache counting failed", exc_info=True)
         return result
@@ -394,29 +330,30 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
     return _method(_misc_cmd, original)
 
 
-def _generic_method(kind: _Kind, original: Callable[..., Any]) -> Callable[..., Any]:
+def _generic_method(kind: Kind, original: Callable[..., Any]) -> Callable[..., Any]:
     """Any other signature (another pymemcache version, a subclass): the same, as a wrapt
     FunctionWrapper (arguments as they come; ``_arg`` reads them by position or name)."""
     ok = kind.ok
 
     def method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        n = _pool()
-        if n >= _sampler.next_at and _due(n):
-            return _sampled(kind, wrapped, instance, args, kwargs, n)
-        proxy = _proxy(instance)
+        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
+        n = pool()
+        if n >= STATE.sampler.next_at and STATE.due(n):
+            return sampled(kind, wrapped, instance, args, kwargs, n)
+        proxy = serde_proxy(instance)
         proxy.read = proxy.written = 0
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            _failed(kind, instance, args, kwargs, exc)
+            failed(kind, instance, args, kwargs, exc)
             raise
         try:
             ok(instance, args, kwargs, result)
-            read, written = _moved(kind, proxy, instance, args, kwargs, result)
+            read, written = moved(kind, proxy, instance, args, kwargs, result)
             if read:
-                _put((BYTES_READ, read))
+                STATE.put((BYTES_READ, read))
             if written:
-                _put((BYTES_WRITTEN, written))
+                STATE.put((BYTES_WRITTEN, written))
         except Exception:
             log.debug("sflow_app: memcache counting failed", exc_info=True)
         return result
@@ -425,7 +362,7 @@ def _generic_method(kind: _Kind, original: Callable[..., Any]) -> Callable[..., 
 
 
 def _guard_method(
-    describe: _Describe, endpoint: Any, original: Callable[..., Any]
+    describe: Describe, endpoint: Any, original: Callable[..., Any]
 ) -> Callable[..., Any]:
     """``original`` recording the operations it refuses (MemcacheIllegalInputError) once:
     an exception already recorded further in (a Client under a HashClient, a round trip
@@ -461,7 +398,7 @@ def _guard_method(
 
 def _rejected(
     instance: Any,
-    describe: _Describe,
+    describe: Describe,
     args: Any,
     kwargs: Any,
     endpoint: Any,
@@ -471,16 +408,16 @@ def _rejected(
     server (ERROR): no round trip. ``endpoint``: None to name the client's server, False
     when no server was chosen."""
     try:
-        n = _pool()
+        n = STATE.pool()
         cmd, slot, amount, keys = describe(instance, args, kwargs)
         if slot is not None:
-            _count(slot, amount)
-        if not (n >= _sampler.next_at and _due(n)):
+            tally(slot, amount)
+        if not (n >= STATE.sampler.next_at and STATE.due(n)):
             return
         key = b""
         if keys:
-            key = _wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
-        _emit(instance, n, cmd, key, len(keys), status, 0, 0, endpoint)
+            key = wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
+        emit(instance, n, cmd, key, len(keys), status, 0, 0, endpoint)
     except Exception:
         log.debug("sflow_app: could not record a rejected memcache command", exc_info=True)
 
@@ -506,14 +443,14 @@ _FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
 }
 
 
-def _methods_for(cls: type) -> dict[str, Any]:
+def methods_for(cls: type) -> dict[str, Any]:
     """name -> instrumented replacement of what ``cls`` (a Client or a HashClient) has under
     that name (aliases too)."""
     if issubclass(cls, HashClient):
         factories: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
-        guarded, endpoint = _HASH_GUARDED, False  # refused before a server was chosen
+        guarded, endpoint = HASH_GUARDED, False  # refused before a server was chosen
     else:
-        factories, guarded, endpoint = _FACTORIES, _GUARDED, None
+        factories, guarded, endpoint = _FACTORIES, GUARDED, None
     out = {name: factory(_original(cls, name)) for name, factory in factories.items()}
     functions = {}
     for name in dir(cls):

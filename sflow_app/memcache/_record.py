@@ -1,8 +1,8 @@
 """The sampled path of memcache operations: a sampled round trip timed and counted
-(``_sampled``), described, and queued as one flow sample (``_emit``: ``memcache_operation``
+(``sampled``), described, and queued as one flow sample (``emit``: ``memcache_operation``
 and the connection's ``extended_socket_ipv4/6``).
 
-Part of ``sflow_app.memcache`` (see its docstring, "Records").
+Part of ``sflow_app.memcache`` (see docs/memcache.md, "Records").
 """
 
 from __future__ import annotations
@@ -15,33 +15,20 @@ from typing import Any
 
 from pymemcache.exceptions import MemcacheIllegalInputError  # type: ignore[import-untyped]
 
-from ._memcache_data import _KeyPolicy, _NoTally, _proxy
-from ._memcache_outcomes import BYTES_READ, BYTES_WRITTEN, UNKNOWN, _failed, _Kind, _moved
-from .records import MemcacheOperation, MemcacheProtocol, socket_record
+from ..records import MemcacheOperation, MemcacheProtocol, socket_record
+from ._data import NoTally, serde_proxy
+from ._outcomes import BYTES_READ, BYTES_WRITTEN, UNKNOWN, Kind, failed, moved
+from ._state import STATE
 
 log = logging.getLogger("sflow_app")
 
 U32 = 0xFFFFFFFF
 ASCII = int(MemcacheProtocol.ASCII)
 
-# --------------------------------------------------------------------- bound source
-# Read by the functions below as module globals: _memcache_methods._bind() sets the bound
-# source and its counters' put here, sflow_app.memcache.instrument() the key policy of
-# instrument()'s clients (a wrap()ped client's class carries its own). Import the module,
-# never these names.
-
-_source: Any = None
-_class_policy = _KeyPolicy()
-
-
-def _put(item: tuple[int, int]) -> None:  # replaced by the bound source's counters.put
-    return None
-
-
 # ------------------------------------------------------------------------ sampled path
 
 
-def _endpoint(instance: Any) -> Any:
+def connection_record(instance: Any) -> Any:
     """The socket record of the client's live connection; False for a unix socket."""
     if not isinstance(getattr(instance, "server", None), tuple):
         return False
@@ -74,7 +61,7 @@ def _configured_endpoint(instance: Any) -> Any:
     return socket_record(6, local, str(addr), 0, int(port))
 
 
-def _emit(
+def emit(
     instance: Any,
     n: int,
     cmd: int,
@@ -87,7 +74,7 @@ def _emit(
 ) -> None:
     """Build and queue one sampled operation. Never raises into the application."""
     try:
-        policy = getattr(instance, "_sflow_keys", None) or _class_policy
+        policy = getattr(instance, "_sflow_keys", None) or STATE.class_policy
         op = MemcacheOperation(
             protocol=ASCII,
             cmd=cmd,
@@ -98,46 +85,46 @@ def _emit(
             status=status,
         )
         if endpoint is None:
-            endpoint = _endpoint(instance)
+            endpoint = connection_record(instance)
         if endpoint is None:
             endpoint = _configured_endpoint(instance)
-        _source.submit(n, (op,) if endpoint is None or endpoint is False else (op, endpoint))
+        STATE.source.submit(n, (op,) if endpoint is None or endpoint is False else (op, endpoint))
     except Exception:
         log.debug("sflow_app: could not record a memcache sample", exc_info=True)
-        _source.drop()
+        STATE.source.drop()
 
 
-def _sampled(kind: _Kind, call: Any, instance: Any, args: Any, kwargs: Any, n: int) -> Any:
+def sampled(kind: Kind, call: Any, instance: Any, args: Any, kwargs: Any, n: int) -> Any:
     """A sampled round trip: ``call(*args, **kwargs)`` runs it (bound to ``instance``)."""
     try:
-        proxy = _proxy(instance)
+        proxy = serde_proxy(instance)
         proxy.read = proxy.written = 0
-        endpoint = _endpoint(instance)
+        endpoint = connection_record(instance)
         connected = instance.__dict__.get("_sflow_endpoint")
     except Exception:
-        proxy, endpoint, connected = _NoTally(), None, None
+        proxy, endpoint, connected = NoTally(), None, None
     start = perf_counter_ns()
     try:
         result = call(*args, **kwargs)
     except BaseException as exc:
         ns = perf_counter_ns() - start
-        status = _failed(kind, instance, args, kwargs, exc)
+        status = failed(kind, instance, args, kwargs, exc)
         if endpoint is None:  # connected during the operation, closed by the error?
             latest = instance.__dict__.get("_sflow_endpoint")
             if latest is not None and latest is not connected:
                 endpoint = latest[1]
         if isinstance(exc, MemcacheIllegalInputError):  # refused before sending
-            proxy, ns = _NoTally(), 0  # no round trip: nothing was sent
+            proxy, ns = NoTally(), 0  # no round trip: nothing was sent
         _finish(kind, instance, args, kwargs, n, status, ns, proxy, None, endpoint)
         raise
     ns = perf_counter_ns() - start
     try:
         status = kind.ok(instance, args, kwargs, result)
-        read, written = _moved(kind, proxy, instance, args, kwargs, result)
+        read, written = moved(kind, proxy, instance, args, kwargs, result)
         if read:
-            _put((BYTES_READ, read))
+            STATE.put((BYTES_READ, read))
         if written:
-            _put((BYTES_WRITTEN, written))
+            STATE.put((BYTES_WRITTEN, written))
     except Exception:
         log.debug("sflow_app: memcache counting failed", exc_info=True)
         status = UNKNOWN
@@ -146,7 +133,7 @@ def _sampled(kind: _Kind, call: Any, instance: Any, args: Any, kwargs: Any, n: i
 
 
 def _finish(
-    kind: _Kind,
+    kind: Kind,
     instance: Any,
     args: Any,
     kwargs: Any,
@@ -159,9 +146,9 @@ def _finish(
 ) -> None:
     try:
         cmd, key, nkeys = kind.describe(instance, args, kwargs)
-        value_bytes = sum(_moved(kind, proxy, instance, args, kwargs, result))
+        value_bytes = sum(moved(kind, proxy, instance, args, kwargs, result))
     except Exception:
         log.debug("sflow_app: could not describe a memcache operation", exc_info=True)
-        _source.drop()
+        STATE.source.drop()
         return
-    _emit(instance, n, cmd, key, nkeys, status, ns, value_bytes, endpoint)
+    emit(instance, n, cmd, key, nkeys, status, ns, value_bytes, endpoint)
