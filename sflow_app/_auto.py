@@ -26,7 +26,7 @@ Collectors = tuple[tuple[str, int], ...]
 _DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: int() also takes "1_000" and "٣"
 
 
-def _uint(text: str, lo: int = 0, hi: int = U32) -> int:
+def parse_uint(text: str, lo: int = 0, hi: int = U32) -> int:
     if not _DIGITS.fullmatch(text):
         raise ValueError(f"{text!r} is not a non-negative integer")
     value = int(text)
@@ -35,7 +35,7 @@ def _uint(text: str, lo: int = 0, hi: int = U32) -> int:
     return value
 
 
-def _ip(text: str, *, scoped: bool = True) -> str:
+def parse_ip(text: str, *, scoped: bool = True) -> str:
     """Normalised IP literal. Collectors keep a v6 scope (fe80::1%eth0 needs it to send);
     the agent address goes on the wire as 16 bytes, so it drops it."""
     text = text.strip()
@@ -47,11 +47,11 @@ def _ip(text: str, *, scoped: bool = True) -> str:
         raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
 
 
-def _port(text: str) -> int:
-    return _uint(text, 1, 65535)
+def parse_port(text: str) -> int:
+    return parse_uint(text, 1, 65535)
 
 
-def _app_name(name: str) -> str:
+def parse_app_name(name: str) -> str:
     name = name.strip().lower()
     if not all(name.split(".")):
         raise ValueError(f"bad application name {name!r}")
@@ -150,10 +150,10 @@ def _file_collector(value: str) -> tuple[str, int, bool]:
         if len(tokens) != 1 or len(parts) > 4:
             raise ValueError(f"bad collector {value!r} (expected ip/port/dev/ns)")
         ip, port, dev, ns = (*parts, "", "", "")[:4]
-        return _ip(ip), (_port(port) if port else DEFAULT_PORT), bool(dev or ns)
+        return parse_ip(ip), (parse_port(port) if port else DEFAULT_PORT), bool(dev or ns)
     if not 1 <= len(tokens) <= 3:  # a third token is hsflowd 1.x's priority: ignored
         raise ValueError(f"bad collector {value!r} (expected ip [port])")
-    return _ip(tokens[0]), (_port(tokens[1]) if len(tokens) > 1 else DEFAULT_PORT), False
+    return parse_ip(tokens[0]), (parse_port(tokens[1]) if len(tokens) > 1 else DEFAULT_PORT), False
 
 
 def parse_auto(text: str) -> AutoFile:
@@ -180,18 +180,18 @@ def parse_auto(text: str) -> AutoFile:
             settings_lines += 1
         try:
             if key in _FILE_INTS:
-                values[key] = _uint(value, 0, _FILE_INTS[key])
+                values[key] = parse_uint(value, 0, _FILE_INTS[key])
             elif key in ("hostname", "agent"):
                 values[key] = value
             elif key == "agentip":
-                values[key] = _ip(value, scoped=False)
+                values[key] = parse_ip(value, scoped=False)
             elif key == "collector":
                 ip, port, named_device = _file_collector(value)
                 collectors.append((ip, port))
                 device = device or named_device
             elif key.startswith(("sampling.", "polling.")):
                 kind, _, app = key.partition(".")
-                apps[kind][_app_name(app)] = _uint(value)
+                apps[kind][parse_app_name(app)] = parse_uint(value)
             # anything else: a key from a newer hsflowd, ignored (forward compatible)
         except ValueError as exc:
             warnings.append(f"line {lineno}: {key} ignored: {exc}")

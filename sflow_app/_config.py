@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._auto import DEFAULT_PORT, Collectors, Rates, _app_name, _ip, _port, _uint
+from ._auto import DEFAULT_PORT, Collectors, Rates, parse_app_name, parse_ip, parse_port, parse_uint
 
 # Re-exported: _watch and the tests import the parser's names from here.
 from ._auto import MAX_WARNINGS as MAX_WARNINGS
@@ -73,13 +73,13 @@ def _collector_spec(item: str) -> tuple[str, int]:
         if not closed or (rest and not rest.startswith(":")):
             raise ValueError(f"bad collector {item!r} (expected [v6]:port)")
         if rest:
-            port = _port(rest[1:])
+            port = parse_port(rest[1:])
     elif item.count(":") == 1:
         host, _, port_text = item.partition(":")
-        port = _port(port_text)
+        port = parse_port(port_text)
     else:
         host = item
-    return _ip(host), port
+    return parse_ip(host), port
 
 
 def _collectors_arg(value: object) -> Collectors:
@@ -98,7 +98,7 @@ def _collectors_arg(value: object) -> Collectors:
             if item.strip():
                 found.append(_collector_spec(item))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            found.append((_ip(item[0]), _int_arg(item[1], 1, 65535)))
+            found.append((parse_ip(item[0]), _int_arg(item[1], 1, 65535)))
         else:
             raise ValueError(f"bad collector {item!r}")
     if not found:
@@ -123,7 +123,7 @@ def _rates_arg(value: object, hi: int) -> Rates:
         if key.strip().lower() in ("", "default"):
             generic = _int_arg(n, 0, hi)
         else:
-            apps[_app_name(key)] = _int_arg(n, 0, hi)
+            apps[parse_app_name(key)] = _int_arg(n, 0, hi)
     return Rates(generic, apps)
 
 
@@ -132,7 +132,7 @@ def _bool_arg(value: object) -> bool:
 
 
 def _agent_ip_arg(value: object) -> str:
-    return _ip(_name_arg(value), scoped=False)
+    return parse_ip(_name_arg(value), scoped=False)
 
 
 # -- the registry of settings -------------------------------------------------------
@@ -203,7 +203,7 @@ def _int_var(env: str, field: str, key: str, lo: int, hi: int, in_file: bool = F
         env,
         field,
         key,
-        partial(_uint, lo=lo, hi=hi),
+        partial(parse_uint, lo=lo, hi=hi),
         partial(_int_arg, lo=lo, hi=hi),
         False,
         in_file,
@@ -225,7 +225,7 @@ VARS: tuple[Var, ...] = (
         "SFLOW_APP_AGENT_IP",
         "agent_ip",
         "agentIP",
-        partial(_ip, scoped=False),
+        partial(parse_ip, scoped=False),
         _agent_ip_arg,
         in_file=True,
     ),
@@ -233,7 +233,7 @@ VARS: tuple[Var, ...] = (
         "SFLOW_APP_SAMPLING",
         "sampling",
         "sampling",
-        partial(_uint, lo=0, hi=U32),
+        partial(parse_uint, lo=0, hi=U32),
         partial(_rates_arg, hi=U32),
         per_app=True,
         in_file=True,
@@ -242,7 +242,7 @@ VARS: tuple[Var, ...] = (
         "SFLOW_APP_POLLING",
         "polling",
         "polling",
-        partial(_uint, lo=0, hi=POLLING_MAX),
+        partial(parse_uint, lo=0, hi=POLLING_MAX),
         partial(_rates_arg, hi=POLLING_MAX),
         per_app=True,
         in_file=True,

@@ -1,0 +1,69 @@
+"""Rules of the package's structure (issue 16), checked over its source: no module imports
+another module's private names, and no import cycle, type-only imports included."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "sflow_app"
+INTEGRATIONS = ROOT / "integrations"  # shipped as sflow_app.integrations
+
+
+def modules() -> dict[str, Path]:
+    """Dotted name -> source file, for sflow_app and its integrations."""
+    found = {}
+    for base, prefix in ((PACKAGE, ["sflow_app"]), (INTEGRATIONS, ["sflow_app", "integrations"])):
+        for path in sorted(base.rglob("*.py")):
+            parts = [*prefix, *path.relative_to(base).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def imports(name: str, path: Path) -> list[tuple[str, str, int]]:
+    """(module imported from, name imported, line) for every ``from ... import`` of the
+    package, anywhere in the file (type-only and function-level imports included)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            if module == "sflow_app" or module.startswith("sflow_app."):
+                out += [(module, alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            out += [
+                (alias.name, "", node.lineno)
+                for alias in node.names
+                if alias.name.startswith("sflow_app")
+            ]
+    return out
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """``from .x import _name`` copies a binding of the moment and hides a dependency:
+    what modules share has a plain name (private modules themselves may be imported)."""
+    mods = modules()
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: from {module} import {imported}"
+        for name, path in mods.items()
+        for module, imported, line in imports(name, path)
+        if imported.startswith("_") and f"{module}.{imported}" not in mods
+    ]
+    assert found == []
+
+
+def test_the_rule_sees_a_private_import(tmp_path: Path) -> None:
+    """The check itself can fail."""
+    path = tmp_path / "mod.py"
+    path.write_text("from ._counters import _hidden\nfrom . import _counters\n")
+    assert imports("sflow_app.mod", path) == [
+        ("sflow_app._counters", "_hidden", 1),
+        ("sflow_app", "_counters", 2),
+    ]
