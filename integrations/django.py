@@ -33,11 +33,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from django.core.wsgi import (  # type: ignore[import-untyped]
+from django.core.wsgi import (
     get_wsgi_application as _django_wsgi_application,
 )
-from django.http import HttpRequest, HttpResponseBase  # type: ignore[import-untyped]
-from django.utils.deprecation import MiddlewareMixin  # type: ignore[import-untyped]
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.deprecation import MiddlewareMixin
 
 from sflow_app import asgi, wsgi
 from sflow_app.wsgi import TRANSACTION_KEY, set_route

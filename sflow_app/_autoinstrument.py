@@ -256,7 +256,7 @@ def _django(module: ModuleType) -> None:
     original = handler.load_middleware
 
     def load_middleware(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from django.conf import settings  # type: ignore[import-untyped]
+        from django.conf import settings
 
         current = list(settings.MIDDLEWARE)
         if DJANGO_MIDDLEWARE not in current:

@@ -34,9 +34,9 @@ import wrapt
 
 try:
     # pymemcache ships no type information.
-    from pymemcache.client.base import Client, PooledClient  # type: ignore[import-untyped]
-    from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
-    from pymemcache.client.retrying import RetryingClient  # type: ignore[import-untyped]
+    from pymemcache.client.base import Client, PooledClient
+    from pymemcache.client.hash import HashClient
+    from pymemcache.client.retrying import RetryingClient
 except ImportError as exc:  # pragma: no cover - the "memcache" extra installs it
     raise ImportError(
         "sflow_app.memcache needs pymemcache: pip install 'sflow-app[memcache]'"

@@ -15,8 +15,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from pymemcache.client.base import check_key_helper  # type: ignore[import-untyped]
-from pymemcache.serde import LegacyWrappingSerde  # type: ignore[import-untyped]
+from pymemcache.client.base import check_key_helper
+from pymemcache.serde import LegacyWrappingSerde
 
 log = logging.getLogger("sflow_app")
 

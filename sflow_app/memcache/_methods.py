@@ -18,8 +18,8 @@ from types import MethodType
 from typing import Any
 
 import wrapt
-from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
-from pymemcache.exceptions import (  # type: ignore[import-untyped]
+from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import (
     MemcacheError,
     MemcacheIllegalInputError,
 )

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pymemcache.exceptions import (  # type: ignore[import-untyped]
+from pymemcache.exceptions import (
     MemcacheClientError,
     MemcacheServerError,
     MemcacheUnexpectedCloseError,

@@ -13,7 +13,7 @@ import weakref
 from time import perf_counter_ns
 from typing import Any
 
-from pymemcache.exceptions import MemcacheIllegalInputError  # type: ignore[import-untyped]
+from pymemcache.exceptions import MemcacheIllegalInputError
 
 from ..records import MemcacheOperation, MemcacheProtocol, socket_record
 from ._data import NoTally, serde_proxy
