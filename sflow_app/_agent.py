@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _config, _idle
 from ._exit import flush_on_sigterm
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .testing import Capture
 
 log = logging.getLogger("sflow_app")
+S = TypeVar("S", bound=Source)
 
 DEFAULT_CONFIG = _config.DEFAULT_CONFIG_PATH
 CONFIG_CHECK_EVERY = 1.0
@@ -226,7 +227,7 @@ class Agent:
             except Exception:
                 log.debug("sflow_app: could not read the configuration", exc_info=True)
 
-    def _source(self, cls: type[Source], name: str) -> Source:
+    def _source(self, cls: type[S], name: str) -> S:
         key = (cls.kind, name)
         source = self._sources.get(key)
         if source is None:
@@ -239,19 +240,19 @@ class Agent:
                     source = cls(self, name)
                     self._apply_source(source)
                     self._sources[key] = source
-                    if cls is HttpSource:
-                        self._http = source  # type: ignore[assignment]
+                    if isinstance(source, HttpSource):
+                        self._http = source
             self.start_early()
-        return source
+        return cast(S, source)  # keyed by cls.kind: one class per key
 
     def http_source(self) -> HttpSource:
-        return self._source(HttpSource, "")  # type: ignore[return-value]
+        return self._source(HttpSource, "")
 
     def memcache_source(self) -> MemcacheSource:
-        return self._source(MemcacheSource, "")  # type: ignore[return-value]
+        return self._source(MemcacheSource, "")
 
     def app_source(self, application: str) -> AppSource:
-        return self._source(AppSource, application)  # type: ignore[return-value]
+        return self._source(AppSource, application)
 
     def sources(self) -> list[Source]:
         return list(self._sources.values())

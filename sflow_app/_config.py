@@ -165,7 +165,14 @@ def _query_mode(value: object) -> QueryMode:
 
 def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(known, unknown) integration names in a comma-separated list (or a sequence)."""
-    items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+    if isinstance(value, str):
+        items: list[object] = list(value.split(","))
+    elif isinstance(value, Iterable):
+        items = list(value)
+    elif not value:
+        items = []
+    else:
+        raise TypeError(f"expected a comma-separated list or a sequence, got {value!r}")
     known: list[str] = []
     unknown: list[str] = []
     for item in items:

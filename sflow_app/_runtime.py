@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource  # POSIX, as fcntl elsewhere: the package runs on Linux and macOS
 import sys
 import threading
 from typing import Any
@@ -35,11 +36,6 @@ from ._layout import (
     R_USER_MS,
     RUNTIME_WORDS,
 )
-
-try:
-    import resource
-except ImportError:  # not on every platform
-    resource = None  # type: ignore[assignment]
 
 
 class ServerShape:
@@ -164,8 +160,6 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         pass
-    if resource is None:
-        return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the peak: all there is
     return peak if sys.platform == "darwin" else peak * 1024
 
@@ -178,8 +172,6 @@ def _fds() -> int:
 
 
 def _fd_max() -> int:
-    if resource is None:
-        return 0
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft if 0 <= soft < (1 << 32) else 0xFFFFFFFF
 

@@ -160,7 +160,7 @@ class SFlowMiddleware:
         exclude: Iterable[str] | Callable[[str], bool] | None = None,
         query: QueryMode | None = None,
     ) -> None:
-        self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
+        self.app: ASGIApp = guarantee_single_callable(app)
         self.query = query
         self._excluded = middleware_options(exclude, query)
         self._source = source = AGENT.http_source()
