@@ -61,6 +61,9 @@ class Exporter(Staging):
         self._size = 0
         self._since = 0.0
         self._next_poll: dict[int, float] = {}
+        # Its own generator (made after any fork): the random module's shared one is the
+        # application's, whose seeded stream must not move when the agent draws.
+        self.rng = random.Random()
         self.senders = Senders(agent.warn_once, time.monotonic)
         self._socks = self.senders.socks  # one connected socket per collector
         self._fwd: socket.socket | None = None
@@ -219,7 +222,7 @@ class Exporter(Staging):
         key = self._key
         self.close_state()
         self._key = key
-        sub_agent = random.randrange(*FALLBACK_SUB_AGENTS)
+        sub_agent = self.rng.randrange(*FALLBACK_SUB_AGENTS)
         self.agent.warn_once(
             f"{why}; this process reports alone as sub_agent_id {sub_agent} "
             "(SFLOW_APP_SHARED=0 makes one process the whole service)"

@@ -6,7 +6,6 @@ Mixed into ``Exporter`` (kept apart so each module stays small).
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING, Any
 
 from ._encode import encode_counters_sample, encode_datagram_header
@@ -20,6 +19,8 @@ from ._source import SOURCE_KINDS, counter_records, counts_digest, gauge_positio
 from .records import DS_CLASS_LOGICAL, CountersSample
 
 if TYPE_CHECKING:
+    import random
+
     from ._agent import Agent
 
 State = SharedState | LocalState
@@ -40,6 +41,7 @@ class Staging:
     _size: int
     _since: float
     _next_poll: dict[int, float]
+    rng: random.Random
     _backlog: Any
 
     def identity(self) -> tuple[str, int] | None:
@@ -76,7 +78,7 @@ class Staging:
             due = self._next_poll.get(index)
             if due is None:
                 # First poll at a random offset so hosts and workers do not synchronise.
-                due = self._next_poll[index] = now + random.uniform(0, interval)
+                due = self._next_poll[index] = now + self.rng.uniform(0, interval)
             if not final and now < due:
                 continue
             self._next_poll[index] = max(due + interval, now)

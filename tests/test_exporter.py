@@ -347,3 +347,28 @@ def test_status_reports_config_and_identity(make_agent, clock: Clock):
     assert status["data_sources"]["http"]["sample_pool"] == 1
     assert status["data_sources"]["http"]["counters"]["method_get_count"] == 1
     assert status["sender"] is True
+
+
+def test_the_application_random_stream_is_left_alone(
+    make_agent, collector: Collector, clock: Clock
+):
+    """The agent draws from its own generators, never from the ``random`` module's shared
+    one: an application (or a test framework) that seeds ``random`` gets the same stream
+    with the agent running beside it. Hypothesis noticed: the exporter thread's first
+    poll offset moved the global state while it drew (HypothesisDeprecationWarning)."""
+    import random
+
+    agent = make_agent(sampling=1, polling=5)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    random.seed(1234)
+    before = random.getstate()
+    assert request(source)
+    for _ in range(3):  # samples, the first poll (at a random offset), counters
+        clock.now += 3.0
+        agent.tick(clock.now)
+    agent.exporter._fall_back("a test")  # the fallback's random sub-agent
+    clock.now += 3.0
+    agent.tick(clock.now)
+    assert collector.poll(0.5)
+    assert random.getstate() == before
