@@ -126,8 +126,7 @@ class Exporter(Staging):
         if isinstance(state, SharedState):
             state.touch()
             agent.stats["bad_forwards"] = state.bad_forwards
-        for index, data in incoming:
-            self._stage_flow(state, totals, index, data, now)
+        self._stage_flows(state, totals, incoming, now)
         self._poll(state, totals, now, final)
         if self._pending and (final or now - self._since >= FLUSH_AFTER):
             self.flush()
