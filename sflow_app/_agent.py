@@ -462,6 +462,7 @@ class Agent:
         while not stop.is_set():
             now = self._clock()
             if self._queue or due <= soonest:
+                self.exporter.quiet = False
                 if now >= soonest:
                     return
                 waker.wait(soonest - now)  # nobody needs to wake it: the pass is near
@@ -474,6 +475,7 @@ class Agent:
                 continue
             woken = waker.wait(due - now, also)
             self._asleep = False
+            self.exporter.quiet = not woken and also is not None
             if woken:
                 due = soonest
 

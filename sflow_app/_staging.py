@@ -49,9 +49,23 @@ class Staging:
     _since: float
     _next_poll: dict[int, float]
     _backlog: Any
+    _polling: dict[str, Any]  # app key -> interval; "" -> the settings they are of
 
     def identity(self) -> tuple[str, int] | None:
         raise NotImplementedError
+
+    def _polling_for(self, app_key: str) -> int:
+        """The settings' polling interval for ``app_key``, worked out once per settings
+        (each pass asks for every source; an idle pass should cost next to nothing)."""
+        settings = self.agent.settings
+        cache = self._polling
+        if cache.get("") is not settings:
+            cache.clear()
+            cache[""] = settings
+        interval = cache.get(app_key)
+        if interval is None:
+            interval = cache[app_key] = settings.polling_for(app_key)
+        return int(interval)
 
     def _stage_flows(
         self,
@@ -92,8 +106,7 @@ class Staging:
         settings = self.agent.settings
         parent = settings.parent_ds_index
         for index, kind, name, ds_index in state.entries():
-            app_key = SOURCE_KINDS[kind].key_for(name)
-            interval = settings.polling_for(app_key)
+            interval = self._polling_for(SOURCE_KINDS[kind].key_for(name))
             if interval <= 0:
                 continue
             due = self._next_poll.get(index)
