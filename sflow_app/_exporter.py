@@ -128,6 +128,7 @@ class Exporter(Staging):
             self._forward(state, encoded)
             self._status_files(state, final)
             return
+        self.senders.prepare()
         totals: dict[int, list[int]] = {}
         # quiet: the thread's sleep just found nothing on the socket (see Agent._sleep).
         received = [] if self.quiet and not final else state.receive()

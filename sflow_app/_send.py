@@ -110,9 +110,7 @@ class Senders:
             )
             collectors = collectors[:MAX_COLLECTORS]
         self._forget(collectors)
-        send = self._send
-        if send is None:
-            send = self._send = gil_send() or _socket_send
+        send = self.prepare()
         for target in collectors:
             health = self.health.get(target)
             if health is None:
@@ -131,6 +129,14 @@ class Senders:
                     _name(*target),
                     health.errors,
                 )
+
+    def prepare(self) -> Send:
+        """How datagrams are sent, chosen once (the sender's exporter calls this when it
+        takes the role, so ctypes' import is not in the middle of a later pass)."""
+        send = self._send
+        if send is None:
+            send = self._send = gil_send() or _socket_send
+        return send
 
     def _socket(self, target: tuple[str, int]) -> socket.socket:
         sock = self.socks.get(target)
