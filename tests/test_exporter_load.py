@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from helpers import Collector, wait_until
@@ -81,9 +82,12 @@ def test_burst_beyond_the_queue_is_fully_accounted(agent, collector: Collector) 
     }
     issued = 3000
 
+    def start_response(*args: Any) -> Any:
+        return None
+
     def burst() -> None:
         for _ in range(issued):
-            result = wrapped(dict(environ), lambda *a: None)
+            result: Any = wrapped(dict(environ), start_response)
             for _chunk in result:
                 pass
             result.close()
