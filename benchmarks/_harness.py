@@ -201,6 +201,14 @@ def threads_cpu(pid: int) -> float:
     return total / 1e9
 
 
+def thread_cpu(tid: int) -> float:
+    """CPU seconds of one thread of this process (its native id), in ns resolution."""
+    try:
+        return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (a server's master and workers)."""
     found = [pid]

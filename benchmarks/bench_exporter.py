@@ -7,7 +7,11 @@ up to 4 s to drain. A counting collector in its own process (``_collector.py``, 
 receive buffer) counts the flow samples that arrive. Reported: the delivered fraction
 (target >= 98 %), the agent's ``drops`` and whether every lost sample is counted in them
 (``unaccounted`` = sampled - delivered - drops, which should be 0), and the ceiling: the
-samples/s delivered when the same thread runs unpaced for 3 s.
+samples/s delivered when the same thread runs unpaced for 3 s. In that run the CPU of
+each thread is read too (its /proc schedstat): the exporter's per delivered sample and the
+request thread's per request. The GIL runs one of them at a time, so the two together
+bound what one request thread and the exporter can do (1 s / their sum), and the
+exporter alone could deliver 1 s / its own per sample.
 
 The overload guard (``SFLOW_APP_MAX_SAMPLES``) is lifted: this measures the exporter.
 
@@ -21,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import Collector, Report, bench_args, drops
+from _harness import Collector, Report, bench_args, drops, thread_cpu
 from bench_wsgi import ENVIRON, app, start_response
 
 RATE = 20_000
@@ -95,13 +99,22 @@ def main() -> None:
     report.add("issued rate reached", issued / took, "requests/s")
     report.add("dropped (counted in drops)", dropped, "samples")
     report.add("lost and not counted in drops", issued - delivered - dropped, "samples", "<= 0")
+    exporter = AGENT._thread
+    assert exporter is not None and exporter.native_id is not None
+    exporter_cpu, request_cpu = thread_cpu(exporter.native_id), time.thread_time()
     issued, took, delivered, dropped, drain = run(False, unpaced)
+    exporter_cpu = thread_cpu(exporter.native_id) - exporter_cpu
+    request_cpu = time.thread_time() - request_cpu
     print(
         f"unpaced for {unpaced:g} s: {issued} sampled requests ({issued / took:,.0f}/s), "
         f"{delivered} delivered, {dropped} dropped"
     )
     report.add("ceiling: delivered/s, unpaced thread", delivered / took, "samples/s")
     report.add("unpaced: delivered", 100 * delivered / issued, "%")
+    per_sample = exporter_cpu / max(delivered, 1)
+    report.add("exporter CPU per delivered sample", per_sample * 1e6, "us")
+    report.add("request thread CPU per sampled request", request_cpu / issued * 1e6, "us")
+    report.add("exporter alone: samples/s (1 s / its CPU per sample)", 1 / per_sample, "samples/s")
     AGENT.shutdown()
     collector.close()
     report.write(opts.json)

@@ -105,11 +105,15 @@ class Agent:
 
     def _reset_process_state(self) -> None:
         self.pid = os.getpid()
+        # The hand-off to the exporter: no lock. deque.append and popleft are atomic
+        # under the GIL; a lock here made a request thread that found it held (by a
+        # drain switched out) block, and every block hands the GIL over.
         self._queue: deque[tuple[Any, ...]] = deque()
-        self._qlock = threading.Lock()
         # The exporter thread's sleep (made when it starts: agents that never start one,
         # as in tests, hold no pipe); passes counts its passes (tests count wake-ups).
         self._waker: Waker | None = None
+        # True while the exporter sleeps with an empty queue: the next enqueue wakes it.
+        self._asleep = False
         self.passes = 0
         self._pools = -1  # every source's sample_pool at the last pass: busy or idle
         self._stop = threading.Event()
@@ -321,26 +325,25 @@ class Agent:
         if capture is not None:
             capture.add(source, pool, rate, records)
             return
-        with self._qlock:
-            queue = self._queue
-            if len(queue) < self.settings.queue_capacity:
-                queue.append((source, pool, rate, records))
-                first = len(queue) == 1
-            else:
-                first = None
-        if first is None:
+        queue = self._queue
+        # Threads enqueuing at once may each pass the check: the queue can exceed its
+        # capacity by at most their number (bounded; nothing is lost uncounted).
+        if len(queue) >= self.settings.queue_capacity:
             source.drop()
             self.stats["queue_drops"] += 1
-        elif first:  # the exporter may sleep for a second: wake it (once per pass at most)
+            return
+        queue.append((source, pool, rate, records))
+        if self._asleep:  # the exporter may sleep for a second: wake it (once per sleep)
+            self._asleep = False
             waker = self._waker
             if waker is not None:
                 waker.set()
 
     def drain(self) -> list[tuple[Any, ...]]:
-        with self._qlock:
-            items = list(self._queue)
-            self._queue.clear()
-        return items
+        """Everything queued, in order (request threads may append meanwhile)."""
+        queue = self._queue
+        pop = queue.popleft
+        return [pop() for _ in range(len(queue))]
 
     # -- lifecycle --------------------------------------------------------------------
     def start_early(self) -> None:
@@ -436,23 +439,46 @@ class Agent:
             self._spawn()
 
     def _run(self, stop: threading.Event, waker: Waker) -> None:
-        last = float("-inf")
         while not stop.is_set():
-            early = TICK - (self._clock() - last)
-            if early > 0:  # at most one pass per TICK, however often it is woken
-                stop.wait(early)
-                continue
-            waker.clear()  # before the pass: a sample queued from here on wakes the next
-            last = self._clock()
+            passed = self._clock()
             self.passes += 1
-            timeout = TICK
+            due = passed + TICK
             try:
-                self.tick(last)
-                timeout = self._next_due(last) - self._clock()
+                self.tick(passed)
+                due = self._next_due(passed)
             except Exception:  # the exporter must outlive any bug of its own
                 log.exception("sflow_app: exporter error")
-            if timeout > 0 and not stop.is_set():
-                waker.wait(timeout, _idle.listening(self.exporter))
+            self._sleep(stop, waker, passed, due)
+
+    def _sleep(self, stop: threading.Event, waker: Waker, passed: float, due: float) -> None:
+        """Until ``due``, or until a sample is queued (or, in the sender, a worker
+        forwards samples), but at most one pass per TICK however often it is woken.
+
+        Each sleep is a blocking call, and a busy request thread takes the GIL the moment
+        this thread lets it go, keeping it up to the switch interval (5 ms): so samples
+        already waiting mean one sleep to the TICK, not a sleep and then a wake-up.
+        """
+        soonest = passed + TICK
+        also = _idle.listening(self.exporter)
+        while not stop.is_set():
+            now = self._clock()
+            if self._queue or due <= soonest:
+                self.exporter.quiet = False
+                if now >= soonest:
+                    return
+                waker.wait(soonest - now)  # nobody needs to wake it: the pass is near
+                continue
+            if now >= due:
+                return
+            self._asleep = True
+            if self._queue:  # queued just before it said so: no wake-up will come
+                self._asleep = False
+                continue
+            woken = waker.wait(due - now, also)
+            self._asleep = False
+            self.exporter.quiet = not woken and also is not None
+            if woken:
+                due = soonest
 
     def _next_due(self, passed_at: float) -> float:
         """When the thread must pass next (see _idle): earlier while the process serves."""

@@ -54,6 +54,7 @@ class Exporter(Staging):
         self.agent = agent
         self.state: State | None = None
         self._key: str | None = None
+        self._key_parts: tuple[object, ...] = ()  # what _key was worked out from
         self._indexes: dict[int, int] = {}  # id(source) -> state table index
         self._held: list[tuple[Any, ...]] = []
         self._backlog: deque[tuple[int, bytes]] = deque()
@@ -61,6 +62,7 @@ class Exporter(Staging):
         self._size = 0
         self._since = 0.0
         self._next_poll: dict[int, float] = {}
+        self._polling: dict[str, Any] = {}
         # Its own generator (made after any fork): the random module's shared one is the
         # application's, whose seeded stream must not move when the agent draws.
         self.rng = random.Random()
@@ -69,6 +71,7 @@ class Exporter(Staging):
         self._fwd: socket.socket | None = None
         self._sidecars: Sidecars | None = None  # what `sflow-app status` reads
         self._sidecars_done: dict[str, tuple[dict[str, Any], dict[str, int]]] = {}
+        self._shown: tuple[Any, ...] | None = None  # what the sidecars were last given
         # One pass at a time: the exit flush must not run beside a pass the thread has
         # half done (samples it drained or took off the socket would go with it).
         self._lock = threading.RLock()
@@ -76,12 +79,17 @@ class Exporter(Staging):
         # start), and per shared file, what earlier openings of it already hold, so a
         # process that closes its state and opens it again publishes nothing twice.
         self._last: dict[int, tuple[list[int], int, int]] = {}
+        # Per source, (pool, drops) at a publish with nothing in flight (see _publish).
+        self._settled: dict[int, tuple[int, int]] = {}
         self._offsets: dict[str, dict[int, tuple[list[int], int, int]]] = {}
         self._offset: dict[int, tuple[list[int], int, int]] = {}
         # Per source, this process's pool as far as its samples (or a final hand-over)
         # carried it: each sample carries the increment since (see _pool_step).
         self._pool_carried: dict[int, int] = {}
         self.runtime = RuntimeCollector()
+        # Set by the thread's sleep when it ended with nothing readable on the socket the
+        # workers forward to: the next pass does not ask it again (an idle pass).
+        self.quiet = False
 
     # -- one pass ---------------------------------------------------------------------
     def step(self, now: float, *, final: bool = False) -> None:
@@ -125,14 +133,18 @@ class Exporter(Staging):
             return
         if final:  # its last read is below: a forward that came after it would be lost
             state.stop_listening()
+        self.senders.prepare()
         totals: dict[int, list[int]] = {}
-        incoming = [*self._backlog, *encoded, *state.receive()]
+        # quiet: the thread's sleep just found nothing on the socket (see Agent._sleep).
+        received = [] if self.quiet and not final else state.receive()
+        self.quiet = False
+        incoming = [*self._backlog, *encoded, *received]
         self._backlog.clear()
         if isinstance(state, SharedState):
             state.touch()
             agent.stats["bad_forwards"] = state.bad_forwards
-        for index, data in incoming:
-            self._stage_flow(state, totals, index, data, now)
+        if incoming:
+            self._stage_flows(state, totals, incoming, now)
         self._poll(state, totals, now, final)
         if self._pending and (final or now - self._since >= FLUSH_AFTER):
             self.flush()
@@ -144,19 +156,34 @@ class Exporter(Staging):
         if sidecars is None or not isinstance(state, SharedState) or not sidecars.due(final):
             return
         agent = self.agent
+        stats = agent.stats
+        sources = agent.sources()
+        shown = (
+            state.generation if state.sender else None,
+            state.slot,
+            agent.settings,  # a new object whenever the settings (the name among them) change
+            [source.sampler.rate for source in sources],
+            list(self.senders.health),  # the collectors sent to (each with its errors)
+            stats["send_errors"],
+            state.bad_forwards,
+            [stats["queue_drops"], stats["backlog_drops"]],  # DROP_CAUSES
+        )
+        if shown == self._shown and not final:
+            return  # what the files would show is what they show (an idle pass)
+        self._shown = shown
         rates = {}
-        for source in agent.sources():
+        for source in sources:
             index = self._indexes.get(id(source))
             if index is not None:
                 rates[index] = source.sampler.rate
         sidecars.update(
-            sender=state.generation if state.sender else None,
+            sender=shown[0],
             slot=state.slot,
             name=agent.service_name,
             rates=rates,
             errors=self.senders.errors(),
             bad_forwards=state.bad_forwards,
-            stats=agent.stats,
+            stats=stats,
             force=final,
         )
 
@@ -170,10 +197,12 @@ class Exporter(Staging):
     def _open(self, ident: tuple[str, int]) -> State:
         agent = self.agent
         settings = agent.settings
-        http = agent.http_index()
-        key = service_key(
-            os.getuid(), agent.service_name, http, settings.ds_index, settings.sub_agent_id
-        )
+        parts: tuple[object, ...] = (os.getuid(), agent.service_name, agent.http_index())
+        parts += (settings.ds_index, settings.sub_agent_id)
+        if self.state is not None and parts == self._key_parts:
+            return self.state  # each pass: no hashing of the same parts again
+        key = service_key(*parts)
+        self._key_parts = parts
         if self.state is not None and key == self._key:
             return self.state
         self.close_state()
@@ -190,7 +219,7 @@ class Exporter(Staging):
                 return self._fall_back(f"shared state unavailable ({exc})")
             self._check_shared(state, ident)
         self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
-        self._sidecars = None
+        self._sidecars, self._shown = None, None
         if isinstance(state, SharedState):
             # As for the counters: what an earlier opening of this file already holds.
             stats, errors = self._sidecars_done.get(key, ({}, {}))
@@ -257,8 +286,12 @@ class Exporter(Staging):
         index = self._index(state, source)
         if index is None:
             return
+        settled = self._settled.pop(id(source), None)
+        if settled == (source.sampler.sample_pool, source.drops) and state.slot is not None:
+            self._settled[id(source)] = settled  # nothing to publish: see below
+            return
         values = list(source.counters.snapshot())
-        pool, drops = source.sampler.sample_pool, source.drops
+        pool, drops = source.sampler.sample_pool, source.drops  # after: see below
         gauges = {}
         for position, current in source.gauges.items():
             try:
@@ -276,6 +309,11 @@ class Exporter(Staging):
                 )
                 return
         self._last[id(source)] = (values[:], pool, drops)
+        if source.kind == "http" and not gauges and pool == sum(values[HTTP_METHODS:HTTP_STATUSES]):
+            # Every request it counted (the pool, read after the counters) has its status
+            # counted: none in flight. Until the pool or the drops move, no count can
+            # change, and an idle pass reads none of them (issue 15).
+            self._settled[id(source)] = (pool, drops)
         offset = self._offset.get(id(source))
         if offset is not None:
             values = [v - o for v, o in zip(values, offset[0], strict=True)]
@@ -292,7 +330,9 @@ class Exporter(Staging):
         http = next((s for s in sources if s.kind == "http"), None)
         if http is None or state.slot is None:
             return
-        interval = self.agent.settings.polling_for(http.app_key)
+        interval = self._polling_for(http.app_key)
+        if not final and (interval <= 0 or now < self.runtime.due):
+            return  # not due: no reading of the counters for it
         # In progress: candidates (pooled as they arrive) not yet given a status.
         statuses = http.counters.snapshot()[HTTP_METHODS:HTTP_STATUSES]
         in_flight = http.sampler.sample_pool - sum(statuses)
@@ -450,10 +490,11 @@ class Exporter(Staging):
             self._sidecars_done[self._key] = (dict(self.agent.stats), self.senders.errors())
             self.runtime.closed(self._key)
         self._last = {}
+        self._settled.clear()
         if self.state is not None:
             self.state.close()
         self.state = None
-        self._sidecars = None
+        self._sidecars, self._shown = None, None
         self._indexes.clear()
         self._next_poll.clear()
 

@@ -8,12 +8,22 @@ collector that starts failing gets one warning; one that sends cleanly again for
 ``RECOVER_AFTER`` seconds after its last error gets one line saying so. (A closed port
 fails every other send — the send after an ICMP error goes out, and draws the next
 error — so "recovered" needs a quiet period, not one good send.)
+
+Each datagram is sent with libc's ``send()`` called *without* releasing the GIL (through
+``ctypes.PyDLL``), where ctypes is available: a send on a non-blocking UDP socket never
+waits, so there is nothing to release the GIL for, and releasing it costs the exporter
+dearly when a request thread is busy. A busy thread takes the GIL the moment it is
+released and keeps it until the switch interval (5 ms) forces it off, so each release
+cost the exporter up to 5 ms: one per datagram of about 7 samples capped it at a few
+thousand samples/s (issue 15; benchmarks/README.md). ``socket.send`` remains the
+fallback.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -25,6 +35,39 @@ log = logging.getLogger("sflow_app")
 
 MAX_COLLECTORS = 10
 RECOVER_AFTER = 10.0  # s without an error before a failing collector counts as recovered
+
+
+Send = Callable[[socket.socket, bytes], None]
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _socket_send(sock: socket.socket, payload: bytes) -> None:
+    sock.send(payload)
+
+
+def gil_send() -> Send | None:
+    """A ``send`` that keeps the GIL (libc's, through ``ctypes.PyDLL``), or None where
+    it cannot be had. ctypes is imported here, by the exporter thread, not at import."""
+    try:
+        import ctypes
+
+        libc_send = ctypes.PyDLL(None, use_errno=True).send
+    except (ImportError, OSError, AttributeError):
+        return None
+    libc_send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+    libc_send.restype = ctypes.c_ssize_t
+    get_errno = ctypes.get_errno
+
+    def send(sock: socket.socket, payload: bytes) -> None:
+        payload = bytes(payload)  # the same object when it is bytes already
+        for _ in range(3):  # EINTR: again, as socket.send does (PEP 475)
+            if libc_send(sock.fileno(), payload, len(payload), _DONTWAIT) >= 0:
+                return
+            code = get_errno()
+            if code != errno.EINTR:
+                raise OSError(code, os.strerror(code))
+
+    return send
 
 
 def _name(host: str, port: int) -> str:
@@ -60,6 +103,7 @@ class Senders:
         self._clock = clock
         self.socks: dict[tuple[str, int], socket.socket] = {}
         self.health: dict[tuple[str, int], Health] = {}
+        self._send: Send | None = None  # chosen at the first datagram (see the module doc)
 
     def send(self, collectors: Sequence[tuple[str, int]], payload: bytes, stats: Stats) -> None:
         if len(collectors) > MAX_COLLECTORS:
@@ -69,12 +113,13 @@ class Senders:
             )
             collectors = collectors[:MAX_COLLECTORS]
         self._forget(collectors)
+        send = self.prepare()
         for target in collectors:
             health = self.health.get(target)
             if health is None:
                 health = self.health[target] = Health()
             try:
-                self._socket(target).send(payload)
+                send(self._socket(target), payload)
             except OSError as exc:  # collector down, unreachable, bad address: never raised
                 self._failed(target, health, exc, stats)
                 continue
@@ -87,6 +132,14 @@ class Senders:
                     _name(*target),
                     health.errors,
                 )
+
+    def prepare(self) -> Send:
+        """How datagrams are sent, chosen once (the sender's exporter calls this when it
+        takes the role, so ctypes' import is not in the middle of a later pass)."""
+        send = self._send
+        if send is None:
+            send = self._send = gil_send() or _socket_send
+        return send
 
     def _socket(self, target: tuple[str, int]) -> socket.socket:
         sock = self.socks.get(target)

@@ -152,6 +152,8 @@ class SharedState(Election, RuntimeSlots):
         self.skipped: list[str] = []  # private directory names found unsafe
         self.instance = (0, 0)  # (root pid, start time)
         self._touched = 0.0
+        # The source table as decoded so far: an entry, once complete, never changes.
+        self._entries: dict[int, tuple[int, str, str, int]] = {}
         Election.__init__(self)
         RuntimeSlots.__init__(self)
 
@@ -368,17 +370,17 @@ class SharedState(Election, RuntimeSlots):
 
     def entries(self) -> list[tuple[int, str, str, int]]:
         """(index, kind, name, ds_index) of every registered source."""
-        out = []
+        known = self._entries  # index -> entry: never cleared, so decoded once
         words = self.words
         for i in range(MAX_SOURCES):
             at = self._entry(i)
-            if words[at + E_KEY] == 0:
+            if i in known or words[at + E_KEY] == 0:
                 continue
             raw = b"".join(words[at + E_NAME + j].to_bytes(8, "little") for j in range(4))
             kind = KIND_NAMES.get(words[at + E_KIND], "app")
             name = raw.rstrip(b"\0").decode(errors="replace")
-            out.append((i, kind, name, words[at + E_DS_INDEX]))
-        return out
+            known[i] = (i, kind, name, words[at + E_DS_INDEX])
+        return [known[i] for i in sorted(known)]
 
     # -- sequence numbers (sender only) ------------------------------------------------
     def next_datagram_seq(self) -> int:

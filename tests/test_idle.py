@@ -79,3 +79,57 @@ def test_sample_queued_while_it_sleeps_leaves_promptly(idle, collector: Collecto
     assert taken, "no pass found the sample in the queue"
     # Woken for it, not left for the next once-a-second re-check (generous: 0.6 s).
     assert taken[0] - queued < 0.6, taken[0] - queued
+
+
+def test_idle_pass_reads_no_counters(idle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settled (every request counted has its status counted, nothing queued): an idle
+    pass reads none of the counters again; the shared state already holds them."""
+    ag, _, passes = idle
+    from sflow_app._counters import CounterBlock
+
+    counters = ag.http_source().counters
+    reads: list[float] = []
+    snapshot = CounterBlock.snapshot
+
+    def counting_snapshot(block: CounterBlock) -> tuple[int, ...]:
+        if block is counters:
+            reads.append(time.monotonic())
+        return snapshot(block)
+
+    monkeypatch.setattr(CounterBlock, "snapshot", counting_snapshot)
+    time.sleep(1.5)  # settle: the passes right after serving publish what it counted
+    before, seen = len(reads), len(passes)
+    assert wait_until(lambda: len(passes) >= seen + 2, timeout=10.0)
+    assert len(reads) == before, f"{len(reads) - before} reads in {len(passes) - seen} passes"
+
+
+@pytest.mark.parametrize("idle", [1], indirect=True)
+def test_request_in_flight_is_counted_when_it_ends(idle, collector: Collector) -> None:
+    """A request still running while the exporter idles: its status, counted when it
+    ends, reaches the collector's counters though no new request came after it."""
+    from sflow_app.records import HttpCounters
+
+    ag, wrapped, passes = idle
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/slow",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+    }
+    result = wrapped(environ, lambda *a: None)
+    seen = len(passes)
+    assert wait_until(lambda: len(passes) >= seen + 2, timeout=10.0)  # passes while in flight
+    for _ in result:
+        pass
+    result.close()
+    seen = len(passes)
+    assert wait_until(lambda: len(passes) >= seen + 2, timeout=10.0)  # idle passes after it
+    ag.shutdown()  # the last counter sample: what the shared state holds
+
+    def counted(c: Collector) -> bool:
+        latest = c.latest_counters(HttpCounters)
+        return latest is not None and latest.status_2XX_count == 2
+
+    assert collector.wait_for(counted, timeout=10.0)
