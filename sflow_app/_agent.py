@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from . import _config, _idle
 from ._exit import flush_on_sigterm
@@ -34,11 +34,19 @@ from ._status import Stats, Status
 from ._wake import Waker
 from ._watch import ConfigWatcher, file_mistakes
 
-if TYPE_CHECKING:
-    from .testing import Capture
-
 log = logging.getLogger("sflow_app")
 S = TypeVar("S", bound=Source)
+
+
+class Sink(Protocol):
+    """Where sampled records go instead of the queue while ``sflow_app.testing.capture()``
+    runs (its ``Capture``)."""
+
+    def add(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None: ...
+
+    def track(self, transaction: Any) -> None:
+        """A sampled WSGI transaction, to finish at the capture's end if never closed."""
+
 
 DEFAULT_CONFIG = _config.DEFAULT_CONFIG_PATH
 CONFIG_CHECK_EVERY = 1.0
@@ -101,7 +109,7 @@ class Agent:
         self._serving = False
         self._born = clock()
         # sflow_app.testing.capture(): samples go there, 1-in-1, and nothing is sent.
-        self.capture: Capture | None = None
+        self.capture: Sink | None = None
 
     def _reset_process_state(self) -> None:
         self.pid = os.getpid()
@@ -589,7 +597,7 @@ class Agent:
         )
 
     # -- sflow_app.testing ------------------------------------------------------------
-    def begin_capture(self, capture: Capture) -> None:
+    def begin_capture(self, capture: Sink) -> None:
         if self.capture is not None:
             raise RuntimeError("sflow_app.testing.capture() is already active")
         self.ensure_loaded()
@@ -597,7 +605,7 @@ class Agent:
         for source in self.sources():
             self._apply_source(source)
 
-    def end_capture(self, capture: Capture) -> None:
+    def end_capture(self, capture: Sink) -> None:
         if self.capture is capture:
             self.capture = None
             for source in self.sources():

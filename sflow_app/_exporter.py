@@ -27,11 +27,10 @@ from ._sender import FORWARD_MAX, MSG, POOL_ONLY
 from ._shared import SharedState, service_key, state_dir
 from ._sidecar import Sidecars
 from ._source import HTTP_METHODS, HTTP_STATUSES, gauge_positions
-from ._staging import HEADER_MAX, Staging
+from ._staging import HEADER_MAX, Host, Staging
 from .records import DS_CLASS_LOGICAL, FlowSample
 
 if TYPE_CHECKING:
-    from ._agent import Agent
     from ._source import Source
 
 log = logging.getLogger("sflow_app")
@@ -50,7 +49,7 @@ FALLBACK_SUB_AGENTS = (1 << 24, 1 << 31)
 
 
 class Exporter(Staging):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Host) -> None:
         self.agent = agent
         self.state: State | None = None
         self._key: str | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._counters import CounterBlock, read_count
 from ._layout import (
@@ -38,8 +38,16 @@ from .records import (
     MemcacheCounters,
 )
 
-if TYPE_CHECKING:
-    from ._agent import Agent
+
+class Host(Protocol):
+    """What a data source needs of its agent (the agent is one; so is a test's)."""
+
+    clock: Callable[[], float]
+
+    def housekeeping(self, caller: Source | None = None) -> None: ...
+
+    def enqueue(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None: ...
+
 
 HTTP_COUNTERS = (
     "method_option_count",
@@ -131,7 +139,7 @@ class Source:
     gauge_names: tuple[str, ...] = ()  # current values, not cumulative counts
     direction = SERVER
 
-    def __init__(self, agent: Agent, name: str = "") -> None:
+    def __init__(self, agent: Host, name: str = "") -> None:
         self.agent = agent
         self.name = name
         self.app_key = self.key_for(name)  # key for sampling.<app> / polling.<app>

@@ -7,8 +7,8 @@ Mixed into ``Exporter`` (kept apart so each module stays small).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._encode import encode_counters_sample, encode_datagram_header
 from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ
@@ -23,7 +23,34 @@ from .records import DS_CLASS_LOGICAL, CountersSample
 if TYPE_CHECKING:
     import random
 
-    from ._agent import Agent
+    from ._config import Settings
+    from ._source import Source
+    from ._status import Stats
+
+
+class Host(Protocol):
+    """What the exporter needs of its agent, and all it uses: the settings, identity and
+    data sources to report, the queue to drain, the counts to keep, and its log."""
+
+    settings: Settings
+    stats: Stats
+
+    @property
+    def env(self) -> Mapping[str, str]: ...
+
+    @property
+    def service_name(self) -> str: ...
+
+    def drain(self) -> list[tuple[Any, ...]]: ...
+
+    def identity(self) -> tuple[str, int] | None: ...
+
+    def http_index(self) -> int | None: ...
+
+    def sources(self) -> list[Source]: ...
+
+    def warn_once(self, message: str) -> None: ...
+
 
 State = SharedState | LocalState
 HEADER_MAX = 40  # IPv6 agent header
@@ -42,7 +69,7 @@ def _patch(buf: bytearray, at: int, value: int) -> None:
 
 
 class Staging:
-    agent: Agent
+    agent: Host
     state: State | None
     senders: Senders
     _pending: list[tuple[int, bool, bytearray]]

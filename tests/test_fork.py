@@ -85,13 +85,22 @@ def prepare_parent(agent) -> None:
     a.drain = lambda: []  # the thread keeps running but leaves the queue alone
     for _ in range(5):
         request(source)
-    # The first of those woke the thread: let it go back to sleep. A fork from C while it
-    # waits for the GIL leaves the child's GIL condition variable broken (glibc counts
-    # the vanished waiter) and the child hangs at its first GIL hand-over: a hazard of
-    # forking from C with a thread running, the reason nothing runs in a uWSGI master.
-    time.sleep(0.5)
     assert a._thread is not None and a._thread.is_alive()
     assert len(a._queue) == 5 and a.exporter.state is not None
+
+
+def stop_thread(a) -> None:
+    """What a fork from C needs: no thread running. One that waits for the GIL at the
+    fork leaves the child's GIL condition variable broken (glibc counts the vanished
+    waiter) and the child hangs at its first GIL hand-over -- the reason nothing runs in
+    a uWSGI master. (A thread with samples queued wakes every TICK, so waiting for it to
+    sleep is not enough on a loaded machine.) The agent keeps its queue, state and
+    sockets: the child must still notice the new pid and reuse none of them."""
+    thread = a._thread
+    a._stop.set()
+    a._wake_now()
+    thread.join(10)
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("fork", ["os.fork", "libc.fork"])
@@ -105,6 +114,7 @@ def test_child_reuses_nothing_inherited(agent, fork: str) -> None:
         # at-fork hooks do not run, so the agent must notice the new pid by itself.
         libc = ctypes.PyDLL(None)  # keeps the GIL across the call, like C code
         forker = libc.fork
+        stop_thread(AGENT)
     report = run_in_child(forker, child_body)
     assert "error" not in report, report
     before, after = report["before"], report["after"]

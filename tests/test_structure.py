@@ -67,3 +67,61 @@ def test_the_rule_sees_a_private_import(tmp_path: Path) -> None:
         ("sflow_app._counters", "_hidden", 1),
         ("sflow_app", "_counters", 2),
     ]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (a name imported from a package
+    counts as its submodule when there is one, else as the package)."""
+    mods = modules()
+    graph: dict[str, set[str]] = {name: set() for name in mods}
+    for name, path in mods.items():
+        for module, imported, _ in imports(name, path):
+            target = f"{module}.{imported}" if f"{module}.{imported}" in mods else module
+            if target in mods and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_not_even_for_types() -> None:
+    """Each part names what it needs of another as a Protocol beside it (the exporter's
+    ``Host``, a data source's ``Host``, the agent's capture ``Sink``), so no module imports
+    one that imports it back -- lazily, or only while type checking, included."""
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_check_can_fail() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
