@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._encode import encode_flow_sample, fit_flow_sample
+from ._encode import encode_fitted_flow_sample
 from ._local import LocalState
 from ._runtime import RuntimeCollector
 from ._send import Senders
@@ -321,12 +321,12 @@ class Exporter(Staging):
             output_value=out,
             records=tuple(records),
         )
-        fitted = fit_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
-        if fitted is None:
+        data = encode_fitted_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
+        if data is None:
             self._pool_carried[id(source)] -= pool  # the next sample carries it
             source.drop()
             return None
-        return index, encode_flow_sample(fitted)
+        return index, data
 
     def _pool_step(self, source: Source, pool: int) -> int:
         """This process's pool increment since its previous sample of ``source`` (as

@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._encode import (
     encode_counters_sample,
     encode_datagram_header,
-    encode_flow_sample,
-    fit_flow_sample,
+    encode_fitted_flow_sample,
 )
 from .decode import decode
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
@@ -97,11 +96,11 @@ class Capture:
             output_value=out,
             records=tuple(records),
         )
-        fitted = fit_flow_sample(sample, DATAGRAM - HEADER_MAX)
-        if fitted is None:
+        data = encode_fitted_flow_sample(sample, DATAGRAM - HEADER_MAX)
+        if data is None:
             source.drop()
             return
-        self._append(encode_flow_sample(fitted))
+        self._append(data)
 
     def track(self, transaction: Any) -> None:
         """A sampled WSGI transaction: finished at the block's end if the server (or test
