@@ -442,7 +442,6 @@ def _fast_inits(classes: tuple[type, ...]) -> None:
         init: Any = names[f"_init{i}"]
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         init.__module__ = cls.__module__
-        init.__doc__ = cls.__init__.__doc__
         setattr(cls, "__init__", init)  # noqa: B010 (mypy: no assignment to a method)
 
 
