@@ -143,7 +143,27 @@ def _words_sensitive(name: bytes) -> bool:
     return any(part in SENSITIVE for part in text.split("_") if part)
 
 
+# Parameter names seen -> sensitive or not: an app's query strings use a few names over
+# and over, and deciding one costs several microseconds. Bounded: short names only, and
+# emptied when full (names are the client's to choose).
+_SENSITIVE_SEEN: dict[bytes, bool] = {}
+SEEN_MAX, SEEN_NAME_MAX = 1024, 64
+
+
 def _sensitive(name: bytes) -> bool:
+    """Whether a parameter name looks like a credential (see ``_decide_sensitive``)."""
+    seen = _SENSITIVE_SEEN.get(name)
+    if seen is not None:
+        return seen
+    sensitive = _decide_sensitive(name)
+    if len(name) <= SEEN_NAME_MAX:
+        if len(_SENSITIVE_SEEN) >= SEEN_MAX:
+            _SENSITIVE_SEEN.clear()
+        _SENSITIVE_SEEN[name] = sensitive
+    return sensitive
+
+
+def _decide_sensitive(name: bytes) -> bool:
     """Whether a parameter name looks like a credential: the name as sent and decoded
     (``+`` and %-escapes: ``pass%77ord``), and its last bracketed or dotted component
     (``user[password]``, ``user.password``), case-insensitively."""
