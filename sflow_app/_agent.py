@@ -315,7 +315,7 @@ class Agent:
                 except Exception:
                     log.debug("sflow_app: inline tick failed", exc_info=True)
 
-    def enqueue(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None:
+    def enqueue(self, source: Source, pool: int, rate: int, records: Any) -> None:
         capture = self.capture
         if capture is not None:
             capture.add(source, pool, rate, records)

@@ -26,7 +26,7 @@ from ._send import Senders
 from ._sender import FORWARD_MAX, MSG, POOL_ONLY
 from ._shared import SharedState, service_key, state_dir
 from ._sidecar import Sidecars
-from ._source import HTTP_METHODS, HTTP_STATUSES, gauge_positions
+from ._source import HTTP_METHODS, HTTP_STATUSES, built_records, gauge_positions
 from ._staging import HEADER_MAX, Staging
 from .records import DS_CLASS_LOGICAL, FlowSample
 
@@ -303,7 +303,8 @@ class Exporter(Staging):
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
         source, n, rate, records = item
         index = self._index(state, source)
-        if index is None:
+        # A surface may leave building the records to us (off the request thread).
+        if index is None or (records := built_records(records)) is None:
             source.drop()
             return None
         pool = self._pool_step(source, source.sampler.ordinal(n))
@@ -319,7 +320,7 @@ class Exporter(Staging):
             input_value=inp,
             output_format=0,
             output_value=out,
-            records=tuple(records),
+            records=records,
         )
         data = encode_fitted_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
         if data is None:

@@ -253,9 +253,19 @@ def scope_user(scope: Mapping[str, Any]) -> str:
     return user if isinstance(user, str) else ""
 
 
-def submit_http(
-    source: Any,
-    n: int,
+def submit_http(source: Any, n: int, **fields: Any) -> None:
+    """Build and queue one sampled HTTP transaction (``http_records``). Never raises into
+    the request."""
+    try:
+        if fields.get("route") and not fields.get("application"):
+            fields["application"] = source.agent.service_name
+        source.submit(n, http_records(**fields))
+    except Exception:
+        log.debug("sflow_app: could not record an HTTP sample", exc_info=True)
+        source.drop()
+
+
+def http_records(
     *,
     method: str,
     protocol: int,
@@ -274,42 +284,41 @@ def submit_http(
     remote: tuple[str, int] | None = None,
     route: str | None = None,
     application: str | None = None,
-) -> None:
-    """Build and queue one sampled HTTP transaction. Never raises into the request."""
-    try:
-        records: list[Any] = [
-            HttpRequest(
-                method=METHODS.get(method, OTHER_METHOD)[0],
-                protocol=protocol,
-                uri=uri,
-                host=host,
-                referer=referer,
-                useragent=useragent,
-                xff=xff,
-                authuser=authuser,
-                mime_type=mime_type,
-                req_bytes=req_bytes,
-                resp_bytes=resp_bytes,
-                uS=duration_us,
-                status=status,
-            )
-        ]
+) -> tuple[Any, ...]:
+    """The records of one sampled HTTP transaction: http_request, extended_socket when
+    both ends are known, app_operation when a route is (``application``: the service)."""
+    request = HttpRequest(
+        METHODS.get(method, OTHER_METHOD)[0],
+        protocol,
+        uri,
+        host,
+        referer,
+        useragent,
+        xff,
+        authuser,
+        mime_type,
+        req_bytes,
+        resp_bytes,
+        duration_us,
+        status,
+    )
+    if not route:
         if local and remote:
-            records.append(socket_record(6, local[0], remote[0], local[1], remote[1]))
-        if route:
-            records.append(
-                AppOperation(
-                    application=application or source.agent.service_name,
-                    operation=route,
-                    attributes=f"method={method}&route={route}",
-                    status_descr=str(status),
-                    req_bytes=req_bytes,
-                    resp_bytes=resp_bytes,
-                    uS=duration_us,
-                    status=app_status(status),
-                )
-            )
-        source.submit(n, tuple(records))
-    except Exception:
-        log.debug("sflow_app: could not record an HTTP sample", exc_info=True)
-        source.drop()
+            return (request, socket_record(6, local[0], remote[0], local[1], remote[1]))
+        return (request,)
+    records: list[Any] = [request]
+    if local and remote:
+        records.append(socket_record(6, local[0], remote[0], local[1], remote[1]))
+    records.append(
+        AppOperation(
+            application=application or "",
+            operation=route,
+            attributes=f"method={method}&route={route}",
+            status_descr=str(status),
+            req_bytes=req_bytes,
+            resp_bytes=resp_bytes,
+            uS=duration_us,
+            status=app_status(status),
+        )
+    )
+    return tuple(records)

@@ -81,7 +81,13 @@ class Capture:
         ]
 
     # -- called by the agent and the surfaces ------------------------------------------
-    def add(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None:
+    def add(self, source: Source, pool: int, rate: int, records: Any) -> None:
+        from ._source import built_records
+
+        built = built_records(records)
+        if built is None:
+            source.drop()
+            return
         inp, out = source.direction
         sample = FlowSample(
             sequence_number=next(self._seq),
@@ -94,7 +100,7 @@ class Capture:
             input_value=inp,
             output_format=0,
             output_value=out,
-            records=tuple(records),
+            records=built,
         )
         data = encode_fitted_flow_sample(sample, DATAGRAM - HEADER_MAX)
         if data is None:

@@ -68,14 +68,14 @@ from ._http import (
     basic_user,
     build_uri,
     current_request,
+    http_records,
     middleware_options,
     protocol_number,
-    submit_http,
 )
 from ._listen import fd_name as _fd_name
 from ._listen import uwsgi_listener as _uwsgi_listener
 from ._listen import uwsgi_router as _uwsgi_router
-from ._source import detail_slots
+from ._source import Deferred, detail_slots
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
@@ -91,6 +91,7 @@ Write = Callable[[bytes], object]
 TRANSACTION_KEY = "sflow_app.transaction"
 
 CLIENT_CLOSED = 499  # nginx's status for a response that never got one
+_DONE: Environ = {}  # a finished transaction's environ: it keeps no request alive
 
 
 def _nothing() -> int:
@@ -300,7 +301,7 @@ class _LateStatus:
                 middleware._count_status(self._status(), self._failed)
 
 
-class _Transaction:
+class _Transaction(Deferred):
     """Everything one sampled request saw; owned by that request alone."""
 
     __slots__ = (
@@ -308,6 +309,7 @@ class _Transaction:
         "_environ",
         "_middleware",
         "_start_response",
+        "end_ns",
         "failed",
         "file_result",
         "headers",
@@ -316,6 +318,7 @@ class _Transaction:
         "req_bytes",
         "resp_bytes",
         "route",
+        "seen",
         "service",
         "start_ns",
         "status",
@@ -339,6 +342,8 @@ class _Transaction:
         self.file_result: object = None
         self.failed = False
         self._closed = False
+        self.end_ns = 0
+        self.seen: tuple[Any, ...] = ()
         capture = AGENT.capture
         if capture is not None:
             capture.track(self)  # finished at the capture's end if never closed
@@ -407,52 +412,75 @@ class _Transaction:
         failed = failed or self.failed
         try:
             self._middleware._count_status(self.status, failed)
-            self._submit(end_ns, failed)
+            self._keep(end_ns, failed)
+            # The records are built by the exporter, from what _keep took (see build).
+            self._middleware._source.submit(self.n, self)
         except Exception:
             log.debug("sflow_app: could not record a WSGI sample", exc_info=True)
             self._middleware._source.drop()
 
-    def _submit(self, end_ns: int, failed: bool) -> None:
+    def _keep(self, end_ns: int, failed: bool) -> None:
+        """What ``build`` needs and only the request can tell, taken now: the environ's
+        values (not the environ: it holds the connection), the connection's addresses
+        (its socket is gone later) and the settings in force."""
         env = self._environ
+        get = env.get
+        settings = AGENT.settings
+        local, remote = _addresses(env)
+        self.failed = failed
+        self.end_ns = end_ns
+        self.seen = (
+            get("RAW_URI") or get("REQUEST_URI"),
+            "werkzeug.socket" in env,
+            get("SCRIPT_NAME", ""),
+            get("PATH_INFO", ""),
+            get("QUERY_STRING", ""),
+            get("HTTP_HOST", ""),
+            get("HTTP_REFERER", ""),
+            get("HTTP_USER_AGENT", ""),
+            get("HTTP_X_FORWARDED_FOR", ""),
+            (get("REMOTE_USER", ""), get("HTTP_AUTHORIZATION", "")) if settings.authuser else None,
+            get("SERVER_PROTOCOL", ""),
+            self._middleware.query or settings.query,
+            local,
+            remote,
+        )
+        self._environ = _DONE
+
+    def build(self) -> tuple[Any, ...]:
+        """The sample's records (on the exporter thread): as the request saw them."""
+        (raw_uri, werkzeug, script, path_info, query, host, referer, useragent, xff, auth) = (
+            self.seen[:10]
+        )
+        version, mode, local, remote = self.seen[10:]
         if self.status is not None:
             code = _status_code(self.status)
         else:
-            code = 500 if failed else CLIENT_CLOSED
+            code = 500 if self.failed else CLIENT_CLOSED
         mime = b""
         for name, value in self.headers:
             if name.lower() == "content-type":
                 mime = _raw(value)
                 break
-        version = env.get("SERVER_PROTOCOL", "")
-        local, remote = _addresses(env)
-        submit_http(
-            self._middleware._source,
-            self.n,
+        return http_records(
             method=self.method,
             protocol=_PROTOCOLS.get(version) or protocol_number(version),
-            uri=_uri(env, self._middleware.query or AGENT.settings.query),
-            host=_raw(env.get("HTTP_HOST", "")),
-            referer=_raw(env.get("HTTP_REFERER", "")),
-            useragent=_raw(env.get("HTTP_USER_AGENT", "")),
-            xff=_raw(env.get("HTTP_X_FORWARDED_FOR", "")),
-            authuser=_authuser(env),
+            uri=_uri(raw_uri, werkzeug, script, path_info, query, mode),
+            host=_raw(host),
+            referer=_raw(referer),
+            useragent=_raw(useragent),
+            xff=_raw(xff),
+            authuser=b"" if auth is None else _raw(auth[0]) or basic_user(auth[1]),
             mime_type=mime,
             req_bytes=self.req_bytes,
             resp_bytes=self.resp_bytes,
-            duration_us=min((end_ns - self.start_ns) // 1000, MAX_US),
+            duration_us=min((self.end_ns - self.start_ns) // 1000, MAX_US),
             status=code,
             local=local,
             remote=remote,
             route=self.route,
+            application=self.service if self.route else None,
         )
-
-
-def _authuser(env: Environ) -> bytes:
-    """REMOTE_USER (the server or a middleware authenticated the client), else the user
-    name of a Basic Authorization header; nothing when SFLOW_APP_AUTHUSER=0."""
-    if not AGENT.settings.authuser:
-        return b""
-    return _raw(env.get("REMOTE_USER", "")) or basic_user(env.get("HTTP_AUTHORIZATION", ""))
 
 
 class _Body:
@@ -563,19 +591,19 @@ def _status_code(status: str) -> int:
         return 0
 
 
-def _uri(env: Environ, mode: str) -> bytes:
-    """The request-target as received, with the ``query`` option applied."""
-    raw = env.get("RAW_URI") or env.get("REQUEST_URI")
+def _uri(
+    raw: Any, werkzeug: bool, script: str, path_info: str, query_string: str, mode: str
+) -> bytes:
+    """The request-target as received (RAW_URI or REQUEST_URI, else rebuilt from the
+    environ's parts), with the ``query`` option applied."""
     if raw:
         target = _raw(raw)
-        if "werkzeug.socket" in env:
+        if werkzeug:
             target = _werkzeug_raw(target)
         path, _, query = target.partition(b"?")
     else:
-        path = quote(
-            _raw(env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")), safe=_PATH_SAFE
-        ).encode("ascii")
-        query = _raw(env.get("QUERY_STRING", ""))
+        path = quote(_raw(script + path_info), safe=_PATH_SAFE).encode("ascii")
+        query = _raw(query_string)
     return build_uri(path, query, mode)
 
 

@@ -834,14 +834,20 @@ def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("encoder bug")
 
-    monkeypatch.setattr(wsgi, "submit_http", broken)
+    # The records are built by the exporter: a bug there costs the sample, counted.
+    monkeypatch.setattr(wsgi, "http_records", broken)
     drops_before = mw._source.drops
     assert call(mw) == (
         "200 OK",
         b"hello",
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "5")],
     )
+    flush(collector)
     assert mw._source.drops == drops_before + 1
+    # A bug on the request thread's side too.
+    monkeypatch.setattr(wsgi, "_addresses", broken)
+    assert call(mw)[1] == b"hello"
+    assert mw._source.drops == drops_before + 2
 
 
 def test_http_client_keepalive_many(live, collector):
