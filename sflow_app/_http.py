@@ -224,6 +224,8 @@ def app_status(status: int) -> int:
 def basic_user(authorization: bytes | str) -> bytes:
     """The user name of a ``Basic`` Authorization header, never the password; b"" for
     anything else (other schemes, bad base64)."""
+    if not authorization:
+        return b""
     if isinstance(authorization, str):
         authorization = authorization.encode("latin-1", "replace")
     scheme, _, token = authorization.strip().partition(b" ")

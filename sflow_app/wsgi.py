@@ -575,6 +575,11 @@ class _Input:
 
 def _raw(value: Any) -> bytes:
     """PEP 3333 environ strings carry the wire bytes as latin-1 code points."""
+    if type(value) is str:
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
     if isinstance(value, bytes):
         return value
     text = str(value)
