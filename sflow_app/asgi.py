@@ -302,7 +302,7 @@ class SFlowMiddleware:
             settings = AGENT.settings
             sample = _Sample()
             sample.scope_values = (
-                scope.get("headers") or (),
+                tuple(scope.get("headers") or ()),  # a copy: the server's list, reusable
                 scope.get("http_version", "1.1"),
                 scope.get("raw_path"),
                 scope.get("path", ""),

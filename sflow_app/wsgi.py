@@ -92,6 +92,21 @@ TRANSACTION_KEY = "sflow_app.transaction"
 
 CLIENT_CLOSED = 499  # nginx's status for a response that never got one
 _DONE: Environ = {}  # a finished transaction's environ: it keeps no request alive
+# The environ's values a sample's records are built from (_Transaction.build).
+_KEPT = (
+    "RAW_URI",
+    "REQUEST_URI",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "HTTP_HOST",
+    "HTTP_REFERER",
+    "HTTP_USER_AGENT",
+    "HTTP_X_FORWARDED_FOR",
+    "REMOTE_USER",
+    "HTTP_AUTHORIZATION",
+    "SERVER_PROTOCOL",
+)
 
 
 def _nothing() -> int:
@@ -424,35 +439,40 @@ class _Transaction(Deferred):
         values (not the environ: it holds the connection), the connection's addresses
         (its socket is gone later) and the settings in force."""
         env = self._environ
-        get = env.get
         settings = AGENT.settings
-        local, remote = _addresses(env)
         self.failed = failed
         self.end_ns = end_ns
+        # One C-level pass over the keys (None for a missing one).
         self.seen = (
-            get("RAW_URI") or get("REQUEST_URI"),
+            *map(env.get, _KEPT),
             "werkzeug.socket" in env,
-            get("SCRIPT_NAME", ""),
-            get("PATH_INFO", ""),
-            get("QUERY_STRING", ""),
-            get("HTTP_HOST", ""),
-            get("HTTP_REFERER", ""),
-            get("HTTP_USER_AGENT", ""),
-            get("HTTP_X_FORWARDED_FOR", ""),
-            (get("REMOTE_USER", ""), get("HTTP_AUTHORIZATION", "")) if settings.authuser else None,
-            get("SERVER_PROTOCOL", ""),
+            settings.authuser,
             self._middleware.query or settings.query,
-            local,
-            remote,
+            *_addresses(env),
         )
         self._environ = _DONE
 
     def build(self) -> tuple[Any, ...]:
         """The sample's records (on the exporter thread): as the request saw them."""
-        (raw_uri, werkzeug, script, path_info, query, host, referer, useragent, xff, auth) = (
-            self.seen[:10]
-        )
-        version, mode, local, remote = self.seen[10:]
+        (
+            raw_uri,
+            request_uri,
+            script,
+            path_info,
+            query,
+            host,
+            referer,
+            useragent,
+            xff,
+            user,
+            authorization,
+            version,
+            werkzeug,
+            authuser,
+            mode,
+            local,
+            remote,
+        ) = self.seen
         if self.status is not None:
             code = _status_code(self.status)
         else:
@@ -462,15 +482,16 @@ class _Transaction(Deferred):
             if name.lower() == "content-type":
                 mime = _raw(value)
                 break
+        version = version or ""
         return http_records(
             method=self.method,
             protocol=_PROTOCOLS.get(version) or protocol_number(version),
-            uri=_uri(raw_uri, werkzeug, script, path_info, query, mode),
-            host=_raw(host),
-            referer=_raw(referer),
-            useragent=_raw(useragent),
-            xff=_raw(xff),
-            authuser=b"" if auth is None else _raw(auth[0]) or basic_user(auth[1]),
+            uri=_uri(raw_uri or request_uri, werkzeug, script, path_info, query, mode),
+            host=_raw(host) if host else b"",
+            referer=_raw(referer) if referer else b"",
+            useragent=_raw(useragent) if useragent else b"",
+            xff=_raw(xff) if xff else b"",
+            authuser=(_raw(user) if user else basic_user(authorization or "")) if authuser else b"",
             mime_type=mime,
             req_bytes=self.req_bytes,
             resp_bytes=self.resp_bytes,
@@ -597,7 +618,7 @@ def _status_code(status: str) -> int:
 
 
 def _uri(
-    raw: Any, werkzeug: bool, script: str, path_info: str, query_string: str, mode: str
+    raw: Any, werkzeug: bool, script: Any, path_info: Any, query_string: Any, mode: str
 ) -> bytes:
     """The request-target as received (RAW_URI or REQUEST_URI, else rebuilt from the
     environ's parts), with the ``query`` option applied."""
@@ -607,8 +628,8 @@ def _uri(
             target = _werkzeug_raw(target)
         path, _, query = target.partition(b"?")
     else:
-        path = quote(_raw(script + path_info), safe=_PATH_SAFE).encode("ascii")
-        query = _raw(query_string)
+        path = quote(_raw((script or "") + (path_info or "")), safe=_PATH_SAFE).encode("ascii")
+        query = _raw(query_string) if query_string else b""
     return build_uri(path, query, mode)
 
 
