@@ -451,6 +451,7 @@ class _Transaction(Deferred):
             *_addresses(env),
         )
         self._environ = _DONE
+        self.file_result = None  # an open file: the queue need not hold it
 
     def build(self) -> tuple[Any, ...]:
         """The sample's records (on the exporter thread): as the request saw them."""
