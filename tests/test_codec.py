@@ -25,8 +25,10 @@ from sflow_app.decode import DecodeError, decode, to_fields, to_sflowtool
 from sflow_app.records import (
     INTERNAL,
     RECORD_TYPES,
+    AppInitiator,
     AppOperation,
     AppStatus,
+    AppTarget,
     CountersSample,
     Datagram,
     ExtendedSocketIPv4,
@@ -436,6 +438,12 @@ def test_records_keep_their_dataclass_behaviour() -> None:
         HttpRequest(nonsense=1)  # type: ignore[call-arg]
     assert HttpRequest().method is HttpMethod.OTHER
     assert FlowSample(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ()).expanded is False
+    # Equality and hash by class, then fields (a base class has them, not generated code).
+    assert AppInitiator("a") == AppInitiator("a") != AppTarget("a")
+    assert AppInitiator("a") != AppInitiator("b") and HttpRequest() != (0,) * 13
+    assert len({AppTarget("x"), AppTarget("x"), AppTarget("y")}) == 2
+    assert repr(AppTarget("x")) == "AppTarget(actor='x')"
+    assert repr(OpaqueRecord(1, 2, b"x")) == "OpaqueRecord(enterprise=1, format=2, data=b'x')"
 
 
 # ------------------------------------------------------------------- decode errors
