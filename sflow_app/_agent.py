@@ -42,7 +42,7 @@ class Sink(Protocol):
     """Where sampled records go instead of the queue while ``sflow_app.testing.capture()``
     runs (its ``Capture``)."""
 
-    def add(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None: ...
+    def add(self, source: Source, pool: int, rate: int, records: Any) -> None: ...
 
     def track(self, transaction: Any) -> None:
         """A sampled WSGI transaction, to finish at the capture's end if never closed."""
@@ -328,7 +328,7 @@ class Agent:
                 except Exception:
                     log.debug("sflow_app: inline tick failed", exc_info=True)
 
-    def enqueue(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None:
+    def enqueue(self, source: Source, pool: int, rate: int, records: Any) -> None:
         capture = self.capture
         if capture is not None:
             capture.add(source, pool, rate, records)

@@ -102,11 +102,13 @@ class Exchange:
         self.sent = 0
         self.end_ns = 0
 
-    def mime_type(self) -> bytes:
-        for name, value in self.headers:
-            if name.lower() == b"content-type":
-                return bytes(value)
-        return b""
+
+def mime_type(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The Content-Type of a response's headers (b"" without one)."""
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return bytes(value)
+    return b""
 
 
 def websocket_status(message: Message) -> int:

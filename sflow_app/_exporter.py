@@ -19,14 +19,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._encode import encode_flow_sample, fit_flow_sample
+from ._encode import encode_fitted_flow_sample
 from ._local import LocalState
 from ._runtime import RuntimeCollector
 from ._send import Senders
 from ._sender import FORWARD_MAX, MSG, POOL_ONLY
 from ._shared import SharedState, service_key, state_dir
 from ._sidecar import Sidecars
-from ._source import HTTP_METHODS, HTTP_STATUSES, gauge_positions
+from ._source import HTTP_METHODS, HTTP_STATUSES, built_records, gauge_positions
 from ._staging import HEADER_MAX, Host, Staging
 from .records import DS_CLASS_LOGICAL, FlowSample
 
@@ -347,7 +347,8 @@ class Exporter(Staging):
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
         source, n, rate, records = item
         index = self._index(state, source)
-        if index is None:
+        # A surface may leave building the records to us (off the request thread).
+        if index is None or (records := built_records(records)) is None:
             source.drop()
             return None
         pool = self._pool_step(source, source.sampler.ordinal(n))
@@ -363,14 +364,14 @@ class Exporter(Staging):
             input_value=inp,
             output_format=0,
             output_value=out,
-            records=tuple(records),
+            records=records,
         )
-        fitted = fit_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
-        if fitted is None:
+        data = encode_fitted_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
+        if data is None:
             self._pool_carried[id(source)] -= pool  # the next sample carries it
             source.drop()
             return None
-        return index, encode_flow_sample(fitted)
+        return index, data
 
     def _pool_step(self, source: Source, pool: int) -> int:
         """This process's pool increment since its previous sample of ``source`` (as

@@ -143,7 +143,27 @@ def _words_sensitive(name: bytes) -> bool:
     return any(part in SENSITIVE for part in text.split("_") if part)
 
 
+# Parameter names seen -> sensitive or not: an app's query strings use a few names over
+# and over, and deciding one costs several microseconds. Bounded: short names only, and
+# emptied when full (names are the client's to choose).
+_SENSITIVE_SEEN: dict[bytes, bool] = {}
+SEEN_MAX, SEEN_NAME_MAX = 1024, 64
+
+
 def _sensitive(name: bytes) -> bool:
+    """Whether a parameter name looks like a credential (see ``_decide_sensitive``)."""
+    seen = _SENSITIVE_SEEN.get(name)
+    if seen is not None:
+        return seen
+    sensitive = _decide_sensitive(name)
+    if len(name) <= SEEN_NAME_MAX:
+        if len(_SENSITIVE_SEEN) >= SEEN_MAX:
+            _SENSITIVE_SEEN.clear()
+        _SENSITIVE_SEEN[name] = sensitive
+    return sensitive
+
+
+def _decide_sensitive(name: bytes) -> bool:
     """Whether a parameter name looks like a credential: the name as sent and decoded
     (``+`` and %-escapes: ``pass%77ord``), and its last bracketed or dotted component
     (``user[password]``, ``user.password``), case-insensitively."""
@@ -204,6 +224,8 @@ def app_status(status: int) -> int:
 def basic_user(authorization: bytes | str) -> bytes:
     """The user name of a ``Basic`` Authorization header, never the password; b"" for
     anything else (other schemes, bad base64)."""
+    if not authorization:
+        return b""
     if isinstance(authorization, str):
         authorization = authorization.encode("latin-1", "replace")
     scheme, _, token = authorization.strip().partition(b" ")
@@ -233,9 +255,19 @@ def scope_user(scope: Mapping[str, Any]) -> str:
     return user if isinstance(user, str) else ""
 
 
-def submit_http(
-    source: Any,
-    n: int,
+def submit_http(source: Any, n: int, **fields: Any) -> None:
+    """Build and queue one sampled HTTP transaction (``http_records``). Never raises into
+    the request."""
+    try:
+        if fields.get("route") and not fields.get("application"):
+            fields["application"] = source.agent.service_name
+        source.submit(n, http_records(**fields))
+    except Exception:
+        log.debug("sflow_app: could not record an HTTP sample", exc_info=True)
+        source.drop()
+
+
+def http_records(
     *,
     method: str,
     protocol: int,
@@ -254,42 +286,41 @@ def submit_http(
     remote: tuple[str, int] | None = None,
     route: str | None = None,
     application: str | None = None,
-) -> None:
-    """Build and queue one sampled HTTP transaction. Never raises into the request."""
-    try:
-        records: list[Any] = [
-            HttpRequest(
-                method=METHODS.get(method, OTHER_METHOD)[0],
-                protocol=protocol,
-                uri=uri,
-                host=host,
-                referer=referer,
-                useragent=useragent,
-                xff=xff,
-                authuser=authuser,
-                mime_type=mime_type,
-                req_bytes=req_bytes,
-                resp_bytes=resp_bytes,
-                uS=duration_us,
-                status=status,
-            )
-        ]
+) -> tuple[Any, ...]:
+    """The records of one sampled HTTP transaction: http_request, extended_socket when
+    both ends are known, app_operation when a route is (``application``: the service)."""
+    request = HttpRequest(
+        METHODS.get(method, OTHER_METHOD)[0],
+        protocol,
+        uri,
+        host,
+        referer,
+        useragent,
+        xff,
+        authuser,
+        mime_type,
+        req_bytes,
+        resp_bytes,
+        duration_us,
+        status,
+    )
+    if not route:
         if local and remote:
-            records.append(socket_record(6, local[0], remote[0], local[1], remote[1]))
-        if route:
-            records.append(
-                AppOperation(
-                    application=application or source.agent.service_name,
-                    operation=route,
-                    attributes=f"method={method}&route={route}",
-                    status_descr=str(status),
-                    req_bytes=req_bytes,
-                    resp_bytes=resp_bytes,
-                    uS=duration_us,
-                    status=app_status(status),
-                )
-            )
-        source.submit(n, tuple(records))
-    except Exception:
-        log.debug("sflow_app: could not record an HTTP sample", exc_info=True)
-        source.drop()
+            return (request, socket_record(6, local[0], remote[0], local[1], remote[1]))
+        return (request,)
+    records: list[Any] = [request]
+    if local and remote:
+        records.append(socket_record(6, local[0], remote[0], local[1], remote[1]))
+    records.append(
+        AppOperation(
+            application=application or "",
+            operation=route,
+            attributes=f"method={method}&route={route}",
+            status_descr=str(status),
+            req_bytes=req_bytes,
+            resp_bytes=resp_bytes,
+            uS=duration_us,
+            status=app_status(status),
+        )
+    )
+    return tuple(records)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -46,8 +47,12 @@ class Host(Protocol):
 
     def housekeeping(self, caller: Source | None = None) -> None: ...
 
-    def enqueue(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None: ...
+    def enqueue(
+        self, source: Source, pool: int, rate: int, records: tuple[Any, ...] | Deferred
+    ) -> None: ...
 
+
+log = logging.getLogger("sflow_app")
 
 HTTP_COUNTERS = (
     "method_option_count",
@@ -131,6 +136,30 @@ SERVER = (0, INTERNAL)  # (input, output): the transaction terminates here
 CLIENT = (INTERNAL, 0)  # we called out
 
 
+class Deferred:
+    """A sampled transaction's records, to be built by the exporter: the request thread
+    keeps what it saw (cheap references and numbers) and hands this over instead of
+    records, so the conversions (bytes, redaction, addresses) are not on its path."""
+
+    __slots__ = ()
+
+    def build(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+
+def built_records(records: tuple[Any, ...] | Deferred) -> tuple[Any, ...] | None:
+    """The records of a submitted transaction; None when building them failed (a drop)."""
+    if type(records) is tuple:
+        return records
+    if not isinstance(records, Deferred):
+        return tuple(records)
+    try:
+        return records.build()
+    except Exception:
+        log.debug("sflow_app: could not build a sample's records", exc_info=True)
+        return None
+
+
 class Source:
     """One sFlow data source (ds_class 3) of this service, as seen by this process."""
 
@@ -166,8 +195,9 @@ class Source:
         self.agent.housekeeping(self)
         return self.sampler.decide(n)
 
-    def submit(self, n: int, records: tuple[Any, ...]) -> None:
-        """Hand a sampled transaction's records to the exporter (never blocks)."""
+    def submit(self, n: int, records: tuple[Any, ...] | Deferred) -> None:
+        """Hand a sampled transaction's records (or a ``Deferred`` that builds them) to
+        the exporter (never blocks)."""
         # The N in force when it was sampled: the overload guard may have moved it since.
         self.agent.enqueue(self, n, self.sampler.rate_of(n), records)
 

@@ -56,7 +56,7 @@ from urllib.parse import quote
 
 from ._agent import AGENT
 from ._asgi_exchange import Exchange as _Exchange
-from ._asgi_exchange import follow_error_page, websocket_status
+from ._asgi_exchange import follow_error_page, mime_type, websocket_status
 from ._http import (
     METHODS,
     OTHER_METHOD,
@@ -66,13 +66,13 @@ from ._http import (
     build_uri,
     current_request,
     current_route,
+    http_records,
     middleware_options,
     protocol_number,
     scope_user,
     status_slot,
-    submit_http,
 )
-from ._source import detail_slots
+from ._source import Deferred, detail_slots
 
 try:
     from asgiref.compatibility import guarantee_single_callable
@@ -296,51 +296,82 @@ class SFlowMiddleware:
         end_ns: int,
         root_path: str,
     ) -> None:
+        """Queue the sample: what only the request can tell is taken now, the records
+        are built by the exporter (``_Sample.build``)."""
         try:
-            found: list[bytes] = [b"", b"", b"", b"", b"", b""]
-            for name, value in scope.get("headers") or ():
-                i = _REQUEST_HEADERS.get(name.lower())
-                if i is not None:
-                    found[i] = found[i] + b", " + value if i == 3 and found[i] else value
-            length = found[4].strip()
-            version = scope.get("http_version", "1.1")
-            raw_path = scope.get("raw_path") or quote(
-                scope.get("path", "").encode("utf-8", "surrogateescape"), safe=_PATH_SAFE
-            ).encode("ascii")
-            path, _, query = raw_path.partition(b"?")  # some servers leave the query in
-            submit_http(
-                self._source,
-                n,
-                method=method,
-                protocol=_PROTOCOLS.get(version) or protocol_number(version),
-                uri=build_uri(
-                    path, scope.get("query_string") or query, self.query or AGENT.settings.query
-                ),
-                host=found[0],
-                referer=found[1],
-                useragent=found[2],
-                xff=found[3],
-                authuser=_authuser(scope, found[5]),
-                mime_type=exchange.mime_type(),
-                req_bytes=int(length) if length.isdigit() else exchange.received,
-                resp_bytes=exchange.sent,
-                duration_us=min((end_ns - exchange.start_ns) // 1000, MAX_US),
-                status=status,
-                local=_address(scope.get("server")),
-                remote=_address(scope.get("client")),
-                route=_route_template(scope, root_path),
+            settings = AGENT.settings
+            sample = _Sample()
+            sample.scope_values = (
+                tuple(scope.get("headers") or ()),  # a copy: the server's list, reusable
+                scope.get("http_version", "1.1"),
+                scope.get("raw_path"),
+                scope.get("path", ""),
+                scope.get("query_string"),
+                self.query or settings.query,
+                scope_user(scope) if settings.authuser else None,
+                _address(scope.get("server")),
+                _address(scope.get("client")),
+                _route_template(scope, root_path),
             )
+            sample.method = method
+            # The exchange's figures as they are now (the app may go on using it).
+            sample.exchange = (exchange.headers, exchange.received, exchange.sent)
+            sample.status = status
+            sample.duration_us = min((end_ns - exchange.start_ns) // 1000, MAX_US)
+            sample.service = AGENT.service_name
+            self._source.submit(n, sample)
         except Exception:  # nothing here may reach the application
             log.debug("sflow_app: could not record an ASGI sample", exc_info=True)
             self._source.drop()
 
 
-def _authuser(scope: Scope, authorization: bytes) -> bytes | str:
-    """``scope["user"]`` where an auth middleware set it, else the user name of a Basic
-    Authorization header; nothing when SFLOW_APP_AUTHUSER=0."""
-    if not AGENT.settings.authuser:
-        return b""
-    return scope_user(scope) or basic_user(authorization)
+class _Sample(Deferred):
+    """One sampled request as it was seen; its records are built on the exporter."""
+
+    __slots__ = ("duration_us", "exchange", "method", "scope_values", "service", "status")
+
+    scope_values: tuple[Any, ...]
+    method: str
+    exchange: tuple[Iterable[tuple[bytes, bytes]], int, int]
+    status: int
+    duration_us: int
+    service: str
+
+    def build(self) -> tuple[Any, ...]:
+        headers, version, raw_path, path, query_string, mode, user, local, remote, route = (
+            self.scope_values
+        )
+        found: list[bytes] = [b"", b"", b"", b"", b"", b""]
+        for name, value in headers:
+            i = _REQUEST_HEADERS.get(name.lower())
+            if i is not None:
+                found[i] = found[i] + b", " + value if i == 3 and found[i] else value
+        length = found[4].strip()
+        if not raw_path:
+            raw_path = quote(path.encode("utf-8", "surrogateescape"), safe=_PATH_SAFE).encode(
+                "ascii"
+            )
+        path, _, query = raw_path.partition(b"?")  # some servers leave the query in
+        response_headers, received, sent = self.exchange
+        return http_records(
+            method=self.method,
+            protocol=_PROTOCOLS.get(version) or protocol_number(version),
+            uri=build_uri(path, query_string or query, mode),
+            host=found[0],
+            referer=found[1],
+            useragent=found[2],
+            xff=found[3],
+            authuser=b"" if user is None else user or basic_user(found[5]),
+            mime_type=mime_type(response_headers),
+            req_bytes=int(length) if length.isdigit() else received,
+            resp_bytes=sent,
+            duration_us=self.duration_us,
+            status=self.status,
+            local=local,
+            remote=remote,
+            route=route,
+            application=self.service if route else None,
+        )
 
 
 def _address(addr: Any) -> tuple[str, int] | None:

@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._encode import (
     encode_counters_sample,
     encode_datagram_header,
-    encode_flow_sample,
-    fit_flow_sample,
+    encode_fitted_flow_sample,
 )
 from .decode import decode
 from .records import DS_CLASS_LOGICAL, CountersSample, FlowSample
@@ -82,7 +81,13 @@ class Capture:
         ]
 
     # -- called by the agent and the surfaces ------------------------------------------
-    def add(self, source: Source, pool: int, rate: int, records: tuple[Any, ...]) -> None:
+    def add(self, source: Source, pool: int, rate: int, records: Any) -> None:
+        from ._source import built_records
+
+        built = built_records(records)
+        if built is None:
+            source.drop()
+            return
         inp, out = source.direction
         sample = FlowSample(
             sequence_number=next(self._seq),
@@ -95,13 +100,13 @@ class Capture:
             input_value=inp,
             output_format=0,
             output_value=out,
-            records=tuple(records),
+            records=built,
         )
-        fitted = fit_flow_sample(sample, DATAGRAM - HEADER_MAX)
-        if fitted is None:
+        data = encode_fitted_flow_sample(sample, DATAGRAM - HEADER_MAX)
+        if data is None:
             source.drop()
             return
-        self._append(encode_flow_sample(fitted))
+        self._append(data)
 
     def track(self, transaction: Any) -> None:
         """A sampled WSGI transaction: finished at the block's end if the server (or test

@@ -68,14 +68,14 @@ from ._http import (
     basic_user,
     build_uri,
     current_request,
+    http_records,
     middleware_options,
     protocol_number,
-    submit_http,
 )
 from ._listen import fd_name as _fd_name
 from ._listen import uwsgi_listener as _uwsgi_listener
 from ._listen import uwsgi_router as _uwsgi_router
-from ._source import detail_slots
+from ._source import Deferred, detail_slots
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
@@ -91,6 +91,22 @@ Write = Callable[[bytes], object]
 TRANSACTION_KEY = "sflow_app.transaction"
 
 CLIENT_CLOSED = 499  # nginx's status for a response that never got one
+_DONE: Environ = {}  # a finished transaction's environ: it keeps no request alive
+# The environ's values a sample's records are built from (_Transaction.build).
+_KEPT = (
+    "RAW_URI",
+    "REQUEST_URI",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "HTTP_HOST",
+    "HTTP_REFERER",
+    "HTTP_USER_AGENT",
+    "HTTP_X_FORWARDED_FOR",
+    "REMOTE_USER",
+    "HTTP_AUTHORIZATION",
+    "SERVER_PROTOCOL",
+)
 
 
 def _nothing() -> int:
@@ -300,7 +316,7 @@ class _LateStatus:
                 middleware._count_status(self._status(), self._failed)
 
 
-class _Transaction:
+class _Transaction(Deferred):
     """Everything one sampled request saw; owned by that request alone."""
 
     __slots__ = (
@@ -308,6 +324,7 @@ class _Transaction:
         "_environ",
         "_middleware",
         "_start_response",
+        "end_ns",
         "failed",
         "file_result",
         "headers",
@@ -316,6 +333,7 @@ class _Transaction:
         "req_bytes",
         "resp_bytes",
         "route",
+        "seen",
         "service",
         "start_ns",
         "status",
@@ -339,6 +357,8 @@ class _Transaction:
         self.file_result: object = None
         self.failed = False
         self._closed = False
+        self.end_ns = 0
+        self.seen: tuple[Any, ...] = ()
         capture = AGENT.capture
         if capture is not None:
             capture.track(self)  # finished at the capture's end if never closed
@@ -407,52 +427,82 @@ class _Transaction:
         failed = failed or self.failed
         try:
             self._middleware._count_status(self.status, failed)
-            self._submit(end_ns, failed)
+            self._keep(end_ns, failed)
+            # The records are built by the exporter, from what _keep took (see build).
+            self._middleware._source.submit(self.n, self)
         except Exception:
             log.debug("sflow_app: could not record a WSGI sample", exc_info=True)
             self._middleware._source.drop()
 
-    def _submit(self, end_ns: int, failed: bool) -> None:
+    def _keep(self, end_ns: int, failed: bool) -> None:
+        """What ``build`` needs and only the request can tell, taken now: the environ's
+        values (not the environ: it holds the connection), the connection's addresses
+        (its socket is gone later) and the settings in force."""
         env = self._environ
+        settings = AGENT.settings
+        self.failed = failed
+        self.end_ns = end_ns
+        # One C-level pass over the keys (None for a missing one).
+        self.seen = (
+            *map(env.get, _KEPT),
+            "werkzeug.socket" in env,
+            settings.authuser,
+            self._middleware.query or settings.query,
+            *_addresses(env),
+        )
+        self._environ = _DONE
+        self.file_result = None  # an open file: the queue need not hold it
+
+    def build(self) -> tuple[Any, ...]:
+        """The sample's records (on the exporter thread): as the request saw them."""
+        (
+            raw_uri,
+            request_uri,
+            script,
+            path_info,
+            query,
+            host,
+            referer,
+            useragent,
+            xff,
+            user,
+            authorization,
+            version,
+            werkzeug,
+            authuser,
+            mode,
+            local,
+            remote,
+        ) = self.seen
         if self.status is not None:
             code = _status_code(self.status)
         else:
-            code = 500 if failed else CLIENT_CLOSED
+            code = 500 if self.failed else CLIENT_CLOSED
         mime = b""
         for name, value in self.headers:
             if name.lower() == "content-type":
                 mime = _raw(value)
                 break
-        version = env.get("SERVER_PROTOCOL", "")
-        local, remote = _addresses(env)
-        submit_http(
-            self._middleware._source,
-            self.n,
+        version = version or ""
+        return http_records(
             method=self.method,
             protocol=_PROTOCOLS.get(version) or protocol_number(version),
-            uri=_uri(env, self._middleware.query or AGENT.settings.query),
-            host=_raw(env.get("HTTP_HOST", "")),
-            referer=_raw(env.get("HTTP_REFERER", "")),
-            useragent=_raw(env.get("HTTP_USER_AGENT", "")),
-            xff=_raw(env.get("HTTP_X_FORWARDED_FOR", "")),
-            authuser=_authuser(env),
+            uri=_uri(raw_uri or request_uri, werkzeug, script, path_info, query, mode),
+            host=_raw(host) if host else b"",
+            referer=_raw(referer) if referer else b"",
+            useragent=_raw(useragent) if useragent else b"",
+            xff=_raw(xff) if xff else b"",
+            authuser=(_raw(user) if user else basic_user(authorization or "")) if authuser else b"",
             mime_type=mime,
             req_bytes=self.req_bytes,
             resp_bytes=self.resp_bytes,
-            duration_us=min((end_ns - self.start_ns) // 1000, MAX_US),
+            duration_us=min((self.end_ns - self.start_ns) // 1000, MAX_US),
             status=code,
             local=local,
             remote=remote,
             route=self.route,
+            application=self.service if self.route else None,
         )
-
-
-def _authuser(env: Environ) -> bytes:
-    """REMOTE_USER (the server or a middleware authenticated the client), else the user
-    name of a Basic Authorization header; nothing when SFLOW_APP_AUTHUSER=0."""
-    if not AGENT.settings.authuser:
-        return b""
-    return _raw(env.get("REMOTE_USER", "")) or basic_user(env.get("HTTP_AUTHORIZATION", ""))
 
 
 class _Body:
@@ -547,6 +597,11 @@ class _Input:
 
 def _raw(value: Any) -> bytes:
     """PEP 3333 environ strings carry the wire bytes as latin-1 code points."""
+    if type(value) is str:
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
     if isinstance(value, bytes):
         return value
     text = str(value)
@@ -563,19 +618,19 @@ def _status_code(status: str) -> int:
         return 0
 
 
-def _uri(env: Environ, mode: str) -> bytes:
-    """The request-target as received, with the ``query`` option applied."""
-    raw = env.get("RAW_URI") or env.get("REQUEST_URI")
+def _uri(
+    raw: Any, werkzeug: bool, script: Any, path_info: Any, query_string: Any, mode: str
+) -> bytes:
+    """The request-target as received (RAW_URI or REQUEST_URI, else rebuilt from the
+    environ's parts), with the ``query`` option applied."""
     if raw:
         target = _raw(raw)
-        if "werkzeug.socket" in env:
+        if werkzeug:
             target = _werkzeug_raw(target)
         path, _, query = target.partition(b"?")
     else:
-        path = quote(
-            _raw(env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")), safe=_PATH_SAFE
-        ).encode("ascii")
-        query = _raw(env.get("QUERY_STRING", ""))
+        path = quote(_raw((script or "") + (path_info or "")), safe=_PATH_SAFE).encode("ascii")
+        query = _raw(query_string) if query_string else b""
     return build_uri(path, query, mode)
 
 

@@ -65,6 +65,36 @@ def test_sampled_request_fields(agent, collector):
     assert sum(dataclasses.astuple(c)) == 2
 
 
+def test_records_built_later_are_what_the_request_saw(agent, collector, monkeypatch):
+    # The exporter builds the records from what the request kept: objects changed once
+    # the request is over change nothing it sends; a bug in building them is a drop.
+    from sflow_app import asgi
+
+    agent(sampling=1)
+    headers = [(b"host", b"shop.example"), (b"user-agent", b"tester/1")]
+    scope = http_scope("GET", "/a", b"token=t", headers)
+    call(SFlowMiddleware(respond(200, b"ok")), scope, Peer([]))
+    # A server reusing its objects once the request is over: not what the request saw.
+    headers.append((b"referer", b"http://late.example/"))
+    headers[0] = (b"host", b"changed.example")
+    scope["path"] = "/changed"
+    source = AGENT.http_source()
+    drops = source.drops
+    flush(AGENT, collector)
+    [rec] = http_records(collector)
+    assert (rec.host, rec.uri, rec.useragent) == ("shop.example", "/a?token=REDACTED", "tester/1")
+    assert rec.referer == ""
+    assert source.drops == drops
+
+    def broken(**fields: Any) -> Any:
+        raise RuntimeError("a bug in building records")
+
+    monkeypatch.setattr(asgi, "http_records", broken)
+    call(SFlowMiddleware(respond(200, b"ok")), http_scope("GET", "/b", b"", []), Peer([]))
+    flush(AGENT, collector)
+    assert source.drops == drops + 1
+
+
 def test_request_bytes_counted_without_content_length(agent, collector):
     agent(sampling=1)
     app = SFlowMiddleware(respond())

@@ -14,6 +14,7 @@ from sflow_app._encode import (
     encode_counters_sample,
     encode_datagram,
     encode_datagram_header,
+    encode_fitted_flow_sample,
     encode_flow_sample,
     encode_record,
     encode_sample,
@@ -24,8 +25,10 @@ from sflow_app.decode import DecodeError, decode, to_fields, to_sflowtool
 from sflow_app.records import (
     INTERNAL,
     RECORD_TYPES,
+    AppInitiator,
     AppOperation,
     AppStatus,
+    AppTarget,
     CountersSample,
     Datagram,
     ExtendedSocketIPv4,
@@ -363,6 +366,84 @@ def test_fit_gives_up_when_even_empty_strings_do_not_fit() -> None:
     assert fit_flow_sample(s, len(encode_flow_sample(empty))) is not None
     assert fit_flow_sample(s, len(encode_flow_sample(empty)) - 4) is None
     assert fit_flow_sample(flow(HostParent()), 10) is None
+
+
+def random_text(rng: random.Random, longest: int) -> str | bytes:
+    n = rng.randrange(longest)
+    kind = rng.randrange(4)
+    if kind == 0:
+        return ""
+    if kind == 1:
+        return "".join(rng.choice("aü€/?=&") for _ in range(n))
+    if kind == 2:
+        return bytes(rng.randrange(256) for _ in range(n))
+    return "x" * n
+
+
+def test_encode_once_gives_the_bytes_of_fit_then_encode() -> None:
+    # What the exporter and capture() send (one encoding) is byte for byte what fitting
+    # then encoding gave, at, just above and just below every limit that matters.
+    rng = random.Random(15)
+    for _ in range(300):
+        t = lambda: random_text(rng, 400)  # noqa: E731
+        records: list[object] = [HttpRequest(2, 1001, t(), t(), t(), t(), t(), t(), t(), 1, 2)]
+        if rng.random() < 0.5:
+            records.append(AppOperation(t(), t(), t(), t(), 1, 2, 3, 0))
+        if rng.random() < 0.5:
+            records.append(ExtendedSocketIPv6(6, "2001:db8::1", "2001:db8::2", 80, 5000))
+        s = flow(*records)
+        full = len(encode_flow_sample(s))
+        for limit in {full + 4, full, full - 1, full - 4, full // 2, 60, 1360, 1400 - 40}:
+            fitted = fit_flow_sample(s, limit)
+            want = None if fitted is None else encode_flow_sample(fitted)
+            got = encode_fitted_flow_sample(s, limit)
+            assert got == want, (limit, s)
+            assert got is None or len(got) <= limit
+
+
+def test_encode_once_encodes_a_sample_that_fits_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sflow_app import _encode
+
+    calls = []
+    encode_http = _encode._ENCODERS[HttpRequest]
+
+    def counting(rec: Any) -> bytes:
+        calls.append(rec)
+        return encode_http(rec)
+
+    monkeypatch.setitem(_encode._ENCODERS, HttpRequest, counting)
+    s = flow(HttpRequest(uri="/a"))
+    assert encode_fitted_flow_sample(s, 1360) == encode_flow_sample(flow(HttpRequest(uri="/a")))
+    assert len(calls) == 2  # once for the fitted sample, once for the comparison
+    calls.clear()
+    assert encode_fitted_flow_sample(s, 10) is None  # too long: fitting takes over
+    assert len(calls) > 1
+
+
+def test_records_keep_their_dataclass_behaviour() -> None:
+    # Their __init__ is a faster one (slot descriptors): same signature, defaults, errors.
+    r = HttpRequest(2, uri="/x")
+    assert r == HttpRequest(method=2, protocol=0, uri="/x") and hash(r) == hash(
+        HttpRequest(2, 0, "/x")
+    )
+    assert r.method == 2 and r.host == "" and r.status == 0
+    assert repr(r).startswith("HttpRequest(method=2, protocol=0, uri='/x', host=''")
+    assert dataclasses.replace(r, uri="/y").uri == "/y"
+    assert dataclasses.asdict(ExtendedSocketIPv4())["local_ip"] == "0.0.0.0"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.uri = "/z"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        FlowSample(1, 2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        HttpRequest(nonsense=1)  # type: ignore[call-arg]
+    assert HttpRequest().method is HttpMethod.OTHER
+    assert FlowSample(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ()).expanded is False
+    # Equality and hash by class, then fields (a base class has them, not generated code).
+    assert AppInitiator("a") == AppInitiator("a") != AppTarget("a")
+    assert AppInitiator("a") != AppInitiator("b") and HttpRequest() != (0,) * 13
+    assert len({AppTarget("x"), AppTarget("x"), AppTarget("y")}) == 2
+    assert repr(AppTarget("x")) == "AppTarget(actor='x')"
+    assert repr(OpaqueRecord(1, 2, b"x")) == "OpaqueRecord(enterprise=1, format=2, data=b'x')"
 
 
 # ------------------------------------------------------------------- decode errors

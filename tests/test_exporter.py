@@ -334,6 +334,60 @@ def test_oversized_sample_is_trimmed_to_fit(make_agent, collector: Collector, cl
     assert rec.uri.startswith("/uuu") and len(rec.uri) < 255
 
 
+def test_each_sample_is_encoded_once(
+    make_agent, collector: Collector, clock: Clock, monkeypatch: pytest.MonkeyPatch
+):
+    from sflow_app import _encode
+
+    encoded: list[object] = []
+    encode_http = _encode._ENCODERS[HttpRequest]
+
+    def counting(rec: object) -> bytes:
+        encoded.append(rec)
+        return encode_http(rec)
+
+    monkeypatch.setitem(_encode._ENCODERS, HttpRequest, counting)
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    for i in range(3):
+        assert request(source, uri=f"/r{i}")
+    agent.tick(clock.now, final=True)
+    [dg] = collector.poll(0.5)
+    assert len(dg.samples) == 3
+    assert len(encoded) == 3  # not once to learn its size and once more to send it
+
+
+@pytest.mark.parametrize("spare", [0, -1, -4])
+def test_sample_exactly_at_the_datagram_limit(
+    make_agent, collector: Collector, clock: Clock, spare: int
+):
+    # The exporter encodes each sample once and sends those bytes: one that is exactly as
+    # long as the room in a datagram goes out whole, one byte more and it is trimmed.
+    from sflow_app._encode import encode_flow_sample
+    from sflow_app._staging import HEADER_MAX
+
+    uri = "/" + "u" * 200
+    record = HttpRequest(method=2, protocol=1001, uri=uri, useragent="a" * 100, status=200)
+    size = len(encode_flow_sample(FlowSample(0, 3, 8080, 1, 1, 0, 0, 0, 0, INTERNAL, (record,))))
+    agent = make_agent(sampling=1, polling=0)
+    agent.configure(datagram=size + HEADER_MAX + spare)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    n = source.sampler.pool()
+    assert source.sample(n)
+    submit_http(source, n, method="GET", protocol=1001, uri=uri, useragent="a" * 100, status=200)
+    agent.tick(clock.now, final=True)
+    [dg] = collector.poll(0.5)
+    [rec] = dg.samples[0].records
+    if spare == 0:
+        assert rec == record and len(collector.raw[0]) == size + 28  # IPv4 agent header
+    else:
+        assert rec.useragent == record.useragent and rec.uri.startswith("/uuu")
+        assert len(rec.uri) < len(uri) and len(collector.raw[0]) <= size + 28 + spare
+    assert source.drops == 0
+
+
 def test_status_reports_config_and_identity(make_agent, clock: Clock):
     agent = make_agent(sampling=10, polling=30)
     source = agent.http_source()

@@ -324,6 +324,21 @@ def test_redaction_without_gaps(live, collector):
         assert record(http_samples(collector)[-1], HttpRequest).uri == "/q?" + want, query
 
 
+def test_redaction_decisions_are_remembered_within_bounds():
+    from sflow_app import _http
+
+    _http._SENSITIVE_SEEN.clear()
+    query = b"page=2&token=t&user[password]=p&" + b"n" * 100 + b"=1"
+    want = b"page=2&token=REDACTED&user[password]=REDACTED&" + b"n" * 100 + b"=1"
+    assert _http.redact_query(query) == want
+    assert _http._SENSITIVE_SEEN == {b"page": False, b"token": True, b"user[password]": True}
+    assert _http.redact_query(query) == want  # the same answers from what it remembers
+    for i in range(_http.SEEN_MAX + 10):  # a client inventing names: the memory stays bounded
+        _http.redact_query(b"p%d=1&secret_%d=2" % (i, i))
+    assert 0 < len(_http._SENSITIVE_SEEN) <= _http.SEEN_MAX
+    assert _http.redact_query(b"secret_7=x") == b"secret_7=REDACTED"
+
+
 def test_uri_non_ascii_and_over_long(live, collector):
     live(sampling=1)
     long_path = "/" + "a" * 600
@@ -819,14 +834,20 @@ def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("encoder bug")
 
-    monkeypatch.setattr(wsgi, "submit_http", broken)
+    # The records are built by the exporter: a bug there costs the sample, counted.
+    monkeypatch.setattr(wsgi, "http_records", broken)
     drops_before = mw._source.drops
     assert call(mw) == (
         "200 OK",
         b"hello",
         [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "5")],
     )
+    flush(collector)
     assert mw._source.drops == drops_before + 1
+    # A bug on the request thread's side too.
+    monkeypatch.setattr(wsgi, "_addresses", broken)
+    assert call(mw)[1] == b"hello"
+    assert mw._source.drops == drops_before + 2
 
 
 def test_http_client_keepalive_many(live, collector):
