@@ -22,6 +22,7 @@ from .records import (
     FlowSample,
     OpaqueRecord,
     OpaqueSample,
+    Record,
 )
 
 __all__ = [
@@ -64,7 +65,7 @@ def _getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
     return attrgetter(*names)
 
 
-def _make_encoder(cls: type) -> Encoder:
+def _make_encoder(cls: type[Record]) -> Encoder:
     """An encoder for ``cls`` from its ``LAYOUT``: numbers, then strings or IPs, then numbers.
 
     Every record here has that shape, so each encoder is one loop between two precompiled
@@ -72,8 +73,7 @@ def _make_encoder(cls: type) -> Encoder:
     ``join`` (no intermediate body or concatenation).
     """
     names = [f.name for f in dataclasses.fields(cls)]
-    layout: str = cls.LAYOUT  # type: ignore[attr-defined]
-    tag: int = cls.FORMAT  # type: ignore[attr-defined]
+    layout, tag = cls.LAYOUT, cls.FORMAT
     head_fmt, mid, tail_fmt = split_layout(layout)
     head_fmt = "II" + head_fmt  # data_format and length lead every record
     head, tail = struct.Struct(">" + head_fmt), struct.Struct(">" + tail_fmt)
@@ -105,7 +105,7 @@ def _make_encoder(cls: type) -> Encoder:
 
         return encode_ips
 
-    limits = [cls.MAX_BYTES[n] for n in mid_names]  # type: ignore[attr-defined]
+    limits = [cls.MAX_BYTES[n] for n in mid_names]
     words, pad, empty = _LENGTH_WORDS, PAD, _EMPTY_STRING
 
     def encode_strings(rec: Any) -> bytes:

@@ -15,7 +15,7 @@ import dataclasses
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._encode import agent_address_prefix, encode_datagram, needs_expanded
 from ._xdr import TAG_LEN, DecodeError, Reader, pack_ip, pad4, split_layout, to_bytes
@@ -42,6 +42,7 @@ from .records import (
     MemcacheOperation,
     OpaqueRecord,
     OpaqueSample,
+    Record,
 )
 
 __all__ = ["DecodeError", "decode", "to_fields", "to_sflowtool"]
@@ -56,9 +57,9 @@ _HEADER_TAIL = struct.Struct(">4I")
 # ------------------------------------------------------------------------ decoding
 
 
-def _make_decoder(cls: type) -> Callable[[Reader], Any]:
+def _make_decoder(cls: type[Record]) -> Callable[[Reader], Any]:
     """A body reader for ``cls`` built from its ``LAYOUT`` (see ``split_layout``)."""
-    head_fmt, mid, tail_fmt = split_layout(cls.LAYOUT)  # type: ignore[attr-defined]
+    head_fmt, mid, tail_fmt = split_layout(cls.LAYOUT)
     head, tail = struct.Struct(">" + head_fmt), struct.Struct(">" + tail_fmt)
     family = socket.AF_INET6 if "6" in mid else socket.AF_INET
 
@@ -72,7 +73,7 @@ def _make_decoder(cls: type) -> Callable[[Reader], Any]:
     return read
 
 
-_DECODERS = {(cls.KIND, cls.FORMAT): _make_decoder(cls) for cls in RECORD_TYPES}  # type: ignore[attr-defined]
+_DECODERS = {(cls.KIND, cls.FORMAT): _make_decoder(cls) for cls in RECORD_TYPES}
 
 
 def _check_length(r: Reader, what: str, length: int, container: str) -> None:
@@ -185,12 +186,12 @@ def decode(data: bytes | bytearray | memoryview) -> Datagram:
 # ------------------------------------------------------------------- fields view
 
 
-def _body_size(rec: object) -> int:
+def _body_size(rec: Record | OpaqueRecord | OpaqueSample) -> int:
     """Body bytes of ``rec`` as held (strings are not cut: a decoded record's wire size)."""
     if isinstance(rec, OpaqueRecord | OpaqueSample):
         return pad4(len(to_bytes(rec.data)))
     size = 0
-    for f, kind in zip(dataclasses.fields(rec), rec.LAYOUT, strict=True):  # type: ignore[arg-type, attr-defined]
+    for f, kind in zip(dataclasses.fields(rec), rec.LAYOUT, strict=True):
         if kind == "s":
             size += 4 + pad4(len(to_bytes(getattr(rec, f.name))))
         else:
@@ -206,7 +207,21 @@ def _text_or_hex(name: str, value: object) -> tuple[str, object]:
         return name + "_hex", b.hex()
 
 
-def _record_fields(rec: object) -> dict[str, Any]:
+_KNOWN = frozenset(RECORD_TYPES)
+
+
+def _is_record(rec: object) -> TypeGuard[Record | OpaqueRecord]:
+    return isinstance(rec, OpaqueRecord) or type(rec) in _KNOWN
+
+
+def _record(rec: object) -> Record | OpaqueRecord:
+    """``rec`` as a record this module can describe, or TypeError (as for samples)."""
+    if _is_record(rec):
+        return rec
+    raise TypeError(f"not an sFlow record: {rec!r}")
+
+
+def _record_fields(rec: Record | OpaqueRecord) -> dict[str, Any]:
     if isinstance(rec, OpaqueRecord):
         return {
             "record": "unknown",
@@ -216,12 +231,12 @@ def _record_fields(rec: object) -> dict[str, Any]:
             "data_hex": to_bytes(rec.data).hex(),
         }
     out: dict[str, Any] = {
-        "record": rec.NAME,  # type: ignore[attr-defined]
+        "record": rec.NAME,
         "enterprise": 0,
-        "format": rec.FORMAT,  # type: ignore[attr-defined]
+        "format": rec.FORMAT,
         "length": _body_size(rec),
     }
-    for f, kind in zip(dataclasses.fields(rec), rec.LAYOUT, strict=True):  # type: ignore[arg-type, attr-defined]
+    for f, kind in zip(dataclasses.fields(rec), rec.LAYOUT, strict=True):
         value = getattr(rec, f.name)
         key, value = _text_or_hex(f.name, value) if kind == "s" else (f.name, value)
         out[key] = value
@@ -240,7 +255,7 @@ def _sample_fields(s: object) -> dict[str, Any]:
     if not isinstance(s, FlowSample | CountersSample):
         raise TypeError(f"not an sFlow sample: {s!r}")
     expanded = needs_expanded(s)
-    records = [_record_fields(r) for r in s.records]
+    records = [_record_fields(_record(r)) for r in s.records]
     flow = isinstance(s, FlowSample)
     fixed = (44 if expanded else 32) if flow else (16 if expanded else 12)
     name = ("flow_sample" if flow else "counters_sample") + ("_expanded" if expanded else "")
@@ -387,12 +402,12 @@ def ip6_full(ip: object) -> str:
     return ":".join(h[i : i + 4] for i in range(0, 32, 4))
 
 
-def _element(rec: object, block: str) -> dict[str, str]:
+def _element(rec: Record | OpaqueRecord, block: str) -> dict[str, str]:
     if isinstance(rec, OpaqueRecord):
         return {block: f"{rec.enterprise}:{rec.format}"}
     type_keys, names = _SFLOWTOOL[type(rec)]
-    out = {block: f"0:{rec.FORMAT}", **type_keys}  # type: ignore[attr-defined]
-    for field, kind in zip(names, rec.LAYOUT, strict=True):  # type: ignore[attr-defined]
+    out = {block: f"0:{rec.FORMAT}", **type_keys}
+    for field, kind in zip(names, rec.LAYOUT, strict=True):
         value = getattr(rec, field)
         if kind == "s":
             raw = to_bytes(value)
@@ -439,7 +454,7 @@ def _sflowtool_sample(s: object) -> dict[str, Any]:
             outputPort=_port(s.output_format, s.output_value),
         )
     block = "flowBlock_tag" if flow else "counterBlock_tag"
-    out["elements"] = [_element(r, block) for r in s.records]
+    out["elements"] = [_element(_record(r), block) for r in s.records]
     return out
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from operator import attrgetter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 __all__ = [
     "DS_CLASS_LOGICAL",
@@ -47,6 +47,7 @@ __all__ = [
     "MemcacheStatus",
     "OpaqueRecord",
     "OpaqueSample",
+    "Record",
     "Text",
     "socket_record",
 ]
@@ -79,6 +80,18 @@ AppStatus = IntEnum(
 )
 
 
+class Record(Protocol):
+    """What every record class in ``RECORD_TYPES`` has: its wire identity and layout (the
+    encoder and the decoder are built from these)."""
+
+    FORMAT: ClassVar[int]  # data_format (enterprise 0)
+    KIND: ClassVar[str]  # "flow" or "counters"
+    NAME: ClassVar[str]  # sflowtool's name for it
+    LAYOUT: ClassVar[str]  # one character per field (see the module's docstring)
+    MAX_BYTES: ClassVar[dict[str, int]]  # string fields' limits
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # in wire order
+
+
 class _Record:
     """Equality, hash and repr of every class here, as a frozen dataclass has them (by
     class, then the fields in order), written once: dataclasses would compile each of
@@ -86,6 +99,8 @@ class _Record:
 
     __slots__ = ()
     _values: ClassVar[Callable[[Any], tuple[Any, ...]]]  # the fields, in order
+    __match_args__: ClassVar[tuple[str, ...]]
+    MAX_BYTES: ClassVar[dict[str, int]] = {}  # no string field: nothing to cut
 
     def __eq__(self, other: object) -> bool:
         cls = self.__class__
@@ -97,7 +112,7 @@ class _Record:
         return hash(self.__class__._values(self))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)  # type: ignore[attr-defined]
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
         return f"{self.__class__.__qualname__}({fields})"
 
 
@@ -375,7 +390,7 @@ class OpaqueRecord(_Record):
     data: bytes
 
 
-RECORD_TYPES: tuple[type, ...] = (
+RECORD_TYPES: tuple[type[Record], ...] = (
     HttpRequest,
     ExtendedProxyRequest,
     MemcacheOperation,
