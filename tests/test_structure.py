@@ -125,3 +125,19 @@ def test_the_cycle_check_can_fail() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_design_doc_names_every_module() -> None:
+    """docs/design.md's module map has a line for each module, and no stale one."""
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    table = text.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    named = {
+        cell.strip("`")
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for cell in [line.split("|")[1].strip()]
+    }
+    files = {str(path.relative_to(ROOT)) for path in sorted(PACKAGE.rglob("*.py"))}
+    assert sorted(files - named) == [], "modules missing from docs/design.md"
+    stale = {n for n in named if n.startswith("sflow_app/") and n not in files}
+    assert sorted(stale) == [], "docs/design.md names modules that do not exist"
