@@ -31,6 +31,14 @@ METHODS: dict[str, tuple[int, int]] = {
     "CONNECT": (8, 7),
 }
 OTHER_METHOD = (0, 8)
+CLIENT_CLOSED = 499  # nginx's status for a response the client never got
+MAX_US = 0xFFFFFFFF  # the duration field: u32 microseconds
+# RFC 3986 pchar plus '/', for rebuilding a URI from a decoded path.
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+# Protocol versions as WSGI's SERVER_PROTOCOL ("HTTP/1.1") and ASGI's http_version ("1.1")
+# give them; anything else goes through protocol_number().
+PROTOCOLS = {"1.0": 1000, "1.1": 1001, "2": 2000, "2.0": 2000, "3": 3000, "3.0": 3000}
+PROTOCOLS.update({f"HTTP/{version}": n for version, n in list(PROTOCOLS.items())})
 # http_counters slot per status // 100 (0..6); anything else is "other" (14).
 STATUS_SLOTS = (14, 9, 10, 11, 12, 13, 14)
 STATUS_OTHER = 14

@@ -5,17 +5,24 @@ A pre-fork worker inherits its server's listening sockets. uWSGI names them
 among this process's descriptors -- only when exactly one TCP port listens, since an
 application may listen elsewhere too (a metrics endpoint). The first request still
 decides when this finds nothing: both name the same port.
+
+A WSGI request's own connection (``wsgi_listener``, ``wsgi_addresses``) is read from the
+socket the server exposes in the environ (gunicorn, Werkzeug), uWSGI's connection fd, or
+wsgiref's ``SERVER_PORT``.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import socket
 import stat
 import sys
+from collections.abc import Mapping
 from typing import Any
 
+log = logging.getLogger("sflow_app")
 PROC_FDS = "/proc/self/fd"
 
 
@@ -106,3 +113,69 @@ def server_listener() -> tuple[int | None, str]:
     if command in SERVERS:
         return inherited_listener()
     return None, "not a known server"
+
+
+# -- a WSGI request's connection and listener (sflow_app.wsgi) ---------------------------
+
+
+def _sockname(env: Mapping[str, Any]) -> Any:
+    """The connection's local address, from the server's socket where it exposes it."""
+    sock = env.get("gunicorn.socket") or env.get("werkzeug.socket")
+    if sock is not None:
+        return sock.getsockname()
+    return None
+
+
+def wsgi_addresses(env: Mapping[str, Any]) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """(local, remote) of the connection for extended_socket; None when not TCP/IP."""
+    local: tuple[str, int] | None = None
+    remote_port = env.get("REMOTE_PORT")
+    try:
+        name = _sockname(env)
+        if isinstance(name, tuple):
+            local = (name[0], name[1])
+        elif name is None and "uwsgi.version" in env:
+            local, peer_port = _uwsgi_connection(env)
+            remote_port = remote_port or peer_port
+        elif name is None and env.get("SERVER_SOFTWARE", "").startswith("WSGIServer/"):
+            local = ("0.0.0.0", int(env["SERVER_PORT"]))
+    except Exception:
+        log.debug("sflow_app: no local address", exc_info=True)
+    remote_ip = env.get("REMOTE_ADDR", "")
+    if local is None or not remote_ip:
+        return None, None
+    try:
+        return local, (remote_ip, int(remote_port or 0))
+    except ValueError:
+        return local, (remote_ip, 0)
+
+
+def wsgi_listener(environ: Mapping[str, Any]) -> tuple[int | None, str]:
+    """(listening port or None, description) of the server serving ``environ``."""
+    try:
+        name = _sockname(environ)
+        if isinstance(name, tuple):
+            return int(name[1]), f"{name[0]}:{name[1]}"
+        if name is not None:  # AF_UNIX: a path (str or bytes)
+            return None, os.fsdecode(name) or "unix"
+        if "uwsgi.version" in environ:
+            return uwsgi_listener()
+        software = environ.get("SERVER_SOFTWARE", "")
+        if software.startswith("WSGIServer/"):  # wsgiref: from its own socket
+            return int(environ["SERVER_PORT"]), software
+        return None, software or "wsgi"
+    except Exception:
+        log.debug("sflow_app: could not find the listening socket", exc_info=True)
+        return None, "wsgi"
+
+
+def _uwsgi_connection(env: Mapping[str, Any]) -> tuple[tuple[str, int] | None, int]:
+    """(local address, peer port) of a uWSGI request's connection."""
+    uwsgi: Any = importlib.import_module("uwsgi")
+    if env.get("UWSGI_ROUTER"):  # the connection is the router's, not the client's
+        return uwsgi_router(uwsgi.opt), 0
+    fd = uwsgi.connection_fd()
+    name = fd_name(fd, "getsockname")
+    peer = fd_name(fd, "getpeername")
+    local = (name[0], int(name[1])) if isinstance(name, tuple) else None
+    return local, int(peer[1]) if isinstance(peer, tuple) else 0

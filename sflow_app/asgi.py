@@ -58,8 +58,12 @@ from ._agent import AGENT
 from ._asgi_exchange import Exchange as _Exchange
 from ._asgi_exchange import follow_error_page, mime_type, websocket_status
 from ._http import (
+    CLIENT_CLOSED,
+    MAX_US,
     METHODS,
     OTHER_METHOD,
+    PATH_SAFE,
+    PROTOCOLS,
     STATUS_OTHER,
     QueryMode,
     basic_user,
@@ -115,11 +119,6 @@ def _both(first: Callable[[], int], second: Callable[[], int]) -> Callable[[], i
     return incr
 
 
-CLIENT_CLOSED = 499  # nginx's status for a client that went away before the response
-MAX_US = 0xFFFFFFFF
-_PROTOCOLS = {"1.0": 1000, "1.1": 1001, "2": 2000, "2.0": 2000, "3": 3000, "3.0": 3000}
-# RFC 3986 pchar plus '/': rebuilding the URI from a decoded path when raw_path is absent.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _REQUEST_HEADERS = {
     b"host": 0,
     b"referer": 1,
@@ -348,14 +347,14 @@ class _Sample(Deferred):
                 found[i] = found[i] + b", " + value if i == 3 and found[i] else value
         length = found[4].strip()
         if not raw_path:
-            raw_path = quote(path.encode("utf-8", "surrogateescape"), safe=_PATH_SAFE).encode(
+            raw_path = quote(path.encode("utf-8", "surrogateescape"), safe=PATH_SAFE).encode(
                 "ascii"
             )
         path, _, query = raw_path.partition(b"?")  # some servers leave the query in
         response_headers, received, sent = self.exchange
         return http_records(
             method=self.method,
-            protocol=_PROTOCOLS.get(version) or protocol_number(version),
+            protocol=PROTOCOLS.get(version) or protocol_number(version),
             uri=build_uri(path, query_string or query, mode),
             host=found[0],
             referer=found[1],

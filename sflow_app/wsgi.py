@@ -48,7 +48,6 @@ the service name) and a warning naming ``SFLOW_APP_DS_INDEX``.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -60,8 +59,12 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._agent import AGENT
 from ._http import (
+    CLIENT_CLOSED,
+    MAX_US,
     METHODS,
     OTHER_METHOD,
+    PATH_SAFE,
+    PROTOCOLS,
     STATUS_OTHER,
     STATUS_SLOTS,
     QueryMode,
@@ -72,9 +75,7 @@ from ._http import (
     middleware_options,
     protocol_number,
 )
-from ._listen import fd_name as _fd_name
-from ._listen import uwsgi_listener as _uwsgi_listener
-from ._listen import uwsgi_router as _uwsgi_router
+from ._listen import wsgi_addresses, wsgi_listener
 from ._source import Deferred, detail_slots
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
@@ -90,7 +91,6 @@ Write = Callable[[bytes], object]
 # otherwise): the mutable slot through which framework glue hands over the route.
 TRANSACTION_KEY = "sflow_app.transaction"
 
-CLIENT_CLOSED = 499  # nginx's status for a response that never got one
 _DONE: Environ = {}  # a finished transaction's environ: it keeps no request alive
 # The environ's values a sample's records are built from (_Transaction.build).
 _KEPT = (
@@ -112,18 +112,6 @@ _KEPT = (
 def _nothing() -> int:
     return 0
 
-
-MAX_US = 0xFFFFFFFF
-_PROTOCOLS = {
-    "HTTP/1.0": 1000,
-    "HTTP/1.1": 1001,
-    "HTTP/2": 2000,
-    "HTTP/2.0": 2000,
-    "HTTP/3": 3000,
-    "HTTP/3.0": 3000,
-}
-# RFC 3986 pchar plus '/', for rebuilding a URI from the decoded PATH_INFO.
-_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 # How many SFlowMiddleware objects this process built (the Django glue checks it).
 instances = 0
@@ -231,7 +219,7 @@ class SFlowMiddleware:
         source = self._source
         try:
             if source.ds_index is None:
-                port, where = listener(environ)
+                port, where = wsgi_listener(environ)
                 AGENT.set_http_port(port, where)
             return source.sample(n)
         except Exception:
@@ -448,7 +436,7 @@ class _Transaction(Deferred):
             "werkzeug.socket" in env,
             settings.authuser,
             self._middleware.query or settings.query,
-            *_addresses(env),
+            *wsgi_addresses(env),
         )
         self._environ = _DONE
         self.file_result = None  # an open file: the queue need not hold it
@@ -486,7 +474,7 @@ class _Transaction(Deferred):
         version = version or ""
         return http_records(
             method=self.method,
-            protocol=_PROTOCOLS.get(version) or protocol_number(version),
+            protocol=PROTOCOLS.get(version) or protocol_number(version),
             uri=_uri(raw_uri or request_uri, werkzeug, script, path_info, query, mode),
             host=_raw(host) if host else b"",
             referer=_raw(referer) if referer else b"",
@@ -629,7 +617,7 @@ def _uri(
             target = _werkzeug_raw(target)
         path, _, query = target.partition(b"?")
     else:
-        path = quote(_raw((script or "") + (path_info or "")), safe=_PATH_SAFE).encode("ascii")
+        path = quote(_raw((script or "") + (path_info or "")), safe=PATH_SAFE).encode("ascii")
         query = _raw(query_string) if query_string else b""
     return build_uri(path, query, mode)
 
@@ -661,66 +649,3 @@ def _file_size(result: Any, headers: Headers) -> int:
         return max(0, int(end) - int(here))
     except Exception:
         return 0
-
-
-def _sockname(env: Environ) -> Any:
-    """The connection's local address, from the server's socket where it exposes it."""
-    sock = env.get("gunicorn.socket") or env.get("werkzeug.socket")
-    if sock is not None:
-        return sock.getsockname()
-    return None
-
-
-def _addresses(env: Environ) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    """(local, remote) of the connection for extended_socket; None when not TCP/IP."""
-    local: tuple[str, int] | None = None
-    remote_port = env.get("REMOTE_PORT")
-    try:
-        name = _sockname(env)
-        if isinstance(name, tuple):
-            local = (name[0], name[1])
-        elif name is None and "uwsgi.version" in env:
-            local, peer_port = _uwsgi_connection(env)
-            remote_port = remote_port or peer_port
-        elif name is None and env.get("SERVER_SOFTWARE", "").startswith("WSGIServer/"):
-            local = ("0.0.0.0", int(env["SERVER_PORT"]))
-    except Exception:
-        log.debug("sflow_app: no local address", exc_info=True)
-    remote_ip = env.get("REMOTE_ADDR", "")
-    if local is None or not remote_ip:
-        return None, None
-    try:
-        return local, (remote_ip, int(remote_port or 0))
-    except ValueError:
-        return local, (remote_ip, 0)
-
-
-def listener(environ: Environ) -> tuple[int | None, str]:
-    """(listening port or None, description) of the server serving ``environ``."""
-    try:
-        name = _sockname(environ)
-        if isinstance(name, tuple):
-            return int(name[1]), f"{name[0]}:{name[1]}"
-        if name is not None:  # AF_UNIX: a path (str or bytes)
-            return None, os.fsdecode(name) or "unix"
-        if "uwsgi.version" in environ:
-            return _uwsgi_listener()
-        software = environ.get("SERVER_SOFTWARE", "")
-        if software.startswith("WSGIServer/"):  # wsgiref: from its own socket
-            return int(environ["SERVER_PORT"]), software
-        return None, software or "wsgi"
-    except Exception:
-        log.debug("sflow_app: could not find the listening socket", exc_info=True)
-        return None, "wsgi"
-
-
-def _uwsgi_connection(env: Environ) -> tuple[tuple[str, int] | None, int]:
-    """(local address, peer port) of a uWSGI request's connection."""
-    uwsgi: Any = importlib.import_module("uwsgi")
-    if env.get("UWSGI_ROUTER"):  # the connection is the router's, not the client's
-        return _uwsgi_router(uwsgi.opt), 0
-    fd = uwsgi.connection_fd()
-    name = _fd_name(fd, "getsockname")
-    peer = _fd_name(fd, "getpeername")
-    local = (name[0], int(name[1])) if isinstance(name, tuple) else None
-    return local, int(peer[1]) if isinstance(peer, tuple) else 0

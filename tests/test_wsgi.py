@@ -845,7 +845,7 @@ def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
     flush(collector)
     assert mw._source.drops == drops_before + 1
     # A bug on the request thread's side too.
-    monkeypatch.setattr(wsgi, "_addresses", broken)
+    monkeypatch.setattr(wsgi, "wsgi_addresses", broken)
     assert call(mw)[1] == b"hello"
     assert mw._source.drops == drops_before + 2
 
