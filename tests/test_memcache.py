@@ -893,6 +893,13 @@ OPS = st.lists(
 )
 
 
+def same_value(got: bytes | None, want: bytes) -> bytes:
+    """What the server holds, when it is ``want`` up to the trailing spaces memcached may
+    or may not leave after shortening a number (``decr``)."""
+    assert got is not None and got.rstrip(b" ") == want.rstrip(b" "), (got, want)
+    return got
+
+
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -919,16 +926,21 @@ def test_counters_follow_a_model(instrumented, server, ops) -> None:
                 assert getattr(c, name)(key, value) is False
                 want["bytes_written"] += len(value)
         elif name == "get":
-            assert c.get(key) == model.get(key)
+            got = c.get(key)
             if key in model:
+                model[key] = same_value(got, model[key])
                 want["get_hits"] += 1
                 want["bytes_read"] += len(model[key])
             else:
+                assert got is None
                 want["get_misses"] += 1
         elif name == "get_many":
             keys = ["a", "b", "c"][: n + 1]
-            assert c.get_many(keys) == {k: model[k] for k in keys if k in model}
+            found = c.get_many(keys)
+            assert sorted(found) == [k for k in keys if k in model]
             for k in keys:
+                if k in model:
+                    model[k] = same_value(found[k], model[k])
                 want["get_hits" if k in model else "get_misses"] += 1
                 want["bytes_read"] += len(model.get(k, b""))
         elif name == "delete":
@@ -939,7 +951,9 @@ def test_counters_follow_a_model(instrumented, server, ops) -> None:
             if key in model:
                 old = model[key]
                 number = int(old) + n if name == "incr" else max(0, int(old) - n)
-                # memcached rewrites a shorter number in place, padded with spaces
+                # A shorter number: padded with spaces when memcached rewrites the item in
+                # place, not when it makes a new one (another reference holds the old):
+                # the next get says which (same_value).
                 model[key] = str(number).encode().ljust(len(old))
                 assert result == number
             else:
