@@ -20,7 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._encode import encode_fitted_flow_sample
-from ._local import LocalState
+from ._local import LocalState, State
 from ._runtime import RuntimeCollector
 from ._send import Senders
 from ._sender import FORWARD_MAX, MSG, POOL_ONLY
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from ._source import Source
 
 log = logging.getLogger("sflow_app")
-State = SharedState | LocalState
 __all__ = ["FLUSH_AFTER", "TICK", "Exporter"]
 
 TICK = 0.1
@@ -139,7 +138,7 @@ class Exporter(Staging):
         self.quiet = False
         incoming = [*self._backlog, *encoded, *received]
         self._backlog.clear()
-        if isinstance(state, SharedState):
+        if state.shared:  # a stand-alone process keeps what an earlier shared one counted
             state.touch()
             agent.stats["bad_forwards"] = state.bad_forwards
         if incoming:
@@ -152,7 +151,7 @@ class Exporter(Staging):
     def _status_files(self, state: State, final: bool) -> None:
         """Publish what only this process knows for `sflow-app status` (see _sidecar)."""
         sidecars = self._sidecars
-        if sidecars is None or not isinstance(state, SharedState) or not sidecars.due(final):
+        if sidecars is None or not state.shared or not sidecars.due(final):
             return
         agent = self.agent
         stats = agent.stats
@@ -206,25 +205,25 @@ class Exporter(Staging):
             return self.state
         self.close_state()
         self._key = key
+        self._sidecars, self._shown = None, None
         state: State
         if not settings.shared:
             state = LocalState()  # the operator says: this process is the whole service
         else:
             try:
-                state = SharedState.open(
+                shared = SharedState.open(
                     state_dir(settings.state_dir), key, runtime_dir=agent.env.get("XDG_RUNTIME_DIR")
                 )
             except OSError as exc:
                 return self._fall_back(f"shared state unavailable ({exc})")
-            self._check_shared(state, ident)
-        self._offset = self._offsets.get(key, {}) if isinstance(state, SharedState) else {}
-        self._sidecars, self._shown = None, None
-        if isinstance(state, SharedState):
+            self._check_shared(shared, ident)
             # As for the counters: what an earlier opening of this file already holds.
             stats, errors = self._sidecars_done.get(key, ({}, {}))
-            base = state.name[: -len(".state")]
-            self._sidecars = Sidecars(base, state.private.fd, stats, errors)
-        self.runtime.opened(key, isinstance(state, SharedState))
+            base = shared.name[: -len(".state")]
+            self._sidecars = Sidecars(base, shared.private.fd, stats, errors)
+            state = shared
+        self._offset = self._offsets.get(key, {}) if state.shared else {}
+        self.runtime.opened(key, state.shared)
         self.state = state
         return state
 
@@ -398,8 +397,8 @@ class Exporter(Staging):
         return out
 
     def _forward(self, state: State, encoded: list[tuple[int, bytes]]) -> None:
-        if not isinstance(state, SharedState):
-            return
+        if not state.shared:
+            return  # its own sender: never reached (kept for clarity of the contract)
         if state.handed_back:  # taken in while it was the sender, never sent
             encoded = [*state.handed_back, *encoded]
             state.handed_back = []
@@ -464,7 +463,7 @@ class Exporter(Staging):
         ident = agent.identity() if agent.settings.enabled else None
         state = self._open(ident) if ident is not None else self.state
         self.step(now, final=True)  # a sender's final pass stops taking forwards first
-        if not isinstance(state, SharedState) or state.sender:
+        if state is None or not state.shared or state.sender:
             return
         end = time.monotonic() + EXIT_WAIT
         while self._backlog or state.sender_leaving():
@@ -484,7 +483,7 @@ class Exporter(Staging):
                 self._publish(state, source)
 
     def close_state(self) -> None:
-        if isinstance(self.state, SharedState) and self._key is not None:
+        if self.state is not None and self.state.shared and self._key is not None:
             # What this process published stays in the file (its slot, now dead).
             self._offsets[self._key] = {**self._offset, **self._last}
             self._sidecars_done[self._key] = (dict(self.agent.stats), self.senders.errors())
@@ -507,7 +506,7 @@ class Exporter(Staging):
 
     def abandon(self) -> None:
         """In a forked child: drop the parent's objects without touching shared files."""
-        if isinstance(self.state, SharedState):
+        if self.state is not None:
             self.state.abandon()
         self.state = None
         self.senders.close()

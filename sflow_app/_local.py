@@ -6,8 +6,10 @@ automatic fallback when the shared state cannot be had (see ``Exporter._fall_bac
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Collection, Sequence
+from typing import Protocol
 
 from ._layout import (
     COUNTER_WORDS,
@@ -20,6 +22,81 @@ from ._layout import (
 )
 
 
+class State(Protocol):
+    """What the exporter uses of a service's state: the shared file of its workers
+    (``_shared.SharedState``) or this process on its own (``LocalState``)."""
+
+    handed_back: list[tuple[int, bytes]]  # taken in as the sender, never sent: to forward
+
+    @property
+    def shared(self) -> bool:
+        """A file other workers share: status files, counts kept across openings."""
+
+    @property
+    def sender(self) -> bool:
+        """This process numbers and sends the service's datagrams."""
+
+    @property
+    def slot(self) -> int | None:
+        """This process's worker slot."""
+
+    @property
+    def path(self) -> str | None: ...
+
+    @property
+    def bad_forwards(self) -> int:
+        """Malformed messages from other workers, dropped."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def claim_slot(self) -> bool: ...
+
+    def publish(
+        self, index: int, values: Sequence[int], pool: int, drops: int, gauges: Collection[int] = ()
+    ) -> None: ...
+
+    def totals(self, index: int, gauges: Collection[int] = ()) -> list[int]: ...
+
+    def source_index(self, kind: str, name: str, ds_index: int) -> int | None: ...
+
+    def entries(self) -> list[tuple[int, str, str, int]]: ...
+
+    def next_datagram_seq(self) -> int: ...
+
+    def next_seq(self, index: int, word: int) -> int: ...
+
+    def add_pool(self, index: int, step: int) -> int: ...
+
+    def counts_changed(self, index: int, digest: int) -> bool: ...
+
+    def publish_runtime(self, values: Sequence[int]) -> None: ...
+
+    def runtime_totals(self) -> list[int]: ...
+
+    def uptime_ms(self) -> int: ...
+
+    def try_become_sender(self) -> bool: ...
+
+    def still_sender(self) -> bool: ...
+
+    def stop_listening(self) -> None: ...
+
+    def receive(self, limit: int = ...) -> list[tuple[int, bytes]]: ...
+
+    def forward(self, sock: socket.socket, message: bytes) -> bool: ...
+
+    def sender_leaving(self) -> bool: ...
+
+    def touch(self) -> None: ...
+
+    def slots_used(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+
 class LocalState:
     """The same interface for one process on its own (no shared file).
 
@@ -28,9 +105,11 @@ class LocalState:
     its own uptime and sequence numbers) is never mixed with the service's.
     """
 
+    shared = False
     sender = True
     slot: int | None = 0
-    path = None
+    path: str | None = None
+    generation = 0
 
     def __init__(self, sub_agent_id: int | None = None) -> None:
         self.sub_agent_id = sub_agent_id
@@ -40,6 +119,8 @@ class LocalState:
         self._table: list[list[int]] = []
         self._values: dict[int, list[int]] = {}
         self._runtime = [0] * RUNTIME_WORDS
+        self.bad_forwards = 0
+        self.handed_back: list[tuple[int, bytes]] = []
 
     def claim_slot(self) -> bool:
         return True
@@ -106,8 +187,20 @@ class LocalState:
     def receive(self, limit: int = 0) -> list[tuple[int, bytes]]:
         return []
 
+    def forward(self, sock: socket.socket, message: bytes) -> bool:
+        return False  # it is its own sender: nothing to forward to
+
+    def sender_leaving(self) -> bool:
+        return False
+
+    def touch(self) -> None:
+        pass
+
     def slots_used(self) -> int:
         return 1
 
     def close(self) -> None:
+        pass
+
+    def abandon(self) -> None:
         pass

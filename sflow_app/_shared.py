@@ -139,6 +139,8 @@ def _other_layout(base: str) -> bool:
 class SharedState(Election, RuntimeSlots):
     """The mapped file, this process's slot, and the sender role."""
 
+    shared = True
+
     def __init__(self, private: PrivateDir, name: str, fd: int, mapping: mmap.mmap) -> None:
         self.private = private
         self.name = name

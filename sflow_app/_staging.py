@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._encode import encode_counters_sample, encode_datagram_header
 from ._layout import DROPS, E_COUNTER_SEQ, E_FLOW_SEQ
-from ._local import LocalState
+from ._local import State
 from ._runtime import mem_max
 from ._send import Senders
 from ._sender import POOL_ONLY
-from ._shared import SharedState
 from ._source import SOURCE_KINDS, counter_records, counts_digest, gauge_positions
 from .records import DS_CLASS_LOGICAL, CountersSample
 
@@ -52,7 +51,6 @@ class Host(Protocol):
     def warn_once(self, message: str) -> None: ...
 
 
-State = SharedState | LocalState
 HEADER_MAX = 40  # IPv6 agent header
 # Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.
 FLOW_OFFSETS = {1: (8, 20, 24), 3: (8, 24, 28)}
