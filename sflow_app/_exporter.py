@@ -398,7 +398,7 @@ class Exporter(Staging):
 
     def _forward(self, state: State, encoded: list[tuple[int, bytes]]) -> None:
         if not state.shared:
-            return  # its own sender: never reached (kept for clarity of the contract)
+            return  # nothing to forward to (a stand-alone process is its own sender)
         if state.handed_back:  # taken in while it was the sender, never sent
             encoded = [*state.handed_back, *encoded]
             state.handed_back = []

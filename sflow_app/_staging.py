@@ -122,6 +122,7 @@ class Staging:
             # numbers.
             step = U32.unpack_from(buf, at)[0] or 1
             PAIR.pack_into(buf, at, add_pool(index, step) & MASK, total[DROPS] & MASK)
+            # _append, inlined: this loop runs once per sample (a call each cost ~5 %)
             if self._pending and self._size + len(buf) > limit:
                 self.flush()
             if not self._pending:
