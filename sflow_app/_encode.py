@@ -12,17 +12,20 @@ import struct
 from collections.abc import Callable
 from functools import lru_cache
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
+from ._memo import remember
 from ._xdr import PAD, TAG_LEN, clamp_all, cut_utf8, pack_ip, pack_u32, split_layout, to_bytes
 from .records import (
     RECORD_TYPES,
     CountersSample,
     Datagram,
     FlowSample,
+    HttpRequest,
     OpaqueRecord,
     OpaqueSample,
     Record,
+    socket_record,
 )
 
 __all__ = [
@@ -31,8 +34,12 @@ __all__ = [
     "encode_datagram_header",
     "encode_fitted_flow_sample",
     "encode_flow_sample",
+    "encode_flow_sample_around",
+    "encode_http_request",
     "encode_record",
+    "encode_records",
     "encode_sample",
+    "encode_socket",
     "fit_flow_sample",
     "needs_expanded",
 ]
@@ -155,6 +162,106 @@ def encode_record(rec: object) -> bytes:
     return encoder(rec)
 
 
+def encode_records(records: tuple[object, ...]) -> bytes:
+    return b"".join(map(encode_record, records))
+
+
+# ---------------------------------------------- the HTTP records, without record objects
+# The exporter encodes every sampled request: these give encode_record's bytes from plain
+# values (tests hold them byte-identical), skipping the dataclasses in between.
+
+_HTTP_HEAD = struct.Struct(">IIII")  # data_format, length, method, protocol
+_HTTP_TAIL = struct.Struct(">QQII")  # req_bytes, resp_bytes, uS, status
+_HTTP_LIMITS = tuple(HttpRequest.MAX_BYTES.values())  # uri .. mime_type, in field order
+_HTTP_NUMBERS = _HTTP_HEAD.size - 8 + _HTTP_TAIL.size
+_BYTES_ONLY = {bytes}
+
+
+def encode_http_request(
+    method: int,
+    protocol: int,
+    strings: tuple[bytes | str, ...],
+    req_bytes: int,
+    resp_bytes: int,
+    duration_us: int,
+    status: int,
+) -> bytes:
+    """``encode_record(HttpRequest(method, protocol, *strings, req_bytes, ...))``."""
+    if {*map(type, strings)} == _BYTES_ONLY:
+        raw = cast("tuple[bytes, ...]", strings)
+    else:  # one kind of key: comparing str with bytes warns
+        raw = tuple(map(to_bytes, strings))
+    key = (method, protocol, raw)
+    try:
+        head = _HTTP_HEADS.get(key)
+        if head is None:
+            head = _http_request_head(method, protocol, raw)
+            remember(_HTTP_HEADS, key, head, sum(map(len, raw)))
+        return head + _HTTP_TAIL.pack(req_bytes, resp_bytes, duration_us, status)
+    except struct.error:  # a number out of range: the record's clamping path
+        uri, host, referer, useragent, xff, authuser, mime_type = strings
+        return encode_record(
+            HttpRequest(
+                method,
+                protocol,
+                uri,
+                host,
+                referer,
+                useragent,
+                xff,
+                authuser,
+                mime_type,
+                req_bytes,
+                resp_bytes,
+                duration_us,
+                status,
+            )
+        )
+
+
+# (method, protocol, strings) -> the http_request record up to its numbers: a service
+# serves the same requests (URI, host, user agent...) over and over.
+_HTTP_HEADS: dict[tuple[int, int, tuple[bytes, ...]], bytes] = {}
+
+
+def _http_request_head(method: int, protocol: int, strings: tuple[bytes, ...]) -> bytes:
+    parts: list[bytes] = [b""]  # the head, once the length is known
+    size = _HTTP_NUMBERS
+    words, pad, empty = _LENGTH_WORDS, PAD, _EMPTY_STRING
+    for v, limit in zip(strings, _HTTP_LIMITS):  # noqa: B905 (seven strings by contract)
+        if not v:
+            parts.append(empty)
+            size += 4
+            continue
+        n = len(v)
+        if n > limit:
+            v = cut_utf8(v, limit)
+            n = len(v)
+        parts += (words[n], v, pad[n & 3])
+        size += 4 + ((n + 3) & ~3)
+    parts[0] = _HTTP_HEAD.pack(HttpRequest.FORMAT, size, method, protocol)
+    return b"".join(parts)
+
+
+_PORTS = struct.Struct(">II")
+# (protocol, local ip, remote ip) -> the socket record up to its ports: a service sees
+# the same address pairs over and over.
+_SOCKET_HEADS: dict[tuple[int, str, str], bytes] = {}
+
+
+def encode_socket(protocol: int, local: tuple[str, int], remote: tuple[str, int]) -> bytes:
+    """``encode_record(socket_record(protocol, local[0], remote[0], local[1], remote[1]))``."""
+    key = (protocol, local[0], remote[0])
+    head = _SOCKET_HEADS.get(key)
+    if head is None:
+        record = encode_record(socket_record(protocol, local[0], remote[0], 0, 0))
+        head = remember(_SOCKET_HEADS, key, record[:-8], len(local[0]) + len(remote[0]))
+    try:
+        return head + _PORTS.pack(local[1], remote[1])
+    except struct.error:
+        return encode_record(socket_record(protocol, local[0], remote[0], local[1], remote[1]))
+
+
 # ------------------------------------------------------------------------ samples
 
 _FLOW = struct.Struct(">IIIIIIIIII")  # tag, length, 8 words
@@ -250,6 +357,39 @@ def encode_flow_sample(s: FlowSample) -> bytes:
     except (struct.error, TypeError):
         return encode_flow_sample(_clamped(s, _FLOW_NUMBERS))
     return b"".join(parts)
+
+
+def encode_flow_sample_around(
+    ds_class: int,
+    ds_index: int,
+    sampling_rate: int,
+    sample_pool: int,
+    input_value: int,
+    output_value: int,
+    records: bytes,
+    count: int,
+) -> bytes | None:
+    """A compact flow sample (sequence number and drops 0, formats 0) around ``count``
+    records already encoded; None when a value needs the expanded form or clamping (the
+    caller takes ``encode_flow_sample``)."""
+    if ds_class >> 8 or ds_index >> 24 or input_value >> 30 or output_value >> 30:
+        return None
+    try:
+        head = _FLOW.pack(
+            1,
+            32 + len(records),
+            0,
+            ds_class << 24 | ds_index,
+            sampling_rate,
+            sample_pool,
+            0,
+            input_value,
+            output_value,
+            count,
+        )
+    except struct.error:
+        return None
+    return head + records
 
 
 def encode_counters_sample(s: CountersSample) -> bytes:

@@ -19,14 +19,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._encode import encode_fitted_flow_sample
+from ._encode import encode_fitted_flow_sample, encode_flow_sample_around
 from ._local import LocalState, State
 from ._runtime import RuntimeCollector
 from ._send import Senders
 from ._sender import FORWARD_MAX, MSG, POOL_ONLY
 from ._shared import SharedState, service_key, state_dir
 from ._sidecar import Sidecars
-from ._source import HTTP_METHODS, HTTP_STATUSES, built_records, gauge_positions
+from ._source import HTTP_METHODS, HTTP_STATUSES, Deferred, built_records, gauge_positions
 from ._staging import HEADER_MAX, Host, Staging
 from .records import DS_CLASS_LOGICAL, FlowSample
 
@@ -346,12 +346,31 @@ class Exporter(Staging):
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
         source, n, rate, records = item
         index = self._index(state, source)
-        # A surface may leave building the records to us (off the request thread).
-        if index is None or (records := built_records(records)) is None:
+        if index is None:
             source.drop()
             return None
         pool = self._pool_step(source, source.sampler.ordinal(n))
         inp, out = source.direction
+        limit = self.agent.settings.datagram - HEADER_MAX
+        if type(records) is not tuple and isinstance(records, Deferred):
+            # A surface left the records to us (off the request thread): encoded
+            # straight from what it kept, unless the sample needs fitting.
+            try:
+                body, count = records.encode()
+            except Exception:
+                log.debug("sflow_app: could not encode a sample", exc_info=True)
+                self._pool_carried[id(source)] -= pool  # the next sample carries it
+                source.drop()
+                return None
+            data = encode_flow_sample_around(
+                DS_CLASS_LOGICAL, source.ds_index, rate, pool & 0xFFFFFFFF, inp, out, body, count
+            )
+            if data is not None and len(data) <= limit:
+                return index, data
+        if (records := built_records(records)) is None:
+            self._pool_carried[id(source)] -= pool
+            source.drop()
+            return None
         sample = FlowSample(
             sequence_number=0,
             ds_class=DS_CLASS_LOGICAL,
@@ -365,7 +384,7 @@ class Exporter(Staging):
             output_value=out,
             records=records,
         )
-        data = encode_fitted_flow_sample(sample, self.agent.settings.datagram - HEADER_MAX)
+        data = encode_fitted_flow_sample(sample, limit)
         if data is None:
             self._pool_carried[id(source)] -= pool  # the next sample carries it
             source.drop()

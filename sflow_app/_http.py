@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote_to_bytes
 
+from ._encode import encode_http_request, encode_record, encode_socket
+from ._memo import remember
 from .records import AppOperation, AppStatus, HttpRequest, socket_record
 
 log = logging.getLogger("sflow_app")
@@ -152,10 +154,9 @@ def _words_sensitive(name: bytes) -> bool:
 
 
 # Parameter names seen -> sensitive or not: an app's query strings use a few names over
-# and over, and deciding one costs several microseconds. Bounded: short names only, and
-# emptied when full (names are the client's to choose).
+# and over, and deciding one costs several microseconds.
 _SENSITIVE_SEEN: dict[bytes, bool] = {}
-SEEN_MAX, SEEN_NAME_MAX = 1024, 64
+NAME_MAX = 64  # longer names are decided each time
 
 
 def _sensitive(name: bytes) -> bool:
@@ -163,12 +164,7 @@ def _sensitive(name: bytes) -> bool:
     seen = _SENSITIVE_SEEN.get(name)
     if seen is not None:
         return seen
-    sensitive = _decide_sensitive(name)
-    if len(name) <= SEEN_NAME_MAX:
-        if len(_SENSITIVE_SEEN) >= SEEN_MAX:
-            _SENSITIVE_SEEN.clear()
-        _SENSITIVE_SEEN[name] = sensitive
-    return sensitive
+    return remember(_SENSITIVE_SEEN, name, _decide_sensitive(name), len(name), NAME_MAX)
 
 
 def _decide_sensitive(name: bytes) -> bool:
@@ -320,15 +316,70 @@ def http_records(
     if local and remote:
         records.append(socket_record(6, local[0], remote[0], local[1], remote[1]))
     records.append(
-        AppOperation(
-            application=application or "",
-            operation=route,
-            attributes=f"method={method}&route={route}",
-            status_descr=str(status),
-            req_bytes=req_bytes,
-            resp_bytes=resp_bytes,
-            uS=duration_us,
-            status=app_status(status),
-        )
+        route_operation(route, application, method, status, req_bytes, resp_bytes, duration_us)
     )
     return tuple(records)
+
+
+def route_operation(
+    route: str,
+    application: str | None,
+    method: str,
+    status: int,
+    req_bytes: int,
+    resp_bytes: int,
+    duration_us: int,
+) -> AppOperation:
+    return AppOperation(
+        application=application or "",
+        operation=route,
+        attributes=f"method={method}&route={route}",
+        status_descr=str(status),
+        req_bytes=req_bytes,
+        resp_bytes=resp_bytes,
+        uS=duration_us,
+        status=app_status(status),
+    )
+
+
+def encode_http(
+    *,
+    method: str,
+    protocol: int,
+    uri: bytes | str,
+    host: bytes | str = b"",
+    referer: bytes | str = b"",
+    useragent: bytes | str = b"",
+    xff: bytes | str = b"",
+    authuser: bytes | str = b"",
+    mime_type: bytes | str = b"",
+    req_bytes: int = 0,
+    resp_bytes: int = 0,
+    duration_us: int = 0,
+    status: int = 0,
+    local: tuple[str, int] | None = None,
+    remote: tuple[str, int] | None = None,
+    route: str | None = None,
+    application: str | None = None,
+) -> tuple[bytes, int]:
+    """``http_records(...)`` encoded, and how many records: the exporter's path, which
+    builds no record objects for the http_request and socket records."""
+    data = encode_http_request(
+        METHODS.get(method, OTHER_METHOD)[0],
+        protocol,
+        (uri, host, referer, useragent, xff, authuser, mime_type),
+        req_bytes,
+        resp_bytes,
+        duration_us,
+        status,
+    )
+    count = 1
+    if local and remote:
+        data += encode_socket(6, local, remote)
+        count = 2
+    if route:
+        data += encode_record(
+            route_operation(route, application, method, status, req_bytes, resp_bytes, duration_us)
+        )
+        count += 1
+    return data, count

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ._counters import CounterBlock, read_count
+from ._encode import encode_records
 from ._layout import (
     R_BUSY,
     R_CONF_CONNS,
@@ -145,6 +146,12 @@ class Deferred:
 
     def build(self) -> tuple[Any, ...]:
         raise NotImplementedError
+
+    def encode(self) -> tuple[bytes, int]:
+        """The records encoded, and how many: what the exporter sends. A surface may
+        encode them without building record objects (the same bytes)."""
+        records = self.build()
+        return encode_records(records), len(records)
 
 
 def built_records(records: tuple[Any, ...] | Deferred) -> tuple[Any, ...] | None:

@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import perf_counter_ns
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from ._agent import AGENT
@@ -70,6 +70,7 @@ from ._http import (
     build_uri,
     current_request,
     current_route,
+    encode_http,
     http_records,
     middleware_options,
     protocol_number,
@@ -119,6 +120,7 @@ def _both(first: Callable[[], int], second: Callable[[], int]) -> Callable[[], i
     return incr
 
 
+_T = TypeVar("_T")
 _REQUEST_HEADERS = {
     b"host": 0,
     b"referer": 1,
@@ -337,6 +339,13 @@ class _Sample(Deferred):
     service: str
 
     def build(self) -> tuple[Any, ...]:
+        return self._describe(http_records)
+
+    def encode(self) -> tuple[bytes, int]:
+        return self._describe(encode_http)
+
+    def _describe(self, make: Callable[..., _T]) -> _T:
+        """``make`` (``http_records`` or ``encode_http``) of what the request saw."""
         headers, version, raw_path, path, query_string, mode, user, local, remote, route = (
             self.scope_values
         )
@@ -352,7 +361,7 @@ class _Sample(Deferred):
             )
         path, _, query = raw_path.partition(b"?")  # some servers leave the query in
         response_headers, received, sent = self.exchange
-        return http_records(
+        return make(
             method=self.method,
             protocol=PROTOCOLS.get(version) or protocol_number(version),
             uri=build_uri(path, query_string or query, mode),

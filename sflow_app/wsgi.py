@@ -53,7 +53,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -71,11 +71,13 @@ from ._http import (
     basic_user,
     build_uri,
     current_request,
+    encode_http,
     http_records,
     middleware_options,
     protocol_number,
 )
 from ._listen import wsgi_addresses, wsgi_listener
+from ._memo import remember
 from ._source import Deferred, detail_slots
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
@@ -93,6 +95,7 @@ TRANSACTION_KEY = "sflow_app.transaction"
 
 _DONE: Environ = {}  # a finished transaction's environ: it keeps no request alive
 # The environ's values a sample's records are built from (_Transaction.build).
+_T = TypeVar("_T")
 _KEPT = (
     "RAW_URI",
     "REQUEST_URI",
@@ -443,6 +446,13 @@ class _Transaction(Deferred):
 
     def build(self) -> tuple[Any, ...]:
         """The sample's records (on the exporter thread): as the request saw them."""
+        return self._describe(http_records)
+
+    def encode(self) -> tuple[bytes, int]:
+        return self._describe(encode_http)
+
+    def _describe(self, make: Callable[..., _T]) -> _T:
+        """``make`` (``http_records`` or ``encode_http``) of what the request saw."""
         (
             raw_uri,
             request_uri,
@@ -472,7 +482,7 @@ class _Transaction(Deferred):
                 mime = _raw(value)
                 break
         version = version or ""
-        return http_records(
+        return make(
             method=self.method,
             protocol=PROTOCOLS.get(version) or protocol_number(version),
             uri=_uri(raw_uri or request_uri, werkzeug, script, path_info, query, mode),
@@ -606,11 +616,31 @@ def _status_code(status: str) -> int:
         return 0
 
 
+# The request-target's parts -> _uri's result: a service serves the same URIs over and
+# over, and redaction costs microseconds.
+_URIS: dict[tuple[Any, ...], bytes] = {}
+
+
 def _uri(
     raw: Any, werkzeug: bool, script: Any, path_info: Any, query_string: Any, mode: str
 ) -> bytes:
     """The request-target as received (RAW_URI or REQUEST_URI, else rebuilt from the
     environ's parts), with the ``query`` option applied."""
+    key = (raw, werkzeug, script, path_info, query_string, mode)
+    try:
+        uri = _URIS.get(key)
+    except TypeError:  # a server's odd environ value: no memo
+        return _build_uri(raw, werkzeug, script, path_info, query_string, mode)
+    if uri is None:
+        uri = _build_uri(raw, werkzeug, script, path_info, query_string, mode)
+        size = sum(len(part) for part in key[2:] if type(part) is str) + len(str(raw or ""))
+        remember(_URIS, key, uri, size)
+    return uri
+
+
+def _build_uri(
+    raw: Any, werkzeug: bool, script: Any, path_info: Any, query_string: Any, mode: str
+) -> bytes:
     if raw:
         target = _raw(raw)
         if werkzeug:

@@ -89,6 +89,7 @@ def test_records_built_later_are_what_the_request_saw(agent, collector, monkeypa
     def broken(**fields: Any) -> Any:
         raise RuntimeError("a bug in building records")
 
+    monkeypatch.setattr(asgi, "encode_http", broken)
     monkeypatch.setattr(asgi, "http_records", broken)
     call(SFlowMiddleware(respond(200, b"ok")), http_scope("GET", "/b", b"", []), Peer([]))
     flush(AGENT, collector)

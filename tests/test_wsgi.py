@@ -32,6 +32,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wsgi import ClosingIterator
 
 from sflow_app import wsgi
+from sflow_app._memo import MEMO_MAX
 from sflow_app._agent import AGENT
 from sflow_app._transaction import transaction
 from sflow_app.records import (
@@ -333,9 +334,9 @@ def test_redaction_decisions_are_remembered_within_bounds():
     assert _http.redact_query(query) == want
     assert _http._SENSITIVE_SEEN == {b"page": False, b"token": True, b"user[password]": True}
     assert _http.redact_query(query) == want  # the same answers from what it remembers
-    for i in range(_http.SEEN_MAX + 10):  # a client inventing names: the memory stays bounded
+    for i in range(MEMO_MAX + 10):  # a client inventing names: the memory stays bounded
         _http.redact_query(b"p%d=1&secret_%d=2" % (i, i))
-    assert 0 < len(_http._SENSITIVE_SEEN) <= _http.SEEN_MAX
+    assert 0 < len(_http._SENSITIVE_SEEN) <= MEMO_MAX
     assert _http.redact_query(b"secret_7=x") == b"secret_7=REDACTED"
 
 
@@ -835,6 +836,7 @@ def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
         raise RuntimeError("encoder bug")
 
     # The records are built by the exporter: a bug there costs the sample, counted.
+    monkeypatch.setattr(wsgi, "encode_http", broken)
     monkeypatch.setattr(wsgi, "http_records", broken)
     drops_before = mw._source.drops
     assert call(mw) == (
