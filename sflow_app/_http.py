@@ -79,9 +79,10 @@ QueryMode = Literal["sensitive", "keep", "redact", "drop"]
 QUERY_MODES: tuple[QueryMode, ...] = ("sensitive", "keep", "redact", "drop")
 
 # (service, method, route-or-path) of the sampled HTTP request this task runs in, for the
-# decorator's app_parent_context. Set only on sampled requests.
-current_request: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
-    "sflow_app_request", default=None
+# decorator's app_parent_context. Set only on sampled requests. The path may be a callable
+# that gives it: most requests never ask.
+current_request: contextvars.ContextVar[tuple[str, str, str | Callable[[], str]] | None] = (
+    contextvars.ContextVar("sflow_app_request", default=None)
 )
 
 
@@ -94,9 +95,18 @@ current_route: contextvars.ContextVar[Callable[[], str | None] | None] = context
 
 def parent_context() -> tuple[str, str, str] | None:
     """(service, method, route-or-path) of the sampled request this task runs in."""
-    parent = current_request.get()
+    request = current_request.get()
+    if request is None:
+        return None
+    service, method, path = request
+    if not isinstance(path, str):
+        try:
+            path = path()
+        except Exception:
+            path = ""
+    parent = (service, method, path)
     route = current_route.get()
-    if parent is None or route is None:
+    if route is None:
         return parent
     try:
         template = route()

@@ -107,9 +107,9 @@ _KEPT = (
     "HTTP_USER_AGENT",
     "HTTP_X_FORWARDED_FOR",
     "REMOTE_USER",
-    "HTTP_AUTHORIZATION",
     "SERVER_PROTOCOL",
 )
+_SEEN_KEY = len(_KEPT) + 3  # the kept values, werkzeug, authuser, query mode
 
 
 def _nothing() -> int:
@@ -241,7 +241,7 @@ class SFlowMiddleware:
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None:
             environ["wsgi.file_wrapper"] = txn.wrap_file(file_wrapper)
-        token = current_request.set((txn.service, txn.method, txn.path()))
+        token = current_request.set((txn.service, txn.method, txn.path))  # path: when asked
         try:
             result = self.app(environ, txn.start_response)
         except BaseException:
@@ -315,6 +315,7 @@ class _Transaction(Deferred):
         "_environ",
         "_middleware",
         "_start_response",
+        "_write",
         "end_ns",
         "failed",
         "file_result",
@@ -363,18 +364,17 @@ class _Transaction(Deferred):
     def start_response(
         self, status: str, headers: Headers, exc_info: ExcInfo | None = None
     ) -> Write:
-        write = self._start_response(status, headers, exc_info)
+        self._write = self._start_response(status, headers, exc_info)
         self.status = status
         self.headers = headers
-        head = self.method == "HEAD"
+        return self.write
 
-        def counting_write(data: bytes) -> object:
-            result = write(data)
-            if not head:
-                self.resp_bytes += len(data)
-            return result
-
-        return counting_write
+    def write(self, data: bytes) -> object:
+        """The ``write()`` the app gets: the server's, counting."""
+        result = self._write(data)
+        if self.method != "HEAD":
+            self.resp_bytes += len(data)
+        return result
 
     def wrap_file(self, file_wrapper: Callable[..., Any]) -> Callable[..., Any]:
         def recording_file_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -433,13 +433,16 @@ class _Transaction(Deferred):
         settings = AGENT.settings
         self.failed = failed
         self.end_ns = end_ns
-        # One C-level pass over the keys (None for a missing one).
+        # One C-level pass over the keys (None for a missing one). The first _SEEN_KEY
+        # values are what _request_strings converts (and remembers): never a credential.
+        authuser = settings.authuser
         self.seen = (
             *map(env.get, _KEPT),
             "werkzeug.socket" in env,
-            settings.authuser,
+            authuser,
             self._middleware.query or settings.query,
             *wsgi_addresses(env),
+            env.get("HTTP_AUTHORIZATION") if authuser else None,
         )
         self._environ = _DONE
         self.file_result = None  # an open file: the queue need not hold it
@@ -453,25 +456,11 @@ class _Transaction(Deferred):
 
     def _describe(self, make: Callable[..., _T]) -> _T:
         """``make`` (``http_records`` or ``encode_http``) of what the request saw."""
-        (
-            raw_uri,
-            request_uri,
-            script,
-            path_info,
-            query,
-            host,
-            referer,
-            useragent,
-            xff,
-            user,
-            authorization,
-            version,
-            werkzeug,
-            authuser,
-            mode,
-            local,
-            remote,
-        ) = self.seen
+        seen = self.seen
+        protocol, uri, host, referer, useragent, xff, authuser = _request_strings(seen[:_SEEN_KEY])
+        local, remote, authorization = seen[_SEEN_KEY:]
+        if authorization and not authuser:
+            authuser = basic_user(authorization)
         if self.status is not None:
             code = _status_code(self.status)
         else:
@@ -481,16 +470,15 @@ class _Transaction(Deferred):
             if name.lower() == "content-type":
                 mime = _raw(value)
                 break
-        version = version or ""
         return make(
             method=self.method,
-            protocol=PROTOCOLS.get(version) or protocol_number(version),
-            uri=_uri(raw_uri or request_uri, werkzeug, script, path_info, query, mode),
-            host=_raw(host) if host else b"",
-            referer=_raw(referer) if referer else b"",
-            useragent=_raw(useragent) if useragent else b"",
-            xff=_raw(xff) if xff else b"",
-            authuser=(_raw(user) if user else basic_user(authorization or "")) if authuser else b"",
+            protocol=protocol,
+            uri=uri,
+            host=host,
+            referer=referer,
+            useragent=useragent,
+            xff=xff,
+            authuser=authuser,
             mime_type=mime,
             req_bytes=self.req_bytes,
             resp_bytes=self.resp_bytes,
@@ -501,6 +489,53 @@ class _Transaction(Deferred):
             route=self.route,
             application=self.service if self.route else None,
         )
+
+
+# What requests kept of their environ (and the settings) -> the protocol number and the
+# strings made of it: a service sees the same requests over and over, and the conversions
+# (the URI's redaction above all) cost microseconds.
+_REQUESTS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _request_strings(kept: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(protocol, uri, host, referer, useragent, xff, authuser) of ``kept``."""
+    try:
+        found = _REQUESTS.get(kept)
+    except TypeError:  # a server's odd environ value: no memo
+        return _convert(kept)
+    if found is None:
+        size = sum(len(value) for value in kept if type(value) is str)
+        found = remember(_REQUESTS, kept, _convert(kept), size)
+    return found
+
+
+def _convert(kept: tuple[Any, ...]) -> tuple[Any, ...]:
+    (
+        raw_uri,
+        request_uri,
+        script,
+        path_info,
+        query,
+        host,
+        referer,
+        useragent,
+        xff,
+        user,
+        version,
+        werkzeug,
+        authuser,
+        mode,
+    ) = kept
+    version = version or ""
+    return (
+        PROTOCOLS.get(version) or protocol_number(version),
+        _uri(raw_uri or request_uri, werkzeug, script, path_info, query, mode),
+        _raw(host) if host else b"",
+        _raw(referer) if referer else b"",
+        _raw(useragent) if useragent else b"",
+        _raw(xff) if xff else b"",
+        _raw(user) if authuser and user else b"",
+    )
 
 
 class _Body:
@@ -616,31 +651,11 @@ def _status_code(status: str) -> int:
         return 0
 
 
-# The request-target's parts -> _uri's result: a service serves the same URIs over and
-# over, and redaction costs microseconds.
-_URIS: dict[tuple[Any, ...], bytes] = {}
-
-
 def _uri(
     raw: Any, werkzeug: bool, script: Any, path_info: Any, query_string: Any, mode: str
 ) -> bytes:
     """The request-target as received (RAW_URI or REQUEST_URI, else rebuilt from the
     environ's parts), with the ``query`` option applied."""
-    key = (raw, werkzeug, script, path_info, query_string, mode)
-    try:
-        uri = _URIS.get(key)
-    except TypeError:  # a server's odd environ value: no memo
-        return _build_uri(raw, werkzeug, script, path_info, query_string, mode)
-    if uri is None:
-        uri = _build_uri(raw, werkzeug, script, path_info, query_string, mode)
-        size = sum(len(part) for part in key[2:] if type(part) is str) + len(str(raw or ""))
-        remember(_URIS, key, uri, size)
-    return uri
-
-
-def _build_uri(
-    raw: Any, werkzeug: bool, script: Any, path_info: Any, query_string: Any, mode: str
-) -> bytes:
     if raw:
         target = _raw(raw)
         if werkzeug:

@@ -5,10 +5,11 @@ byte, whatever the values -- and on a second sight of the same values (the memos
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pytest
 from apps.asgi_harness import Peer, http_scope, respond
-from apps.harness import flush, http_samples
+from apps.harness import flush, http_samples, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
@@ -212,3 +213,20 @@ def test_an_encoding_bug_costs_its_sample_and_the_next_one_carries_its_pool(
     [sample] = http_samples(collector)
     assert mw._source.drops == 1
     assert (sample.sample_pool, sample.drops) == (2, 1)  # both candidates, one dropped
+
+
+def test_what_is_remembered_of_a_request_holds_no_credential(live, collector):
+    # The exporter remembers what it made of the environ values requests repeat; an
+    # Authorization header (a password, a token) is never among them.
+    live(sampling=1)
+    AGENT.configure(ds_index=8000, authuser=True)
+    mw = wsgi.SFlowMiddleware(respond_wsgi("200 OK", "text/plain"))
+    basic = "Basic " + base64.b64encode(b"alice:s3cret-password").decode()
+    for authorization in (basic, "Bearer s3cret-token"):
+        serve_one(
+            mw, EnvironBuilder(path="/a", headers={"Authorization": authorization}).get_environ()
+        )
+    flush(collector)
+    users = [record(s, HttpRequest).authuser for s in http_samples(collector)]
+    assert users == ["alice", ""]
+    assert wsgi._REQUESTS and "s3cret" not in repr(wsgi._REQUESTS)

@@ -32,8 +32,8 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wsgi import ClosingIterator
 
 from sflow_app import wsgi
-from sflow_app._memo import MEMO_MAX
 from sflow_app._agent import AGENT
+from sflow_app._memo import MEMO_MAX
 from sflow_app._transaction import transaction
 from sflow_app.records import (
     AppOperation,
