@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--python-load", action="store_true", help="do not use wrk")
     opts = parser.parse_args()
     use_wrk = not opts.python_load and wrk_path() is not None
-    rounds, seconds = (1, 0.5) if opts.smoke else (5, 2.0)
+    rounds, seconds = (1, 0.5) if opts.smoke else (7, 2.0)
     if use_wrk and opts.smoke:
         seconds = 1.0  # wrk's shortest run
     report = Report("servers")
