@@ -99,7 +99,7 @@ def main() -> None:
     report.add("issued rate reached", issued / took, "requests/s")
     report.add("dropped (counted in drops)", dropped, "samples")
     report.add("lost and not counted in drops", issued - delivered - dropped, "samples", "<= 0")
-    exporter = AGENT._thread
+    exporter = AGENT.runner.thread
     assert exporter is not None and exporter.native_id is not None
     exporter_cpu, request_cpu = thread_cpu(exporter.native_id), time.thread_time()
     issued, took, delivered, dropped, drain = run(False, unpaced)

@@ -1,12 +1,12 @@
-"""The one agent per process: settings, data sources, the queue and the exporter thread.
+"""The one agent per process: settings, data sources, identity, status and capture.
 
 Nothing here runs at import. Building a surface (a source) starts the exporter thread, so
 a service reports its counters even while idle -- except in a uWSGI master, which forks
 its workers from C (a thread there could hold the GIL at fork): there a uWSGI post-fork
-hook starts it in each worker. A process that forks with Python's ``os.fork`` (a gunicorn
-``--preload`` master) stops the thread for the fork and restarts it after, so no child
-inherits a thread's half-held state. The slow path (``housekeeping()``) starts it too, if
-nothing did, and notices a fork that bypassed ``os.register_at_fork``.
+hook starts it in each worker. The slow path (``housekeeping()``) starts it too, if
+nothing did, and notices a fork that bypassed ``os.register_at_fork``. The thread, its
+queue and its fork and exit handling are the agent's ``runner`` (see ``_lifecycle``);
+what one pass does (``tick``) and when the next is due (``next_due``) are the agent's.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar, cast
 
@@ -25,13 +23,13 @@ from . import _config, _idle
 from ._exit import flush_on_sigterm
 from ._exporter import TICK, Exporter
 from ._identity import default_service_name, local_index
+from ._lifecycle import EXIT_FLUSH_TIMEOUT, Runner, on_uwsgi_fork, uwsgi_master
 from ._listen import server_listener
 from ._once import first_in_service
 from ._sampler import WINDOW
 from ._shared import state_dir
 from ._source import AppSource, HttpSource, MemcacheSource, Source
 from ._status import Stats, Status
-from ._wake import Waker
 from ._watch import ConfigWatcher, file_mistakes
 
 log = logging.getLogger("sflow_app")
@@ -50,26 +48,9 @@ class Sink(Protocol):
 
 DEFAULT_CONFIG = _config.DEFAULT_CONFIG_PATH
 CONFIG_CHECK_EVERY = 1.0
-EXIT_FLUSH_TIMEOUT = 1.0
 # s after start-up a service with no HTTP surface waits before it names itself, unless a
 # call went through a surface first: an HTTP surface built later would name it otherwise.
 SETTLE = 10.0
-FORK_JOIN_TIMEOUT = 1.0
-
-
-def threads_run() -> bool:
-    """False inside uWSGI started without --enable-threads (its threads never run)."""
-    uwsgi = sys.modules.get("uwsgi")
-    return uwsgi is None or bool(getattr(uwsgi, "has_threads", True))
-
-
-def uwsgi_master() -> Any:
-    """The ``uwsgi`` module when this is uWSGI's master (worker id 0), else None."""
-    uwsgi = sys.modules.get("uwsgi")
-    try:
-        return uwsgi if uwsgi is not None and uwsgi.worker_id() == 0 else None
-    except Exception:
-        return None
 
 
 def _env_key(env: Mapping[str, str]) -> object:
@@ -95,10 +76,12 @@ class Agent:
         self._lock = threading.Lock()
         self._sources: dict[tuple[str, str], Source] = {}
         self._http: HttpSource | None = None
-        self._reset_process_state()
         # (environment key, AutoFile, config path) the settings were last resolved from.
         self._resolved: tuple[object, object, str] | None = None
         self.settings = _config.resolve({}, {}, None, DEFAULT_CONFIG)
+        # sflow_app.testing.capture(): samples go there, 1-in-1, and nothing is sent.
+        self.capture: Sink | None = None
+        self._reset_process_state()
         self._watcher: ConfigWatcher | None = None
         self._loaded = False
         self._default_name: str | None = None
@@ -108,29 +91,11 @@ class Agent:
         self._uwsgi_hooked = False
         self._serving = False
         self._born = clock()
-        # sflow_app.testing.capture(): samples go there, 1-in-1, and nothing is sent.
-        self.capture: Sink | None = None
 
     def _reset_process_state(self) -> None:
+        """This process's own: a forked child makes them anew (see after_fork)."""
         self.pid = os.getpid()
-        # The hand-off to the exporter: no lock. deque.append and popleft are atomic
-        # under the GIL; a lock here made a request thread that found it held (by a
-        # drain switched out) block, and every block hands the GIL over.
-        self._queue: deque[tuple[Any, ...]] = deque()
-        # The exporter thread's sleep (made when it starts: agents that never start one,
-        # as in tests, hold no pipe); passes counts its passes (tests count wake-ups).
-        self._waker: Waker | None = None
-        # True while the exporter sleeps with an empty queue: the next enqueue wakes it.
-        self._asleep = False
-        self.passes = 0
         self._pools = -1  # every source's sample_pool at the last pass: busy or idle
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._paused = False
-        self._started = False
-        self._inline = False
-        self._last_inline = float("-inf")
-        self.exporter = Exporter(self)
         self._route = ("", "")
         self.stats: Stats = {
             "datagrams": 0,
@@ -142,6 +107,14 @@ class Agent:
             "bad_forwards": 0,
             "last_send_error": "",
         }
+        runner = Runner(self, self.stats, capacity=self.settings.queue_capacity, clock=self._clock)
+        self.runner = runner
+        self.exporter = Exporter(self, runner.drain, self.stats)
+        # The sampled path's hand-off, bound once (no hop per sampled call): the runner's
+        # queue, or a capture's list while one runs.
+        self.enqueue: Callable[[Source, int, int, Any], None] = (
+            runner.put if self.capture is None else self.capture.add
+        )
 
     # -- configuration ----------------------------------------------------------------
     @property
@@ -188,6 +161,7 @@ class Agent:
         self._resolved = None  # the next reload resolves again
         old = getattr(self, "settings", None)
         self.settings = settings
+        self.runner.capacity = settings.queue_capacity
         for warning in settings.warnings:
             self.warn_service(warning)
         if old is None or (old.enabled, old.reason) != (settings.enabled, settings.reason):
@@ -315,180 +289,35 @@ class Agent:
             self.after_fork(caller)
         if caller is not None:
             self._serving = True  # a call went through a surface: the app is built
-        if not self._started and self._autostart:
-            self.start()
-        if self._inline:
-            # No thread can run here: do the exporter's work from the sampled path, at
-            # most once a second. It never blocks (non-blocking sockets, small files).
-            now = self._clock()
-            if now - self._last_inline >= 1.0:
-                self._last_inline = now
-                try:
-                    self.tick(now)
-                except Exception:
-                    log.debug("sflow_app: inline tick failed", exc_info=True)
+        runner = self.runner
+        if not runner.started and self._autostart:
+            runner.start()
+        if runner.inline:
+            runner.pass_inline()
 
-    def enqueue(self, source: Source, pool: int, rate: int, records: Any) -> None:
-        capture = self.capture
-        if capture is not None:
-            capture.add(source, pool, rate, records)
-            return
-        queue = self._queue
-        # Threads enqueuing at once may each pass the check: the queue can exceed its
-        # capacity by at most their number (bounded; nothing is lost uncounted).
-        if len(queue) >= self.settings.queue_capacity:
-            source.drop()
-            self.stats["queue_drops"] += 1
-            return
-        queue.append((source, pool, rate, records))
-        if self._asleep:  # the exporter may sleep for a second: wake it (once per sleep)
-            self._asleep = False
-            waker = self._waker
-            if waker is not None:
-                waker.set()
-
-    def drain(self) -> list[tuple[Any, ...]]:
-        """Everything queued, in order (request threads may append meanwhile)."""
-        queue = self._queue
-        pop = queue.popleft
-        return [pop() for _ in range(len(queue))]
-
-    # -- lifecycle --------------------------------------------------------------------
+    # -- lifecycle (the thread itself is the runner's) --------------------------------
     def start_early(self) -> None:
         """A surface was built: report from now on, requests or not (see the module doc)."""
-        if self._started or not self._autostart:
+        if self.runner.started or not self._autostart:
             return
         try:
             flush_on_sigterm(self.shutdown)  # uvicorn: no atexit after its SIGTERM
             uwsgi = uwsgi_master()
-            if uwsgi is not None:
-                self._hook_uwsgi_fork(uwsgi)
-            else:
+            if uwsgi is None:
                 self.housekeeping()
+            elif not self._uwsgi_hooked:
+                self._uwsgi_hooked = True
+                on_uwsgi_fork(uwsgi, self.housekeeping)
         except Exception:
             log.debug("sflow_app: could not start the exporter", exc_info=True)
 
-    def _hook_uwsgi_fork(self, uwsgi: Any) -> None:
-        """Start in each uWSGI worker right after its fork (chained to any hook there)."""
-        if self._uwsgi_hooked:
-            return
-        self._uwsgi_hooked = True
-
-        def start_here() -> None:
-            try:
-                self.housekeeping()
-            except Exception:
-                log.debug("sflow_app: could not start the exporter", exc_info=True)
-
-        decorators = sys.modules.get("uwsgidecorators")
-        if isinstance(getattr(decorators, "postfork_chain", None), list):
-            decorators.postfork_chain.append(start_here)  # type: ignore[union-attr]
-            return  # uwsgidecorators owns the hook: join its chain
-        previous = getattr(uwsgi, "post_fork_hook", None)
-
-        def post_fork_hook() -> None:
-            if previous is not None:
-                previous()
-            start_here()
-
-        uwsgi.post_fork_hook = post_fork_hook
-
     def before_fork(self) -> None:
-        """Python's os.fork in a process whose thread runs: stop it for the fork."""
-        thread = self._thread
-        if (
-            self._started
-            and thread is not None
-            and thread.is_alive()
-            and self.pid == os.getpid()
-            and thread is not threading.current_thread()
-        ):
-            self._stop.set()
-            self._wake_now()
-            thread.join(FORK_JOIN_TIMEOUT)
-            self._paused = True
+        self.runner.before_fork()
 
     def after_fork_in_parent(self) -> None:
-        if self._paused:
-            self._paused = False
-            self._spawn()
+        self.runner.after_fork_in_parent()
 
-    def _spawn(self) -> None:
-        # A fresh event per thread: one that outlived a bounded join still sees its own set.
-        self._stop = threading.Event()
-        if self._waker is None:
-            self._waker = Waker()
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(self._stop, self._waker),
-            name="sflow-app-exporter",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def _wake_now(self) -> None:
-        waker = self._waker
-        if waker is not None:
-            waker.set()
-
-    def start(self) -> None:
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-            if not threads_run():
-                self.warn_once(
-                    "uWSGI runs without --enable-threads, so Python threads do not run: "
-                    "this worker reports from its sampled requests, at most once a second, "
-                    "and only while it serves. Add --enable-threads."
-                )
-                self._inline = True
-                return
-            self._spawn()
-
-    def _run(self, stop: threading.Event, waker: Waker) -> None:
-        while not stop.is_set():
-            passed = self._clock()
-            self.passes += 1
-            due = passed + TICK
-            try:
-                self.tick(passed)
-                due = self._next_due(passed)
-            except Exception:  # the exporter must outlive any bug of its own
-                log.exception("sflow_app: exporter error")
-            self._sleep(stop, waker, passed, due)
-
-    def _sleep(self, stop: threading.Event, waker: Waker, passed: float, due: float) -> None:
-        """Until ``due``, or until a sample is queued (or, in the sender, a worker
-        forwards samples), but at most one pass per TICK however often it is woken.
-
-        Each sleep is a blocking call, and a busy request thread takes the GIL the moment
-        this thread lets it go, keeping it up to the switch interval (5 ms): so samples
-        already waiting mean one sleep to the TICK, not a sleep and then a wake-up.
-        """
-        soonest = passed + TICK
-        also = _idle.listening(self.exporter)
-        while not stop.is_set():
-            now = self._clock()
-            if self._queue or due <= soonest:
-                self.exporter.quiet = False
-                if now >= soonest:
-                    return
-                waker.wait(soonest - now)  # nobody needs to wake it: the pass is near
-                continue
-            if now >= due:
-                return
-            self._asleep = True
-            if self._queue:  # queued just before it said so: no wake-up will come
-                self._asleep = False
-                continue
-            woken = waker.wait(due - now, also)
-            self._asleep = False
-            self.exporter.quiet = not woken and also is not None
-            if woken:
-                due = soonest
-
-    def _next_due(self, passed_at: float) -> float:
+    def next_due(self, passed_at: float) -> float:
         """When the thread must pass next (see _idle): earlier while the process serves."""
         due = min(self._next_config_check, _idle.next_due(self.exporter, passed_at))
         pools = 0
@@ -533,24 +362,12 @@ class Agent:
 
     def shutdown(self, timeout: float = EXIT_FLUSH_TIMEOUT) -> None:
         """Stop the thread and send what is left, within a bounded time."""
-        if not self._started or self.pid != os.getpid():
-            return
-        self._stop.set()
-        self._wake_now()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        try:
-            self.exporter.finish(self._clock())
-        except Exception:
-            log.exception("sflow_app: final flush failed")
-        self.exporter.close()
-        self._started = False
-        for source in self.sources():
-            source.sampler.force()  # a process that goes on serving starts it again
+        if self.runner.shutdown(timeout):
+            for source in self.sources():
+                source.sampler.force()  # a process that goes on serving starts it again
 
     def after_fork(self, caller: Source | None = None) -> None:
-        """In a child: reuse nothing inherited (thread, sockets, RNG, queued samples)."""
+        """In a child: reuse nothing inherited (runner, sockets, RNG, queued samples)."""
         self.exporter.abandon()
         self._reset_process_state()
         self._serving = True  # servers fork once the application is built
@@ -561,7 +378,8 @@ class Agent:
 
     def status(self) -> Status:
         """Config source and state, identity, what was sent and dropped: for operators."""
-        if not self._started:
+        runner = self.runner
+        if not runner.started:
             self.reload()
         settings = self.settings
         ident = self.exporter.identity() if settings.enabled else None
@@ -579,7 +397,7 @@ class Agent:
             sub_agent_id=ident[1] if ident else None,
             service_name=self.service_name,
             pid=self.pid,
-            running=self._started,
+            running=runner.started,
             sender=bool(state and state.sender),
             shared_state=getattr(state, "path", None),
             workers_seen=state.slots_used() if state else 0,
@@ -593,7 +411,7 @@ class Agent:
                 }
                 for s in self.sources()
             },
-            queue={"length": len(self._queue), "capacity": settings.queue_capacity},
+            queue={"length": len(runner.queue), "capacity": settings.queue_capacity},
         )
 
     # -- sflow_app.testing ------------------------------------------------------------
@@ -602,12 +420,14 @@ class Agent:
             raise RuntimeError("sflow_app.testing.capture() is already active")
         self.ensure_loaded()
         self.capture = capture
+        self.enqueue = capture.add
         for source in self.sources():
             self._apply_source(source)
 
     def end_capture(self, capture: Sink) -> None:
         if self.capture is capture:
             self.capture = None
+            self.enqueue = self.runner.put
             for source in self.sources():
                 self._apply_source(source)
 
@@ -615,18 +435,16 @@ class Agent:
         """Back to the state of a fresh import (sflow_app.testing.reset)."""
         self.shutdown()
         self.exporter.close()
-        waker = self._waker
+        runner = self.runner
         self.__init__(**init)  # type: ignore[misc]
-        if waker is not None:
-            waker.close()
+        runner.close()
 
     def after_fork_in_child(self) -> None:
         """The at-fork hook: the parent's pipe is closed here, where no other thread of
         the child runs yet (a fork from C, noticed later, leaves its copy open)."""
-        waker = self._waker
+        runner = self.runner
         self.after_fork()
-        if waker is not None:
-            waker.close()
+        runner.close()
 
 
 AGENT = Agent()

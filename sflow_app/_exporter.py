@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._encode import encode_fitted_flow_sample, encode_flow_sample_around
@@ -32,6 +33,7 @@ from .records import DS_CLASS_LOGICAL, FlowSample
 
 if TYPE_CHECKING:
     from ._source import Source
+    from ._status import Stats
 
 log = logging.getLogger("sflow_app")
 __all__ = ["FLUSH_AFTER", "TICK", "Exporter"]
@@ -48,8 +50,12 @@ FALLBACK_SUB_AGENTS = (1 << 24, 1 << 31)
 
 
 class Exporter(Staging):
-    def __init__(self, agent: Host) -> None:
+    def __init__(
+        self, agent: Host, drain: Callable[[], list[tuple[Any, ...]]], stats: Stats
+    ) -> None:
         self.agent = agent
+        self.drain = drain  # the queue's (the runner's): what request threads sampled
+        self.stats = stats  # the counts it keeps (the runner counts its queue's drops there)
         self.state: State | None = None
         self._key: str | None = None
         self._key_parts: tuple[object, ...] = ()  # what _key was worked out from
@@ -96,7 +102,7 @@ class Exporter(Staging):
 
     def _step(self, now: float, final: bool) -> None:
         agent = self.agent
-        items = agent.drain()
+        items = self.drain()
         if not agent.settings.enabled:
             self._held.clear()
             self._pending.clear()
@@ -133,14 +139,14 @@ class Exporter(Staging):
             state.stop_listening()
         self.senders.prepare()
         totals: dict[int, list[int]] = {}
-        # quiet: the thread's sleep just found nothing on the socket (see Agent._sleep).
+        # quiet: the thread's sleep just found nothing on the socket (see Runner._sleep).
         received = [] if self.quiet and not final else state.receive()
         self.quiet = False
         incoming = [*self._backlog, *encoded, *received]
         self._backlog.clear()
         if state.shared:  # a stand-alone process keeps what an earlier shared one counted
             state.touch()
-            agent.stats["bad_forwards"] = state.bad_forwards
+            self.stats["bad_forwards"] = state.bad_forwards
         if incoming:
             self._stage_flows(state, totals, incoming, now)
         self._poll(state, totals, now, final)
@@ -154,7 +160,7 @@ class Exporter(Staging):
         if sidecars is None or not state.shared or not sidecars.due(final):
             return
         agent = self.agent
-        stats = agent.stats
+        stats = self.stats
         sources = agent.sources()
         shown = (
             state.generation if state.sender else None,
@@ -452,7 +458,7 @@ class Exporter(Staging):
             index, data = self._backlog.popleft()
             if len(data) == POOL_ONLY.size:
                 continue  # a pool increment, not a sample
-            self.agent.stats["backlog_drops"] += 1
+            self.stats["backlog_drops"] += 1
             source = by_index.get(index)
             if source is not None:
                 source.drop()
@@ -505,7 +511,7 @@ class Exporter(Staging):
         if self.state is not None and self.state.shared and self._key is not None:
             # What this process published stays in the file (its slot, now dead).
             self._offsets[self._key] = {**self._offset, **self._last}
-            self._sidecars_done[self._key] = (dict(self.agent.stats), self.senders.errors())
+            self._sidecars_done[self._key] = (dict(self.stats), self.senders.errors())
             self.runtime.closed(self._key)
         self._last = {}
         self._settled.clear()

@@ -29,18 +29,16 @@ if TYPE_CHECKING:
 
 class Host(Protocol):
     """What the exporter needs of its agent, and all it uses: the settings, identity and
-    data sources to report, the queue to drain, the counts to keep, and its log."""
+    data sources to report, and its log. (The queue it drains and the counts it keeps
+    are given to it apart: they are its process's, made anew in a forked child.)"""
 
     settings: Settings
-    stats: Stats
 
     @property
     def env(self) -> Mapping[str, str]: ...
 
     @property
     def service_name(self) -> str: ...
-
-    def drain(self) -> list[tuple[Any, ...]]: ...
 
     def identity(self) -> tuple[str, int] | None: ...
 
@@ -68,6 +66,7 @@ def _patch(buf: bytearray, at: int, value: int) -> None:
 
 class Staging:
     agent: Host
+    stats: Stats
     state: State | None
     senders: Senders
     _pending: list[tuple[int, bool, bytearray]]
@@ -197,7 +196,7 @@ class Staging:
             agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)
         )
         payload = header + b"".join(buf for _, _, buf in pending)
-        stats = self.agent.stats
+        stats = self.stats
         stats["datagrams"] += 1
         stats["samples"] += len(pending)
         self.senders.send(self.agent.settings.collectors, payload, stats)

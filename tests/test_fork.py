@@ -43,9 +43,9 @@ def inherited_state() -> dict:
     return {
         "pid": AGENT.pid,
         "real_pid": os.getpid(),
-        "started": AGENT._started,
-        "thread_alive": bool(AGENT._thread and AGENT._thread.is_alive()),
-        "queue": len(AGENT._queue),
+        "started": AGENT.runner.started,
+        "thread_alive": bool(AGENT.runner.thread and AGENT.runner.thread.is_alive()),
+        "queue": len(AGENT.runner.queue),
         "sockets": len(exporter._socks),
         "state": exporter.state is not None,
         "skips": [AGENT.http_source().sampler._rng.random() for _ in range(4)],
@@ -58,10 +58,10 @@ def child_body() -> dict:
     source = AGENT.http_source()
     request(source)  # the first request takes the slow path: start in this process
     after = {
-        "started": AGENT._started,
-        "thread_alive": bool(AGENT._thread and AGENT._thread.is_alive()),
-        "thread_tid": AGENT._thread.native_id if AGENT._thread else None,
-        "queue": len(AGENT._queue),
+        "started": AGENT.runner.started,
+        "thread_alive": bool(AGENT.runner.thread and AGENT.runner.thread.is_alive()),
+        "thread_tid": AGENT.runner.thread.native_id if AGENT.runner.thread else None,
+        "queue": len(AGENT.runner.queue),
         "pool": source.sampler.sample_pool,
         "counters": source.counters.snapshot()[1],
         "skips": [source.sampler._rng.random() for _ in range(4)],
@@ -78,15 +78,15 @@ def prepare_parent(agent) -> None:
     deadline = time.monotonic() + 5
     # Its first pass may run before that request's sample is queued: wait for the pass
     # that takes it too (the thread sleeps until it is woken for it).
-    while not (a.exporter.state and a.exporter._socks and not a._queue):
+    while not (a.exporter.state and a.exporter._socks and not a.runner.queue):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    a.drain = lambda: []  # the thread keeps running but leaves the queue alone
+    a.exporter.drain = lambda: []  # the thread keeps running but leaves the queue alone
     for _ in range(5):
         request(source)
-    assert a._thread is not None and a._thread.is_alive()
-    assert len(a._queue) == 5 and a.exporter.state is not None
+    assert a.runner.thread is not None and a.runner.thread.is_alive()
+    assert len(a.runner.queue) == 5 and a.exporter.state is not None
 
 
 def stop_thread(a) -> None:
@@ -96,10 +96,8 @@ def stop_thread(a) -> None:
     a uWSGI master. (A thread with samples queued wakes every TICK, so waiting for it to
     sleep is not enough on a loaded machine.) The agent keeps its queue, state and
     sockets: the child must still notice the new pid and reuse none of them."""
-    thread = a._thread
-    a._stop.set()
-    a._wake_now()
-    thread.join(10)
+    thread = a.runner.thread
+    a.runner.stop(10)
     assert not thread.is_alive()
 
 
@@ -129,31 +127,29 @@ def test_child_reuses_nothing_inherited(agent, fork: str) -> None:
         assert before["pid"] != before["real_pid"]  # no hook ran: stale until noticed
     assert after["skips"] != parent_skips
     assert after["started"] and after["thread_alive"]
-    assert AGENT._thread is not None
-    assert after["thread_tid"] != AGENT._thread.native_id
+    assert AGENT.runner.thread is not None
+    assert after["thread_tid"] != AGENT.runner.thread.native_id
     # The child counts only its own request; the parent's queue was not inherited.
     assert (after["pool"], after["counters"]) == (1, 1)
     assert after["queue"] <= 1
-    assert len(AGENT._queue) == 5  # the parent's own state is untouched
+    assert len(AGENT.runner.queue) == 5  # the parent's own state is untouched
     assert threading.current_thread() is threading.main_thread()
-    del AGENT.drain
 
 
 def test_os_fork_pauses_the_thread_and_restarts_it_in_the_parent(agent) -> None:
     """A process whose exporter runs (a gunicorn --preload master) stops it for the fork,
     so no child inherits a half-done pass, and runs a fresh one after."""
     prepare_parent(agent)
-    old = AGENT._thread
+    old = AGENT.runner.thread
     assert old is not None and old.is_alive()
     report = run_in_child(
-        os.fork, lambda: {"threads": threading.active_count(), "started": AGENT._started}
+        os.fork, lambda: {"threads": threading.active_count(), "started": AGENT.runner.started}
     )
     assert report == {"threads": 1, "started": False}
     assert not old.is_alive(), "the thread ran across the fork"
-    new = AGENT._thread
+    new = AGENT.runner.thread
     assert new is not None and new is not old and new.is_alive()
-    assert AGENT._started and not AGENT._paused
-    del AGENT.drain
+    assert AGENT.runner.started and not AGENT.runner.paused
 
 
 UWSGI_MASTER = textwrap.dedent("""
@@ -168,12 +164,12 @@ UWSGI_MASTER = textwrap.dedent("""
     from sflow_app._agent import AGENT
     AGENT.http_source()
     AGENT.memcache_source()
-    master = {"threads": threading.active_count(), "started": AGENT._started}
+    master = {"threads": threading.active_count(), "started": AGENT.runner.started}
     pid = os.fork()
     if pid == 0:
         uwsgi.worker_id = lambda: 1
         uwsgi.post_fork_hook()  # what uWSGI calls in each new worker
-        worker = {"threads": threading.active_count(), "started": AGENT._started,
+        worker = {"threads": threading.active_count(), "started": AGENT.runner.started,
                   "calls": calls}
         print(json.dumps({"master": master, "worker": worker}), flush=True)
         os._exit(0)

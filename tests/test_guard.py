@@ -60,14 +60,14 @@ def drive(
     for i in range(count):
         clock.now = start + i / per_second
         if clock.now >= next_pass:
-            for item in agent.drain():
+            for item in agent.runner.drain():
                 taken.append((item[-1][0], item[2]))
             agent.tick(clock.now)
             next_pass += 0.1
         n = sampler.pool()
         if n >= sampler.next_at and source.sample(n):
             source.submit(n, (clock.now,))
-    for item in agent.drain():
+    for item in agent.runner.drain():
         taken.append((item[-1][0], item[2]))
     return count, taken
 
@@ -124,9 +124,9 @@ def test_rate_recorded_is_the_one_in_force_when_sampled(
             if n >= sampler.next_at and source.sample(n):
                 source.submit(n, ())
         assert sampler.rate > 1
-        agent.drain()
+        agent.runner.drain()
         source.submit(first, ())  # the long request sampled before the burst ends now
-        [(_, pool, rate, _)] = agent.drain()
+        [(_, pool, rate, _)] = agent.runner.drain()
         assert (pool, rate) == (first, 1)
     finally:
         agent.exporter.close()

@@ -40,7 +40,7 @@ def idle(agent, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest)
     tick = ag.tick
 
     def counting_tick(now: float, **kwargs: Any) -> None:
-        passes.append((time.monotonic(), len(ag._queue)))
+        passes.append((time.monotonic(), len(ag.runner.queue)))
         tick(now, **kwargs)
 
     monkeypatch.setattr(ag, "tick", counting_tick)
@@ -58,7 +58,7 @@ def test_idle_exporter_wakes_about_once_a_second(idle) -> None:
     woke = len(passes) - before
     # The config re-check once a second (3-4 in 3 s); the old 0.1 s tick made ~30.
     assert woke <= 5, [round(t, 2) for t, _ in passes[before:]]
-    assert ag._started
+    assert ag.runner.started
 
 
 @pytest.mark.parametrize("idle", [1], indirect=True)  # every request sampled

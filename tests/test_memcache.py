@@ -90,7 +90,7 @@ def client(server: Memcached, **kwargs: Any) -> Client:
 
 
 def flush(collector) -> None:
-    if AGENT._started:
+    if AGENT.runner.started:
         AGENT.shutdown()  # stops the exporter thread and sends what is left, counters too
     else:
         AGENT.tick(time.monotonic(), final=True)

@@ -48,7 +48,7 @@ def pair() -> Iterator[tuple[Memcached, Memcached]]:
 
 
 def flush(collector) -> None:
-    if AGENT._started:
+    if AGENT.runner.started:
         AGENT.shutdown()
     else:
         AGENT.tick(time.monotonic(), final=True)

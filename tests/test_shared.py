@@ -467,8 +467,8 @@ def _fake_uwsgi_without_threads(agent: Agent) -> None:
 
 def _inline_info(agent: Agent) -> dict[str, Any]:
     return {
-        "thread": agent._thread is not None,
-        "inline": agent._inline,
+        "thread": agent.runner.thread is not None,
+        "inline": agent.runner.inline,
         "warnings": [m for m in agent.warnings if "enable-threads" in m],  # type: ignore[attr-defined]
     }
 

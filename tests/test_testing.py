@@ -184,7 +184,7 @@ def test_pytest_fixture(sflow_capture) -> None:
 
 def test_reset_restarts_from_a_fresh_agent() -> None:
     source = AGENT.http_source()
-    assert AGENT._started  # building a surface starts the exporter
+    assert AGENT.runner.started  # building a surface starts the exporter
     reset()
-    assert not AGENT._started and AGENT.sources() == [] and AGENT.capture is None
+    assert not AGENT.runner.started and AGENT.sources() == [] and AGENT.capture is None
     assert AGENT.http_source() is not source

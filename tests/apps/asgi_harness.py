@@ -112,7 +112,7 @@ def call(app, scope, peer: Peer | None = None) -> Peer:
 
 
 def flush(agent, collector) -> None:
-    if agent._started:
+    if agent.runner.started:
         agent.shutdown()  # stops the exporter thread and sends what is left, counters too
     else:
         agent.tick(time.monotonic(), final=True)
