@@ -137,7 +137,7 @@ def test_wsgi_sample_encodes_as_its_records(
         environ["REMOTE_USER"] = remote_user
     mw = wsgi.SFlowMiddleware(respond_wsgi(status, content_type), query=query_mode)
     serve_one(mw, environ)
-    [(_source, _n, _rate, txn)] = AGENT.drain()
+    [(_source, _n, _rate, txn)] = AGENT.runner.drain()
     expected = recorded(txn.build())
     assert txn.encode() == expected
     assert txn.encode() == expected
@@ -172,7 +172,7 @@ def test_asgi_sample_encodes_as_its_records(
     mw = asgi.SFlowMiddleware(respond(status, b"ok", content_type))
     peer = Peer()
     asyncio.run(mw(scope, peer.receive, peer.send))
-    [(_source, _n, _rate, sample)] = AGENT.drain()
+    [(_source, _n, _rate, sample)] = AGENT.runner.drain()
     expected = recorded(sample.build())
     assert sample.encode() == expected
     assert sample.encode() == expected
