@@ -4,7 +4,8 @@ The exporter thread sleeps until the earliest of: the config re-check (the agent
 counter poll due (the sender's), a partial datagram's flush deadline, a forward to retry
 (a worker whose sender was not taking samples), and wakes early when a sample is queued
 or, in the sender, when another worker forwards samples to its socket. So an idle
-process wakes about once a second (the config re-check, a ``stat``), not ten times.
+process wakes every few seconds (the config re-check, a ``stat``: ``IDLE_CHECK_EVERY``),
+not ten times a second.
 """
 
 from __future__ import annotations

@@ -98,6 +98,11 @@ class ConfigWatcher:
         self._torn_since = 0.0
         self._torn_warned = False
 
+    @property
+    def torn(self) -> bool:
+        """Whether the last read was torn (hsflowd caught rewriting the file)."""
+        return self._last is not None and self._last.state == "torn"
+
     def current(self) -> AutoFile | None:
         """Poll, then the AutoFile in effect: a torn read keeps the previous one."""
         self.poll()

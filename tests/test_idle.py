@@ -1,15 +1,19 @@
-"""An idle process's exporter wakes no more often than its work needs (issue 15): about
-once a second for the config re-check, not ten times; and a sample queued while it sleeps
-still leaves promptly. Wake-ups are counted (each pass calls ``Agent.tick``), never CPU."""
+"""An idle process's exporter wakes no more often than its work needs (issue 15): every
+few seconds for the config re-check (``IDLE_CHECK_EVERY``), not once a second and not ten
+times; a sample queued while it sleeps still leaves promptly. Wake-ups are counted (each
+pass calls ``Agent.tick``), never CPU."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Collector, wait_until
+from helpers import Collector, wait_until, write_auto
 
+from sflow_app import _agent
 from sflow_app.records import HttpRequest
 
 
@@ -31,10 +35,13 @@ def serve_one(wrapped: Any, path: str = "/") -> None:
 @pytest.fixture(params=[100_000])
 def idle(agent, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest):
     """The process's agent with its thread running, polling 30 s, having served one
-    request (so it knows its identity), and every pass of its exporter recorded."""
+    request (so it knows its identity), and every pass of its exporter recorded. Idle, it
+    wakes every second here (tests that need passes); ``sleepy`` keeps the default."""
     from sflow_app.wsgi import SFlowMiddleware
 
     monkeypatch.setenv("SFLOW_APP_DS_INDEX", "8000")
+    if "sleepy" not in request.fixturenames:
+        monkeypatch.setattr(_agent, "IDLE_CHECK_EVERY", 1.0)
     ag = agent(sampling=request.param, polling=30)
     passes: list[tuple[float, int]] = []
     tick = ag.tick
@@ -50,15 +57,40 @@ def idle(agent, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest)
     return ag, wrapped, passes
 
 
-def test_idle_exporter_wakes_about_once_a_second(idle) -> None:
+@pytest.fixture
+def sleepy() -> None:
+    """With ``idle``: the default interval between an idle exporter's wake-ups."""
+
+
+def test_idle_exporter_wakes_only_every_few_seconds(sleepy, idle) -> None:
     ag, _, passes = idle
     time.sleep(1.5)  # settle: the passes right after serving
     before = len(passes)
-    time.sleep(3.0)
+    time.sleep(2 * _agent.IDLE_CHECK_EVERY - 1.0)
     woke = len(passes) - before
-    # The config re-check once a second (3-4 in 3 s); the old 0.1 s tick made ~30.
-    assert woke <= 5, [round(t, 2) for t, _ in passes[before:]]
+    # The config re-check every IDLE_CHECK_EVERY: 1-2 passes in 9 s; the old
+    # once-a-second re-check made ~9, the 0.1 s tick ~90.
+    assert 1 <= woke <= 2, [round(t, 2) for t, _ in passes[before:]]
     assert ag.runner.started
+
+
+def test_torn_config_is_read_again_a_second_later_though_idle(
+    sleepy, idle, collector: Collector
+) -> None:
+    """hsflowd caught rewriting the file: the idle exporter does not wait its few seconds
+    to read it again (the settings stay as they were meanwhile)."""
+    ag, _, passes = idle
+    path = Path(os.environ["SFLOW_APP_CONFIG"])
+    time.sleep(1.5)
+    path.write_text(path.read_text().replace("rev_end=1", "rev_end=2"))  # torn
+    assert wait_until(lambda: ag._watcher is not None and ag._watcher.torn, timeout=10.0)
+    seen = len(passes)
+    time.sleep(3.5)
+    # Still torn: read again every second (3-4 passes), not every IDLE_CHECK_EVERY.
+    assert len(passes) - seen >= 3, [round(t - passes[seen - 1][0], 2) for t, _ in passes[seen:]]
+    write_auto(path, collector.port, rev=2, sampling=7, polling=30)  # whole again
+    assert wait_until(lambda: ag.http_source().sampler.rate == 7, timeout=3.0)
+    assert not ag._watcher.torn
 
 
 @pytest.mark.parametrize("idle", [1], indirect=True)  # every request sampled
