@@ -94,8 +94,8 @@ Write = Callable[[bytes], object]
 TRANSACTION_KEY = "sflow_app.transaction"
 
 _DONE: Environ = {}  # a finished transaction's environ: it keeps no request alive
-# The environ's values a sample's records are built from (_Transaction.build).
 _T = TypeVar("_T")
+# The environ's values a sample's records are built from (_Transaction.build).
 _KEPT = (
     "RAW_URI",
     "REQUEST_URI",
