@@ -4,11 +4,10 @@ byte, whatever the values -- and on a second sight of the same values (the memos
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import pytest
-from apps.asgi_harness import Peer, http_scope, respond
+from apps.asgi_harness import Peer, call, http_scope, respond
 from apps.harness import flush, http_samples, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -170,8 +169,7 @@ def test_asgi_sample_encodes_as_its_records(
     AGENT.configure(ds_index=8000, authuser=True)
     scope = http_scope("GET", "/" + path, query, headers, raw_path=raw_path, http_version=version)
     mw = asgi.SFlowMiddleware(respond(status, b"ok", content_type))
-    peer = Peer()
-    asyncio.run(mw(scope, peer.receive, peer.send))
+    call(mw, scope, Peer())
     [(_source, _n, _rate, sample)] = AGENT.runner.drain()
     expected = recorded(sample.build())
     assert sample.encode() == expected
@@ -184,13 +182,13 @@ def test_a_sample_too_long_for_the_datagram_is_fitted_not_dropped(live, collecto
     AGENT.configure(ds_index=8000, datagram=600)
     mw = wsgi.SFlowMiddleware(respond_wsgi("200 OK", "text/plain"))
     environ = EnvironBuilder(
-        path="/" + "u" * 300, headers={"User-Agent": "a" * 200, "Referer": "r" * 300}
+        path="/" + "u" * 300, headers=[("User-Agent", "a" * 200), ("Referer", "r" * 300)]
     ).get_environ()
     serve_one(mw, environ)
     flush(collector)
     [sample] = http_samples(collector)
     [request] = [r for r in sample.records if isinstance(r, HttpRequest)]
-    assert request.useragent == "a" * 128 and request.uri.startswith("/uuu")
+    assert request.useragent == "a" * 128 and str(request.uri).startswith("/uuu")
     assert len(request.uri) < 255 and mw._source.drops == 0
 
 
@@ -224,7 +222,7 @@ def test_what_is_remembered_of_a_request_holds_no_credential(live, collector):
     basic = "Basic " + base64.b64encode(b"alice:s3cret-password").decode()
     for authorization in (basic, "Bearer s3cret-token"):
         serve_one(
-            mw, EnvironBuilder(path="/a", headers={"Authorization": authorization}).get_environ()
+            mw, EnvironBuilder(path="/a", headers=[("Authorization", authorization)]).get_environ()
         )
     flush(collector)
     users = [record(s, HttpRequest).authuser for s in http_samples(collector)]
