@@ -170,11 +170,11 @@ def encode_records(records: tuple[object, ...]) -> bytes:
 # The exporter encodes every sampled request: these give encode_record's bytes from plain
 # values (tests hold them byte-identical), skipping the dataclasses in between.
 
-_HTTP_HEAD = struct.Struct(">IIII")  # data_format, length, method, protocol
-_HTTP_TAIL = struct.Struct(">QQII")  # req_bytes, resp_bytes, uS, status
-_HTTP_LIMITS = tuple(HttpRequest.MAX_BYTES.values())  # uri .. mime_type, in field order
-_HTTP_NUMBERS = _HTTP_HEAD.size - 8 + _HTTP_TAIL.size
+_HTTP_TAIL = struct.Struct(">QQII")  # req_bytes, resp_bytes, uS, status: the record's end
 _BYTES_ONLY = {bytes}
+# (method, protocol, strings) -> the http_request record up to its numbers: a service
+# serves the same requests (URI, host, user agent...) over and over.
+_HTTP_HEADS: dict[tuple[int, int, tuple[bytes, ...]], bytes] = {}
 
 
 def encode_http_request(
@@ -192,55 +192,38 @@ def encode_http_request(
     else:  # one kind of key: comparing str with bytes warns
         raw = tuple(map(to_bytes, strings))
     key = (method, protocol, raw)
+    head = _HTTP_HEADS.get(key)
+    if head is None:
+        record = encode_record(_http_request(method, protocol, raw, 0, 0, 0, 0))
+        head = remember(_HTTP_HEADS, key, record[: -_HTTP_TAIL.size], sum(map(len, raw)))
     try:
-        head = _HTTP_HEADS.get(key)
-        if head is None:
-            head = _http_request_head(method, protocol, raw)
-            remember(_HTTP_HEADS, key, head, sum(map(len, raw)))
         return head + _HTTP_TAIL.pack(req_bytes, resp_bytes, duration_us, status)
     except struct.error:  # a number out of range: the record's clamping path
-        uri, host, referer, useragent, xff, authuser, mime_type = strings
         return encode_record(
-            HttpRequest(
-                method,
-                protocol,
-                uri,
-                host,
-                referer,
-                useragent,
-                xff,
-                authuser,
-                mime_type,
-                req_bytes,
-                resp_bytes,
-                duration_us,
-                status,
-            )
+            _http_request(method, protocol, raw, req_bytes, resp_bytes, duration_us, status)
         )
 
 
-# (method, protocol, strings) -> the http_request record up to its numbers: a service
-# serves the same requests (URI, host, user agent...) over and over.
-_HTTP_HEADS: dict[tuple[int, int, tuple[bytes, ...]], bytes] = {}
-
-
-def _http_request_head(method: int, protocol: int, strings: tuple[bytes, ...]) -> bytes:
-    parts: list[bytes] = [b""]  # the head, once the length is known
-    size = _HTTP_NUMBERS
-    words, pad, empty = _LENGTH_WORDS, PAD, _EMPTY_STRING
-    for v, limit in zip(strings, _HTTP_LIMITS):  # noqa: B905 (seven strings by contract)
-        if not v:
-            parts.append(empty)
-            size += 4
-            continue
-        n = len(v)
-        if n > limit:
-            v = cut_utf8(v, limit)
-            n = len(v)
-        parts += (words[n], v, pad[n & 3])
-        size += 4 + ((n + 3) & ~3)
-    parts[0] = _HTTP_HEAD.pack(HttpRequest.FORMAT, size, method, protocol)
-    return b"".join(parts)
+def _http_request(
+    method: int, protocol: int, strings: tuple[bytes, ...], *numbers: int
+) -> HttpRequest:
+    uri, host, referer, useragent, xff, authuser, mime_type = strings
+    req_bytes, resp_bytes, duration_us, status = numbers
+    return HttpRequest(
+        method,
+        protocol,
+        uri,
+        host,
+        referer,
+        useragent,
+        xff,
+        authuser,
+        mime_type,
+        req_bytes,
+        resp_bytes,
+        duration_us,
+        status,
+    )
 
 
 _PORTS = struct.Struct(">II")
