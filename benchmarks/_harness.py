@@ -299,22 +299,57 @@ def wait_drained(timeout: float = 2.0) -> None:
         time.sleep(0.0005)
 
 
-def thread_costs(run: Callable[[int], None], total: int, burst: int) -> tuple[float, float]:
-    """(request thread, request thread + every other thread) CPU microseconds per request of
-    ``run(n)``, which serves ``n`` requests. Served in bursts of ``burst``, each left to
-    drain from the exporter's queue before the next, so no sample is dropped and each
-    one's encoding and sending are counted; the waits are not on the clocks measured."""
-    wait_drained()
-    others = other_threads_cpu()
-    own = 0.0
-    for _ in range(max(1, total // burst)):
-        started = time.thread_time()
-        run(burst)
-        own += time.thread_time() - started
-        wait_drained()
-    time.sleep(0.25)  # the exporter's last datagram goes out on its next tick
-    served = max(1, total // burst) * burst
-    return own / served * 1e6, (own + other_threads_cpu() - others) / served * 1e6
+def sampled_costs(
+    variants: dict[str, tuple[Callable[[int], None], Callable[[], None]]],
+    total: int,
+    burst: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(request thread, in all: request thread + exporter) CPU microseconds per request of
+    each variant: ``(run, before)``, where ``run(n)`` serves ``n`` requests and ``before()``
+    sets the variant up (its sampling rate).
+
+    The agent's thread is stopped for this: its passes are made right here after each
+    burst (``AGENT.tick``), on the same thread CPU clock, until the queue is empty -- the
+    samples encoded and sent. So no other thread's time is mixed in, no sample is dropped,
+    and nothing sleeps between the clocks (a thread back from a sleep runs cold). Bursts of
+    ``burst`` requests, the variants taking turns burst by burst (order rotating); the
+    figure is each variant's median burst: paired this finely, drift and other load on a
+    shared machine hit every variant alike, and one preempted burst does not move it. A
+    live exporter thread adds its wake-ups, per pass rather than per sample."""
+    from sflow_app._agent import AGENT
+
+    AGENT.shutdown()  # stop the thread (its queue flushed); requests no longer start it
+    autostart, AGENT._autostart = AGENT._autostart, False
+
+    def export() -> None:
+        for _ in range(100):  # a pass takes everything queued; a few more at most
+            AGENT.tick(time.monotonic())
+            if not queue_length():
+                return
+
+    names = list(variants)
+    own: dict[str, list[float]] = {name: [] for name in names}
+    whole: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for i in range(-1, max(1, total // burst)):  # -1: warm-up, unmeasured
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                run, before = variants[name]
+                before()
+                export()  # whatever the change of settings queued, unmeasured
+                started = time.thread_time()
+                run(burst)
+                served = time.thread_time()
+                export()
+                done = time.thread_time()
+                if i >= 0:
+                    own[name].append((served - started) / burst * 1e6)
+                    whole[name].append((done - started) / burst * 1e6)
+    finally:
+        AGENT._autostart = autostart
+    return (
+        {name: statistics.median(v) for name, v in own.items()},
+        {name: statistics.median(v) for name, v in whole.items()},
+    )
 
 
 def threaded_cpu(serve: Callable[[int], None], threads: int, total: int) -> float:

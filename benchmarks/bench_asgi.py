@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from _harness import Report, Sink, bench_args, median_costs, ratio, report_flushed, thread_costs
+from _harness import Report, Sink, bench_args, median_costs, ratio, report_flushed, sampled_costs
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 15_000))
 REPEATS = 7
@@ -227,28 +226,28 @@ def main() -> None:
         )
 
     # A sampled request: request thread, and in all (request thread + exporter).
-    total, burst = (400, 100) if opts.smoke else (10_000, 200)
-    variants = {
-        BARE: (app, sink.rate(0)),
-        OFF: (ours, sink.rate(0)),
-        SAMPLED_1: (ours, sink.rate(1)),
-    }
-    own: dict[str, list[float]] = {name: [] for name in variants}
-    whole: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(max(1, repeats // 3)):
-        for name, (wrapped, rate) in variants.items():
-            rate()
-            a, b = thread_costs(partial(serve, loop, wrapped), total, burst)
-            own[name].append(a)
-            whole[name].append(b)
+    total, burst = (400, 100) if opts.smoke else (20_000, 200)
+    own_m, whole_m = sampled_costs(
+        {
+            BARE: (partial(serve, loop, app), sink.rate(0)),
+            OFF: (partial(serve, loop, ours), sink.rate(0)),
+            SAMPLED_1: (partial(serve, loop, ours), sink.rate(1)),
+        },
+        total,
+        burst,
+    )
     loop.close()
-    own_m = {name: statistics.median(v) for name, v in own.items()}
-    whole_m = {name: statistics.median(v) for name, v in whole.items()}
     print(
         "per request, CPU us: request thread / in all (request thread + exporter): "
-        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in variants)
+        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in own_m)
     )
-    report.add("sampled request, in all", whole_m[SAMPLED_1] - own_m[BARE], "us CPU", "<= 10")
+    report.add(
+        "sampled request, in all",
+        whole_m[SAMPLED_1] - whole_m[BARE],
+        "us CPU",
+        "<= 10",
+        "added to a bare request, request thread + exporter",
+    )
     report.add(
         "sampled / unsampled, request thread",
         ratio(own_m[SAMPLED_1], own_m[OFF]),
