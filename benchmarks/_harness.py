@@ -6,6 +6,7 @@ suite (``benchmarks/run.py``, run by ``./scripts/bench``)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -121,7 +122,14 @@ class Report:
 
     def write(self, path: str | None) -> None:
         if path:
-            data = {"bench": self.bench, "figures": self.figures, "info": self.info}
+            # Which package was measured (compare.py checks), imported here or not.
+            spec = importlib.util.find_spec("sflow_app")
+            data = {
+                "bench": self.bench,
+                "figures": self.figures,
+                "info": self.info,
+                "package": spec.origin if spec else None,
+            }
             Path(path).write_text(json.dumps(data, indent=1, default=str))
 
 

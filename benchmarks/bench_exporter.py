@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,8 +100,9 @@ def main() -> None:
     report.add("issued rate reached", issued / took, "requests/s")
     report.add("dropped (counted in drops)", dropped, "samples")
     report.add("lost and not counted in drops", issued - delivered - dropped, "samples", "<= 0")
-    exporter = AGENT.runner.thread
-    assert exporter is not None and exporter.native_id is not None
+    # By name: the same in every version of the agent (see compare.py).
+    exporter = next(t for t in threading.enumerate() if t.name == "sflow-app-exporter")
+    assert exporter.native_id is not None
     exporter_cpu, request_cpu = thread_cpu(exporter.native_id), time.thread_time()
     issued, took, delivered, dropped, drain = run(False, unpaced)
     exporter_cpu = thread_cpu(exporter.native_id) - exporter_cpu

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import memcached
 import pytest
@@ -149,3 +150,63 @@ def test_python_load_generator() -> None:
         server.shutdown()
         server.server_close()
     assert done > 0 and 0 < p99 < 10_000
+
+
+def _compare_module() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_compare", BENCHMARKS / "compare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_runs_both_packages(tmp_path: Path) -> None:
+    """``./scripts/bench --against REV``: each side's benchmark measured its own package
+    (REV's unpacked from git, integrations inside it, and this checkout's), in rounds."""
+    if not (ROOT / ".git").exists():
+        missing("a git checkout", "git clone the repository")
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(BENCHMARKS / "compare.py"), "--against", "HEAD"),
+            *("--rounds", "2", "--only", "sampler", "--smoke", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| sampler | unsampled decision |" in proc.stdout
+    data = json.loads(out.read_text())
+    after = [Path(r["package"]) for r in data["runs"]["after"]]
+    before = [Path(r["package"]) for r in data["runs"]["before"]]
+    assert len(after) == len(before) == 2
+    assert all(p == ROOT / "sflow_app" / "__init__.py" for p in after), after
+    assert all(not p.is_relative_to(ROOT) for p in before), before
+    names = {r["figure"] for r in data["rows"]}
+    assert "unsampled decision" in names
+    assert all(r["rounds"] == [2, 2] and r["verdict"] for r in data["rows"])
+
+
+def test_compare_verdicts() -> None:
+    """Which way is worse comes from the target, else the unit; a change within 5 % is
+    the same; a figure of what we compare against is never judged."""
+    compare = _compare_module()
+
+    def runs(name: str, unit: str, target: str | None, before: float, after: float) -> Any:
+        def result(value: float) -> dict[str, Any]:
+            figure = {"name": name, "value": value, "unit": unit, "target": target}
+            return {"bench": "b", "figures": [figure]}
+
+        return compare.compare(
+            {"before": [result(before), result(before)], "after": [result(after)] * 2}
+        )[0]["verdict"]
+
+    assert runs("cost", "us", None, 1.0, 1.06) == "worse"
+    assert runs("cost", "us", None, 1.0, 1.04) == "same"
+    assert runs("cost", "us", None, 1.0, 0.9) == "better"
+    assert runs("ratio", "x", "<= 1.3", 1.0, 1.1) == "worse"
+    assert runs("delivered", "%", ">= 98", 100.0, 90.0) == "worse"
+    assert runs("rate", "samples/s", None, 100.0, 110.0) == "better"
+    assert runs("OpenTelemetry 1 % / ours 1-in-100", "x", None, 60.0, 50.0) == "worse"
+    assert runs("floor overhead", "us/request", None, 1.0, 2.0) == ""
