@@ -302,6 +302,17 @@ def test_other_users_services(state_dir: str) -> None:
     is a clear error. (The service's folder is handed to uid 65534 after it ran.)"""
     if os.getuid() != 0:
         pytest.skip("needs root: it gives a service's state to another user")
+    theirs = _hand_to_nobody(state_dir)
+    [svc] = services(state_dir)
+    assert (svc["name"], svc["uid"]) == ("theirs", NOBODY)
+    done = status("--state-dir", theirs, state_dir=state_dir, **bound_by_permissions())
+    assert done.returncode == 2, done
+    assert f"cannot read {theirs}: permission denied (it belongs to uid {NOBODY}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _hand_to_nobody(state_dir: str) -> str:
+    """Run a service, then give its folder and files to uid 65534: another user's."""
     collector = Collector()
     try:
         with running_script(state_dir, "theirs", ["/a"], collector.port):
@@ -313,12 +324,72 @@ def test_other_users_services(state_dir: str) -> None:
     os.rename(mine, theirs)
     for name in [".", *os.listdir(theirs)]:
         os.chown(os.path.join(theirs, name), NOBODY, NOBODY)
-    [svc] = services(state_dir)
-    assert (svc["name"], svc["uid"]) == ("theirs", NOBODY)
-    done = status("--state-dir", theirs, state_dir=state_dir, **bound_by_permissions())
-    assert done.returncode == 2, done
-    assert f"cannot read {theirs}: permission denied (it belongs to uid {NOBODY}" in done.stderr
+    return theirs
+
+
+# The command, with the file's owner truncating it while the command has it mapped (as
+# soon as the reading starts): touching the mapping then is SIGBUS.
+TRUNCATING = """
+import os, runpy, sys
+from sflow_app.cli import _state_read
+
+read = _state_read._report
+
+def truncated_first(fd, words, size):
+    os.truncate(os.environ["VICTIM"], 0)
+    return read(fd, words, size)
+
+_state_read._report = truncated_first
+sys.argv = ["sflow-app", "status", "--json"]
+runpy.run_module("sflow_app", run_name="__main__")
+"""
+
+
+def test_another_users_file_truncated_under_the_reader(state_dir: str) -> None:
+    """Root reads other users' files in a child: a file truncated while it is mapped
+    kills the child (SIGBUS), not the command, which skips it with a note. Its own
+    files it maps itself (nobody else can truncate them)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root: it gives a service's state to another user")
+    theirs = _hand_to_nobody(state_dir)
+    [svc] = services(state_dir)  # read through the child, whole
+    assert (svc["name"], svc["uid"], source(svc, "http")["flow_samples"]) == ("theirs", NOBODY, 1)
+    [victim] = [n for n in os.listdir(theirs) if n.endswith(".state")]
+    done = subprocess.run(
+        [sys.executable, "-c", TRUNCATING],
+        env=clean_env(SFLOW_APP_STATE_DIR=state_dir, VICTIM=os.path.join(theirs, victim)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done  # alive; no service found
+    report = json.loads(done.stdout)
+    assert report["services"] == []
+    assert f"sflow-app status: skipped {victim}: the reader died of SIGBUS" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_reader_that_hangs_or_fails_is_given_up() -> None:
+    """The child reading another user's file: killed after its time, a failure is a
+    note, a result comes back whole (run in its own interpreter: a fork with no threads)."""
+    code = """
+import time
+from sflow_app.cli import _state_read as R
+R.CHILD_TIMEOUT = 0.5
+print(R.apart(lambda: time.sleep(30)))
+print(R.apart(lambda: 1 / 0))
+print(R.apart(lambda: {"a": [1, None, "x"]}))
+"""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert time.monotonic() - started < 20
+    assert done.stdout.splitlines() == [
+        "(None, 'the reader took over 0.5 s')",
+        "(None, 'could not be read')",
+        "({'a': [1, None, 'x']}, '')",
+    ]
 
 
 # -- a running pre-fork service ------------------------------------------------------------

@@ -5,15 +5,24 @@ worker slot or the sender's generation is held is asked with ``F_GETLK``, which 
 lock (a worker never waits for us, and we never hold a lock that closing a descriptor
 would have to release). Words are read while the service writes them: each is read
 whole (aligned 8-byte words), so a total can be a tick behind, never torn.
+
+Another user's file (root reads every user's) is read in a forked child: its owner can
+truncate it while it is mapped, and touching a page past the end of a file is SIGBUS,
+which would kill the command. The child dies instead; the file is skipped, with a note.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import mmap
 import os
+import select
+import signal
 import stat
 import struct
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import _layout as L
@@ -65,7 +74,9 @@ def instance_of(name: str) -> tuple[str, int, int] | None:
     return parts[1], int(parts[2]), int(parts[3])
 
 
-def read_instance(dir_fd: int, name: str, uid: int) -> dict[str, Any] | None:
+def read_instance(
+    dir_fd: int, name: str, uid: int, notes: list[str] | None = None
+) -> dict[str, Any] | None:
     """What ``status`` shows of one state file, or None if it is not one we can read."""
     found = instance_of(name)
     if found is None:
@@ -80,16 +91,16 @@ def read_instance(dir_fd: int, name: str, uid: int) -> dict[str, Any] | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_size < L.file_size(0):
             return None
-        with mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as m:
-            words = memoryview(m).cast("Q")
-            try:
-                if words[L.H_MAGIC] != L.MAGIC or words[L.H_LAYOUT] != L.LAYOUT:
-                    return None
-                report = _report(fd, words, st.st_size)
-            finally:
-                words.release()
+        if uid == os.geteuid():
+            report = _mapped(fd, st.st_size)
+        else:  # its owner may truncate it under the mapping (SIGBUS): not in this process
+            report, why = apart(lambda: _mapped(fd, st.st_size))
+            if why and notes is not None:
+                notes.append(f"skipped {name}: {why}")
     finally:
         os.close(fd)
+    if report is None:
+        return None
     base = name[: -len(".state")]
     running = _statedir.alive(root, started)
     report.update(
@@ -99,6 +110,65 @@ def read_instance(dir_fd: int, name: str, uid: int) -> dict[str, Any] | None:
     )
     _add_sidecars(report, dir_fd, base, running)
     return {key: report[key] for key in ORDER}
+
+
+def _mapped(fd: int, size: int) -> dict[str, Any] | None:
+    with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as m:
+        words = memoryview(m).cast("Q")
+        try:
+            if words[L.H_MAGIC] != L.MAGIC or words[L.H_LAYOUT] != L.LAYOUT:
+                return None
+            return _report(fd, words, size)
+        finally:
+            words.release()
+
+
+CHILD_TIMEOUT = 5.0  # seconds: reading one file takes milliseconds
+
+
+def apart(read: Callable[[], dict[str, Any] | None]) -> tuple[dict[str, Any] | None, str]:
+    """``read()`` run in a forked child, its result sent back as JSON: (result, "") or
+    (None, why it is missing) when the child died (a signal: SIGBUS), failed or hung."""
+    out, into = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but the read, then _exit (no atexit, no flush)
+        code = 1
+        try:
+            os.close(out)
+            data = json.dumps(read()).encode()
+            while data:
+                data = data[os.write(into, data) :]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(into)
+    chunks = []
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    hung = True
+    try:
+        while (left := deadline - time.monotonic()) > 0 and select.select([out], [], [], left)[0]:
+            chunk = os.read(out, 65536)
+            if not chunk:
+                hung = False
+                break
+            chunks.append(chunk)
+        if hung:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(out)
+    status = os.waitpid(pid, 0)[1]
+    if hung:
+        return None, f"the reader took over {CHILD_TIMEOUT:g} s"
+    if os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status)).name
+        return None, f"the reader died of {sig} (the file changed under it)"
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None, "could not be read"
+    try:
+        result = json.loads(b"".join(chunks))
+    except ValueError:
+        return None, "could not be read"
+    return (result if isinstance(result, dict) else None), ""
 
 
 def _report(fd: int, words: memoryview, size: int) -> dict[str, Any]:

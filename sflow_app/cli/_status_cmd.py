@@ -115,7 +115,7 @@ def read_private(path: str, uid: int, notes: list[str]) -> list[dict[str, Any]]:
             return []
         out = []
         for name in sorted(os.listdir(fd)):
-            report = read_instance(fd, name, uid)
+            report = read_instance(fd, name, uid, notes)
             if report is not None:
                 report["state_dir"] = path
                 out.append(report)
