@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -261,6 +262,29 @@ def test_top_once_ranks_scaled_estimates_with_percentiles_and_keys() -> None:
     assert re.search(r"^\s+30\s+\S+.*user43$", missed, re.M)
     assert "user42" not in missed.split("memcache commands")[0]
     assert not re.search(r"\d[kKM]\b", out)  # whole numbers, never 3.9k
+
+
+def _hot_datagrams() -> list[bytes]:
+    samples = [http_sample(i, "/hot", 200, 1000, 10) for i in range(8)]
+    return [encode_datagram(Datagram("127.0.0.1", 8080, 1, 1000, tuple(samples)))]
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "seconds"])
+def test_top_live_ends_with_a_last_snapshot(stop: str) -> None:
+    """Live mode (plain text: not a terminal) refreshing every 100 s: what arrived before
+    Ctrl-C, or before --seconds ran out, is in the last snapshot it prints (datagrams
+    still in the socket's buffer at Ctrl-C included)."""
+    port = free_udp_port()
+    until = ["--seconds", "2"] if stop == "seconds" else []
+    proc = start_cli("top", "--interval", "100", "--port", str(port), *until)
+    send(port, _hot_datagrams())  # in the socket's buffer once sendto returns
+    if stop == "ctrl-c":
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    [line] = [line for line in out.splitlines() if line.endswith("GET /hot  [127.0.0.1/8080]")]
+    assert line.split()[0] == "80"  # 8 samples at 1-in-10
 
 
 def test_top_port_in_use_exits_2() -> None:

@@ -2,14 +2,19 @@
 
 With ``--once`` it collects for ``--seconds`` and prints one snapshot. On a terminal the
 view is refreshed in place (with rich, the optional ``sflow-app[cli]`` extra, as tables);
-otherwise each snapshot is plain text, one row per line.
+otherwise each snapshot is plain text, one row per line. At the end (``--seconds`` or
+Ctrl-C) a last snapshot shows everything that arrived, the datagrams still waiting in the
+socket's buffer included.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ..decode import DecodeError, decode
@@ -77,8 +82,15 @@ def run(args: argparse.Namespace) -> int:
             print(top.plain(seconds))
             return 0
         view = _view(top)
+        started = time.monotonic()
         try:
             receive(sock, handle, seconds=seconds, tick=view, tick_every=args.interval)
+        except KeyboardInterrupt:
+            pass
+        try:
+            # The last snapshot holds everything that arrived, since the last refresh too.
+            _drain(sock, handle)
+            view(time.monotonic() - started)
         except KeyboardInterrupt:
             pass
         finally:
@@ -86,6 +98,17 @@ def run(args: argparse.Namespace) -> int:
             if close is not None:
                 close()
     return 0
+
+
+def _drain(sock: socket.socket, handle: Callable[[bytes, str, float], bool]) -> None:
+    """Handle the datagrams already waiting in the socket's buffer (a bounded number)."""
+    sock.setblocking(False)
+    for _ in range(100_000):
+        try:
+            data, peer = sock.recvfrom(65535)
+        except OSError:  # BlockingIOError: none left
+            return
+        handle(data, str(peer[0]).split("%", 1)[0], time.time())
 
 
 def _view(top: Top) -> Any:
