@@ -30,7 +30,7 @@ class Exchange:
         "status",
     )
 
-    def __init__(self, receive: Receive, send: Send, *, head: bool) -> None:
+    def __init__(self, receive: Receive, send: Send, head: bool) -> None:
         self._receive = receive
         self._send = send
         self.head = head

@@ -79,17 +79,11 @@ QueryMode = Literal["sensitive", "keep", "redact", "drop"]
 QUERY_MODES: tuple[QueryMode, ...] = ("sensitive", "keep", "redact", "drop")
 
 # (service, method, route-or-path) of the sampled HTTP request this task runs in, for the
-# decorator's app_parent_context. Set only on sampled requests. The path may be a callable
-# that gives it: most requests never ask.
+# decorator's app_parent_context. Set only on sampled requests. The route-or-path may be a
+# callable that gives it (ASGI: the route template once the router has matched): most
+# requests never ask.
 current_request: contextvars.ContextVar[tuple[str, str, str | Callable[[], str]] | None] = (
     contextvars.ContextVar("sflow_app_request", default=None)
-)
-
-
-# On sampled ASGI requests: the route template once the router has matched (FastAPI and
-# Starlette record it on the scope only then), for the same parent context.
-current_route: contextvars.ContextVar[Callable[[], str | None] | None] = contextvars.ContextVar(
-    "sflow_app_route", default=None
 )
 
 
@@ -104,15 +98,7 @@ def parent_context() -> tuple[str, str, str] | None:
             path = path()
         except Exception:
             path = ""
-    parent = (service, method, path)
-    route = current_route.get()
-    if route is None:
-        return parent
-    try:
-        template = route()
-    except Exception:
-        template = None
-    return (parent[0], parent[1], template) if template else parent
+    return service, method, path
 
 
 def middleware_options(

@@ -69,7 +69,6 @@ from ._http import (
     basic_user,
     build_uri,
     current_request,
-    current_route,
     encode_http,
     http_records,
     middleware_options,
@@ -248,9 +247,13 @@ class SFlowMiddleware:
         websocket = scope["type"] == "websocket"
         method = "GET" if websocket else scope["method"]
         root_path = scope.get("root_path", "")
-        exchange = _Exchange(receive, send, head=method == "HEAD")
-        token = current_request.set((AGENT.service_name, method, scope.get("path", "")))
-        route_token = current_route.set(lambda: _route_template(scope, root_path))
+        exchange = _Exchange(receive, send, method == "HEAD")
+        service = AGENT.service_name
+        # The parent context of decorated calls: the route template once the router has
+        # matched (recorded on the scope only then), else the path; worked out when asked.
+        token = current_request.set(
+            (service, method, lambda: _route_template(scope, root_path) or scope.get("path", ""))
+        )
         scope[ROUTE_KEY] = None
         raised = deferred = False
         try:
@@ -267,6 +270,7 @@ class SFlowMiddleware:
                         n,
                         scope,
                         method,
+                        service,
                         exchange,
                         exchange.status or 500,
                         exchange.end_ns,
@@ -276,7 +280,6 @@ class SFlowMiddleware:
             raise
         finally:
             current_request.reset(token)
-            current_route.reset(route_token)
             end_ns = exchange.end_ns or perf_counter_ns()
             status = exchange.status or CLIENT_CLOSED
             # Counted as the unsampled path counts (the app's answer), so sampling never
@@ -285,13 +288,14 @@ class SFlowMiddleware:
             self._method_incr.get(method, self._other_method)()
             self._status_incr.get(counted, self._other_status)()
             if not deferred:
-                self._record(n, scope, method, exchange, status, end_ns, root_path)
+                self._record(n, scope, method, service, exchange, status, end_ns, root_path)
 
     def _record(
         self,
         n: int,
         scope: Scope,
         method: str,
+        service: str,
         exchange: _Exchange,
         status: int,
         end_ns: int,
@@ -310,8 +314,8 @@ class SFlowMiddleware:
                 scope.get("query_string"),
                 self.query or settings.query,
                 scope_user(scope) if settings.authuser else None,
-                _address(scope.get("server")),
-                _address(scope.get("client")),
+                scope.get("server"),  # (host, port) tuples: made addresses on the exporter
+                scope.get("client"),
                 _route_template(scope, root_path),
             )
             sample.method = method
@@ -319,7 +323,7 @@ class SFlowMiddleware:
             sample.exchange = (exchange.headers, exchange.received, exchange.sent)
             sample.status = status
             sample.duration_us = min((end_ns - exchange.start_ns) // 1000, MAX_US)
-            sample.service = AGENT.service_name
+            sample.service = service
             self._source.submit(n, sample)
         except Exception:  # nothing here may reach the application
             log.debug("sflow_app: could not record an ASGI sample", exc_info=True)
@@ -346,7 +350,7 @@ class _Sample(Deferred):
 
     def _describe(self, make: Callable[..., _T]) -> _T:
         """``make`` (``http_records`` or ``encode_http``) of what the request saw."""
-        headers, version, raw_path, path, query_string, mode, user, local, remote, route = (
+        headers, version, raw_path, path, query_string, mode, user, server, client, route = (
             self.scope_values
         )
         found: list[bytes] = [b"", b"", b"", b"", b"", b""]
@@ -375,8 +379,8 @@ class _Sample(Deferred):
             resp_bytes=sent,
             duration_us=self.duration_us,
             status=self.status,
-            local=local,
-            remote=remote,
+            local=_address(server),
+            remote=_address(client),
             route=route,
             application=self.service if route else None,
         )
@@ -401,13 +405,12 @@ def _route_template(scope: Scope, root_path: str) -> str | None:
     explicit = scope.get(ROUTE_KEY)
     if isinstance(explicit, str) and explicit:
         return explicit
+    fastapi, route, endpoint = scope.get("fastapi"), scope.get("route"), scope.get("endpoint")
+    if fastapi is None and route is None and endpoint is None:
+        return None  # no router recorded a route (most plain ASGI apps)
     mounted = scope.get("root_path", "")
-    fastapi = scope.get("fastapi")
     context = fastapi.get("effective_route_context") if isinstance(fastapi, dict) else None
-    template = getattr(context, "path_format", None) or getattr(
-        scope.get("route"), "path_format", None
-    )
-    endpoint = scope.get("endpoint")
+    template = getattr(context, "path_format", None) or getattr(route, "path_format", None)
     if not template and endpoint is not None:
         path = scope.get("path", "")
         router = scope.get("router") or scope.get("app")

@@ -26,7 +26,7 @@ from apps.asgi_harness import (
 
 from sflow_app import _asgi_exchange
 from sflow_app._agent import AGENT
-from sflow_app._http import current_request
+from sflow_app._http import current_request, parent_context
 from sflow_app.asgi import SFlowMiddleware
 from sflow_app.records import ExtendedSocketIPv4, ExtendedSocketIPv6
 
@@ -478,12 +478,12 @@ def test_current_request_is_set_only_while_sampled(agent, collector):
     seen = []
 
     async def app(scope, receive, send):
-        seen.append(current_request.get())
+        seen.append(parent_context())
         await respond(read_body=False)(scope, receive, send)
 
     call(SFlowMiddleware(app), http_scope("POST", "/orders/7"))
     assert seen == [("tests", "POST", "/orders/7")]
-    assert current_request.get() is None
+    assert current_request.get() is None and parent_context() is None
 
 
 def test_concurrent_requests_keep_their_own_state(agent, collector):
