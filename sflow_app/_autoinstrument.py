@@ -1,13 +1,15 @@
 """Instrumentation without code changes, for ``sflow-app run`` (see ``_bootstrap``).
 
 Nothing is imported eagerly: each hook waits for the import of the module it patches
-(gunicorn, uvicorn, werkzeug, Flask, Django, pymemcache), so a process that never
+(gunicorn, uvicorn, hypercorn, werkzeug, Flask, Django, pymemcache), so a process that never
 imports a framework pays for none. Servers are patched where they take the application,
 so the middleware sits outermost (around Starlette's error page too) and wraps once:
 
 - gunicorn: ``BaseApplication.wsgi()`` (WSGI apps; ASGI apps under uvicorn's worker are
   left to the uvicorn hook);
 - uvicorn: ``Config.load()`` (any ASGI app, Starlette and FastAPI included);
+- hypercorn: ``hypercorn.utils.wrap_app`` (ASGI and WSGI apps, as hypercorn decided which:
+  ``load_application`` for the command, in each spawned worker, and ``serve()``);
 - uWSGI: the ``module`` option's callable, when that module is imported;
 - Werkzeug's ``run_simple`` / ``make_server`` (``flask run``, ``app.run()``);
 - Flask apps get ``init_app`` (route rules); Django gets the route middleware first in
@@ -226,6 +228,29 @@ def _uvicorn(module: ModuleType, wrap: Wrapper) -> None:
     config.load = load
 
 
+def _hypercorn(module: ModuleType, wrap: Wrapper) -> None:
+    # Patched in hypercorn.utils itself: load_application calls it there, and the modules
+    # that import it by name (asyncio/trio ``serve``) are imported after this hook ran.
+    original = module.wrap_app
+    asgi_wrapper = module.ASGIWrapper
+
+    def wrap_app(app: Any, *args: Any, **kwargs: Any) -> Any:
+        wrapper = original(app, *args, **kwargs)
+        try:
+            # hypercorn has chosen the mode (``asgi:``/``wsgi:`` prefix, else a coroutine
+            # ``__call__``); its wrapper keeps the application as ``app``.
+            inner = wrapper.app
+            if isinstance(wrapper, asgi_wrapper):
+                wrapper.app = wrap.asgi(inner)
+            else:
+                wrapper.app = wrap.wsgi(inner)
+        except Exception:  # the application must start, instrumented or not
+            log.warning("sflow_app: could not instrument the hypercorn application", exc_info=True)
+        return wrapper
+
+    setattr(module, "wrap_app", wrap_app)  # noqa: B010 - typed module
+
+
 def _innermost(app: Any, depth: int = 8) -> Any:
     """The application under uvicorn's own wrappers (proxy headers, ASGI 2, logging)."""
     for _ in range(depth):
@@ -300,6 +325,7 @@ def install(env: Mapping[str, str] = os.environ) -> bool:
     wrap = Wrapper(off)
     when_imported("gunicorn.app.base", lambda m: _gunicorn(m, wrap))
     when_imported("uvicorn.config", lambda m: _uvicorn(m, wrap))
+    when_imported("hypercorn.utils", lambda m: _hypercorn(m, wrap))
     when_imported("werkzeug.serving", lambda m: _werkzeug(m, wrap))
     if "django" not in off:
         when_imported("django.core.handlers.base", _django)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from helpers import missing
 
 from sflow_app import _autoinstrument as auto
 from sflow_app.asgi import SFlowMiddleware as ASGIMiddleware
@@ -153,3 +154,75 @@ def test_disable_means_no_hooks(tmp_path: Path, value: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def hooked_wrap_app(monkeypatch, wrap: auto.Wrapper):
+    """hypercorn's ``wrap_app`` with the hook on it (hypercorn.utils restored after)."""
+    try:
+        import hypercorn.utils as hutils
+    except ImportError:
+        missing("hypercorn", "pip install -e '.[test]' installs it")
+    monkeypatch.setattr(hutils, "wrap_app", hutils.wrap_app)  # undone after the test
+    auto._hypercorn(hutils, wrap)
+    return hutils.wrap_app
+
+
+def test_hypercorn_hook_wraps_by_mode_and_never_twice(monkeypatch) -> None:
+    """hypercorn.utils.wrap_app, patched in place (restored after): ASGI apps get the ASGI
+    middleware, WSGI apps the WSGI one, an app carrying either is left alone."""
+    wrap_app = hooked_wrap_app(monkeypatch, auto.Wrapper(set()))
+    import hypercorn.app_wrappers as wrappers  # (importable: hooked_wrap_app skips if not)
+
+    asgi = wrap_app(plain_asgi, 1000, None)
+    assert isinstance(asgi, wrappers.ASGIWrapper) and isinstance(asgi.app, ASGIMiddleware)
+    assert asgi.app.app is plain_asgi
+    wsgi = wrap_app(plain, 1000, None)
+    assert isinstance(wsgi, wrappers.WSGIWrapper) and isinstance(wsgi.app, WSGIMiddleware)
+    assert wsgi.max_body_size == 1000  # hypercorn's own arguments still apply
+    # ``wsgi:module:app`` / ``asgi:module:app``: hypercorn's mode decides the middleware
+    assert isinstance(wrap_app(plain, 1000, "wsgi").app, WSGIMiddleware)
+
+    ours_asgi, ours_wsgi = ASGIMiddleware(plain_asgi), WSGIMiddleware(plain)
+    assert wrap_app(ours_asgi, 1000, None).app is ours_asgi
+    assert wrap_app(ours_wsgi, 1000, None).app is ours_wsgi
+
+    class Outer:  # e.g. hypercorn's ProxyFixMiddleware around an instrumented app
+        def __init__(self, app: ASGIMiddleware) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            await self.app(scope, receive, send)
+
+    outer = Outer(ours_asgi)
+    assert wrap_app(outer, 1000, None).app is outer
+
+
+def test_hypercorn_hook_honours_disabled_integrations() -> None:
+    from starlette.applications import Starlette
+
+    mp = pytest.MonkeyPatch()
+    try:
+        wrap_app = hooked_wrap_app(mp, auto.Wrapper({"asgi", "wsgi"}))
+        assert wrap_app(plain_asgi, 1000, None).app is plain_asgi
+        assert wrap_app(plain, 1000, None).app is plain
+    finally:
+        mp.undo()
+    starlette = Starlette()
+    try:
+        wrap_app = hooked_wrap_app(mp, auto.Wrapper({"starlette"}))
+        assert wrap_app(starlette, 1000, None).app is starlette
+        assert isinstance(wrap_app(plain_asgi, 1000, None).app, ASGIMiddleware)
+    finally:
+        mp.undo()
+
+
+def test_hypercorn_hook_never_raises_into_hypercorn(monkeypatch, caplog) -> None:
+    class Broken(auto.Wrapper):
+        def asgi(self, app: object, user_app: object = None) -> object:
+            raise RuntimeError("wrapper bug")
+
+    wrap_app = hooked_wrap_app(monkeypatch, Broken(set()))
+    with caplog.at_level(logging.WARNING, logger="sflow_app"):
+        served = wrap_app(plain_asgi, 1000, None)
+    assert served.app is plain_asgi  # hypercorn's wrapper, uninstrumented: it still serves
+    assert "could not instrument the hypercorn application" in caplog.text

@@ -6,6 +6,7 @@ uses the middleware itself and must not be wrapped twice).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -67,6 +68,12 @@ def gunicorn(port: int, app: str, *extra: str) -> list[str]:
         *extra,
         app,
     ]
+
+
+def hypercorn(port: int, app: str, *extra: str) -> list[str]:
+    if importlib.util.find_spec("hypercorn") is None:
+        missing("hypercorn", "pip install -e '.[test]' installs it")
+    return ["hypercorn", "--bind", f"127.0.0.1:{port}", *extra, app]
 
 
 def memcache_hits(collector: Collector) -> int:
@@ -145,6 +152,81 @@ def test_starlette_under_uvicorn_workers(collector: Collector, tmp: Path) -> Non
     )
 
 
+def test_starlette_under_hypercorn(collector: Collector, tmp: Path) -> None:
+    """An ASGI app under hypercorn: wrapped outermost, route templates, exact counters."""
+    port = free_port()
+    argv = SFLOW_APP + hypercorn(port, "starlette_plain:app")
+    server = Server(argv, cwd=PLAIN, env=run_env(collector, tmp), port=port, log=tmp / "log")
+    with server:
+        for i in range(5):
+            assert httpx.get(f"{server.base}/items/{i}", timeout=10).status_code == 200
+        assert httpx.get(server.base + "/boom", timeout=10).status_code == 500
+        want = {f"/items/{i}": "/items/{item_id}" for i in range(5)} | {"/boom": "/boom"}
+        assert collector.wait_for(lambda c: want.items() <= routes(c).items(), 20), server.log()
+        assert collector.wait_for(lambda c: http_total(c) == 7, 20)  # and the health check
+    [boom] = [r for r in collector.records(HttpRequest) if r.uri == "/boom"]
+    assert (boom.status, boom.resp_bytes, boom.mime_type) == (
+        500,
+        len(b"Internal Server Error"),
+        "text/plain; charset=utf-8",
+    )
+    counters = collector.latest_counters(HttpCounters)
+    # 5 items, the boom, the health check's 404 on "/"
+    assert (counters.status_2XX_count, counters.status_4XX_count) == (5, 1)
+    assert counters.status_5XX_count == 1
+    assert len(routes(collector)) == 7  # one sample per request, none twice
+
+
+def test_wsgi_under_hypercorn(collector: Collector, tmp: Path) -> None:
+    """hypercorn serves WSGI apps too: those get the WSGI middleware."""
+    port = free_port()
+    argv = SFLOW_APP + hypercorn(port, "wsgi_plain:application")
+    server = Server(argv, cwd=PLAIN, env=run_env(collector, tmp), port=port, log=tmp / "log")
+    n = 6
+    with server:
+        for i in range(n):
+            httpx.get(f"{server.base}/w/{i}?q={i}", timeout=10)
+        want = {f"/w/{i}?q={i}": None for i in range(n)}
+        assert collector.wait_for(lambda c: want.items() <= routes(c).items(), 20), server.log()
+        assert collector.wait_for(lambda c: http_total(c) == n + 1, 20)
+    [first] = [r for r in collector.records(HttpRequest) if r.uri == "/w/0?q=0"]
+    assert (first.status, first.resp_bytes, first.mime_type) == (
+        200,
+        len(b"plain /w/0"),
+        "text/plain",
+    )
+    assert first.protocol == 1001
+    assert len(collector.records(HttpRequest)) == n + 1
+
+
+def test_hypercorn_workers_are_one_service(collector: Collector, tmp: Path) -> None:
+    """``--workers 2``: spawned interpreters (multiprocessing's spawn) that inherit the
+    bootstrap through PYTHONPATH; both workers count, under one identity, exactly."""
+    port = free_port()
+    argv = SFLOW_APP + hypercorn(port, "asgi_plain:app", "--workers", "2")
+    server = Server(argv, cwd=PLAIN, env=run_env(collector, tmp), port=port, log=tmp / "log")
+    pids: set[str] = set()
+    sent = 0
+    with server:
+        # Which worker accepts a connection is the kernel's choice: ask until both did
+        # (a fresh connection per request), bounded generously.
+        while len(pids) < 2 and sent < 400:
+            reply = httpx.get(f"{server.base}/r/{sent}", timeout=10)
+            assert reply.status_code == 200
+            pids.add(reply.text.split()[0])
+            sent += 1
+        assert len(pids) == 2, f"one worker answered all {sent} requests\n{server.log()}"
+        assert httpx.get(server.base + "/missing", timeout=10).status_code == 404
+        total = sent + 2  # and the health check
+        assert collector.wait_for(lambda c: http_total(c) == total, 20), server.log()
+    assert len(collector.records(HttpRequest)) == total
+    counters = collector.latest_counters(HttpCounters)
+    assert (counters.status_2XX_count, counters.status_4XX_count) == (total - 1, 1)
+    # one service: one agent and sub-agent, one HTTP data source, for both workers
+    assert len({(dg.agent_address, dg.sub_agent_id) for dg in collector.datagrams}) == 1
+    assert len({s.ds_index for s in collector.samples()}) == 1
+
+
 def test_django_under_gunicorn(collector: Collector, tmp: Path) -> None:
     port = free_port()
     env = run_env(collector, tmp, DJANGO_SETTINGS_MODULE="djangoplain.settings")
@@ -204,7 +286,13 @@ def test_python_app_py(collector: Collector, tmp: Path, memcached: Memcached) ->
 
 @pytest.mark.parametrize(
     "server_app",
-    ["gunicorn already:app", "gunicorn already_wsgi:application", "uvicorn already_asgi:app"],
+    [
+        "gunicorn already:app",
+        "gunicorn already_wsgi:application",
+        "uvicorn already_asgi:app",
+        "hypercorn already_asgi:app",
+        "hypercorn already_wsgi:application",
+    ],
 )
 def test_app_with_the_middleware_is_not_wrapped_twice(
     collector: Collector, tmp: Path, server_app: str
@@ -214,6 +302,8 @@ def test_app_with_the_middleware_is_not_wrapped_twice(
     name, app = server_app.split()
     if name == "gunicorn":
         argv = SFLOW_APP + gunicorn(port, app)
+    elif name == "hypercorn":
+        argv = SFLOW_APP + hypercorn(port, app)
     else:
         argv = [*SFLOW_APP, "uvicorn", app, "--port", str(port)]
     server = Server(argv, cwd=PLAIN, env=run_env(collector, tmp), port=port, log=tmp / "log")
