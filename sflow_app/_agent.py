@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar, cast
 from . import _config, _idle
 from ._exit import flush_on_sigterm
 from ._exporter import TICK, Exporter
+from ._forked import flag as forked_flag
 from ._identity import default_service_name, local_index
 from ._lifecycle import EXIT_FLUSH_TIMEOUT, Runner, on_uwsgi_fork, uwsgi_master
 from ._listen import server_listener
@@ -100,6 +101,7 @@ class Agent:
     def _reset_process_state(self) -> None:
         """This process's own: a forked child makes them anew (see after_fork)."""
         self.pid = os.getpid()
+        self._here = forked_flag()  # [0] reads 0 in a child, however forked
         self._pools = -1  # every source's sample_pool at the last pass: busy or idle
         self._route = ("", "")
         self.stats: Stats = {
@@ -290,7 +292,7 @@ class Agent:
 
     # -- sampled path -----------------------------------------------------------------
     def housekeeping(self, caller: Source | None = None) -> None:
-        if self.pid != os.getpid():  # forked from C: no at-fork hook ran
+        if not self._here[0]:  # forked from C: no at-fork hook ran
             self.after_fork(caller)
         if caller is not None:
             self._serving = True  # a call went through a surface: the app is built

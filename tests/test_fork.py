@@ -196,3 +196,45 @@ def test_uwsgi_master_starts_nothing_and_each_worker_starts_at_its_fork(tmp_path
     report = json.loads(out.stdout)
     assert report["master"] == {"threads": 1, "started": False}
     assert report["worker"] == {"threads": 2, "started": True, "calls": ["previous"]}
+
+
+FLAG_CHILDREN = """
+import ctypes, json, os, sys
+from sflow_app import _forked
+
+def child(flag, kind, fork):
+    read_fd, write_fd = os.pipe()
+    pid = fork()
+    if pid == 0:
+        fresh = _forked.flag() if kind == "page" else _forked._SamePid()
+        os.write(write_fd, json.dumps([flag[0], fresh[0]]).encode())
+        os._exit(0)
+    os.close(write_fd)
+    seen = json.loads(os.read(read_fd, 100))
+    os.waitpid(pid, 0)
+    return seen
+
+out = {}
+for kind in ("page", "pid"):
+    flag = _forked.flag() if kind == "page" else _forked._SamePid()
+    out[kind + " is a page"] = not isinstance(flag, _forked._SamePid)
+    for name, fork in (("os.fork", os.fork), ("libc.fork", ctypes.PyDLL(None).fork)):
+        out[f"{kind} {name}"] = [flag[0], *child(flag, kind, fork), flag[0]]
+print(json.dumps(out))
+"""
+
+
+def test_forked_flag_reads_zero_in_any_child() -> None:
+    """The sampled path's fork check (no getpid system call): set here, zero in a child
+    forked from Python or from C, set in a flag the child makes, still set in the parent;
+    the fallback (pids) alike. In an interpreter of its own: forks with no thread."""
+    done = subprocess.run(
+        [sys.executable, "-c", FLAG_CHILDREN], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["page is a page"] is (sys.platform == "linux")  # MADV_WIPEONFORK took
+    for kind in ("page", "pid"):
+        for fork in ("os.fork", "libc.fork"):
+            # parent's before, the inherited one in the child, the child's own, parent's after
+            assert out[f"{kind} {fork}"] == [1, 0, 1, 1], (kind, fork, out)
