@@ -329,10 +329,16 @@ def sampled_costs(
     AGENT.shutdown()  # stop the thread (its queue flushed); requests no longer start it
     autostart, AGENT._autostart = AGENT._autostart, False
 
+    runner = getattr(AGENT, "runner", AGENT)  # older agents kept the queue themselves
+    queue = getattr(runner, "queue", None)
+    if queue is None:
+        queue = getattr(runner, "_queue", None)
+    assert queue is not None, "no queue found on the agent"
+
     def export() -> None:
         for _ in range(100):  # a pass takes everything queued; a few more at most
             AGENT.tick(time.monotonic())
-            if not queue_length():
+            if not queue:  # (status() would be on the clock, and reloads when stopped)
                 return
 
     names = list(variants)

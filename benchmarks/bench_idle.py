@@ -4,8 +4,10 @@ Two "workers" of each kind run side by side (``_idle_worker.py``): bare, and wit
 sflow_app's WSGI middleware, each having served one request (so sflow's exporter runs)
 and then idle, with hsflowd.auto's ``polling=20``. Their CPU (user + system, from /proc)
 is read over the same window after a settling second, in ns resolution (the threads'
-/proc schedstat); reported per worker in ms of CPU
-per second, sflow's minus bare's (target <= 0.5 ms/s).
+/proc schedstat); reported per worker in ms of CPU per second, sflow's minus bare's
+(target <= 0.5 ms/s). The window is one polling interval: each worker's periodic counter
+poll falls in it once, whatever its random first offset (with a shorter window, whether
+a poll fell in it decided the figure).
 
     .venv/bin/python benchmarks/bench_idle.py [--smoke] [--json PATH]
 """
@@ -23,15 +25,16 @@ from _harness import Report, Sink, bench_args, threads_cpu
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 2
+POLLING = 20  # seconds: hsflowd's default
 
 
 def main() -> None:
     opts = bench_args(__doc__).parse_args()
-    window = 1.0 if opts.smoke else 10.0
+    window = 1.0 if opts.smoke else float(POLLING)
     report = Report("idle")
     sink = Sink()
     sink.config.write_text(sink.config.read_text().replace("sampling=0", "sampling=100"))
-    sink.config.write_text(sink.config.read_text().replace("polling=30", "polling=20"))
+    sink.config.write_text(sink.config.read_text().replace("polling=30", f"polling={POLLING}"))
     procs: dict[str, list[subprocess.Popen[str]]] = {"bare": [], "sflow": []}
     try:
         for kind, group in procs.items():
