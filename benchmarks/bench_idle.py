@@ -1,6 +1,6 @@
 """Idle CPU per worker: what the agent costs a process that serves no traffic.
 
-Two "workers" of each kind run side by side (``_idle_worker.py``): bare, and with
+Four "workers" of each kind run side by side (``_idle_worker.py``): bare, and with
 sflow_app's WSGI middleware, each having served one request (so sflow's exporter runs)
 and then idle, with hsflowd.auto's ``polling=20``. Their CPU (user + system, from /proc)
 is read over the same window after a settling second, in ns resolution (the threads'
@@ -24,7 +24,7 @@ from pathlib import Path
 from _harness import Report, Sink, bench_args, threads_cpu
 
 HERE = Path(__file__).resolve().parent
-WORKERS = 2
+WORKERS = 4  # per kind: averages the scheduler noise of tiny CPU figures
 POLLING = 20  # seconds: hsflowd's default
 
 
