@@ -366,6 +366,30 @@ def sampled_costs(
     )
 
 
+def add_sampled(
+    report: Report, own: dict[str, float], whole: dict[str, float], bare: str, off: str, one: str
+) -> None:
+    """The sampled-request figures of ``sampled_costs``' results (``one``: 1-in-1)."""
+    print(
+        "per request, CPU us: request thread / in all (request thread + exporter): "
+        + ", ".join(f"{n} {own[n]:.2f} / {whole[n]:.2f}" for n in own)
+    )
+    report.add(
+        "sampled request, in all",
+        whole[one] - whole[bare],
+        "us CPU",
+        "<= 10",
+        "added to a bare request, request thread + exporter",
+    )
+    report.add(
+        "sampled / unsampled, request thread",
+        ratio(own[one], own[off]),
+        "x",
+        "<= 5",
+        "totals, trivial app included",
+    )
+
+
 def threaded_cpu(serve: Callable[[int], None], threads: int, total: int) -> float:
     """Process CPU microseconds per request (every thread, the exporter's too) when
     ``threads`` threads each call ``serve(total // threads)`` at once."""

@@ -23,7 +23,16 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from _harness import Report, Sink, bench_args, median_costs, ratio, report_flushed, sampled_costs
+from _harness import (
+    Report,
+    Sink,
+    add_sampled,
+    bench_args,
+    median_costs,
+    ratio,
+    report_flushed,
+    sampled_costs,
+)
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 15_000))
 REPEATS = 7
@@ -237,24 +246,7 @@ def main() -> None:
         burst,
     )
     loop.close()
-    print(
-        "per request, CPU us: request thread / in all (request thread + exporter): "
-        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in own_m)
-    )
-    report.add(
-        "sampled request, in all",
-        whole_m[SAMPLED_1] - whole_m[BARE],
-        "us CPU",
-        "<= 10",
-        "added to a bare request, request thread + exporter",
-    )
-    report.add(
-        "sampled / unsampled, request thread",
-        ratio(own_m[SAMPLED_1], own_m[OFF]),
-        "x",
-        "<= 5",
-        "totals, trivial app included",
-    )
+    add_sampled(report, own_m, whole_m, BARE, OFF, SAMPLED_1)
     report_flushed()
     sink.close()
     report.write(opts.json)

@@ -31,6 +31,7 @@ from typing import Any
 from _harness import (
     Report,
     Sink,
+    add_sampled,
     bench_args,
     median_costs,
     ratio,
@@ -272,24 +273,7 @@ def main() -> None:
         total,
         burst,
     )
-    print(
-        "per request, CPU us: request thread / in all (request thread + exporter): "
-        + ", ".join(f"{n} {own_m[n]:.2f} / {whole_m[n]:.2f}" for n in own_m)
-    )
-    report.add(
-        "sampled request, in all",
-        whole_m[SAMPLED_1] - whole_m[BARE],
-        "us CPU",
-        "<= 10",
-        "added to a bare request, request thread + exporter",
-    )
-    report.add(
-        "sampled / unsampled, request thread",
-        ratio(own_m[SAMPLED_1], own_m[OFF]),
-        "x",
-        "<= 5",
-        "totals, trivial app included",
-    )
+    add_sampled(report, own_m, whole_m, BARE, OFF, SAMPLED_1)
     report.add("unsampled request, request thread", own_m[OFF], "us CPU")
     report_flushed()
     sink.close()

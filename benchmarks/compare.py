@@ -39,6 +39,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from _harness import fmt
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -174,18 +176,6 @@ def compare(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def fmt(value: float) -> str:
-    if value != value:
-        return "nan"
-    if value == 0 or abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
 
 
 def markdown(rows: list[dict[str, Any]], before: str, after: str) -> str:

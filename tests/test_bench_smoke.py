@@ -156,7 +156,11 @@ def _compare_module() -> Any:
     spec = importlib.util.spec_from_file_location("bench_compare", BENCHMARKS / "compare.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCHMARKS))  # its sibling _harness, as when run as a script
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
     return module
 
 
