@@ -12,7 +12,7 @@ import contextvars
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote_to_bytes
 
 from ._encode import encode_http_request, encode_record, encode_socket
@@ -78,12 +78,27 @@ PLACEHOLDER = b"REDACTED"
 QueryMode = Literal["sensitive", "keep", "redact", "drop"]
 QUERY_MODES: tuple[QueryMode, ...] = ("sensitive", "keep", "redact", "drop")
 
-# (service, method, route-or-path) of the sampled HTTP request this task runs in, for the
-# decorator's app_parent_context. Set only on sampled requests. The route-or-path may be a
-# callable that gives it (ASGI: the route template once the router has matched): most
-# requests never ask.
-current_request: contextvars.ContextVar[tuple[str, str, str | Callable[[], str]] | None] = (
-    contextvars.ContextVar("sflow_app_request", default=None)
+
+class Request(Protocol):
+    """A sampled HTTP request, as decorated calls inside it see it (app_parent_context).
+
+    The request's own object (WSGI: its transaction), so a sampled request sets one
+    context variable and builds nothing more for it: most requests never ask."""
+
+    @property
+    def service(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...
+
+    def path(self) -> str:
+        """The route template once a router has matched, else the path."""
+        ...
+
+
+# The sampled HTTP request this task runs in (set only on sampled requests).
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "sflow_app_request", default=None
 )
 
 
@@ -92,13 +107,11 @@ def parent_context() -> tuple[str, str, str] | None:
     request = current_request.get()
     if request is None:
         return None
-    service, method, path = request
-    if not isinstance(path, str):
-        try:
-            path = path()
-        except Exception:
-            path = ""
-    return service, method, path
+    try:
+        path = request.path()
+    except Exception:
+        path = ""
+    return request.service, request.method, path
 
 
 def middleware_options(

@@ -128,26 +128,36 @@ def _sockname(env: Mapping[str, Any]) -> Any:
 
 def wsgi_addresses(env: Mapping[str, Any]) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
     """(local, remote) of the connection for extended_socket; None when not TCP/IP."""
-    local: tuple[str, int] | None = None
-    remote_port = env.get("REMOTE_PORT")
+    # Every sampled request comes here: _sockname inlined, and an environ that names no
+    # socket (no server this knows) is done after three lookups.
+    get = env.get
     try:
-        name = _sockname(env)
-        if isinstance(name, tuple):
-            local = (name[0], name[1])
-        elif name is None and "uwsgi.version" in env:
+        sock = get("gunicorn.socket") or get("werkzeug.socket")
+        if sock is not None:
+            name = sock.getsockname()
+            local = (name[0], name[1]) if isinstance(name, tuple) else None
+            remote_port = get("REMOTE_PORT")
+        elif "uwsgi.version" in env:
             local, peer_port = _uwsgi_connection(env)
-            remote_port = remote_port or peer_port
-        elif name is None and env.get("SERVER_SOFTWARE", "").startswith("WSGIServer/"):
+            remote_port = get("REMOTE_PORT") or peer_port
+        elif get("SERVER_SOFTWARE", "").startswith("WSGIServer/"):
             local = ("0.0.0.0", int(env["SERVER_PORT"]))
+            remote_port = get("REMOTE_PORT")
+        else:
+            return _NO_ADDRESSES
     except Exception:
         log.debug("sflow_app: no local address", exc_info=True)
-    remote_ip = env.get("REMOTE_ADDR", "")
+        return _NO_ADDRESSES
+    remote_ip = get("REMOTE_ADDR", "")
     if local is None or not remote_ip:
-        return None, None
+        return _NO_ADDRESSES
     try:
         return local, (remote_ip, int(remote_port or 0))
     except ValueError:
         return local, (remote_ip, 0)
+
+
+_NO_ADDRESSES: tuple[None, None] = (None, None)
 
 
 def wsgi_listener(environ: Mapping[str, Any]) -> tuple[int | None, str]:

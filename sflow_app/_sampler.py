@@ -45,6 +45,7 @@ def _no_drop() -> int:
 class Sampler:
     __slots__ = (
         "_base",
+        "_burst_size",
         "_clock",
         "_filled_at",
         "_last_n",
@@ -85,7 +86,7 @@ class Sampler:
         self._taken: dict[int, int] = {}  # sampled candidate -> its N, until submitted
         self.on_refuse: Callable[[], object] = _no_drop  # a due candidate got no token
         self.cap = 0  # samples per second; 0 = no guard
-        self._tokens = 0.0
+        self._tokens = self._burst_size = 0.0
         self._filled_at = self._t0 = self._last_t = 0.0
         self._n0 = self._last_n = self._samples = 0
         self.set_rate(rate)
@@ -147,13 +148,11 @@ class Sampler:
                 self._use(self.configured, self._here())
 
     def _restart_guard(self) -> None:
-        self._tokens = self._burst()
+        self._burst_size = max(1.0, self.cap / 2)
+        self._tokens = self._burst_size
         self._filled_at = self._t0 = self._last_t = self._clock()
         self._n0 = self._last_n = self._here()
         self._samples = 0
-
-    def _burst(self) -> float:
-        return max(1.0, self.cap / 2)
 
     @property
     def raised(self) -> bool:
@@ -178,46 +177,55 @@ class Sampler:
         # guard's re-tuning (``_retune``) is the one exception, at most a few times a
         # second.
         skip = self.skip() if self.rate > 1 and n >= self.due_at else 1
-        now = self._clock() if self.cap else 0.0
-        refused = False
+        if self.cap and self.configured:
+            return self._decide_guarded(n, skip)
         with self._lock:
             rate = self.rate
-            guarded = self.cap and self.configured
-            if guarded:
-                burst = self._burst()
-                tokens = self._tokens + (now - self._filled_at) * self.cap
-                if tokens > burst:
-                    tokens = burst
-                self._filled_at = now
-                if now - self._t0 >= WINDOW or (
-                    tokens < burst / 2 and self._samples * 16 >= self.cap
-                ):
-                    self._retune(n, now, tokens < burst / 2)
-                    if self.rate != rate:
-                        rate = self.rate
-                        skip = self.skip() if rate > 1 else 1
-                        self.due_at = n - 1 + skip  # candidate n too, with 1/rate
-                        skip = self.skip() if rate > 1 else 1
-                self._last_n, self._last_t = n, now
-            sampled = False
-            if rate == 1 or n >= self.due_at:
-                sampled = rate > 0
-                if sampled:
-                    self.due_at = n + skip
-                    if guarded:
-                        if tokens >= 1.0:
-                            tokens -= 1.0
-                            self._samples += 1
-                        else:
-                            sampled, refused = False, True
-            if guarded:
-                self._tokens = tokens
+            sampled = rate > 0 and (rate == 1 or n >= self.due_at)
             if sampled:
+                self.due_at = n + skip
                 taken = self._taken
                 taken[n] = rate
                 if len(taken) > TAKEN_MAX:  # sampled, never submitted (a dropped request)
                     del taken[next(iter(taken))]
-            self.next_at = min(self.due_at, n + HOUSEKEEPING_EVERY)
+            due = self.due_at
+            self.next_at = due if due - n < HOUSEKEEPING_EVERY else n + HOUSEKEEPING_EVERY
+        return sampled
+
+    def _decide_guarded(self, n: int, skip: int) -> bool:
+        """``decide`` under the overload guard: a sample takes a token."""
+        now = self._clock()
+        refused = sampled = False
+        with self._lock:
+            rate, cap, burst = self.rate, self.cap, self._burst_size
+            tokens = self._tokens + (now - self._filled_at) * cap
+            if tokens > burst:
+                tokens = burst
+            self._filled_at = now
+            if now - self._t0 >= WINDOW or (tokens < burst / 2 and self._samples * 16 >= cap):
+                self._retune(n, now, tokens < burst / 2)
+                if self.rate != rate:
+                    rate = self.rate
+                    skip = self.skip() if rate > 1 else 1
+                    self.due_at = n - 1 + skip  # candidate n too, with 1/rate
+                    skip = self.skip() if rate > 1 else 1
+            self._last_n = n
+            self._last_t = now
+            if rate == 1 or n >= self.due_at:
+                self.due_at = n + skip
+                if tokens >= 1.0:
+                    tokens -= 1.0
+                    self._samples += 1
+                    sampled = True
+                    taken = self._taken
+                    taken[n] = rate
+                    if len(taken) > TAKEN_MAX:
+                        del taken[next(iter(taken))]
+                else:
+                    refused = True
+            self._tokens = tokens
+            due = self.due_at
+            self.next_at = due if due - n < HOUSEKEEPING_EVERY else n + HOUSEKEEPING_EVERY
         if refused:
             self.on_refuse()
         return sampled

@@ -98,8 +98,8 @@ def set_route(scope: Scope, route: str) -> None:
     if ROUTE_KEY in scope:
         scope[ROUTE_KEY] = route
         sampled = current_request.get()
-        if sampled is not None:
-            current_request.set((sampled[0], sampled[1], route))
+        if isinstance(sampled, _Parent):  # the app's scope may be a copy of ours
+            sampled.route = route
 
 
 log = logging.getLogger("sflow_app")
@@ -251,9 +251,7 @@ class SFlowMiddleware:
         service = AGENT.service_name
         # The parent context of decorated calls: the route template once the router has
         # matched (recorded on the scope only then), else the path; worked out when asked.
-        token = current_request.set(
-            (service, method, lambda: _route_template(scope, root_path) or scope.get("path", ""))
-        )
+        token = current_request.set(_Parent(service, method, scope, root_path))
         scope[ROUTE_KEY] = None
         raised = deferred = False
         try:
@@ -391,6 +389,25 @@ def _address(addr: Any) -> tuple[str, int] | None:
     if addr and len(addr) == 2 and isinstance(addr[1], int):
         return str(addr[0]), addr[1]
     return None
+
+
+class _Parent:
+    """A sampled request as decorated calls see it (``_http.Request``): the route
+    template once the router has matched (recorded on the scope only then), else the
+    path, worked out when asked."""
+
+    __slots__ = ("_root_path", "_scope", "method", "route", "service")
+
+    def __init__(self, service: str, method: str, scope: Scope, root_path: str) -> None:
+        self.service = service
+        self.method = method
+        self.route: str | None = None
+        self._scope = scope
+        self._root_path = root_path
+
+    def path(self) -> str:
+        scope = self._scope
+        return self.route or _route_template(scope, self._root_path) or scope.get("path", "")
 
 
 def _route_template(scope: Scope, root_path: str) -> str | None:

@@ -252,7 +252,13 @@ def test_parent_context_of_a_sampled_http_request(live, collector):
     def child():
         return 1
 
-    token = current_request.set(("shop", "POST", "/orders/<id>"))
+    class Request:  # what the WSGI and ASGI middlewares set (_http.Request)
+        service, method = "shop", "POST"
+
+        def path(self):
+            return "/orders/<id>"
+
+    token = current_request.set(Request())
     try:
         child()
     finally:

@@ -475,6 +475,40 @@ def test_body_raising_still_closes(live, collector, sampling):
         assert (req.status, req.resp_bytes) == (200, 3)
 
 
+def test_server_stopping_early_and_a_body_failing_before_its_status(live, collector):
+    """The body a server iterates is a generator of ours: a server that stops early (a
+    client gone) has counted what it took and fails nothing; a body that raises before
+    start_response is a 500."""
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+
+    def chunks(environ, start_response):
+        start_response("200 OK", [])
+        yield from (b"12345", b"67890", b"abcde")
+
+    def broken(environ, start_response):
+        raise Boom
+        yield b""  # a generator: the raise comes at the first iteration
+
+    for app, path in ((chunks, "/early"), (broken, "/broken")):
+        environ = EnvironBuilder(path=path).get_environ()
+        result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
+        taken = iter(result)
+        try:
+            next(taken)
+        except Boom:
+            pass
+        result.close()  # type: ignore[attr-defined]
+        del taken  # a server letting go of the iterator: GeneratorExit inside it
+    flush(collector)
+    assert counters(collector) == expect(method_get_count=2, status_2XX_count=1, status_5XX_count=1)
+    reqs = [record(s, HttpRequest) for s in http_samples(collector)]
+    assert [(r.uri, r.status, r.resp_bytes) for r in reqs] == [
+        ("/early", 200, 5),
+        ("/broken", 500, 0),
+    ]
+
+
 @pytest.mark.parametrize("sampling", [0, 1])
 def test_close_forwarded_and_lazy_start_response(live, collector, sampling):
     """Generators call start_response on first iteration: counted at close()."""
