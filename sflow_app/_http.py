@@ -281,7 +281,6 @@ def submit_http(source: Any, n: int, **fields: Any) -> None:
 
 
 def http_records(
-    *,
     method: str,
     protocol: int,
     uri: bytes | str,
@@ -352,7 +351,6 @@ def route_operation(
 
 
 def encode_http(
-    *,
     method: str,
     protocol: int,
     uri: bytes | str,
@@ -372,7 +370,8 @@ def encode_http(
     application: str | None = None,
 ) -> tuple[bytes, int]:
     """``http_records(...)`` encoded, and how many records: the exporter's path, which
-    builds no record objects for the http_request and socket records."""
+    builds no record objects for the http_request and socket records. The surfaces call
+    both with the 17 values in order: passed by keyword, the call alone cost ~1 us."""
     data = encode_http_request(
         METHODS.get(method, OTHER_METHOD)[0],
         protocol,

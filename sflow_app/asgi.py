@@ -363,24 +363,24 @@ class _Sample(Deferred):
             )
         path, _, query = raw_path.partition(b"?")  # some servers leave the query in
         response_headers, received, sent = self.exchange
-        return make(
-            method=self.method,
-            protocol=PROTOCOLS.get(version) or protocol_number(version),
-            uri=build_uri(path, query_string or query, mode),
-            host=found[0],
-            referer=found[1],
-            useragent=found[2],
-            xff=found[3],
-            authuser=b"" if user is None else user or basic_user(found[5]),
-            mime_type=mime_type(response_headers),
-            req_bytes=int(length) if length.isdigit() else received,
-            resp_bytes=sent,
-            duration_us=self.duration_us,
-            status=self.status,
-            local=_address(server),
-            remote=_address(client),
-            route=route,
-            application=self.service if route else None,
+        return make(  # in the order of http_records' parameters
+            self.method,
+            PROTOCOLS.get(version) or protocol_number(version),
+            build_uri(path, query_string or query, mode),
+            found[0],
+            found[1],
+            found[2],
+            found[3],
+            b"" if user is None else user or basic_user(found[5]),
+            mime_type(response_headers),
+            int(length) if length.isdigit() else received,
+            sent,
+            self.duration_us,
+            self.status,
+            _address(server),
+            _address(client),
+            route,
+            self.service if route else None,
         )
 
 

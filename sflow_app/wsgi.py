@@ -467,7 +467,7 @@ class _Transaction(Deferred):
         if authorization and not authuser:
             authuser = basic_user(authorization)
         if self.status is not None:
-            code = _status_code(self.status)
+            code = _CODES.get(self.status) or _status_code(self.status)
         else:
             code = 500 if self.failed else CLIENT_CLOSED
         mime = b""
@@ -475,24 +475,24 @@ class _Transaction(Deferred):
             if name.lower() == "content-type":
                 mime = _raw(value)
                 break
-        return make(
-            method=self.method,
-            protocol=protocol,
-            uri=uri,
-            host=host,
-            referer=referer,
-            useragent=useragent,
-            xff=xff,
-            authuser=authuser,
-            mime_type=mime,
-            req_bytes=self.req_bytes,
-            resp_bytes=self.resp_bytes,
-            duration_us=min((self.end_ns - self.start_ns) // 1000, MAX_US),
-            status=code,
-            local=local,
-            remote=remote,
-            route=self.route,
-            application=self.service if self.route else None,
+        return make(  # in the order of http_records' parameters
+            self.method,
+            protocol,
+            uri,
+            host,
+            referer,
+            useragent,
+            xff,
+            authuser,
+            mime,
+            self.req_bytes,
+            self.resp_bytes,
+            min((self.end_ns - self.start_ns) // 1000, MAX_US),
+            code,
+            local,
+            remote,
+            self.route,
+            self.service if self.route else None,
         )
 
 
@@ -656,11 +656,18 @@ def _raw(value: Any) -> bytes:
         return text.encode("utf-8", "surrogateescape")
 
 
+# Status lines seen -> their codes (remembered: a service answers with a few).
+_CODES: dict[str, int] = {}
+
+
 def _status_code(status: str) -> int:
     try:
-        return int(status.split(None, 1)[0])
+        code = int(status.split(None, 1)[0])
     except (ValueError, IndexError, AttributeError):
         return 0
+    if type(status) is str:
+        remember(_CODES, status, code, len(status))
+    return code
 
 
 def _uri(

@@ -5,6 +5,8 @@ byte, whatever the values -- and on a second sight of the same values (the memos
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 
 import pytest
 from apps.asgi_harness import Peer, call, http_scope, respond
@@ -228,3 +230,16 @@ def test_what_is_remembered_of_a_request_holds_no_credential(live, collector):
     users = [record(s, HttpRequest).authuser for s in http_samples(collector)]
     assert users == ["alice", ""]
     assert wsgi._REQUESTS and "s3cret" not in repr(wsgi._REQUESTS)
+
+
+def test_str_and_bytes_values_under_bytes_warnings():
+    """The memo takes str and bytes keys as they come, except under -b/-bb, where a str
+    key meeting an equal bytes key would warn (-bb: raise): there it takes bytes only."""
+    script = (
+        "from sflow_app._http import encode_http\n"
+        "a = encode_http('GET', 1001, b'/x', host=b'h')\n"
+        "b = encode_http('GET', 1001, '/x', host='h')\n"
+        "assert a == b, (a, b)\n"
+    )
+    for flag in ([], ["-bb"]):
+        subprocess.run([sys.executable, *flag, "-c", script], check=True, timeout=60)
