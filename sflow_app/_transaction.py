@@ -50,7 +50,7 @@ from time import perf_counter_ns
 from typing import Any, TypeVar, cast, overload
 
 from ._agent import AGENT
-from ._http import parent_context
+from ._http import ParentContexts, parent_context
 from ._source import AppSource
 from .records import AppOperation, AppParentContext, AppStatus
 
@@ -128,6 +128,7 @@ class _Operation:
     __slots__ = ("application", "name", "source")
 
     def __init__(self, name: str, application: str | None) -> None:
+        ParentContexts.wanted = True  # sampled requests name themselves from now on
         self.name = name
         self.application = application
         self.source: AppSource | None = None

@@ -65,6 +65,7 @@ from ._http import (
     PATH_SAFE,
     PROTOCOLS,
     STATUS_OTHER,
+    ParentContexts,
     QueryMode,
     basic_user,
     build_uri,
@@ -251,7 +252,11 @@ class SFlowMiddleware:
         service = AGENT.service_name
         # The parent context of decorated calls: the route template once the router has
         # matched (recorded on the scope only then), else the path; worked out when asked.
-        token = current_request.set(_Parent(service, method, scope, root_path))
+        token = (
+            current_request.set(_Parent(service, method, scope, root_path))
+            if ParentContexts.wanted
+            else None
+        )
         scope[ROUTE_KEY] = None
         raised = deferred = False
         try:
@@ -277,7 +282,8 @@ class SFlowMiddleware:
                 )
             raise
         finally:
-            current_request.reset(token)
+            if token is not None:
+                current_request.reset(token)
             end_ns = exchange.end_ns or perf_counter_ns()
             status = exchange.status or CLIENT_CLOSED
             # Counted as the unsampled path counts (the app's answer), so sampling never

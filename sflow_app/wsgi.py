@@ -67,6 +67,7 @@ from ._http import (
     PROTOCOLS,
     STATUS_OTHER,
     STATUS_SLOTS,
+    ParentContexts,
     QueryMode,
     basic_user,
     build_uri,
@@ -230,14 +231,15 @@ class SFlowMiddleware:
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None:
             environ["wsgi.file_wrapper"] = txn.wrap_file(file_wrapper)
-        token = current_request.set(txn)
+        token = current_request.set(txn) if ParentContexts.wanted else None
         try:
             result = self.app(environ, txn.start_response)
         except BaseException:
             txn.finish(failed=True)
             raise
         finally:
-            current_request.reset(token)
+            if token is not None:
+                current_request.reset(token)
             if file_wrapper is not None:
                 # Servers recognise their file_wrapper by type/identity after we return.
                 environ["wsgi.file_wrapper"] = file_wrapper

@@ -26,7 +26,7 @@ from apps.asgi_harness import (
 
 from sflow_app import _asgi_exchange
 from sflow_app._agent import AGENT
-from sflow_app._http import current_request, parent_context
+from sflow_app._http import ParentContexts, current_request, parent_context
 from sflow_app.asgi import SFlowMiddleware
 from sflow_app.records import ExtendedSocketIPv4, ExtendedSocketIPv6
 
@@ -473,8 +473,9 @@ def test_ipv6_sockets(agent, collector):
     assert (sock.local_ip, sock.local_port, sock.remote_port) == ("::1", 8000, 40000)
 
 
-def test_current_request_is_set_only_while_sampled(agent, collector):
+def test_current_request_is_set_only_while_sampled(agent, collector, monkeypatch):
     agent(sampling=1)
+    monkeypatch.setattr(ParentContexts, "wanted", True)  # as once a function is decorated
     seen = []
 
     async def app(scope, receive, send):

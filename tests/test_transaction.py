@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -332,3 +335,43 @@ def test_recording_failure_never_reaches_the_caller(live, collector, monkeypatch
     before = source.drops
     assert fn() == "fine"
     assert source.drops == before + 1
+
+
+def test_requests_name_themselves_once_a_function_is_decorated(tmp_path):
+    """A process with no @transaction function sets no context variable on a sampled
+    request (nothing would read it); once one is decorated, every sampled request does."""
+    script = """
+from sflow_app import transaction
+from sflow_app._agent import AGENT
+from sflow_app._http import current_request
+from sflow_app.testing import capture
+from sflow_app.wsgi import SFlowMiddleware
+from werkzeug.test import EnvironBuilder
+
+seen = []
+
+def app(environ, start_response):
+    request = current_request.get()
+    seen.append(None if request is None else (request.method, request.path()))
+    start_response("200 OK", [])
+    return [b"ok"]
+
+def call():
+    environ = EnvironBuilder(path="/orders/7", method="POST").get_environ()
+    result = SFlowMiddleware(app)(environ, lambda status, headers, exc_info=None: None)
+    list(result)
+    result.close()
+
+with capture():
+    call()
+    transaction(lambda: None)
+    call()
+assert seen == [None, ("POST", "/orders/7")], seen
+"""
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "SFLOW_APP_DS_INDEX": "8000", "SFLOW_APP_STATE_DIR": str(tmp_path)},
+    )
