@@ -351,11 +351,18 @@ class Exporter(Staging):
     # -- samples ----------------------------------------------------------------------
     def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
         source, n, rate, records = item
-        index = self._index(state, source)
-        if index is None:
+        key = id(source)
+        index = self._indexes.get(key)  # _index, its common case inlined (every sample)
+        if index is None and (index := self._index(state, source)) is None:
             source.drop()
             return None
-        pool = self._pool_step(source, source.sampler.ordinal(n))
+        # _pool_step(source, ordinal), inlined
+        carried = self._pool_carried.get(key, 0)
+        now = source.sampler.ordinal(n)
+        if now <= carried:
+            now = carried + 1
+        self._pool_carried[key] = now
+        pool = now - carried
         inp, out = source.direction
         limit = self.agent.settings.datagram - HEADER_MAX
         if type(records) is not tuple and isinstance(records, Deferred):

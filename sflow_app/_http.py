@@ -277,13 +277,13 @@ def scope_user(scope: Mapping[str, Any]) -> str:
     return user if isinstance(user, str) else ""
 
 
-def submit_http(source: Any, n: int, **fields: Any) -> None:
-    """Build and queue one sampled HTTP transaction (``http_records``). Never raises into
-    the request."""
+def submit_http(source: Any, n: int, rate: int, **fields: Any) -> None:
+    """Build and queue one sampled HTTP transaction (``http_records``; ``rate``: what
+    ``source.sample(n)`` returned). Never raises into the request."""
     try:
         if fields.get("route") and not fields.get("application"):
             fields["application"] = source.agent.service_name
-        source.submit(n, http_records(**fields))
+        source.submit(n, http_records(**fields), rate)
     except Exception:
         log.debug("sflow_app: could not record an HTTP sample", exc_info=True)
         source.drop()

@@ -13,8 +13,9 @@ a sample take a token, so no one-second window holds more than 1.5x the cap what
 the load; and so that the bucket is rarely empty, the effective N is raised to keep the
 samples near ``TARGET`` of the cap (measured from the pool over half-second windows, or
 at once when half the bucket is gone) and lowered again when the load falls. Each sample
-carries the N in force when it was taken (``rate_of``), so a collector's estimate (the
-sum of sampling_rate) stays right; a due candidate refused for want of a token is a drop.
+carries the N in force when it was taken (what ``decide`` returned), so a collector's
+estimate (the sum of sampling_rate) stays right; a due candidate refused for want of a
+token is a drop.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ U32 = 0xFFFFFFFF
 # The overload guard.
 WINDOW = 0.5  # s: the load is measured over windows of this length
 TARGET = 0.9  # of the cap: what the raised N aims at (the bucket refills at the cap)
-TAKEN_MAX = 4096  # sampled candidates whose rate is remembered until they are submitted
 
 
 def _no_drop() -> int:
@@ -56,7 +56,6 @@ class Sampler:
         "_rng",
         "_samples",
         "_t0",
-        "_taken",
         "_tokens",
         "cap",
         "configured",
@@ -83,7 +82,6 @@ class Sampler:
         self.configured = 0
         self.due_at = NEVER
         self.next_at = 0  # first candidate takes the slow path
-        self._taken: dict[int, int] = {}  # sampled candidate -> its N, until submitted
         self.on_refuse: Callable[[], object] = _no_drop  # a due candidate got no token
         self.cap = 0  # samples per second; 0 = no guard
         self._tokens = self._burst_size = 0.0
@@ -159,16 +157,14 @@ class Sampler:
         """Whether the guard holds the N in force above the configured one."""
         return self.rate > self.configured > 0
 
-    def rate_of(self, n: int) -> int:
-        """The 1-in-N candidate ``n`` was sampled at (once: it is forgotten here)."""
-        return self._taken.pop(n, self.rate)
-
     def force(self) -> None:
         """Make the next candidate take the slow path."""
         self.next_at = 0
 
-    def decide(self, n: int) -> bool:
-        """Slow path for candidate ``n``: True when it is sampled."""
+    def decide(self, n: int) -> int:
+        """Slow path for candidate ``n``: the N it is sampled at (the sample's
+        sampling_rate: the guard may change N before the sample is submitted), or 0
+        when it is not sampled."""
         # The next skip is drawn before the lock is taken, so the locked region makes no
         # Python-level call: CPython hands the GIL to another thread only at such calls
         # (and loops), so a thread is never switched out while it holds the lock. One
@@ -184,18 +180,15 @@ class Sampler:
             sampled = rate > 0 and (rate == 1 or n >= self.due_at)
             if sampled:
                 self.due_at = n + skip
-                taken = self._taken
-                taken[n] = rate
-                if len(taken) > TAKEN_MAX:  # sampled, never submitted (a dropped request)
-                    del taken[next(iter(taken))]
             due = self.due_at
             self.next_at = due if due - n < HOUSEKEEPING_EVERY else n + HOUSEKEEPING_EVERY
-        return sampled
+        return rate if sampled else 0
 
-    def _decide_guarded(self, n: int, skip: int) -> bool:
+    def _decide_guarded(self, n: int, skip: int) -> int:
         """``decide`` under the overload guard: a sample takes a token."""
         now = self._clock()
-        refused = sampled = False
+        refused = False
+        sampled = 0
         with self._lock:
             rate, cap, burst = self.rate, self.cap, self._burst_size
             tokens = self._tokens + (now - self._filled_at) * cap
@@ -216,11 +209,7 @@ class Sampler:
                 if tokens >= 1.0:
                     tokens -= 1.0
                     self._samples += 1
-                    sampled = True
-                    taken = self._taken
-                    taken[n] = rate
-                    if len(taken) > TAKEN_MAX:
-                        del taken[next(iter(taken))]
+                    sampled = rate
                 else:
                     refused = True
             self._tokens = tokens
@@ -252,7 +241,6 @@ class Sampler:
         """
         self._rng.seed()
         self._lock = threading.Lock()
-        self._taken = {}
         self._restart_guard()  # the parent's bucket and load are not this process's
         self._base = 0
         self._base = max(self.sample_pool - in_flight, 0)

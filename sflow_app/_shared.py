@@ -390,14 +390,16 @@ class SharedState(Election, RuntimeSlots):
         return seq
 
     def next_seq(self, index: int, word: int) -> int:
-        at = self._entry(index) + word
-        self.words[at] = seq = (self.words[at] + 1) & 0xFFFFFFFF
+        at = TABLE_AT + index * ENTRY_WORDS + word  # _entry, inlined: once per sample
+        words = self.words
+        words[at] = seq = (words[at] + 1) & 0xFFFFFFFF
         return seq
 
     def add_pool(self, index: int, step: int) -> int:
         """Add a sample's pool increment to the service's sample_pool (sender only)."""
-        at = self._entry(index) + E_LAST_POOL
-        self.words[at] = value = (self.words[at] + step) & 0xFFFFFFFFFFFFFFFF
+        at = TABLE_AT + index * ENTRY_WORDS + E_LAST_POOL  # _entry, inlined
+        words = self.words
+        words[at] = value = (words[at] + step) & 0xFFFFFFFFFFFFFFFF
         return value
 
     def counts_changed(self, index: int, digest: int) -> bool:

@@ -197,16 +197,17 @@ class Source:
     def drops(self) -> int:
         return read_count(self._drops) - self._drops_base
 
-    def sample(self, n: int) -> bool:
-        """Slow path for candidate ``n`` (see _sampler): True when it is sampled."""
+    def sample(self, n: int) -> int:
+        """Slow path for candidate ``n`` (see _sampler): the N it is sampled at, or 0
+        when it is not sampled."""
         self.agent.housekeeping(self)
         return self.sampler.decide(n)
 
-    def submit(self, n: int, records: tuple[Any, ...] | Deferred) -> None:
+    def submit(self, n: int, records: tuple[Any, ...] | Deferred, rate: int) -> None:
         """Hand a sampled transaction's records (or a ``Deferred`` that builds them) to
-        the exporter (never blocks)."""
-        # The N in force when it was sampled: the overload guard may have moved it since.
-        self.agent.enqueue(self, n, self.sampler.rate_of(n), records)
+        the exporter (never blocks). ``rate``: what ``sample(n)`` returned (the overload
+        guard may have moved N since)."""
+        self.agent.enqueue(self, n, rate, records)
 
     def reset_after_fork(self, in_flight: int = 0) -> None:
         self.sampler.reset_after_fork(in_flight)

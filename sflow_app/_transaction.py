@@ -144,12 +144,13 @@ class _Operation:
         self.source = source = AGENT.app_source(application)
         return source
 
-    def _decide(self, source: AppSource, n: int) -> bool:
+    def _decide(self, source: AppSource, n: int) -> int:
+        """The sampler's decision: the N sampled at, or 0."""
         try:
             return source.sample(n)
         except Exception:
             log.debug("sflow_app: sampling decision failed", exc_info=True)
-            return False
+            return 0
 
     def call(
         self,
@@ -160,8 +161,8 @@ class _Operation:
     ) -> Any:
         source = self.source or self._resolve()
         n = source.sampler.pool()
-        if n >= source.sampler.next_at and self._decide(source, n):
-            return self._sampled(source, n, wrapped, args, kwargs)
+        if n >= source.sampler.next_at and (rate := self._decide(source, n)):
+            return self._sampled(source, (n, rate), wrapped, args, kwargs)
         incr = source.counters.incr
         try:
             result = wrapped(*args, **kwargs)
@@ -174,7 +175,7 @@ class _Operation:
     def _sampled(
         self,
         source: AppSource,
-        n: int,
+        taken: tuple[int, int],
         wrapped: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -183,9 +184,9 @@ class _Operation:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            self._record(source, n, start, status_of(exc), type(exc).__name__)
+            self._record(source, taken, start, status_of(exc), type(exc).__name__)
             raise
-        self._record(source, n, start, SUCCESS, "")
+        self._record(source, taken, start, SUCCESS, "")
         return result
 
     async def call_async(
@@ -197,14 +198,14 @@ class _Operation:
     ) -> Any:
         source = self.source or self._resolve()
         n = source.sampler.pool()
-        if n >= source.sampler.next_at and self._decide(source, n):
+        if n >= source.sampler.next_at and (rate := self._decide(source, n)):
             start = perf_counter_ns()
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException as exc:
-                self._record(source, n, start, status_of(exc), type(exc).__name__)
+                self._record(source, (n, rate), start, status_of(exc), type(exc).__name__)
                 raise
-            self._record(source, n, start, SUCCESS, "")
+            self._record(source, (n, rate), start, SUCCESS, "")
             return result
         incr = source.counters.incr
         try:
@@ -215,8 +216,11 @@ class _Operation:
         incr[SUCCESS]()
         return result
 
-    def _record(self, source: AppSource, n: int, start: int, status: int, descr: str) -> None:
-        """Count the call and queue its sample. Never raises."""
+    def _record(
+        self, source: AppSource, taken: tuple[int, int], start: int, status: int, descr: str
+    ) -> None:
+        """Count the call and queue its sample (``taken``: the candidate and the N it
+        was sampled at). Never raises."""
         end = perf_counter_ns()
         source.counters.incr[status]()
         try:
@@ -240,7 +244,7 @@ class _Operation:
                         application=service, operation=where, attributes=f"method={method}"
                     )
                 )
-            source.submit(n, tuple(records))
+            source.submit(taken[0], tuple(records), taken[1])
         except Exception:
             log.debug("sflow_app: could not record an app_operation sample", exc_info=True)
             source.drop()

@@ -185,8 +185,8 @@ class SFlowMiddleware:
         if self._excluded is not None and self._excluded(scope["path"]):
             return await self.app(scope, receive, send)
         n = self._pool()
-        if n >= self._sampler.next_at and self._decide(n, scope):
-            return await self._sampled(n, scope, receive, send)
+        if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
+            return await self._sampled(n, rate, scope, receive, send)
 
         status = 0
 
@@ -205,8 +205,9 @@ class SFlowMiddleware:
             self._method_incr.get(scope["method"], self._other_method)()
             self._status_incr.get(status or CLIENT_CLOSED, self._other_status)()
 
-    def _decide(self, n: int, scope: Scope) -> bool:
-        """The slow path: identity capture on first use, then the sampler's decision."""
+    def _decide(self, n: int, scope: Scope) -> int:
+        """The slow path: identity capture on first use, then the sampler's decision
+        (the N sampled at, or 0)."""
         source = self._source
         try:
             if source.ds_index is None:
@@ -218,14 +219,14 @@ class SFlowMiddleware:
             return source.sample(n)
         except Exception:
             log.debug("sflow_app: sampling decision failed", exc_info=True)
-            return False
+            return 0
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._excluded is not None and self._excluded(scope["path"]):
             return await self.app(scope, receive, send)
         n = self._pool()
-        if n >= self._sampler.next_at and self._decide(n, scope):
-            return await self._sampled(n, scope, receive, send)
+        if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
+            return await self._sampled(n, rate, scope, receive, send)
 
         status = 0
 
@@ -244,7 +245,7 @@ class SFlowMiddleware:
             self._method_incr["GET"]()
             self._status_incr.get(status or CLIENT_CLOSED, self._other_status)()
 
-    async def _sampled(self, n: int, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _sampled(self, n: int, rate: int, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
         method = "GET" if websocket else scope["method"]
         root_path = scope.get("root_path", "")
@@ -271,6 +272,7 @@ class SFlowMiddleware:
                     exchange,
                     lambda: self._record(
                         n,
+                        rate,
                         scope,
                         method,
                         service,
@@ -292,11 +294,12 @@ class SFlowMiddleware:
             self._method_incr.get(method, self._other_method)()
             self._status_incr.get(counted, self._other_status)()
             if not deferred:
-                self._record(n, scope, method, service, exchange, status, end_ns, root_path)
+                self._record(n, rate, scope, method, service, exchange, status, end_ns, root_path)
 
     def _record(
         self,
         n: int,
+        rate: int,
         scope: Scope,
         method: str,
         service: str,
@@ -328,7 +331,7 @@ class SFlowMiddleware:
             sample.status = status
             sample.duration_us = min((end_ns - exchange.start_ns) // 1000, MAX_US)
             sample.service = service
-            self._source.submit(n, sample)
+            self._source.submit(n, sample, rate)
         except Exception:  # nothing here may reach the application
             log.debug("sflow_app: could not record an ASGI sample", exc_info=True)
             self._source.drop()

@@ -177,8 +177,8 @@ class SFlowMiddleware:
         if self._excluded is not None and self._excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         n = self._pool()
-        if n >= self._sampler.next_at and self._decide(n, environ):
-            return self._sampled(n, environ, start_response)
+        if n >= self._sampler.next_at and (rate := self._decide(n, environ)):
+            return self._sampled(n, rate, environ, start_response)
         # The unsampled path: count the method, learn the status, count it.
         self._method_incr.get(environ.get("REQUEST_METHOD"), self._other_method)()
         status = None
@@ -205,8 +205,9 @@ class SFlowMiddleware:
         return result
 
     # -- slow path --------------------------------------------------------------------
-    def _decide(self, n: int, environ: Environ) -> bool:
-        """Identity capture on first use, then the sampler's decision. Never raises."""
+    def _decide(self, n: int, environ: Environ) -> int:
+        """Identity capture on first use, then the sampler's decision (the N sampled
+        at, or 0). Never raises."""
         source = self._source
         try:
             if source.ds_index is None:
@@ -217,10 +218,12 @@ class SFlowMiddleware:
             return self._sampler.decide(n)
         except Exception:
             log.debug("sflow_app: sampling decision failed", exc_info=True)
-            return False
+            return 0
 
-    def _sampled(self, n: int, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        txn = _Transaction(self, n, environ, start_response)
+    def _sampled(
+        self, n: int, rate: int, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        txn = _Transaction(self, n, rate, environ, start_response)
         self._method_incr.get(txn.method, self._other_method)()
         environ[TRANSACTION_KEY] = txn
         length = environ.get("CONTENT_LENGTH", "")
@@ -312,6 +315,7 @@ class _Transaction(Deferred):
         "headers",
         "method",
         "n",
+        "rate",
         "req_bytes",
         "resp_bytes",
         "route",
@@ -321,11 +325,17 @@ class _Transaction(Deferred):
     )
 
     def __init__(
-        self, middleware: SFlowMiddleware, n: int, environ: Environ, start_response: StartResponse
+        self,
+        middleware: SFlowMiddleware,
+        n: int,
+        rate: int,
+        environ: Environ,
+        start_response: StartResponse,
     ) -> None:
         self.start_ns = perf_counter_ns()
         self._middleware = middleware
         self.n = n
+        self.rate = rate
         self._environ = environ
         self._start_response = start_response
         self.method: str = environ.get("REQUEST_METHOD", "")
@@ -414,9 +424,8 @@ class _Transaction(Deferred):
             middleware._count_status(self.status, failed)
             self._keep(failed)
             # The records are built by the exporter, from what _keep took (see build).
-            # source.submit(n, self), one call fewer:
-            source = middleware._source
-            AGENT.enqueue(source, self.n, source.sampler.rate_of(self.n), self)
+            # source.submit(n, self, rate), one call fewer:
+            AGENT.enqueue(middleware._source, self.n, self.rate, self)
         except Exception:
             log.debug("sflow_app: could not record a WSGI sample", exc_info=True)
             middleware._source.drop()

@@ -71,6 +71,7 @@ def request(source, method: str = "GET", status: int = 200, uri: str = "/x") -> 
         submit_http(
             source,
             n,
+            sampled,
             method=method,
             protocol=1001,
             uri=uri,
@@ -80,7 +81,7 @@ def request(source, method: str = "GET", status: int = 200, uri: str = "/x") -> 
             local=("127.0.0.1", 8080),
             remote=("127.0.0.1", 50000),
         )
-    return sampled
+    return bool(sampled)
 
 
 def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, clock: Clock):
@@ -316,10 +317,12 @@ def test_oversized_sample_is_trimmed_to_fit(make_agent, collector: Collector, cl
     source = agent.http_source()
     agent.set_http_port(8080, "test")
     n = source.sampler.pool()
-    assert source.sample(n)
+    rate = source.sample(n)
+    assert rate
     submit_http(
         source,
         n,
+        rate,
         method="GET",
         protocol=1001,
         uri="/" + "u" * 254,
@@ -375,8 +378,11 @@ def test_sample_exactly_at_the_datagram_limit(
     source = agent.http_source()
     agent.set_http_port(8080, "test")
     n = source.sampler.pool()
-    assert source.sample(n)
-    submit_http(source, n, method="GET", protocol=1001, uri=uri, useragent="a" * 100, status=200)
+    rate = source.sample(n)
+    assert rate
+    submit_http(
+        source, n, rate, method="GET", protocol=1001, uri=uri, useragent="a" * 100, status=200
+    )
     agent.tick(clock.now, final=True)
     [dg] = collector.poll(0.5)
     [rec] = dg.samples[0].records

@@ -1244,7 +1244,9 @@ def test_a_replaced_agent_is_followed_by_every_part(
         sent: dict[Any, list[Any]] = {old: [], new: []}
         for source in (old, new):
             monkeypatch.setattr(
-                source, "submit", lambda n, records, source=source: sent[source].append(records)
+                source,
+                "submit",
+                lambda n, records, rate, source=source: sent[source].append(records),
             )
         c.version()  # sees the new source: rebinds (this one is not sampled)
         c.get("k")

@@ -54,6 +54,7 @@ def request(source: Any, uri: str) -> bool:
         submit_http(
             source,
             n,
+            sampled,
             method="GET",
             protocol=1001,
             uri=uri,
@@ -63,7 +64,7 @@ def request(source: Any, uri: str) -> bool:
             local=("127.0.0.1", PORT),
             remote=("127.0.0.1", 50000),
         )
-    return sampled
+    return bool(sampled)
 
 
 def _status(agent: Agent) -> dict[str, Any]:

@@ -174,14 +174,14 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
     def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"") -> Any:
         pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
         n = pool()
-        if n >= STATE.sampler.next_at and STATE.due(n):
+        if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(
                 FETCH,
                 MethodType(original, self),
                 self,
                 (name, keys, expect_cas, key_prefix),
                 _NOKW,
-                n,
+                (n, rate),
             )
         try:
             proxy = self._sflow_serde
@@ -246,14 +246,14 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
         n = pool()
-        if n >= STATE.sampler.next_at and STATE.due(n):
+        if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(
                 STORE,
                 MethodType(original, self),
                 self,
                 (name, values, expire, noreply, flags, cas),
                 _NOKW,
-                n,
+                (n, rate),
             )
         try:
             proxy = self._sflow_serde
@@ -301,14 +301,14 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
     def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None) -> Any:
         pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
         n = pool()
-        if n >= STATE.sampler.next_at and STATE.due(n):
+        if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(
                 MISC,
                 MethodType(original, self),
                 self,
                 (cmds, cmd_name, noreply, end_tokens),
                 _NOKW,
-                n,
+                (n, rate),
             )
         try:
             result = original(self, cmds, cmd_name, noreply, end_tokens)
@@ -338,8 +338,8 @@ def _generic_method(kind: Kind, original: Callable[..., Any]) -> Callable[..., A
     def method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
         n = pool()
-        if n >= STATE.sampler.next_at and STATE.due(n):
-            return sampled(kind, wrapped, instance, args, kwargs, n)
+        if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
+            return sampled(kind, wrapped, instance, args, kwargs, (n, rate))
         proxy = serde_proxy(instance)
         proxy.read = proxy.written = 0
         try:
@@ -412,12 +412,12 @@ def _rejected(
         cmd, slot, amount, keys = describe(instance, args, kwargs)
         if slot is not None:
             tally(slot, amount)
-        if not (n >= STATE.sampler.next_at and STATE.due(n)):
+        if not (n >= STATE.sampler.next_at and (rate := STATE.due(n))):
             return
         key = b""
         if keys:
             key = wire_key(instance, keys[0], getattr(instance, "key_prefix", b""))
-        emit(instance, n, cmd, key, len(keys), status, 0, 0, endpoint)
+        emit(instance, (n, rate), cmd, key, len(keys), status, 0, 0, endpoint)
     except Exception:
         log.debug("sflow_app: could not record a rejected memcache command", exc_info=True)
 

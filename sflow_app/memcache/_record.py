@@ -63,7 +63,7 @@ def _configured_endpoint(instance: Any) -> Any:
 
 def emit(
     instance: Any,
-    n: int,
+    taken: tuple[int, int],
     cmd: int,
     key: bytes,
     nkeys: int,
@@ -88,13 +88,16 @@ def emit(
             endpoint = connection_record(instance)
         if endpoint is None:
             endpoint = _configured_endpoint(instance)
-        STATE.source.submit(n, (op,) if endpoint is None or endpoint is False else (op, endpoint))
+        records = (op,) if endpoint is None or endpoint is False else (op, endpoint)
+        STATE.source.submit(taken[0], records, taken[1])
     except Exception:
         log.debug("sflow_app: could not record a memcache sample", exc_info=True)
         STATE.source.drop()
 
 
-def sampled(kind: Kind, call: Any, instance: Any, args: Any, kwargs: Any, n: int) -> Any:
+def sampled(
+    kind: Kind, call: Any, instance: Any, args: Any, kwargs: Any, taken: tuple[int, int]
+) -> Any:
     """A sampled round trip: ``call(*args, **kwargs)`` runs it (bound to ``instance``)."""
     try:
         proxy = serde_proxy(instance)
@@ -115,7 +118,7 @@ def sampled(kind: Kind, call: Any, instance: Any, args: Any, kwargs: Any, n: int
                 endpoint = latest[1]
         if isinstance(exc, MemcacheIllegalInputError):  # refused before sending
             proxy, ns = NoTally(), 0  # no round trip: nothing was sent
-        _finish(kind, instance, args, kwargs, n, status, ns, proxy, None, endpoint)
+        _finish(kind, instance, args, kwargs, taken, status, ns, proxy, None, endpoint)
         raise
     ns = perf_counter_ns() - start
     try:
@@ -128,7 +131,7 @@ def sampled(kind: Kind, call: Any, instance: Any, args: Any, kwargs: Any, n: int
     except Exception:
         log.debug("sflow_app: memcache counting failed", exc_info=True)
         status = UNKNOWN
-    _finish(kind, instance, args, kwargs, n, status, ns, proxy, result, endpoint)
+    _finish(kind, instance, args, kwargs, taken, status, ns, proxy, result, endpoint)
     return result
 
 
@@ -137,7 +140,7 @@ def _finish(
     instance: Any,
     args: Any,
     kwargs: Any,
-    n: int,
+    taken: tuple[int, int],
     status: int,
     ns: int,
     proxy: Any,
@@ -151,4 +154,4 @@ def _finish(
         log.debug("sflow_app: could not describe a memcache operation", exc_info=True)
         STATE.source.drop()
         return
-    emit(instance, n, cmd, key, nkeys, status, ns, value_bytes, endpoint)
+    emit(instance, taken, cmd, key, nkeys, status, ns, value_bytes, endpoint)

@@ -80,18 +80,19 @@ class MemcacheState:
         self.source = source
         source.gauges[CURR_CONNECTIONS] = self.open_connections
 
-    def due(self, n: int) -> bool:
-        """The slow path for candidate ``n`` (see _sampler): True when it is sampled."""
+    def due(self, n: int) -> int:
+        """The slow path for candidate ``n`` (see _sampler): the N it is sampled at, or
+        0 when it is not sampled."""
         try:
             source = AGENT.memcache_source()
             if source is not self.source:
                 self.bind(source)  # the agent was replaced (tests); count from the new source on
-                return False
+                return 0
             self.fold()  # keeps the pending byte counts short even when no one takes snapshots
-            return bool(source.sample(n))
+            return int(source.sample(n))
         except Exception:
             log.debug("sflow_app: memcache sampling decision failed", exc_info=True)
-            return False
+            return 0
 
     def open_connections(self) -> int:
         """Sockets instrumented clients opened in this process and still hold (the
