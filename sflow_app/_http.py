@@ -390,6 +390,25 @@ def encode_http(
         duration_us,
         status,
     )
+    return encode_http_rest(
+        data, method, req_bytes, resp_bytes, duration_us, status, local, remote, route, application
+    )
+
+
+def encode_http_rest(
+    data: bytes,
+    method: str,
+    req_bytes: int,
+    resp_bytes: int,
+    duration_us: int,
+    status: int,
+    local: tuple[str, int] | None,
+    remote: tuple[str, int] | None,
+    route: str | None,
+    application: str | None,
+) -> tuple[bytes, int]:
+    """``encode_http``'s records after the http_request one (``data``, encoded): the
+    socket record when both ends are known, app_operation when a route is."""
     count = 1
     if local and remote:
         data += encode_socket(6, local, remote)

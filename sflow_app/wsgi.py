@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter_ns
 from types import TracebackType
@@ -58,6 +59,7 @@ from urllib.parse import quote
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._agent import AGENT
+from ._encode import encode_record
 from ._http import (
     CLIENT_CLOSED,
     MAX_US,
@@ -73,6 +75,7 @@ from ._http import (
     build_uri,
     current_request,
     encode_http,
+    encode_http_rest,
     http_records,
     middleware_options,
     protocol_number,
@@ -80,6 +83,7 @@ from ._http import (
 from ._listen import wsgi_addresses, wsgi_listener
 from ._memo import remember
 from ._source import Deferred, detail_slots
+from .records import HttpRequest
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
@@ -468,7 +472,49 @@ class _Transaction(Deferred):
         return self._describe(http_records)
 
     def encode(self) -> tuple[bytes, int]:
-        return self._describe(encode_http)
+        """``_describe(encode_http)``'s bytes, with the http_request record up to its
+        numbers remembered by what the request kept (its URI, host, user agent...), its
+        method and content type: one lookup, where ``_describe`` converts the strings
+        and looks them up twice (~1 us less a sample)."""
+        seen = self.seen
+        local, remote, authorization = seen[_SEEN_KEY:]
+        status = self.status
+        if authorization or status is None:  # a user's own header; no status: 500 or 499
+            return self._describe(encode_http)
+        code = _CODES.get(status) or _status_code(status)
+        content_type = None
+        for name, value in self.headers:
+            if name.lower() == "content-type":
+                content_type = value
+                break
+        kept = seen[:_SEEN_KEY]
+        key = (kept, self.method, content_type)
+        try:
+            head = _HEADS.get(key)
+        except TypeError:  # a server's odd environ value: no memo
+            return self._describe(encode_http)
+        if head is None:
+            head = _http_request_head(kept, self.method, content_type)
+            size = sum(len(value) for value in kept if type(value) is str)
+            head = remember(_HEADS, key, head, size + len(content_type or ""))
+        duration_us = min((self.end_ns - self.start_ns) // 1000, MAX_US)
+        try:
+            data = head + _HTTP_TAIL.pack(self.req_bytes, self.resp_bytes, duration_us, code)
+        except struct.error:  # a number out of range: the clamping path
+            return self._describe(encode_http)
+        route = self.route
+        return encode_http_rest(
+            data,
+            self.method,
+            self.req_bytes,
+            self.resp_bytes,
+            duration_us,
+            code,
+            local,
+            remote,
+            route,
+            self.service if route else None,
+        )
 
     def _describe(self, make: Callable[..., _T]) -> _T:
         """``make`` (``http_records`` or ``encode_http``) of what the request saw."""
@@ -505,6 +551,35 @@ class _Transaction(Deferred):
             self.route,
             self.service if self.route else None,
         )
+
+
+# (what a request kept, its method, its content type) -> its http_request record up to
+# the numbers (_Transaction.encode).
+_HEADS: dict[tuple[Any, ...], bytes] = {}
+_HTTP_TAIL = struct.Struct(">QQII")  # req_bytes, resp_bytes, uS, status
+
+
+def _http_request_head(kept: tuple[Any, ...], method: str, content_type: str | None) -> bytes:
+    protocol, uri, host, referer, useragent, xff, authuser = _convert(kept)
+    mime = _raw(content_type) if content_type is not None else b""
+    record = encode_record(
+        HttpRequest(
+            METHODS.get(method, OTHER_METHOD)[0],
+            protocol,
+            uri,
+            host,
+            referer,
+            useragent,
+            xff,
+            authuser,
+            mime,
+            0,
+            0,
+            0,
+            0,
+        )
+    )
+    return record[: -_HTTP_TAIL.size]
 
 
 # What requests kept of their environ (and the settings) -> the protocol number and the

@@ -103,8 +103,10 @@ def serve_one(mw, environ) -> None:
     result.close()  # the request ends here
 
 
-def respond_wsgi(status: str, content_type: str):
+def respond_wsgi(status: str, content_type: str, route: str | None = None):
     def app(environ, start_response):
+        if route is not None:
+            wsgi.set_route(environ, route)
         start_response(status, [("Content-Type", content_type)])
         return [b"hello"]
 
@@ -123,9 +125,11 @@ def respond_wsgi(status: str, content_type: str):
     status=st.sampled_from(["200 OK", "404 Not Found", "999 Odd", "bad"]),
     content_type=LATIN1,
     query_mode=st.sampled_from(["sensitive", "keep", "redact", "drop"]),
+    route=st.none() | LATIN1,
+    wsgiref=st.booleans(),
 )
 def test_wsgi_sample_encodes_as_its_records(
-    live, path, query, headers, raw, remote_user, status, content_type, query_mode
+    live, path, query, headers, raw, remote_user, status, content_type, query_mode, route, wsgiref
 ):
     live(sampling=1)
     AGENT.configure(ds_index=8000, authuser=True)
@@ -136,7 +140,9 @@ def test_wsgi_sample_encodes_as_its_records(
         environ["RAW_URI"] = environ["PATH_INFO"] + ("?" + query if query else "")
     if remote_user is not None:
         environ["REMOTE_USER"] = remote_user
-    mw = wsgi.SFlowMiddleware(respond_wsgi(status, content_type), query=query_mode)
+    if wsgiref:  # the local address from SERVER_PORT: an extended_socket record too
+        environ["SERVER_SOFTWARE"] = "WSGIServer/0.2"
+    mw = wsgi.SFlowMiddleware(respond_wsgi(status, content_type, route), query=query_mode)
     serve_one(mw, environ)
     [(_source, _n, _rate, txn)] = AGENT.runner.drain()
     expected = recorded(txn.build())
@@ -201,11 +207,12 @@ def test_an_encoding_bug_costs_its_sample_and_the_next_one_carries_its_pool(
     AGENT.configure(ds_index=8000)
     mw = wsgi.SFlowMiddleware(respond_wsgi("200 OK", "text/plain"))
 
-    def broken(**fields):
+    def broken(*values):
         raise RuntimeError("an encoder bug")
 
     with monkeypatch.context() as patch:
         patch.setattr(wsgi, "encode_http", broken)
+        patch.setattr(wsgi, "encode_http_rest", broken)
         serve_one(mw, EnvironBuilder(path="/a").get_environ())
         flush(collector)
     serve_one(mw, EnvironBuilder(path="/b").get_environ())
@@ -230,6 +237,8 @@ def test_what_is_remembered_of_a_request_holds_no_credential(live, collector):
     users = [record(s, HttpRequest).authuser for s in http_samples(collector)]
     assert users == ["alice", ""]
     assert wsgi._REQUESTS and "s3cret" not in repr(wsgi._REQUESTS)
+    serve_one(mw, EnvironBuilder(path="/a").get_environ())  # the memo of encode()'s heads
+    assert wsgi._HEADS and "s3cret" not in repr(wsgi._HEADS)
 
 
 def test_str_and_bytes_values_under_bytes_warnings():

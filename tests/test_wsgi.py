@@ -871,6 +871,7 @@ def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
 
     # The records are built by the exporter: a bug there costs the sample, counted.
     monkeypatch.setattr(wsgi, "encode_http", broken)
+    monkeypatch.setattr(wsgi, "encode_http_rest", broken)
     monkeypatch.setattr(wsgi, "http_records", broken)
     drops_before = mw._source.drops
     assert call(mw) == (
