@@ -64,7 +64,7 @@ class State(Protocol):
 
     def next_datagram_seq(self) -> int: ...
 
-    def next_seq(self, index: int, word: int) -> int: ...
+    def next_seq(self, index: int, word: int, count: int = 1) -> int: ...
 
     def add_pool(self, index: int, step: int) -> int: ...
 
@@ -150,10 +150,11 @@ class LocalState:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         return self._seq
 
-    def next_seq(self, index: int, word: int) -> int:
+    def next_seq(self, index: int, word: int, count: int = 1) -> int:
         row = self._table[index]
-        row[word] = (row[word] + 1) & 0xFFFFFFFF
-        return row[word]
+        last = row[word]
+        row[word] = (last + count) & 0xFFFFFFFF
+        return (last + 1) & 0xFFFFFFFF
 
     def add_pool(self, index: int, step: int) -> int:
         row = self._table[index]

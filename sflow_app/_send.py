@@ -104,6 +104,7 @@ class Senders:
         self.socks: dict[tuple[str, int], socket.socket] = {}
         self.health: dict[tuple[str, int], Health] = {}
         self._send: Send | None = None  # chosen at the first datagram (see the module doc)
+        self._known: Sequence[tuple[str, int]] | None = None  # the collectors last sent to
 
     def send(self, collectors: Sequence[tuple[str, int]], payload: bytes, stats: Stats) -> None:
         if len(collectors) > MAX_COLLECTORS:
@@ -112,7 +113,9 @@ class Senders:
                 "are sent to"
             )
             collectors = collectors[:MAX_COLLECTORS]
-        self._forget(collectors)
+        if collectors is not self._known:  # the same settings' list: nothing to forget
+            self._forget(collectors)
+            self._known = collectors
         send = self.prepare()
         for target in collectors:
             health = self.health.get(target)

@@ -389,11 +389,13 @@ class SharedState(Election, RuntimeSlots):
         self.words[H_DATAGRAM_SEQ] = seq = (self.words[H_DATAGRAM_SEQ] + 1) & 0xFFFFFFFF
         return seq
 
-    def next_seq(self, index: int, word: int) -> int:
-        at = TABLE_AT + index * ENTRY_WORDS + word  # _entry, inlined: once per sample
+    def next_seq(self, index: int, word: int, count: int = 1) -> int:
+        """The first of ``count`` sequence numbers taken (they wrap at 2**32)."""
+        at = TABLE_AT + index * ENTRY_WORDS + word  # _entry, inlined: once per datagram
         words = self.words
-        words[at] = seq = (words[at] + 1) & 0xFFFFFFFF
-        return seq
+        last = words[at]
+        words[at] = (last + count) & 0xFFFFFFFF
+        return (last + 1) & 0xFFFFFFFF
 
     def add_pool(self, index: int, step: int) -> int:
         """Add a sample's pool increment to the service's sample_pool (sender only)."""

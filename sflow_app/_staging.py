@@ -187,10 +187,20 @@ class Staging:
         if not state.still_sender():  # replaced while stopped: the new sender sends them
             self._backlog.extend((i, bytes(buf)) for i, is_flow, buf in pending if is_flow)
             return
-        # Sequence numbers are taken only now, for samples really sent, so they step by one.
-        next_seq, pack_into = state.next_seq, U32.pack_into
-        for index, is_flow, buf in pending:
-            pack_into(buf, SEQ_AT, next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ))
+        # Sequence numbers are taken only now, for samples really sent, so they step by
+        # one; a run of samples of one source and kind takes its numbers at once.
+        pack_into = U32.pack_into
+        start, total = 0, len(pending)
+        while start < total:
+            index, is_flow, _ = pending[start]
+            end = start + 1
+            while end < total and pending[end][0] == index and pending[end][1] == is_flow:
+                end += 1
+            seq = state.next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ, end - start)
+            for _, _, buf in pending[start:end]:
+                pack_into(buf, SEQ_AT, seq & MASK)
+                seq += 1
+            start = end
         agent_ip, sub_agent_id = ident
         header = encode_datagram_header(
             agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)

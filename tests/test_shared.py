@@ -753,3 +753,25 @@ def test_stream_checks_catch_each_fault(fault: str) -> None:
     make(stream)
     with pytest.raises(AssertionError, match=says):
         check_stream(stream, stream.load, expects, rate=10, sub_agent_id=PORT)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["shared", "local"])
+def test_sequence_numbers_taken_in_runs_step_by_one_and_wrap(kind: str, state_dir: str) -> None:
+    """A datagram takes a run of one source's numbers at once (next_seq's count): the
+    numbers go on from the last taken, by one, and wrap at 2**32 as single ones do."""
+    from sflow_app._layout import E_FLOW_SEQ
+    from sflow_app._local import LocalState
+    from sflow_app._shared import SharedState
+
+    state: Any = SharedState.open(state_dir, "seqs") if kind == "shared" else LocalState(None)
+    try:
+        index = state.source_index("http", "", 8000)
+        assert index is not None
+        assert state.next_seq(index, E_FLOW_SEQ) == 1
+        assert state.next_seq(index, E_FLOW_SEQ, 3) == 2  # 2, 3, 4
+        assert state.next_seq(index, E_FLOW_SEQ) == 5
+        state.next_seq(index, E_FLOW_SEQ, 2**32 - 7)  # the last taken: 2**32 - 2
+        assert state.next_seq(index, E_FLOW_SEQ, 3) == 2**32 - 1  # 2**32 - 1, 0, 1
+        assert state.next_seq(index, E_FLOW_SEQ) == 2
+    finally:
+        getattr(state, "close", lambda: None)()
