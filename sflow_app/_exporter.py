@@ -88,7 +88,7 @@ class Exporter(Staging):
         self._offsets: dict[str, dict[int, tuple[list[int], int, int]]] = {}
         self._offset: dict[int, tuple[list[int], int, int]] = {}
         # Per source, this process's pool as far as its samples (or a final hand-over)
-        # carried it: each sample carries the increment since (see _pool_step).
+        # carried it: each sample carries the increment since (see _encode).
         self._pool_carried: dict[int, int] = {}
         self.runtime = RuntimeCollector()
         # Set by the thread's sleep when it ended with nothing readable on the socket the
@@ -356,7 +356,11 @@ class Exporter(Staging):
         if index is None and (index := self._index(state, source)) is None:
             source.drop()
             return None
-        # _pool_step(source, ordinal), inlined
+        # The pool step: this process's pool increment since its previous sample of the
+        # source (as mod_sflow does), at least 1 so the service's pool strictly increases.
+        # A sample submitted late (a slow request sampled before a quick one) takes 1 and
+        # is made up for by the next: the sum never runs ahead of the candidates seen by
+        # more than the samples in flight.
         carried = self._pool_carried.get(key, 0)
         now = source.sampler.ordinal(n)
         if now <= carried:
@@ -403,17 +407,6 @@ class Exporter(Staging):
             source.drop()
             return None
         return index, data
-
-    def _pool_step(self, source: Source, pool: int) -> int:
-        """This process's pool increment since its previous sample of ``source`` (as
-        mod_sflow does): at least 1, so the service's pool strictly increases. A sample
-        submitted late (a slow request sampled before a quick one) takes 1 and is made up
-        for by the next: the sum never runs ahead of the candidates seen by more than the
-        samples in flight."""
-        carried = self._pool_carried.get(id(source), 0)
-        now = max(pool, carried + 1)
-        self._pool_carried[id(source)] = now
-        return now - carried
 
     def _pool_remainders(self, state: State, sources: list[Source]) -> list[tuple[int, bytes]]:
         """At exit: pool increments no sample carries, as pool-only messages."""

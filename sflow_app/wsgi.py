@@ -350,7 +350,7 @@ class _Transaction(Deferred):
         self.route: str | None = None
         self.file_result: object = None
         self.failed = False
-        self.end_ns = 0  # not 0: finished
+        self.end_ns = 0  # 0 until finish() (it runs once)
         self.seen: tuple[Any, ...]  # set by _keep
         capture = AGENT.capture
         if capture is not None:
