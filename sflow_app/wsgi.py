@@ -48,6 +48,7 @@ the service name) and a warning naming ``SFLOW_APP_DS_INDEX``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import struct
@@ -105,8 +106,9 @@ _T = TypeVar("_T")
 _SEEN_KEY = 11 + 3
 
 
-def _nothing() -> int:
-    return 0
+def _both(first: Callable[[], object], second: Callable[[], object]) -> None:
+    first()
+    second()
 
 
 # How many SFlowMiddleware objects this process built (the Django glue checks it).
@@ -144,6 +146,7 @@ class SFlowMiddleware:
         "_pool",
         "_sampler",
         "_source",
+        "_status_count",
         "_status_incr",
         "app",
         "query",
@@ -175,6 +178,7 @@ class SFlowMiddleware:
         self._other_status = incr[STATUS_OTHER]
         # 4xx/5xx statuses app_operations tells apart ("404" -> its own counter).
         self._detail_incr = {str(code): incr[slot] for code, slot in detail_slots().items()}
+        self._status_count: dict[str, Callable[[], object]] = {}  # see _status_counter
         instances += 1
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -202,11 +206,22 @@ class SFlowMiddleware:
             raise
         if status is None:  # start_response deferred to the first iteration (generators)
             return _LateStatus(result, self, lambda: status)
-        first = status[:1]
-        self._status_incr.get(first, self._other_status)()
-        if first > "3":  # 4xx, 5xx: a status app_operations counts on its own?
-            self._detail_incr.get(status[:3], _nothing)()
+        (self._status_count.get(status) or self._status_counter(status))()
         return result
+
+    def _status_counter(self, status: str) -> Callable[[], object]:
+        """What counts a status line: its class's counter ("2" of "200 OK"), and for a
+        status app_operations counts on its own ("404") that one too. Remembered per
+        line (a service answers with a few): one lookup a request, not a slice, two
+        lookups and a compare (~0.1 us)."""
+        first = status[:1]
+        count: Callable[[], object] = self._status_incr.get(first, self._other_status)
+        detail = self._detail_incr.get(status[:3]) if first > "3" else None
+        if detail is not None:
+            count = functools.partial(_both, count, detail)
+        if type(status) is str:
+            remember(self._status_count, status, count, len(status))
+        return count
 
     # -- slow path --------------------------------------------------------------------
     def _decide(self, n: int, environ: Environ) -> int:
@@ -254,8 +269,7 @@ class SFlowMiddleware:
 
     def _count_status(self, status: str | None, failed: bool) -> None:
         if status is not None:
-            self._status_incr.get(status[:1], self._other_status)()
-            self._detail_incr.get(status[:3], _nothing)()
+            (self._status_count.get(status) or self._status_counter(status))()
         elif failed:
             self._status_incr["5"]()
         else:

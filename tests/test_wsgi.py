@@ -475,6 +475,42 @@ def test_body_raising_still_closes(live, collector, sampling):
         assert (req.status, req.resp_bytes) == (200, 3)
 
 
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_status_lines_counted_each_time(live, collector, sampling):
+    """Each status line's counting is remembered (a class counter, and a status
+    app_operations tells apart): a line seen again counts again, the same way."""
+    from sflow_app._source import HTTP_COUNTERS
+
+    live(sampling=sampling)
+    AGENT.configure(ds_index=8000)
+    lines = ["200 OK", "404 Not Found", "404 Not Found", "503 Busy", "200 OK", "999 Odd"]
+    lines += ["", "404", "418 Teapot", "404 Not Found"]
+    status = iter(lines)
+
+    def app(environ, start_response):
+        start_response(next(status), [])
+        return [b""]
+
+    mw = SFlowMiddleware(app)
+    before = mw._source.counters.snapshot()
+    for _ in lines:
+        environ = EnvironBuilder(path="/").get_environ()
+        result = mw(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
+        list(result)
+        getattr(result, "close", lambda: None)()
+    after = mw._source.counters.snapshot()
+    counted = {n: a - b for n, a, b in zip(HTTP_COUNTERS, after, before, strict=True) if a != b}
+    assert counted == {
+        "method_get_count": 10,
+        "status_2XX_count": 2,
+        "status_4XX_count": 5,
+        "status_5XX_count": 1,
+        "status_other_count": 2,
+        "status_404": 4,
+        "status_503": 1,
+    }
+
+
 def test_server_stopping_early_and_a_body_failing_before_its_status(live, collector):
     """The body a server iterates is a generator of ours: a server that stops early (a
     client gone) has counted what it took and fails nothing; a body that raises before
