@@ -16,8 +16,12 @@ import os
 from typing import Any
 
 from sflow_app import transaction
-from sflow_app._http import current_request
+from sflow_app._http import ParentContexts, current_request
 from sflow_app.wsgi import SFlowMiddleware
+
+# The answer says whether the middleware sampled the request by the context it sets,
+# which it sets once a function is decorated (@transaction): as if one were.
+ParentContexts.wanted = True
 
 MEMCACHED = os.environ.get("PREFORK_MEMCACHED", "")
 DECORATED = os.environ.get("PREFORK_DECORATED", "") == "1"

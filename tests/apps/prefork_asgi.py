@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sflow_app._http import current_request
+from sflow_app._http import ParentContexts, current_request
 from sflow_app.asgi import SFlowMiddleware
+
+# The answer says whether the middleware sampled the request by the context it sets,
+# which it sets once a function is decorated (@transaction): as if one were.
+ParentContexts.wanted = True
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
