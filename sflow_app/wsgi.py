@@ -214,14 +214,14 @@ class SFlowMiddleware:
         status app_operations counts on its own ("404") that one too. Remembered per
         line (a service answers with a few): one lookup a request, not a slice, two
         lookups and a compare (~0.1 us)."""
+        if type(status) is not str:  # not a status line (PEP 3333: str): "other", no raise
+            return self._other_status
         first = status[:1]
         count: Callable[[], object] = self._status_incr.get(first, self._other_status)
         detail = self._detail_incr.get(status[:3]) if first > "3" else None
         if detail is not None:
             count = functools.partial(_both, count, detail)
-        if type(status) is str:
-            remember(self._status_count, status, count, len(status))
-        return count
+        return remember(self._status_count, status, count, len(status))
 
     # -- slow path --------------------------------------------------------------------
     def _decide(self, n: int, environ: Environ) -> int:
