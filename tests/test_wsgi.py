@@ -483,7 +483,14 @@ def test_status_lines_counted_each_time(live, collector, sampling):
 
     live(sampling=sampling)
     AGENT.configure(ds_index=8000)
-    lines = ["200 OK", "404 Not Found", "404 Not Found", "503 Busy", "200 OK", "999 Odd"]
+    lines: list[str | bytes] = [
+        "200 OK",
+        "404 Not Found",
+        "404 Not Found",
+        "503 Busy",
+        "200 OK",
+        "999 Odd",
+    ]
     lines += ["", "404", "418 Teapot", "404 Not Found", b"200 OK"]  # bytes: not a line
     status = iter(lines)
 
