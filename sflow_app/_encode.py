@@ -42,6 +42,7 @@ __all__ = [
     "encode_sample",
     "encode_socket",
     "fit_flow_sample",
+    "http_request_head",
     "needs_expanded",
 ]
 
@@ -171,7 +172,7 @@ def encode_records(records: tuple[object, ...]) -> bytes:
 # The exporter encodes every sampled request: these give encode_record's bytes from plain
 # values (tests hold them byte-identical), skipping the dataclasses in between.
 
-_HTTP_TAIL = struct.Struct(">QQII")  # req_bytes, resp_bytes, uS, status: the record's end
+HTTP_TAIL = struct.Struct(">QQII")  # req_bytes, resp_bytes, uS, status: the record's end
 _BYTES_ONLY = {bytes}
 _BYTES_WARNING = bool(sys.flags.bytes_warning)
 # (method, protocol, strings) -> the http_request record up to its numbers: a service
@@ -203,15 +204,21 @@ def encode_http_request(
         head = _HTTP_HEADS.get(key)
     if head is None:
         raw = tuple(map(to_bytes, strings))
-        record = encode_record(_http_request(method, protocol, raw, 0, 0, 0, 0))
-        head = remember(_HTTP_HEADS, key, record[: -_HTTP_TAIL.size], sum(map(len, raw)))
+        head = remember(
+            _HTTP_HEADS, key, http_request_head(method, protocol, raw), sum(map(len, raw))
+        )
     try:
-        return head + _HTTP_TAIL.pack(req_bytes, resp_bytes, duration_us, status)
+        return head + HTTP_TAIL.pack(req_bytes, resp_bytes, duration_us, status)
     except struct.error:  # a number out of range: the record's clamping path
         raw = tuple(map(to_bytes, strings))
         return encode_record(
             _http_request(method, protocol, raw, req_bytes, resp_bytes, duration_us, status)
         )
+
+
+def http_request_head(method: int, protocol: int, strings: tuple[bytes, ...]) -> bytes:
+    """The http_request record up to its numbers (``HTTP_TAIL`` packs the rest)."""
+    return encode_record(_http_request(method, protocol, strings, 0, 0, 0, 0))[: -HTTP_TAIL.size]
 
 
 def _http_request(

@@ -60,7 +60,7 @@ from urllib.parse import quote
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._agent import AGENT
-from ._encode import encode_record
+from ._encode import HTTP_TAIL, http_request_head
 from ._http import (
     CLIENT_CLOSED,
     MAX_US,
@@ -84,7 +84,6 @@ from ._http import (
 from ._listen import wsgi_addresses, wsgi_listener
 from ._memo import remember
 from ._source import Deferred, detail_slots
-from .records import HttpRequest
 
 __all__ = ["TRANSACTION_KEY", "SFlowMiddleware", "set_route"]
 
@@ -496,11 +495,7 @@ class _Transaction(Deferred):
         if authorization or status is None:  # a user's own header; no status: 500 or 499
             return self._describe(encode_http)
         code = _CODES.get(status) or _status_code(status)
-        content_type = None
-        for name, value in self.headers:
-            if name.lower() == "content-type":
-                content_type = value
-                break
+        content_type = _content_type(self.headers)
         kept = seen[:_SEEN_KEY]
         key = (kept, self.method, content_type)
         try:
@@ -513,7 +508,7 @@ class _Transaction(Deferred):
             head = remember(_HEADS, key, head, size + len(content_type or ""))
         duration_us = min((self.end_ns - self.start_ns) // 1000, MAX_US)
         try:
-            data = head + _HTTP_TAIL.pack(self.req_bytes, self.resp_bytes, duration_us, code)
+            data = head + HTTP_TAIL.pack(self.req_bytes, self.resp_bytes, duration_us, code)
         except struct.error:  # a number out of range: the clamping path
             return self._describe(encode_http)
         route = self.route
@@ -541,11 +536,7 @@ class _Transaction(Deferred):
             code = _CODES.get(self.status) or _status_code(self.status)
         else:
             code = 500 if self.failed else CLIENT_CLOSED
-        mime = b""
-        for name, value in self.headers:
-            if name.lower() == "content-type":
-                mime = _raw(value)
-                break
+        content_type = _content_type(self.headers)
         return make(  # in the order of http_records' parameters
             self.method,
             protocol,
@@ -555,7 +546,7 @@ class _Transaction(Deferred):
             useragent,
             xff,
             authuser,
-            mime,
+            b"" if content_type is None else _raw(content_type),
             self.req_bytes,
             self.resp_bytes,
             min((self.end_ns - self.start_ns) // 1000, MAX_US),
@@ -570,30 +561,20 @@ class _Transaction(Deferred):
 # (what a request kept, its method, its content type) -> its http_request record up to
 # the numbers (_Transaction.encode).
 _HEADS: dict[tuple[Any, ...], bytes] = {}
-_HTTP_TAIL = struct.Struct(">QQII")  # req_bytes, resp_bytes, uS, status
 
 
 def _http_request_head(kept: tuple[Any, ...], method: str, content_type: str | None) -> bytes:
-    protocol, uri, host, referer, useragent, xff, authuser = _convert(kept)
-    mime = _raw(content_type) if content_type is not None else b""
-    record = encode_record(
-        HttpRequest(
-            METHODS.get(method, OTHER_METHOD)[0],
-            protocol,
-            uri,
-            host,
-            referer,
-            useragent,
-            xff,
-            authuser,
-            mime,
-            0,
-            0,
-            0,
-            0,
-        )
-    )
-    return record[: -_HTTP_TAIL.size]
+    protocol, *strings = _convert(kept)
+    mime = b"" if content_type is None else _raw(content_type)
+    return http_request_head(METHODS.get(method, OTHER_METHOD)[0], protocol, (*strings, mime))
+
+
+def _content_type(headers: Headers) -> str | None:
+    """The response's Content-Type header value, None without one."""
+    for name, value in headers:
+        if name.lower() == "content-type":
+            return value
+    return None
 
 
 # What requests kept of their environ (and the settings) -> the protocol number and the
