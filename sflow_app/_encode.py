@@ -30,18 +30,19 @@ from .records import (
 )
 
 __all__ = [
+    "FLOW_HEAD",
     "encode_counters_sample",
     "encode_datagram",
     "encode_datagram_header",
     "encode_fitted_flow_sample",
     "encode_flow_sample",
-    "encode_flow_sample_around",
     "encode_http_request",
     "encode_record",
     "encode_records",
     "encode_sample",
     "encode_socket",
     "fit_flow_sample",
+    "flow_source_words",
     "http_request_head",
     "needs_expanded",
 ]
@@ -264,7 +265,7 @@ def encode_socket(protocol: int, local: tuple[str, int], remote: tuple[str, int]
 
 # ------------------------------------------------------------------------ samples
 
-_FLOW = struct.Struct(">IIIIIIIIII")  # tag, length, 8 words
+_FLOW = FLOW_HEAD = struct.Struct(">IIIIIIIIII")  # tag, length, 8 words
 _FLOW_EXPANDED = struct.Struct(">IIIIIIIIIIIII")  # tag, length, 11 words
 _COUNTERS = struct.Struct(">IIIII")
 _COUNTERS_EXPANDED = struct.Struct(">IIIIII")
@@ -359,37 +360,15 @@ def encode_flow_sample(s: FlowSample) -> bytes:
     return b"".join(parts)
 
 
-def encode_flow_sample_around(
-    ds_class: int,
-    ds_index: int,
-    sampling_rate: int,
-    sample_pool: int,
-    input_value: int,
-    output_value: int,
-    records: bytes,
-    count: int,
-) -> bytes | None:
-    """A compact flow sample (sequence number and drops 0, formats 0) around ``count``
-    records already encoded; None when a value needs the expanded form or clamping (the
-    caller takes ``encode_flow_sample``)."""
+def flow_source_words(
+    ds_class: int, ds_index: int, input_value: int, output_value: int
+) -> tuple[int, int, int] | None:
+    """The source_id, input and output words of a compact flow sample (``FLOW_HEAD``:
+    tag, length, sequence_number, source_id, sampling_rate, sample_pool, drops, input,
+    output, record count); None when a value needs the expanded form."""
     if ds_class >> 8 or ds_index >> 24 or input_value >> 30 or output_value >> 30:
         return None
-    try:
-        head = _FLOW.pack(
-            1,
-            32 + len(records),
-            0,
-            ds_class << 24 | ds_index,
-            sampling_rate,
-            sample_pool,
-            0,
-            input_value,
-            output_value,
-            count,
-        )
-    except struct.error:
-        return None
-    return head + records
+    return ds_class << 24 | ds_index, input_value, output_value
 
 
 def encode_counters_sample(s: CountersSample) -> bytes:

@@ -11,16 +11,19 @@ their encoded samples to it.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import random
 import socket
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._encode import encode_fitted_flow_sample, encode_flow_sample_around
+from ._encode import FLOW_HEAD, encode_fitted_flow_sample, flow_source_words
+from ._layout import DROPS
 from ._local import LocalState, State
 from ._runtime import RuntimeCollector
 from ._send import Senders
@@ -28,7 +31,7 @@ from ._sender import FORWARD_MAX, MSG, POOL_ONLY
 from ._shared import SharedState, service_key, state_dir
 from ._sidecar import Sidecars
 from ._source import HTTP_METHODS, HTTP_STATUSES, Deferred, built_records, gauge_positions
-from ._staging import HEADER_MAX, Host, Staging
+from ._staging import HEADER_MAX, MASK, Host, Staging, unstaged
 from .records import DS_CLASS_LOGICAL, FlowSample
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ HOLD_MAX = 1024  # samples kept while the service's identity is not known yet
 BACKLOG_MAX = 4096  # encoded samples waiting for a sender
 EXIT_WAIT = 0.5  # s: how long an exiting worker waits for a sender to take its samples
 EXIT_LOCK_WAIT = 2.0  # s: how long the exit flush waits for a pass the thread is in
+_CANDIDATE = operator.itemgetter(1)  # a queued sample's candidate number
 # The automatic fallback's sub-agents: one per process, at random in this range, far
 # from ports (1-65535) and locally assigned indexes (65536-99999).
 FALLBACK_SUB_AGENTS = (1 << 24, 1 << 31)
@@ -62,7 +66,7 @@ class Exporter(Staging):
         self._indexes: dict[int, int] = {}  # id(source) -> state table index
         self._held: list[tuple[Any, ...]] = []
         self._backlog: deque[tuple[int, bytes]] = deque()
-        self._pending: list[tuple[int, bool, bytearray]] = []  # (index, is_flow, sample)
+        self._pending: list[tuple[int, bool, bytes | bytearray]] = []  # (index, is_flow, sample)
         self._size = 0
         self._since = 0.0
         self._next_poll: dict[int, float] = {}
@@ -115,7 +119,7 @@ class Exporter(Staging):
         state = self._open(ident)
         if self._held:
             items, self._held = self._held + items, []
-        items.sort(key=lambda item: item[1])  # candidate order: increments stay positive
+        items.sort(key=_CANDIDATE)  # candidate order: increments stay positive
         sources = agent.sources()
         try:
             for source in sources:
@@ -125,12 +129,12 @@ class Exporter(Staging):
             for source in sources:
                 self._publish(state, source)
         self._publish_runtime(state, sources, now, final)
-        encoded = [e for e in (self._encode(state, item) for item in items) if e]
-        if final:  # what this process pooled since its last sample, carried by no sample
-            encoded += self._pool_remainders(state, sources)
         if not state.try_become_sender():
+            encoded = self._encode_all(state, items, None, now)
+            if final:  # what this process pooled since its last sample, carried by no sample
+                encoded += self._pool_remainders(state, sources)
             if self._pending:  # staged while it was the sender, then replaced
-                self._backlog.extend((i, bytes(buf)) for i, flow, buf in self._pending if flow)
+                self._backlog.extend(unstaged(self._pending))
                 self._pending, self._size = [], 0
             self._forward(state, encoded)
             self._status_files(state, final)
@@ -142,13 +146,18 @@ class Exporter(Staging):
         # quiet: the thread's sleep just found nothing on the socket (see Runner._sleep).
         received = [] if self.quiet and not final else state.receive()
         self.quiet = False
-        incoming = [*self._backlog, *encoded, *received]
-        self._backlog.clear()
         if state.shared:  # a stand-alone process keeps what an earlier shared one counted
             state.touch()
             self.stats["bad_forwards"] = state.bad_forwards
-        if incoming:
-            self._stage_flows(state, totals, incoming, now)
+        if self._backlog:  # its own, held while it was not the sender: they go first
+            backlog = list(self._backlog)
+            self._backlog.clear()
+            self._stage_flows(state, totals, backlog, now)
+        self._encode_all(state, items, totals, now)
+        if final:
+            self._stage_flows(state, totals, self._pool_remainders(state, sources), now)
+        if received:
+            self._stage_flows(state, totals, received, now)
         self._poll(state, totals, now, final)
         if self._pending and (final or now - self._since >= FLUSH_AFTER):
             self.flush()
@@ -349,51 +358,133 @@ class Exporter(Staging):
             state.publish_runtime(figures)
 
     # -- samples ----------------------------------------------------------------------
-    def _encode(self, state: State, item: tuple[Any, ...]) -> tuple[int, bytes] | None:
-        source, n, rate, records = item
-        key = id(source)
-        index = self._indexes.get(key)  # _index, its common case inlined (every sample)
-        if index is None and (index := self._index(state, source)) is None:
-            source.drop()
-            return None
-        # The pool step: this process's pool increment since its previous sample of the
-        # source (as mod_sflow does), at least 1 so the service's pool strictly increases.
-        # A sample submitted late (a slow request sampled before a quick one) takes 1 and
-        # is made up for by the next: the sum never runs ahead of the candidates seen by
-        # more than the samples in flight.
-        carried = self._pool_carried.get(key, 0)
-        now = source.sampler.ordinal(n)
-        if now <= carried:
-            now = carried + 1
-        self._pool_carried[key] = now
-        pool = now - carried
-        inp, out = source.direction
+    def _encode_all(
+        self,
+        state: State,
+        items: list[tuple[Any, ...]],
+        totals: dict[int, list[int]] | None,
+        now: float,
+    ) -> list[tuple[int, bytes]]:
+        """Encode the samples drained this pass, in candidate order.
+
+        Each carries its pool step: this process's pool increment since its previous
+        sample of the source (as mod_sflow does), at least 1 so the service's pool
+        strictly increases. A sample submitted late (a slow request sampled before a
+        quick one) takes 1 and the next makes up for it: the sum never runs ahead of the
+        candidates seen by more than the samples in flight.
+
+        A worker (no ``totals``) gets them back to forward: the step where sample_pool
+        goes, drops 0 (the sender puts in both). The sender stages them right here, a
+        sample encoded from what its surface kept with its final sample_pool and drops
+        packed at once: no second parse of it, no copy. This loop runs once per sample:
+        what it can do once per source, it does then.
+        """
+        out: list[tuple[int, bytes]] = []
         limit = self.agent.settings.datagram - HEADER_MAX
-        if type(records) is not tuple and isinstance(records, Deferred):
-            # A surface left the records to us (off the request thread): encoded
-            # straight from what it kept, unless the sample needs fitting.
-            try:
-                body, count = records.encode()
-            except Exception:
-                log.debug("sflow_app: could not encode a sample", exc_info=True)
-                self._pool_carried[id(source)] -= pool  # the next sample carries it
+        room = limit - FLOW_HEAD.size  # for the records of a compact sample
+        pack = FLOW_HEAD.pack
+        add_pool = state.add_pool
+        carried_by = self._pool_carried
+        last: Source | None = None
+        key = carried = drops = 0
+        index: int | None = None
+        ordinal: Any = None
+        words: tuple[int, int, int] | None = None
+        for source, n, rate, records in items:
+            if source is not last:  # once per run of one source's samples
+                if last is not None:
+                    carried_by[key] = carried
+                last, key = source, id(source)
+                carried = carried_by.get(key, 0)
+                index = self._indexes.get(key)  # _index, its common case inlined
+                if index is None:
+                    index = self._index(state, source)
+                ds_index = source.ds_index
+                if index is not None and ds_index is not None:
+                    ordinal = source.sampler.ordinal
+                    words = flow_source_words(DS_CLASS_LOGICAL, ds_index, *source.direction)
+                    if totals is not None:
+                        total = totals.get(index)
+                        if total is None:
+                            total = totals[index] = state.totals(index)
+                        drops = total[DROPS] & MASK
+                else:
+                    index = None
+            if index is None:
                 source.drop()
-                return None
-            data = encode_flow_sample_around(
-                DS_CLASS_LOGICAL, source.ds_index, rate, pool & 0xFFFFFFFF, inp, out, body, count
-            )
-            if data is not None and len(data) <= limit:
-                return index, data
-        if (records := built_records(records)) is None:
-            self._pool_carried[id(source)] -= pool
-            source.drop()
+                continue
+            mark = ordinal(n)
+            if mark <= carried:
+                mark = carried + 1
+            step, carried = mark - carried, mark
+            if type(records) is not tuple and isinstance(records, Deferred):
+                # A surface left the records to us (off the request thread): encoded
+                # straight from what it kept, unless the sample needs fitting.
+                try:
+                    body, count = records.encode()
+                except Exception:
+                    log.debug("sflow_app: could not encode a sample", exc_info=True)
+                    carried -= step  # the next sample carries it
+                    source.drop()
+                    continue
+                if words is not None and len(body) <= room:
+                    pool = step if totals is None else add_pool(index, step)
+                    source_id, inp, outp = words
+                    try:
+                        data = pack(
+                            1,
+                            len(body) + 32,
+                            0,
+                            source_id,
+                            rate,
+                            pool & MASK,
+                            drops,
+                            inp,
+                            outp,
+                            count,
+                        )
+                    except struct.error:  # a number out of range: clamped below
+                        if totals is not None:
+                            add_pool(index, -step)
+                    else:
+                        if totals is None:
+                            out.append((index, data + body))
+                            continue
+                        data += body
+                        # _append, inlined (a flush makes self._pending anew)
+                        if self._pending and self._size + len(data) > limit:
+                            self.flush()
+                        if not self._pending:
+                            self._since = now
+                        self._pending.append((index, True, data))
+                        self._size += len(data)
+                        continue
+            built = self._encode_built(source, rate, step, records, limit)
+            if built is None:
+                carried -= step  # the next sample carries it
+                source.drop()
+            elif totals is None:
+                out.append((index, built))
+            else:
+                self._stage_flows(state, totals, ((index, built),), now)
+        if last is not None:
+            carried_by[key] = carried
+        return out
+
+    def _encode_built(
+        self, source: Source, rate: int, step: int, records: Any, limit: int
+    ) -> bytes | None:
+        """A sample from its records (built now if a surface left them to us), fitted
+        into ``limit`` bytes, carrying its pool ``step``; None when it cannot be."""
+        if (records := built_records(records)) is None or source.ds_index is None:
             return None
+        inp, out = source.direction
         sample = FlowSample(
             sequence_number=0,
             ds_class=DS_CLASS_LOGICAL,
             ds_index=source.ds_index,
             sampling_rate=rate,
-            sample_pool=pool & 0xFFFFFFFF,  # the increment: the sender accumulates it
+            sample_pool=step & MASK,  # the increment: the sender accumulates it
             drops=0,
             input_format=0,
             input_value=inp,
@@ -401,12 +492,7 @@ class Exporter(Staging):
             output_value=out,
             records=records,
         )
-        data = encode_fitted_flow_sample(sample, limit)
-        if data is None:
-            self._pool_carried[id(source)] -= pool  # the next sample carries it
-            source.drop()
-            return None
-        return index, data
+        return encode_fitted_flow_sample(sample, limit)
 
     def _pool_remainders(self, state: State, sources: list[Source]) -> list[tuple[int, bytes]]:
         """At exit: pool increments no sample carries, as pool-only messages."""

@@ -60,11 +60,9 @@ def gil_send() -> Send | None:
 
     def send(sock: socket.socket, payload: bytes) -> None:
         payload = bytes(payload)  # the same object when it is bytes already
-        for _ in range(3):  # EINTR: again, as socket.send does (PEP 475)
-            if libc_send(sock.fileno(), payload, len(payload), _DONTWAIT) >= 0:
-                return
+        while libc_send(sock.fileno(), payload, len(payload), _DONTWAIT) < 0:
             code = get_errno()
-            if code != errno.EINTR:
+            if code != errno.EINTR:  # EINTR: again, as socket.send does (PEP 475)
                 raise OSError(code, os.strerror(code))
 
     return send

@@ -60,8 +60,18 @@ SEQ_AT = 8  # sequence_number, in every sample format
 MASK = 0xFFFFFFFF
 
 
-def _patch(buf: bytearray, at: int, value: int) -> None:
-    U32.pack_into(buf, at, value & MASK)
+def unstaged(pending: Iterable[tuple[int, bool, bytes | bytearray]]) -> list[tuple[int, bytes]]:
+    """Staged flow samples handed back (their sender was replaced) as they are
+    forwarded: their pool steps are in the service's pool already, so they carry none
+    (the next sender adds the least, 1, to keep the pool strictly increasing)."""
+    out = []
+    for index, is_flow, data in pending:
+        at = POOL_AT.get(U32.unpack_from(data)[0]) if is_flow else None
+        if at is not None:
+            buf = bytearray(data)
+            PAIR.pack_into(buf, at, 0, 0)
+            out.append((index, bytes(buf)))
+    return out
 
 
 class Staging:
@@ -69,7 +79,7 @@ class Staging:
     stats: Stats
     state: State | None
     senders: Senders
-    _pending: list[tuple[int, bool, bytearray]]
+    _pending: list[tuple[int, bool, bytes | bytearray]]
     _size: int
     _since: float
     _next_poll: dict[int, float]
@@ -167,7 +177,7 @@ class Staging:
             self.flush()
         self._append(index, False, buf, now)
 
-    def _append(self, index: int, is_flow: bool, buf: bytearray, now: float) -> None:
+    def _append(self, index: int, is_flow: bool, buf: bytes | bytearray, now: float) -> None:
         limit = self.agent.settings.datagram - HEADER_MAX
         if self._pending and self._size + len(buf) > limit:
             self.flush()
@@ -185,11 +195,18 @@ class Staging:
         if not pending or state is None or ident is None:
             return
         if not state.still_sender():  # replaced while stopped: the new sender sends them
-            self._backlog.extend((i, bytes(buf)) for i, is_flow, buf in pending if is_flow)
+            self._backlog.extend(unstaged(pending))
             return
+        agent_ip, sub_agent_id = ident
+        header = encode_datagram_header(
+            agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)
+        )
+        payload = bytearray(header)
+        payload += b"".join([buf for _, _, buf in pending])
         # Sequence numbers are taken only now, for samples really sent, so they step by
         # one; a run of samples of one source and kind takes its numbers at once.
         pack_into = U32.pack_into
+        at = len(header) + SEQ_AT
         start, total = 0, len(pending)
         while start < total:
             index, is_flow, _ = pending[start]
@@ -198,15 +215,11 @@ class Staging:
                 end += 1
             seq = state.next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ, end - start)
             for _, _, buf in pending[start:end]:
-                pack_into(buf, SEQ_AT, seq & MASK)
+                pack_into(payload, at, seq & MASK)
                 seq += 1
+                at += len(buf)
             start = end
-        agent_ip, sub_agent_id = ident
-        header = encode_datagram_header(
-            agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)
-        )
-        payload = header + b"".join(buf for _, _, buf in pending)
         stats = self.stats
         stats["datagrams"] += 1
         stats["samples"] += len(pending)
-        self.senders.send(self.agent.settings.collectors, payload, stats)
+        self.senders.send(self.agent.settings.collectors, bytes(payload), stats)

@@ -100,9 +100,6 @@ TRANSACTION_KEY = "sflow_app.transaction"
 
 _DONE: Environ = {}  # a finished transaction's environ: it keeps no request alive
 _T = TypeVar("_T")
-# What _Transaction._keep takes: the environ's values a sample's records are built from
-# (the 11 keys _convert unpacks), werkzeug, authuser and the query mode.
-_SEEN_KEY = 11 + 3
 
 
 def _both(first: Callable[[], object], second: Callable[[], object]) -> None:
@@ -326,6 +323,8 @@ class _Transaction(Deferred):
         "_middleware",
         "_start_response",
         "_write",
+        "addresses",
+        "authorization",
         "end_ns",
         "failed",
         "file_result",
@@ -364,7 +363,7 @@ class _Transaction(Deferred):
         self.file_result: object = None
         self.failed = False
         self.end_ns = 0  # 0 until finish() (it runs once)
-        self.seen: tuple[Any, ...]  # set by _keep
+        self.seen: tuple[Any, ...]  # set by _keep, with addresses and authorization
         capture = AGENT.capture
         if capture is not None:
             capture.track(self)  # finished at the capture's end if never closed
@@ -454,9 +453,9 @@ class _Transaction(Deferred):
         env = self._environ
         settings = AGENT.settings
         self.failed = failed
-        # None for a missing key. The first _SEEN_KEY values are what _request_strings
-        # converts (and remembers): never a credential. One get() each, spelt out: half
-        # the cost of map(env.get, _KEPT) (~0.3 us per sampled request).
+        # None for a missing key. seen is what _request_strings converts (and the
+        # memos keep): never a credential. One get() each, spelt out: half the cost of
+        # map(env.get, keys) (~0.3 us per sampled request).
         authuser = settings.authuser
         get = env.get
         self.seen = (
@@ -474,9 +473,9 @@ class _Transaction(Deferred):
             "werkzeug.socket" in env,
             authuser,
             self._middleware.query or settings.query,
-            *wsgi_addresses(env),
-            env.get("HTTP_AUTHORIZATION") if authuser else None,
         )
+        self.addresses = wsgi_addresses(env)
+        self.authorization = get("HTTP_AUTHORIZATION") if authuser else None
         self._environ = _DONE
         self.file_result = None  # an open file: the queue need not hold it
 
@@ -489,14 +488,12 @@ class _Transaction(Deferred):
         numbers remembered by what the request kept (its URI, host, user agent...), its
         method and content type: one lookup, where ``_describe`` converts the strings
         and looks them up twice (~1 us less a sample)."""
-        seen = self.seen
-        local, remote, authorization = seen[_SEEN_KEY:]
         status = self.status
-        if authorization or status is None:  # a user's own header; no status: 500 or 499
+        if self.authorization or status is None:  # a user's own header; no status: 500/499
             return self._describe(encode_http)
         code = _CODES.get(status) or _status_code(status)
         content_type = _content_type(self.headers)
-        kept = seen[:_SEEN_KEY]
+        kept = self.seen
         key = (kept, self.method, content_type)
         try:
             head = _HEADS.get(key)
@@ -506,12 +503,17 @@ class _Transaction(Deferred):
             head = _http_request_head(kept, self.method, content_type)
             size = sum(len(value) for value in kept if type(value) is str)
             head = remember(_HEADS, key, head, size + len(content_type or ""))
-        duration_us = min((self.end_ns - self.start_ns) // 1000, MAX_US)
+        duration_us = (self.end_ns - self.start_ns) // 1000
+        if duration_us > MAX_US:
+            duration_us = MAX_US
         try:
             data = head + HTTP_TAIL.pack(self.req_bytes, self.resp_bytes, duration_us, code)
         except struct.error:  # a number out of range: the clamping path
             return self._describe(encode_http)
         route = self.route
+        local, remote = self.addresses
+        if not (route or (local and remote)):
+            return data, 1  # no more records
         return encode_http_rest(
             data,
             self.method,
@@ -527,11 +529,10 @@ class _Transaction(Deferred):
 
     def _describe(self, make: Callable[..., _T]) -> _T:
         """``make`` (``http_records`` or ``encode_http``) of what the request saw."""
-        seen = self.seen
-        protocol, uri, host, referer, useragent, xff, authuser = _request_strings(seen[:_SEEN_KEY])
-        local, remote, authorization = seen[_SEEN_KEY:]
-        if authorization and not authuser:
-            authuser = basic_user(authorization)
+        protocol, uri, host, referer, useragent, xff, authuser = _request_strings(self.seen)
+        local, remote = self.addresses
+        if self.authorization and not authuser:
+            authuser = basic_user(self.authorization)
         if self.status is not None:
             code = _CODES.get(self.status) or _status_code(self.status)
         else:
@@ -572,7 +573,7 @@ def _http_request_head(kept: tuple[Any, ...], method: str, content_type: str | N
 def _content_type(headers: Headers) -> str | None:
     """The response's Content-Type header value, None without one."""
     for name, value in headers:
-        if name.lower() == "content-type":
+        if name == "Content-Type" or name.lower() == "content-type":  # most say it so
             return value
     return None
 

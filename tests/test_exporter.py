@@ -13,6 +13,7 @@ from helpers import Collector, write_auto
 
 from sflow_app._agent import Agent
 from sflow_app._http import METHODS, status_slot, submit_http
+from sflow_app._source import Deferred
 from sflow_app.records import (
     INTERNAL,
     AppOperations,
@@ -391,6 +392,68 @@ def test_sample_exactly_at_the_datagram_limit(
     else:
         assert rec.useragent == record.useragent and rec.uri.startswith("/uuu")
         assert len(rec.uri) < len(uri) and len(collector.raw[0]) <= size + 28 + spare
+    assert source.drops == 0
+
+
+class Kept(Deferred):
+    """A surface's sample left to the exporter to encode (as WSGI and ASGI leave theirs)."""
+
+    def __init__(self, record: HttpRequest) -> None:
+        self.record = record
+
+    def build(self) -> tuple[HttpRequest]:
+        return (self.record,)
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+def test_a_deferred_sample_at_the_datagram_limit(
+    make_agent, collector: Collector, clock: Clock, spare: int
+):
+    # A sample a surface left to the exporter is staged as it is encoded; one exactly as
+    # long as the room in a datagram goes out whole, one byte more is built and trimmed.
+    from sflow_app._encode import encode_flow_sample
+    from sflow_app._staging import HEADER_MAX
+
+    uri = "/" + "u" * 200
+    record = HttpRequest(method=2, protocol=1001, uri=uri, useragent="a" * 100, status=200)
+    size = len(encode_flow_sample(FlowSample(0, 3, 8080, 1, 1, 0, 0, 0, 0, INTERNAL, (record,))))
+    agent = make_agent(sampling=1, polling=0)
+    agent.configure(datagram=size + HEADER_MAX + spare)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    for _ in range(2):
+        n = source.sampler.pool()
+        source.submit(n, Kept(record), source.sample(n))
+    agent.tick(clock.now, final=True)
+    dgs = collector.poll(0.5)
+    assert [len(dg.samples) for dg in dgs] == [1, 1]
+    samples = [dg.samples[0] for dg in dgs]
+    assert [(s.sequence_number, s.sample_pool, s.drops) for s in samples] == [(1, 1, 0), (2, 2, 0)]
+    for sample in samples:
+        [rec] = sample.records
+        if spare == 0:
+            assert rec == record
+        else:
+            assert rec.uri.startswith("/uuu") and len(rec.uri) < len(uri)
+    assert source.drops == 0
+
+
+def test_a_deferred_sample_with_a_number_out_of_range_is_clamped(
+    make_agent, collector: Collector, clock: Clock
+):
+    # A rate the compact header cannot hold takes the clamping path, its pool step intact.
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    record = HttpRequest(method=2, protocol=1001, uri="/x", status=200)
+    for rate in (1, 2**32 + 7, 1):
+        n = source.sampler.pool()
+        assert source.sample(n)
+        source.submit(n, Kept(record), rate)
+    agent.tick(clock.now, final=True)
+    [dg] = collector.poll(0.5)
+    got = [(s.sequence_number, s.sampling_rate, s.sample_pool) for s in dg.samples]
+    assert got == [(1, 1, 1), (2, 0xFFFFFFFF, 2), (3, 1, 3)]
     assert source.drops == 0
 
 

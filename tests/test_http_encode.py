@@ -213,6 +213,7 @@ def test_an_encoding_bug_costs_its_sample_and_the_next_one_carries_its_pool(
     with monkeypatch.context() as patch:
         patch.setattr(wsgi, "encode_http", broken)
         patch.setattr(wsgi, "encode_http_rest", broken)
+        patch.setattr(wsgi, "_content_type", broken)  # on every encoding path
         serve_one(mw, EnvironBuilder(path="/a").get_environ())
         flush(collector)
     serve_one(mw, EnvironBuilder(path="/b").get_environ())

@@ -916,6 +916,7 @@ def test_middleware_never_raises_into_the_app(live, collector, monkeypatch):
     monkeypatch.setattr(wsgi, "encode_http", broken)
     monkeypatch.setattr(wsgi, "encode_http_rest", broken)
     monkeypatch.setattr(wsgi, "http_records", broken)
+    monkeypatch.setattr(wsgi, "_content_type", broken)  # on every encoding path
     drops_before = mw._source.drops
     assert call(mw) == (
         "200 OK",
