@@ -25,7 +25,17 @@ def read_count(cell: itertools.count[int]) -> int:
 class CounterBlock:
     """A named, fixed-layout row of cumulative counters."""
 
-    __slots__ = ("_add_lock", "_base", "_cells", "_extra", "_pending", "incr", "names", "put")
+    __slots__ = (
+        "_add_lock",
+        "_base",
+        "_cells",
+        "_extra",
+        "_pending",
+        "_reads",
+        "incr",
+        "names",
+        "put",
+    )
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
@@ -33,6 +43,7 @@ class CounterBlock:
         # incr[i]() adds one to slot i: exact, lock-free, allocation-free.
         self.incr: tuple[Callable[[], int], ...] = tuple(c.__next__ for c in self._cells)
         self._extra = [0] * len(self.names)
+        self._reads = [0] * len(self.names)  # per cell, the snapshots that read it
         self._base = (0,) * len(self.names)
         self._add_lock = threading.Lock()
         # put((slot, amount)) adds a positive amount, exact and lock-free: deque.append is
@@ -65,10 +76,14 @@ class CounterBlock:
     def snapshot(self) -> tuple[int, ...]:
         with self._add_lock:
             self._fold()
-            extra = tuple(self._extra)
-        return tuple(
-            read_count(c) + e - b for c, e, b in zip(self._cells, extra, self._base, strict=True)
-        )
+            # A cell is read with next(): one C call, where repr() builds a string to
+            # parse (~15 us a pass for HTTP's counters). The one it adds is taken back
+            # with the reads counted, under the lock: snapshot is the only reader.
+            reads = self._reads
+            values = [next(c) - r for c, r in zip(self._cells, reads, strict=True)]
+            self._reads = [r + 1 for r in reads]
+            extra = self._extra
+            return tuple(v + e - b for v, e, b in zip(values, extra, self._base, strict=True))
 
     def discount(self, amounts: Sequence[int]) -> None:
         """Take ``amounts`` out of the totals (what a test capture counted)."""

@@ -425,6 +425,11 @@ class _Transaction(Deferred):
             except Exception:  # an object that takes no new attribute (__slots__): end now
                 self.finish()
             return result
+        if type(result) is list or type(result) is tuple:  # most apps' answer: see _ListBody
+            body = _ListBody.__new__(_ListBody)  # no __init__ frame: nothing there can fail
+            body._result = result
+            body._txn = self
+            return body
         if hasattr(result, "__len__"):
             return _SizedBody(result, self)
         return _Body(result, self)
@@ -678,12 +683,34 @@ class _Body:
 
 
 class _SizedBody(_Body):
-    """For list/tuple results: servers may use ``len()`` to set Content-Length."""
+    """For results with a length: servers may use ``len()`` to set Content-Length."""
 
     __slots__ = ()
 
     def __len__(self) -> int:
         return len(self._result)  # type: ignore[arg-type]
+
+
+class _ListBody(_SizedBody):
+    """A list or tuple result: the server iterates the result itself (no Python frame per
+    chunk, no generator: ~0.5 us a sampled response), and its bytes are summed at
+    ``close()`` -- a list holds them all (a server that stops early has taken fewer; as
+    with any body, what it took is not what reached the client)."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        txn = self._txn
+        try:
+            if txn.method != "HEAD":
+                txn.resp_bytes += sum(map(len, self._result))
+        except TypeError:  # not bytes (PEP 3333 asks for bytes): what len() cannot tell
+            log.debug("sflow_app: a response chunk without a length", exc_info=True)
+        finally:
+            txn.finish()
 
 
 class _Input:

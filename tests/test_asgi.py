@@ -91,6 +91,7 @@ def test_records_built_later_are_what_the_request_saw(agent, collector, monkeypa
 
     monkeypatch.setattr(asgi, "encode_http", broken)
     monkeypatch.setattr(asgi, "http_records", broken)
+    monkeypatch.setattr(asgi, "mime_type", broken)  # on every encoding path
     call(SFlowMiddleware(respond(200, b"ok")), http_scope("GET", "/b", b"", []), Peer([]))
     flush(AGENT, collector)
     assert source.drops == drops + 1

@@ -1,3 +1,4 @@
+import itertools
 import threading
 
 from sflow_app._counters import CounterBlock
@@ -66,3 +67,42 @@ def test_rebase_restarts_from_zero_keeping_cells() -> None:
     incr()
     assert block.snapshot() == (1,)
     assert block.index("x") == 0
+
+
+def test_snapshots_beside_increments_count_each_exactly_once() -> None:
+    # snapshot() reads a cell with next() (it adds one, then takes its reads back): taken
+    # over and over while threads count, and from two threads at once, the counts only
+    # grow and end exact.
+    block = CounterBlock(["a", "b"])
+    threads, least = 4, 20_000
+    barrier = threading.Barrier(threads + 2)
+    seen: list[list[tuple[int, ...]]] = [[], []]
+    counted = [0] * threads
+
+    def count(i: int) -> None:
+        incr = block.incr[i % 2]
+        barrier.wait()
+        n = 0
+        # Until both readers have read many times in between (however the threads run).
+        while n < least or min(map(len, seen)) < 50:
+            incr()
+            n += 1
+        counted[i] = n
+
+    def read(out: list[tuple[int, ...]]) -> None:
+        barrier.wait()
+        while not all(counted):
+            out.append(block.snapshot())
+
+    counters = [threading.Thread(target=count, args=(i,)) for i in range(threads)]
+    readers = [threading.Thread(target=read, args=(out,)) for out in seen]
+    for t in counters + readers:
+        t.start()
+    for t in counters + readers:
+        t.join()
+    totals = (sum(counted[0::2]), sum(counted[1::2]))
+    assert block.snapshot() == totals
+    for out in seen:  # never back, never ahead of what was counted
+        for earlier, later in itertools.pairwise(out):
+            assert all(e <= x for e, x in zip(earlier, later, strict=True)), (earlier, later)
+        assert all(a <= totals[0] and b <= totals[1] for a, b in out)

@@ -169,19 +169,59 @@ def test_wsgi_sample_encodes_as_its_records(
     status=st.sampled_from([200, 404, 99, 600]),
     content_type=st.binary(max_size=100),
     version=st.sampled_from(["1.0", "1.1", "2", "3", "9.9"]),
+    method=st.sampled_from(["GET", "POST", "PATCH", ""]),
+    length=st.none() | st.sampled_from([b"7", b" 12 ", b"x", b"99999999999999999999999"]),
+    authuser=st.booleans(),
+    user=st.none() | st.text(max_size=20),
+    query_mode=st.sampled_from(["sensitive", "keep", "redact", "drop"]),
+    route=st.none() | st.text(max_size=40),
 )
 def test_asgi_sample_encodes_as_its_records(
-    live, path, raw_path, query, headers, status, content_type, version
+    live,
+    path,
+    raw_path,
+    query,
+    headers,
+    status,
+    content_type,
+    version,
+    method,
+    length,
+    authuser,
+    user,
+    query_mode,
+    route,
 ):
     live(sampling=1)
-    AGENT.configure(ds_index=8000, authuser=True)
-    scope = http_scope("GET", "/" + path, query, headers, raw_path=raw_path, http_version=version)
-    mw = asgi.SFlowMiddleware(respond(status, b"ok", content_type))
+    AGENT.configure(ds_index=8000, authuser=authuser)
+    if length is not None:
+        headers = [*headers, (b"content-length", length)]
+    scope = http_scope(method, "/" + path, query, headers, raw_path=raw_path, http_version=version)
+    if user is not None:
+        scope["user"] = user
+    app = respond(status, b"ok", content_type)
+    if route is not None:
+        scope["route"] = type("Route", (), {"path_format": route})()
+    mw = asgi.SFlowMiddleware(app, query=query_mode)
     call(mw, scope, Peer())
     [(_source, _n, _rate, sample)] = AGENT.runner.drain()
     expected = recorded(sample.build())
     assert sample.encode() == expected
     assert sample.encode() == expected
+
+
+def test_what_is_remembered_of_an_asgi_request_holds_no_credential(live, collector):
+    live(sampling=1)
+    AGENT.configure(ds_index=8000, authuser=True)
+    basic = b"Basic " + base64.b64encode(b"alice:s3cret-password")
+    mw = asgi.SFlowMiddleware(respond(200, b"ok"))
+    for authorization in (basic, b"Bearer s3cret-token", None):
+        headers = [(b"authorization", authorization)] if authorization else []
+        call(mw, http_scope("GET", "/a", b"", headers), Peer())
+    flush(collector)
+    users = [record(s, HttpRequest).authuser for s in http_samples(collector)]
+    assert users == ["alice", "", ""]
+    assert asgi._HEADS and "s3cret" not in repr(asgi._HEADS)
 
 
 def test_a_sample_too_long_for_the_datagram_is_fitted_not_dropped(live, collector):

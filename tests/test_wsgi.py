@@ -10,6 +10,7 @@ import io
 import socket
 import threading
 import time
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler
 from wsgiref.simple_server import make_server as wsgiref_make_server
 from wsgiref.util import FileWrapper as WsgirefFileWrapper
@@ -550,6 +551,38 @@ def test_server_stopping_early_and_a_body_failing_before_its_status(live, collec
         ("/early", 200, 5),
         ("/broken", 500, 0),
     ]
+
+
+def test_list_and_tuple_bodies_are_the_servers_to_iterate(live, collector):
+    """A list or tuple body goes to the server as it is (its own iterator, its length):
+    its bytes summed at close(), none for HEAD, and a chunk without a length raises
+    nothing into the server."""
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+    bodies: list[tuple[str, list[Any] | tuple[Any, ...]]] = [
+        ("GET", [b"12345", b"678"]),
+        ("GET", (b"ab", b"", b"cde")),
+        ("HEAD", [b"12345"]),  # a server sends no body for HEAD
+        ("GET", [7]),  # not bytes (PEP 3333 asks for bytes): no length
+    ]
+    for method, body in bodies:
+
+        def app(environ, start_response, body=body):
+            start_response("200 OK", [])
+            return body
+
+        environ = EnvironBuilder(path="/", method=method).get_environ()
+        result = SFlowMiddleware(app)(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
+        assert len(result) == len(body)  # type: ignore[arg-type]
+        assert type(iter(result)) is type(iter(body))  # no wrapper in between
+        assert list(result) == list(body)
+        result.close()  # type: ignore[attr-defined]
+    flush(collector)
+    reqs = [record(s, HttpRequest) for s in http_samples(collector)]
+    assert [r.resp_bytes for r in reqs] == [8, 5, 0, 0]
+    assert counters(collector) == expect(
+        method_get_count=3, method_head_count=1, status_2XX_count=4
+    )
 
 
 @pytest.mark.parametrize("sampling", [0, 1])
