@@ -69,6 +69,7 @@ class Exporter(Staging):
         self._pending: list[tuple[int, bool, bytes | bytearray]] = []  # (index, is_flow, sample)
         self._size = 0
         self._since = 0.0
+        self._head: tuple[tuple[str, int] | None, bytes] = (None, b"")
         self._next_poll: dict[int, float] = {}
         self._polling: dict[str, Any] = {}
         # Its own generator (made after any fork): the random module's shared one is the
@@ -385,11 +386,12 @@ class Exporter(Staging):
         pack = FLOW_HEAD.pack
         add_pool = state.add_pool
         carried_by = self._pool_carried
+        pending, size = self._pending, self._size  # the sender's: written back below
         last: Source | None = None
-        key = carried = drops = 0
+        key = carried = drops = source_id = inp = outp = 0
         index: int | None = None
         ordinal: Any = None
-        words: tuple[int, int, int] | None = None
+        compact = False
         for source, n, rate, records in items:
             if source is not last:  # once per run of one source's samples
                 if last is not None:
@@ -403,6 +405,9 @@ class Exporter(Staging):
                 if index is not None and ds_index is not None:
                     ordinal = source.sampler.ordinal
                     words = flow_source_words(DS_CLASS_LOGICAL, ds_index, *source.direction)
+                    compact = words is not None
+                    if words is not None:
+                        source_id, inp, outp = words
                     if totals is not None:
                         total = totals.get(index)
                         if total is None:
@@ -427,37 +432,30 @@ class Exporter(Staging):
                     carried -= step  # the next sample carries it
                     source.drop()
                     continue
-                if words is not None and len(body) <= room:
+                length = len(body)
+                if compact and length <= room:
                     pool = step if totals is None else add_pool(index, step)
-                    source_id, inp, outp = words
                     try:
-                        data = pack(
-                            1,
-                            len(body) + 32,
-                            0,
-                            source_id,
-                            rate,
-                            pool & MASK,
-                            drops,
-                            inp,
-                            outp,
-                            count,
+                        head = pack(
+                            1, length + 32, 0, source_id, rate, pool & MASK, drops, inp, outp, count
                         )
                     except struct.error:  # a number out of range: clamped below
                         if totals is not None:
                             add_pool(index, -step)
                     else:
                         if totals is None:
-                            out.append((index, data + body))
+                            out.append((index, head + body))
                             continue
-                        data += body
-                        # _append, inlined (a flush makes self._pending anew)
-                        if self._pending and self._size + len(data) > limit:
+                        # _append, inlined
+                        length += FLOW_HEAD.size
+                        if pending and size + length > limit:
+                            self._size = size
                             self.flush()
-                        if not self._pending:
+                            pending, size = self._pending, 0  # a flush makes them anew
+                        if not pending:
                             self._since = now
-                        self._pending.append((index, True, data))
-                        self._size += len(data)
+                        pending.append((index, True, head + body))
+                        size += length
                         continue
             built = self._encode_built(source, rate, step, records, limit)
             if built is None:
@@ -466,9 +464,13 @@ class Exporter(Staging):
             elif totals is None:
                 out.append((index, built))
             else:
+                self._size = size
                 self._stage_flows(state, totals, ((index, built),), now)
+                pending, size = self._pending, self._size
         if last is not None:
             carried_by[key] = carried
+        if totals is not None:
+            self._size = size
         return out
 
     def _encode_built(

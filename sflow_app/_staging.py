@@ -57,6 +57,7 @@ POOL_AT = {fmt: pool for fmt, (_, pool, drops) in FLOW_OFFSETS.items() if drops 
 U32 = struct.Struct(">I")
 PAIR = struct.Struct(">II")
 SEQ_AT = 8  # sequence_number, in every sample format
+HEAD_END = struct.Struct(">III")  # a datagram header's sequence_number, uptime, num_samples
 MASK = 0xFFFFFFFF
 
 
@@ -80,6 +81,7 @@ class Staging:
     state: State | None
     senders: Senders
     _pending: list[tuple[int, bool, bytes | bytearray]]
+    _head: tuple[tuple[str, int] | None, bytes]  # (identity, its datagram header's start)
     _size: int
     _since: float
     _next_poll: dict[int, float]
@@ -197,10 +199,10 @@ class Staging:
         if not state.still_sender():  # replaced while stopped: the new sender sends them
             self._backlog.extend(unstaged(pending))
             return
-        agent_ip, sub_agent_id = ident
-        header = encode_datagram_header(
-            agent_ip, sub_agent_id, state.next_datagram_seq(), state.uptime_ms(), len(pending)
-        )
+        head = self._head
+        if head[0] != ident:  # the header's start: version, agent address, sub-agent
+            head = self._head = (ident, encode_datagram_header(*ident, 0, 0, 0)[: -HEAD_END.size])
+        header = head[1] + HEAD_END.pack(state.next_datagram_seq(), state.uptime_ms(), len(pending))
         payload = bytearray(header)
         payload += b"".join([buf for _, _, buf in pending])
         # Sequence numbers are taken only now, for samples really sent, so they step by

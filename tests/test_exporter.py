@@ -132,6 +132,23 @@ def test_samples_and_counters_arrive_over_udp(make_agent, collector: Collector, 
     )
 
 
+def test_a_new_identity_heads_the_next_datagram(make_agent, collector: Collector, clock: Clock):
+    # The header's start (version, agent address, sub-agent) is packed once per identity:
+    # an agent address or sub-agent that changes is in the next datagram.
+    agent = make_agent(sampling=1, polling=0)
+    source = agent.http_source()
+    agent.set_http_port(8080, "test")
+    heads = []
+    for agent_ip, sub_agent in (("127.0.0.1", None), ("::1", None), ("::1", 7), ("10.1.2.3", 7)):
+        agent.configure(agent_ip=agent_ip, sub_agent_id=sub_agent)
+        assert request(source)
+        agent.tick(clock.now, final=True)
+        [dg] = collector.poll(0.5)
+        heads.append((dg.agent_address, dg.sub_agent_id, dg.sequence_number))
+    # (the strict decoder takes the whole datagram: 28- and 40-byte headers alike)
+    assert heads == [("127.0.0.1", 8080, 1), ("::1", 8080, 2), ("::1", 7, 1), ("10.1.2.3", 7, 2)]
+
+
 def test_partial_datagram_waits_about_a_second(make_agent, collector: Collector, clock: Clock):
     agent = make_agent(sampling=1, polling=0)
     source = agent.http_source()

@@ -698,6 +698,35 @@ def test_chunked_upload_counts_bytes_read(live, collector):
     assert (req.req_bytes, req.status) == (10000, 201)
 
 
+def test_input_wrapped_only_for_a_body_without_length(live, collector):
+    """A request without Content-Length or Transfer-Encoding has no body: the app gets
+    the server's own wsgi.input; a chunked one gets it counted."""
+    live(sampling=1)
+    AGENT.configure(ds_index=8000)
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ["wsgi.input"])
+        environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = SFlowMiddleware(app)
+    streams = []
+    for headers in ([], [("Transfer-Encoding", "chunked")]):
+        streams.append(io.BytesIO(b"x" * 7))
+        environ = EnvironBuilder(path="/", method="POST", headers=headers).get_environ()
+        environ.pop("CONTENT_LENGTH", None)
+        environ["wsgi.input"] = streams[-1]
+        result = mw(environ, lambda s, h, e=None: None)  # type: ignore[arg-type]
+        b"".join(result)
+        result.close()  # type: ignore[attr-defined]
+    assert seen[0] is streams[0] and seen[1] is not streams[1]
+    flush(collector)
+    reqs = [record(s, HttpRequest) for s in http_samples(collector)]
+    assert [r.req_bytes for r in reqs] == [0, 7]
+
+
 def test_streamed_body_timed_to_its_end(live, collector):
     live(sampling=1)
 
