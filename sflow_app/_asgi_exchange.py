@@ -106,7 +106,7 @@ class Exchange:
 def mime_type(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """The Content-Type of a response's headers (b"" without one)."""
     for name, value in headers:
-        if name.lower() == b"content-type":
+        if name == b"content-type" or name.lower() == b"content-type":  # most: lowercase
             return bytes(value)
     return b""
 

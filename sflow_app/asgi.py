@@ -443,8 +443,11 @@ def _request_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     """Host, Referer, User-Agent, X-Forwarded-For (repeats joined), Content-Length and
     Authorization of a request's headers (b"" when absent)."""
     found: list[bytes] = [b"", b"", b"", b"", b"", b""]
+    get = _REQUEST_HEADERS.get
     for name, value in headers:
-        i = _REQUEST_HEADERS.get(name.lower())
+        i = get(name)  # servers give names lowercased (ASGI asks them to)
+        if i is None and not name.islower():
+            i = get(name.lower())
         if i is not None:
             found[i] = found[i] + b", " + value if i == 3 and found[i] else value
     return found
@@ -461,6 +464,8 @@ def _target(raw_path: bytes | None, path: str, query_string: bytes | None, mode:
 
 def _address(addr: Any) -> tuple[str, int] | None:
     """(host, port) from scope["client"] / scope["server"]; None for unix sockets."""
+    if type(addr) is tuple and len(addr) == 2 and type(addr[0]) is str and type(addr[1]) is int:
+        return addr  # as servers give it (no copy)
     if addr and len(addr) == 2 and isinstance(addr[1], int):
         return str(addr[0]), addr[1]
     return None

@@ -65,6 +65,34 @@ def test_sampled_request_fields(agent, collector):
     assert sum(dataclasses.astuple(c)) == 2
 
 
+def test_header_names_in_any_case(agent, collector):
+    # ASGI asks servers for lowercase names; one that sends others is read all the same.
+    agent(sampling=1)
+    headers = [
+        (b"Host", b"shop.example"),
+        (b"USER-AGENT", b"tester/1"),
+        (b"X-Forwarded-For", b"10.1.1.1"),
+        (b"x-forwarded-for", b"10.2.2.2"),
+        (b"accept", b"*/*"),
+    ]
+
+    async def app(scope, receive, send):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"Content-Type", b"text/html")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    call(SFlowMiddleware(app), http_scope("GET", "/", b"", headers), Peer([]))
+    flush(AGENT, collector)
+    [rec] = http_records(collector)
+    assert (rec.host, rec.useragent, rec.xff) == ("shop.example", "tester/1", "10.1.1.1, 10.2.2.2")
+    assert rec.mime_type == "text/html"
+
+
 def test_records_built_later_are_what_the_request_saw(agent, collector, monkeypatch):
     # The exporter builds the records from what the request kept: objects changed once
     # the request is over change nothing it sends; a bug in building them is a drop.
