@@ -114,13 +114,13 @@ class Senders:
         if collectors is not self._known:  # the same settings' list: nothing to forget
             self._forget(collectors)
             self._known = collectors
-        send = self.prepare()
+        send = self._send or self.prepare()
         for target in collectors:
             health = self.health.get(target)
             if health is None:
                 health = self.health[target] = Health()
             try:
-                send(self._socket(target), payload)
+                send(self.socks.get(target) or self._socket(target), payload)
             except OSError as exc:  # collector down, unreachable, bad address: never raised
                 self._failed(target, health, exc, stats)
                 continue

@@ -57,6 +57,7 @@ POOL_AT = {fmt: pool for fmt, (_, pool, drops) in FLOW_OFFSETS.items() if drops 
 U32 = struct.Struct(">I")
 PAIR = struct.Struct(">II")
 SEQ_AT = 8  # sequence_number, in every sample format
+SEQ_WORD = {True: E_FLOW_SEQ, False: E_COUNTER_SEQ}  # where a source's numbers are, by kind
 HEAD_END = struct.Struct(">III")  # a datagram header's sequence_number, uptime, num_samples
 MASK = 0xFFFFFFFF
 
@@ -203,24 +204,22 @@ class Staging:
         if head[0] != ident:  # the header's start: version, agent address, sub-agent
             head = self._head = (ident, encode_datagram_header(*ident, 0, 0, 0)[: -HEAD_END.size])
         header = head[1] + HEAD_END.pack(state.next_datagram_seq(), state.uptime_ms(), len(pending))
-        payload = bytearray(header)
-        payload += b"".join([buf for _, _, buf in pending])
+        payload = bytearray().join([header, *[buf for _, _, buf in pending]])
         # Sequence numbers are taken only now, for samples really sent, so they step by
-        # one; a run of samples of one source and kind takes its numbers at once.
+        # one: each run of samples of one source and kind takes its numbers when it ends.
         pack_into = U32.pack_into
         at = len(header) + SEQ_AT
-        start, total = 0, len(pending)
-        while start < total:
-            index, is_flow, _ = pending[start]
-            end = start + 1
-            while end < total and pending[end][0] == index and pending[end][1] == is_flow:
-                end += 1
-            seq = state.next_seq(index, E_FLOW_SEQ if is_flow else E_COUNTER_SEQ, end - start)
-            for _, _, buf in pending[start:end]:
-                pack_into(payload, at, seq & MASK)
-                seq += 1
-                at += len(buf)
-            start = end
+        run_index, run_flow, first, seq = -1, False, 0, 0
+        for index, is_flow, buf in pending:
+            if index != run_index or is_flow is not run_flow:
+                if run_index >= 0:
+                    state.next_seq(run_index, SEQ_WORD[run_flow], seq - first)
+                run_index, run_flow = index, is_flow
+                first = seq = state.next_seq(index, SEQ_WORD[is_flow], 0)  # the next one
+            pack_into(payload, at, seq & MASK)
+            seq += 1
+            at += len(buf)
+        state.next_seq(run_index, SEQ_WORD[run_flow], seq - first)
         stats = self.stats
         stats["datagrams"] += 1
         stats["samples"] += len(pending)

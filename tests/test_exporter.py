@@ -149,6 +149,30 @@ def test_a_new_identity_heads_the_next_datagram(make_agent, collector: Collector
     assert heads == [("127.0.0.1", 8080, 1), ("::1", 8080, 2), ("::1", 7, 1), ("10.1.2.3", 7, 2)]
 
 
+def test_interleaved_sources_each_number_by_one(make_agent, collector: Collector, clock: Clock):
+    # A datagram holding runs of two sources' samples (and counter samples): each source
+    # and kind numbers its own samples, by one, in the order they are in the datagram.
+    agent = make_agent(sampling=1, polling=0)
+    http = agent.http_source()
+    agent.set_http_port(8080, "test")
+    app = agent.app_source("shop")
+    record = HttpRequest(method=2, protocol=1001, uri="/x", status=200)
+    for round_ in range(3):
+        for source, runs in ((http, 2), (app, 1), (http, 1), (app, 2)):
+            for _ in range(runs):
+                n = source.sampler.pool()
+                source.submit(n, (record,), source.sample(n))
+        agent.tick(clock.now, final=round_ == 2)
+        clock.now += 0.1
+    dgs = collector.poll(0.5)
+    seqs: dict[int, list[int]] = {}
+    for dg in dgs:
+        for sample in dg.samples:
+            if isinstance(sample, FlowSample):
+                seqs.setdefault(sample.ds_index, []).append(sample.sequence_number)
+    assert seqs == {8080: list(range(1, 10)), app.ds_index: list(range(1, 10))}
+
+
 def test_partial_datagram_waits_about_a_second(make_agent, collector: Collector, clock: Clock):
     agent = make_agent(sampling=1, polling=0)
     source = agent.http_source()

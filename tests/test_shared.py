@@ -767,6 +767,7 @@ def test_sequence_numbers_taken_in_runs_step_by_one_and_wrap(kind: str, state_di
     try:
         index = state.source_index("http", "", 8000)
         assert index is not None
+        assert state.next_seq(index, E_FLOW_SEQ, 0) == 1  # the next one, not taken
         assert state.next_seq(index, E_FLOW_SEQ) == 1
         assert state.next_seq(index, E_FLOW_SEQ, 3) == 2  # 2, 3, 4
         assert state.next_seq(index, E_FLOW_SEQ) == 5
