@@ -43,7 +43,7 @@ class CounterBlock:
         # incr[i]() adds one to slot i: exact, lock-free, allocation-free.
         self.incr: tuple[Callable[[], int], ...] = tuple(c.__next__ for c in self._cells)
         self._extra = [0] * len(self.names)
-        self._reads = [0] * len(self.names)  # per cell, the snapshots that read it
+        self._reads = 0  # snapshots taken: each read every cell once (see snapshot)
         self._base = (0,) * len(self.names)
         self._add_lock = threading.Lock()
         # put((slot, amount)) adds a positive amount, exact and lock-free: deque.append is
@@ -78,12 +78,14 @@ class CounterBlock:
             self._fold()
             # A cell is read with next(): one C call, where repr() builds a string to
             # parse (~15 us a pass for HTTP's counters). The one it adds is taken back
-            # with the reads counted, under the lock: snapshot is the only reader.
+            # with the reads counted, under the lock: snapshot is the only reader, and
+            # reads every cell each time.
             reads = self._reads
-            values = [next(c) - r for c, r in zip(self._cells, reads, strict=True)]
-            self._reads = [r + 1 for r in reads]
-            extra = self._extra
-            return tuple(v + e - b for v, e, b in zip(values, extra, self._base, strict=True))
+            self._reads = reads + 1
+            values = map(next, self._cells)
+            return tuple(
+                [v + e - b - reads for v, e, b in zip(values, self._extra, self._base, strict=True)]
+            )
 
     def discount(self, amounts: Sequence[int]) -> None:
         """Take ``amounts`` out of the totals (what a test capture counted)."""

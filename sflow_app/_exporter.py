@@ -301,7 +301,11 @@ class Exporter(Staging):
         if index is None:
             return
         settled = self._settled.pop(id(source), None)
-        if settled == (source.sampler.sample_pool, source.drops) and state.slot is not None:
+        if (
+            settled is not None
+            and settled == (source.sampler.sample_pool, source.drops)
+            and state.slot is not None
+        ):
             self._settled[id(source)] = settled  # nothing to publish: see below
             return
         values = list(source.counters.snapshot())

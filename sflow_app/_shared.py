@@ -155,7 +155,7 @@ class SharedState(Election, RuntimeSlots):
         self.instance = (0, 0)  # (root pid, start time)
         self._touched = 0.0
         # The source table as decoded so far: an entry, once complete, never changes.
-        self._entries: dict[int, tuple[int, str, str, int]] = {}
+        self._entries: list[tuple[int, str, str, int]] = []  # decoded once
         Election.__init__(self)
         RuntimeSlots.__init__(self)
 
@@ -372,17 +372,19 @@ class SharedState(Election, RuntimeSlots):
 
     def entries(self) -> list[tuple[int, str, str, int]]:
         """(index, kind, name, ds_index) of every registered source."""
-        known = self._entries  # index -> entry: never cleared, so decoded once
+        known = self._entries
         words = self.words
-        for i in range(MAX_SOURCES):
+        # Sources take the first free entry and keep it: the registered ones are the
+        # table's first entries, and only those after the ones known can be new.
+        for i in range(len(known), MAX_SOURCES):
             at = self._entry(i)
-            if i in known or words[at + E_KEY] == 0:
-                continue
+            if words[at + E_KEY] == 0:
+                break
             raw = b"".join(words[at + E_NAME + j].to_bytes(8, "little") for j in range(4))
             kind = KIND_NAMES.get(words[at + E_KIND], "app")
             name = raw.rstrip(b"\0").decode(errors="replace")
-            known[i] = (i, kind, name, words[at + E_DS_INDEX])
-        return [known[i] for i in sorted(known)]
+            known.append((i, kind, name, words[at + E_DS_INDEX]))
+        return known
 
     # -- sequence numbers (sender only) ------------------------------------------------
     def next_datagram_seq(self) -> int:
