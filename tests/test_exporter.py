@@ -403,39 +403,6 @@ def test_each_sample_is_encoded_once(
     assert len(encoded) == 3  # not once to learn its size and once more to send it
 
 
-@pytest.mark.parametrize("spare", [0, -1, -4])
-def test_sample_exactly_at_the_datagram_limit(
-    make_agent, collector: Collector, clock: Clock, spare: int
-):
-    # The exporter encodes each sample once and sends those bytes: one that is exactly as
-    # long as the room in a datagram goes out whole, one byte more and it is trimmed.
-    from sflow_app._encode import encode_flow_sample
-    from sflow_app._staging import HEADER_MAX
-
-    uri = "/" + "u" * 200
-    record = HttpRequest(method=2, protocol=1001, uri=uri, useragent="a" * 100, status=200)
-    size = len(encode_flow_sample(FlowSample(0, 3, 8080, 1, 1, 0, 0, 0, 0, INTERNAL, (record,))))
-    agent = make_agent(sampling=1, polling=0)
-    agent.configure(datagram=size + HEADER_MAX + spare)
-    source = agent.http_source()
-    agent.set_http_port(8080, "test")
-    n = source.sampler.pool()
-    rate = source.sample(n)
-    assert rate
-    submit_http(
-        source, n, rate, method="GET", protocol=1001, uri=uri, useragent="a" * 100, status=200
-    )
-    agent.tick(clock.now, final=True)
-    [dg] = collector.poll(0.5)
-    [rec] = dg.samples[0].records
-    if spare == 0:
-        assert rec == record and len(collector.raw[0]) == size + 28  # IPv4 agent header
-    else:
-        assert rec.useragent == record.useragent and rec.uri.startswith("/uuu")
-        assert len(rec.uri) < len(uri) and len(collector.raw[0]) <= size + 28 + spare
-    assert source.drops == 0
-
-
 class Kept(Deferred):
     """A surface's sample left to the exporter to encode (as WSGI and ASGI leave theirs)."""
 
@@ -446,12 +413,14 @@ class Kept(Deferred):
         return (self.record,)
 
 
-@pytest.mark.parametrize("spare", [0, -1])
-def test_a_deferred_sample_at_the_datagram_limit(
-    make_agent, collector: Collector, clock: Clock, spare: int
+@pytest.mark.parametrize("deferred", [False, True])
+@pytest.mark.parametrize("spare", [0, -1, -4])
+def test_sample_exactly_at_the_datagram_limit(
+    make_agent, collector: Collector, clock: Clock, spare: int, deferred: bool
 ):
-    # A sample a surface left to the exporter is staged as it is encoded; one exactly as
-    # long as the room in a datagram goes out whole, one byte more is built and trimmed.
+    # The exporter encodes each sample once and sends those bytes: one that is exactly as
+    # long as the room in a datagram goes out whole, one byte more and it is trimmed. A
+    # sample a surface left to the exporter (deferred) is staged as it is encoded.
     from sflow_app._encode import encode_flow_sample
     from sflow_app._staging import HEADER_MAX
 
@@ -464,18 +433,25 @@ def test_a_deferred_sample_at_the_datagram_limit(
     agent.set_http_port(8080, "test")
     for _ in range(2):
         n = source.sampler.pool()
-        source.submit(n, Kept(record), source.sample(n))
+        rate = source.sample(n)
+        assert rate
+        if deferred:
+            source.submit(n, Kept(record), rate)
+        else:
+            fields = {"uri": uri, "useragent": "a" * 100, "status": 200}
+            submit_http(source, n, rate, method="GET", protocol=1001, **fields)
     agent.tick(clock.now, final=True)
     dgs = collector.poll(0.5)
     assert [len(dg.samples) for dg in dgs] == [1, 1]
     samples = [dg.samples[0] for dg in dgs]
     assert [(s.sequence_number, s.sample_pool, s.drops) for s in samples] == [(1, 1, 0), (2, 2, 0)]
-    for sample in samples:
+    for sample, raw in zip(samples, collector.raw, strict=True):
         [rec] = sample.records
         if spare == 0:
-            assert rec == record
+            assert rec == record and len(raw) == size + 28  # IPv4 agent header
         else:
-            assert rec.uri.startswith("/uuu") and len(rec.uri) < len(uri)
+            assert rec.useragent == record.useragent and rec.uri.startswith("/uuu")
+            assert len(rec.uri) < len(uri) and len(raw) <= size + 28 + spare
     assert source.drops == 0
 
 
