@@ -326,7 +326,8 @@ class SFlowMiddleware:
                 scope.get("path", ""),
                 scope.get("query_string"),
                 self.query or settings.query,
-                scope_user(scope) if settings.authuser else None,
+                # "": no user (an auth middleware sets one); None: authuser off
+                (scope_user(scope) if "user" in scope else "") if settings.authuser else None,
                 scope.get("server"),  # (host, port) tuples: made addresses on the exporter
                 scope.get("client"),
                 _route_template(scope, root_path),
