@@ -199,8 +199,8 @@ class Agent:
         if message in self._warned:
             return
         self._warned.add(message)
-        directory = state_dir(self.settings.state_dir)
-        if first_in_service(directory, self.service_name, message):
+        parent, runtime = state_dir(self.settings.state_dir), self.env.get("XDG_RUNTIME_DIR")
+        if first_in_service(parent, runtime, self.service_name, message):
             log.warning("sflow_app: %s", message)
 
     # -- sources ----------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,18 +137,58 @@ def test_rejected_collectors_are_blamed_in_the_state_not_the_file(state_dir: str
     assert agent.status()["state"].startswith("off: SFLOW_APP_COLLECTORS")
 
 
-def test_first_in_service_is_once_per_uid_service_and_process_group(tmp_path: Path) -> None:
+def test_first_in_service_is_once_per_uid_service_and_process_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = str(tmp_path)
-    assert first_in_service(d, "shop", "m1")
-    assert not first_in_service(d, "shop", "m1")
-    assert first_in_service(d, "shop", "m2") and first_in_service(d, "cart", "m1")
+    assert first_in_service(d, None, "shop", "m1")
+    assert not first_in_service(d, None, "shop", "m1")
+    assert first_in_service(d, None, "shop", "m2") and first_in_service(d, None, "cart", "m1")
+    # In the user's private directory, never a name in the parent.
+    private = tmp_path / f"sflow-app-{os.getuid()}"
+    assert [p.name for p in tmp_path.iterdir()] == [private.name]
     # A restarted service (another process group) warns again: the file names the group.
-    [shop] = [p for p in tmp_path.iterdir() if len(p.read_text().split()) == 3]
+    [shop] = [p for p in private.iterdir() if len(p.read_text().split()) == 3]
     assert shop.read_text().split()[0] == str(os.getpgrp())
     shop.write_text("1\n" + "\n".join(shop.read_text().split()[1:]) + "\n")
-    assert first_in_service(d, "shop", "m1")
+    assert first_in_service(d, None, "shop", "m1")
     # Without a usable directory: warn anyway.
-    assert first_in_service(str(tmp_path / "missing"), "shop", "m1")
+    from sflow_app import _once
+
+    def unusable(*args: object) -> None:
+        raise PermissionError("no usable private state directory")
+
+    monkeypatch.setattr(_once, "open_private", unusable)
+    assert first_in_service(d, None, "shop", "m1")
+
+
+SQUATTED = """
+import hashlib, os, sys
+from sflow_app._agent import Agent
+parent, service = sys.argv[1], "squatted"
+name = hashlib.blake2b(f"{os.getuid()}\\0{service}".encode(), digest_size=8).hexdigest()
+fifo = os.path.join(parent, f"sflow-app-{name}.warned")
+os.mkfifo(fifo)  # what another local user can put in a world-writable directory
+env = {"SFLOW_APP_STATE_DIR": parent, "SFLOW_APP_NAME": service, "SFLOW_APP_CONFIG": "/nope"}
+Agent(autostart=False, env=env).reload()  # a configuration mistake: warned once per service
+print("warned", os.path.exists(fifo))
+"""
+
+
+def test_a_fifo_in_the_state_directory_does_not_hang_a_warning(tmp_path: Path) -> None:
+    """The per-service warning file is kept in the private directory: a FIFO squatting
+    its name in the world-writable parent is never opened (reading one blocks)."""
+    parent = tmp_path / "shm"
+    parent.mkdir()
+    parent.chmod(0o1777)
+    script = tmp_path / "squatted.py"
+    script.write_text(SQUATTED)
+    done = subprocess.run(
+        [sys.executable, str(script), str(parent)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["warned", "True"]
+    assert "SFLOW_APP_CONFIG=/nope" in done.stderr
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -164,7 +206,8 @@ def test_config_mistakes_warn_at_the_default_level(
         f"sflow_app: SFLOW_APP_CONFIG={missing}: no such file; off: {missing}: not found"
     ]
     # Recorded in the state directory these settings name, not the default one.
-    assert [p for p in os.listdir(state_dir) if p.endswith(".warned")]
+    private = os.path.join(state_dir, f"sflow-app-{os.getuid()}")
+    assert [p for p in os.listdir(private) if p.endswith(".warned")]
     caplog.clear()
     no_ip = tmp_path / "noip.auto"
     no_ip.write_text("rev_start=1\ncollector=127.0.0.1\nrev_end=1\n")
