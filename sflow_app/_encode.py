@@ -265,7 +265,7 @@ def encode_socket(protocol: int, local: tuple[str, int], remote: tuple[str, int]
 
 # ------------------------------------------------------------------------ samples
 
-_FLOW = FLOW_HEAD = struct.Struct(">IIIIIIIIII")  # tag, length, 8 words
+FLOW_HEAD = struct.Struct(">IIIIIIIIII")  # tag, length, 8 words
 _FLOW_EXPANDED = struct.Struct(">IIIIIIIIIIIII")  # tag, length, 11 words
 _COUNTERS = struct.Struct(">IIIII")
 _COUNTERS_EXPANDED = struct.Struct(">IIIIII")
@@ -343,7 +343,7 @@ def encode_flow_sample(s: FlowSample) -> bytes:
                 count,
             )
         else:
-            parts[0] = _FLOW.pack(
+            parts[0] = FLOW_HEAD.pack(
                 1,
                 32 + size,
                 s.sequence_number,
