@@ -58,7 +58,7 @@ from urllib.parse import quote
 from ._agent import AGENT
 from ._asgi_exchange import Exchange as _Exchange
 from ._asgi_exchange import follow_error_page, mime_type, websocket_status
-from ._encode import HTTP_TAIL, http_request_head
+from ._encode import HTTP_TAIL, encode_socket, http_request_head
 from ._http import (
     CLIENT_CLOSED,
     MAX_US,
@@ -374,7 +374,8 @@ class _Sample(Deferred):
         response_headers, received, sent = self.exchange
         mime = mime_type(response_headers)
         method = self.method
-        key = (method, version, raw_path, path, query_string, mode, user, *found[:4], mime)
+        # The path only says what raw_path does not (servers give either, or both).
+        key = (method, version, raw_path or path, query_string, mode, user, *found[:4], mime)
         try:
             head = _HEADS.get(key)
         except TypeError:  # a server's odd scope value: no memo
@@ -387,26 +388,20 @@ class _Sample(Deferred):
                 strings,
             )
             head = remember(_HEADS, key, head, sum(map(len, strings)) + len(path))
-        length = found[4].strip()
-        req_bytes = int(length) if length.isdigit() else received
+        length = found[4]
+        req_bytes = int(length) if length and (length := length.strip()).isdigit() else received
+        duration_us, status = self.duration_us, self.status
         try:
-            data = head + HTTP_TAIL.pack(req_bytes, sent, self.duration_us, self.status)
+            data = head + HTTP_TAIL.pack(req_bytes, sent, duration_us, status)
         except struct.error:  # a number out of range: the clamping path
             return self._describe(encode_http)
         local, remote = _address(server), _address(client)
-        if not (route or (local and remote)):
-            return data, 1  # no more records
+        if not route:  # encode_http_rest's common case, one call fewer
+            if local and remote:
+                return data + encode_socket(6, local, remote), 2
+            return data, 1
         return encode_http_rest(
-            data,
-            method,
-            req_bytes,
-            sent,
-            self.duration_us,
-            self.status,
-            local,
-            remote,
-            route,
-            self.service if route else None,
+            data, method, req_bytes, sent, duration_us, status, local, remote, route, self.service
         )
 
     def _describe(self, make: Callable[..., _T]) -> _T:
