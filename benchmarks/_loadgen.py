@@ -5,6 +5,7 @@ keep-alive ``http.client`` connections), so the smoke mode runs anywhere."""
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import shutil
 import subprocess
@@ -18,8 +19,10 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def wrk(port: int, seconds: float, connections: int) -> tuple[int, float]:
-    """(requests completed, p99 latency in ms) from one wrk run."""
+def wrk(
+    port: int, seconds: float, connections: int, path: str = "/", cpus: set[int] | None = None
+) -> tuple[int, float]:
+    """(requests completed, p99 latency in ms) from one wrk run (on ``cpus`` if given)."""
     out = subprocess.run(
         [
             "wrk",
@@ -27,8 +30,9 @@ def wrk(port: int, seconds: float, connections: int) -> tuple[int, float]:
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
             "--latency",
-            f"http://127.0.0.1:{port}/",
+            f"http://127.0.0.1:{port}{path}",
         ],
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -41,7 +45,7 @@ def wrk(port: int, seconds: float, connections: int) -> tuple[int, float]:
     return int(done.group(1)), float(p99.group(1)) * UNITS[p99.group(2)]
 
 
-def python_load(port: int, seconds: float, connections: int) -> tuple[int, float]:
+def python_load(port: int, seconds: float, connections: int, path: str = "/") -> tuple[int, float]:
     """The same from ``connections`` Python threads, each a keep-alive client (it reconnects
     when the server closes, as gunicorn's sync worker does after every response)."""
     latencies: list[list[float]] = [[] for _ in range(connections)]
@@ -53,7 +57,7 @@ def python_load(port: int, seconds: float, connections: int) -> tuple[int, float
         try:
             while time.monotonic() < end:
                 started = time.perf_counter()
-                conn.request("GET", "/")
+                conn.request("GET", path)
                 response = conn.getresponse()
                 response.read()
                 out.append(time.perf_counter() - started)
@@ -78,5 +82,15 @@ def python_load(port: int, seconds: float, connections: int) -> tuple[int, float
     return len(every), every[min(len(every) - 1, int(len(every) * 0.99))] * 1e3
 
 
-def load(port: int, seconds: float, connections: int, use_wrk: bool) -> tuple[int, float]:
-    return (wrk if use_wrk else python_load)(port, seconds, connections)
+def load(
+    port: int,
+    seconds: float,
+    connections: int,
+    use_wrk: bool,
+    path: str = "/",
+    cpus: set[int] | None = None,
+) -> tuple[int, float]:
+    """wrk's figures (on ``cpus``, if given), else the Python load generator's."""
+    if use_wrk:
+        return wrk(port, seconds, connections, path, cpus)
+    return python_load(port, seconds, connections, path)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from _floor import ASGIFloor
 from _harness import (
     Report,
     Sink,
@@ -74,39 +75,6 @@ async def receive() -> dict[str, Any]:
 
 async def send(message: dict[str, Any]) -> None:
     pass
-
-
-class FloorMiddleware:
-    """Method + status-class counting and nothing else: the floor."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        cells = [itertools.count() for _ in range(15)]
-        self.methods = {
-            m: cells[i].__next__
-            for i, m in enumerate(
-                ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT")
-            )
-        }
-        self.other = cells[8].__next__
-        self.statuses = [cells[9 + i].__next__ for i in range(6)]
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = 0
-
-        async def send_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self.methods.get(scope["method"], self.other)()
-            self.statuses[min(status // 100, 5)]()
 
 
 class PrometheusMiddleware:
@@ -192,7 +160,7 @@ def main() -> None:
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    apps: dict[str, App] = {BARE: app, FLOOR: FloorMiddleware(app), OFF: ours, SAMPLED_100: ours}
+    apps: dict[str, App] = {BARE: app, FLOOR: ASGIFloor(app), OFF: ours, SAMPLED_100: ours}
     apps[SAMPLED_1] = ours
     before = {OFF: sink.rate(0), SAMPLED_100: sink.rate(100), SAMPLED_1: sink.rate(1)}
     other = otel(app)

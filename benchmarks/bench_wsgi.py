@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from _floor import WSGIFloor
 from _harness import (
     Report,
     Sink,
@@ -83,33 +84,6 @@ def write(data: bytes) -> None:
 
 def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[..., None]:
     return write
-
-
-class FloorMiddleware:
-    """Method + status-class counting and nothing else: the floor."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        cells = [itertools.count() for _ in range(15)]
-        self.methods = {
-            m: cells[i].__next__
-            for i, m in enumerate(
-                ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT")
-            )
-        }
-        self.other = cells[8].__next__
-        self.statuses = {str(d): cells[8 + d].__next__ for d in range(1, 6)}
-        self.other_status = cells[14].__next__
-
-    def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
-        self.methods.get(environ.get("REQUEST_METHOD"), self.other)()
-        statuses, other = self.statuses, self.other_status
-
-        def counting_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-            statuses.get(status[:1], other)()
-            return start_response(status, headers, exc_info)
-
-        return self.app(environ, counting_start_response)
 
 
 class PrometheusMiddleware:
@@ -195,7 +169,7 @@ def main() -> None:
     AGENT.reload()
     ours = SFlowMiddleware(app)
 
-    apps: dict[str, App] = {BARE: app, FLOOR: FloorMiddleware(app), OFF: ours, SAMPLED_100: ours}
+    apps: dict[str, App] = {BARE: app, FLOOR: WSGIFloor(app), OFF: ours, SAMPLED_100: ours}
     apps[SAMPLED_1] = ours
     before = {OFF: sink.rate(0), SAMPLED_100: sink.rate(100), SAMPLED_1: sink.rate(1)}
     other = otel(app)
