@@ -6,10 +6,12 @@ hit, a get miss and a set of a 100-byte value, in turn. Measured, interleaved ro
 round so that drift and noise hit every variant alike:
 
 - bare pymemcache (nothing instrumented);
-- two floors: the three round-trip methods replaced by pass-throughs -- plain functions
+- three floors: the three round-trip methods replaced by pass-throughs -- plain functions
   with pymemcache 4's signatures (the least any Python-level hook there costs; sflow_app's
-  replacements are such functions too) and wrapt FunctionWrappers (what wrapt itself would
-  cost per round trip);
+  replacements are such functions too), wrapt FunctionWrappers (what wrapt itself would
+  cost per round trip), and plain pass-throughs that count gets, hits, misses, sets and
+  value bytes into itertools counters and a deque (what exact counting costs by itself,
+  without a sampling decision);
 - sflow_app.memcache.instrument() with sampling off (only the unsampled path; goal <= 1.02);
 - the same at 1-in-100 (the exporter thread runs and sends to a loopback UDP socket
   nobody reads);
@@ -42,7 +44,7 @@ through the same branches every time, and costs the added code less than the mix
 
 Then the estimate, beside the ratios measured in part 1: 1 + (added CPU per operation in
 memory) / (bare pymemcache's round trip against the server in part 1: its best round, the
-least disturbed and so the largest estimate, and its median), for the two floors,
+least disturbed and so the largest estimate, and its median), for the floors,
 sampling off and 1-in-100. It is an estimate, not a measurement: it assumes the
 added code costs next to real socket calls what it costs in memory, and it leaves out the
 exporter thread (encoding and sending the samples, off the application's thread). The
@@ -66,6 +68,7 @@ bench_wsgi/bench_asgi; part 2 repeats max(20, rounds) times.
 
 from __future__ import annotations
 
+import collections
 import gc
 import itertools
 import os
@@ -413,6 +416,43 @@ def main() -> None:
     ) -> Any:
         return misc(self, cmds, cmd_name, noreply, end_tokens)
 
+    # The least exact counting costs: gets, hits, misses, sets and value bytes, into
+    # itertools counters and a deque (no sampling decision, no serde check).
+    hit, miss, sets = (itertools.count().__next__ for _ in range(3))
+    amounts: collections.deque[int] = collections.deque(maxlen=1024)
+
+    def _fetch_counting(
+        self: Client, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b""
+    ) -> Any:
+        result = fetch(self, name, keys, expect_cas, key_prefix)
+        if len(result):
+            hit()
+            amounts.append(sum(len(v) for v in result.values()))
+        else:
+            miss()
+        return result
+
+    def _store_counting(
+        self: Client,
+        name: Any,
+        values: Any,
+        expire: Any,
+        noreply: Any,
+        flags: Any = None,
+        cas: Any = None,
+    ) -> Any:
+        result = store(self, name, values, expire, noreply, flags, cas)
+        sets()
+        amounts.append(sum(len(v) for v in values.values()))
+        return result
+
+    def counting_floor_on() -> None:
+        """Pass-throughs that count what memcache_counters' hot fields need, as plainly
+        as Python can: what exact counting costs by itself."""
+        Client._fetch_cmd = _fetch_counting
+        Client._store_cmd = _store_counting
+        Client._misc_cmd = _misc_cmd
+
     def floor_on() -> None:
         """The least any Python-level hook on the round trip costs: a plain pass-through."""
         for method in (_fetch_cmd, _store_cmd, _misc_cmd):
@@ -434,6 +474,7 @@ def main() -> None:
         "bare pymemcache": (lambda: None, lambda: None),
         "floor: plain pass-through": (floor_on, floor_off),
         "floor: wrapt pass-through": (wrapt_floor_on, floor_off),
+        "floor: counting": (counting_floor_on, floor_off),
         "sflow, sampling off": sflow(0),
         "sflow, 1-in-100": sflow(100),
     }
