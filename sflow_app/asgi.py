@@ -256,11 +256,10 @@ class SFlowMiddleware:
         method = "GET" if websocket else scope["method"]
         root_path = scope.get("root_path", "")
         exchange = _Exchange(receive, send, method == "HEAD")
-        service = AGENT.service_name
         # The parent context of decorated calls: the route template once the router has
         # matched (recorded on the scope only then), else the path; worked out when asked.
         token = (
-            current_request.set(_Parent(service, method, scope, root_path))
+            current_request.set(_Parent(method, scope, root_path))
             if ParentContexts.wanted
             else None
         )
@@ -281,7 +280,6 @@ class SFlowMiddleware:
                         rate,
                         scope,
                         method,
-                        service,
                         exchange,
                         exchange.status or 500,
                         exchange.end_ns,
@@ -300,7 +298,7 @@ class SFlowMiddleware:
             self._method_incr.get(method, self._other_method)()
             self._status_incr.get(counted, self._other_status)()
             if not deferred:
-                self._record(n, rate, scope, method, service, exchange, status, end_ns, root_path)
+                self._record(n, rate, scope, method, exchange, status, end_ns, root_path)
 
     def _record(
         self,
@@ -308,7 +306,6 @@ class SFlowMiddleware:
         rate: int,
         scope: Scope,
         method: str,
-        service: str,
         exchange: _Exchange,
         status: int,
         end_ns: int,
@@ -336,8 +333,8 @@ class SFlowMiddleware:
             # The exchange's figures as they are now (the app may go on using it).
             sample.exchange = (exchange.headers, exchange.received, exchange.sent)
             sample.status = status
-            sample.duration_us = min((end_ns - exchange.start_ns) // 1000, MAX_US)
-            sample.service = service
+            duration_us = (end_ns - exchange.start_ns) // 1000
+            sample.duration_us = duration_us if duration_us < MAX_US else MAX_US
             # self._source.submit(n, sample, rate), one call fewer:
             AGENT.enqueue(self._source, n, rate, sample)
         except Exception:  # nothing here may reach the application
@@ -348,14 +345,13 @@ class SFlowMiddleware:
 class _Sample(Deferred):
     """One sampled request as it was seen; its records are built on the exporter."""
 
-    __slots__ = ("duration_us", "exchange", "method", "scope_values", "service", "status")
+    __slots__ = ("duration_us", "exchange", "method", "scope_values", "status")
 
     scope_values: tuple[Any, ...]
     method: str
     exchange: tuple[Iterable[tuple[bytes, bytes]], int, int]
     status: int
     duration_us: int
-    service: str
 
     def build(self) -> tuple[Any, ...]:
         return self._describe(http_records)
@@ -368,27 +364,46 @@ class _Sample(Deferred):
         headers, version, raw_path, path, query_string, mode, user, server, client, route = (
             self.scope_values
         )
-        found = _request_headers(headers)
-        if found[5] and user is not None:  # a user's own header (authuser): not remembered
+        host, referer, agent, xff, length, authorization = _request_headers(headers)
+        if authorization and user is not None:  # a user's own (authuser): not remembered
             return self._describe(encode_http)
         response_headers, received, sent = self.exchange
         mime = mime_type(response_headers)
         method = self.method
         # The path only says what raw_path does not (servers give either, or both).
-        key = (method, version, raw_path or path, query_string, mode, user, *found[:4], mime)
+        key = (
+            method,
+            version,
+            raw_path or path,
+            query_string,
+            mode,
+            user,
+            host,
+            referer,
+            agent,
+            xff,
+            mime,
+        )
         try:
             head = _HEADS.get(key)
         except TypeError:  # a server's odd scope value: no memo
             return self._describe(encode_http)
         if head is None:
-            strings = (_target(raw_path, path, query_string, mode), *found[:4], user or b"", mime)
+            strings = (
+                _target(raw_path, path, query_string, mode),
+                host,
+                referer,
+                agent,
+                xff,
+                user or b"",
+                mime,
+            )
             head = http_request_head(
                 METHODS.get(method, OTHER_METHOD)[0],
                 PROTOCOLS.get(version) or protocol_number(version),
                 strings,
             )
             head = remember(_HEADS, key, head, sum(map(len, strings)) + len(path))
-        length = found[4]
         req_bytes = int(length) if length and (length := length.strip()).isdigit() else received
         duration_us, status = self.duration_us, self.status
         try:
@@ -403,6 +418,10 @@ class _Sample(Deferred):
         return encode_http_rest(
             data, method, req_bytes, sent, duration_us, status, local, remote, route, self.service
         )
+
+    @property
+    def service(self) -> str:
+        return AGENT.service_name  # read when a route needs it, as the WSGI surface does
 
     def _describe(self, make: Callable[..., _T]) -> _T:
         """``make`` (``http_records`` or ``encode_http``) of what the request saw."""
@@ -475,14 +494,17 @@ class _Parent:
     template once the router has matched (recorded on the scope only then), else the
     path, worked out when asked."""
 
-    __slots__ = ("_root_path", "_scope", "method", "route", "service")
+    __slots__ = ("_root_path", "_scope", "method", "route")
 
-    def __init__(self, service: str, method: str, scope: Scope, root_path: str) -> None:
-        self.service = service
+    def __init__(self, method: str, scope: Scope, root_path: str) -> None:
         self.method = method
         self.route: str | None = None
         self._scope = scope
         self._root_path = root_path
+
+    @property
+    def service(self) -> str:
+        return AGENT.service_name
 
     def path(self) -> str:
         scope = self._scope
