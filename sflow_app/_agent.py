@@ -80,6 +80,9 @@ class Agent:
         self._clock = self.clock = clock
         self._kwargs: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # One reload at a time: the exporter's periodic one resolves from configure()'s
+        # arguments, and one that applied after configure() had applied its own undid it.
+        self._config_lock = threading.RLock()
         self._sources: dict[tuple[str, str], Source] = {}
         self._http: HttpSource | None = None
         # (environment key, AutoFile, config path) the settings were last resolved from.
@@ -133,15 +136,20 @@ class Agent:
         return _config.config_path(self._kwargs, self.env)
 
     def configure(self, **kwargs: Any) -> None:
-        merged = {**self._kwargs, **kwargs}
-        _config.resolve(merged, {}, None, DEFAULT_CONFIG)  # raises ValueError on bad kwargs
-        self._kwargs = merged
-        self._watcher = None  # re-read the file (the path may have changed)
-        self._resolved = None
-        self.reload()
+        with self._config_lock:
+            merged = {**self._kwargs, **kwargs}
+            _config.resolve(merged, {}, None, DEFAULT_CONFIG)  # raises ValueError on bad kwargs
+            self._kwargs = merged
+            self._watcher = None  # re-read the file (the path may have changed)
+            self._resolved = None
+            self.reload()
 
     def reload(self) -> None:
         """Read the config file and apply it (exporter thread, or configure())."""
+        with self._config_lock:
+            self._reload()
+
+    def _reload(self) -> None:
         # Resolving from the environment is most of an idle process's periodic
         # re-check: done again only when the variables, the file or configure() changed.
         env_key = _env_key(self.env)
@@ -383,6 +391,7 @@ class Agent:
         self._reset_process_state()
         self._serving = True  # servers fork once the application is built
         self._lock = threading.Lock()
+        self._config_lock = threading.RLock()  # a thread of the parent may have held it
         self._next_config_check = 0.0
         for source in self.sources():
             source.reset_after_fork(1 if source is caller else 0)

@@ -301,3 +301,46 @@ def test_gunicorn_with_3_workers_warns_once_per_mistake(tmp_path: Path, state_di
         f"SFLOW_APP_CONFIG={missing}: no such file",
     ):
         assert text.count(warning) == 1, text
+
+
+def test_configure_is_not_undone_by_a_reload_running_beside_it(
+    tmp_path: Path, collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter's periodic reload resolves settings from ``configure()``'s arguments;
+    one that read the old arguments and applied after ``configure()`` had applied its
+    own undid it, for good (the settings' cache key was the same). A reload paused inside
+    resolution while ``configure()`` runs on another thread: ``configure()`` must win."""
+    import threading
+
+    from sflow_app import _agent
+
+    auto = write_auto(tmp_path / "hsflowd.auto", collector.port)
+    agent = Agent(autostart=False, env={"SFLOW_APP_CONFIG": str(auto)})
+    agent.reload()
+    inside, go = threading.Event(), threading.Event()
+    real_resolve = _agent._config.resolve
+    exporter_like: list[threading.Thread] = []
+
+    def resolve(*args: object, **kwargs: object) -> object:
+        result = real_resolve(*args, **kwargs)  # type: ignore[arg-type]
+        if threading.current_thread() in exporter_like and not inside.is_set():
+            inside.set()
+            go.wait(10)  # paused with the old arguments' settings in hand
+        return result
+
+    monkeypatch.setattr(_agent._config, "resolve", resolve)
+    agent._resolved = None  # the reload below resolves again, as after a change
+    reloader = threading.Thread(target=agent.reload)
+    exporter_like.append(reloader)
+    reloader.start()
+    assert inside.wait(10)
+    configurer = threading.Thread(target=agent.configure, kwargs={"sampling": 7})
+    configurer.start()
+    configurer.join(1.0)  # done at once without a lock; waits for the reload with one
+    go.set()
+    reloader.join(10)
+    configurer.join(10)
+    assert not reloader.is_alive() and not configurer.is_alive()
+    assert agent.settings.sampling_for("http") == 7
+    agent.reload()  # and a later periodic reload keeps it
+    assert agent.settings.sampling_for("http") == 7
