@@ -42,11 +42,15 @@ class Sink:
         isolate()
 
     def write(self, sampling: int) -> None:
-        self.config.write_text(
+        # Written beside and renamed over (hsflowd rewrites in place; its readers rely on
+        # the rev guard): the exporter's own re-check never reads it half-written.
+        part = self.config.with_suffix(".part")
+        part.write_text(
             f"rev_start=1\nsampling={sampling}\npolling=30\n"
             f"collector=127.0.0.1 {self.sock.getsockname()[1]}\n"
             f"agentIP=127.0.0.1\nds_index=1\nrev_end=1\n"
         )
+        os.replace(part, self.config)
 
     def rate(self, sampling: int) -> Callable[[], None]:
         """A setter run before each measurement of a variant: file, then agent reload."""
