@@ -364,7 +364,7 @@ class _Sample(Deferred):
         headers, version, raw_path, path, query_string, mode, user, server, client, route = (
             self.scope_values
         )
-        host, referer, agent, xff, length, authorization = _request_headers(headers)
+        host, referer, user_agent, xff, length, authorization = _request_headers(headers)
         if authorization and user is not None:  # a user's own (authuser): not remembered
             return self._describe(encode_http)
         response_headers, received, sent = self.exchange
@@ -380,7 +380,7 @@ class _Sample(Deferred):
             user,
             host,
             referer,
-            agent,
+            user_agent,
             xff,
             mime,
         )
@@ -393,7 +393,7 @@ class _Sample(Deferred):
                 _target(raw_path, path, query_string, mode),
                 host,
                 referer,
-                agent,
+                user_agent,
                 xff,
                 user or b"",
                 mime,
