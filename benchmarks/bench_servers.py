@@ -10,8 +10,8 @@ bare server (``bare process``: the app alone, sflow_app never imported) and one 
 variants are loaded in turn, round after round, the order rotating, by wrk
 (``wrk -t1 -c4 --latency``) or, where wrk is not installed, a small Python load generator
 (``_loadgen.py``). With two CPUs or more the servers run on the last one and wrk on the
-others (``sched_setaffinity``): a server migrating between cores, or sharing one with wrk,
-moved its CPU per request by 5-10 %. Measured per round: the server's CPU per request
+others (``sched_setaffinity``): identical bare servers' CPU per request spread by 6-10 %
+unpinned, 3 % pinned (benchmarks/README.md). Measured per round: the server's CPU per request
 (user + system of every process of the server, from /proc, over the round; the exporter
 thread's included) and wrk's p99 latency. Wall-clock requests/s is not used: on a shared
 2-core machine it is +-15 % noise, CPU per request is what the middleware changes.
