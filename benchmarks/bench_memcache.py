@@ -595,7 +595,7 @@ def main() -> None:
         else:
             estimate = f"{'-':>9s} {'-':>9s}"
         print(f"  {name:28s} {wall:7.3f} {cpu:7.3f} {estimate}")
-        if name.startswith(("sflow", "OpenTelemetry")):
+        if name.startswith(("sflow", "OpenTelemetry", "floor: counting")):
             target = "<= 1.02" if name == "sflow, sampling off" else None
             report.add(f"{name} / bare, wall (median)", wall, "x", target)
     print(
