@@ -6,10 +6,12 @@ suite (``benchmarks/run.py``, run by ``./scripts/bench``)."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import math
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -24,10 +26,19 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def scratch(prefix: str = "sfa-bench-") -> str:
+    """A new temporary directory, removed with what is in it when this process exits (the
+    servers and workers that wrote there are stopped by then)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def isolate() -> None:
     """A state directory of our own: the agent's shared state file (pre-fork sharing and
     sender election) must not be shared with other processes on the machine."""
-    os.environ.setdefault("SFLOW_APP_STATE_DIR", tempfile.mkdtemp(prefix="sfa-bench-"))
+    if "SFLOW_APP_STATE_DIR" not in os.environ:
+        os.environ["SFLOW_APP_STATE_DIR"] = scratch()
 
 
 class Sink:
@@ -36,7 +47,7 @@ class Sink:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.config = Path(tempfile.mkdtemp()) / "hsflowd.auto"
+        self.config = Path(scratch()) / "hsflowd.auto"
         self.write(0)
         os.environ["SFLOW_APP_CONFIG"] = str(self.config)
         isolate()

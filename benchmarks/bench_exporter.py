@@ -21,12 +21,11 @@ The overload guard (``SFLOW_APP_MAX_SAMPLES``) is lifted: this measures the expo
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _harness import Collector, Report, bench_args, drops, thread_cpu
+from _harness import Collector, Report, bench_args, drops, scratch, thread_cpu
 from bench_wsgi import ENVIRON, app, start_response
 
 RATE = 20_000
@@ -40,7 +39,7 @@ def main() -> None:
     unpaced = 0.3 if opts.smoke else 3.0
     report = Report("exporter")
     collector = Collector()
-    auto = collector.auto(Path(tempfile.mkdtemp()) / "hsflowd.auto", sampling=1)
+    auto = collector.auto(Path(scratch()) / "hsflowd.auto", sampling=1)
     os.environ["SFLOW_APP_CONFIG"] = str(auto)
     os.environ["SFLOW_APP_DS_INDEX"] = "8000"
     os.environ["SFLOW_APP_MAX_SAMPLES"] = "0"

@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _harness import Report, Sink, bench_args, threads_cpu
+from _harness import Report, Sink, bench_args, scratch, threads_cpu
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 4  # per kind: averages the scheduler noise of tiny CPU figures
@@ -41,7 +40,7 @@ def main() -> None:
             for _ in range(WORKERS):
                 env = dict(
                     os.environ,
-                    SFLOW_APP_STATE_DIR=tempfile.mkdtemp(prefix="sfa-"),
+                    SFLOW_APP_STATE_DIR=scratch(),
                     SFLOW_APP_DS_INDEX="8000",
                 )
                 proc = subprocess.Popen(

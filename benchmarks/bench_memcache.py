@@ -76,14 +76,13 @@ import shutil
 import socket
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import wrapt
-from _harness import Report, Sink, bench_args
+from _harness import Report, Sink, bench_args, scratch
 from pymemcache.client.base import Client  # type: ignore[import-untyped]
 
 VALUE = b"v" * 100
@@ -373,7 +372,7 @@ def main() -> None:
     report = Report("memcache")
 
     sink = Sink()  # the collector (bound, never read) and the hsflowd.auto pointing at it
-    os.environ.setdefault("SFLOW_APP_STATE_DIR", tempfile.mkdtemp(prefix="sfa-"))
+    os.environ.setdefault("SFLOW_APP_STATE_DIR", scratch())
     import sflow_app.memcache as sfm
     from sflow_app._agent import AGENT
 

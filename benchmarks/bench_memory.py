@@ -15,11 +15,10 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _harness import Collector, Report, bench_args, wait_drained
+from _harness import Collector, Report, bench_args, scratch, wait_drained
 from bench_wsgi import app, serve
 
 REQUESTS = 1_000_000
@@ -44,7 +43,7 @@ def main() -> None:
     # A collector that reads (in its own process): one nobody reads fills its socket
     # buffer, and the exporter then holds datagrams back, up to its bound.
     collector = Collector()
-    auto = collector.auto(Path(tempfile.mkdtemp()) / "hsflowd.auto", sampling=100)
+    auto = collector.auto(Path(scratch()) / "hsflowd.auto", sampling=100)
     os.environ["SFLOW_APP_CONFIG"] = str(auto)
     os.environ["SFLOW_APP_DS_INDEX"] = "8000"
     from sflow_app._agent import AGENT

@@ -34,13 +34,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from functools import partial
 from pathlib import Path
 
-from _harness import Report, Sink, bench_args, free_port, ratio, tree_cpu
+from _harness import Report, Sink, bench_args, free_port, ratio, scratch, tree_cpu
 from _loadgen import load, wrk_path
 
 HERE = Path(__file__).resolve().parent
@@ -102,7 +101,7 @@ def start(
     env = dict(os.environ, SFLOW_APP_STATE_DIR=state, SFLOW_APP_MAX_SAMPLES="0")
     sampling = SAMPLING[process]
     if sampling:
-        auto = Path(tempfile.mkdtemp()) / "hsflowd.auto"
+        auto = Path(scratch()) / "hsflowd.auto"
         auto.write_text(sink.config.read_text().replace("sampling=0", f"sampling={sampling}"))
         env["SFLOW_APP_CONFIG"] = str(auto)
     proc = subprocess.Popen(
@@ -168,7 +167,7 @@ def main() -> None:
         procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         try:
             for process in SAMPLING:
-                state = tempfile.mkdtemp(prefix="sfa-bench-")
+                state = scratch()
                 procs[process] = start(server, process, sink, state, servers_cpus)
             cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
             p99: dict[str, list[float]] = {v: [] for v in VARIANTS}
