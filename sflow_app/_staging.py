@@ -65,7 +65,8 @@ MASK = 0xFFFFFFFF
 def unstaged(pending: Iterable[tuple[int, bool, bytes | bytearray]]) -> list[tuple[int, bytes]]:
     """Staged flow samples handed back (their sender was replaced) as they are
     forwarded: their pool steps are in the service's pool already, so they carry none
-    (the next sender adds the least, 1, to keep the pool strictly increasing)."""
+    (the next sender stages them at the pool as it stands: sample_pool stays exact, the
+    candidates counted, and does not go back)."""
     out = []
     for index, is_flow, data in pending:
         at = POOL_AT.get(U32.unpack_from(data)[0]) if is_flow else None
@@ -130,9 +131,9 @@ class Staging:
                 total = totals[index] = state.totals(index)
             buf = bytearray(data)
             # The sample carries its worker's pool increment; staged in order, the
-            # service's pool is the running sum: strictly increasing with the sequence
-            # numbers.
-            step = U32.unpack_from(buf, at)[0] or 1
+            # service's pool is the running sum, increasing with the sequence numbers
+            # (by at least 1 a sample, but 0 for one handed back: see unstaged).
+            step = U32.unpack_from(buf, at)[0]
             PAIR.pack_into(buf, at, add_pool(index, step) & MASK, total[DROPS] & MASK)
             # _append, inlined: this loop runs once per sample (a call each cost ~5 %)
             if self._pending and self._size + len(buf) > limit:
