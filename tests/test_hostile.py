@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
@@ -115,9 +116,21 @@ def reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
+# service_as()'s config folders (outside pytest's tmp_path, which other users cannot read).
+_CONF_DIRS: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_conf_dirs() -> Iterator[None]:
+    yield
+    while _CONF_DIRS:
+        shutil.rmtree(_CONF_DIRS.pop(), ignore_errors=True)
+
+
 def service_as(tmp: Path, state_dir: str, uid: int | None) -> Service:
     """A Service whose workers run as ``uid`` (its config readable by them)."""
     conf = Path(tempfile.mkdtemp(prefix="sfa-conf-"))
+    _CONF_DIRS.append(conf)
     conf.chmod(0o755)
     svc = Service(conf, state_dir, before=None if uid is None else become(uid))
     svc.env["SFLOW_APP_STATE_DIR"] = state_dir
