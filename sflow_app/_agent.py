@@ -82,7 +82,7 @@ class Agent:
         self._lock = threading.Lock()
         # One reload at a time: the exporter's periodic one resolves from configure()'s
         # arguments, and one that applied after configure() had applied its own undid it.
-        self._config_lock = threading.RLock()
+        self._config_lock = threading.Lock()
         self._sources: dict[tuple[str, str], Source] = {}
         self._http: HttpSource | None = None
         # (environment key, AutoFile, config path) the settings were last resolved from.
@@ -142,7 +142,7 @@ class Agent:
             self._kwargs = merged
             self._watcher = None  # re-read the file (the path may have changed)
             self._resolved = None
-            self.reload()
+            self._reload()
 
     def reload(self) -> None:
         """Read the config file and apply it (exporter thread, or configure())."""
@@ -391,7 +391,7 @@ class Agent:
         self._reset_process_state()
         self._serving = True  # servers fork once the application is built
         self._lock = threading.Lock()
-        self._config_lock = threading.RLock()  # a thread of the parent may have held it
+        self._config_lock = threading.Lock()  # a thread of the parent may have held it
         self._next_config_check = 0.0
         for source in self.sources():
             source.reset_after_fork(1 if source is caller else 0)
