@@ -396,6 +396,44 @@ def test_unsampled_path_counts_without_wrapping_receive(agent, collector):
     assert (c.method_delete_count, c.method_other_count, c.status_4XX_count) == (2, 3, 5)
 
 
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_unsampled_send_hands_the_app_the_servers_own_awaitable(agent, collector, kind):
+    # No coroutine of ours between the app and the server's send (one per message fewer):
+    # what the app awaits is what the server's send returned.
+    agent(sampling=0)
+    returned: list[Any] = []
+    awaited: list[Any] = []
+
+    async def server_send(message):
+        pass
+
+    def send(message):
+        returned.append(server_send(message))
+        return returned[-1]
+
+    if kind == "http":
+        messages = [
+            {"type": "http.response.start", "status": 404, "headers": []},
+            {"type": "http.response.body", "body": b"gone"},
+        ]
+        scope = http_scope()
+    else:
+        messages = [{"type": "websocket.accept"}, {"type": "websocket.close", "code": 1000}]
+        scope = http_scope(type="websocket", scheme="ws")
+
+    async def app(scope, receive, send):
+        for message in messages:
+            pending = send(message)
+            awaited.append(pending)
+            await pending
+
+    asyncio.run(SFlowMiddleware(app)(scope, Peer().receive, send))
+    assert len(awaited) == 2 and all(a is r for a, r in zip(awaited, returned, strict=True))
+    flush(AGENT, collector)
+    c = counters(collector)
+    assert (c.status_4XX_count, c.status_1XX_count) == ((1, 0) if kind == "http" else (0, 1))
+
+
 def test_unsampled_exception_and_silent_return(agent, collector):
     agent(sampling=0)
 
