@@ -2,7 +2,8 @@
 
 Each slot is an ``itertools.count``: ``next()`` on it is one C call, so under the GIL an
 increment cannot be lost between bytecodes the way ``x += 1`` on shared state can. The
-bound ``__next__`` methods are handed to the surfaces so the hot path is a single call.
+hot paths hold the cells and call ``next(cell)`` (the builtin is ~15 ns cheaper than the
+bound ``__next__``, a method-wrapper); ``incr`` holds the bound methods for the rest.
 Only the exporter reads values (``snapshot``), which keeps the layout free to move into
 shared memory for pre-fork servers.
 """
@@ -28,10 +29,10 @@ class CounterBlock:
     __slots__ = (
         "_add_lock",
         "_base",
-        "_cells",
         "_extra",
         "_pending",
         "_reads",
+        "cells",
         "incr",
         "names",
         "put",
@@ -39,9 +40,9 @@ class CounterBlock:
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
-        self._cells = tuple(itertools.count() for _ in self.names)
-        # incr[i]() adds one to slot i: exact, lock-free, allocation-free.
-        self.incr: tuple[Callable[[], int], ...] = tuple(c.__next__ for c in self._cells)
+        # next(cells[i]) or incr[i]() adds one to slot i: exact, lock-free, no allocation.
+        self.cells = tuple(itertools.count() for _ in self.names)
+        self.incr: tuple[Callable[[], int], ...] = tuple(c.__next__ for c in self.cells)
         self._extra = [0] * len(self.names)
         self._reads = 0  # snapshots taken: each read every cell once (see snapshot)
         self._base = (0,) * len(self.names)
@@ -82,7 +83,7 @@ class CounterBlock:
             # reads every cell each time.
             reads = self._reads
             self._reads = reads + 1
-            values = map(next, self._cells)
+            values = map(next, self.cells)
             return tuple(
                 [v + e - b - reads for v, e, b in zip(values, self._extra, self._base, strict=True)]
             )

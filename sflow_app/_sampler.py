@@ -52,7 +52,6 @@ class Sampler:
         "_last_t",
         "_lock",
         "_n0",
-        "_pool_cell",
         "_rng",
         "_samples",
         "_t0",
@@ -63,6 +62,7 @@ class Sampler:
         "next_at",
         "on_refuse",
         "pool",
+        "pool_cell",
         "rate",
     )
 
@@ -75,8 +75,11 @@ class Sampler:
         self._rng = rng or random.Random()
         self._clock = clock
         self._lock = threading.Lock()
-        self._pool_cell = itertools.count(1)
-        self.pool = self._pool_cell.__next__  # returns the candidate's ordinal, 1-based
+        # next(pool_cell) (or pool()) returns the candidate's ordinal, 1-based. The hot
+        # paths call next() on the cell: ~15 ns less than the bound __next__ (a
+        # method-wrapper, called through a tuple of arguments).
+        self.pool_cell = itertools.count(1)
+        self.pool = self.pool_cell.__next__
         self._base = 0
         self.rate = 0  # the N in force: the configured one, or the guard's raised one
         self.configured = 0
@@ -92,7 +95,7 @@ class Sampler:
     @property
     def sample_pool(self) -> int:
         """Candidates seen so far."""
-        return read_count(self._pool_cell) - 1 - self._base
+        return read_count(self.pool_cell) - 1 - self._base
 
     def discount(self, candidates: int) -> None:
         """Take ``candidates`` out of ``sample_pool`` (what a test capture saw)."""
@@ -122,7 +125,7 @@ class Sampler:
 
     def _here(self) -> int:
         """The last candidate's ordinal (what ``pool()`` returned last)."""
-        return read_count(self._pool_cell) - 1
+        return read_count(self.pool_cell) - 1
 
     def _use(self, rate: int, here: int) -> None:
         """Put 1-in-``rate`` in force from candidate ``here`` on (under the lock)."""

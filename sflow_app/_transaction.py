@@ -160,16 +160,16 @@ class _Operation:
         kwargs: dict[str, Any],
     ) -> Any:
         source = self.source or self._resolve()
-        n = source.sampler.pool()
+        n = next(source.sampler.pool_cell)
         if n >= source.sampler.next_at and (rate := self._decide(source, n)):
             return self._sampled(source, (n, rate), wrapped, args, kwargs)
-        incr = source.counters.incr
+        cells = source.counters.cells
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            incr[status_of(exc)]()
+            next(cells[status_of(exc)])
             raise
-        incr[SUCCESS]()
+        next(cells[SUCCESS])
         return result
 
     def _sampled(
@@ -197,7 +197,7 @@ class _Operation:
         kwargs: dict[str, Any],
     ) -> Any:
         source = self.source or self._resolve()
-        n = source.sampler.pool()
+        n = next(source.sampler.pool_cell)
         if n >= source.sampler.next_at and (rate := self._decide(source, n)):
             start = perf_counter_ns()
             try:
@@ -207,13 +207,13 @@ class _Operation:
                 raise
             self._record(source, (n, rate), start, SUCCESS, "")
             return result
-        incr = source.counters.incr
+        cells = source.counters.cells
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            incr[status_of(exc)]()
+            next(cells[status_of(exc)])
             raise
-        incr[SUCCESS]()
+        next(cells[SUCCESS])
         return result
 
     def _record(

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from time import perf_counter_ns
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -116,14 +116,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _both(first: Callable[[], int], second: Callable[[], int]) -> Callable[[], int]:
-    def incr() -> int:
-        first()
-        return second()
-
-    return incr
-
-
 _T = TypeVar("_T")
 _REQUEST_HEADERS = {
     b"host": 0,
@@ -170,16 +162,22 @@ class SFlowMiddleware:
         self._excluded = middleware_options(exclude, query)
         self._source = source = AGENT.http_source()
         self._sampler = source.sampler
-        self._pool = source.sampler.pool
-        incr = source.counters.incr
-        # Pre-bound counter increments: the unsampled path is two dict lookups and calls.
-        self._method_incr = {m: incr[slot] for m, (_, slot) in METHODS.items()}
-        self._other_method = incr[OTHER_METHOD[1]]
-        self._status_incr = {s: incr[status_slot(s)] for s in range(100, 600)}
-        # 4xx/5xx statuses app_operations tells apart: their class and their own counter.
+        self._pool = source.sampler.pool_cell
+        cells = source.counters.cells
+        # Counter cells (next() adds one, see _counters): the unsampled path is two dict
+        # lookups and two next() calls.
+        self._method_incr: dict[str, Iterator[object]] = {
+            m: cells[slot] for m, (_, slot) in METHODS.items()
+        }
+        self._other_method: Iterator[object] = cells[OTHER_METHOD[1]]
+        self._status_incr: dict[int, Iterator[object]] = {
+            s: cells[status_slot(s)] for s in range(100, 600)
+        }
+        # 4xx/5xx statuses app_operations tells apart: their class and their own counter,
+        # both advanced by one next() on the zip of the two.
         for code, slot in detail_slots().items():
-            self._status_incr[code] = _both(self._status_incr[code], incr[slot])
-        self._other_status = incr[STATUS_OTHER]
+            self._status_incr[code] = zip(self._status_incr[code], cells[slot], strict=True)
+        self._other_status: Iterator[object] = cells[STATUS_OTHER]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -188,7 +186,7 @@ class SFlowMiddleware:
             return await self.app(scope, receive, send)
         if self._excluded is not None and self._excluded(scope["path"]):
             return await self.app(scope, receive, send)
-        n = self._pool()
+        n = next(self._pool)
         if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
             return await self._sampled(n, rate, scope, receive, send)
 
@@ -208,8 +206,8 @@ class SFlowMiddleware:
             status = status or 500
             raise
         finally:
-            self._method_incr.get(scope["method"], self._other_method)()
-            self._status_incr.get(status or CLIENT_CLOSED, self._other_status)()
+            next(self._method_incr.get(scope["method"], self._other_method))
+            next(self._status_incr.get(status or CLIENT_CLOSED, self._other_status))
 
     def _decide(self, n: int, scope: Scope) -> int:
         """The slow path: identity capture on first use, then the sampler's decision
@@ -232,7 +230,7 @@ class SFlowMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._excluded is not None and self._excluded(scope["path"]):
             return await self.app(scope, receive, send)
-        n = self._pool()
+        n = next(self._pool)
         if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
             return await self._sampled(n, rate, scope, receive, send)
 
@@ -250,8 +248,8 @@ class SFlowMiddleware:
             status = status or 500
             raise
         finally:
-            self._method_incr["GET"]()
-            self._status_incr.get(status or CLIENT_CLOSED, self._other_status)()
+            next(self._method_incr["GET"])
+            next(self._status_incr.get(status or CLIENT_CLOSED, self._other_status))
 
     async def _sampled(self, n: int, rate: int, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
@@ -297,8 +295,8 @@ class SFlowMiddleware:
             # Counted as the unsampled path counts (the app's answer), so sampling never
             # skews the counters; the record says what the client saw (499: it left first).
             counted = exchange.answered or exchange.status or (500 if raised else CLIENT_CLOSED)
-            self._method_incr.get(method, self._other_method)()
-            self._status_incr.get(counted, self._other_status)()
+            next(self._method_incr.get(method, self._other_method))
+            next(self._status_incr.get(counted, self._other_status))
             if not deferred:
                 self._record(n, rate, scope, method, exchange, status, end_ns, root_path)
 

@@ -66,9 +66,9 @@ def _connect_method(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException:
-            STATE.incr[REJECTED_CONNECTIONS]()
+            next(STATE.cells[REJECTED_CONNECTIONS])
             raise
-        STATE.incr[TOTAL_CONNECTIONS]()
+        next(STATE.cells[TOTAL_CONNECTIONS])
         sock = getattr(instance, "sock", None)
         if sock is not None:
             try:
@@ -172,8 +172,7 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
         return _generic_method(FETCH, original)
 
     def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"") -> Any:
-        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
-        n = pool()
+        n = next(STATE.pool)
         if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(
                 FETCH,
@@ -201,14 +200,14 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
             if name == b"get" or name == b"gets":
                 hits = len(result)
                 if hits == 1:
-                    STATE.incr[GET_HITS]()
+                    next(STATE.cells[GET_HITS])
                 elif hits:
                     STATE.put((GET_HITS, hits))
                 elif self.sock is None:
                     return result  # ignore_exc turned an error into an empty result
                 misses = len(keys) - hits
                 if misses == 1:
-                    STATE.incr[GET_MISSES]()
+                    next(STATE.cells[GET_MISSES])
                 elif misses > 0:
                     STATE.put((GET_MISSES, misses))
                 if hits:
@@ -244,8 +243,7 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
         flags: Any = None,
         cas: Any = None,
     ) -> Any:
-        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
-        n = pool()
+        n = next(STATE.pool)
         if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(
                 STORE,
@@ -271,9 +269,9 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
             raise
         try:
             if len(result) == 1 and name != b"cas":
-                STATE.incr[CMD_SET]()
+                next(STATE.cells[CMD_SET])
                 if not noreply and True in result.values():
-                    STATE.incr[TOTAL_ITEMS]()
+                    next(STATE.cells[TOTAL_ITEMS])
             else:
                 store_ok(self, (name, values, expire, noreply), _NOKW, result)
             if counting:
@@ -299,8 +297,7 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
         return _generic_method(MISC, original)
 
     def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None) -> Any:
-        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
-        n = pool()
+        n = next(STATE.pool)
         if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(
                 MISC,
@@ -336,8 +333,7 @@ def _generic_method(kind: Kind, original: Callable[..., Any]) -> Callable[..., A
     ok = kind.ok
 
     def method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        pool = STATE.pool  # a local: a call on a slot attribute is not specialized in 3.11
-        n = pool()
+        n = next(STATE.pool)
         if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(kind, wrapped, instance, args, kwargs, (n, rate))
         proxy = serde_proxy(instance)
@@ -408,7 +404,7 @@ def _rejected(
     server (ERROR): no round trip. ``endpoint``: None to name the client's server, False
     when no server was chosen."""
     try:
-        n = STATE.pool()
+        n = next(STATE.pool)
         cmd, slot, amount, keys = describe(instance, args, kwargs)
         if slot is not None:
             tally(slot, amount)

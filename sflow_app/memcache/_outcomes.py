@@ -114,7 +114,7 @@ def _arg(
 
 def tally(slot: int, amount: int) -> None:
     if amount == 1:
-        STATE.incr[slot]()
+        next(STATE.cells[slot])
     elif amount > 0:
         STATE.put((slot, amount))
 
@@ -215,9 +215,9 @@ def misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
     if _arg(args, kwargs, 3, "end_tokens"):
         return _raw_ok(name, result)
     if name == b"touch":
-        STATE.incr[CMD_TOUCH]()
+        next(STATE.cells[CMD_TOUCH])
     elif name == b"flush_all":
-        STATE.incr[CMD_FLUSH]()
+        next(STATE.cells[CMD_FLUSH])
     if _arg(args, kwargs, 2, "noreply") or not result:
         return UNKNOWN
     first = result[0]
@@ -232,9 +232,9 @@ def misc_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
     if name == b"incr" or name == b"decr":
         found = first != b"NOT_FOUND"
         if name == b"incr":
-            STATE.incr[INCR_HITS if found else INCR_MISSES]()
+            next(STATE.cells[INCR_HITS if found else INCR_MISSES])
         else:
-            STATE.incr[DECR_HITS if found else DECR_MISSES]()
+            next(STATE.cells[DECR_HITS if found else DECR_MISSES])
         return OK if found else NOT_FOUND
     if name == b"touch":
         return OK if first == b"TOUCHED" else NOT_FOUND
@@ -247,9 +247,9 @@ def _misc_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int:
         _raw_err(name)
         return _status_of(exc)
     if name == b"touch":
-        STATE.incr[CMD_TOUCH]()
+        next(STATE.cells[CMD_TOUCH])
     elif name == b"flush_all":
-        STATE.incr[CMD_FLUSH]()
+        next(STATE.cells[CMD_FLUSH])
     elif name == b"shutdown" and isinstance(exc, MemcacheUnexpectedCloseError):
         return OK  # the server closing the connection is what shutdown asked for
     return _status_of(exc)
@@ -348,29 +348,29 @@ def _raw_ok(command: Any, result: Any) -> int:
         if name in _RAW_TOUCHING:
             tally(CMD_TOUCH, nkeys)
     elif name in _RAW_STORE:
-        STATE.incr[CMD_SET]()
+        next(STATE.cells[CMD_SET])
         if status == STORED:
-            STATE.incr[TOTAL_ITEMS]()
+            next(STATE.cells[TOTAL_ITEMS])
         if name == b"cas":
             if status == STORED:
-                STATE.incr[CAS_HITS]()
+                next(STATE.cells[CAS_HITS])
             elif status == EXISTS:
-                STATE.incr[CAS_BADVAL]()
+                next(STATE.cells[CAS_BADVAL])
             elif status == NOT_FOUND:
-                STATE.incr[CAS_MISSES]()
+                next(STATE.cells[CAS_MISSES])
     elif name == b"delete":
         if status == DELETED:
-            STATE.incr[DELETE_HITS]()
+            next(STATE.cells[DELETE_HITS])
         elif status == NOT_FOUND:
-            STATE.incr[DELETE_MISSES]()
+            next(STATE.cells[DELETE_MISSES])
     elif name == b"incr":
-        STATE.incr[INCR_MISSES if status == NOT_FOUND else INCR_HITS]()
+        next(STATE.cells[INCR_MISSES if status == NOT_FOUND else INCR_HITS])
     elif name == b"decr":
-        STATE.incr[DECR_MISSES if status == NOT_FOUND else DECR_HITS]()
+        next(STATE.cells[DECR_MISSES if status == NOT_FOUND else DECR_HITS])
     elif name == b"touch":
-        STATE.incr[CMD_TOUCH]()
+        next(STATE.cells[CMD_TOUCH])
     elif name == b"flush_all":
-        STATE.incr[CMD_FLUSH]()
+        next(STATE.cells[CMD_FLUSH])
     return status
 
 
@@ -378,13 +378,13 @@ def _raw_err(command: Any) -> None:
     """A raw command that failed: the command counters that count whatever the outcome."""
     name, words = _raw_words(command)
     if name in _RAW_STORE:
-        STATE.incr[CMD_SET]()
+        next(STATE.cells[CMD_SET])
     elif name == b"touch":
-        STATE.incr[CMD_TOUCH]()
+        next(STATE.cells[CMD_TOUCH])
     elif name in _RAW_TOUCHING:
         tally(CMD_TOUCH, len(_raw_keys(name, words)))
     elif name == b"flush_all":
-        STATE.incr[CMD_FLUSH]()
+        next(STATE.cells[CMD_FLUSH])
 
 
 def raw_sizes(command: Any, result: Any) -> tuple[int, int]:

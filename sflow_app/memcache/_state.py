@@ -4,7 +4,7 @@ count into, the key policy of ``instrument()``'s clients, the connections open n
 The other modules import ``STATE`` by name: the object is never replaced, so the import
 holds the live state, and only ``STATE.bind()`` changes what it points to (at
 ``instrument()`` / ``wrap()`` time, and on the slow path when the agent replaced its
-source). The hot path reads ``STATE.pool``, ``STATE.sampler``, ``STATE.incr`` and
+source). The hot path reads ``STATE.pool``, ``STATE.sampler``, ``STATE.cells`` and
 ``STATE.put`` (slot attributes; the callables it calls are taken into locals first, which
 measures the same as the module globals they replace: docs/memcache.md, "The package").
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._agent import AGENT
@@ -40,10 +40,10 @@ class MemcacheState:
     ``wrap()``ped client's class carries its own)."""
 
     __slots__ = (
+        "cells",
         "class_policy",
         "closed",
         "fold",
-        "incr",
         "opened",
         "pool",
         "put",
@@ -54,10 +54,10 @@ class MemcacheState:
     def __init__(self) -> None:
         self.source: Any = None  # a MemcacheSource once bound
         self.sampler: Any = None
-        self.pool: Callable[[], int] = itertools.count().__next__
-        # incr[slot]() adds one; put((slot, n)) adds n > 0, lock-free (a deque append the
-        # counter block folds in later); fold() folds the pending amounts in now.
-        self.incr: tuple[Callable[[], int], ...] = ()
+        self.pool: Iterator[int] = itertools.count()  # next(pool): the candidate's ordinal
+        # next(cells[slot]) adds one; put((slot, n)) adds n > 0, lock-free (a deque append
+        # the counter block folds in later); fold() folds the pending amounts in now.
+        self.cells: tuple[Iterator[int], ...] = ()
         self.put: Callable[[tuple[int, int]], None] = _unbound_put
         self.fold: Callable[[], None] = _unbound_fold
         self.class_policy = KeyPolicy()
@@ -71,8 +71,8 @@ class MemcacheState:
         ``class_policy``, when given)."""
         counters = source.counters
         self.sampler = source.sampler
-        self.pool = source.sampler.pool
-        self.incr = counters.incr
+        self.pool = source.sampler.pool_cell
+        self.cells = counters.cells
         self.put = counters.put
         self.fold = counters.fold
         if class_policy is not None:
