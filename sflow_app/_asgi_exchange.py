@@ -118,7 +118,8 @@ def websocket_status(message: Message) -> int:
     if kind == "websocket.close":
         return 403
     if kind == "websocket.http.response.start":
-        return int(message["status"])
+        status = message.get("status")
+        return status if type(status) is int else -1  # -1: counted as "other", not raised
     return 0
 
 

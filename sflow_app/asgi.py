@@ -207,7 +207,17 @@ class SFlowMiddleware:
             raise
         finally:
             next(self._method_incr.get(scope["method"], self._other_method))
-            next(self._status_incr.get(status or CLIENT_CLOSED, self._other_status))
+            try:
+                next(self._status_incr.get(status or CLIENT_CLOSED, self._other_status))
+            except TypeError:  # an unhashable status: the app's mistake, not ours to raise
+                next(self._other_status)
+
+    def _count_status(self, status: Any) -> None:
+        """The unsampled path's status count, spelt out there (one call fewer)."""
+        try:
+            next(self._status_incr.get(status, self._other_status))
+        except TypeError:  # an unhashable status: the app's mistake, not ours to raise
+            next(self._other_status)
 
     def _decide(self, n: int, scope: Scope) -> int:
         """The slow path: identity capture on first use, then the sampler's decision
@@ -249,7 +259,7 @@ class SFlowMiddleware:
             raise
         finally:
             next(self._method_incr["GET"])
-            next(self._status_incr.get(status or CLIENT_CLOSED, self._other_status))
+            self._count_status(status or CLIENT_CLOSED)
 
     async def _sampled(self, n: int, rate: int, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
@@ -296,7 +306,7 @@ class SFlowMiddleware:
             # skews the counters; the record says what the client saw (499: it left first).
             counted = exchange.answered or exchange.status or (500 if raised else CLIENT_CLOSED)
             next(self._method_incr.get(method, self._other_method))
-            next(self._status_incr.get(counted, self._other_status))
+            self._count_status(counted)
             if not deferred:
                 self._record(n, rate, scope, method, exchange, status, end_ns, root_path)
 
@@ -332,7 +342,7 @@ class SFlowMiddleware:
             sample.method = method
             # The exchange's figures as they are now (the app may go on using it).
             sample.exchange = (exchange.headers, exchange.received, exchange.sent)
-            sample.status = status
+            sample.status = status if type(status) is int else 0  # 0: not a number
             duration_us = (end_ns - exchange.start_ns) // 1000
             sample.duration_us = duration_us if duration_us < MAX_US else MAX_US
             # self._source.submit(n, sample, rate), one call fewer:

@@ -460,6 +460,31 @@ def test_status_outside_known_classes(agent, collector):
     assert counters(collector).status_other_count == 2
 
 
+@pytest.mark.parametrize("sampling", [0, 1])
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+def test_an_unhashable_status_is_counted_as_other_not_raised(agent, collector, sampling, kind):
+    # An app's (or a lenient server's) odd status must not turn into our TypeError.
+    agent(sampling=sampling)
+    if kind == "http":
+        start: dict[str, Any] = {"type": "http.response.start", "status": [200], "headers": []}
+        messages = [start, {"type": "http.response.body", "body": b"x"}]
+        scope = http_scope()
+    else:
+        start = {"type": "websocket.http.response.start", "status": [403], "headers": []}
+        messages = [start, {"type": "websocket.http.response.body", "body": b"x"}]
+        scope = http_scope(type="websocket", scheme="ws")
+
+    async def app(scope, receive, send):
+        for message in messages:
+            await send(message)
+
+    peer = call(SFlowMiddleware(app), scope)
+    assert peer.sent[0]["status"] == start["status"]
+    flush(AGENT, collector)
+    c = counters(collector)
+    assert (c.status_other_count, c.method_get_count) == (1, 1)
+
+
 def test_exclude_prefixes_and_predicate(agent, collector):
     agent(sampling=1)
     mw = SFlowMiddleware(respond(), exclude=["/health", "/metrics"])
