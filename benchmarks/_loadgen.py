@@ -5,12 +5,19 @@ keep-alive ``http.client`` connections), so the smoke mode runs anywhere."""
 from __future__ import annotations
 
 import http.client
+import itertools
 import os
 import re
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from _blocks import BLOCK, block_path, wrk_script
+from _harness import scratch
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -20,9 +27,15 @@ def wrk_path() -> str | None:
 
 
 def wrk(
-    port: int, seconds: float, connections: int, path: str = "/", cpus: set[int] | None = None
+    port: int,
+    seconds: float,
+    connections: int,
+    path: str = "/",
+    cpus: set[int] | None = None,
+    script: str | None = None,
 ) -> tuple[int, float]:
-    """(requests completed, p99 latency in ms) from one wrk run (on ``cpus`` if given)."""
+    """(requests completed, p99 latency in ms) from one wrk run (on ``cpus`` if given;
+    ``script``: a Lua file choosing each request)."""
     out = subprocess.run(
         [
             "wrk",
@@ -30,6 +43,7 @@ def wrk(
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
             "--latency",
+            *(["-s", script] if script else []),
             f"http://127.0.0.1:{port}{path}",
         ],
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
@@ -45,19 +59,27 @@ def wrk(
     return int(done.group(1)), float(p99.group(1)) * UNITS[p99.group(2)]
 
 
-def python_load(port: int, seconds: float, connections: int, path: str = "/") -> tuple[int, float]:
+def python_load(
+    port: int,
+    seconds: float,
+    connections: int,
+    path: str = "/",
+    sequence: Callable[[int], str] | None = None,
+) -> tuple[int, float]:
     """The same from ``connections`` Python threads, each a keep-alive client (it reconnects
-    when the server closes, as gunicorn's sync worker does after every response)."""
+    when the server closes, as gunicorn's sync worker does after every response);
+    ``sequence(i)``: the path of the i-th request sent, in place of ``path``."""
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors: list[BaseException] = []
     end = time.monotonic() + seconds
+    sent = itertools.count()
 
     def client(out: list[float]) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             while time.monotonic() < end:
                 started = time.perf_counter()
-                conn.request("GET", path)
+                conn.request("GET", sequence(next(sent)) if sequence else path)
                 response = conn.getresponse()
                 response.read()
                 out.append(time.perf_counter() - started)
@@ -94,3 +116,20 @@ def load(
     if use_wrk:
         return wrk(port, seconds, connections, path, cpus)
     return python_load(port, seconds, connections, path)
+
+
+def load_blocks(
+    port: int,
+    seconds: float,
+    connections: int,
+    use_wrk: bool,
+    cpus: set[int] | None = None,
+    block: int = BLOCK,
+) -> int:
+    """Requests in blocks of ``block`` to one path after another (``_blocks.block_path``):
+    wrk with a Lua script, else the Python load generator; the requests completed."""
+    if use_wrk:
+        script = Path(scratch()) / "blocks.lua"
+        script.write_text(wrk_script(block=block))
+        return wrk(port, seconds, connections, "/", cpus, str(script))[0]
+    return python_load(port, seconds, connections, sequence=partial(block_path, block=block))[0]

@@ -11,25 +11,32 @@ variants are loaded in turn, round after round, the order rotating, by wrk
 (``wrk -t1 -c4 --latency``) or, where wrk is not installed, a small Python load generator
 (``_loadgen.py``). With two CPUs or more the servers run on the last one and wrk on the
 others (``sched_setaffinity``): identical bare servers' CPU per request spread by 6-10 %
-unpinned, 3 % pinned (benchmarks/README.md). Measured per round: the server's CPU per request
-(user + system of every process of the server, from /proc, over the round; the exporter
-thread's included) and wrk's p99 latency. Wall-clock requests/s is not used: on a shared
-2-core machine it is +-15 % noise, CPU per request is what the middleware changes.
+unpinned, 3 % pinned (benchmarks/README.md). Measured: the server's CPU per request
+(every thread of every process of the server; the exporter thread's included) and wrk's
+p99 latency. Wall-clock requests/s is not used: on a shared 2-core machine it is +-15 %
+noise, CPU per request is what the middleware changes.
 
-Reported per server: "throughput vs bare" = the median over rounds of each round's own
-ratio, ``/b``'s CPU per request / ``/s``'s (target >= 0.98), with the middle half of those
-ratios; the same for the floor (what counting alone costs in this server: code run once a
-request, after the worker blocked in the kernel, runs with cold caches and costs several
-times what it costs in a loop) and sflow against the floor; p99 at 1-in-100 / bare's (the
-same median of the rounds' own ratios; target <= 1.10); the ratio against the bare
-process (different processes: their spread, a few per cent, is in it); and the CPU a
-request sampled at 1-in-1 adds over the bare process.
+Throughput first, from blocks (``_blocks.py``): the paths worker is loaded for 20 s with
+blocks of 2,000 requests to ``/b``, ``/f``, ``/s`` in turn (the order rotating), and reads
+its own CPU clock (ns, every thread) where the path changes, so each block's CPU per
+request is exact and each comparison is within a second of its pair. "throughput vs bare"
+= the median over cycles of blocks of ``/b``'s CPU per request / ``/s``'s (target >= 0.98),
+with the middle half of those ratios; the same for the floor (what counting alone costs in
+this server: code run once a request, after the worker blocked in the kernel, runs with
+cold caches and costs several times what it costs in a loop) and for sflow against the
+floor. Then rounds: every variant loaded for 1 s in turn, 12 times -- p99 at 1-in-100 /
+bare's (the median of the rounds' own ratios; target <= 1.10; a round's p99 varies by
++-20 % on its own here), the same throughput ratio from the rounds' CPU (one-second loads:
+noisier than the blocks), the ratio against the bare process (different processes: their
+spread, a few per cent, is in it), and the CPU a request sampled at 1-in-1 adds over the
+bare process. CPU is read in ns (schedstat); /proc's 10 ms ticks were 1-2 % of a round.
 
     .venv/bin/python benchmarks/bench_servers.py [--smoke] [--json PATH] [--python-load]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -38,9 +45,11 @@ import time
 import urllib.request
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+from _blocks import BLOCK, paired_ratios, summary
 from _harness import Report, Sink, bench_args, free_port, ratio, scratch, tree_cpu
-from _loadgen import load, wrk_path
+from _loadgen import load, load_blocks, wrk_path
 
 HERE = Path(__file__).resolve().parent
 # variant -> (process, path loaded): the first three are paths of one worker.
@@ -139,6 +148,16 @@ def measure(
     return (tree_cpu(proc.pid) - before) / done * 1e6, tail
 
 
+def blocks(port: int, seconds: float, use_wrk: bool, cpus: set[int] | None, block: int) -> Any:
+    """The paths worker's (path, CPU ns, requests) blocks under ``seconds`` of block load."""
+    url = f"http://127.0.0.1:{port}/blocks"
+    with urllib.request.urlopen(url, timeout=10) as r:  # a fresh start
+        r.read()
+    load_blocks(port, seconds, 4, use_wrk, cpus, block)
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def own_ratios(top: list[float], bottom: list[float]) -> tuple[float, float, float]:
     """The median of the rounds' own ``top / bottom`` ratios (the paths of one worker,
     loaded seconds apart: drift hits both alike), and the middle half's ends."""
@@ -154,11 +173,14 @@ def main() -> None:
     rounds, seconds = (1, 0.5) if opts.smoke else (12, 1.0)
     if use_wrk and opts.smoke:
         seconds = 1.0  # wrk's shortest run
+    # The blocks: the throughput figures (their load, whole seconds for wrk).
+    block_seconds, block = (seconds, 100) if opts.smoke else (20.0, BLOCK)
     servers_cpus, load_cpus = cpu_split()
     report = Report("servers")
     report.info["load"] = "wrk -t1 -c4" if use_wrk else "python (_loadgen.py), 4 connections"
     print(
-        f"load: {report.info['load']}, {rounds} rounds of {seconds:g} s per variant; "
+        f"load: {report.info['load']}, {block_seconds:g} s of blocks of {block} requests "
+        f"per path, {rounds} rounds of {seconds:g} s per variant; "
         + (f"servers on CPU {servers_cpus}, load on {load_cpus}" if servers_cpus else "unpinned")
     )
     sink = Sink()
@@ -174,6 +196,8 @@ def main() -> None:
             run = partial(measure, procs, seconds, use_wrk, load_cpus)
             for variant in names:  # warm-up, unmeasured
                 run(variant)
+            port = procs["paths"][1]
+            cycles = blocks(port, block_seconds, use_wrk, load_cpus, block)
             for i in range(rounds):
                 for variant in names[i % len(names) :] + names[: i % len(names)]:
                     per_request, tail = run(variant)
@@ -186,28 +210,38 @@ def main() -> None:
         p = {v: statistics.median(x) for v, x in p99.items()}
         print(f"{server}: server CPU us/request and p99 ms (medians of {rounds} rounds)")
         for v in VARIANTS:
-            print(f"  {v:16s} {c[v]:8.1f} us  {p[v]:7.2f} ms")
+            rounds_p99 = " ".join(f"{x:.2f}" for x in p99[v])
+            print(f"  {v:16s} {c[v]:8.1f} us  {p[v]:7.2f} ms  (p99 by round: {rounds_p99})")
         report.add(f"{server} bare: server CPU per request", c["bare"], "us")
 
-        for variant, name, target in (
-            ("floor", "floor", None),
-            ("sflow 1-in-100", "1-in-100", ">= 0.98"),
-        ):
-            median, low, high = own_ratios(cpu["bare"], cpu[variant])
+        least = block // 2
+        for path, name, target in (("/f", "floor", None), ("/s", "1-in-100", ">= 0.98")):
+            pairs = paired_ratios(cycles, "/b", path, least)
+            median, low, high = summary(pairs)
             report.add(
                 f"{server} {name}: throughput vs bare (CPU/request)",
                 median,
                 "x",
                 target,
-                f"rounds' own ratios, middle half {low:.3f}-{high:.3f}",
+                f"{len(pairs)} cycles of blocks, middle half {low:.3f}-{high:.3f}",
             )
-        median, low, high = own_ratios(cpu["floor"], cpu["sflow 1-in-100"])
+        pairs = paired_ratios(cycles, "/f", "/s", least)
+        median, low, high = summary(pairs)
         report.add(
             f"{server} 1-in-100: throughput vs the floor (CPU/request)",
             median,
             "x",
             None,
             f"what sflow_app costs beyond counting; middle half {low:.3f}-{high:.3f}",
+        )
+        # The same from the rounds (one-second loads of each path in turn), as before.
+        median, low, high = own_ratios(cpu["bare"], cpu["sflow 1-in-100"])
+        report.add(
+            f"{server} 1-in-100: throughput vs bare, rounds (CPU/request)",
+            median,
+            "x",
+            None,
+            f"rounds' own ratios, middle half {low:.3f}-{high:.3f}",
         )
         median, low, high = own_ratios(p99["sflow 1-in-100"], p99["bare"])
         report.add(

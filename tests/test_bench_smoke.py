@@ -152,6 +152,26 @@ def test_python_load_generator() -> None:
     assert done > 0 and 0 < p99 < 10_000
 
 
+def test_servers_blocks_pair_each_cycle() -> None:
+    """bench_servers' throughput figures: the load's block sequence (rotating order) and
+    the pairing of the worker's blocks, stray requests at a block's edge left out."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _blocks import block_path, paired_ratios, wrk_script
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    firsts = [block_path(i, block=10) for i in range(0, 90, 10)]
+    assert firsts == ["/b", "/f", "/s", "/f", "/s", "/b", "/s", "/b", "/f"]
+    assert "math.floor(n / 10)" in wrk_script(block=10)
+    blocks = [
+        ("/b", 1000, 10), ("/f", 1100, 10), ("/s", 1200, 10),
+        ("/f", 2200, 10), ("/s", 1, 1), ("/f", 1, 1), ("/s", 2500, 10), ("/b", 2000, 10),
+        ("/s", 3000, 10), ("/b", 2000, 8),  # the last cycle lacks /f; /b and /s pair
+    ]  # fmt: skip
+    assert paired_ratios(blocks, "/b", "/s", least=5) == [1000 / 1200, 2000 / 2500, 250 / 300]
+    assert paired_ratios(blocks, "/b", "/f", least=5) == [1000 / 1100, 2000 / 2200]
+
+
 def _compare_module() -> Any:
     spec = importlib.util.spec_from_file_location("bench_compare", BENCHMARKS / "compare.py")
     assert spec is not None and spec.loader is not None
