@@ -32,13 +32,16 @@ NOBODY = 65534  # another user
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SFLOW_APP_", "PREFORK_"))}
+    env.pop("XDG_RUNTIME_DIR", None)  # a fallback place the command would search too
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def status(*args: str, state_dir: str, **run: Any) -> subprocess.CompletedProcess[str]:
+    # TMPDIR too: the command also looks in the temp dir's fallback folder, where any
+    # service of this user on the machine may have reported (not this test's).
     return subprocess.run(
         [sys.executable, "-m", "sflow_app", "status", *args],
-        env=clean_env(SFLOW_APP_STATE_DIR=state_dir),
+        env=clean_env(SFLOW_APP_STATE_DIR=state_dir, TMPDIR=state_dir),
         capture_output=True,
         text=True,
         timeout=60,
