@@ -1,11 +1,11 @@
 """1-in-N sampling by skip counts.
 
-The pool counter *is* ``sample_pool``: every candidate takes ``n = pool()``, and only when
-``n >= next_at`` does it enter ``decide`` (the slow path, under a lock). Skips are
-geometric with mean N (the gap between Bernoulli(1/N) successes), drawn from a per-process
-``random.Random`` (reseeded after fork): any N up to 2**32-1, unlike the 15-bit LCG of the
-C agents. ``next_at`` is also lowered to make the slow path run for rare per-process work
-(lazy start, fork checks, periodic hand-over).
+The pool counter *is* ``sample_pool``: every candidate takes ``n = next(pool_cell)`` (or
+``pool()``), and only when ``n >= next_at`` does it enter ``decide`` (the slow path, under
+a lock). Skips are geometric with mean N (the gap between Bernoulli(1/N) successes), drawn
+from a per-process ``random.Random`` (reseeded after fork): any N up to 2**32-1, unlike
+the 15-bit LCG of the C agents. ``next_at`` is also lowered to make the slow path run for
+rare per-process work (lazy start, fork checks, periodic hand-over).
 
 The overload guard (``SFLOW_APP_MAX_SAMPLES``, a cap per second) lives here too, on the
 slow path only: a token bucket (``cap`` tokens a second, at most ``cap / 2`` saved) makes

@@ -1,8 +1,8 @@
 """Data sources: one per (kind, name) in a process, each with its counters and sampler.
 
-A surface holds its source and, per call, does only ``n = sampler.pool()``, a compare with
-``sampler.next_at``, and counter increments. Everything else (sequence numbers, identity,
-encoding) belongs to the exporter.
+A surface holds its source and, per call, does only ``n = next(sampler.pool_cell)``, a
+compare with ``sampler.next_at``, and counter increments. Everything else (sequence
+numbers, identity, encoding) belongs to the exporter.
 """
 
 from __future__ import annotations
