@@ -120,6 +120,8 @@ def test_wheel_has_only_sflow_app_at_top_level(tmp_path: Path) -> None:
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"sflow_app"}
     assert "sflow_app/py.typed" in names
+    # `sflow-app run` puts _bootstrap/ on PYTHONPATH: package data, not a package
+    assert "sflow_app/_bootstrap/sitecustomize.py" in names
     assert "sflow_app/integrations/flask.py" in names
     assert {"sflow_app/memcache/__init__.py", "sflow_app/memcache/_state.py"} <= set(names)
     assert not any(n.startswith(("tests/", "integrations/", "examples/")) for n in names)
