@@ -133,3 +133,35 @@ def load_blocks(
         script.write_text(wrk_script(block=block))
         return wrk(port, seconds, connections, "/", cpus, str(script))[0]
     return python_load(port, seconds, connections, sequence=partial(block_path, block=block))[0]
+
+
+def load_together(
+    port: int,
+    seconds: float,
+    connections: int,
+    use_wrk: bool,
+    paths: tuple[str, ...],
+    cpus: set[int] | None = None,
+) -> list[tuple[int, float]]:
+    """One load per path, all at once (``connections`` each): their (requests, p99 ms).
+    The paths share the server's queue and its hiccups, so their latencies differ only by
+    what each path does."""
+    results: list[tuple[int, float] | BaseException] = [RuntimeError("no result")] * len(paths)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = load(port, seconds, connections, use_wrk, paths[i], cpus)
+        except BaseException as exc:  # raised below, on the caller's thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        out.append(result)
+    return out
