@@ -42,9 +42,12 @@ end
 
 
 class Blocks:
-    """The worker's side: ``see(path)`` for every request, before the app runs."""
+    """The worker's side: ``see(path)`` for every request, before the app runs; it records
+    only between ``take(start=True)`` and ``take()`` (the load in blocks, not the loads
+    that mix paths at every request)."""
 
     def __init__(self) -> None:
+        self.on = False
         self.reset()
 
     def reset(self) -> None:
@@ -54,17 +57,19 @@ class Blocks:
         self.done: list[tuple[str, int, int]] = []
 
     def see(self, path: str) -> None:
-        if path != self.path:
+        if path != self.path and self.on:
             now = time.process_time_ns()
             if self.path:
                 self.done.append((self.path, now - self.started, self.count))
             self.path, self.started, self.count = path, now, 0
         self.count += 1
 
-    def take(self) -> bytes:
-        """The finished blocks as JSON, and a fresh start (the open block is dropped)."""
+    def take(self, start: bool = False) -> bytes:
+        """The finished blocks as JSON (the open block is dropped); recording from now on
+        with ``start``, else not."""
         body = json.dumps(self.done).encode()
         self.reset()
+        self.on = start
         return body
 
 

@@ -2,8 +2,9 @@
 environment the benchmark gives the server: ``SFLOW_APP_CONFIG``, ``SFLOW_APP_STATE_DIR``),
 and three in one app: ``/s`` through the middleware, ``/f`` through the floor (method and
 status-class counting only, ``_floor.py``), any other path bare. ``bench_servers`` loads
-the paths of one worker in turn, so the comparison is not between processes; ``/blocks``
-hands back the worker's CPU per block of requests to one path (``_blocks.py``)."""
+the paths of one worker in turn, so the comparison is not between processes;
+``/blocks/start`` and ``/blocks`` record the worker's CPU per block of requests to one
+path and hand it back (``_blocks.py``)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ _blocks = Blocks()
 
 def paths_wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     path = environ["PATH_INFO"]
-    if path == "/blocks":
-        body = _blocks.take()
+    if path.startswith("/blocks"):
+        body = _blocks.take(start=path == "/blocks/start")
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
     _blocks.see(path)
@@ -41,8 +42,8 @@ def paths_wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 async def paths_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
         path = scope["path"]
-        if path == "/blocks":
-            body = _blocks.take()
+        if path.startswith("/blocks"):
+            body = _blocks.take(start=path == "/blocks/start")
             await send({"type": "http.response.start", "status": 200, "headers": []})
             return await send({"type": "http.response.body", "body": body})
         _blocks.see(path)

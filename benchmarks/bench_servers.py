@@ -157,7 +157,7 @@ def measure(
 def blocks(port: int, seconds: float, use_wrk: bool, cpus: set[int] | None, block: int) -> Any:
     """The paths worker's (path, CPU ns, requests) blocks under ``seconds`` of block load."""
     url = f"http://127.0.0.1:{port}/blocks"
-    with urllib.request.urlopen(url, timeout=10) as r:  # a fresh start
+    with urllib.request.urlopen(url + "/start", timeout=10) as r:
         r.read()
     load_blocks(port, seconds, 4, use_wrk, cpus, block)
     with urllib.request.urlopen(url, timeout=10) as r:

@@ -157,7 +157,7 @@ def test_servers_blocks_pair_each_cycle() -> None:
     the pairing of the worker's blocks, stray requests at a block's edge left out."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from _blocks import block_path, paired_ratios, wrk_script
+        from _blocks import Blocks, block_path, paired_ratios, wrk_script
     finally:
         sys.path.remove(str(BENCHMARKS))
     firsts = [block_path(i, block=10) for i in range(0, 90, 10)]
@@ -170,6 +170,17 @@ def test_servers_blocks_pair_each_cycle() -> None:
     ]  # fmt: skip
     assert paired_ratios(blocks, "/b", "/s", least=5) == [1000 / 1200, 2000 / 2500, 250 / 300]
     assert paired_ratios(blocks, "/b", "/f", least=5) == [1000 / 1100, 2000 / 2200]
+    # The worker's side records only between take(start=True) and take().
+    worker = Blocks()
+    for path in ("/b", "/s", "/b"):
+        worker.see(path)
+    assert worker.take(start=True) == b"[]"
+    for path in ("/b", "/b", "/s", "/f"):
+        worker.see(path)
+    done = json.loads(worker.take())
+    assert [(p, n) for p, _, n in done] == [("/b", 2), ("/s", 1)] and done[0][1] >= 0
+    worker.see("/s")
+    assert worker.take() == b"[]"
 
 
 def _compare_module() -> Any:
