@@ -167,8 +167,7 @@ def blocks(port: int, seconds: float, use_wrk: bool, cpus: set[int] | None, bloc
 def own_ratios(top: list[float], bottom: list[float]) -> tuple[float, float, float]:
     """The median of the rounds' own ``top / bottom`` ratios (the paths of one worker,
     loaded seconds apart: drift hits both alike), and the middle half's ends."""
-    own = sorted(ratio(t, b) for t, b in zip(top, bottom, strict=True))
-    return statistics.median(own), own[len(own) // 4], own[-1 - len(own) // 4]
+    return summary([ratio(t, b) for t, b in zip(top, bottom, strict=True)])
 
 
 def main() -> None:
