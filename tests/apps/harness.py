@@ -74,8 +74,8 @@ def record(sample: Any, cls: type) -> Any:
 
 
 @contextlib.contextmanager
-def serve(app) -> Iterator[str]:
-    """Werkzeug's threaded server on 127.0.0.1 (ephemeral port), in a thread. On exit it
+def serve(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Werkzeug's threaded server on `host` (ephemeral port), in a thread. On exit it
     waits until every response was closed by the server: our sample of a request is
     taken at close(), which may come after the client has the last byte."""
     open_responses = itertools.count()
@@ -93,13 +93,13 @@ def serve(app) -> Iterator[str]:
             raise
         return ClosingIterator(result, closed)
 
-    server = make_server("127.0.0.1", 0, app_then_close, threaded=True)
+    server = make_server(host, 0, app_then_close, threaded=True)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
     )
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"http://{f'[{host}]' if ':' in host else host}:{server.server_port}"
         wait_until(lambda: read_count(closed_responses) == read_count(open_responses))
     finally:
         server.shutdown()
