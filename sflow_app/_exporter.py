@@ -246,8 +246,11 @@ class Exporter(Staging):
     def _check_shared(self, state: SharedState, ident: tuple[str, int]) -> None:
         warn = self.agent.warn_once
         if state.skipped:
+            # A setting's mistake, alike in every worker: said once for the service.
             skipped = "; ".join(state.skipped)
-            warn(f"unsafe state directories skipped ({skipped}); using {state.private.path}")
+            self.agent.warn_service(
+                f"state directories skipped ({skipped}); using {state.private.path}"
+            )
         others = state.others()
         if others:
             warn(

@@ -48,6 +48,9 @@ class Host(Protocol):
 
     def warn_once(self, message: str) -> None: ...
 
+    def warn_service(self, message: str) -> None:
+        """A configuration mistake alike in every process: once for the service."""
+
 
 HEADER_MAX = 40  # IPv6 agent header
 # Offsets of (sequence_number, sample_pool, drops) in an encoded flow sample, by format.

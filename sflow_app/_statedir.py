@@ -24,7 +24,7 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 VERSION_PREFIX = "sflow-app-"  # files of earlier versions: <parent>/sflow-app-<uid>-*
 NAMES_PER_PLACE = 4  # sflow-app-<uid>, then .1, .2, .3 when squatted
@@ -42,29 +42,23 @@ class PrivateDir:
             os.close(self.fd)
 
 
-def _candidates(parent: str, env_runtime: str | None) -> Iterator[tuple[str, str]]:
-    uid = os.getuid()
+def _places(parent: str, env_runtime: str | None) -> list[str]:
     places = [parent]
     if env_runtime:
         places.append(env_runtime)
     temp = tempfile.gettempdir()
     if temp not in places:
         places.append(temp)
-    for place in places:
-        for i in range(NAMES_PER_PLACE):
-            yield place, f"sflow-app-{uid}" + (f".{i}" if i else "")
+    return places
 
 
-def _open_dir(parent: str, name: str) -> int:
-    """Create (if needed) and open ``parent/name``; raise OSError if it is not safe."""
+def _open_dir(pfd: int, parent: str, name: str) -> int:
+    """Create (if needed) and open ``parent/name`` (``pfd``: ``parent``, open); raise
+    OSError if it is not safe."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    pfd = os.open(parent, flags)
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=pfd)
-        fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=pfd)
-    finally:
-        os.close(pfd)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=pfd)
+    fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=pfd)
     st = os.fstat(fd)
     problem = None
     if not stat.S_ISDIR(st.st_mode):
@@ -80,18 +74,33 @@ def _open_dir(parent: str, name: str) -> int:
 
 
 def open_private(parent: str, env_runtime: str | None) -> tuple[PrivateDir, list[str]]:
-    """The first safe candidate, and what was wrong with those skipped before it.
+    """The first safe candidate, and what was wrong with the places and names skipped
+    before it (one reason per place that cannot be opened at all: missing, a file).
 
     Raises OSError (with every reason) when no candidate is safe.
     """
     skipped: list[str] = []
-    for place, name in _candidates(parent, env_runtime):
+    uid = os.getuid()
+    for place in _places(parent, env_runtime):
         try:
-            fd = _open_dir(place, name)
+            pfd = os.open(place, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            skipped.append(str(exc) if isinstance(exc, PermissionError) else f"{place}: {exc}")
+            skipped.append(f"{place}: {exc.strerror or exc}")
             continue
-        return PrivateDir(os.path.join(place, name), fd), skipped
+        try:
+            for i in range(NAMES_PER_PLACE):
+                name = f"sflow-app-{uid}" + (f".{i}" if i else "")
+                try:
+                    fd = _open_dir(pfd, place, name)
+                except OSError as exc:
+                    if isinstance(exc, PermissionError) and exc.filename is None:
+                        skipped.append(str(exc))  # ours: names the folder and what is wrong
+                    else:
+                        skipped.append(f"{os.path.join(place, name)}: {exc.strerror or exc}")
+                    continue
+                return PrivateDir(os.path.join(place, name), fd), skipped
+        finally:
+            os.close(pfd)
     raise PermissionError("no usable private state directory: " + "; ".join(skipped))
 
 

@@ -5,7 +5,8 @@ Finds the private state directories (``<state dir>/sflow-app-<uid>[.N]``, also i
 reads every user's) and reads each instance's file and sidecars without changing anything
 (see ``_state_read``). A directory that is not its user's own 0700 folder is skipped:
 it is not the agent's. Exit status: 0 when a service was found, 1 when none was, 2 on
-usage errors and on a directory that cannot be read.
+usage errors and on a ``--state-dir`` that cannot be read (a configured state directory
+that cannot be, the services' too, is noted and the fallbacks searched).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def add_parser(sub: Any) -> None:
             "alive and seen, the sender, datagrams and samples sent, drops by cause, send "
             "errors per collector, and per data source its index, sampling rate and "
             "counts. Exit status: 0 when a service was found, 1 when none was, 2 on usage "
-            "errors or an unreadable state directory."
+            "errors or an unreadable --state-dir."
         ),
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="only the service of this name")
@@ -135,8 +136,18 @@ def gather(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[dict[str
     notes: list[str] = []
     services: list[dict[str, Any]] = []
     seen: set[tuple[int, int]] = set()
+    explicit = bool(args.state_dir)
     for place in places(args, env):
-        for path, uid in private_dirs(place, bool(args.state_dir)):
+        try:
+            found = private_dirs(place, explicit)
+        except StatusError as exc:
+            if explicit:
+                raise
+            # The setting names a file or a folder this user cannot read: the services
+            # went on to the fallbacks (_statedir), and so does the search.
+            notes.append(f"skipped {exc}")
+            continue
+        for path, uid in found:
             try:
                 key = (os.stat(path).st_dev, os.stat(path).st_ino)
             except OSError:
