@@ -53,13 +53,23 @@ def free_udp_port() -> int:
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start a receiving command and return once it says it listens (on stderr)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sflow_app", *args],
-        env=env or cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Ctrl-C must reach the command: a SIGINT ignored by whatever started pytest (a
+    # background job of a non-interactive shell, nohup) is inherited, and Python then
+    # installs no KeyboardInterrupt handler. exec() resets a handled signal to default.
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sflow_app", *args],
+            env=env or cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        if inherited is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     assert proc.stderr is not None
     line = proc.stderr.readline()
     assert "listening on udp" in line, line + proc.stderr.read()
@@ -278,9 +288,14 @@ def test_top_live_ends_with_a_last_snapshot(stop: str) -> None:
     until = ["--seconds", "2"] if stop == "seconds" else []
     proc = start_cli("top", "--interval", "100", "--port", str(port), *until)
     send(port, _hot_datagrams())  # in the socket's buffer once sendto returns
-    if stop == "ctrl-c":
-        proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        if stop == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:  # a hung command must not outlive the test (a ResourceWarning in another)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     [line] = [line for line in out.splitlines() if line.endswith("GET /hot  [127.0.0.1/8080]")]

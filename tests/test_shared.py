@@ -164,8 +164,16 @@ class Service:
         return w
 
     def wait(self, predicate: Any, timeout: float = 15.0) -> None:
+        """Until ``predicate`` holds or ``timeout`` passes. The collector's thread may not
+        have read a datagram yet: a predicate's own assertion (``http()``: no source seen)
+        means not yet; the test's checks after the wait report what is missing."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end and not predicate():
+        while time.monotonic() < end:
+            try:
+                if predicate():
+                    return
+            except AssertionError:
+                pass
             time.sleep(0.02)
 
     def http(self) -> Any:
