@@ -165,9 +165,21 @@ def test_no_duplicate_counter_samples_at_exit(service: Service) -> None:  # noqa
     assert server is not None
     server.stop()
     time.sleep(1.5)
-    after = [s for _, s in http_counters(service, stopped)]
-    counts = [record(s, HttpCounters) for s in after]
-    assert len(counts) == len(set(counts)), f"identical counter samples at exit: {counts}"
+    # By the datagrams' uptime (the instance's clock at sending): a stop slower than the
+    # polling interval (1 s) has regular polls repeat the settled counts -- after a sender
+    # handover the next one's first poll may come ~0.5 s after the last -- but never
+    # within a few ms, as the exiting workers' last samples did.
+    sent_at: dict[HttpCounters, list[int]] = {}
+    for t, dg in service.collector.received():
+        for s in dg.samples:
+            if t >= stopped and isinstance(s, CountersSample):
+                for r in s.records:
+                    if isinstance(r, HttpCounters):
+                        sent_at.setdefault(r, []).append(dg.uptime_ms)
+    for counts, times in sent_at.items():
+        times.sort()
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap >= 250 for gap in gaps), f"identical samples {gaps} ms apart: {counts}"
     # Nor twice in one datagram (a poll due before the previous one was flushed).
     for _, dg in service.collector.received():
         polled = [s.ds_index for s in dg.samples if isinstance(s, CountersSample)]
