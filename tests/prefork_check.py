@@ -30,6 +30,7 @@ import http.client
 import itertools
 import math
 import socket
+import struct
 import threading
 import time
 from collections import defaultdict
@@ -61,12 +62,28 @@ COUNTER_KINDS = {HttpCounters: "http", MemcacheCounters: "memcache", AppOperatio
 # -- the collector -------------------------------------------------------------------------
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # asm-generic/socket.h
+TIMESPEC = struct.Struct("@ll")
+
+
+def arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """When the kernel received the datagram, on the monotonic clock (now without one)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+            sec, nsec = TIMESPEC.unpack_from(data)
+            return time.monotonic() - (time.time_ns() - (sec * 10**9 + nsec)) / 1e9
+    return time.monotonic()
+
+
 class TimedCollector(Collector):
     """Receives on a thread; ``received()`` is [(arrival monotonic time, Datagram)]."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        # The kernel's arrival time of each datagram: a reader thread stalled on a loaded
+        # machine would otherwise date datagrams sent a second apart alike.
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.arrivals: list[float] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -77,12 +94,12 @@ class TimedCollector(Collector):
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                data = self.sock.recv(65535)
+                data, ancillary, _, _ = self.sock.recvmsg(65535, TIMESPEC.size * 2)
             except (TimeoutError, BlockingIOError):
                 continue
             except OSError:
                 return
-            now = time.monotonic()
+            now = arrival(ancillary)
             try:
                 dg = decode(data)
             except Exception as exc:  # a datagram we cannot decode is a failure, kept
