@@ -233,19 +233,29 @@ def test_generator_functions_timed_until_they_return(live, collector):
 
     assert inspect.isgeneratorfunction(numbers)
     assert inspect.isasyncgenfunction(anumbers)
+    calls = []  # each call's wall time: the operation is timed within it
+    start = time.perf_counter_ns()
     gen = numbers(5)
+    calls.append(time.perf_counter_ns() - start)
     assert inspect.isgenerator(gen)
     assert list(gen) == [0, 1, 2, 3, 4]
 
     async def consume():
-        return [i async for i in anumbers(3)]
+        start = time.perf_counter_ns()
+        agen = anumbers(3)
+        calls.append(time.perf_counter_ns() - start)
+        return [i async for i in agen]
 
     assert asyncio.run(consume()) == [0, 1, 2]
     flush(collector)
     ops = operations(collector)
     assert [(o.operation, o.status) for o in ops] == [("gen", SUCCESS), ("agen", SUCCESS)]
-    # Timing the iteration too would give at least 5 x 40 ms and 3 x 50 ms.
-    assert all(o.uS < 150_000 for o in ops), [o.uS for o in ops]
+    # Timed from the call to its return, by construction within the call's own wall time
+    # (1 us of rounding); timing the iteration too would add 5 x 40 ms and 3 x 50 ms.
+    assert [o.uS <= ns // 1000 + 1 for o, ns in zip(ops, calls, strict=True)] == [True, True], (
+        [o.uS for o in ops],
+        calls,
+    )
 
 
 def test_parent_context_of_a_sampled_http_request(live, collector):
