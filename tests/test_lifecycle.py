@@ -50,7 +50,14 @@ def test_exit_flushes_samples_and_final_counters(tmp_path: Path, collector: Coll
     collector.poll(0.5)
     flows = [s for s in collector.samples() if isinstance(s, FlowSample)]
     assert len(flows) == 7
-    [hc] = collector.records(HttpCounters)  # the last counters, sent on the way out
+    # The last counters, sent on the way out (a regular poll may come before it: the first
+    # one is due at a random point of the 30 s interval, ~1 run in 30 within the script).
+    polled = sorted(
+        (s for s in collector.samples() if isinstance(s, CountersSample)),
+        key=lambda s: s.sequence_number,
+    )
+    assert polled
+    [hc] = [r for r in polled[-1].records if isinstance(r, HttpCounters)]
     assert hc.method_get_count == 7
     assert elapsed < 10  # generous: interpreter start plus a bounded flush
 
