@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -81,6 +82,17 @@ def test_flask_test_client_responses_never_closed(collector: Collector) -> None:
     assert collector.wait_for(lambda c: c.latest_counters(HttpCounters) is not None, 10)
     assert collector.latest_counters(HttpCounters).method_get_count == 0
     assert collector.flow_samples() == []
+
+
+def test_a_test_client_inside_a_capture_logs_no_listener_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A test client has no listening socket: expected in a test, not worth a warning."""
+    caplog.set_level(logging.WARNING, "sflow_app")
+    with capture() as cap:
+        flask_app().test_client().get("/users/1").close()
+    assert [r.uri for r in cap.records(HttpRequest)] == ["/users/1"]
+    assert caplog.messages == []
 
 
 def test_a_new_capture_starts_empty_and_sampling_returns_after() -> None:
