@@ -494,7 +494,16 @@ def wait_for_count(state_dir: str, sent: int, timeout: float = 30) -> dict[str, 
     raise AssertionError(f"status never showed {sent} requests: {last}")
 
 
-def test_names_cannot_drive_the_terminal(state_dir: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("evil\x1b[2J", "evil\\x1b[2J"),
+        ("rtl\u202eevil", "rtl\\u202eevil"),
+        # A backslash is escaped too: else this would read as the escape above.
+        ("evil\\x1b[2J", "evil\\\\x1b[2J"),
+    ],
+)
+def test_names_cannot_drive_the_terminal(state_dir: str, name: str, shown: str) -> None:
     """A name from another user's file (root reads them) is shown escaped in the table."""
     collector = Collector()
     try:
@@ -505,8 +514,8 @@ def test_names_cannot_drive_the_terminal(state_dir: str) -> None:
     with open(sidecar) as f:
         content = json.load(f)
     with open(sidecar, "w") as f:
-        json.dump({**content, "name": "evil\x1b[2J"}, f)
+        json.dump({**content, "name": name}, f)
     done = status(state_dir=state_dir)
-    assert done.returncode == 0 and "\x1b" not in done.stdout
-    assert "evil\\x1b[2J" in done.stdout
-    assert services(state_dir)[0]["name"] == "evil\x1b[2J"
+    assert done.returncode == 0 and done.stdout.isascii() and "\x1b" not in done.stdout
+    assert shown in done.stdout.split()
+    assert services(state_dir)[0]["name"] == name

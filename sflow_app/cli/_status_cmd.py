@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import _config
 from .._shared import state_dir
+from ._escape import escape
 from ._state_read import read_instance
 
 PRIVATE = re.compile(r"sflow-app-(\d+)(?:\.\d)?")
@@ -170,10 +171,7 @@ def _align(rows: list[list[str]]) -> list[str]:
 def _show(value: Any) -> str:
     """A cell. Names come from other users' files when root reads them: no control
     characters reach the terminal."""
-    if value is None:
-        return "-"
-    text = str(value)
-    return text if text.isprintable() else text.encode("unicode_escape").decode()
+    return "-" if value is None else escape(str(value))
 
 
 def _pairs(counts: dict[str, int]) -> str:
@@ -225,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
     except StatusError as exc:
         print(f"sflow-app status: {exc}", file=sys.stderr)
         return 2
-    for note in notes:
-        print(f"sflow-app status: {note}", file=sys.stderr)
+    for note in notes:  # a note can name a file another user named
+        print(f"sflow-app status: {escape(note)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"services": services}, ensure_ascii=False))
     elif services:

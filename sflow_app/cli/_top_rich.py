@@ -26,7 +26,8 @@ class RichView:
             for col in cols[:-1]:
                 table.add_column(col, justify="right", no_wrap=True)
             for row in rows:
-                table.add_row(row[-1], *row[:-1])
+                # Text, not str: rich would read a URI's [link=...] as its own markup.
+                table.add_row(Text(row[-1]), *row[:-1])
             parts.append(table)
         return Group(*parts)
 

@@ -35,6 +35,7 @@ from ..records import (
     OpaqueRecord,
     OpaqueSample,
 )
+from ._escape import escape
 
 __all__ = ["describe", "describe_record", "enum_name", "sample_lines", "text"]
 
@@ -47,10 +48,9 @@ def enum_name(enum: type[IntEnum], value: int) -> str:
 
 
 def text(value: object) -> str:
-    """A record's string field: bytes that are not UTF-8 are backslash-escaped."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return str(value)
+    """A record's string field, safe to print: what a terminal would act on (controls,
+    bidi overrides...) and bytes that are not UTF-8 are shown as backslash escapes."""
+    return escape(value if isinstance(value, str | bytes) else str(value))
 
 
 def ms(us: int) -> str:

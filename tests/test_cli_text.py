@@ -1,0 +1,159 @@
+"""What ``listen`` and ``top`` print from received datagrams: strings from the wire never
+drive the terminal, and the words say what happened."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+from test_cli import cli_env, free_udp_port, send, start_cli
+
+from sflow_app._encode import encode_datagram
+from sflow_app.records import (
+    AppInitiator,
+    AppOperation,
+    AppOperations,
+    AppParentContext,
+    AppTarget,
+    CountersSample,
+    Datagram,
+    ExtendedProxyRequest,
+    FlowSample,
+    HttpRequest,
+    MemcacheOperation,
+)
+
+# Clears the screen, sets the window title, fakes a line; C1 CSI, DEL, bidi controls.
+# 31 bytes: whole in every string field (app_operation's hold 32).
+EVIL = "ev\x1b[2J\x1b]0;pwn\x07\nfake\x9b2J\x7f\u202eR\u2066"
+SHOWN = "ev\\x1b[2J\\x1b]0;pwn\\x07\\nfake\\u009b2J\\x7f\\u202eR\\u2066"
+
+
+def hostile_datagram() -> bytes:
+    http = HttpRequest(
+        method=2,
+        protocol=1001,
+        uri="/" + EVIL,
+        host=EVIL,
+        useragent=EVIL,
+        mime_type=EVIL,
+        status=200,
+    )
+    app = AppOperation(application=EVIL, operation=EVIL, status_descr=EVIL)
+    records = (
+        http,
+        ExtendedProxyRequest(uri=EVIL, host=EVIL),
+        app,
+        AppParentContext(application=EVIL, operation=EVIL),
+        AppInitiator(actor=EVIL),
+        AppTarget(actor=EVIL),
+    )
+    flows = FlowSample(1, 3, 80, 1, 1, 0, 0, 0, 0, 0x3FFFFFFF, records)
+    # An app_operation of its own: top shows it as a decorated operation.
+    op = FlowSample(4, 3, 81, 1, 1, 0, 0, 0, 0, 0x3FFFFFFF, (app,))
+    # Not UTF-8: the escape sequence must not get through the bytes path either.
+    key = b"\xff\x1b[2J" + EVIL.encode()
+    memcache = FlowSample(
+        2, 3, 70000, 1, 1, 0, 0x3FFFFFFF, 0, 0, 0, (MemcacheOperation(cmd=7, key=key),)
+    )
+    counters = CountersSample(3, 3, 80, (AppOperations(application=EVIL, success=1),))
+    return encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (flows, memcache, counters, op)))
+
+
+def raw_controls(out: str) -> list[str]:
+    """Characters in ``out`` that would reach the terminal unescaped (lines aside)."""
+    return sorted({c for line in out.splitlines() for c in line if not c.isprintable()})
+
+
+def test_listen_escapes_every_string_from_the_wire() -> None:
+    port = free_udp_port()
+    proc = start_cli("listen", "--port", str(port), "--count", "1")
+    send(port, [hostile_datagram()])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert raw_controls(out) == []
+    assert len(out.splitlines()) == 4  # one per sample: no line was faked
+    assert f"host {SHOWN}" in out
+    assert f"http GET /{SHOWN} -> 200 {SHOWN}" in out
+    assert f"memcache GET \\xff\\x1b[2J{SHOWN} ->" in out
+
+
+def test_listen_escapes_a_backslash_so_escapes_are_unambiguous() -> None:
+    rec = HttpRequest(method=2, protocol=1001, uri="/a\\x1b", status=200)
+    sample = FlowSample(1, 3, 80, 1, 1, 0, 0, 0, 0, 0x3FFFFFFF, (rec,))
+    port = free_udp_port()
+    proc = start_cli("listen", "--port", str(port), "--count", "1")
+    send(port, [encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (sample,)))])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "http GET /a\\\\x1b -> 200" in out
+
+
+def test_top_plain_escapes_every_string_from_the_wire() -> None:
+    port = free_udp_port()
+    proc = start_cli("top", "--once", "--seconds", "2", "--port", str(port))
+    send(port, [hostile_datagram()])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert raw_controls(out) == []
+    assert f"GET /{SHOWN}  [127.0.0.1/80]" in out
+    assert f"GET {SHOWN}  [127.0.0.1/80]" in out  # the route an app_operation named
+    assert out.rstrip().endswith(f"{SHOWN}: {SHOWN}")  # the decorated operation
+
+
+def test_top_on_a_terminal_prints_names_not_rich_markup() -> None:
+    """On a terminal top draws with rich: a URI must not be read as rich markup, whose
+    [link=...] becomes an OSC 8 hyperlink escape, nor carry an escape of its own."""
+    uri = "/[link=https://evil.example/]click[/link][bold red]x\x1b]0;pwned\x07"
+    rec = HttpRequest(method=2, protocol=1001, uri=uri, status=200)
+    sample = FlowSample(1, 3, 80, 1, 1, 0, 0, 0, 0, 0x3FFFFFFF, (rec,))
+    port = free_udp_port()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sflow_app", "top", "--port", str(port), "--seconds", "2"],
+        env=cli_env(TERM="xterm-256color", COLUMNS="200", LINES="50"),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(slave)
+    try:
+        assert proc.stderr is not None
+        assert "listening on udp" in proc.stderr.readline()
+        send(port, [encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (sample,)))])
+        screen = read_until_exit(master, proc)
+    finally:
+        os.close(master)
+        proc.kill()
+        proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert proc.returncode == 0
+    assert "\x1b]8;" not in screen and "\x1b]0;pwned" not in screen
+    assert "[link=https://evil.example/]" in screen  # the name, as it arrived
+
+
+def read_until_exit(fd: int, proc: subprocess.Popen[str]) -> str:
+    """Everything written to the terminal ``fd`` until ``proc`` exits (read as it comes:
+    a full terminal buffer would block the writer)."""
+    chunks = []
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the writer closed its end
+                break
+            chunks.append(chunk)
+        elif proc.poll() is not None:
+            break
+    return b"".join(chunks).decode("utf-8", "replace")
