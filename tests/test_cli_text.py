@@ -25,6 +25,8 @@ from sflow_app.records import (
     CountersSample,
     Datagram,
     ExtendedProxyRequest,
+    ExtendedSocketIPv4,
+    ExtendedSocketIPv6,
     FlowSample,
     HttpRequest,
     MemcacheOperation,
@@ -157,3 +159,53 @@ def read_until_exit(fd: int, proc: subprocess.Popen[str]) -> str:
         elif proc.poll() is not None:
             break
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_listen_names_client_and_server_by_sample_kind() -> None:
+    """An http_request sample is the server side (remote = the client); a memcache
+    sample is the client side (local = us, remote = the memcached server)."""
+    http = FlowSample(
+        1,
+        3,
+        80,
+        1,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0x3FFFFFFF,
+        (
+            HttpRequest(method=2, protocol=1001, uri="/a", status=200),
+            ExtendedSocketIPv4(6, "10.0.0.1", "192.0.2.7", 8080, 51000),
+        ),
+    )
+    memcache = [
+        FlowSample(
+            n,
+            3,
+            70000,
+            1,
+            1,
+            0,
+            0x3FFFFFFF,
+            0,
+            0,
+            0,
+            (MemcacheOperation(cmd=7, key="k", status=1), sock),
+        )
+        for n, sock in [
+            (2, ExtendedSocketIPv4(6, "10.0.0.1", "10.0.0.9", 40000, 11211)),
+            (3, ExtendedSocketIPv6(6, "fd00::1", "fd00::9", 40001, 11211)),
+        ]
+    ]
+    port = free_udp_port()
+    proc = start_cli("listen", "--port", str(port), "--count", "1")
+    send(port, [encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (http, *memcache)))])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    web, cache4, cache6 = out.splitlines()
+    assert "memcache GET k" in cache4
+    assert "client 10.0.0.1:40000 -> server 10.0.0.9:11211" in cache4
+    assert "client [fd00::1]:40001 -> server [fd00::9]:11211" in cache6
+    assert "http GET /a" in web and "client 192.0.2.7:51000 -> server 10.0.0.1:8080" in web

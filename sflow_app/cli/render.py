@@ -61,8 +61,13 @@ def _nonzero(rec: Any, names: list[str]) -> str:
     return " ".join(f"{n} {getattr(rec, n):,}" for n in names if getattr(rec, n))
 
 
-def describe_record(rec: object) -> str:
-    """One record in a few words."""
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def describe_record(rec: object, client_side: bool = False) -> str:
+    """One record in a few words. ``client_side``: the sample is of a call the agent
+    made (memcache), so a socket's local end is the client; else the agent served it."""
     if isinstance(rec, HttpRequest):
         version = f"HTTP/{rec.protocol // 1000}.{rec.protocol % 1000}"
         return (
@@ -89,7 +94,10 @@ def describe_record(rec: object) -> str:
     if isinstance(rec, AppTarget):
         return f"target {text(rec.actor)}"
     if isinstance(rec, ExtendedSocketIPv4 | ExtendedSocketIPv6):
-        return f"client {rec.remote_ip}:{rec.remote_port} -> {rec.local_ip}:{rec.local_port}"
+        local = _endpoint(rec.local_ip, rec.local_port)
+        remote = _endpoint(rec.remote_ip, rec.remote_port)
+        client, server = (local, remote) if client_side else (remote, local)
+        return f"client {client} -> server {server}"
     if isinstance(rec, ExtendedProxyRequest):
         return f"proxied as {text(rec.uri)}"
     if isinstance(rec, HttpCounters):
@@ -165,7 +173,9 @@ def sample_lines(dg: Datagram, source: str = "") -> list[str]:
             continue
         else:
             continue
-        body = " | ".join(describe_record(r) for r in sample.records)
+        # A memcache operation is sampled at the client (docs/memcache.md), HTTP at the server.
+        client_side = any(isinstance(r, MemcacheOperation) for r in sample.records)
+        body = " | ".join(describe_record(r, client_side) for r in sample.records)
         lines.append(f"{head}  {body}")
     return lines
 
