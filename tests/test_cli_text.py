@@ -13,6 +13,7 @@ import sys
 import termios
 import time
 
+import pytest
 from test_cli import cli_env, free_udp_port, send, start_cli
 
 from sflow_app._encode import encode_datagram
@@ -209,3 +210,14 @@ def test_listen_names_client_and_server_by_sample_kind() -> None:
     assert "client 10.0.0.1:40000 -> server 10.0.0.9:11211" in cache4
     assert "client [fd00::1]:40001 -> server [fd00::9]:11211" in cache6
     assert "http GET /a" in web and "client 192.0.2.7:51000 -> server 10.0.0.1:8080" in web
+
+
+@pytest.mark.parametrize("stop", [["--seconds", "1"], ["--count", "1", "--seconds", "1"]])
+def test_listen_says_datagrams_arrived_when_none_could_be_decoded(stop: list[str]) -> None:
+    port = free_udp_port()
+    proc = start_cli("listen", "--port", str(port), *stop)
+    send(port, [b"\x00\x00\x00\x05garbage", b"\x00\x00\x00\x04"])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and out == ""
+    assert "nothing arrived" not in err
+    assert f"2 datagrams arrived on udp 127.0.0.1 port {port} but none could be decoded" in err

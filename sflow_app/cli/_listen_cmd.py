@@ -15,7 +15,7 @@ from typing import Any
 
 from ..decode import DecodeError, decode, ip6_full, to_sflowtool
 from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, open_socket, receive
-from .render import sample_lines
+from .render import plural, sample_lines
 
 
 def add_parser(sub: Any) -> None:
@@ -25,8 +25,9 @@ def add_parser(sub: Any) -> None:
         description=(
             "Receive sFlow datagrams on a UDP port and print them: one readable line per "
             "sample, or with --json one sflowtool -j object per datagram. Exit status: 0; "
-            "1 when --count or --seconds was given and nothing arrived; 2 on usage errors "
-            "or when the port cannot be bound."
+            "1 when --count or --seconds was given and no datagram could be decoded (none "
+            "arrived, or none was sFlow); 2 on usage errors or when the port cannot be "
+            "bound."
         ),
     )
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")
@@ -87,8 +88,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"sflow-app listen: {exc}", file=sys.stderr)
         return 2
     out = sys.stdout
+    undecodable = 0
 
     def handle(data: bytes, source_ip: str, when: float) -> bool:
+        nonlocal undecodable
         try:
             if args.json:
                 line = json.dumps(
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 line = "\n".join(sample_lines(decode(data), source_ip))
         except DecodeError as exc:
+            undecodable += 1
             print(
                 f"sflow-app listen: undecodable datagram from {source_ip} "
                 f"({len(data)} bytes): {exc}",
@@ -120,11 +124,18 @@ def run(args: argparse.Namespace) -> int:
             got = receive(sock, handle, count=args.count, seconds=args.seconds)
         except KeyboardInterrupt:
             return 0
-    if got == 0 and (args.count is not None or args.seconds is not None):
-        print(
-            f"sflow-app listen: nothing arrived on udp {args.bind} port {args.port}; "
-            "is the agent sending here (sflow-app config shows its collectors)?",
-            file=sys.stderr,
+    if got or (args.count is None and args.seconds is None):
+        return 0
+    where = f"udp {args.bind} port {args.port}"
+    if undecodable:  # something is sending here: say so, not "nothing arrived"
+        why = (
+            f"{plural(undecodable, 'datagram')} arrived on {where} but none could be decoded "
+            "(see above); is an sFlow v5 agent sending here?"
         )
-        return 1
-    return 0
+    else:
+        why = (
+            f"nothing arrived on {where}; is the agent sending here (sflow-app config shows "
+            "its collectors)?"
+        )
+    print(f"sflow-app listen: {why}", file=sys.stderr)
+    return 1

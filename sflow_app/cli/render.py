@@ -37,7 +37,7 @@ from ..records import (
 )
 from ._escape import escape
 
-__all__ = ["describe", "describe_record", "enum_name", "sample_lines", "text"]
+__all__ = ["describe", "describe_record", "enum_name", "plural", "sample_lines", "text"]
 
 
 def enum_name(enum: type[IntEnum], value: int) -> str:
@@ -45,6 +45,11 @@ def enum_name(enum: type[IntEnum], value: int) -> str:
         return enum(value).name
     except ValueError:
         return str(value)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 datagram``, ``2 datagrams``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 def text(value: object) -> str:
