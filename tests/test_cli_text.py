@@ -14,7 +14,7 @@ import termios
 import time
 
 import pytest
-from test_cli import cli_env, free_udp_port, send, start_cli
+from test_cli import cli_env, free_udp_port, run_cli, send, start_cli
 
 from sflow_app._encode import encode_datagram
 from sflow_app.records import (
@@ -29,6 +29,7 @@ from sflow_app.records import (
     ExtendedSocketIPv4,
     ExtendedSocketIPv6,
     FlowSample,
+    HttpCounters,
     HttpRequest,
     MemcacheOperation,
 )
@@ -221,3 +222,32 @@ def test_listen_says_datagrams_arrived_when_none_could_be_decoded(stop: list[str
     assert proc.returncode == 1 and out == ""
     assert "nothing arrived" not in err
     assert f"2 datagrams arrived on udp 127.0.0.1 port {port} but none could be decoded" in err
+
+
+def test_top_counts_one_datagram_in_the_singular() -> None:
+    port = free_udp_port()
+    proc = start_cli("top", "--once", "--seconds", "1", "--port", str(port))
+    send(port, [encode_datagram(Datagram("127.0.0.1", 80, 1, 1, ()))])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.splitlines()[0].startswith("sflow-app top: 1 s, 1 datagram (")
+
+
+def test_listen_http_counters_of_nothing_read_none() -> None:
+    quiet = CountersSample(1, 3, 80, (HttpCounters(),))
+    statuses = CountersSample(2, 3, 80, (HttpCounters(status_2XX_count=3),))
+    port = free_udp_port()
+    proc = start_cli("listen", "--port", str(port), "--count", "1")
+    send(port, [encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (quiet, statuses)))])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    first, second = out.splitlines()
+    assert first.endswith("counters  http_counters none")
+    assert second.endswith("counters  http_counters 2XX 3")
+
+
+def test_every_command_help_gives_its_exit_status() -> None:
+    for command in ("config", "status", "listen", "top", "run"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0
+        assert "exit status" in " ".join(result.stdout.split()).lower(), command

@@ -25,7 +25,7 @@ from ..records import (
     MemcacheOperation,
     MemcacheStatus,
 )
-from .render import enum_name, text
+from .render import enum_name, plural, text
 
 ROWS = 10
 
@@ -207,7 +207,7 @@ class Top:
 
     def plain(self, elapsed: float) -> str:
         lines = [
-            f"sflow-app top: {elapsed:,.0f} s, {self.datagrams:,} datagrams "
+            f"sflow-app top: {elapsed:,.0f} s, {plural(self.datagrams, 'datagram')} "
             "(estimates: each sample counts its sampling rate)"
         ]
         for title, cols, rows in self.tables(elapsed):

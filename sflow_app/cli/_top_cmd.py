@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> None:
             "Receive sFlow and show the busiest URIs and routes (estimated requests: each "
             "sample counts its sampling rate), status mix, p50/p95/p99 durations and "
             "bytes per service; memcache hot and missed keys and commands; decorated "
-            "operations. Refreshed in place on a terminal; plain text otherwise."
+            "operations. Refreshed in place on a terminal; plain text otherwise. Exit "
+            "status: 0; 2 on usage errors or when the port cannot be bound."
         ),
     )
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")

@@ -123,12 +123,11 @@ def describe_record(rec: object, client_side: bool = False) -> str:
             "5XX": rec.status_5XX_count,
             "other": rec.status_other_count,
         }
-        return (
-            "http_counters "
-            + (" ".join(f"{k} {v:,}" for k, v in methods.items() if v) or "none")
-            + " | "
-            + (" ".join(f"{k} {v:,}" for k, v in statuses.items() if v) or "none")
-        )
+        # Methods | status classes, the zeros left out; nothing counted at all: "none".
+        parts = [
+            " ".join(f"{k} {v:,}" for k, v in counts.items() if v) for counts in (methods, statuses)
+        ]
+        return "http_counters " + (" | ".join(p for p in parts if p) or "none")
     if isinstance(rec, MemcacheCounters):
         names = [
             "cmd_set",
@@ -190,6 +189,6 @@ def describe(dg: Datagram) -> str:
     header = (
         f"datagram agent {dg.agent_address} sub-agent {dg.sub_agent_id} "
         f"seq {dg.sequence_number} uptime {dg.uptime_ms / 1000:.1f} s "
-        f"{len(dg.samples)} sample(s)"
+        f"{plural(len(dg.samples), 'sample')}"
     )
     return "\n".join([header, *("  " + line for line in sample_lines(dg))])
