@@ -55,8 +55,9 @@ def configure(
     (the middlewares' default), ``disabled_integrations`` (``sflow-app run``),
     ``authuser`` (user names in samples: personal data), ``max_samples`` (the overload
     guard: flow samples per second per data source, 0 = no cap). Raises
-    ``ValueError`` for a bad value: an explicit call should fail loudly; nothing else in
-    the agent ever raises.
+    ``ValueError`` for a bad value (an application other than ``http``, ``memcache`` and
+    ``app.<name>`` in ``sampling``/``polling`` too): an explicit call should fail loudly;
+    nothing else in the agent ever raises.
     """
     from ._agent import AGENT
 

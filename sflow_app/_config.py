@@ -112,6 +112,24 @@ def _name_arg(value: object) -> str:
     return value.strip()
 
 
+# The applications sampling.<app> and polling.<app> can name here: these and app.<name>
+# (docs/config.md). hsflowd.auto may name others, for other agents: never warned about.
+APPLICATIONS = ("http", "memcache", "app")
+
+
+def closest_application(app: str) -> str | None:
+    """None when ``app`` (dotted, lower case) is an application of this agent; else the
+    closest one to suggest ("" when none is close). A key no source looks up would be
+    silently useless, as a misspelt variable would."""
+    first, dot, _ = app.partition(".")
+    if first == "app" or (app in APPLICATIONS and not dot):
+        return None
+    close = difflib.get_close_matches(first, APPLICATIONS, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    return f"app.{app}" if all(app.split(".")) else ""
+
+
 def _rates_arg(value: object, hi: int) -> Rates:
     """``sampling=10`` or ``sampling={"http": 10, "app.shop": 5, "": 400}``."""
     if not isinstance(value, Mapping):
@@ -122,8 +140,14 @@ def _rates_arg(value: object, hi: int) -> Rates:
             raise ValueError(f"application names are strings, got {key!r}")
         if key.strip().lower() in ("", "default"):
             generic = _int_arg(n, 0, hi)
-        else:
-            apps[parse_app_name(key)] = _int_arg(n, 0, hi)
+            continue
+        app = parse_app_name(key)
+        close = closest_application(app)
+        if close is not None:
+            hint = f"did you mean {close!r}? " if close else ""
+            known = "http, memcache, app.<name>"
+            raise ValueError(f"unknown application {app!r}; {hint}(the applications: {known})")
+        apps[app] = _int_arg(n, 0, hi)
     return Rates(generic, apps)
 
 
@@ -281,14 +305,40 @@ BY_ENV = {v.env: v for v in VARS}
 KWARGS = frozenset(BY_FIELD)  # the names configure() accepts
 
 
+PER_APP = tuple(f"{v.env}_" for v in VARS if v.per_app)
+
+
+def per_app_variable(name: str) -> tuple[str, str] | None:
+    """(prefix, application) of a ``SFLOW_APP_SAMPLING_<APP>`` (or POLLING) variable, the
+    application dotted (``APP_SHOP`` -> ``app.shop``); None for any other variable."""
+    for prefix in PER_APP:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return prefix, name[len(prefix) :].lower().replace("_", ".")
+    return None
+
+
+def _unknown_application(prefix: str, name: str, app: str) -> str | None:
+    close = closest_application(app)
+    if close is None:
+        return None
+    hint = f"; did you mean {prefix}{close.upper().replace('.', '_')}?" if close else ""
+    return (
+        f"unknown variable {name} ignored: no application {app!r} here "
+        f"(HTTP, MEMCACHE or APP_<NAME>){hint}"
+    )
+
+
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """One warning per ``SFLOW_APP_*`` variable that is no setting, naming the closest."""
     found = []
-    per_app = tuple(f"{v.env}_" for v in VARS if v.per_app)
     for name in sorted(env):
         if not name.startswith("SFLOW_APP_") or name in BY_ENV:
             continue
-        if name.startswith(per_app) and not name.endswith("_"):
+        per_app = per_app_variable(name)
+        if per_app is not None and not name.endswith("_"):
+            unknown = _unknown_application(per_app[0], name, per_app[1])
+            if unknown is not None:
+                found.append(unknown)
             continue
         # Compared without the shared prefix, which would make every name look close.
         tails = {v.env[len("SFLOW_APP_") :]: v.env for v in VARS}
@@ -379,17 +429,17 @@ def _env_layer(env: Mapping[str, str], warnings: list[str]) -> _Layer:
 
     for var in VARS:
         if var.per_app:
-            prefix = f"{var.env}_"
-            apps = {
-                name[len(prefix) :].upper(): parse(name, var.env_parser)
-                for name in sorted(env)
-                if name.startswith(prefix) and len(name) > len(prefix)
-            }
-            value: Any = Rates(
-                parse(var.env, var.env_parser),
-                {k: v for k, v in apps.items() if v is not None},
-                env_style=True,
-            )
+            apps: dict[str, int] = {}
+            for name in sorted(env):
+                found = per_app_variable(name)
+                if found is None or found[0] != f"{var.env}_":
+                    continue
+                if closest_application(found[1]) is not None:
+                    continue  # no setting: unknown_variables warns of it
+                rate = parse(name, var.env_parser)
+                if rate is not None:
+                    apps[name[len(found[0]) :].upper()] = rate
+            value: Any = Rates(parse(var.env, var.env_parser), apps, env_style=True)
         elif var.field == "collectors":
             raw = env.get(var.env)
             value = _env_collectors(raw, warnings) if isinstance(raw, str) else None

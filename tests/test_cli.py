@@ -408,3 +408,15 @@ def test_config_off_and_typos(tmp_path: Path) -> None:
     assert code == 1 and report["file"]["state"] == "off"
     assert report["settings"]["disable"] == {"value": True, "source": "environment"}
     assert "unknown variable SFLOW_APP_SAMPLNG ignored; did you mean SFLOW_APP_SAMPLING?" in err
+
+
+def test_config_warns_of_an_unknown_application_and_does_not_list_it(tmp_path: Path) -> None:
+    auto = write_auto(tmp_path / "h.auto", 6343, extra="sampling.apache=7\n")
+    env = cli_env(SFLOW_APP_CONFIG=str(auto), SFLOW_APP_SAMPLING_HTP="5")
+    code, report, err = config_json(env)
+    assert code == 0, err
+    warning = "unknown variable SFLOW_APP_SAMPLING_HTP ignored: no application 'htp' here"
+    assert f"sflow-app config: warning: {warning}" in err
+    assert "did you mean SFLOW_APP_SAMPLING_HTTP?" in err and err.count("warning:") == 1
+    assert "sampling.htp" not in report["settings"]
+    assert report["settings"]["sampling.apache"] == {"value": 7, "source": "file"}

@@ -116,6 +116,33 @@ def test_known_and_per_application_variables_are_not_unknown() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "name, closest",
+    [
+        ("SFLOW_APP_SAMPLING_HTP", "SFLOW_APP_SAMPLING_HTTP"),
+        ("SFLOW_APP_POLLING_MEMCACHED", "SFLOW_APP_POLLING_MEMCACHE"),
+        ("SFLOW_APP_SAMPLING_SHOP", "SFLOW_APP_SAMPLING_APP_SHOP"),
+        ("SFLOW_APP_SAMPLING_HTTP_X", "SFLOW_APP_SAMPLING_HTTP"),
+    ],
+)
+def test_an_unknown_application_names_the_closest_one(name: str, closest: str) -> None:
+    s = resolve({}, {name: "5"}, parse_auto(FILE), PATH)
+    [warning] = s.warnings
+    assert warning.startswith(f"unknown variable {name} ignored: no application ")
+    assert warning.endswith(f"; did you mean {closest}?")
+    assert s.sampling_setting("http") == (50, "file")  # the variable is no setting
+    assert s.polling_setting("memcache") == (30, "file")
+
+
+def test_known_applications_and_the_files_own_keys_do_not_warn() -> None:
+    env = {"SFLOW_APP_SAMPLING_APP": "3", "SFLOW_APP_POLLING_APP_SHOP_CART": "4"}
+    # hsflowd.auto carries every sampling.<app> of hsflowd.conf, other agents' too.
+    text = FILE.replace("rev_end", "sampling.apache=7\npolling.1G=5\nrev_end")
+    s = resolve({}, env, parse_auto(text), PATH)
+    assert s.warnings == ()
+    assert s.sampling_setting("app.x") == (3, "environment")
+
+
 def test_a_bad_collector_entry_drops_only_itself() -> None:
     s = resolve({}, {"SFLOW_APP_COLLECTORS": "127.0.0.1:7000, web1:6343, [::1]:9"}, None, PATH)
     assert s.collectors == (("127.0.0.1", 7000), ("::1", 9))
@@ -246,6 +273,19 @@ def up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_an_unknown_application_warns_once_per_service(
+    caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    caplog.set_level(logging.WARNING, "sflow_app")
+    env = {"SFLOW_APP_STATE_DIR": state_dir, "SFLOW_APP_NAME": "svc"}
+    env["SFLOW_APP_SAMPLING_HTP"] = "5"
+    Agent(autostart=False, env=env).reload()
+    Agent(autostart=False, env=env).reload()  # as another worker would
+    [line] = _warnings(caplog)
+    assert line.startswith("sflow_app: unknown variable SFLOW_APP_SAMPLING_HTP ignored")
+    assert line.endswith("did you mean SFLOW_APP_SAMPLING_HTTP?")
 
 
 @pytest.mark.slow

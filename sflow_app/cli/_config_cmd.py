@@ -68,10 +68,12 @@ def _app_keys(auto: _config.AutoFile | None, env: dict[str, str], kind: str) -> 
     names = {"http", "memcache"}
     if auto is not None and auto.usable:
         names |= set(auto.app_sampling if kind == "sampling" else auto.app_polling)
-    prefix = f"SFLOW_APP_{kind.upper()}_"
     for var, value in env.items():
-        if var.startswith(prefix) and len(var) > len(prefix) and value.strip():
-            names.add(var[len(prefix) :].lower().replace("_", "."))
+        found = _config.per_app_variable(var)
+        if found is None or found[0] != f"SFLOW_APP_{kind.upper()}_" or not value.strip():
+            continue
+        if _config.closest_application(found[1]) is None:  # else ignored, with a warning
+            names.add(found[1])
     return sorted(names)
 
 
