@@ -39,17 +39,12 @@ DJANGO_MIDDLEWARE = "sflow_app.integrations.django.SFlowMiddleware"
 
 
 def disabled(env: Mapping[str, str] = os.environ) -> set[str]:
-    """The integrations ``SFLOW_APP_DISABLED_INTEGRATIONS`` names (unknown ones: warned)."""
-    from ._config import BY_ENV, INTEGRATIONS, integration_names
+    """The integrations ``SFLOW_APP_DISABLED_INTEGRATIONS`` names. An unknown name is the
+    agent's to warn about, with the other configuration mistakes: once per service, not
+    once per process started (this runs in every one)."""
+    from ._config import integration_names
 
-    known, unknown = integration_names(env.get(BY_ENV["SFLOW_APP_DISABLED_INTEGRATIONS"].env, ""))
-    for name in unknown:
-        log.warning(
-            "sflow_app: SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration %r (known: %s)",
-            name,
-            ", ".join(INTEGRATIONS),
-        )
-    return set(known)
+    return set(integration_names(env.get("SFLOW_APP_DISABLED_INTEGRATIONS", ""))[0])
 
 
 # -- post-import hooks ---------------------------------------------------------------------

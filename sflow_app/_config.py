@@ -207,10 +207,27 @@ def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(dict.fromkeys(known)), tuple(unknown)
 
 
-def _integrations(value: object) -> tuple[str, ...]:
-    # Unknown names are warned about where the integrations are installed; the known
-    # ones still apply (a typo must not turn an integration back on).
-    return integration_names(value)[0]
+def _unknown_integration(name: str, verdict: str = "") -> str:
+    close = difflib.get_close_matches(name, INTEGRATIONS, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown integration {name!r}{verdict} ({hint}known: {', '.join(INTEGRATIONS)})"
+
+
+def _integrations_arg(value: object) -> tuple[str, ...]:
+    known, unknown = integration_names(value)
+    if unknown:
+        raise ValueError(_unknown_integration(unknown[0]))
+    return known
+
+
+def _env_integrations(raw: str, warnings: list[str]) -> tuple[str, ...] | None:
+    """SFLOW_APP_DISABLED_INTEGRATIONS: an unknown name is ignored with a warning; the known
+    ones still apply (a typo must not turn an integration back on)."""
+    known, unknown = integration_names(raw)
+    for name in unknown:
+        message = _unknown_integration(name, " ignored")
+        warnings.append(f"SFLOW_APP_DISABLED_INTEGRATIONS: {message}")
+    return known if raw.strip() else None
 
 
 @dataclass(frozen=True)
@@ -294,8 +311,8 @@ VARS: tuple[Var, ...] = (
         "SFLOW_APP_DISABLED_INTEGRATIONS",
         "disabled_integrations",
         "disabled_integrations",
-        _integrations,
-        _integrations,
+        lambda text: integration_names(text)[0],  # _env_layer warns of unknown names
+        _integrations_arg,
     ),
     # The overload guard: a cap on flow samples per second (0 = no cap), see _sampler.
     _int_var("SFLOW_APP_MAX_SAMPLES", "max_samples", "max_samples", 0, U32),
@@ -443,6 +460,9 @@ def _env_layer(env: Mapping[str, str], warnings: list[str]) -> _Layer:
         elif var.field == "collectors":
             raw = env.get(var.env)
             value = _env_collectors(raw, warnings) if isinstance(raw, str) else None
+        elif var.field == "disabled_integrations":
+            raw = env.get(var.env)
+            value = _env_integrations(raw, warnings) if isinstance(raw, str) else None
         else:
             value = parse(var.env, var.env_parser)
         setattr(layer, var.field, value)

@@ -15,6 +15,7 @@ from flask import Flask
 from helpers import missing
 
 from sflow_app import _autoinstrument as auto
+from sflow_app._config import resolve
 from sflow_app.asgi import SFlowMiddleware as ASGIMiddleware
 from sflow_app.cli._run_cmd import BOOTSTRAP, command_env
 from sflow_app.wsgi import SFlowMiddleware as WSGIMiddleware
@@ -29,11 +30,22 @@ async def plain_asgi(scope, receive, send):
     pass
 
 
-def test_disabled_integrations_parsed_and_unknown_warned(caplog) -> None:
-    env = {"SFLOW_APP_DISABLED_INTEGRATIONS": " Flask, pymemcache ,,bogus"}
+def test_disabled_integrations_parsed_and_unknown_left_to_the_agent(caplog) -> None:
+    env = {"SFLOW_APP_DISABLED_INTEGRATIONS": " Flask, pymemcache ,,bogus,flsk"}
     with caplog.at_level(logging.WARNING, logger="sflow_app"):
         assert auto.disabled(env) == {"flask", "memcache"}
-    assert ["bogus" in r.getMessage() for r in caplog.records] == [True]
+    # Every process sflow-app run starts gets here: a warning would repeat in each.
+    assert caplog.records == []
+    s = resolve({}, env, None, "/etc/hsflowd.auto")
+    assert s.disabled_integrations == ("flask", "memcache")
+    known = "known: flask, django, starlette, fastapi, wsgi, asgi, memcache"
+    assert s.warnings == (
+        f"SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration 'bogus' ignored ({known})",
+        "SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration 'flsk' ignored "
+        f"(did you mean 'flask'? {known})",
+    )
+    with pytest.raises(ValueError, match=r"unknown integration 'flsk' \(did you mean 'flask'"):
+        resolve({"disabled_integrations": "flask,flsk"}, {}, None, "/etc/hsflowd.auto")
 
 
 def test_disabled_integrations_in_sflow_app_config() -> None:
@@ -47,6 +59,22 @@ def test_disabled_integrations_in_sflow_app_config() -> None:
     )
     setting = json.loads(out.stdout)["settings"]["disabled_integrations"]
     assert setting == {"value": ["memcache", "asgi"], "source": "environment"}
+    assert "warning" not in out.stderr
+
+
+def test_an_unknown_integration_is_a_warning_of_sflow_app_config() -> None:
+    env = {**os.environ, "SFLOW_APP_DISABLED_INTEGRATIONS": "memcache,bogus"}
+    out = subprocess.run(
+        [sys.executable, "-m", "sflow_app", "config", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    setting = json.loads(out.stdout)["settings"]["disabled_integrations"]
+    assert setting == {"value": ["memcache"], "source": "environment"}
+    warning = "warning: SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration 'bogus' ignored"
+    assert out.stderr.count(warning) == 1, out.stderr
 
 
 def test_carries_middleware() -> None:

@@ -152,6 +152,21 @@ def test_starlette_under_uvicorn_workers(collector: Collector, tmp: Path) -> Non
     )
 
 
+def test_an_unknown_integration_warns_once_for_uvicorn_workers(
+    collector: Collector, tmp: Path
+) -> None:
+    """The bootstrap runs in the command, uvicorn and each worker: one warning for all."""
+    port = free_port()
+    argv = [*SFLOW_APP, "uvicorn", "starlette_plain:app", "--port", str(port), "--workers", "2"]
+    env = run_env(collector, tmp, SFLOW_APP_DISABLED_INTEGRATIONS="flask,bogus")
+    server = Server(argv, cwd=PLAIN, env=env, port=port, log=tmp / "log")
+    with server:
+        for i in range(8):  # both workers build their middleware and read their settings
+            httpx.get(f"{server.base}/items/{i}", timeout=10)
+        assert collector.wait_for(lambda c: http_total(c) >= 1, 20), server.log()
+    assert server.log().count("unknown integration 'bogus'") == 1, server.log()
+
+
 def test_starlette_under_hypercorn(collector: Collector, tmp: Path) -> None:
     """An ASGI app under hypercorn: wrapped outermost, route templates, exact counters."""
     port = free_port()
