@@ -351,8 +351,11 @@ def test_config_shows_sources_for_a_file_and_environment_mix(tmp_path: Path) -> 
         "http_ds_index": None,
         "service_name": None,
     }
+    reason = f"sending to 1 collector from {auto} rev 1"
+    assert report["would_send"] == {"value": True, "reason": reason}
     plain = run_cli("config", env=env)
     assert plain.returncode == 0
+    assert re.search(rf"^would send\s+yes\s+{re.escape(reason)}$", plain.stdout, re.M)
     assert re.search(r"^sampling\.http\s+50\s+file$", plain.stdout, re.M)
     assert re.search(r"^datagram\s+1200\s+environment$", plain.stdout, re.M)
 
@@ -373,6 +376,7 @@ def test_config_exit_1_for_a_missing_file_and_0_with_collectors_from_the_environ
     code, report, err = config_json(cli_env(SFLOW_APP_CONFIG=missing))
     assert code == 1 and report["file"]["state"] == "missing"
     assert f"would send nothing: off: {missing}: not found" in err
+    assert report["would_send"] == {"value": False, "reason": f"off: {missing}: not found"}
     assert report["settings"]["config"] == {"value": missing, "source": "environment"}
     env = cli_env(SFLOW_APP_CONFIG=missing, SFLOW_APP_COLLECTORS="127.0.0.1:7000, web1")
     code, report, err = config_json(env)

@@ -154,6 +154,7 @@ def gather(env: dict[str, str]) -> tuple[dict[str, Any], _config.Settings, list[
             "http_ds_index": settings.ds_index,
             "service_name": settings.service_name,
         },
+        "would_send": {"value": settings.enabled, "reason": settings.reason},
     }
     return report, settings, warnings
 
@@ -168,15 +169,15 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def table(report: dict[str, Any], settings: _config.Settings) -> str:
+def table(report: dict[str, Any]) -> str:
     rows = [(k, _show(v["value"]), v["source"]) for k, v in report["settings"].items()]
-    file, ident = report["file"], report["identity"]
+    file, ident, verdict = report["file"], report["identity"], report["would_send"]
     rows += [
         ("", "", ""),
         ("file", file["path"], file["state"]),
         ("file rev", _show(file["rev"]), file["reason"]),
         ("agent address", _show(ident["agent_ip"]), ident["agent_ip_source"]),
-        ("would send", "yes" if settings.enabled else "no", settings.reason),
+        ("would send", _show(verdict["value"]), verdict["reason"]),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     head = f"{'SETTING':<{widths[0]}}  {'VALUE':<{widths[1]}}  SOURCE"
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        print(table(report, settings))
+        print(table(report))
     if not settings.enabled:
         print(f"sflow-app config: would send nothing: {settings.reason}", file=sys.stderr)
         return 1
