@@ -290,12 +290,11 @@ class Agent:
             if self._route[0] != collector:  # a system call: once per collector change
                 self._route = (collector, _config.route_address(collector))
             agent_ip = self._route[1]
-        if settings.sub_agent_id is not None:
-            return agent_ip, settings.sub_agent_id
+        sub_agent = settings.sub_agent_for(None if self._http is None else self._http.ds_index)
+        if sub_agent is not None:
+            return agent_ip, sub_agent
         if self._http is not None:
-            if self._http.ds_index is None:
-                return None
-            return agent_ip, self._http.ds_index
+            return None  # its index is not known yet (the listening port)
         if not self._serving and self._clock() - self._born < SETTLE:
             return None  # an HTTP surface may still be built (it would name the service)
         return agent_ip, local_index(self.service_name, "service")

@@ -234,8 +234,9 @@ def _env_integrations(raw: str, warnings: list[str]) -> tuple[str, ...] | None:
 class Var:
     """One setting: its ``SFLOW_APP_*`` variable, its ``configure()`` keyword (also the
     Settings field) and the name ``sflow-app config`` shows it under -- hsflowd.auto's key
-    where the file can set it. This one table drives resolution, ``configure()``'s
-    keywords, ``sflow-app config`` and the warning for a misspelt variable."""
+    where the file can set it (but ``parent_ds_index``). This one table drives resolution,
+    ``configure()``'s keywords, ``sflow-app config`` and the warning for a misspelt
+    variable."""
 
     env: str
     field: str
@@ -296,9 +297,10 @@ VARS: tuple[Var, ...] = (
         in_file=True,
     ),
     _int_var("SFLOW_APP_DATAGRAM", "datagram", "datagram", DATAGRAM_MIN, DATAGRAM_MAX, True),
-    # In the file this is hsflowd's own index (host_parent); the variable overrides it.
-    _int_var("SFLOW_APP_PARENT_DS_INDEX", "parent_ds_index", "ds_index", 0, U32, True),
-    _int_var("SFLOW_APP_DS_INDEX", "ds_index", "http_ds_index", 1, DS_INDEX_MAX),
+    # hsflowd's own index (host_parent): the file's ds_index, shown by sflow-app config
+    # under the variable's name (ds_index there is the service's own, as in the variables).
+    _int_var("SFLOW_APP_PARENT_DS_INDEX", "parent_ds_index", "parent_ds_index", 0, U32, True),
+    _int_var("SFLOW_APP_DS_INDEX", "ds_index", "ds_index", 1, DS_INDEX_MAX),
     _int_var("SFLOW_APP_SUB_AGENT_ID", "sub_agent_id", "sub_agent_id", 0, U32),
     Var("SFLOW_APP_NAME", "service_name", "service_name", str, _name_arg),
     _int_var("SFLOW_APP_QUEUE", "queue_capacity", "queue_capacity", QUEUE_MIN, QUEUE_MAX),
@@ -557,6 +559,12 @@ class Settings:
     def polling_setting(self, app: str) -> tuple[int, Source]:
         value, at = _first_match(self.polling_layers, app)
         return value, self.layer_sources[at]
+
+    def sub_agent_for(self, http_index: int | None) -> int | None:
+        """sub_agent_id: SFLOW_APP_SUB_AGENT_ID, else the index of the HTTP data source
+        (SFLOW_APP_DS_INDEX or the listening port); None while neither is known. A
+        service with no HTTP data source gets a derived one (Agent.identity)."""
+        return self.sub_agent_id if self.sub_agent_id is not None else http_index
 
 
 def _first_match(layers: tuple[Rates, ...], app: str) -> tuple[int, int]:

@@ -336,19 +336,20 @@ def test_config_shows_sources_for_a_file_and_environment_mix(tmp_path: Path) -> 
     assert s["datagram"] == {"value": 1200, "source": "environment"}
     assert s["collector"] == {"value": ["127.0.0.1:6343"], "source": "file"}
     assert s["agentIP"] == {"value": "127.0.0.1", "source": "file"}
-    assert s["ds_index"] == {"value": 1, "source": "file"}
+    assert s["parent_ds_index"] == {"value": 1, "source": "file"}
     assert s["queue_capacity"] == {"value": 4096, "source": "default"}
     assert s["polling"] == {"value": 1, "source": "file"}
     assert s["shared"] == {"value": False, "source": "environment"}
     assert s["state_dir"] == {"value": str(tmp_path), "source": "environment"}
-    assert s["http_ds_index"] == {"value": None, "source": "derived"}
+    assert s["ds_index"] == {"value": None, "source": "derived"}
+    assert s["sub_agent_id"] == {"value": None, "source": "derived"}
     assert s["service_name"] == {"value": None, "source": "derived"}
     assert report["file"] == {"path": str(auto), "state": "ok", "rev": 1, "reason": "rev 1"}
     assert report["identity"] == {
         "agent_ip": "127.0.0.1",
         "agent_ip_source": "file",
         "sub_agent_id": None,
-        "http_ds_index": None,
+        "ds_index": None,
         "service_name": None,
     }
     reason = f"sending to 1 collector from {auto} rev 1"
@@ -358,6 +359,25 @@ def test_config_shows_sources_for_a_file_and_environment_mix(tmp_path: Path) -> 
     assert re.search(rf"^would send\s+yes\s+{re.escape(reason)}$", plain.stdout, re.M)
     assert re.search(r"^sampling\.http\s+50\s+file$", plain.stdout, re.M)
     assert re.search(r"^datagram\s+1200\s+environment$", plain.stdout, re.M)
+
+
+def test_config_index_rows_are_named_as_their_variables(tmp_path: Path) -> None:
+    auto = write_auto(tmp_path / "h.auto", 6343)
+    env = cli_env(SFLOW_APP_CONFIG=str(auto), SFLOW_APP_DS_INDEX="5", SFLOW_APP_PARENT_DS_INDEX="9")
+    code, report, err = config_json(env)
+    assert code == 0, err
+    s = report["settings"]
+    assert s["ds_index"] == {"value": 5, "source": "environment"}
+    assert s["parent_ds_index"] == {"value": 9, "source": "environment"}
+    # The agent's sub_agent_id: the HTTP data source's index, here the variable's.
+    assert s["sub_agent_id"] == {"value": 5, "source": "derived"}
+    assert (report["identity"]["sub_agent_id"], report["identity"]["ds_index"]) == (5, 5)
+    code, report, err = config_json({**env, "SFLOW_APP_SUB_AGENT_ID": "7"})
+    assert report["settings"]["sub_agent_id"] == {"value": 7, "source": "environment"}
+    plain = run_cli("config", env=env).stdout
+    assert re.search(r"^ds_index\s+5\s+environment$", plain, re.M)
+    assert re.search(r"^parent_ds_index\s+9\s+environment$", plain, re.M)
+    assert re.search(r"^sub_agent_id\s+5\s+derived$", plain, re.M)
 
 
 def test_config_exit_1_for_a_torn_file(tmp_path: Path) -> None:

@@ -116,15 +116,12 @@ def gather(env: dict[str, str]) -> tuple[dict[str, Any], _config.Settings, list[
         agent_ip, agent_src = None, "derived"
     put("agentIP", agent_ip, agent_src)
     put("datagram", settings.datagram, src.get("datagram", "default"))
-    put("ds_index", settings.parent_ds_index, src.get("parent_ds_index", "default"))
+    put("parent_ds_index", settings.parent_ds_index, src.get("parent_ds_index", "default"))
     # What only the running server knows (its listening port, its command line): null.
-    for key, field in (
-        ("http_ds_index", "ds_index"),
-        ("sub_agent_id", "sub_agent_id"),
-        ("service_name", "service_name"),
-    ):
-        value = getattr(settings, field)
-        put(key, value, src.get(field, "derived") if value is not None else "derived")
+    put("ds_index", settings.ds_index, src.get("ds_index", "derived"))
+    sub_agent = settings.sub_agent_for(settings.ds_index)
+    put("sub_agent_id", sub_agent, src.get("sub_agent_id", "derived"))
+    put("service_name", settings.service_name, src.get("service_name", "derived"))
     put("queue_capacity", settings.queue_capacity, src.get("queue_capacity", "default"))
     put("state_dir", state_dir(settings.state_dir), src.get("state_dir", "default"))
     put("shared", settings.shared, src.get("shared", "default"))
@@ -150,8 +147,8 @@ def gather(env: dict[str, str]) -> tuple[dict[str, Any], _config.Settings, list[
         "identity": {
             "agent_ip": agent_ip,
             "agent_ip_source": agent_src,
-            "sub_agent_id": settings.sub_agent_id,
-            "http_ds_index": settings.ds_index,
+            "sub_agent_id": sub_agent,
+            "ds_index": settings.ds_index,
             "service_name": settings.service_name,
         },
         "would_send": {"value": settings.enabled, "reason": settings.reason},
