@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._auto import DEFAULT_PORT, Collectors, Rates, parse_app_name, parse_ip, parse_port, parse_uint
 
-# Re-exported: _watch and the tests import the parser's names from here.
+# Re-exported (the "as" lines): _watch and the tests import the parser's names from here.
 from ._auto import MAX_WARNINGS as MAX_WARNINGS
 from ._auto import U32 as U32
 from ._auto import AutoFile as AutoFile
 from ._auto import parse_auto as parse_auto
+from ._xdr import cut_utf8, to_bytes
+from .records import AppOperations
 
 if TYPE_CHECKING:
     from ._http import QueryMode
@@ -618,6 +620,8 @@ def resolve(
         return value
 
     rev = usable.rev_start if usable is not None else None
+    service_name = pick("service_name")
+    warnings.extend(_long_name(service_name, sources.get("service_name")))
     collectors: Collectors = pick("collectors") or ()
     explicit = layers[0].collectors or layers[1].collectors
     rejected = [w for w in warnings if w.startswith("SFLOW_APP_COLLECTORS")]
@@ -656,7 +660,7 @@ def resolve(
         rev=rev,
         ds_index=pick("ds_index"),
         sub_agent_id=pick("sub_agent_id"),
-        service_name=pick("service_name"),
+        service_name=service_name,
         queue_capacity=pick("queue_capacity"),
         state_dir=pick("state_dir"),
         shared=pick("shared"),
@@ -670,6 +674,23 @@ def resolve(
         polling_layers=tuple(layer.polling for layer in layers),
         layer_sources=tuple(layer.source for layer in layers),
     )
+
+
+# The service name goes on the wire as the application of app_operations records: a
+# utf8string<32> in the sFlow application structures, so longer names are cut there.
+NAME_WIRE_BYTES = AppOperations.MAX_BYTES["application"]
+
+
+def _long_name(name: str | None, source: Source | None) -> list[str]:
+    """One warning when the configured service name is longer than collectors see it."""
+    if name is None or len(to_bytes(name)) <= NAME_WIRE_BYTES:
+        return []
+    sent = cut_utf8(name, NAME_WIRE_BYTES).decode(errors="replace")  # bytes of a raw env
+    who = "configure(service_name=...)" if source == "configure" else "SFLOW_APP_NAME"
+    return [
+        f"{who} is cut to {len(sent)} characters on the wire (sFlow's application field "
+        f"holds {NAME_WIRE_BYTES} bytes): collectors receive {sent!r}"
+    ]
 
 
 def route_address(collector_ip: str, port: int = DEFAULT_PORT) -> str:

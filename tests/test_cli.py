@@ -380,6 +380,17 @@ def test_config_index_rows_are_named_as_their_variables(tmp_path: Path) -> None:
     assert re.search(r"^sub_agent_id\s+5\s+derived$", plain, re.M)
 
 
+def test_config_warns_of_a_service_name_cut_on_the_wire(tmp_path: Path) -> None:
+    auto = write_auto(tmp_path / "h.auto", 6343)
+    code, report, err = config_json(cli_env(SFLOW_APP_CONFIG=str(auto), SFLOW_APP_NAME="s" * 300))
+    assert code == 0, err
+    assert report["settings"]["service_name"] == {"value": "s" * 300, "source": "environment"}
+    assert (
+        "sflow-app config: warning: SFLOW_APP_NAME is cut to 32 characters on the wire "
+        f"(sFlow's application field holds 32 bytes): collectors receive {'s' * 32!r}"
+    ) in err
+
+
 def test_config_exit_1_for_a_torn_file(tmp_path: Path) -> None:
     torn = tmp_path / "torn.auto"
     torn.write_text("rev_start=2\nsampling=10\ncollector=127.0.0.1\nagentIP=127.0.0.1\n")

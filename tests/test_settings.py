@@ -13,8 +13,11 @@ from helpers import Collector, write_auto
 
 from sflow_app._agent import Agent
 from sflow_app._config import KWARGS, VARS, parse_auto, resolve
+from sflow_app._encode import encode_datagram
 from sflow_app._once import first_in_service
 from sflow_app._shared import SharedState
+from sflow_app.decode import decode
+from sflow_app.records import AppOperations, CountersSample, Datagram
 
 PATH = "/etc/hsflowd.auto"
 FILE = (
@@ -141,6 +144,37 @@ def test_known_applications_and_the_files_own_keys_do_not_warn() -> None:
     s = resolve({}, env, parse_auto(text), PATH)
     assert s.warnings == ()
     assert s.sampling_setting("app.x") == (3, "environment")
+
+
+def _sent_name(name: str) -> str:
+    """The application collectors decode from the service's app_operations record."""
+    sample = CountersSample(1, 3, 80, (AppOperations(name),))
+    [got] = decode(encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (sample,)))).samples
+    assert isinstance(got, CountersSample)
+    [record] = got.records
+    assert isinstance(record, AppOperations) and isinstance(record.application, str)
+    return record.application
+
+
+@pytest.mark.parametrize("name", ["s" * 300, "é" * 20, "a" * 31 + "€"])
+def test_a_service_name_longer_than_the_wire_field_warns_with_what_is_sent(name: str) -> None:
+    sent = _sent_name(name)
+    s = resolve({}, {"SFLOW_APP_NAME": name}, None, PATH)
+    assert s.service_name == name  # the whole name still names the service here
+    assert s.warnings == (
+        f"SFLOW_APP_NAME is cut to {len(sent)} characters on the wire (sFlow's application "
+        f"field holds 32 bytes): collectors receive {sent!r}",
+    )
+    s = resolve({"service_name": name}, {}, None, PATH)
+    assert s.warnings[0].startswith(f"configure(service_name=...) is cut to {len(sent)} ")
+
+
+def test_a_service_name_that_fits_does_not_warn() -> None:
+    for name in ("s" * 32, "é" * 16, "x"):
+        assert resolve({}, {"SFLOW_APP_NAME": name}, None, PATH).warnings == ()
+    # A name os.environ decoded with surrogateescape (bytes that are no UTF-8): no crash.
+    s = resolve({}, {"SFLOW_APP_NAME": "n" * 40 + "\udcff"}, None, PATH)
+    assert s.warnings[0].endswith(f"collectors receive {'n' * 32!r}")
 
 
 def test_a_bad_collector_entry_drops_only_itself() -> None:
@@ -286,6 +320,17 @@ def test_an_unknown_application_warns_once_per_service(
     [line] = _warnings(caplog)
     assert line.startswith("sflow_app: unknown variable SFLOW_APP_SAMPLING_HTP ignored")
     assert line.endswith("did you mean SFLOW_APP_SAMPLING_HTTP?")
+
+
+def test_a_long_service_name_warns_once_per_service(
+    caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    caplog.set_level(logging.WARNING, "sflow_app")
+    env = {"SFLOW_APP_STATE_DIR": state_dir, "SFLOW_APP_NAME": "s" * 300}
+    Agent(autostart=False, env=env).reload()
+    Agent(autostart=False, env=env).reload()  # as another worker would
+    [line] = _warnings(caplog)
+    assert line.startswith("sflow_app: SFLOW_APP_NAME is cut to 32 characters on the wire")
 
 
 @pytest.mark.slow
