@@ -128,3 +128,19 @@ def test_wheel_has_only_sflow_app_at_top_level(tmp_path: Path) -> None:
     assert "sflow_app/integrations/flask.py" in names
     assert {"sflow_app/memcache/__init__.py", "sflow_app/memcache/_state.py"} <= set(names)
     assert not any(n.startswith(("tests/", "integrations/", "examples/")) for n in names)
+
+
+def test_the_configure_table_of_docs_lists_every_keyword() -> None:
+    import inspect
+    import re
+
+    import sflow_app
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    section = text.split("## `sflow_app.configure()` keyword arguments", 1)[1].split("\n## ")[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    documented = {name for cell in rows for name in re.findall(r"`(\w+)`", cell)}
+    assert documented == set(inspect.signature(sflow_app.configure).parameters)
+    assert "An unknown keyword raises `TypeError`" in section
+    with pytest.raises(TypeError, match="bogus"):
+        sflow_app.configure(bogus=1)  # type: ignore[call-arg]
