@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import zlib
+from collections.abc import Mapping
 
 LOCAL_FIRST = 65536
 LOCAL_LAST = 99999
@@ -44,7 +45,10 @@ def local_index(service: str, kind: str, name: str = "") -> int:
 
 _APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(.*\))?$")
 # Options whose value names the application (uWSGI and friends).
-_APP_OPTIONS = {"--module", "-w", "--wsgi-file", "--file", "--ini", "--app", "--wsgi"}
+_APP_OPTIONS = {"--module", "-w", "--wsgi-file", "--file", "--app", "--wsgi"}
+_APP_OPTIONS |= {"--ini", "--yaml", "--json", "--xml"}
+# The same as keys of uwsgi.opt, and mount ("mountpoint=app").
+_UWSGI_KEYS = {"module", "wsgi", "wsgi-file", "file", "ini", "yaml", "json", "xml", "mount"}
 
 
 def _stem(path: str) -> str:
@@ -55,15 +59,45 @@ def _stem(path: str) -> str:
     return base
 
 
+def uwsgi_args(opt: object) -> list[str]:
+    """uWSGI's options that name the application, as command-line arguments.
+
+    Inside uWSGI ``sys.argv`` is ``['uwsgi']``: ``uwsgi.opt`` holds the options of the
+    command line and of its config files alike, in the order read (values bytes, True
+    for a bare flag, a list when repeated in some versions).
+    """
+    if not isinstance(opt, Mapping):
+        return []
+    args = []
+    for key, value in opt.items():
+        key = os.fsdecode(key)
+        if key not in _UWSGI_KEYS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bytes):
+                item = os.fsdecode(item)
+            if not isinstance(item, str):
+                continue
+            if key != "mount":
+                args += [f"--{key}", item]
+            elif "=" in item:  # uWSGI 2.0 keeps only the mountpoint: nothing to name
+                args += ["--module", item.partition("=")[2]]
+    return args
+
+
 def default_service_name(argv: list[str] | None = None) -> str:
     """The documented default for SFLOW_APP_NAME.
 
     The first ``module:app`` argument (``gunicorn shop.wsgi:app`` -> ``shop.wsgi:app``),
     else the value of ``--module``/``--wsgi-file``/``--ini`` (uWSGI), else the script's
     name without ``.py``, else ``python``. multiprocessing's spawn restores the parent's
-    argv, so uvicorn's spawned workers agree with each other.
+    argv, so uvicorn's spawned workers agree with each other. Under uWSGI the arguments
+    are its options (``uwsgi_args``), the same in the master and every worker.
     """
     args = sys.argv if argv is None else argv
+    if argv is None and "uwsgi" in sys.modules:
+        found = uwsgi_args(getattr(sys.modules["uwsgi"], "opt", None))
+        args = ["uwsgi", *found] if found else args
     for arg in args[1:]:
         if _APP_SPEC.match(arg):
             return arg[:32]

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from helpers import Collector, Server, agent_env, free_port, missing, routes
+from helpers import Collector, Server, agent_env, free_port, missing, routes, wait_until
 from memcached import running
 
-from sflow_app.records import HttpCounters, MemcacheOperation
+from sflow_app.records import AppOperation, HttpCounters, MemcacheOperation
 
 pytestmark = pytest.mark.slow
 
@@ -94,20 +97,54 @@ def test_django_project(collector: Collector, tmp: Path, entry: str) -> None:
     serve_and_check(server, collector, ["/orders/7"], {"/orders/7": "/orders/<int:order_id>"})
 
 
-def test_flask_under_uwsgi_ini(collector: Collector, tmp: Path) -> None:
+def uwsgi_ini(collector: Collector, tmp: Path) -> Server:
+    """examples/uwsgi.ini under real uWSGI (two workers), reporting to ``collector``."""
     uwsgi = shutil.which("uwsgi", path=str(BIN)) or shutil.which("uwsgi")
     if uwsgi is None:
         missing("uWSGI", "./scripts/setup --with-servers installs it")
     port = free_port()
     env = agent_env(collector, tmp, PORT=str(port))
-    server = Server(
-        [uwsgi, "--ini", str(EXAMPLES / "uwsgi.ini")],
-        cwd=tmp,
-        env=env,
-        port=port,
-        log=tmp / "log",
-    )
+    argv = [uwsgi, "--ini", str(EXAMPLES / "uwsgi.ini")]
+    return Server(argv, cwd=tmp, env=env, port=port, log=tmp / "log")
+
+
+def test_flask_under_uwsgi_ini(collector: Collector, tmp: Path) -> None:
+    server = uwsgi_ini(collector, tmp)
     serve_and_check(server, collector, ["/users/2"], {"/users/2": "/users/<int:user_id>"})
+
+
+def status_services(state_dir: Path) -> list[dict[str, Any]]:
+    # Only this test's state: no SFLOW_APP_* of the caller, no other fallback folder.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFLOW_APP_")}
+    env.pop("XDG_RUNTIME_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "sflow_app", "status", "--json"],
+        env={**env, "SFLOW_APP_STATE_DIR": str(state_dir), "TMPDIR": str(state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    found: list[dict[str, Any]] = json.loads(done.stdout)["services"]
+    return found
+
+
+def test_uwsgi_service_is_named_after_its_app(collector: Collector, tmp: Path) -> None:
+    """Inside uWSGI sys.argv is ['uwsgi']: the default name comes from uWSGI's options
+    (the ini's ``module``), as ``gunicorn flask_app:app`` would name it, in both workers."""
+    server = uwsgi_ini(collector, tmp)
+
+    def both_workers() -> bool:
+        for user in range(4):
+            httpx.get(f"{server.base}/users/{user}", timeout=10)
+        found = status_services(tmp)
+        return len(found) > 1 or any(s["workers_alive"] == 2 for s in found)
+
+    with server:
+        assert wait_until(both_workers, 30), (status_services(tmp), server.log())
+        assert [s["name"] for s in status_services(tmp)] == ["flask_app:app"]
+        assert collector.wait_for(lambda c: bool(c.records(AppOperation)), 10), server.log()
+    assert {str(op.application) for op in collector.records(AppOperation)} == {"flask_app:app"}
 
 
 def test_memcache_client(collector: Collector, tmp: Path) -> None:

@@ -1,4 +1,8 @@
 import logging
+import sys
+import types
+
+import pytest
 
 from sflow_app import _agent
 from sflow_app._identity import LOCAL_FIRST, LOCAL_LAST, default_service_name, local_index
@@ -29,6 +33,48 @@ def test_default_service_name() -> None:
         default_service_name(["gunicorn", "-b", "127.0.0.1:80", "api:create_app()"])
         == "api:create_app()"
     )
+
+
+# uwsgi.opt as uWSGI 2.0 gives it for `uwsgi --ini examples/uwsgi.ini --need-app`: the
+# options in the order read, bytes values, True for a bare flag on the command line.
+EXAMPLE_OPT = {
+    "ini": b"examples/uwsgi.ini",
+    "http-socket": b"127.0.0.1:18090",
+    "chdir": b"/srv/examples/",
+    "module": b"flask_app:app",
+    "master": b"true",
+    "processes": b"2",
+    "enable-threads": b"true",
+    "max-requests": b"1000",
+    "die-on-term": b"true",
+    "need-app": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("opt", "name"),
+    [
+        (EXAMPLE_OPT, "flask_app:app"),
+        ({"ini": b"/etc/uwsgi/shop.ini", "wsgi-file": b"app.py", "master": True}, "shop"),
+        ({"http-socket": b"127.0.0.1:80", "wsgi-file": b"/srv/blog/app.py"}, "app"),
+        ({"yaml": b"/etc/uwsgi/blog.yaml", "processes": b"4"}, "blog"),
+        (
+            {"module": [b"blog.wsgi:application", b"admin.wsgi:application"]},
+            "blog.wsgi:application",
+        ),
+        ({"mount": b"/shop=shop.wsgi:application"}, "shop.wsgi:application"),
+        # uWSGI 2.0 keeps only a mount's mountpoint: nothing names the app
+        ({"mount": b"/shop", "http-socket": b"127.0.0.1:80"}, "python"),
+    ],
+)
+def test_default_service_name_inside_uwsgi(
+    monkeypatch: pytest.MonkeyPatch, opt: dict[str, object], name: str
+) -> None:
+    uwsgi = types.ModuleType("uwsgi")
+    uwsgi.opt = opt  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uwsgi", uwsgi)
+    monkeypatch.setattr(sys, "argv", ["uwsgi"])  # what uWSGI's Python sees
+    assert default_service_name() == name
 
 
 def test_unix_socket_listener_gets_a_derived_index_and_one_warning(agent, caplog) -> None:
