@@ -15,6 +15,9 @@ import sys
 import zlib
 from collections.abc import Mapping
 
+from ._xdr import cut_utf8
+
+NAME_BYTES = 32  # sFlow's application field
 LOCAL_FIRST = 65536
 LOCAL_LAST = 99999
 
@@ -100,12 +103,18 @@ def default_service_name(argv: list[str] | None = None) -> str:
         args = ["uwsgi", *found] if found else args
     for arg in args[1:]:
         if _APP_SPEC.match(arg):
-            return arg[:32]
+            return _fit(arg)
     for option, value in itertools.pairwise(args[1:]):
         if option in _APP_OPTIONS and not value.startswith("-"):
-            return _stem(value.split(":")[0])[:32]
+            return _fit(_stem(value.split(":")[0]))
     if args:
         base = _stem(args[0])
         if base and base not in _LAUNCHERS:
-            return base[:32]
+            return _fit(base)
     return "python"
+
+
+def _fit(name: str) -> str:
+    """A derived name as collectors receive it whole: at most the 32 bytes of sFlow's
+    application field (utf8string<32>), cut on a character boundary."""
+    return cut_utf8(name, NAME_BYTES).decode("utf-8", "surrogateescape")

@@ -76,6 +76,7 @@ from ._layout import (
 from ._runtime_slots import RuntimeSlots
 from ._sender import Election
 from ._statedir import PrivateDir
+from ._xdr import cut_utf8
 
 
 def state_dir(configured: str | None = None) -> str:
@@ -359,7 +360,7 @@ class SharedState(Election, RuntimeSlots):
                 if words[at + E_KEY] == key:
                     return i
                 if words[at + E_KEY] == 0:
-                    raw = name.encode()[:32].ljust(32, b"\0")
+                    raw = cut_utf8(name, 32).ljust(32, b"\0")  # whole characters
                     for j in range(4):
                         words[at + E_NAME + j] = int.from_bytes(raw[j * 8 : j * 8 + 8], "little")
                     words[at + E_KIND] = KINDS[kind]

@@ -51,6 +51,24 @@ EXAMPLE_OPT = {
 }
 
 
+def test_a_long_derived_name_is_what_collectors_receive(state_dir: str) -> None:
+    """Cut to the 32 bytes of sFlow's application field on a character boundary (the
+    encoder cuts there too), so what `sflow-app status` shows and what collectors decode
+    are the same name -- and the shared state's source table keeps it whole."""
+    from sflow_app._shared import SharedState
+
+    name = default_service_name(["/srv/" + "é" * 40 + ".py"])
+    assert name == "é" * 16 and len(name.encode()) == 32
+    spec = "a" * 20 + ":x" + "é" * 20
+    assert default_service_name(["gunicorn", spec]) == "a" * 20 + ":x" + "é" * 5
+    state = SharedState.open(state_dir, "names")
+    try:
+        state.source_index("app", "€" * 20, 70000)  # 60 bytes: 10 whole characters kept
+        assert [e[2] for e in state.entries()] == ["€" * 10]
+    finally:
+        state.close()
+
+
 @pytest.mark.parametrize(
     ("opt", "name"),
     [
