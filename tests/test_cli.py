@@ -98,8 +98,9 @@ def test_help_for_every_command_and_usage_errors_exit_2() -> None:
         assert result.returncode == 0 and "usage: sflow-app " + command in result.stdout
     assert run_cli().returncode == 2
     assert run_cli("nonsense").returncode == 2
-    bad = run_cli("listen", "--port", "70000")
-    assert bad.returncode == 2 and "not a port" in bad.stderr
+    for port in ("70000", "0", "-1"):  # one message for every number out of range
+        bad = run_cli("listen", "--port", port)
+        assert bad.returncode == 2 and f"{port} is not a port (1..65535)" in bad.stderr
 
 
 def test_the_console_script_is_installed() -> None:

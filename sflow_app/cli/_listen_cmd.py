@@ -39,8 +39,11 @@ def add_parser(sub: Any) -> None:
 
 
 def port_number(text: str) -> int:
-    value = positive_int(text)
-    if value > 65535:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port (1..65535)")
     return value
 
