@@ -135,6 +135,11 @@ class Agent:
     def config_path(self) -> str:
         return _config.config_path(self._kwargs, self.env)
 
+    def configured(self, name: str) -> Any:
+        """What configure() said of setting ``name`` so far (None: nothing), without
+        reading the configuration: ``sflow-app run``'s import hooks ask it."""
+        return self._kwargs.get(name)
+
     def configure(self, **kwargs: Any) -> None:
         with self._config_lock:
             merged = {**self._kwargs, **kwargs}

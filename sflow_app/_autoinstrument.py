@@ -143,8 +143,21 @@ class Wrapper:
     """Wraps applications as the enabled integrations allow; each app at most once."""
 
     def __init__(self, off: set[str]) -> None:
-        self.off = off
+        self._env_off = off
         self._done: dict[int, Any] = {}
+
+    @property
+    def off(self) -> set[str]:
+        """The integrations turned off: configure()'s list once the app gave one (it wins
+        over the variable, as for every setting), else SFLOW_APP_DISABLED_INTEGRATIONS's.
+        Asked when a hook fires: an app's configure() before its imports counts."""
+        from ._agent import AGENT
+        from ._config import integration_names
+
+        configured = AGENT.configured("disabled_integrations")
+        if configured is None:
+            return self._env_off
+        return set(integration_names(configured)[0])
 
     def wsgi(self, app: Any) -> Any:
         if app is None or "wsgi" in self.off or _is_asgi(app):
@@ -271,7 +284,9 @@ def _werkzeug(module: ModuleType, wrap: Wrapper) -> None:
     setattr(module, "make_server", make_server_wrapped)  # noqa: B010
 
 
-def _django(module: ModuleType) -> None:
+def _django(module: ModuleType, wrap: Wrapper) -> None:
+    if "django" in wrap.off:
+        return
     handler = module.BaseHandler
     original = handler.load_middleware
 
@@ -286,7 +301,9 @@ def _django(module: ModuleType) -> None:
     handler.load_middleware = load_middleware
 
 
-def _memcache(module: ModuleType) -> None:
+def _memcache(module: ModuleType, wrap: Wrapper) -> None:
+    if "memcache" in wrap.off:
+        return
     from . import memcache
 
     memcache.instrument()
@@ -322,10 +339,8 @@ def install(env: Mapping[str, str] = os.environ) -> bool:
     when_imported("uvicorn.config", lambda m: _uvicorn(m, wrap))
     when_imported("hypercorn.utils", lambda m: _hypercorn(m, wrap))
     when_imported("werkzeug.serving", lambda m: _werkzeug(m, wrap))
-    if "django" not in off:
-        when_imported("django.core.handlers.base", _django)
-    if "memcache" not in off:
-        when_imported("pymemcache", _memcache)  # the package, once its __init__ has run
+    when_imported("django.core.handlers.base", lambda m: _django(m, wrap))
+    when_imported("pymemcache", lambda m: _memcache(m, wrap))  # once its __init__ has run
 
     def uwsgi_ready() -> None:
         target = _uwsgi_target()

@@ -134,6 +134,29 @@ def test_disabled_integration_memcache(
     assert collector.latest_counters(MemcacheCounters) is None
 
 
+def test_disabled_integration_by_configure(
+    collector: Collector, tmp: Path, memcached: Memcached
+) -> None:
+    """configure(disabled_integrations=...) in the app, before its imports: honoured by
+    sflow-app run's hooks as the variable is (it used to be accepted and do nothing)."""
+    port = free_port()
+    server = Server(
+        SFLOW_APP + gunicorn(port, "configured_off:app"),
+        cwd=PLAIN,
+        env=run_env(collector, tmp, memcached),
+        port=port,
+        log=tmp / "log",
+    )
+    with server:
+        for i in range(5):
+            assert httpx.get(f"{server.base}/items/{i}", timeout=10).status_code == 200
+        assert collector.wait_for(lambda c: http_total(c) == 6, 20), server.log()
+        # Flask is still instrumented (its routes), memcache is not.
+        assert collector.wait_for(lambda c: "/items/1" in routes(c), 10), server.log()
+    assert collector.records(MemcacheOperation) == []
+    assert collector.latest_counters(MemcacheCounters) is None
+
+
 def test_starlette_under_uvicorn_workers(collector: Collector, tmp: Path) -> None:
     port = free_port()
     argv = [*SFLOW_APP, "uvicorn", "starlette_plain:app", "--port", str(port), "--workers", "2"]
