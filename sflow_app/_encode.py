@@ -225,23 +225,11 @@ def http_request_head(method: int, protocol: int, strings: tuple[bytes, ...]) ->
 def _http_request(
     method: int, protocol: int, strings: tuple[bytes, ...], *numbers: int
 ) -> HttpRequest:
-    uri, host, referer, useragent, xff, authuser, mime_type = strings
-    req_bytes, resp_bytes, duration_us, status = numbers
-    return HttpRequest(
-        method,
-        protocol,
-        uri,
-        host,
-        referer,
-        useragent,
-        xff,
-        authuser,
-        mime_type,
-        req_bytes,
-        resp_bytes,
-        duration_us,
-        status,
-    )
+    """``strings``: uri, host, referer, useragent, xff, authuser, mime_type; ``numbers``:
+    req_bytes, resp_bytes, duration_us, status -- the record's own field order."""
+    if len(strings) != 7 or len(numbers) != 4:
+        raise ValueError(f"http_request takes 7 strings and 4 numbers, not {strings}, {numbers}")
+    return HttpRequest(method, protocol, *strings, *numbers)
 
 
 _PORTS = struct.Struct(">II")
