@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,11 @@ def test_a_slots_new_owner_continues_its_drops(folder: int) -> None:
     assert got is not None and got["drops"] == {"queue": 4, "backlog": 1}
 
 
-def test_written_at_most_once_a_second_and_only_when_changed(folder: int) -> None:
+def test_written_at_most_once_a_second_and_only_when_changed(
+    folder: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [time.monotonic()]  # the sidecars' clock moves only when the test says
+    monkeypatch.setattr(_sidecar, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     side = sidecars(folder)
     update(side, sender=1)
     st = os.stat("v2-k-1-2.json", dir_fd=folder)
@@ -83,6 +89,9 @@ def test_written_at_most_once_a_second_and_only_when_changed(folder: int) -> Non
     )  # within the second: not yet
     assert _sidecar.read(folder, "v2-k-1-2.json")["name"] == "svc"  # type: ignore[index]
     assert sorted(os.listdir(folder)) == ["v2-k-1-2.json"], "a temporary file left"
+    now[0] += _sidecar.WRITE_EVERY  # a second later: written
+    side.update(sender=1, slot=None, name="other", rates={}, errors={}, bad_forwards=0, stats={})
+    assert _sidecar.read(folder, "v2-k-1-2.json")["name"] == "other"  # type: ignore[index]
 
 
 def test_files_of_names_only_that_instances_sidecars() -> None:
