@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,15 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import Collector, free_port
+from helpers import Collector, Server, free_port, wait_until
 from test_status import APPS, clean_env
-
-
-def up(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.mark.slow
@@ -41,21 +33,14 @@ def test_a_file_as_state_dir_warns_once_and_status_finds_the_fallback(
         SFLOW_APP_POLLING="1",
         SFLOW_APP_NAME="falls-back",
     )
-    log_path = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}"]
-    cmd += ["--no-control-socket", "wsgi_app:application"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    argv = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}"]
+    argv += ["--no-control-socket", "wsgi_app:application"]
+    server = Server(argv, cwd=APPS, env=env, port=port, log=tmp_path / "log", health="/health")
     try:
-        deadline = time.monotonic() + 30
-        while log_path.read_text().count("Booting worker") < 2 or not up(port):
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        server.start()
+        assert wait_until(lambda: server.log().count("Booting worker") >= 2), server.log()
         for i in range(20):  # both workers serve (and open their state) in all likelihood
-            httpx.get(f"http://127.0.0.1:{port}/hello/{i}", timeout=10)
+            httpx.get(f"{server.base}/hello/{i}", timeout=10)
         assert collector.wait_for(lambda c: bool(c.datagrams), timeout=20)
         done = subprocess.run(
             [sys.executable, "-m", "sflow_app", "status", "--json"],
@@ -66,8 +51,7 @@ def test_a_file_as_state_dir_warns_once_and_status_finds_the_fallback(
         )
         time.sleep(1)  # a late worker's warning would be logged by now
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
+        server.stop()
         collector.close()
     # status searched the setting, noted why it skipped it, and found the service.
     assert done.returncode == 0, done.stderr
@@ -75,7 +59,7 @@ def test_a_file_as_state_dir_warns_once_and_status_finds_the_fallback(
     [svc] = json.loads(done.stdout)["services"]
     assert svc["name"] == "falls-back"
     # One warning for the service, one reason for the setting, and where it went instead.
-    text = log_path.read_text()
+    text = server.log()
     warnings = [line for line in text.splitlines() if "state directories skipped" in line]
     assert len(warnings) == 1, text
     assert warnings[0].count(not_a_dir) == 1, warnings[0]
