@@ -48,29 +48,26 @@ def test_disabled_integrations_parsed_and_unknown_left_to_the_agent(caplog) -> N
         resolve({"disabled_integrations": "flask,flsk"}, {}, None, "/etc/hsflowd.auto")
 
 
-def test_disabled_integrations_in_sflow_app_config() -> None:
-    env = {**os.environ, "SFLOW_APP_DISABLED_INTEGRATIONS": "memcache,asgi"}
-    out = subprocess.run(
+def config_json(disabled: str) -> subprocess.CompletedProcess[str]:
+    """``sflow-app config --json`` with SFLOW_APP_DISABLED_INTEGRATIONS=``disabled``."""
+    return subprocess.run(
         [sys.executable, "-m", "sflow_app", "config", "--json"],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "SFLOW_APP_DISABLED_INTEGRATIONS": disabled},
         timeout=60,
     )
+
+
+def test_disabled_integrations_in_sflow_app_config() -> None:
+    out = config_json("memcache,asgi")
     setting = json.loads(out.stdout)["settings"]["disabled_integrations"]
     assert setting == {"value": ["memcache", "asgi"], "source": "environment"}
     assert "warning" not in out.stderr
 
 
 def test_an_unknown_integration_is_a_warning_of_sflow_app_config() -> None:
-    env = {**os.environ, "SFLOW_APP_DISABLED_INTEGRATIONS": "memcache,bogus"}
-    out = subprocess.run(
-        [sys.executable, "-m", "sflow_app", "config", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    out = config_json("memcache,bogus")
     setting = json.loads(out.stdout)["settings"]["disabled_integrations"]
     assert setting == {"value": ["memcache"], "source": "environment"}
     warning = "warning: SFLOW_APP_DISABLED_INTEGRATIONS: unknown integration 'bogus' ignored"
