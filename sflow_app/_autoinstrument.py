@@ -160,14 +160,18 @@ class Wrapper:
         return set(integration_names(configured)[0])
 
     def wsgi(self, app: Any) -> Any:
-        if app is None or "wsgi" in self.off or _is_asgi(app):
+        off = self.off
+        if app is None or "wsgi" in off or _is_asgi(app):
             return app
         done = self._done.get(id(app))
         if done is not None:
             return done
+        kind = _wsgi_framework(app)
+        if kind in off:  # as for Starlette and FastAPI: that framework's apps left alone
+            return app
         wrapped = app
         if not carries_middleware(app):
-            if _is_flask(app) and "flask" not in self.off:
+            if kind == "flask":
                 # (imported by name: integrations/ is installed inside the package)
                 importlib.import_module("sflow_app.integrations.flask").init_app(app)
             else:
@@ -195,10 +199,13 @@ def _is_asgi(app: Any) -> bool:
     return inspect.iscoroutinefunction(call)
 
 
-def _is_flask(app: Any) -> bool:
-    return any(
-        c.__module__.startswith("flask.") and c.__name__ == "Flask" for c in type(app).__mro__
-    )
+def _wsgi_framework(app: Any) -> str:
+    names = {f"{c.__module__}.{c.__name__}" for c in type(app).__mro__}
+    if any(n.startswith("flask.") and n.endswith(".Flask") for n in names):
+        return "flask"
+    if "django.core.handlers.wsgi.WSGIHandler" in names:
+        return "django"
+    return "wsgi"
 
 
 def _framework(app: Any) -> str:

@@ -102,6 +102,20 @@ def test_wrapper_wraps_once_and_leaves_asgi_to_asgi() -> None:
     assert wrap.wsgi(flask) is flask and isinstance(flask.wsgi_app, WSGIMiddleware)
 
 
+def test_a_disabled_wsgi_framework_is_left_alone() -> None:
+    """flask or django in SFLOW_APP_DISABLED_INTEGRATIONS: that framework's applications
+    are neither counted nor sampled (as starlette/fastapi for ASGI), others still are."""
+    from django.core.handlers.wsgi import WSGIHandler
+
+    flask = Flask(__name__)
+    assert auto.Wrapper({"flask"}).wsgi(flask) is flask
+    assert "wsgi_app" not in vars(flask)  # no init_app (it sets the instance's wsgi_app)
+    django = WSGIHandler.__new__(WSGIHandler)  # its type is what counts: no settings needed
+    assert auto.Wrapper({"django"}).wsgi(django) is django
+    assert isinstance(auto.Wrapper({"django"}).wsgi(plain), WSGIMiddleware)
+    assert isinstance(auto.Wrapper({"flask"}).wsgi(django), WSGIMiddleware)
+
+
 def test_when_imported_runs_after_the_module(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "sfa_probe_mod.py").write_text("VALUE = 1\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
