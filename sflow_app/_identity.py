@@ -47,9 +47,13 @@ def local_index(service: str, kind: str, name: str = "") -> int:
 
 
 _APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(.*\))?$")
-# Options whose value names the application (uWSGI and friends).
-_APP_OPTIONS = {"--module", "-w", "--wsgi-file", "--file", "--app", "--wsgi"}
+# Options whose value names the application (uWSGI and friends); uWSGI's -w alone, which
+# is gunicorn's worker count.
+_APP_OPTIONS = {"--module", "--wsgi-file", "--file", "--app", "--wsgi"}
 _APP_OPTIONS |= {"--ini", "--yaml", "--json", "--xml"}
+# A bare module names gunicorn's application ("shop.wsgi": its "application").
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_BARE_MODULE_SERVERS = {"gunicorn"}
 # The same as keys of uwsgi.opt, and mount ("mountpoint=app").
 _UWSGI_KEYS = {"module", "wsgi", "wsgi-file", "file", "ini", "yaml", "json", "xml", "mount"}
 
@@ -92,7 +96,8 @@ def default_service_name(argv: list[str] | None = None) -> str:
     """The documented default for SFLOW_APP_NAME.
 
     The first ``module:app`` argument (``gunicorn shop.wsgi:app`` -> ``shop.wsgi:app``),
-    else the value of ``--module``/``--wsgi-file``/``--ini`` (uWSGI), else the script's
+    else the value of ``--module``/``-w``/``--wsgi-file``/``--ini`` (uWSGI), else
+    gunicorn's bare module argument (``gunicorn -w 4 shop.wsgi``), else the script's
     name without ``.py``, else ``python``. multiprocessing's spawn restores the parent's
     argv, so uvicorn's spawned workers agree with each other. Under uWSGI the arguments
     are its options (``uwsgi_args``), the same in the master and every worker.
@@ -104,14 +109,31 @@ def default_service_name(argv: list[str] | None = None) -> str:
     for arg in args[1:]:
         if _APP_SPEC.match(arg):
             return _fit(arg)
+    command = command_name(args[0]) if args else ""
+    options = _APP_OPTIONS | {"-w"} if command == "uwsgi" else _APP_OPTIONS
     for option, value in itertools.pairwise(args[1:]):
-        if option in _APP_OPTIONS and not value.startswith("-"):
+        if option in options and not value.startswith("-"):
             return _fit(_stem(value.split(":")[0]))
+    # gunicorn's positional APP_MODULE, last as usual, not an option's value
+    # ("gunicorn -w 4 shop.wsgi"; not "gunicorn -c conf.py").
+    last, before = args[-1] if args else "", args[-2] if len(args) > 2 else ""
+    valued = not before.startswith("-") or "=" in before  # not "-c conf"
+    if command in _BARE_MODULE_SERVERS and len(args) > 1 and _MODULE.match(last) and valued:
+        return _fit(last)
     if args:
         base = _stem(args[0])
         if base and base not in _LAUNCHERS:
             return _fit(base)
     return "python"
+
+
+def command_name(arg0: str) -> str:
+    """The command's name: ``gunicorn`` of ``/usr/bin/gunicorn`` and of ``python -m
+    gunicorn`` (whose argv[0] is ``.../gunicorn/__main__.py``)."""
+    parts = os.path.normpath(arg0).split(os.sep)
+    if parts[-1] == "__main__.py" and len(parts) > 1:
+        return parts[-2]
+    return parts[-1]
 
 
 def _fit(name: str) -> str:

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ._identity import command_name
+
 log = logging.getLogger("sflow_app")
 PROC_FDS = "/proc/self/fd"
 
@@ -108,9 +110,7 @@ def server_listener() -> tuple[int | None, str]:
     also listens) a lone listener is no proof: wait for the first request."""
     if "uwsgi" in sys.modules:
         return uwsgi_listener()
-    parts = os.path.normpath(sys.argv[0] if sys.argv else "").split(os.sep)
-    command = parts[-2] if parts[-1] == "__main__.py" and len(parts) > 1 else parts[-1]
-    if command in SERVERS:
+    if command_name(sys.argv[0] if sys.argv else "") in SERVERS:
         return inherited_listener()
     return None, "not a known server"
 

@@ -24,6 +24,11 @@ def test_default_service_name() -> None:
     )
     assert default_service_name(["uvicorn", "--port", "80", "api.main:app"]) == "api.main:app"
     assert default_service_name(["/srv/worker.py"]) == "worker"
+    # gunicorn: -w is its worker count, not uWSGI's module; a bare module is its app.
+    assert default_service_name(["gunicorn", "-w", "4", "shop.wsgi"]) == "shop.wsgi"
+    assert default_service_name(["/venv/lib/gunicorn/__main__.py", "shop.wsgi"]) == "shop.wsgi"
+    assert default_service_name(["gunicorn", "-c", "conf"]) == "python"  # an option's value
+    assert default_service_name(["uwsgi", "-w", "shop.wsgi"]) == "shop.wsgi"
     assert default_service_name(["python"]) == "python"
     assert default_service_name([]) == "python"
     uwsgi = ["uwsgi", "--http-socket", "127.0.0.1:80", "--wsgi-file", "/srv/blog/app.py"]
