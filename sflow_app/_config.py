@@ -198,7 +198,7 @@ def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
     elif not value:
         items = []
     else:
-        raise TypeError(f"expected a comma-separated list or a sequence, got {value!r}")
+        raise ValueError(f"expected a comma-separated list or a sequence, got {value!r}")
     known: list[str] = []
     unknown: list[str] = []
     for item in items:

@@ -576,6 +576,7 @@ def test_empty_env_values_mean_unset() -> None:
         ({"ds_index": 2**24}, "outside 1..16777215"),
         ({"service_name": ""}, "non-empty string"),
         ({"disable": "perhaps"}, "configure(disable=...)"),
+        ({"disabled_integrations": 5}, "expected a comma-separated list or a sequence"),
     ],
 )
 def test_bad_kwargs_raise_value_error(kwargs: dict[str, Any], message: str) -> None:
