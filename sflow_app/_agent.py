@@ -276,7 +276,7 @@ class Agent:
             source.ds_index = local_index(self.service_name, "http", where)
             if self.capture is not None:
                 return  # a test client has no listener: nothing for a test's output
-            self.warn_once(
+            self.warn_service(  # alike in every worker: once for the service
                 f"HTTP listener {where!r} has no TCP port: using derived data source "
                 f"3:{source.ds_index}; set SFLOW_APP_DS_INDEX to choose one"
             )

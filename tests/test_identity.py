@@ -1,4 +1,5 @@
 import logging
+import os
 import sys
 import types
 
@@ -108,6 +109,12 @@ def test_unix_socket_listener_gets_a_derived_index_and_one_warning(agent, caplog
         a.set_http_port(None, "unix:/run/app.sock")
     assert source.ds_index == local_index("tests", "http", "unix:/run/app.sock")
     assert LOCAL_FIRST <= source.ds_index <= LOCAL_LAST
+    # Another worker of the service (its own agent, the same settings) says nothing more.
+    worker = _agent.Agent(autostart=False, env=dict(os.environ))
+    worker.reload()
+    with caplog.at_level(logging.WARNING, logger="sflow_app"):
+        worker.http_source()
+        worker.set_http_port(None, "unix:/run/app.sock")
     assert len([r for r in caplog.records if "no TCP port" in r.getMessage()]) == 1
 
 
