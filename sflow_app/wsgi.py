@@ -37,12 +37,14 @@ listening socket:
   ``environ["werkzeug.socket"]``, the same way;
 - uWSGI: the ``uwsgi`` module -- with the HTTP router (``--http``/``--https``) the
   router's port from ``uwsgi.opt``; otherwise the lowest TCP port among the sockets the
-  instance bound (``uwsgi.sockets``: ``--http-socket``, ``--socket`` behind nginx). Run
-  it with ``--enable-threads`` (or ``--threads``): the exporter is a Python thread;
+  instance bound (``uwsgi.sockets``: ``--http-socket``, ``--socket`` behind nginx). The
+  exporter is a Python thread: uWSGI 2.0 on Python 3 runs threads by default, older
+  builds need ``--enable-threads`` (or ``--threads``);
 - wsgiref: ``SERVER_PORT``, which it takes from its own listening socket.
 
 Any other server, or a unix socket, gets a locally assigned index (65536-99999, stable for
-the service name) and a warning naming ``SFLOW_APP_DS_INDEX``.
+the service name and the listener) and one warning per service naming
+``SFLOW_APP_DS_INDEX``.
 """
 
 from __future__ import annotations
