@@ -52,12 +52,23 @@ def _places(parent: str, env_runtime: str | None) -> list[str]:
     return places
 
 
+class _NoNewFolder(OSError):
+    """``parent`` takes no new folder (its reason said once for all the names)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def _open_dir(pfd: int, parent: str, name: str) -> int:
     """Create (if needed) and open ``parent/name`` (``pfd``: ``parent``, open); raise
     OSError if it is not safe."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(name, 0o700, dir_fd=pfd)
+    except FileExistsError:
+        pass
+    except OSError as exc:  # read-only, not ours to write, full: alike for every name
+        raise _NoNewFolder(exc.errno, f"{parent}: cannot create a folder: {exc.strerror}") from exc
     fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=pfd)
     st = os.fstat(fd)
     problem = None
@@ -92,6 +103,10 @@ def open_private(parent: str, env_runtime: str | None) -> tuple[PrivateDir, list
                 name = f"sflow-app-{uid}" + (f".{i}" if i else "")
                 try:
                     fd = _open_dir(pfd, place, name)
+                except _NoNewFolder as exc:
+                    if str(exc) not in skipped:  # said once; a later name may exist already
+                        skipped.append(str(exc))
+                    continue
                 except OSError as exc:
                     if isinstance(exc, PermissionError) and exc.filename is None:
                         skipped.append(str(exc))  # ours: names the folder and what is wrong

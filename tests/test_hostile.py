@@ -10,6 +10,7 @@ sample sequence numbers that step by one, counters that never go back.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -302,6 +303,38 @@ def test_read_only_state_dir_uses_a_private_temp_dir(tmp_path: Path) -> None:
     finally:
         svc.close()
         subprocess.run(["rm", "-rf", locked, temp], check=False)
+
+
+def test_a_folder_it_cannot_write_is_one_reason_not_one_per_name(tmp_path: Path) -> None:
+    """daemon cannot create folders in root's 0755 folder: the warning names the folder
+    once (it said "Permission denied" for each of the four names it tried there)."""
+    need_root()
+    parent = tempfile.mkdtemp(prefix="sfa-ro-")
+    os.chmod(parent, 0o755)
+    temp = tempfile.mkdtemp(prefix="sfa-tmp-")
+    os.chmod(temp, 0o1777)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # as daemon, in a forked child (it may not exec this interpreter)
+        try:
+            os.close(r)
+            become(DAEMON)()
+            tempfile.tempdir = temp
+            private, skipped = _statedir.open_private(parent, None)
+            os.write(w, json.dumps([private.path, skipped]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as out:
+            written = out.read()
+        os.waitpid(pid, 0)
+        assert written, "the child found no private folder"
+        path, skipped = json.loads(written)
+        assert path == os.path.join(temp, f"sflow-app-{DAEMON}")
+        assert skipped == [f"{parent}: cannot create a folder: Permission denied"]
+    finally:
+        subprocess.run(["rm", "-rf", parent, temp], check=False)
 
 
 # -- 4: long paths, bad forwarded messages -----------------------------------------------
