@@ -33,15 +33,17 @@ NOBODY = 65534  # another user
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SFLOW_APP_", "PREFORK_"))}
     env.pop("XDG_RUNTIME_DIR", None)  # a fallback place the command would search too
+    if "SFLOW_APP_STATE_DIR" in extra:
+        # And the temp dir's fallback folder, where any service of this user on the machine
+        # may report (not this test's): the test's own folder instead.
+        env["TMPDIR"] = extra["SFLOW_APP_STATE_DIR"]
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def status(*args: str, state_dir: str, **run: Any) -> subprocess.CompletedProcess[str]:
-    # TMPDIR too: the command also looks in the temp dir's fallback folder, where any
-    # service of this user on the machine may have reported (not this test's).
     return subprocess.run(
         [sys.executable, "-m", "sflow_app", "status", *args],
-        env=clean_env(SFLOW_APP_STATE_DIR=state_dir, TMPDIR=state_dir),
+        env=clean_env(SFLOW_APP_STATE_DIR=state_dir),
         capture_output=True,
         text=True,
         timeout=60,
@@ -235,7 +237,10 @@ def test_no_lock_taken_and_nothing_opened_for_writing(state_dir: str, tmp_path: 
         pytest.skip("strace is not installed (the other tests check the same by effect)")
     trace = tmp_path / "strace.txt"
     # Not measured by coverage: its data file is SQLite, which sets locks of its own.
-    env = clean_env(SFLOW_APP_STATE_DIR=state_dir, PYTHONDONTWRITEBYTECODE="1")
+    # The temp dir apart from the state: finding it, tempfile writes a probe file there.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = clean_env(SFLOW_APP_STATE_DIR=state_dir, TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1")
     env.pop("COVERAGE_PROCESS_CONFIG", None)
     collector = Collector()
     try:
