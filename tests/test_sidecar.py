@@ -143,7 +143,9 @@ def test_queue_drops_and_send_errors_reach_status(tmp_path: Path, state_dir: str
         assert agent.stats["send_errors"] >= 1
         done = subprocess.run(
             [sys.executable, "-m", "sflow_app", "status", "--json", "unit"],
-            env={**os.environ, "SFLOW_APP_STATE_DIR": state_dir},
+            # This test's state only: not the temp dir's fallback folder, where any
+            # service of this user may report.
+            env={**os.environ, "SFLOW_APP_STATE_DIR": state_dir, "TMPDIR": state_dir},
             capture_output=True,
             text=True,
             timeout=60,
