@@ -182,24 +182,26 @@ class SFlowMiddleware:
             return self._sampled(n, rate, environ, start_response)
         # The unsampled path: count the method, learn the status, count it.
         next(self._method_incr.get(environ.get("REQUEST_METHOD"), self._other_method))
-        status = None
+        seen: str | None = None
 
+        # The parameters are named as servers name them: an app may pass them by keyword.
         def counting_start_response(
-            status_: str, headers: Headers, exc_info: ExcInfo | None = None
+            status: str, headers: Headers, exc_info: ExcInfo | None = None
         ) -> Write:
-            nonlocal status
-            write = start_response(status_, headers, exc_info)
-            status = status_
+            nonlocal seen
+            write = start_response(status, headers, exc_info)
+            seen = status
             return write
 
         try:
             result = self.app(environ, counting_start_response)
         except BaseException:
-            self._count_status(status, True)
+            self._count_status(seen, True)
             raise
-        if status is None:  # start_response deferred to the first iteration (generators)
-            return _LateStatus(result, self, lambda: status)
-        next(self._status_count.get(status) or self._status_counter(status))
+        if seen is None:  # start_response deferred to the first iteration (generators)
+            late = _SizedLateStatus if hasattr(result, "__len__") else _LateStatus
+            return late(result, self, lambda: seen)
+        next(self._status_count.get(seen) or self._status_counter(seen))
         return result
 
     def _status_counter(self, status: str) -> Iterator[object]:
@@ -240,8 +242,8 @@ class SFlowMiddleware:
         next(self._method_incr.get(txn.method, self._other_method))
         environ[TRANSACTION_KEY] = txn
         length = environ.get("CONTENT_LENGTH", "")
-        if length and length.strip().isdigit():
-            txn.req_bytes = int(length)
+        if type(length) is str and length.isascii() and length.strip().isdigit():
+            txn.req_bytes = int(length)  # ASCII digits only: "¹" (latin-1 0xb9) is a digit
         elif environ.get("HTTP_TRANSFER_ENCODING") and environ.get("wsgi.input") is not None:
             # A body without a length (chunked): what the app reads is counted. With
             # neither header a request has no body (RFC 9112, 6.3): nothing to wrap.
@@ -313,6 +315,15 @@ class _LateStatus:
             middleware, self._middleware = self._middleware, None
             if middleware is not None:
                 middleware._count_status(self._status(), self._failed)
+
+
+class _SizedLateStatus(_LateStatus):
+    """For results with a length: servers may use ``len()`` to set Content-Length."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._result)  # type: ignore[arg-type]
 
 
 class _Transaction(Deferred):
@@ -718,11 +729,12 @@ class _ListBody(_SizedBody):
 class _Input:
     """``wsgi.input`` of a sampled request without Content-Length: counts what is read."""
 
-    __slots__ = ("_stream", "_txn")
+    __slots__ = ("_lines", "_stream", "_txn")
 
     def __init__(self, stream: Any, txn: _Transaction) -> None:
         self._stream = stream
         self._txn = txn
+        self._lines: Iterator[bytes] | None = None
 
     def read(self, *args: Any) -> bytes:
         data: bytes = self._stream.read(*args)
@@ -739,10 +751,25 @@ class _Input:
         self._txn.req_bytes += sum(map(len, lines))
         return lines
 
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self._txn.req_bytes += len(line)
-            yield line
+    def __iter__(self) -> _Input:
+        self._lines = iter(self._stream)  # what the stream itself refuses, refused alike
+        return self
+
+    def __next__(self) -> bytes:
+        if self._lines is None:
+            self._lines = iter(self._stream)
+        line: bytes = next(self._lines)
+        self._txn.req_bytes += len(line)
+        return line
+
+    # Special methods are looked up on the type, never through __getattr__: the stream's
+    # own protocol, handed through (``with environ["wsgi.input"] as f``).
+    def __enter__(self) -> _Input:
+        self._stream.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._stream.__exit__(*exc)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

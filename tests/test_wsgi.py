@@ -1060,3 +1060,96 @@ def test_unknown_server_gets_a_derived_index_and_a_warning(live, collector, capl
     index = collector.counter_samples()[-1].ds_index
     assert 65536 <= index <= 99999
     assert str(index) in warning.getMessage()
+
+
+# -- what the app sees is what it would see bare (an adversarial review's findings) ----
+
+
+def _server_call(app, environ: dict) -> tuple[list, bytes]:
+    seen: list = []
+
+    def start_response(status, headers, exc_info=None):  # named as servers name them
+        seen[:] = [status, headers]
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        return seen, b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+
+
+@pytest.mark.parametrize("length", ["\xb9", "\xb2", "5 5", 5])
+def test_an_odd_content_length_never_fails_a_sampled_request(live, collector, length) -> None:
+    """A client's "Content-Length: \\xb9" reaches the environ as "¹", which str.isdigit()
+    takes for a digit and int() refuses: the app answered, we raised (a 500)."""
+    live(sampling=1)
+    environ = EnvironBuilder(path="/len").get_environ()
+    environ["CONTENT_LENGTH"] = length
+    seen, body = _server_call(SFlowMiddleware(hello), environ)
+    assert (seen[0], body) == ("200 OK", b"hello")
+    flush(collector)
+    [req] = [record(s, HttpRequest) for s in http_samples(collector)]
+    assert (req.uri, req.status, req.req_bytes) == ("/len", 200, 0)
+
+
+@pytest.mark.parametrize("sampling", [1, 1000])
+def test_start_response_by_keyword(live, collector, sampling: int) -> None:
+    """wsgiref, Werkzeug and gunicorn name them status, headers, exc_info."""
+    live(sampling=sampling)
+
+    def app(environ, start_response):
+        start_response(status="201 Created", headers=[("Content-Type", "text/plain")])
+        return [b"made"]
+
+    seen, body = _server_call(SFlowMiddleware(app), EnvironBuilder().get_environ())
+    assert (seen[0], body) == ("201 Created", b"made")
+
+
+def test_a_late_status_keeps_the_results_length(live) -> None:
+    """Unsampled, start_response called only when iterated: a result with a length keeps
+    it (wsgiref sets Content-Length from len() of a one-item result)."""
+    live(sampling=1000)
+
+    class Lazy:
+        def __init__(self, start_response) -> None:
+            self.start_response = start_response
+
+        def __len__(self) -> int:
+            return 1
+
+        def __iter__(self):
+            self.start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"hello"
+
+    wrapped = SFlowMiddleware(lambda environ, start_response: Lazy(start_response))
+    result = wrapped(EnvironBuilder().get_environ(), lambda *a: lambda data: None)
+    assert len(result) == 1  # type: ignore[arg-type]
+    assert b"".join(result) == b"hello"
+    result.close()  # type: ignore[attr-defined]
+    plain = SFlowMiddleware(lambda e, sr: iter([b"x"]))  # no length: none made up
+    unsized = plain(EnvironBuilder().get_environ(), lambda *a: lambda data: None)
+    assert not hasattr(unsized, "__len__")
+
+
+def test_a_chunked_upload_stream_keeps_its_protocol(live, collector) -> None:
+    """Sampled, a body without Content-Length is counted through a wrapper: the app can
+    still use the stream as a context manager and an iterator, as it could bare."""
+    live(sampling=1)
+
+    def app(environ, start_response):
+        with environ["wsgi.input"] as stream:
+            first = next(stream)
+            rest = b"".join(stream)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [first + rest]
+
+    environ = EnvironBuilder(method="POST", path="/up").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    environ["wsgi.input"] = io.BytesIO(b"line one\nline two\n")
+    seen, body = _server_call(SFlowMiddleware(app), environ)
+    assert (seen[0], body) == ("200 OK", b"line one\nline two\n")
+    flush(collector)
+    [req] = [record(s, HttpRequest) for s in http_samples(collector)]
+    assert req.req_bytes == len(body)
