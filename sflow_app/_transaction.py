@@ -109,14 +109,46 @@ def _decorate(func: Any, operation: str | None, application: str | None) -> Any:
     # never decorates anything.
     import inspect
 
-    import wrapt
-
     inner = getattr(func, "__func__", func)  # classmethod / staticmethod objects
     name = operation or getattr(inner, "__qualname__", None) or repr(inner)
     op = _Operation(name, application)
+    wrapper = _wrapper_class()
     if inspect.iscoroutinefunction(inner):
-        return wrapt.FunctionWrapper(func, op.call_async)
-    return wrapt.FunctionWrapper(func, op.call)
+        return wrapper(func, op.call_async)
+    return wrapper(func, op.call)
+
+
+_WRAPPER: Any = None
+
+
+def _wrapper_class() -> Any:
+    """wrapt's FunctionWrapper, pickled and copied as a function is: by reference.
+
+    A function pickles as its module and qualified name, looked up again where it is
+    loaded (multiprocessing, concurrent.futures), and copies as itself; wrapt's proxies
+    refuse both. Made at the first decoration (wrapt is imported then)."""
+    global _WRAPPER
+    if _WRAPPER is None:
+        import wrapt
+
+        class Bound(wrapt.BoundFunctionWrapper[Any, Any]):
+            def __reduce_ex__(self, protocol: Any) -> Any:
+                return getattr, (self.__self__, self.__name__)  # as a bound method
+
+        class Decorated(wrapt.FunctionWrapper[Any, Any]):
+            __bound_function_wrapper__ = Bound
+
+            def __reduce_ex__(self, protocol: Any) -> Any:
+                return self.__qualname__  # a global: found again in its module
+
+            def __copy__(self) -> Any:
+                return self
+
+            def __deepcopy__(self, memo: Any) -> Any:
+                return self
+
+        _WRAPPER = Decorated
+    return _WRAPPER
 
 
 class _Operation:

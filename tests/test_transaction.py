@@ -385,3 +385,30 @@ assert seen == [None, ("POST", "/orders/7")], seen
         cwd=tmp_path,
         env={**os.environ, "SFLOW_APP_DS_INDEX": "8000", "SFLOW_APP_STATE_DIR": str(tmp_path)},
     )
+
+
+@transaction
+def doubled(x: int) -> int:
+    return 2 * x
+
+
+class Adder:
+    @transaction
+    def plus(self, x: int) -> int:
+        return x + 1
+
+
+def test_decorated_functions_pickle_and_copy_as_functions_do() -> None:
+    """By reference, as a plain function: multiprocessing and concurrent.futures hand
+    decorated functions (and bound methods) to workers; copy treats them as atoms."""
+    import copy
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    assert pickle.loads(pickle.dumps(doubled)) is doubled
+    assert pickle.loads(pickle.dumps(Adder().plus))(1) == 2
+    assert copy.copy(doubled) is doubled and copy.deepcopy({"f": doubled})["f"] is doubled
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(2, mp_context=fork) as pool:
+        assert list(pool.map(doubled, [1, 2, 3])) == [2, 4, 6]
