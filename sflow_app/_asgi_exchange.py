@@ -46,7 +46,7 @@ class Exchange:
         message = await self._receive()
         kind = message["type"]
         if kind == "http.request":
-            self.received += len(message.get("body", b""))
+            self.received += body_size(message)
         elif kind == "websocket.receive":
             self.received += payload_size(message)
         elif kind in ("http.disconnect", "websocket.disconnect") and not self.end_ns:
@@ -66,7 +66,7 @@ class Exchange:
             raise
         if kind in ("http.response.body", "websocket.http.response.body"):
             if not self.head:
-                self.sent += len(message.get("body", b""))
+                self.sent += body_size(message)
             if not message.get("more_body", False):
                 self.end_ns = perf_counter_ns()
         elif kind == "websocket.send":
@@ -123,12 +123,26 @@ def websocket_status(message: Message) -> int:
     return 0
 
 
+def body_size(message: Message) -> int:
+    """An http message's body bytes; 0 for what is no body (None: the server's to refuse,
+    never our counting's)."""
+    body = message.get("body")
+    try:
+        return len(body) if body else 0
+    except TypeError:
+        return 0
+
+
 def payload_size(message: Message) -> int:
     data = message.get("bytes")
-    if data is not None:
-        return len(data)
-    text = message.get("text")
-    return len(text.encode()) if text else 0
+    try:
+        if data is not None:
+            return len(data)
+        text = message.get("text")
+        # A lone surrogate is the server's to refuse, not ours to raise on.
+        return len(text.encode("utf-8", "surrogatepass")) if text else 0
+    except (TypeError, AttributeError):
+        return 0
 
 
 def follow_error_page(send: Send, exchange: Exchange, done: Callable[[], None]) -> bool:

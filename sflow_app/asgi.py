@@ -166,7 +166,7 @@ class SFlowMiddleware:
         cells = source.counters.cells
         # Counter cells (next() adds one, see _counters): the unsampled path is two dict
         # lookups and two next() calls.
-        self._method_incr: dict[str, Iterator[object]] = {
+        self._method_incr: dict[Any, Iterator[object]] = {
             m: cells[slot] for m, (_, slot) in METHODS.items()
         }
         self._other_method: Iterator[object] = cells[OTHER_METHOD[1]]
@@ -206,7 +206,7 @@ class SFlowMiddleware:
             status = status or 500
             raise
         finally:
-            next(self._method_incr.get(scope["method"], self._other_method))
+            next(self._method_incr.get(scope.get("method"), self._other_method))
             try:
                 next(self._status_incr.get(status or CLIENT_CLOSED, self._other_status))
             except TypeError:  # an unhashable status: the app's mistake, not ours to raise
@@ -263,7 +263,7 @@ class SFlowMiddleware:
 
     async def _sampled(self, n: int, rate: int, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = scope["type"] == "websocket"
-        method = "GET" if websocket else scope["method"]
+        method = "GET" if websocket else scope.get("method", "")
         root_path = scope.get("root_path", "")
         exchange = _Exchange(receive, send, method == "HEAD")
         # The parent context of decorated calls: the route template once the router has

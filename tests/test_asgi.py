@@ -485,6 +485,50 @@ def test_an_unhashable_status_is_counted_as_other_not_raised(agent, collector, s
     assert (c.status_other_count, c.method_get_count) == (1, 1)
 
 
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_a_scope_without_a_method_is_counted_not_raised(agent, collector, sampling):
+    """A lenient server's scope with no "method": the app answers as it would bare; the
+    request is counted as another method (we raised KeyError after the response)."""
+    agent(sampling=sampling)
+    scope = http_scope()
+    del scope["method"]
+    peer = call(SFlowMiddleware(respond(status=200)), scope)
+    assert peer.sent[0]["status"] == 200
+    flush(AGENT, collector)
+    c = counters(collector)
+    assert (c.method_other_count, c.status_2XX_count) == (1, 1)
+
+
+def test_odd_bodies_and_payloads_are_counted_not_raised(agent, collector):
+    """Sampled: a body of None from the server, a websocket text with a lone surrogate --
+    the server's to accept or refuse, never our counting's to raise on."""
+    agent(sampling=1)
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": None})
+
+    class NoneBody(Peer):
+        async def receive(self) -> dict:
+            return {"type": "http.request", "body": None, "more_body": False}
+
+    peer = call(SFlowMiddleware(app), http_scope(), NoneBody())
+    assert [m["type"] for m in peer.sent] == ["http.response.start", "http.response.body"]
+    ws = WsPeer([])
+
+    async def ws_app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "bad \ud800"})
+        await send({"type": "websocket.close"})
+
+    asyncio.run(SFlowMiddleware(ws_app)(ws_scope(), ws.receive, ws.send))  # type: ignore[arg-type]
+    assert ws.sent[1] == {"type": "websocket.send", "text": "bad \ud800"}
+    flush(AGENT, collector)
+    assert len(http_records(collector)) == 2
+
+
 def test_exclude_prefixes_and_predicate(agent, collector):
     agent(sampling=1)
     mw = SFlowMiddleware(respond(), exclude=["/health", "/metrics"])
