@@ -166,7 +166,7 @@ class SFlowMiddleware:
         cells = source.counters.cells
         # Counter cells (next() adds one, see _counters): the unsampled path is two dict
         # lookups and two next() calls.
-        self._method_incr: dict[Any, Iterator[object]] = {
+        self._method_incr: dict[str, Iterator[object]] = {
             m: cells[slot] for m, (_, slot) in METHODS.items()
         }
         self._other_method: Iterator[object] = cells[OTHER_METHOD[1]]
@@ -206,7 +206,10 @@ class SFlowMiddleware:
             status = status or 500
             raise
         finally:
-            next(self._method_incr.get(scope.get("method"), self._other_method))
+            try:  # (a subscript: cheaper than get() on every request; try costs nothing)
+                next(self._method_incr.get(scope["method"], self._other_method))
+            except (KeyError, TypeError):  # a lenient server's scope: counted as "other"
+                next(self._other_method)
             try:
                 next(self._status_incr.get(status or CLIENT_CLOSED, self._other_status))
             except TypeError:  # an unhashable status: the app's mistake, not ours to raise
