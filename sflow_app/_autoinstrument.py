@@ -166,7 +166,7 @@ class Wrapper:
         done = self._done.get(id(app))
         if done is not None:
             return done
-        kind = _wsgi_framework(app)
+        kind = _framework(app, "wsgi")
         if kind in off:  # as for Starlette and FastAPI: that framework's apps left alone
             return app
         wrapped = app
@@ -182,10 +182,11 @@ class Wrapper:
         return wrapped
 
     def asgi(self, app: Any, user_app: Any = None) -> Any:
-        if app is None or "asgi" in self.off:
+        off = self.off
+        if app is None or "asgi" in off:
             return app
-        kind = _framework(user_app if user_app is not None else app)
-        if kind in self.off or carries_middleware(app) or carries_middleware(user_app):
+        kind = _framework(user_app if user_app is not None else app, "asgi")
+        if kind in off or carries_middleware(app) or carries_middleware(user_app):
             return app
         from .asgi import SFlowMiddleware
 
@@ -199,22 +200,19 @@ def _is_asgi(app: Any) -> bool:
     return inspect.iscoroutinefunction(call)
 
 
-def _wsgi_framework(app: Any) -> str:
-    names = {f"{c.__module__}.{c.__name__}" for c in type(app).__mro__}
-    if any(n.startswith("flask.") and n.endswith(".Flask") for n in names):
-        return "flask"
-    if "django.core.handlers.wsgi.WSGIHandler" in names:
-        return "django"
-    return "wsgi"
+# The frameworks SFLOW_APP_DISABLED_INTEGRATIONS can name, by a class of the app's.
+_FRAMEWORKS = (
+    ("fastapi.applications.FastAPI", "fastapi"),
+    ("starlette.applications.Starlette", "starlette"),
+    ("flask.app.Flask", "flask"),
+    ("django.core.handlers.wsgi.WSGIHandler", "django"),
+)
 
 
-def _framework(app: Any) -> str:
+def _framework(app: Any, other: str) -> str:
+    """The framework ``app`` is an application of, else ``other`` ("wsgi", "asgi")."""
     names = {f"{c.__module__}.{c.__name__}" for c in type(app).__mro__}
-    if "fastapi.applications.FastAPI" in names:
-        return "fastapi"
-    if "starlette.applications.Starlette" in names:
-        return "starlette"
-    return "asgi"
+    return next((kind for cls, kind in _FRAMEWORKS if cls in names), other)
 
 
 # -- the hooks ------------------------------------------------------------------------------

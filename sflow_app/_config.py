@@ -27,8 +27,8 @@ from ._auto import MAX_WARNINGS as MAX_WARNINGS
 from ._auto import U32 as U32
 from ._auto import AutoFile as AutoFile
 from ._auto import parse_auto as parse_auto
+from ._identity import NAME_BYTES
 from ._xdr import cut_utf8, to_bytes
-from .records import AppOperations
 
 if TYPE_CHECKING:
     from ._http import QueryMode
@@ -676,20 +676,15 @@ def resolve(
     )
 
 
-# The service name goes on the wire as the application of app_operations records: a
-# utf8string<32> in the sFlow application structures, so longer names are cut there.
-NAME_WIRE_BYTES = AppOperations.MAX_BYTES["application"]
-
-
 def _long_name(name: str | None, source: Source | None) -> list[str]:
     """One warning when the configured service name is longer than collectors see it."""
-    if name is None or len(to_bytes(name)) <= NAME_WIRE_BYTES:
+    if name is None or len(to_bytes(name)) <= NAME_BYTES:
         return []
-    sent = cut_utf8(name, NAME_WIRE_BYTES).decode(errors="replace")  # bytes of a raw env
+    sent = cut_utf8(name, NAME_BYTES).decode(errors="replace")  # bytes of a raw env
     who = "configure(service_name=...)" if source == "configure" else "SFLOW_APP_NAME"
     return [
         f"{who} is cut to {len(sent)} characters on the wire (sFlow's application field "
-        f"holds {NAME_WIRE_BYTES} bytes): collectors receive {sent!r}"
+        f"holds {NAME_BYTES} bytes): collectors receive {sent!r}"
     ]
 
 

@@ -16,8 +16,10 @@ import zlib
 from collections.abc import Mapping
 
 from ._xdr import cut_utf8
+from .records import AppOperations
 
-NAME_BYTES = 32  # sFlow's application field
+# A service name is the application of app_operations records: sFlow's utf8string<32>.
+NAME_BYTES = AppOperations.MAX_BYTES["application"]
 LOCAL_FIRST = 65536
 LOCAL_LAST = 99999
 
