@@ -55,9 +55,6 @@ def _places(parent: str, env_runtime: str | None) -> list[str]:
 class _NoNewFolder(OSError):
     """``parent`` takes no new folder (its reason said once for all the names)."""
 
-    def __str__(self) -> str:
-        return str(self.strerror)
-
 
 def _open_dir(pfd: int, parent: str, name: str) -> int:
     """Create (if needed) and open ``parent/name`` (``pfd``: ``parent``, open); raise
@@ -68,7 +65,7 @@ def _open_dir(pfd: int, parent: str, name: str) -> int:
     except FileExistsError:
         pass
     except OSError as exc:  # read-only, not ours to write, full: alike for every name
-        raise _NoNewFolder(exc.errno, f"{parent}: cannot create a folder: {exc.strerror}") from exc
+        raise _NoNewFolder(f"{parent}: cannot create a folder: {exc.strerror}") from exc
     fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=pfd)
     st = os.fstat(fd)
     problem = None
