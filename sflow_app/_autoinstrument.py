@@ -78,9 +78,18 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 
 class _Loader(importlib.abc.Loader):
+    """The module's own loader, the hooks run after ``exec_module``. Its other methods
+    are the real loader's: ``get_source`` (linecache's, for a zipapp's tracebacks),
+    ``get_data`` (``pkgutil.get_data`` returns None without it), resource readers."""
+
     def __init__(self, loader: Any, hooks: list[Callable[[ModuleType], None]]) -> None:
         self._loader = loader
         self._hooks = hooks
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_loader":  # not set yet (a half-built copy): no recursion
+            raise AttributeError(name)
+        return getattr(self._loader, name)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         module: ModuleType | None = self._loader.create_module(spec)

@@ -3,11 +3,15 @@ end-to-end runs under real servers are in test_run.py)."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
+import pkgutil
 import subprocess
 import sys
+import traceback
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -129,6 +133,50 @@ def test_when_imported_runs_after_the_module(tmp_path: Path, monkeypatch) -> Non
         assert seen == [1, 2]
     finally:
         sys.modules.pop("sfa_probe_mod", None)
+
+
+def test_a_hooked_package_keeps_its_loaders_other_methods(tmp_path: Path, monkeypatch) -> None:
+    """The loader that runs the hooks lends the real one's other methods: package data
+    (pkgutil, importlib.resources) and source (linecache, for tracebacks) still work."""
+    package = tmp_path / "sfa_probe_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 3\n", encoding="utf-8")
+    (package / "data.txt").write_text("payload", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[object] = []
+    auto.when_imported("sfa_probe_pkg", seen.append)
+    try:
+        import sfa_probe_pkg  # type: ignore[import-not-found]
+
+        assert seen == [sfa_probe_pkg]
+        assert pkgutil.get_data("sfa_probe_pkg", "data.txt") == b"payload"
+        files = importlib.resources.files("sfa_probe_pkg")
+        assert files.joinpath("data.txt").read_text(encoding="utf-8") == "payload"
+        loader = sfa_probe_pkg.__loader__
+        assert loader.is_package("sfa_probe_pkg")
+        assert loader.get_source("sfa_probe_pkg") == "VALUE = 3\n"
+    finally:
+        sys.modules.pop("sfa_probe_pkg", None)
+
+
+def test_a_hooked_module_from_a_zip_keeps_its_tracebacks_source(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A zipapp's module has no file on disk: linecache reads its source through the
+    module's loader, which must still offer ``get_source``."""
+    archive = tmp_path / "app.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("sfa_probe_zip.py", "def fail():\n    raise ValueError('in the zip')\n")
+    monkeypatch.syspath_prepend(str(archive))
+    auto.when_imported("sfa_probe_zip", lambda m: None)
+    try:
+        import sfa_probe_zip  # type: ignore[import-not-found]
+
+        with pytest.raises(ValueError) as raised:
+            sfa_probe_zip.fail()
+        assert "raise ValueError('in the zip')" in "".join(traceback.format_exception(raised.value))
+    finally:
+        sys.modules.pop("sfa_probe_zip", None)
 
 
 def test_a_failing_hook_never_stops_the_import(tmp_path: Path, monkeypatch, caplog) -> None:
