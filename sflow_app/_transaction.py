@@ -133,7 +133,10 @@ def _wrapper_class() -> Any:
 
         class Bound(wrapt.BoundFunctionWrapper[Any, Any]):
             def __reduce_ex__(self, protocol: Any) -> Any:
-                return getattr, (self.__self__, self.__name__)  # as a bound method
+                owner = getattr(self.__wrapped__, "__self__", None)  # instance or class
+                if owner is None:  # a function or staticmethod taken from its class
+                    owner = _defining_class(self)
+                return getattr, (owner, self.__name__)
 
         class Decorated(wrapt.FunctionWrapper[Any, Any]):
             __bound_function_wrapper__ = Bound
@@ -149,6 +152,27 @@ def _wrapper_class() -> Any:
 
         _WRAPPER = Decorated
     return _WRAPPER
+
+
+def _defining_class(method: Any) -> Any:
+    """The class a method was defined in, found by its qualified name as pickle finds a
+    plain function (a class defined inside a function cannot be found)."""
+    import pickle
+    import sys
+
+    *path, _ = method.__qualname__.split(".")
+    owner: Any = sys.modules.get(method.__module__)
+    try:
+        for part in path:
+            owner = getattr(owner, part)
+    except AttributeError:
+        owner = None
+    if not isinstance(owner, type):
+        raise pickle.PicklingError(
+            f"Can't pickle {method.__qualname__}: its class is not found as "
+            f"{method.__module__}.{'.'.join(path)}"
+        )
+    return owner
 
 
 class _Operation:

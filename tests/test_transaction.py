@@ -397,6 +397,32 @@ class Adder:
     def plus(self, x: int) -> int:
         return x + 1
 
+    @transaction
+    @staticmethod
+    def times(x: int, y: int) -> int:
+        return x * y
+
+
+def test_methods_taken_from_their_class_pickle() -> None:
+    """A method or staticmethod taken from its class pickles as a plain function does
+    (``pool.map(Cls.method, ...)``); ours raised AttributeError (no ``__self__``)."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    assert pickle.loads(pickle.dumps(Adder.plus))(Adder(), 1) == 2
+    assert pickle.loads(pickle.dumps(Adder.times))(2, 3) == 6
+    assert pickle.loads(pickle.dumps(Adder().times))(4, 5) == 20
+    with ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool:
+        assert list(pool.map(Adder.times, [1, 2], [3, 3])) == [3, 6]
+
+    class Local:
+        @transaction
+        def method(self) -> None: ...
+
+    with pytest.raises(pickle.PicklingError):  # its class cannot be found again
+        pickle.dumps(Local.method)
+
 
 def test_decorated_functions_pickle_and_copy_as_functions_do() -> None:
     """By reference, as a plain function: multiprocessing and concurrent.futures hand
