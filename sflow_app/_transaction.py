@@ -217,32 +217,41 @@ class _Operation:
     ) -> Any:
         source = self.source or self._resolve()
         n = next(source.sampler.pool_cell)
-        if n >= source.sampler.next_at and (rate := self._decide(source, n)):
-            return self._sampled(source, (n, rate), wrapped, args, kwargs)
+        if n >= source.sampler.next_at:
+            try:
+                rate = self._decide(source, n)
+            except RecursionError:  # at the limit: the app's call below raises it, counted
+                rate = 0
+            if rate:
+                start = perf_counter_ns()
+                try:
+                    result = wrapped(*args, **kwargs)
+                except BaseException as exc:
+                    try:
+                        self._record(source, n, rate, start, exc)
+                    except RecursionError:  # as below (_record had not counted it)
+                        for _ in source.counters.cells[INTERNAL_ERROR]:
+                            break
+                    raise
+                try:
+                    self._record(source, n, rate, start, None)
+                except RecursionError:  # the app's result goes back all the same
+                    for _ in source.counters.cells[SUCCESS]:
+                        break
+                return result
         cells = source.counters.cells
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            next(cells[status_of(exc)])
+            # At the recursion limit any call raises: ours must not replace the app's
+            # exception, so a RecursionError here is counted with no call.
+            try:
+                next(cells[status_of(exc)])
+            except RecursionError:
+                for _ in cells[INTERNAL_ERROR]:  # next() without a call
+                    break
             raise
         next(cells[SUCCESS])
-        return result
-
-    def _sampled(
-        self,
-        source: AppSource,
-        taken: tuple[int, int],
-        wrapped: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        start = perf_counter_ns()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            self._record(source, taken, start, status_of(exc), type(exc).__name__)
-            raise
-        self._record(source, taken, start, SUCCESS, "")
         return result
 
     async def call_async(
@@ -252,33 +261,52 @@ class _Operation:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        # As call, awaiting the coroutine.
         source = self.source or self._resolve()
         n = next(source.sampler.pool_cell)
-        if n >= source.sampler.next_at and (rate := self._decide(source, n)):
-            start = perf_counter_ns()
+        if n >= source.sampler.next_at:
             try:
-                result = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                self._record(source, (n, rate), start, status_of(exc), type(exc).__name__)
-                raise
-            self._record(source, (n, rate), start, SUCCESS, "")
-            return result
+                rate = self._decide(source, n)
+            except RecursionError:
+                rate = 0
+            if rate:
+                start = perf_counter_ns()
+                try:
+                    result = await wrapped(*args, **kwargs)
+                except BaseException as exc:
+                    try:
+                        self._record(source, n, rate, start, exc)
+                    except RecursionError:
+                        for _ in source.counters.cells[INTERNAL_ERROR]:
+                            break
+                    raise
+                try:
+                    self._record(source, n, rate, start, None)
+                except RecursionError:
+                    for _ in source.counters.cells[SUCCESS]:
+                        break
+                return result
         cells = source.counters.cells
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
-            next(cells[status_of(exc)])
+            try:
+                next(cells[status_of(exc)])
+            except RecursionError:
+                for _ in cells[INTERNAL_ERROR]:
+                    break
             raise
         next(cells[SUCCESS])
         return result
 
     def _record(
-        self, source: AppSource, taken: tuple[int, int], start: int, status: int, descr: str
+        self, source: AppSource, n: int, rate: int, start: int, exc: BaseException | None
     ) -> None:
-        """Count the call and queue its sample (``taken``: the candidate and the N it
-        was sampled at). Never raises."""
+        """Queue the sample of candidate ``n`` (sampled at 1-in-``rate``), then count the
+        call. Raises only RecursionError (at the recursion limit, where no call can be
+        made), before counting: the caller counts it then."""
         end = perf_counter_ns()
-        source.counters.incr[status]()
+        status, descr = (SUCCESS, "") if exc is None else (status_of(exc), type(exc).__name__)
         try:
             records: list[Any] = [
                 AppOperation(
@@ -300,7 +328,8 @@ class _Operation:
                         application=service, operation=where, attributes=f"method={method}"
                     )
                 )
-            source.submit(taken[0], tuple(records), taken[1])
+            source.submit(n, tuple(records), rate)
         except Exception:
-            log.debug("sflow_app: could not record an app_operation sample", exc_info=True)
             source.drop()
+            log.debug("sflow_app: could not record an app_operation sample", exc_info=True)
+        source.counters.incr[status]()

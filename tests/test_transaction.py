@@ -258,6 +258,48 @@ def test_generator_functions_timed_until_they_return(live, collector):
     )
 
 
+@pytest.mark.parametrize("sampling", [0, 1])
+def test_recursion_limit_never_replaces_the_apps_exception(live, collector, sampling):
+    """A recursion that reaches the limit gets its own RecursionError, not one of ours
+    raised while handling it (which a traceback shows as "During handling of the above
+    exception..."), nor one after the function returned; every call is counted."""
+    live(sampling=sampling)
+    AGENT.configure(max_samples=0)  # 1-in-1 means every call, however fast
+    reached = [False]
+
+    @transaction("depth")
+    def depth(n):
+        if n == 0:
+            reached[0] = True  # no call: the innermost frame may sit at the limit
+            return 0
+        return depth(n - 1) + 1
+
+    def nest(k, n):  # k frames more: the limit falls at each point of the wrapper
+        return depth(n) if k == 0 else nest(k - 1, n)
+
+    def fails(k, n):
+        try:
+            nest(k, n)
+        except RecursionError:
+            return True
+        return False
+
+    low = 0
+    while not fails(0, low + 20):
+        low += 20
+    for n in range(low, low + 30):
+        for k in range(6):
+            reached[0] = False
+            try:
+                assert nest(k, n) == n
+            except RecursionError as exc:
+                assert not reached[0], (n, k, "raised after the function returned")
+                assert exc.__context__ is None, (n, k, "raised while handling the app's")
+    source = AGENT.status()["data_sources"]["app:tests"]
+    assert sum(source["counters"].values()) == source["sample_pool"]
+    assert source["counters"]["internal_error"] > 0
+
+
 def test_parent_context_of_a_sampled_http_request(live, collector):
     live(sampling=1)
 
