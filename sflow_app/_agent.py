@@ -48,6 +48,9 @@ class Sink(Protocol):
 
 
 DEFAULT_CONFIG = _config.DEFAULT_CONFIG_PATH
+# What reset() calls: surfaces built once (decorated functions) forget the data sources
+# of the agent as it was, so their next call finds the fresh agent's.
+ON_RESET: list[Callable[[], None]] = []
 # The config file is re-checked (a stat) by a pass at most once a second; an idle process
 # wakes for it only every IDLE_CHECK_EVERY (the peers check every 10 s): each wake-up of
 # an idle process costs it ~0.4 ms of CPU, its caches gone cold. A torn read is read
@@ -464,6 +467,8 @@ class Agent:
         runner = self.runner
         self.__init__(**init)  # type: ignore[misc]
         runner.close()
+        for forget in ON_RESET:
+            forget()
 
     def after_fork_in_child(self) -> None:
         """The at-fork hook: the parent's pipe is closed here, where no other thread of

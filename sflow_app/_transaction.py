@@ -45,11 +45,12 @@ those of the decorated function.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any, TypeVar, cast, overload
 
-from ._agent import AGENT
+from ._agent import AGENT, ON_RESET
 from ._http import ParentContexts, parent_context
 from ._source import AppSource
 from .records import AppOperation, AppParentContext, AppStatus
@@ -181,13 +182,14 @@ class _Operation:
     Holds nothing about any one call.
     """
 
-    __slots__ = ("application", "name", "source")
+    __slots__ = ("__weakref__", "application", "name", "source")
 
     def __init__(self, name: str, application: str | None) -> None:
         ParentContexts.wanted = True  # sampled requests name themselves from now on
         self.name = name
         self.application = application
         self.source: AppSource | None = None
+        _OPERATIONS.add(self)
         if application is None:
             # The default application name comes from the configuration: read it at
             # decoration (start-up), never on the first call's request thread.
@@ -196,6 +198,7 @@ class _Operation:
     def _resolve(self) -> AppSource:
         application = self.application
         if application is None:
+            AGENT.ensure_loaded()  # read at decoration, unless reset() came since
             application = AGENT.service_name
         self.source = source = AGENT.app_source(application)
         return source
@@ -333,3 +336,14 @@ class _Operation:
             source.drop()
             log.debug("sflow_app: could not record an app_operation sample", exc_info=True)
         source.counters.incr[status]()
+
+
+_OPERATIONS: weakref.WeakSet[_Operation] = weakref.WeakSet()
+
+
+def _forget_sources() -> None:
+    for operation in list(_OPERATIONS):
+        operation.source = None
+
+
+ON_RESET.append(_forget_sources)

@@ -19,6 +19,7 @@ from sflow_app.asgi import SFlowMiddleware as ASGIMiddleware
 from sflow_app.integrations.flask import init_app
 from sflow_app.records import (
     AppOperation,
+    AppOperations,
     CountersSample,
     FlowSample,
     HttpCounters,
@@ -200,3 +201,30 @@ def test_reset_restarts_from_a_fresh_agent() -> None:
     reset()
     assert not AGENT.runner.started and AGENT.sources() == [] and AGENT.capture is None
     assert AGENT.http_source() is not source
+
+
+@sflow_app.transaction("checkout")
+def checkout() -> str:
+    return "paid"
+
+
+def test_decorated_functions_report_to_the_agent_after_reset(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A function decorated once (at import) and called before a reset() is captured,
+    counted and shown by status() after it, under the service name read again: it kept
+    the reset agent's data source, which nothing captured, sent or showed any more."""
+    assert checkout() == "paid"
+    monkeypatch.setenv("SFLOW_APP_NAME", "after")
+    reset()
+    with capture() as cap:
+        assert checkout() == "paid"
+    assert [(o.application, o.operation) for o in cap.records(AppOperation)] == [
+        ("after", "checkout")
+    ]
+    assert [c.success for c in counters_of(cap, AppOperations)] == [1]
+    reset()
+    checkout()  # the first call since reset(): the configuration is read now
+    status = sflow_app.status()
+    assert status["service_name"] == "after"
+    assert status["data_sources"]["app:after"]["counters"]["success"] == 1
