@@ -48,6 +48,7 @@ import logging
 import weakref
 from collections.abc import Callable
 from time import perf_counter_ns
+from types import FunctionType, MethodType
 from typing import Any, TypeVar, cast, overload
 
 from ._agent import AGENT, ON_RESET
@@ -115,8 +116,18 @@ def _decorate(func: Any, operation: str | None, application: str | None) -> Any:
     op = _Operation(name, application)
     wrapper = _wrapper_class()
     if inspect.iscoroutinefunction(inner):
-        return wrapper(func, op.call_async)
+        return wrapper(func, MethodType(_named_like(_Operation.call_async, inner), op))
     return wrapper(func, op.call)
+
+
+def _named_like(function: Any, target: Any) -> Any:
+    """``function`` under ``target``'s names: a coroutine takes the names of the function
+    that made it, and shows them in a task's repr and in "coroutine ... was never
+    awaited"; those of the app's function, as without us."""
+    copy = FunctionType(function.__code__, function.__globals__, function.__name__)
+    copy.__name__ = getattr(target, "__name__", function.__name__)
+    copy.__qualname__ = getattr(target, "__qualname__", function.__qualname__)
+    return copy
 
 
 _WRAPPER: Any = None

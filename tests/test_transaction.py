@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from apps.harness import flush, record, reset_agent
@@ -161,6 +163,30 @@ def test_async_functions(live, collector, sampling):
         ]
         assert ops[0].uS >= 30_000  # timed to the coroutine's end
         assert ops[3].uS >= 10_000
+
+
+def test_coroutines_carry_the_functions_names(live, collector):
+    """A decorated coroutine function makes coroutines named as the function's are: task
+    reprs and "never awaited" warnings named our wrapper (_Operation.call_async)."""
+    live(sampling=1)
+
+    class Shop:
+        @transaction("pay")
+        async def pay(self, amount):
+            return amount
+
+    coro: Any = Shop().pay(3)
+    assert (coro.__name__, coro.__qualname__) == ("pay", Shop.pay.__qualname__)
+
+    async def main():
+        task = asyncio.ensure_future(Shop().pay(4))
+        assert f"coro=<{Shop.pay.__qualname__}()" in repr(task)
+        return await task
+
+    assert asyncio.run(main()) == 4
+    with pytest.warns(RuntimeWarning, match=f"coroutine '{Shop.pay.__qualname__}' was never"):
+        del coro
+        gc.collect()
 
 
 def test_methods_classmethods_staticmethods(live, collector):
