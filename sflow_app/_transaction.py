@@ -28,7 +28,8 @@ when the call runs inside a sampled HTTP request, an ``app_parent_context`` nami
 request: the service name, the route template (or path) as operation, ``method=<M>`` as
 attributes.
 
-Defaults: operation = the function's ``__qualname__``; application = the service name
+Defaults: operation = the function's ``__qualname__`` (of a partial: its function's; of
+a callable object: its ``__call__``'s); application = the service name
 (``SFLOW_APP_NAME``, default derived from the command line, see
 ``_identity.default_service_name``), resolved at the first call. Strings longer than the
 spec's 32 bytes are cut by the encoder.
@@ -44,6 +45,7 @@ those of the decorated function.
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable
@@ -94,6 +96,8 @@ def transaction(target: Any = None, /, *, application: str | None = None) -> Any
     """
     if callable(target) or isinstance(target, classmethod | staticmethod):
         return _decorate(target, None, application)
+    if isinstance(target, property):
+        raise TypeError("@transaction decorates functions: put @property above it")
     if target is not None and not isinstance(target, str):
         raise TypeError(f"operation must be a string, not {type(target).__name__}")
     if application is not None and not isinstance(application, str):
@@ -112,12 +116,24 @@ def _decorate(func: Any, operation: str | None, application: str | None) -> Any:
     import inspect
 
     inner = getattr(func, "__func__", func)  # classmethod / staticmethod objects
-    name = operation or getattr(inner, "__qualname__", None) or repr(inner)
+    origin = _origin(inner)
+    name = operation or getattr(origin, "__qualname__", None) or type(origin).__qualname__
     op = _Operation(name, application)
     wrapper = _wrapper_class()
-    if inspect.iscoroutinefunction(inner):
-        return wrapper(func, MethodType(_named_like(_Operation.call_async, inner), op))
+    if inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(origin):
+        return wrapper(func, MethodType(_named_like(_Operation.call_async, origin), op))
     return wrapper(func, op.call)
+
+
+def _origin(func: Any) -> Any:
+    """The function whose code a call of ``func`` runs (that of a partial, the
+    ``__call__`` of an instance): its names are the call's, never a repr with an address
+    that differs in every process."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if isinstance(getattr(func, "__qualname__", None), str):
+        return func
+    return type(func).__call__ if callable(func) else func
 
 
 def _named_like(function: Any, target: Any) -> Any:

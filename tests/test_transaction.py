@@ -376,6 +376,8 @@ def test_default_application_resolved_at_first_call(auto_file, monkeypatch, coll
 def test_decorator_arguments_checked():
     with pytest.raises(TypeError):
         transaction(42)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="put @property above it"):
+        transaction(property(lambda self: 1))  # type: ignore[call-overload]
     with pytest.raises(TypeError):
         transaction("x", application=7)  # type: ignore[call-overload]
 
@@ -490,6 +492,47 @@ def test_methods_taken_from_their_class_pickle() -> None:
 
     with pytest.raises(pickle.PicklingError):  # its class cannot be found again
         pickle.dumps(Local.method)
+
+
+class Price:
+    def __call__(self, amount: int) -> int:
+        return amount
+
+
+class Charge:
+    async def __call__(self, amount: int) -> int:
+        await asyncio.sleep(0)
+        if amount < 0:
+            raise ValueError(amount)
+        return amount
+
+
+def total(a: int, b: int) -> int:
+    return a + b
+
+
+def test_callable_objects_and_partials(live, collector) -> None:
+    """Named after the code they run (the repr of an instance, with its address, named
+    it: another operation in every process); an instance's ``async def __call__`` is
+    timed and counted to the end of its coroutine (it was counted a success when the
+    coroutine was made, its exceptions never)."""
+    live(sampling=1)
+    price = transaction(Price())
+    charge = transaction(Charge())
+    part = transaction(functools.partial(total, 1))
+    assert price(2) == 2 and part(2) == 3
+    assert asyncio.run(charge(5)) == 5
+    with pytest.raises(ValueError):
+        asyncio.run(charge(-1))
+    flush(collector)
+    assert [(o.operation, o.status, o.status_descr) for o in operations(collector)] == [
+        ("Price.__call__", SUCCESS, ""),
+        ("total", SUCCESS, ""),
+        ("Charge.__call__", SUCCESS, ""),
+        ("Charge.__call__", INTERNAL_ERROR, "ValueError"),
+    ]
+    counters = app_counters(collector, "tests")
+    assert (counters.success, counters.internal_error) == (3, 1)
 
 
 def test_decorated_functions_pickle_and_copy_as_functions_do() -> None:
