@@ -81,7 +81,7 @@ def status_of(exc: BaseException) -> int:
 
 
 @overload
-def transaction(func: F, /) -> F: ...
+def transaction(func: F, /, *, application: str | None = None) -> F: ...
 @overload
 def transaction(
     operation: str | None = None, /, *, application: str | None = None
@@ -92,16 +92,18 @@ def transaction(target: Any = None, /, *, application: str | None = None) -> Any
     """Count every call of the decorated function; sample 1-in-N of them.
 
     ``@transaction``, ``@transaction()``, ``@transaction("checkout")`` or
-    ``@transaction("checkout", application="shop")``.
+    ``@transaction("checkout", application="shop")``; ``transaction(func,
+    application="shop")`` too. An empty name is the default one.
     """
+    if application is not None and not isinstance(application, str):
+        raise TypeError(f"application must be a string, not {type(application).__name__}")
+    application = application or None
     if callable(target) or isinstance(target, classmethod | staticmethod):
         return _decorate(target, None, application)
     if isinstance(target, property):
         raise TypeError("@transaction decorates functions: put @property above it")
     if target is not None and not isinstance(target, str):
         raise TypeError(f"operation must be a string, not {type(target).__name__}")
-    if application is not None and not isinstance(application, str):
-        raise TypeError(f"application must be a string, not {type(application).__name__}")
 
     def decorator(func: F) -> F:
         return cast(F, _decorate(func, target, application))

@@ -378,6 +378,28 @@ def test_decorator_arguments_checked():
         transaction(42)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="put @property above it"):
         transaction(property(lambda self: 1))  # type: ignore[call-overload]
+
+
+def test_application_of_a_function_decorated_by_a_call(live, collector):
+    """``transaction(func, application=...)`` is checked (a number was taken, and sent
+    as an empty name) and typed; an empty application is the default one, as an empty
+    operation is (it was sent as an empty name)."""
+    live(sampling=1)
+
+    def charge(amount: int) -> int:
+        return amount
+
+    with pytest.raises(TypeError, match="application must be a string"):
+        transaction(charge, application=7)  # type: ignore[call-overload]
+    by_call = transaction(charge, application="payments")
+    assert by_call(3) == 3
+    transaction("refund", application="")(charge)(1)
+    flush(collector)
+    assert [(o.application, o.operation) for o in operations(collector)] == [
+        ("payments", charge.__qualname__[:32]),
+        ("tests", "refund"),
+    ]
+    assert set(AGENT.status()["data_sources"]) == {"app:payments", "app:tests"}
     with pytest.raises(TypeError):
         transaction("x", application=7)  # type: ignore[call-overload]
 
