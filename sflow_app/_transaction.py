@@ -118,24 +118,18 @@ def _decorate(func: Any, operation: str | None, application: str | None) -> Any:
     import inspect
 
     inner = getattr(func, "__func__", func)  # classmethod / staticmethod objects
-    origin = _origin(inner)
-    name = operation or getattr(origin, "__qualname__", None) or type(origin).__qualname__
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    call = type(inner).__call__  # an object's may be async def
+    # Named as the function, else as the object's __call__: never by a repr, whose
+    # address differs in every process.
+    named = inner if isinstance(getattr(inner, "__qualname__", None), str) else call
+    name = operation or getattr(named, "__qualname__", None) or type(inner).__qualname__
     op = _Operation(name, application)
     wrapper = _wrapper_class()
-    if inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(origin):
-        return wrapper(func, MethodType(_named_like(_Operation.call_async, origin), op))
+    if inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(call):
+        return wrapper(func, MethodType(_named_like(_Operation.call_async, named), op))
     return wrapper(func, op.call)
-
-
-def _origin(func: Any) -> Any:
-    """The function whose code a call of ``func`` runs (that of a partial, the
-    ``__call__`` of an instance): its names are the call's, never a repr with an address
-    that differs in every process."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    if isinstance(getattr(func, "__qualname__", None), str):
-        return func
-    return type(func).__call__ if callable(func) else func
 
 
 def _named_like(function: Any, target: Any) -> Any:

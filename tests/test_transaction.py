@@ -538,23 +538,29 @@ def test_callable_objects_and_partials(live, collector) -> None:
     it: another operation in every process); an instance's ``async def __call__`` is
     timed and counted to the end of its coroutine (it was counted a success when the
     coroutine was made, its exceptions never)."""
+    from asgiref.sync import sync_to_async
+
     live(sampling=1)
     price = transaction(Price())
     charge = transaction(Charge())
     part = transaction(functools.partial(total, 1))
+    in_thread = transaction(sync_to_async(total))  # named as total, by update_wrapper
     assert price(2) == 2 and part(2) == 3
     assert asyncio.run(charge(5)) == 5
     with pytest.raises(ValueError):
         asyncio.run(charge(-1))
+    with pytest.raises(TypeError):
+        asyncio.run(in_thread(1, "x"))  # type: ignore[arg-type]
     flush(collector)
     assert [(o.operation, o.status, o.status_descr) for o in operations(collector)] == [
         ("Price.__call__", SUCCESS, ""),
         ("total", SUCCESS, ""),
         ("Charge.__call__", SUCCESS, ""),
         ("Charge.__call__", INTERNAL_ERROR, "ValueError"),
+        ("total", INTERNAL_ERROR, "TypeError"),
     ]
     counters = app_counters(collector, "tests")
-    assert (counters.success, counters.internal_error) == (3, 1)
+    assert (counters.success, counters.internal_error) == (3, 2)
 
 
 def test_decorated_functions_pickle_and_copy_as_functions_do() -> None:
