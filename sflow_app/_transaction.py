@@ -34,9 +34,11 @@ a callable object: its ``__call__``'s); application = the service name
 ``_identity.default_service_name``), resolved at the first call. Strings longer than the
 spec's 32 bytes are cut by the encoder.
 
-``async def`` functions are timed until their coroutine finishes. A function that
-*returns* a generator (or an async generator) is timed until it returns it, not until the
-generator is exhausted: the work done while iterating is the caller's.
+``async def`` functions are timed until their coroutine finishes. Called with wrong
+arguments, one raises its TypeError when its coroutine is awaited (our coroutine calls
+it), not at the call. A function that *returns* a generator (or an async generator) is
+timed until it returns it, not until the generator is exhausted: the work done while
+iterating is the caller's.
 
 The decorator is ``wrapt``-based, so signatures, ``inspect``, ``functools.wraps``
 metadata and the descriptor protocol (methods, ``classmethod``, ``staticmethod``) are
