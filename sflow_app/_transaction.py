@@ -164,6 +164,15 @@ def _wrapper_class() -> Any:
                     owner = _defining_class(self)
                 return getattr, (owner, self.__name__)
 
+            def __copy__(self) -> Any:
+                return getattr(*self.__reduce_ex__(4)[1])
+
+            def __deepcopy__(self, memo: Any) -> Any:
+                import copy
+
+                # As a bound method's: bound to a deep copy of its instance.
+                return getattr(*copy.deepcopy(self.__reduce_ex__(4)[1], memo))
+
         class Decorated(wrapt.FunctionWrapper[Any, Any]):
             __bound_function_wrapper__ = Bound
 

@@ -516,6 +516,26 @@ def test_methods_taken_from_their_class_pickle() -> None:
         pickle.dumps(Local.method)
 
 
+def test_bound_methods_copy_as_bound_methods_do() -> None:
+    """copy and deepcopy of a decorated method, bound or taken from its class, work as
+    for a plain one (wrapt's proxy raised NotImplementedError): deepcopy binds it to a
+    deep copy of its instance."""
+    import copy
+
+    class Holder:
+        def __init__(self) -> None:
+            self.adder = Adder()
+            self.callback = self.adder.plus
+
+    holder = Holder()
+    assert copy.copy(holder.callback)(1) == 2
+    assert copy.copy(Adder.times)(2, 3) == 6 and copy.deepcopy(Adder.times)(2, 4) == 8
+    twin = copy.deepcopy(holder)
+    callback: Any = twin.callback
+    assert callback(2) == 3
+    assert callback.__self__ is twin.adder is not holder.adder
+
+
 class Price:
     def __call__(self, amount: int) -> int:
         return amount
