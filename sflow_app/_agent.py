@@ -48,8 +48,9 @@ class Sink(Protocol):
 
 
 DEFAULT_CONFIG = _config.DEFAULT_CONFIG_PATH
-# What reset() calls: surfaces built once (decorated functions) forget the data sources
-# of the agent as it was, so their next call finds the fresh agent's.
+# What reset() calls: decorated functions forget the data sources of the agent as it
+# was, so their next call finds the fresh agent's (surfaces with a slow path of their
+# own find out there: Source.retire).
 ON_RESET: list[Callable[[], None]] = []
 # The config file is re-checked (a stat) by a pass at most once a second; an idle process
 # wakes for it only every IDLE_CHECK_EVERY (the peers check every 10 s): each wake-up of
@@ -464,6 +465,8 @@ class Agent:
         """Back to the state of a fresh import (sflow_app.testing.reset)."""
         self.shutdown()
         self.exporter.close()
+        for source in self.sources():
+            source.retire()  # surfaces built before move to the fresh agent's sources
         runner = self.runner
         self.__init__(**init)  # type: ignore[misc]
         runner.close()

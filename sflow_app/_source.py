@@ -188,6 +188,7 @@ class Source:
         self.sampler.on_refuse = self.drop  # the overload guard had no token for it
         # Position -> function giving the gauge's current value in this process.
         self.gauges: dict[int, Callable[[], int]] = {}
+        self.retired = False  # see retire()
 
     @staticmethod
     def key_for(name: str) -> str:
@@ -208,6 +209,13 @@ class Source:
         the exporter (never blocks). ``rate``: what ``sample(n)`` returned (the overload
         guard may have moved N since)."""
         self.agent.enqueue(self, n, rate, records)
+
+    def retire(self) -> None:
+        """The agent was reset (``sflow_app.testing.reset``): surfaces built before find
+        it on their next slow path, which the next candidate takes, and count into the
+        fresh agent's source from then on."""
+        self.retired = True
+        self.sampler.force()
 
     def reset_after_fork(self, in_flight: int = 0) -> None:
         self.sampler.reset_after_fork(in_flight)

@@ -160,6 +160,10 @@ class SFlowMiddleware:
         self.app: ASGIApp = guarantee_single_callable(app)
         self.query = query
         self._excluded = middleware_options(exclude, query)
+        self._bind()
+
+    def _bind(self) -> None:
+        """Count into the agent's HTTP data source (again after ``testing.reset()``)."""
         self._source = source = AGENT.http_source()
         self._sampler = source.sampler
         self._pool = source.sampler.pool_cell
@@ -188,6 +192,8 @@ class SFlowMiddleware:
             return await self.app(scope, receive, send)
         n = next(self._pool)
         if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
+            if rate < 0:  # bound anew: counted there
+                return await self(scope, receive, send)
             return await self._sampled(n, rate, scope, receive, send)
 
         status = 0
@@ -224,9 +230,13 @@ class SFlowMiddleware:
 
     def _decide(self, n: int, scope: Scope) -> int:
         """The slow path: identity capture on first use, then the sampler's decision
-        (the N sampled at, or 0)."""
+        (the N sampled at, or 0); -1 when the agent was reset since the last one: the
+        middleware counts into the fresh agent's source from now on."""
         source = self._source
         try:
+            if source.retired:
+                self._bind()
+                return -1
             if source.ds_index is None:
                 host, port = scope.get("server") or ("asgi", None)
                 if isinstance(port, int) and port:
@@ -245,6 +255,8 @@ class SFlowMiddleware:
             return await self.app(scope, receive, send)
         n = next(self._pool)
         if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
+            if rate < 0:  # bound anew: counted there
+                return await self(scope, receive, send)
             return await self._sampled(n, rate, scope, receive, send)
 
         status = 0

@@ -185,9 +185,8 @@ def reset() -> None:
     """Put the process-wide agent back as it was at import: its thread stopped, what it
     holds flushed (within a bounded time) and closed, settings read again at next use.
 
-    ``@transaction`` functions report to the fresh agent from their next call. A WSGI or
-    ASGI middleware (or ``memcache.instrument()``) built before keeps the data source of
-    the agent as it was, which nothing captures or sends any more: build it again."""
+    What was built before (middlewares, ``@transaction`` functions, instrumented memcache
+    clients) reports to the fresh agent from its next request, call or operation."""
     from ._agent import AGENT
 
     AGENT.reset()

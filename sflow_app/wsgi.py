@@ -155,6 +155,11 @@ class SFlowMiddleware:
         self.app = app
         self.query = query
         self._excluded = middleware_options(exclude, query)
+        self._bind()
+        instances += 1
+
+    def _bind(self) -> None:
+        """Count into the agent's HTTP data source (again after ``testing.reset()``)."""
         self._source = source = AGENT.http_source()
         self._sampler = source.sampler
         self._pool = source.sampler.pool_cell
@@ -172,13 +177,14 @@ class SFlowMiddleware:
         # 4xx/5xx statuses app_operations tells apart ("404" -> its own counter).
         self._detail_incr = {str(code): cells[slot] for code, slot in detail_slots().items()}
         self._status_count: dict[str, Iterator[object]] = {}  # see _status_counter
-        instances += 1
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._excluded is not None and self._excluded(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         n = next(self._pool)
         if n >= self._sampler.next_at and (rate := self._decide(n, environ)):
+            if rate < 0:  # bound anew: counted there
+                return self(environ, start_response)
             return self._sampled(n, rate, environ, start_response)
         # The unsampled path: count the method, learn the status, count it.
         next(self._method_incr.get(environ.get("REQUEST_METHOD"), self._other_method))
@@ -222,9 +228,13 @@ class SFlowMiddleware:
     # -- slow path --------------------------------------------------------------------
     def _decide(self, n: int, environ: Environ) -> int:
         """Identity capture on first use, then the sampler's decision (the N sampled
-        at, or 0). Never raises."""
+        at, or 0); -1 when the agent was reset since the last one: the middleware counts
+        into the fresh agent's source from now on. Never raises."""
         source = self._source
         try:
+            if source.retired:
+                self._bind()
+                return -1
             if source.ds_index is None:
                 port, where = wsgi_listener(environ)
                 AGENT.set_http_port(port, where)

@@ -228,3 +228,61 @@ def test_decorated_functions_report_to_the_agent_after_reset(
     status = sflow_app.status()
     assert status["service_name"] == "after"
     assert status["data_sources"]["app:after"]["counters"]["success"] == 1
+
+
+def test_middlewares_and_memcache_report_to_the_agent_after_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app built once (at import) and served before a reset() is captured and counted
+    after it: its middleware kept the reset agent's data source, which nothing captured
+    or sent any more. Its first request after the reset is captured too."""
+    wsgi_client = flask_app().test_client()
+
+    async def asgi_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    asgi = ASGIMiddleware(asgi_app)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    def asgi_call(path: str) -> None:
+        scope = {
+            "type": "http",
+            "method": "PUT",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [],
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 5000),
+        }
+        asyncio.run(asgi(scope, receive, send))
+
+    with running() as server:
+        client = Client(server.server, default_noreply=False)
+        sfm.wrap(client)
+        try:
+            wsgi_client.get("/users/1").close()
+            asgi_call("/before")
+            client.set("before", b"x")
+            monkeypatch.setenv("SFLOW_APP_QUERY", "keep")  # read again after the reset
+            reset()
+            with capture() as cap:
+                wsgi_client.get("/users/2?token=t").close()
+                asgi_call("/after")
+                assert client.get("before") == b"x"
+        finally:
+            client.close()
+    assert [(r.uri, r.status) for r in cap.records(HttpRequest)] == [
+        ("/users/2?token=t", 200),
+        ("/after", 201),
+    ]
+    assert [(m.cmd, m.key) for m in cap.records(MemcacheOperation)] == [(MemcacheCmd.GET, "before")]
+    [http] = counters_of(cap, HttpCounters)
+    assert (http.method_get_count, http.method_put_count, http.status_2XX_count) == (1, 1, 2)

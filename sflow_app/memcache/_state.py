@@ -86,8 +86,10 @@ class MemcacheState:
         try:
             source = AGENT.memcache_source()
             if source is not self.source:
-                self.bind(source)  # the agent was replaced (tests); count from the new source on
-                return 0
+                # The agent was reset (testing.reset()): count from the new source on,
+                # this operation too (the caller's cells are read after this call).
+                self.bind(source)
+                n = next(self.pool)
             self.fold()  # keeps the pending byte counts short even when no one takes snapshots
             return int(source.sample(n))
         except Exception:
