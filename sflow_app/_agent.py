@@ -177,7 +177,9 @@ class Agent:
         # After apply: a warning is recorded in the state directory these settings name.
         origin = settings.sources.get("config_path")
         mistakes = file_mistakes(auto, path, origin, settings.reason)
-        pending, self._file_warnings = [*self._file_warnings, *mistakes], []
+        # Emptied in place: the watcher holds this list's append.
+        pending = [*self._file_warnings, *mistakes]
+        self._file_warnings.clear()
         for message in pending:
             self.warn_service(message)
 

@@ -429,3 +429,30 @@ def test_configure_is_not_undone_by_a_reload_running_beside_it(
     assert agent.settings.sampling_for("http") == 7
     agent.reload()  # and a later periodic reload keeps it
     assert agent.settings.sampling_for("http") == 7
+
+
+def test_file_mistakes_after_the_first_read_still_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    # The watcher kept appending to a list the first reload had replaced: every warning
+    # about a later version of the file (a bad line, a refused file) was lost.
+    caplog.set_level(logging.WARNING, "sflow_app")
+    auto = write_auto(tmp_path / "hsflowd.auto", 6343)
+    env = {
+        "SFLOW_APP_STATE_DIR": state_dir,
+        "SFLOW_APP_NAME": "later",
+        "SFLOW_APP_CONFIG": str(auto),
+    }
+    agent = Agent(autostart=False, env=env)
+    agent.reload()
+    assert _warnings(caplog) == []
+    write_auto(auto, 6343, rev=2, extra="collector=collector.example.com\n")
+    agent.reload()
+    [line] = _warnings(caplog)
+    assert "collector ignored: 'collector.example.com' is not an IPv4" in line
+    caplog.clear()
+    auto.chmod(0o666)
+    agent.reload()
+    [line] = _warnings(caplog)
+    assert "refused: writable by group or others" in line
+    assert not agent.settings.enabled
