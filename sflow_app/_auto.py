@@ -16,6 +16,7 @@ from typing import Any, Literal
 DEFAULT_PORT = 6343
 U32 = 2**32 - 1
 MAX_WARNINGS = 20  # a garbage file must not produce a garbage-sized log line
+SHOWN = 60  # characters of a bad value a warning quotes
 
 AutoState = Literal["ok", "torn", "off"]
 Collectors = tuple[tuple[str, int], ...]
@@ -23,12 +24,20 @@ Collectors = tuple[tuple[str, int], ...]
 
 # -- small validators: each raises ValueError with a message fit for a log line --------
 
+
+def shown(text: str) -> str:
+    """``text`` quoted for a warning, cut: one 60 KB line must not make a 60 KB log line."""
+    if len(text) <= SHOWN:
+        return repr(text)
+    return f"{text[:SHOWN]!r}... ({len(text)} characters)"
+
+
 _DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: int() also takes "1_000" and "٣"
 
 
 def parse_uint(text: str, lo: int = 0, hi: int = U32) -> int:
     if not _DIGITS.fullmatch(text):
-        raise ValueError(f"{text!r} is not a non-negative integer")
+        raise ValueError(f"{shown(text)} is not a non-negative integer")
     value = int(text)
     if not lo <= value <= hi:
         raise ValueError(f"{value} is outside {lo}..{hi}")
@@ -44,7 +53,7 @@ def parse_ip(text: str, *, scoped: bool = True) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+        raise ValueError(f"{shown(text)} is not an IPv4 or IPv6 address") from None
 
 
 def parse_port(text: str) -> int:
@@ -54,7 +63,7 @@ def parse_port(text: str) -> int:
 def parse_app_name(name: str) -> str:
     name = name.strip().lower()
     if not all(name.split(".")):
-        raise ValueError(f"bad application name {name!r}")
+        raise ValueError(f"bad application name {shown(name)}")
     return name
 
 
@@ -148,11 +157,11 @@ def _file_collector(value: str) -> tuple[str, int, bool]:
     if "/" in value:
         parts = value.split("/")
         if len(tokens) != 1 or len(parts) > 4:
-            raise ValueError(f"bad collector {value!r} (expected ip/port/dev/ns)")
+            raise ValueError(f"bad collector {shown(value)} (expected ip/port/dev/ns)")
         ip, port, dev, ns = (*parts, "", "", "")[:4]
         return parse_ip(ip), (parse_port(port) if port else DEFAULT_PORT), bool(dev or ns)
     if not 1 <= len(tokens) <= 3:  # a third token is hsflowd 1.x's priority: ignored
-        raise ValueError(f"bad collector {value!r} (expected ip [port])")
+        raise ValueError(f"bad collector {shown(value)} (expected ip [port])")
     return parse_ip(tokens[0]), (parse_port(tokens[1]) if len(tokens) > 1 else DEFAULT_PORT), False
 
 
@@ -196,7 +205,8 @@ def parse_auto(text: str) -> AutoFile:
         except ValueError as exc:
             warnings.append(f"line {lineno}: {key} ignored: {exc}")
     if len(warnings) > MAX_WARNINGS:
-        warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS} more"]
+        # No count: a file that grows would make a new warning at every change.
+        warnings[MAX_WARNINGS:] = [f"... and more (only the first {MAX_WARNINGS} are listed)"]
     state, reason = _judge(values, revs, settings_lines)
     return AutoFile(
         state,

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._auto import DEFAULT_PORT, Collectors, Rates, parse_app_name, parse_ip, parse_port, parse_uint
+from ._auto import (
+    DEFAULT_PORT,
+    Collectors,
+    Rates,
+    parse_app_name,
+    parse_ip,
+    parse_port,
+    parse_uint,
+    shown,
+)
 
 # Re-exported (the "as" lines): _watch and the tests import the parser's names from here.
 from ._auto import MAX_WARNINGS as MAX_WARNINGS
@@ -63,7 +72,7 @@ def _flag(text: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{text!r} is not 1/true/yes or 0/false/no")
+    raise ValueError(f"{shown(text)} is not 1/true/yes or 0/false/no")
 
 
 def _collector_spec(item: str) -> tuple[str, int]:
@@ -73,7 +82,7 @@ def _collector_spec(item: str) -> tuple[str, int]:
     if item.startswith("["):
         host, closed, rest = item[1:].partition("]")
         if not closed or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad collector {item!r} (expected [v6]:port)")
+            raise ValueError(f"bad collector {shown(item)} (expected [v6]:port)")
         if rest:
             port = parse_port(rest[1:])
     elif item.count(":") == 1:
@@ -186,7 +195,7 @@ def _query_mode(value: object) -> QueryMode:
     for mode in QUERY_MODES:
         if str(value).strip().lower() == mode:
             return mode
-    raise ValueError(f"expected one of {', '.join(QUERY_MODES)}, got {value!r}")
+    raise ValueError(f"expected one of {', '.join(QUERY_MODES)}, got {shown(str(value))}")
 
 
 def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -212,7 +221,7 @@ def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def _unknown_integration(name: str, verdict: str = "") -> str:
     close = difflib.get_close_matches(name, INTEGRATIONS, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown integration {name!r}{verdict} ({hint}known: {', '.join(INTEGRATIONS)})"
+    return f"unknown integration {shown(name)}{verdict} ({hint}known: {', '.join(INTEGRATIONS)})"
 
 
 def _integrations_arg(value: object) -> tuple[str, ...]:
@@ -431,7 +440,7 @@ def _env_collectors(raw: str, warnings: list[str]) -> Collectors | None:
         try:
             found.append(_collector_spec(item))
         except ValueError as exc:
-            warnings.append(f"SFLOW_APP_COLLECTORS entry {item.strip()!r} ignored: {exc}")
+            warnings.append(f"SFLOW_APP_COLLECTORS entry {shown(item.strip())} ignored: {exc}")
     return tuple(dict.fromkeys(found)) or None
 
 
@@ -445,7 +454,7 @@ def _env_layer(env: Mapping[str, str], warnings: list[str]) -> _Layer:
         try:
             return parser(raw.strip())
         except ValueError as exc:
-            warnings.append(f"{var}={raw.strip()!r} ignored: {exc}")
+            warnings.append(f"{var}={shown(raw.strip())} ignored: {exc}")
             return None
 
     for var in VARS:

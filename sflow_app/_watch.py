@@ -149,7 +149,7 @@ class ConfigWatcher:
         if not st_mode.S_ISREG(mode):
             return "not a regular file"
         if size > MAX_BYTES:
-            return f"larger than {MAX_BYTES} bytes ({size})"
+            return f"larger than {MAX_BYTES} bytes"  # no size: a growing file, one warning
         if self._getuid is None:
             return None
         me = self._getuid()

@@ -251,7 +251,19 @@ def test_line_without_equals_is_a_warning() -> None:
 def test_warnings_are_capped() -> None:
     auto = parse_auto(auto_text(*["junk"] * 50))
     assert len(auto.warnings) == MAX_WARNINGS + 1
-    assert auto.warnings[-1] == f"... and {50 - MAX_WARNINGS} more"
+    assert auto.warnings[-1] == f"... and more (only the first {MAX_WARNINGS} are listed)"
+
+
+def test_a_huge_bad_value_is_quoted_cut_in_its_warning() -> None:
+    # A 60 KB collector line made a 60 KB log line (an environment variable, twice that).
+    auto = parse_auto(auto_text("collector=" + "9" * 60000, "sampling.http=" + "x" * 60000))
+    assert auto.usable and len(auto.warnings) == 2
+    assert all(len(w) < 200 for w in auto.warnings), auto.warnings
+    assert "(60000 characters)" in auto.warnings[0]
+    s = settings_for(
+        None, env={"SFLOW_APP_SAMPLING": "y" * 100000, "SFLOW_APP_COLLECTORS": "z" * 100000}
+    )
+    assert len(s.warnings) == 2 and all(len(w) < 300 for w in s.warnings), s.warnings
 
 
 @pytest.mark.parametrize(

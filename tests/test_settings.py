@@ -12,10 +12,11 @@ import pytest
 from helpers import Collector, write_auto
 
 from sflow_app._agent import Agent
-from sflow_app._config import KWARGS, VARS, parse_auto, resolve
+from sflow_app._config import KWARGS, MAX_WARNINGS, VARS, parse_auto, resolve
 from sflow_app._encode import encode_datagram
 from sflow_app._once import first_in_service
 from sflow_app._shared import SharedState
+from sflow_app._watch import MAX_BYTES
 from sflow_app.decode import decode
 from sflow_app.records import AppOperations, CountersSample, Datagram
 
@@ -455,4 +456,36 @@ def test_file_mistakes_after_the_first_read_still_warn(
     agent.reload()
     [line] = _warnings(caplog)
     assert "refused: writable by group or others" in line
+    assert not agent.settings.enabled
+
+
+def test_a_growing_file_warns_once_not_at_every_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    # SFLOW_APP_CONFIG naming a log by mistake: the warnings counted its lines ("... and 7
+    # more") or gave its size, so each change (each second) logged a new warning, and the
+    # off state's reason (logged when it changes) a new line too.
+    caplog.set_level(logging.INFO, "sflow_app")
+    log = tmp_path / "app.log"
+    log.write_text("".join(f"line {i}\n" for i in range(MAX_WARNINGS + 1)))
+    log.chmod(0o644)
+    env = {
+        "SFLOW_APP_STATE_DIR": state_dir,
+        "SFLOW_APP_NAME": "grows",
+        "SFLOW_APP_CONFIG": str(log),
+    }
+    agent = Agent(autostart=False, env=env)
+
+    def grow(text: str) -> int:
+        with log.open("a") as f:
+            f.write(text)
+        agent.reload()
+        return len(caplog.records)
+
+    agent.reload()
+    logged = len(caplog.records)
+    assert [grow(f"more {i}\n") for i in range(5)] == [logged] * 5
+    logged = grow("x" * MAX_BYTES + "\n")
+    assert "refused: larger than" in caplog.records[-1].getMessage()
+    assert [grow(f"more {i}\n") for i in range(5)] == [logged] * 5
     assert not agent.settings.enabled
