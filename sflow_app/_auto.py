@@ -19,6 +19,7 @@ MAX_WARNINGS = 20  # a garbage file must not produce a garbage-sized log line
 SHOWN = 60  # characters of a bad value a warning quotes
 
 AutoState = Literal["ok", "torn", "off"]
+NO_REV = "no rev_start line"
 Collectors = tuple[tuple[str, int], ...]
 
 
@@ -174,7 +175,8 @@ def parse_auto(text: str) -> AutoFile:
     warnings: list[str] = []
     revs: list[str] = []
     settings_lines = 0
-    for lineno, raw in enumerate(text.split("\n"), 1):
+    # A byte-order mark (a file saved by a Windows editor) would make the first key unknown.
+    for lineno, raw in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
         line = raw.split("#", 1)[0].strip()  # strip() also takes the CR of CRLF
         if not line:
             continue
@@ -227,7 +229,7 @@ def _judge(
     if not revs and not settings_lines:
         return "off", "empty file"
     if start is None:
-        return "off", "no rev_start line"
+        return "off", NO_REV
     # hsflowd rewrites in place: a read can see the new head and the old tail (whose
     # rev_end repeats), or the new head only. Either way: keep the old settings, retry.
     if len(revs) != len(set(revs)):

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._auto import NO_REV
 from ._config import AutoFile, parse_auto
 
 MAX_BYTES = 64 * 1024  # hsflowd writes < 1 KiB; anything near this is not its file
@@ -33,7 +34,8 @@ NOT_FOUND = "not found"
 def file_mistakes(auto: AutoFile | None, path: str, origin: str | None, reason: str) -> list[str]:
     """What is wrong with a read of the config file and worth a warning (the watcher
     already warns for a refused one): a path someone chose that does not exist (the
-    default one missing is normal: no hsflowd), or a file without agentIP. ``origin``:
+    default one missing is normal: no hsflowd), a file without agentIP or without
+    rev_start (its settings would be ignored without a word). ``origin``:
     where the path came from; ``reason``: the resolved state, to say what follows."""
     if auto is None or auto.state != "off":
         return []
@@ -42,6 +44,11 @@ def file_mistakes(auto: AutoFile | None, path: str, origin: str | None, reason: 
         return [f"{who}={path}: no such file; {reason}"]
     if auto.reason == "no agentIP":
         return [f"{path} has no agentIP line (hsflowd has no agent address yet); {reason}"]
+    if auto.reason == NO_REV:  # hsflowd always writes it: a hand-written (or wrong) file
+        return [
+            f"{path} has no rev_start line (hsflowd writes rev_start/rev_end around its "
+            f"settings; a file written by hand needs them too); {reason}"
+        ]
     return []
 
 

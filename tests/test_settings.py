@@ -489,3 +489,28 @@ def test_a_growing_file_warns_once_not_at_every_change(
     assert "refused: larger than" in caplog.records[-1].getMessage()
     assert [grow(f"more {i}\n") for i in range(5)] == [logged] * 5
     assert not agent.settings.enabled
+
+
+def test_a_hand_written_file_without_rev_lines_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    # Its collectors and rates were ignored (sFlow off) with an INFO line only.
+    caplog.set_level(logging.WARNING, "sflow_app")
+    mine = tmp_path / "mine.auto"
+    mine.write_text("collector=127.0.0.1\nagentIP=127.0.0.1\nsampling.http=10\n")
+    mine.chmod(0o644)
+    env = {
+        "SFLOW_APP_STATE_DIR": state_dir,
+        "SFLOW_APP_NAME": "byhand",
+        "SFLOW_APP_CONFIG": str(mine),
+    }
+    agent = Agent(autostart=False, env=env)
+    agent.reload()
+    [line] = _warnings(caplog)
+    assert f"{mine} has no rev_start line" in line and not agent.settings.enabled
+    # Saved by a Windows editor: a byte-order mark and CRLF; read as any other file.
+    mine.write_bytes(
+        b"\xef\xbb\xbfrev_start=1\r\ncollector=127.0.0.1\r\nagentIP=127.0.0.1\r\nrev_end=1\r\n"
+    )
+    agent.reload()
+    assert agent.settings.enabled and agent.settings.reason.endswith("rev 1")
