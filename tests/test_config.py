@@ -555,6 +555,27 @@ def test_bad_env_values_are_warnings_not_errors() -> None:
     ) in s.warnings
 
 
+def test_any_address_is_no_collector_and_no_agent() -> None:
+    # 0.0.0.0 (a collector's listen address, copied) was taken: datagrams went to this
+    # host's loopback and collectors saw agent 0.0.0.0, without a word.
+    env = {"SFLOW_APP_COLLECTORS": "0.0.0.0:6343, [::]:6344", "SFLOW_APP_AGENT_IP": "::"}
+    s = settings_for(FILE, {}, env)
+    assert s.collectors == (("10.0.0.50", 6343),) and s.agent_ip == "10.0.0.7"
+    assert s.warnings == (
+        "SFLOW_APP_COLLECTORS entry '0.0.0.0:6343' ignored: 0.0.0.0 is the unspecified "
+        "address (a listener's 'any'), not a collector",
+        "SFLOW_APP_COLLECTORS entry '[::]:6344' ignored: :: is the unspecified address "
+        "(a listener's 'any'), not a collector",
+        "SFLOW_APP_AGENT_IP='::' ignored: :: is the unspecified address (a listener's "
+        "'any'), not an agent",
+    )
+    s = settings_for(FILE, {}, {"SFLOW_APP_AGENT_IP": "239.1.1.1"})
+    assert s.agent_ip == "10.0.0.7" and "multicast group, not an agent" in s.warnings[0]
+    for kwargs in ({"agent_ip": "0.0.0.0"}, {"collectors": [("0.0.0.0", 6343)]}):
+        with pytest.raises(ValueError, match="unspecified address"):
+            settings_for(FILE, kwargs)
+
+
 def test_empty_env_values_mean_unset() -> None:
     s = settings_for(FILE, {}, {"SFLOW_APP_COLLECTORS": "", "SFLOW_APP_SAMPLING": " "})
     assert s.source == "file" and s.sampling_for("memcache") == 400 and s.warnings == ()
