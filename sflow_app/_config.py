@@ -152,6 +152,10 @@ def closest_application(app: str) -> str | None:
     closest one to suggest ("" when none is close). A key no source looks up would be
     silently useless, as a misspelt variable would."""
     first, dot, _ = app.partition(".")
+    parts = app.split(".")
+    if not all(parts):  # SFLOW_APP_SAMPLING_APP__SHOP: app..shop, never looked up
+        cleaned = ".".join(p for p in parts if p)
+        return cleaned if cleaned and closest_application(cleaned) is None else ""
     if first == "app" or (app in APPLICATIONS and not dot):
         return None
     close = difflib.get_close_matches(first, APPLICATIONS, n=1, cutoff=0.6)
