@@ -197,8 +197,8 @@ def _agent_ip_arg(value: object) -> str:
 
 
 def _path_arg(value: object) -> str:
-    text = str(os.fspath(value)).strip() if isinstance(value, str | os.PathLike) else ""
-    if not text:
+    text = os.fsdecode(os.fspath(value)).strip() if isinstance(value, str | os.PathLike) else ""
+    if not text or "\0" in text:  # a NUL: every later stat() would raise, status() too
         raise ValueError(f"expected a path, got {value!r}")
     return text
 

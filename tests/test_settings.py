@@ -75,6 +75,16 @@ def test_the_agent_and_the_helper_agree_on_the_config_path(state_dir: str) -> No
     assert agent.config_path == "/k/h.auto"
 
 
+def test_a_path_with_a_nul_is_refused_by_configure(tmp_path: Path, state_dir: str) -> None:
+    # It was stored, then every stat() raised: status() and each reload failed for good.
+    auto = write_auto(tmp_path / "hsflowd.auto", 6343)
+    agent = Agent(autostart=False, env={"SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_NAME": "nul"})
+    for name in ("config_path", "state_dir"):
+        with pytest.raises(ValueError, match=rf"configure\({name}=...\): expected a path"):
+            agent.configure(**{name: f"{tmp_path}/a\0b"})
+    assert agent.status()["enabled"] and agent.config_path == str(auto)
+
+
 def test_configure_sets_state_dir_and_shared(tmp_path: Path, collector: Collector) -> None:
     auto = write_auto(tmp_path / "hsflowd.auto", collector.port)
     where = tmp_path / "state"
