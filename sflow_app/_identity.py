@@ -44,7 +44,7 @@ _LAUNCHERS = {
 
 def local_index(service: str, kind: str, name: str = "") -> int:
     """A stable index in 65536-99999 for a source with no port of its own."""
-    digest = zlib.crc32(f"{service}\0{kind}\0{name}".encode())
+    digest = zlib.crc32(f"{service}\0{kind}\0{name}".encode(errors="surrogatepass"))
     return LOCAL_FIRST + digest % (LOCAL_LAST - LOCAL_FIRST + 1)
 
 

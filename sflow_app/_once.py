@@ -28,8 +28,10 @@ MAX_LINES = 256
 def first_in_service(parent: str, runtime_dir: str | None, service: str, message: str) -> bool:
     """True when no other process of this service logged ``message`` yet (and record it).
     ``parent``: the state directory setting (the private directory is made in it)."""
-    name = hashlib.blake2b(f"{os.getuid()}\0{service}".encode(), digest_size=8).hexdigest()
-    digest = hashlib.blake2b(message.encode(), digest_size=8).hexdigest()
+    # surrogatepass: a name from a non-UTF-8 environment or argv holds surrogates.
+    who = f"{os.getuid()}\0{service}".encode(errors="surrogatepass")
+    name = hashlib.blake2b(who, digest_size=8).hexdigest()
+    digest = hashlib.blake2b(message.encode(errors="surrogatepass"), digest_size=8).hexdigest()
     group = str(os.getpgrp())
     try:
         private, _ = open_private(parent, runtime_dir)

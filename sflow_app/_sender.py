@@ -93,7 +93,7 @@ class Election:
         abstract-namespace socket: that one would have no permissions)."""
         name = self._sock_name(gen)
         path = os.path.join(self.private.path, name)
-        if len(path.encode()) <= SUN_PATH_MAX:
+        if len(os.fsencode(path)) <= SUN_PATH_MAX:
             return path
         return f"/proc/self/fd/{self.private.fd}/{name}"
 

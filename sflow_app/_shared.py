@@ -88,12 +88,13 @@ def state_dir(configured: str | None = None) -> str:
 
 def service_key(*parts: object) -> str:
     text = "\0".join(str(p) for p in parts)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    # surrogatepass: a service name from a non-UTF-8 environment or argv holds surrogates.
+    return hashlib.blake2b(text.encode(errors="surrogatepass"), digest_size=8).hexdigest()
 
 
 def _key_word(kind: str, name: str) -> int:
-    digest = hashlib.blake2b(f"{kind}\0{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
+    digest = hashlib.blake2b(f"{kind}\0{name}".encode(errors="surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") or 1
 
 
 def _open_file(private: PrivateDir, name: str) -> int:

@@ -456,3 +456,24 @@ def test_config_warns_of_an_unknown_application_and_does_not_list_it(tmp_path: P
     assert "did you mean SFLOW_APP_SAMPLING_HTTP?" in err and err.count("warning:") == 1
     assert "sampling.htp" not in report["settings"]
     assert report["settings"]["sampling.apache"] == {"value": 7, "source": "file"}
+
+
+def test_config_with_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    # SFLOW_APP_NAME set from a Latin-1 shell: the table and --json raised
+    # UnicodeEncodeError on a UTF-8 stdout (the name holds a surrogate for the byte).
+    auto = write_auto(tmp_path / "hsflowd.auto", 6343)
+    env = {k.encode(): v.encode() for k, v in cli_env(SFLOW_APP_CONFIG=str(auto)).items()}
+    env |= {b"SFLOW_APP_NAME": b"caf\xe9", b"PYTHONIOENCODING": b"utf-8"}
+    for args in ([], ["--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "sflow_app", "config", *args],
+            env=env,  # type: ignore[arg-type]
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        out = done.stdout.decode()
+        if args:
+            assert json.loads(out)["settings"]["service_name"]["value"] == "caf\udce9"
+        else:
+            assert re.search(r"^service_name +caf\\xe9 +environment$", out, re.M), out

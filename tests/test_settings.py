@@ -526,3 +526,32 @@ def test_a_hand_written_file_without_rev_lines_warns(
     )
     agent.reload()
     assert agent.settings.enabled and agent.settings.reason.endswith("rev 1")
+
+
+def test_a_service_name_that_is_not_utf8_still_reports(
+    tmp_path: Path, collector: Collector, caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    # SFLOW_APP_NAME from a Latin-1 environment (or a script name from argv) holds a
+    # surrogate: hashing it raised UnicodeEncodeError at every exporter pass (a traceback
+    # each time, nothing sent) and in status() whenever a warning was due.
+    caplog.set_level(logging.WARNING, "sflow_app")
+    auto = write_auto(tmp_path / "hsflowd.auto", collector.port)
+    env = {
+        "SFLOW_APP_CONFIG": str(auto),
+        "SFLOW_APP_NAME": "caf\udce9",
+        "SFLOW_APP_STATE_DIR": state_dir,
+        "SFLOW_APP_SAMPLING": "often",
+    }
+    agent = Agent(autostart=False, env=env)
+    agent.http_source()
+    agent.set_http_port(8080, "test")
+    agent.app_source(agent.service_name)
+    try:
+        assert agent.status()["service_name"] == "caf\udce9"
+        for now in (0.0, 2.0, 4.0):  # past the first poll's random offset, then flushed
+            agent.tick(now)
+        assert collector.wait_for(lambda c: len(c.counter_samples()) >= 2)
+        [line] = _warnings(caplog)
+        assert "SFLOW_APP_SAMPLING='often' ignored" in line
+    finally:
+        agent.exporter.close()

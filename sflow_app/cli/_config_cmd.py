@@ -19,6 +19,7 @@ from typing import Any
 from .. import _config
 from .._shared import state_dir
 from .._watch import NOT_FOUND, ConfigWatcher, file_mistakes
+from ._escape import escape
 
 TORN_RETRIES = 10  # x 0.1 s: hsflowd rewrites in place; a torn read usually heals at once
 SUPPRESSED = ("empty file", "hsflowd suppressed output (rev-only file)")
@@ -160,10 +161,10 @@ def _show(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
-        return ", ".join(value) or "-"
+        return ", ".join(escape(v) for v in value) or "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return escape(str(value))  # a name from a non-UTF-8 environment holds surrogates
 
 
 def table(report: dict[str, Any]) -> str:
@@ -171,10 +172,10 @@ def table(report: dict[str, Any]) -> str:
     file, ident, verdict = report["file"], report["identity"], report["would_send"]
     rows += [
         ("", "", ""),
-        ("file", file["path"], file["state"]),
-        ("file rev", _show(file["rev"]), file["reason"]),
+        ("file", escape(file["path"]), file["state"]),
+        ("file rev", _show(file["rev"]), escape(file["reason"])),
         ("agent address", _show(ident["agent_ip"]), ident["agent_ip_source"]),
-        ("would send", _show(verdict["value"]), verdict["reason"]),
+        ("would send", _show(verdict["value"]), escape(verdict["reason"])),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     head = f"{'SETTING':<{widths[0]}}  {'VALUE':<{widths[1]}}  SOURCE"
@@ -187,7 +188,10 @@ def run(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"sflow-app config: warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
+        # A surrogate (an undecodable byte of the environment) as its JSON escape: a UTF-8
+        # stdout cannot write it raw.
+        text = json.dumps(report, ensure_ascii=False)
+        print(text.encode("utf-8", "backslashreplace").decode())
     else:
         print(table(report))
     if not settings.enabled:
