@@ -154,8 +154,9 @@ class Staging:
             if interval <= 0:
                 continue
             due = self._next_poll.get(index)
-            if due is None:
-                # First poll at a random offset so hosts and workers do not synchronise.
+            if due is None or due - now > interval:
+                # First poll at a random offset so hosts and workers do not synchronise;
+                # again when the interval got shorter (polling=300 -> 20 waited 300 s).
                 due = self._next_poll[index] = now + self.rng.uniform(0, interval)
             if not final and now < due:
                 continue

@@ -555,3 +555,29 @@ def test_a_service_name_that_is_not_utf8_still_reports(
         assert "SFLOW_APP_SAMPLING='often' ignored" in line
     finally:
         agent.exporter.close()
+
+
+def test_a_shorter_polling_interval_applies_at_once(
+    tmp_path: Path, collector: Collector, state_dir: str
+) -> None:
+    # hsflowd's polling going from 300 to 1 s kept the next counter sample where the
+    # 300 s interval had put it (up to 5 minutes away); the C agents start the new
+    # interval's countdown afresh, as this does now.
+    auto = write_auto(tmp_path / "hsflowd.auto", collector.port, polling=300)
+    env = {
+        "SFLOW_APP_CONFIG": str(auto),
+        "SFLOW_APP_NAME": "poll",
+        "SFLOW_APP_STATE_DIR": state_dir,
+    }
+    agent = Agent(autostart=False, env=env)
+    agent.http_source()
+    agent.set_http_port(8080, "test")
+    agent.exporter.rng.seed(0)  # the first poll's random offset: 253 s of the 300
+    try:
+        agent.tick(0.0)
+        write_auto(auto, collector.port, rev=2, polling=1)
+        for now in (2.0, 4.0, 6.0):
+            agent.tick(now)
+        assert collector.wait_for(lambda c: len(c.counter_samples()) >= 1)
+    finally:
+        agent.exporter.close()
