@@ -62,7 +62,7 @@ class Exporter(Staging):
         self.stats = stats  # the counts it keeps (the runner counts its queue's drops there)
         self.state: State | None = None
         self._key: str | None = None
-        self._key_parts: tuple[object, ...] = ()  # what _key was worked out from
+        self._key_parts: tuple[object, ...] = ()  # what _key was worked out from, and where
         self._indexes: dict[int, int] = {}  # id(source) -> state table index
         self._held: list[tuple[Any, ...]] = []
         self._backlog: deque[tuple[int, bytes]] = deque()
@@ -213,11 +213,15 @@ class Exporter(Staging):
         settings = agent.settings
         parts: tuple[object, ...] = (os.getuid(), agent.service_name, agent.http_index())
         parts += (settings.ds_index, settings.sub_agent_id)
-        if self.state is not None and parts == self._key_parts:
+        # Where the state lives is no part of the key, but a change of it (configure()
+        # after the first pass) must reopen it there: it was ignored.
+        where = (settings.shared, settings.state_dir)
+        if self.state is not None and (parts, where) == self._key_parts:
             return self.state  # each pass: no hashing of the same parts again
         key = service_key(*parts)
-        self._key_parts = parts
-        if self.state is not None and key == self._key:
+        same_place = self._key_parts[1:] == (where,)
+        self._key_parts = (parts, where)
+        if self.state is not None and key == self._key and same_place:
             return self.state
         self.close_state()
         self._key = key

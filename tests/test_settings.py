@@ -581,3 +581,34 @@ def test_a_shorter_polling_interval_applies_at_once(
         assert collector.wait_for(lambda c: len(c.counter_samples()) >= 1)
     finally:
         agent.exporter.close()
+
+
+def test_configure_after_the_first_pass_moves_the_shared_state(
+    tmp_path: Path, collector: Collector
+) -> None:
+    # configure(shared=False) or state_dir=... once the exporter had made a pass (a
+    # surface built first: its thread runs at once) was ignored: the state stayed open.
+    auto = write_auto(tmp_path / "hsflowd.auto", collector.port)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    env = {
+        "SFLOW_APP_CONFIG": str(auto),
+        "SFLOW_APP_NAME": "moves",
+        "SFLOW_APP_STATE_DIR": str(first),
+    }
+    agent = Agent(autostart=False, env=env)
+    agent.http_source()
+    agent.set_http_port(8080, "test")
+    try:
+        agent.tick(0.0)
+        assert isinstance(agent.exporter.state, SharedState)
+        agent.configure(shared=False)
+        agent.tick(2.0)
+        assert not isinstance(agent.exporter.state, SharedState)
+        agent.configure(shared=True, state_dir=str(second))
+        agent.tick(4.0)
+        state = agent.exporter.state
+        assert isinstance(state, SharedState) and state.path.startswith(f"{second}/")
+    finally:
+        agent.exporter.close()
