@@ -57,6 +57,26 @@ def parse_ip(text: str, *, scoped: bool = True) -> str:
         raise ValueError(f"{shown(text)} is not an IPv4 or IPv6 address") from None
 
 
+def _named(ip: str, what: str) -> str:
+    """An address that names one host: 0.0.0.0 and :: are a listener's "any" (a datagram
+    to them reaches this host's loopback), and a multicast group is no agent."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if address.is_unspecified:
+        raise ValueError(f"{ip} is the unspecified address (a listener's 'any'), not {what}")
+    if what == "an agent" and address.is_multicast:
+        raise ValueError(f"{ip} is a multicast group, not {what}")
+    return ip
+
+
+# For the variables and configure(); the file's lines are hsflowd's own choice.
+def parse_collector_ip(text: str) -> str:
+    return _named(parse_ip(text), "a collector")
+
+
+def parse_agent_ip(text: str) -> str:
+    return _named(parse_ip(text, scoped=False), "an agent")
+
+
 def parse_port(text: str) -> int:
     return parse_uint(text, 1, 65535)
 

@@ -24,8 +24,9 @@ from ._auto import (
     DEFAULT_PORT,
     Collectors,
     Rates,
+    parse_agent_ip,
     parse_app_name,
-    parse_ip,
+    parse_collector_ip,
     parse_port,
     parse_uint,
     shown,
@@ -75,25 +76,6 @@ def _flag(text: str) -> bool:
     raise ValueError(f"{shown(text)} is not 1/true/yes or 0/false/no")
 
 
-def _named(ip: str, what: str) -> str:
-    """An address that names one host: 0.0.0.0 and :: are a listener's "any" (a datagram
-    to them reaches this host's loopback), and a multicast group is no agent."""
-    address = ipaddress.ip_address(ip.split("%", 1)[0])
-    if address.is_unspecified:
-        raise ValueError(f"{ip} is the unspecified address (a listener's 'any'), not {what}")
-    if what == "an agent" and address.is_multicast:
-        raise ValueError(f"{ip} is a multicast group, not {what}")
-    return ip
-
-
-def _collector_ip(text: str) -> str:
-    return _named(parse_ip(text), "a collector")
-
-
-def _agent_ip(text: str) -> str:
-    return _named(parse_ip(text, scoped=False), "an agent")
-
-
 def _collector_spec(item: str) -> tuple[str, int]:
     """``ip``, ``ip:port``, ``[v6]``, ``[v6]:port`` or a bare v6 address (no port)."""
     item = item.strip()
@@ -109,7 +91,7 @@ def _collector_spec(item: str) -> tuple[str, int]:
         port = parse_port(port_text)
     else:
         host = item
-    return _collector_ip(host), port
+    return parse_collector_ip(host), port
 
 
 def _collectors_arg(value: object) -> Collectors:
@@ -128,7 +110,7 @@ def _collectors_arg(value: object) -> Collectors:
             if item.strip():
                 found.append(_collector_spec(item))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            found.append((_collector_ip(item[0]), _int_arg(item[1], 1, 65535)))
+            found.append((parse_collector_ip(item[0]), _int_arg(item[1], 1, 65535)))
         else:
             raise ValueError(f"bad collector {item!r}")
     if not found:
@@ -190,7 +172,7 @@ def _bool_arg(value: object) -> bool:
 
 
 def _agent_ip_arg(value: object) -> str:
-    return _agent_ip(_name_arg(value))
+    return parse_agent_ip(_name_arg(value))
 
 
 # -- the registry of settings -------------------------------------------------------
@@ -308,7 +290,7 @@ VARS: tuple[Var, ...] = (
         "SFLOW_APP_AGENT_IP",
         "agent_ip",
         "agentIP",
-        _agent_ip,
+        parse_agent_ip,
         _agent_ip_arg,
         in_file=True,
     ),
