@@ -53,6 +53,7 @@ QUEUE_MIN, QUEUE_MAX = 64, 1 << 20
 POLLING_MAX = 3600
 DS_INDEX_MAX = 2**24 - 1  # compact source_id keeps 24 bits for the index
 DEFAULT_MAX_SAMPLES = 2000  # flow samples per second, per process and data source
+MAX_COLLECTORS = 10  # as hsflowd's other sub-agents
 
 SourceKind = Literal["file", "explicit", "off"]
 
@@ -637,6 +638,11 @@ def resolve(
     service_name = pick("service_name")
     warnings.extend(_long_name(service_name, sources.get("service_name")))
     collectors: Collectors = pick("collectors") or ()
+    if len(collectors) > MAX_COLLECTORS:  # cut here: status() and config show the ones used
+        warnings.append(
+            f"{len(collectors)} collectors configured: only the first {MAX_COLLECTORS} are sent to"
+        )
+        collectors = collectors[:MAX_COLLECTORS]
     explicit = layers[0].collectors or layers[1].collectors
     rejected = [w for w in warnings if w.startswith("SFLOW_APP_COLLECTORS")]
     source: SourceKind

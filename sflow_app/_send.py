@@ -28,12 +28,13 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ._config import MAX_COLLECTORS  # resolve() cuts the list to it; a safety net here
+
 if TYPE_CHECKING:
     from ._status import CollectorHealth, Stats
 
 log = logging.getLogger("sflow_app")
 
-MAX_COLLECTORS = 10
 RECOVER_AFTER = 10.0  # s without an error before a failing collector counts as recovered
 
 

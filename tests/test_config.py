@@ -649,3 +649,13 @@ def test_route_address_falls_back_when_there_is_no_route(monkeypatch: pytest.Mon
     monkeypatch.setattr(socket, "socket", no_socket)
     assert route_address("192.0.2.1") == "127.0.0.1"
     assert route_address("2001:db8::1") == "::1"
+
+
+def test_more_than_ten_collectors_keep_the_first_ten_with_one_warning() -> None:
+    # sflow-app config and status() said "sending to 12 collectors" while the sender
+    # sent to 10; the one warning came only at the first datagram, from the sender.
+    lines = [f"collector=10.0.1.{i}" for i in range(1, 13)]
+    s = settings_for(auto_text(*lines))
+    assert len(s.collectors) == 10 and s.collectors[0] == ("10.0.1.1", 6343)
+    assert s.reason == f"sending to 10 collectors from {PATH} rev 3"
+    assert s.warnings == ("13 collectors configured: only the first 10 are sent to",)
