@@ -43,7 +43,8 @@ def file_mistakes(auto: AutoFile | None, path: str, origin: str | None, reason: 
         who = "SFLOW_APP_CONFIG" if origin == "environment" else "configure(config_path)"
         return [f"{who}={path}: no such file; {reason}"]
     if auto.reason == "no agentIP":
-        return [f"{path} has no agentIP line (hsflowd has no agent address yet); {reason}"]
+        # Not hsflowd waiting for an address: it writes a rev-only file then.
+        return [f"{path} has no valid agentIP line (hsflowd writes one); {reason}"]
     if auto.reason == NO_REV:  # hsflowd always writes it: a hand-written (or wrong) file
         return [
             f"{path} has no rev_start line (hsflowd writes rev_start/rev_end around its "

@@ -288,7 +288,17 @@ def test_config_mistakes_warn_at_the_default_level(
     no_ip.chmod(0o644)
     Agent(autostart=False, env={**base, "SFLOW_APP_CONFIG": str(no_ip)}).reload()
     [line] = _warnings(caplog)
-    assert f"{no_ip} has no agentIP line" in line
+    assert f"{no_ip} has no valid agentIP line (hsflowd writes one); off:" in line
+    # A bad value: the line's own warning, and the same (it said "hsflowd has no agent
+    # address yet", which hsflowd says with a rev-only file, never so).
+    caplog.clear()
+    bad_ip = write_auto(tmp_path / "badip.auto", 6343, agent_ip="eth0")
+    Agent(autostart=False, env={**base, "SFLOW_APP_CONFIG": str(bad_ip)}).reload()
+    assert _warnings(caplog) == [
+        f"sflow_app: {bad_ip}: line 9: agentip ignored: 'eth0' is not an IPv4 or IPv6 address",
+        f"sflow_app: {bad_ip} has no valid agentIP line (hsflowd writes one); "
+        f"off: {bad_ip}: no agentIP",
+    ]
     caplog.clear()
     open_file = write_auto(tmp_path / "open.auto", 6343)
     open_file.chmod(0o666)
