@@ -38,6 +38,10 @@ log = logging.getLogger("sflow_app")
 EXIT_FLUSH_TIMEOUT = 1.0
 FORK_JOIN_TIMEOUT = 1.0
 INLINE_EVERY = 1.0  # s between the passes the sampled path makes when no thread runs
+# An exporter error seen before is logged again at most this often (s): a bug that fails
+# every pass would otherwise log a traceback ten times a second.
+ERROR_REPEAT_EVERY = 60.0
+ERROR_KINDS = 16  # distinct errors given a traceback each; any more are repeats
 
 
 class Work(Protocol):
@@ -125,6 +129,9 @@ class Runner:
         self.inline = False  # no thread can run: the sampled path makes the passes
         self._last_inline = float("-inf")
         self._lock = threading.Lock()
+        self._errors: set[tuple[str, str]] = set()  # the exporter errors logged in full
+        self._repeats = 0  # errors since the last line about them
+        self._repeat_logged = 0.0
 
     # -- the hand-off (request threads) --------------------------------------------
     def put(self, source: Source, pool: int, rate: int, records: Any) -> None:
@@ -252,9 +259,30 @@ class Runner:
             try:
                 work.tick(passed)
                 due = work.next_due(passed)
-            except Exception:  # the exporter must outlive any bug of its own
-                log.exception("sflow_app: exporter error")
+            except Exception as exc:  # the exporter must outlive any bug of its own
+                self._failed(exc, passed)
             self._sleep(stop, waker, passed, due)
+
+    def _failed(self, exc: Exception, now: float) -> None:
+        """Log an exporter error: in full the first time, then as one line a minute with
+        how often it came (a bug that fails every pass must not flood the log)."""
+        kind = (type(exc).__qualname__, str(exc)[:200])
+        if kind not in self._errors and len(self._errors) < ERROR_KINDS:
+            self._errors.add(kind)
+            self._repeat_logged = now
+            log.error("sflow_app: exporter error", exc_info=exc)
+            return
+        self._repeats += 1
+        if now - self._repeat_logged >= ERROR_REPEAT_EVERY:
+            log.error(
+                "sflow_app: exporter errors again: %d in %.0f s, the last %s: %s",
+                self._repeats,
+                now - self._repeat_logged,
+                kind[0],
+                kind[1],
+            )
+            self._repeats = 0
+            self._repeat_logged = now
 
     def _sleep(self, stop: threading.Event, waker: Waker, passed: float, due: float) -> None:
         """Until ``due``, or until a sample is queued (or, in the sender, a worker

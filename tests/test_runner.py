@@ -4,6 +4,7 @@ A real agent's runner, a real thread and a real collector."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from helpers import Collector, wait_until, write_auto
 from test_exporter import request
 
+from sflow_app import _lifecycle
 from sflow_app._agent import Agent
 from sflow_app.records import HttpRequest
 
@@ -99,3 +101,33 @@ def test_shutdown_sends_what_is_still_queued(make_agent, collector: Collector) -
     left = lambda c: [r for r in c.records(HttpRequest) if r.uri == "/left"]  # noqa: E731
     assert collector.wait_for(lambda c: len(left(c)) >= 5)
     assert len(left(collector)) == 5
+
+
+def test_an_error_every_pass_is_logged_once_then_a_line_a_minute(
+    make_agent, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that fails every pass (ten a second) logs its traceback once, not every pass;
+    a different error gets its own; repeats come back as one line per ERROR_REPEAT_EVERY."""
+    agent = make_agent()
+    runner = agent.runner
+    failures = iter(
+        [ValueError("first bug")] * 25 + [KeyError("second bug")] * 5 + [ValueError("first bug")]
+    )
+
+    def tick(now: float, *, final: bool = False) -> None:
+        raise next(failures, ValueError("first bug"))
+
+    monkeypatch.setattr(agent, "tick", tick)
+    with caplog.at_level(logging.ERROR, logger="sflow_app"):
+        runner.start()
+        assert wait_until(lambda: runner.passes >= 40, timeout=60)
+        monkeypatch.setattr(_lifecycle, "ERROR_REPEAT_EVERY", 0.0)
+        seen = runner.passes
+        assert wait_until(lambda: runner.passes >= seen + 3, timeout=60)
+        runner.stop(5.0)
+    full = [r for r in caplog.records if r.exc_info]
+    assert [str(r.exc_info[1]) for r in full] == ["first bug", "'second bug'"]
+    again = [r.getMessage() for r in caplog.records if not r.exc_info]
+    assert again and all(m.startswith("sflow_app: exporter errors again: ") for m in again)
+    counted = sum(int(m.split(": ")[2].split()[0]) for m in again)
+    assert counted + len(full) == runner.passes  # every pass failed, every one counted
