@@ -204,9 +204,11 @@ class ConfigWatcher:
     def _warn_if_stuck(self, torn: AutoFile) -> None:
         if not self._torn_warned and self._now() - self._torn_since >= TORN_GRACE:
             self._torn_warned = True
-            self._log.warning(
-                "sflow_app: %s: still inconsistent after %.0f s (%s); keeping previous settings",
-                self.path,
-                TORN_GRACE,
-                torn.reason,
+            warning = (
+                f"still inconsistent after {TORN_GRACE:.0f} s ({torn.reason}); "
+                "keeping previous settings"
             )
+            if self._warn is not None:  # the agent's: once per service, not per worker
+                self._warn(f"{self.path}: {warning}")
+            else:
+                self._log.warning("sflow_app: %s: %s", self.path, warning)

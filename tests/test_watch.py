@@ -14,6 +14,8 @@ import pytest
 from sflow_app._config import resolve
 from sflow_app._watch import MAX_BYTES, TORN_GRACE, ConfigWatcher, read_bounded
 
+TORN_GRACE_STEPS = int(TORN_GRACE) + 3  # 1 s steps past the grace
+
 STAT_FIELDS = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns", "st_mode", "st_uid")
 
 
@@ -192,6 +194,28 @@ def test_torn_for_long_warns_once(
     assert len(warnings) == 1 and f"still inconsistent after {TORN_GRACE:.0f} s" in (
         warnings[0].getMessage()
     )
+
+
+def test_torn_for_long_goes_to_the_agents_warning_route(
+    path: Path, clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the agent's route (warned once per service, not by every worker), the
+    warning goes there, as the file's other warnings do."""
+    caplog.set_level(logging.DEBUG, logger="sflow_app")
+    routed: list[str] = []
+    w = watcher(path, clock, warn=routed.append)
+    assert w.poll() is not None
+    write(path, auto(rev=2).replace("rev_end=2", "rev_end=1"))
+    assert w.poll() is not None
+    for _ in range(TORN_GRACE_STEPS):
+        clock[0] += 1
+        assert w.poll() is None
+    assert [m for m in routed if "still inconsistent" in m] == [
+        f"{path}: still inconsistent after {TORN_GRACE:.0f} s "
+        "(torn read (rev_start=2, rev_end=1)); "
+        "keeping previous settings"
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 # -- missing, refused, oversized ----------------------------------------------------
