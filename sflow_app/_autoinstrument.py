@@ -42,7 +42,7 @@ def disabled(env: Mapping[str, str] = os.environ) -> set[str]:
     """The integrations ``SFLOW_APP_DISABLED_INTEGRATIONS`` names. An unknown name is the
     agent's to warn about, with the other configuration mistakes: once per service, not
     once per process started (this runs in every one)."""
-    from ._config import integration_names
+    from ._config_args import integration_names
 
     return set(integration_names(env.get("SFLOW_APP_DISABLED_INTEGRATIONS", ""))[0])
 
@@ -161,7 +161,7 @@ class Wrapper:
         over the variable, as for every setting), else SFLOW_APP_DISABLED_INTEGRATIONS's.
         Asked when a hook fires: an app's configure() before its imports counts."""
         from ._agent import AGENT
-        from ._config import integration_names
+        from ._config_args import integration_names
 
         configured = AGENT.configured("disabled_integrations")
         if configured is None:

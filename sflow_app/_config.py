@@ -15,7 +15,7 @@ import difflib
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,9 +25,6 @@ from ._auto import (
     Collectors,
     Rates,
     parse_agent_ip,
-    parse_app_name,
-    parse_collector_ip,
-    parse_port,
     parse_uint,
     shown,
 )
@@ -37,6 +34,23 @@ from ._auto import MAX_WARNINGS as MAX_WARNINGS
 from ._auto import U32 as U32
 from ._auto import AutoFile as AutoFile
 from ._auto import parse_auto as parse_auto
+from ._config_args import (
+    agent_ip_arg,
+    bool_arg,
+    closest_application,
+    collector_spec,
+    collectors_arg,
+    env_integrations,
+    flag,
+    int_arg,
+    integration_names,
+    integrations_arg,
+    name_arg,
+    path_arg,
+    path_env,
+    query_mode,
+    rates_arg,
+)
 from ._identity import NAME_BYTES
 from ._xdr import cut_utf8, to_bytes
 
@@ -57,194 +71,7 @@ MAX_COLLECTORS = 10  # as hsflowd's other sub-agents
 
 SourceKind = Literal["file", "explicit", "off"]
 
-# -- configure() and environment validators: ValueError fit for a log line ----------
-
-
-def _int_arg(value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{value} is outside {lo}..{hi}")
-    return value
-
-
-def _flag(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{shown(text)} is not 1/true/yes or 0/false/no")
-
-
-def _collector_spec(item: str) -> tuple[str, int]:
-    """``ip``, ``ip:port``, ``[v6]``, ``[v6]:port`` or a bare v6 address (no port)."""
-    item = item.strip()
-    port = DEFAULT_PORT
-    if item.startswith("["):
-        host, closed, rest = item[1:].partition("]")
-        if not closed or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad collector {shown(item)} (expected [v6]:port)")
-        if rest:
-            port = parse_port(rest[1:])
-    elif item.count(":") == 1:
-        host, _, port_text = item.partition(":")
-        port = parse_port(port_text)
-    else:
-        host = item
-    return parse_collector_ip(host), port
-
-
-def _collectors_arg(value: object) -> Collectors:
-    """configure(collectors=...) or SFLOW_APP_COLLECTORS: a comma-separated string, or an
-    iterable of such strings and (ip, port) pairs. IP literals only: no DNS lookups here."""
-    items: Iterable[object]
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, Iterable):
-        items = value
-    else:
-        raise ValueError(f"expected 'ip[:port]' strings or (ip, port) pairs, got {value!r}")
-    found: list[tuple[str, int]] = []
-    for item in items:
-        if isinstance(item, str):
-            if item.strip():
-                found.append(_collector_spec(item))
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            found.append((parse_collector_ip(item[0]), _int_arg(item[1], 1, 65535)))
-        else:
-            raise ValueError(f"bad collector {item!r}")
-    if not found:
-        raise ValueError("no collectors given (use disable to turn sFlow off)")
-    return tuple(dict.fromkeys(found))  # the same collector twice would double-count
-
-
-def _name_arg(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {value!r}")
-    return value.strip()
-
-
-# The applications sampling.<app> and polling.<app> can name here: these and app.<name>
-# (docs/config.md). hsflowd.auto may name others, for other agents: never warned about.
-APPLICATIONS = ("http", "memcache", "app")
-
-
-def closest_application(app: str) -> str | None:
-    """None when ``app`` (dotted, lower case) is an application of this agent; else the
-    closest one to suggest ("" when none is close). A key no source looks up would be
-    silently useless, as a misspelt variable would."""
-    first, dot, _ = app.partition(".")
-    parts = app.split(".")
-    if not all(parts):  # SFLOW_APP_SAMPLING_APP__SHOP: app..shop, never looked up
-        cleaned = ".".join(p for p in parts if p)
-        return cleaned if cleaned and closest_application(cleaned) is None else ""
-    if first == "app" or (app in APPLICATIONS and not dot):
-        return None
-    close = difflib.get_close_matches(first, APPLICATIONS, n=1, cutoff=0.6)
-    if close:
-        return close[0]
-    return f"app.{app}" if all(app.split(".")) else ""
-
-
-def _rates_arg(value: object, hi: int) -> Rates:
-    """``sampling=10`` or ``sampling={"http": 10, "app.shop": 5, "": 400}``."""
-    if not isinstance(value, Mapping):
-        return Rates(_int_arg(value, 0, hi))
-    generic, apps = None, {}
-    for key, n in value.items():
-        if not isinstance(key, str):
-            raise ValueError(f"application names are strings, got {key!r}")
-        if key.strip().lower() in ("", "default"):
-            generic = _int_arg(n, 0, hi)
-            continue
-        app = parse_app_name(key)
-        close = closest_application(app)
-        if close is not None:
-            hint = f"did you mean {close!r}? " if close else ""
-            known = "http, memcache, app.<name>"
-            raise ValueError(f"unknown application {app!r}; {hint}(the applications: {known})")
-        apps[app] = _int_arg(n, 0, hi)
-    return Rates(generic, apps)
-
-
-def _bool_arg(value: object) -> bool:
-    return value if isinstance(value, bool) else _flag(str(value))
-
-
-def _agent_ip_arg(value: object) -> str:
-    return parse_agent_ip(_name_arg(value))
-
-
 # -- the registry of settings -------------------------------------------------------
-
-
-def _path_arg(value: object) -> str:
-    text = os.fsdecode(os.fspath(value)).strip() if isinstance(value, str | os.PathLike) else ""
-    if not text or "\0" in text:  # a NUL: every later stat() would raise, status() too
-        raise ValueError(f"expected a path, got {value!r}")
-    return text
-
-
-def _path_env(text: str) -> str:
-    return text  # already stripped; an empty value means unset
-
-
-# What SFLOW_APP_DISABLED_INTEGRATIONS can name (sflow-app run's integrations).
-INTEGRATIONS = ("flask", "django", "starlette", "fastapi", "wsgi", "asgi", "memcache")
-INTEGRATION_SYNONYMS = {"pymemcache": "memcache"}
-
-
-def _query_mode(value: object) -> QueryMode:
-    from ._http import QUERY_MODES
-
-    for mode in QUERY_MODES:
-        if str(value).strip().lower() == mode:
-            return mode
-    raise ValueError(f"expected one of {', '.join(QUERY_MODES)}, got {shown(str(value))}")
-
-
-def integration_names(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(known, unknown) integration names in a comma-separated list (or a sequence)."""
-    if isinstance(value, str):
-        items: list[object] = list(value.split(","))
-    elif isinstance(value, Iterable):
-        items = list(value)
-    elif not value:
-        items = []
-    else:
-        raise ValueError(f"expected a comma-separated list or a sequence, got {value!r}")
-    known: list[str] = []
-    unknown: list[str] = []
-    for item in items:
-        name = str(item).strip().lower()
-        name = INTEGRATION_SYNONYMS.get(name, name)
-        if name:
-            (known if name in INTEGRATIONS else unknown).append(name)
-    return tuple(dict.fromkeys(known)), tuple(unknown)
-
-
-def _unknown_integration(name: str, verdict: str = "") -> str:
-    close = difflib.get_close_matches(name, INTEGRATIONS, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown integration {shown(name)}{verdict} ({hint}known: {', '.join(INTEGRATIONS)})"
-
-
-def _integrations_arg(value: object) -> tuple[str, ...]:
-    known, unknown = integration_names(value)
-    if unknown:
-        raise ValueError(_unknown_integration(unknown[0]))
-    return known
-
-
-def _env_integrations(raw: str, warnings: list[str]) -> tuple[str, ...] | None:
-    """SFLOW_APP_DISABLED_INTEGRATIONS: an unknown name is ignored with a warning; the known
-    ones still apply (a typo must not turn an integration back on)."""
-    known, unknown = integration_names(raw)
-    for name in unknown:
-        message = _unknown_integration(name, " ignored")
-        warnings.append(f"SFLOW_APP_DISABLED_INTEGRATIONS: {message}")
-    return known if raw.strip() else None
 
 
 @dataclass(frozen=True)
@@ -270,21 +97,21 @@ def _int_var(env: str, field: str, key: str, lo: int, hi: int, in_file: bool = F
         field,
         key,
         partial(parse_uint, lo=lo, hi=hi),
-        partial(_int_arg, lo=lo, hi=hi),
+        partial(int_arg, lo=lo, hi=hi),
         False,
         in_file,
     )
 
 
 VARS: tuple[Var, ...] = (
-    Var("SFLOW_APP_CONFIG", "config_path", "config", _path_env, _path_arg),
-    Var("SFLOW_APP_DISABLE", "disable", "disable", _flag, _bool_arg),
+    Var("SFLOW_APP_CONFIG", "config_path", "config", path_env, path_arg),
+    Var("SFLOW_APP_DISABLE", "disable", "disable", flag, bool_arg),
     Var(
         "SFLOW_APP_COLLECTORS",
         "collectors",
         "collector",
-        _collectors_arg,
-        _collectors_arg,
+        collectors_arg,
+        collectors_arg,
         in_file=True,
     ),
     Var(
@@ -292,7 +119,7 @@ VARS: tuple[Var, ...] = (
         "agent_ip",
         "agentIP",
         parse_agent_ip,
-        _agent_ip_arg,
+        agent_ip_arg,
         in_file=True,
     ),
     Var(
@@ -300,7 +127,7 @@ VARS: tuple[Var, ...] = (
         "sampling",
         "sampling",
         partial(parse_uint, lo=0, hi=U32),
-        partial(_rates_arg, hi=U32),
+        partial(rates_arg, hi=U32),
         per_app=True,
         in_file=True,
     ),
@@ -309,7 +136,7 @@ VARS: tuple[Var, ...] = (
         "polling",
         "polling",
         partial(parse_uint, lo=0, hi=POLLING_MAX),
-        partial(_rates_arg, hi=POLLING_MAX),
+        partial(rates_arg, hi=POLLING_MAX),
         per_app=True,
         in_file=True,
     ),
@@ -319,19 +146,19 @@ VARS: tuple[Var, ...] = (
     _int_var("SFLOW_APP_PARENT_DS_INDEX", "parent_ds_index", "parent_ds_index", 0, U32, True),
     _int_var("SFLOW_APP_DS_INDEX", "ds_index", "ds_index", 1, DS_INDEX_MAX),
     _int_var("SFLOW_APP_SUB_AGENT_ID", "sub_agent_id", "sub_agent_id", 0, U32),
-    Var("SFLOW_APP_NAME", "service_name", "service_name", str, _name_arg),
+    Var("SFLOW_APP_NAME", "service_name", "service_name", str, name_arg),
     _int_var("SFLOW_APP_QUEUE", "queue_capacity", "queue_capacity", QUEUE_MIN, QUEUE_MAX),
-    Var("SFLOW_APP_STATE_DIR", "state_dir", "state_dir", _path_env, _path_arg),
-    Var("SFLOW_APP_SHARED", "shared", "shared", _flag, _bool_arg),
-    Var("SFLOW_APP_QUERY", "query", "query", _query_mode, _query_mode),
+    Var("SFLOW_APP_STATE_DIR", "state_dir", "state_dir", path_env, path_arg),
+    Var("SFLOW_APP_SHARED", "shared", "shared", flag, bool_arg),
+    Var("SFLOW_APP_QUERY", "query", "query", query_mode, query_mode),
     # User names are personal data: 0 keeps them out of every sampled request.
-    Var("SFLOW_APP_AUTHUSER", "authuser", "authuser", _flag, _bool_arg),
+    Var("SFLOW_APP_AUTHUSER", "authuser", "authuser", flag, bool_arg),
     Var(
         "SFLOW_APP_DISABLED_INTEGRATIONS",
         "disabled_integrations",
         "disabled_integrations",
         lambda text: integration_names(text)[0],  # _env_layer warns of unknown names
-        _integrations_arg,
+        integrations_arg,
     ),
     # The overload guard: a cap on flow samples per second (0 = no cap), see _sampler.
     _int_var("SFLOW_APP_MAX_SAMPLES", "max_samples", "max_samples", 0, U32),
@@ -444,7 +271,7 @@ def _env_collectors(raw: str, warnings: list[str]) -> Collectors | None:
         if not item.strip():
             continue
         try:
-            found.append(_collector_spec(item))
+            found.append(collector_spec(item))
         except ValueError as exc:
             warnings.append(f"SFLOW_APP_COLLECTORS entry {shown(item.strip())} ignored: {exc}")
     return tuple(dict.fromkeys(found)) or None
@@ -481,7 +308,7 @@ def _env_layer(env: Mapping[str, str], warnings: list[str]) -> _Layer:
             value = _env_collectors(raw, warnings) if isinstance(raw, str) else None
         elif var.field == "disabled_integrations":
             raw = env.get(var.env)
-            value = _env_integrations(raw, warnings) if isinstance(raw, str) else None
+            value = env_integrations(raw, warnings) if isinstance(raw, str) else None
         else:
             value = parse(var.env, var.env_parser)
         setattr(layer, var.field, value)

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .. import _config
+from .._config_args import closest_application
 from .._shared import state_dir
 from .._watch import NOT_FOUND, ConfigWatcher, file_mistakes
 from ._escape import escape
@@ -73,7 +74,7 @@ def _app_keys(auto: _config.AutoFile | None, env: dict[str, str], kind: str) -> 
         found = _config.per_app_variable(var)
         if found is None or found[0] != f"SFLOW_APP_{kind.upper()}_" or not value.strip():
             continue
-        if _config.closest_application(found[1]) is None:  # else ignored, with a warning
+        if closest_application(found[1]) is None:  # else ignored, with a warning
             names.add(found[1])
     return sorted(names)
 
