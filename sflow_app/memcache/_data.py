@@ -169,10 +169,22 @@ def value_size(value: Any, encoding: str) -> int:
         return 0
 
 
-def fetched_size(result: Any, expect_cas: Any) -> int:
-    """Value bytes of a get/gets result, when the default serde returned them as sent."""
+def asked_hits(keys: Any, result: Any) -> int:
+    """Hits of a get/gets, per key asked: the server answers a key asked twice twice, while
+    pymemcache's result holds it once."""
+    hits = 0
+    for key in keys:
+        if key in result:
+            hits += 1
+    return hits
+
+
+def fetched_size(result: Any, expect_cas: Any, keys: Any = None) -> int:
+    """Value bytes of a get/gets result, when the default serde returned them as sent;
+    ``keys``: per key asked (some asked more than once), else per value."""
     size = 0
-    for value in result.values():
+    values = result.values() if keys is None else (result[k] for k in keys if k in result)
+    for value in values:
         if expect_cas:
             value = value[0]
         if isinstance(value, bytes):

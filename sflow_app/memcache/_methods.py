@@ -24,7 +24,15 @@ from pymemcache.exceptions import (
     MemcacheIllegalInputError,
 )
 
-from ._data import CountingSerde, attach, serde_proxy, value_size, wire_key
+from ._data import (
+    CountingSerde,
+    asked_hits,
+    attach,
+    fetched_size,
+    serde_proxy,
+    value_size,
+    wire_key,
+)
 from ._outcomes import (
     BYTES_READ,
     BYTES_WRITTEN,
@@ -199,13 +207,16 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             if name == b"get" or name == b"gets":
                 hits = len(result)
+                asked = len(keys)
+                if hits and hits != asked:  # a miss, or a key asked twice
+                    hits = asked_hits(keys, result)
                 if hits == 1:
                     next(STATE.cells[GET_HITS])
                 elif hits:
                     STATE.put((GET_HITS, hits))
                 elif self.sock is None:
                     return result  # ignore_exc turned an error into an empty result
-                misses = len(keys) - hits
+                misses = asked - hits
                 if misses == 1:
                     next(STATE.cells[GET_MISSES])
                 elif misses > 0:
@@ -213,13 +224,15 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
                 if hits:
                     if counting:
                         size = proxy.read
-                    else:  # the default serde returned the values as received
+                    elif hits == len(result):  # the default serde: values as received
                         size = 0
                         for value in result.values():
                             if expect_cas:
                                 value = value[0]
                             if isinstance(value, bytes):
                                 size += len(value)
+                    else:  # a key asked twice was received twice
+                        size = fetched_size(result, expect_cas, keys)
                     if size:
                         put = STATE.put
                         put((BYTES_READ, size))

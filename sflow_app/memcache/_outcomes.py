@@ -21,7 +21,7 @@ from pymemcache.exceptions import (
 
 from .._source import MEMCACHE_COUNTERS
 from ..records import MemcacheCmd, MemcacheStatus
-from ._data import CountingSerde, NoTally, fetched_size, stored_size, wire_key
+from ._data import CountingSerde, NoTally, asked_hits, fetched_size, stored_size, wire_key
 from ._state import STATE
 
 log = logging.getLogger("sflow_app")
@@ -142,8 +142,11 @@ def _fetch_ok(instance: Any, args: Any, kwargs: Any, result: Any) -> int:
         hits = len(result)
         if not hits and instance.sock is None:
             return ERROR  # ignore_exc turned an error into an empty result
+        keys = _arg(args, kwargs, 1, "keys", ())
+        if hits and hits != len(keys):  # a miss, or a key asked twice
+            hits = asked_hits(keys, result)
         tally(GET_HITS, hits)
-        tally(GET_MISSES, len(_arg(args, kwargs, 1, "keys", ())) - hits)
+        tally(GET_MISSES, len(keys) - hits)
         return OK if hits else NOT_FOUND
     if not result and instance.sock is None:
         return ERROR
@@ -404,7 +407,9 @@ def raw_sizes(command: Any, result: Any) -> tuple[int, int]:
 
 def _fetch_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int, int]:
     if isinstance(result, dict) and _arg(args, kwargs, 0, "name") in _FETCH_KEYED:
-        return fetched_size(result, _arg(args, kwargs, 2, "expect_cas")), 0
+        keys = _arg(args, kwargs, 1, "keys", ())
+        asked = keys if result and len(keys) != len(result) else None
+        return fetched_size(result, _arg(args, kwargs, 2, "expect_cas"), asked), 0
     return 0, 0
 
 
