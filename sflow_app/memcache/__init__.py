@@ -15,6 +15,7 @@ classes, the records and counters each command gives, and the cost (with its
 measurements) are in docs/memcache.md.
 
 The package, by concern (this module is the public surface and the install):
+  _classes   pymemcache's client classes, even where a tracer replaced them
   _state     the one owner of the mutable state: the bound data source (only
              ``STATE.bind()`` changes it), instrument()'s key policy, open connections
   _data      key policy, the key as sent, value bytes (default serde or a counting serde
@@ -33,16 +34,14 @@ from typing import Any, Literal, TypeVar
 import wrapt
 
 try:
-    # pymemcache ships no type information.
-    from pymemcache.client.base import Client, PooledClient
-    from pymemcache.client.hash import HashClient
-    from pymemcache.client.retrying import RetryingClient
+    import pymemcache  # noqa: F401  # pymemcache ships no type information
 except ImportError as exc:  # pragma: no cover - the "memcache" extra installs it
     raise ImportError(
         "sflow_app.memcache needs pymemcache: pip install 'sflow-app[memcache]'"
     ) from exc
 
 from .._agent import AGENT
+from ._classes import Client, HashClient, PooledClient, RetryingClient
 from ._data import KeyPolicy, key_policy, restore_serdes
 from ._methods import methods_for
 from ._state import STATE
@@ -159,6 +158,9 @@ def wrap(
 
 def _wrap(client: Any, policy: KeyPolicy) -> bool:
     """True when something was newly instrumented."""
+    if isinstance(client, _PROXY):  # a tracer's proxy (ddtrace's): the client it wraps
+        proxy: Any = client
+        return _wrap(proxy.__wrapped__, policy)
     if isinstance(client, RetryingClient):
         return _wrap(client._client, policy)
     if isinstance(client, (HashClient, PooledClient)):
@@ -167,8 +169,9 @@ def _wrap(client: Any, policy: KeyPolicy) -> bool:
             client.__class__ = _subclass(type(client), policy)  # the keys it refuses itself
             new = True
         cls = client.client_class
-        new = not cls.__dict__.get("_sflow_wrapped") or new
-        client.client_class = _subclass(cls, policy)
+        if not issubclass(cls, _PROXY):  # ddtrace's proxy class is left (docs/memcache.md)
+            new = not cls.__dict__.get("_sflow_wrapped") or new
+            client.client_class = _subclass(cls, policy)
         if isinstance(client, HashClient):
             existing = list(client.clients.values())
         else:

@@ -18,12 +18,12 @@ from types import MethodType
 from typing import Any
 
 import wrapt
-from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import (
     MemcacheError,
     MemcacheIllegalInputError,
 )
 
+from ._classes import HashClient
 from ._data import (
     CountingSerde,
     asked_hits,
