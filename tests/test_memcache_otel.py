@@ -4,6 +4,7 @@ in either order of removal."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +19,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheIllegalInputError
 
 import sflow_app.memcache as sfm
 from sflow_app._agent import AGENT
+from sflow_app.records import MemcacheCmd, MemcacheOperation, MemcacheStatus
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +111,37 @@ def test_out_of_order_removal_takes_out_only_our_layer(agent, server, otel: Any,
     assert sorted(s.name for s in spans.get_finished_spans()[4:]) == ["delete", "get", "get", "set"]
     instrumentor.uninstrument()
     assert dict(vars(Client)) == pristine
+
+
+@pytest.mark.parametrize("first", ["otel", "sflow"])
+def test_refusals_through_an_alias_are_recorded(
+    agent, collector, server, otel: Any, first: str
+) -> None:
+    """delete_multi is delete_many under another name, and OpenTelemetry wraps only
+    delete_many: a refused key is recorded through either name, in either order."""
+    agent(sampling=1, polling=0)
+    instrumentor, _, provider = otel
+    order = [first, "sflow" if first == "otel" else "otel"]
+    for which in order:
+        if which == "otel":
+            instrumentor.instrument(tracer_provider=provider)
+        else:
+            sfm.instrument()
+    c = keep(Client(server.server, default_noreply=False))
+    for delete in (c.delete_many, c.delete_multi):
+        with pytest.raises(MemcacheIllegalInputError):
+            delete(["bad key"])
+    for which in reversed(order):  # last in, first out
+        if which == "otel":
+            instrumentor.uninstrument()
+        else:
+            sfm.uninstrument()
+    AGENT.tick(time.monotonic(), final=True)
+    collector.poll(0.05)
+    got = [
+        (r.cmd, r.key, r.nkeys, r.status)
+        for sample in collector.flow_samples()
+        for r in sample.records
+        if isinstance(r, MemcacheOperation)
+    ]
+    assert got == [(MemcacheCmd.DELETE, "bad key", 1, MemcacheStatus.CLIENT_ERROR)] * 2

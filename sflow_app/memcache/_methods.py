@@ -472,7 +472,20 @@ def methods_for(cls: type) -> dict[str, Any]:
         fn = functions.get(name)
         if fn is None:
             continue
+        core = _innermost(fn)
         for alias, other in functions.items():
-            if other is fn:  # delete_multi = delete_many, bound at class creation
-                out[alias] = _guard_method(describe, endpoint, fn)
+            # delete_multi = delete_many, bound at class creation; another library may
+            # have wrapped one name and not the other (OpenTelemetry: delete_many only).
+            if other is fn or _innermost(other) is core:
+                out[alias] = _guard_method(describe, endpoint, other)
     return out
+
+
+def _innermost(fn: Any) -> Any:
+    """What ``fn`` wraps, through other libraries' wrappers (``__wrapped__``)."""
+    for _ in range(16):
+        inner = getattr(fn, "__wrapped__", None)
+        if inner is None:
+            break
+        fn = inner
+    return fn
