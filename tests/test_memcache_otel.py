@@ -113,6 +113,25 @@ def test_out_of_order_removal_takes_out_only_our_layer(agent, server, otel: Any,
     assert dict(vars(Client)) == pristine
 
 
+def test_under_opentelemetry_removed_first(agent, server, otel: Any) -> None:
+    """OpenTelemetry first, sflow_app on top, then OpenTelemetry removed first: its
+    removal takes its wrappers off (sflow_app went in under them), so it traces no more,
+    sflow_app counts on, and sflow_app's removal leaves pymemcache as it was."""
+    agent(sampling=0)
+    instrumentor, spans, provider = otel
+    pristine = dict(vars(Client))
+    instrumentor.instrument(tracer_provider=provider)
+    sfm.instrument()
+    workload(server)
+    assert sflow_counts() == ONE_EACH and len(spans.get_finished_spans()) == 4
+    instrumentor.uninstrument()
+    workload(server)
+    assert sflow_counts() == {k: 2 * v for k, v in ONE_EACH.items()}
+    assert len(spans.get_finished_spans()) == 4  # OpenTelemetry traces no more
+    sfm.uninstrument()
+    assert dict(vars(Client)) == pristine
+
+
 @pytest.mark.parametrize("first", ["otel", "sflow"])
 def test_refusals_through_an_alias_are_recorded(
     agent, collector, server, otel: Any, first: str

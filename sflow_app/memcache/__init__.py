@@ -77,12 +77,27 @@ def instrument(*, keys: KeyMode = "plain", secret: bytes | str | None = None) ->
             return
         STATE.bind(AGENT.memcache_source(), class_policy=policy)
         for cls in (Client, HashClient):
-            for name, method in methods_for(cls).items():
-                _installed[(cls, name)] = (cls.__dict__.get(name, _MISSING), method)
-                setattr(cls, name, method)
+            for name, method in methods_for(cls, through=True).items():
+                current = cls.__dict__.get(name, _MISSING)
+                proxy = _deepest_proxy(current)
+                if proxy is None:
+                    _installed[(cls, name)] = (current, method)
+                    setattr(cls, name, method)
+                else:  # under another library's wrapt wrapper: its owner can still remove it
+                    _installed[(cls, name)] = (proxy.__wrapped__, method)
+                    proxy.__wrapped__ = method
 
 
 _MISSING = object()
+
+
+def _deepest_proxy(value: Any) -> Any:
+    """The innermost of the wrapt wrappers ``value`` is (OpenTelemetry's, say), or None."""
+    if not isinstance(value, wrapt.FunctionWrapper):
+        return None
+    while isinstance(value.__wrapped__, wrapt.FunctionWrapper):
+        value = value.__wrapped__
+    return value
 
 
 def uninstrument() -> None:

@@ -431,12 +431,16 @@ def _rejected(
         log.debug("sflow_app: could not record a rejected memcache command", exc_info=True)
 
 
-def _original(cls: type, name: str) -> Any:
-    """What ``cls`` has under ``name``, with our replacements (only ours) unwrapped."""
+def _original(cls: type, name: str, through: bool = False) -> Any:
+    """What ``cls`` has under ``name``, with our replacements unwrapped; ``through``:
+    other libraries' wrapt wrappers in ``cls``'s own namespace too (else kept as they are)."""
+    through = through and name in cls.__dict__
     value = inspect.getattr_static(cls, name)
     while True:
-        if isinstance(value, wrapt.FunctionWrapper):  # someone else's is kept as it is
+        if isinstance(value, wrapt.FunctionWrapper):
             inner = getattr(value, "_self_sflow_original", None)
+            if inner is None and through:
+                inner = value.__wrapped__
         else:
             inner = getattr(value, "_sflow_original", None)
         if inner is None:
@@ -452,20 +456,20 @@ _FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
 }
 
 
-def methods_for(cls: type) -> dict[str, Any]:
+def methods_for(cls: type, through: bool = False) -> dict[str, Any]:
     """name -> instrumented replacement of what ``cls`` (a Client or a HashClient) has under
-    that name (aliases too)."""
+    that name (aliases too); ``through``: of what other libraries' wrapt wrappers wrap."""
     if issubclass(cls, HashClient):
         factories: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
         guarded, endpoint = HASH_GUARDED, False  # refused before a server was chosen
     else:
         factories, guarded, endpoint = _FACTORIES, GUARDED, None
-    out = {name: factory(_original(cls, name)) for name, factory in factories.items()}
+    out = {name: factory(_original(cls, name, through)) for name, factory in factories.items()}
     functions = {}
     for name in dir(cls):
         if not name.startswith("__"):
             try:
-                functions[name] = _original(cls, name)
+                functions[name] = _original(cls, name, through)
             except AttributeError:
                 continue
     for name, describe in guarded.items():
