@@ -132,6 +132,33 @@ def test_under_opentelemetry_removed_first(agent, server, otel: Any) -> None:
     assert dict(vars(Client)) == pristine
 
 
+@pytest.mark.parametrize("how", ["instrument", "wrap"])
+def test_opentelemetry_first_keeps_its_span_attributes(agent, server, otel: Any, how: str) -> None:
+    """Under sflow_app, OpenTelemetry's wrappers (installed first) still get the client
+    their command runs for: the spans of the commands sflow_app guards name the server and
+    the key, as the others do."""
+    agent(sampling=0)
+    instrumentor, spans, provider = otel
+    instrumentor.instrument(tracer_provider=provider)
+
+    class Own(Client):  # wrap() makes its subclass now, under OpenTelemetry's wrappers
+        pass
+
+    c = keep(Own(server.server, default_noreply=False))
+    if how == "instrument":
+        sfm.instrument()
+    else:
+        sfm.wrap(c)
+    c.set("k", b"v")
+    c.delete("k")
+    sfm.uninstrument()  # a no-op after wrap()
+    attrs = {span.name: dict(span.attributes or {}) for span in spans.get_finished_spans()}
+    assert "delete k" in attrs["delete"].values()
+    assert {k: v for k, v in attrs["delete"].items() if v != "delete k"} == {
+        k: v for k, v in attrs["set"].items() if v != "set k"
+    }
+
+
 @pytest.mark.parametrize("first", ["otel", "sflow"])
 def test_refusals_through_an_alias_are_recorded(
     agent, collector, server, otel: Any, first: str

@@ -14,7 +14,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Callable
-from types import MethodType
+from types import FunctionType, MethodType
 from typing import Any
 
 import wrapt
@@ -176,8 +176,8 @@ MISC_SIGNATURE = [
 
 
 def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
-    if _params(original) != FETCH_SIGNATURE:
-        return _generic_method(FETCH, original)
+    if _params(original) != FETCH_SIGNATURE or type(original) is not FunctionType:
+        return _generic_method(FETCH, original)  # wrapt binds what is not a function
 
     def _fetch_cmd(self: Any, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"") -> Any:
         n = next(STATE.pool)
@@ -244,8 +244,8 @@ def _fetch_method(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
-    if _params(original) != STORE_SIGNATURE:
-        return _generic_method(STORE, original)
+    if _params(original) != STORE_SIGNATURE or type(original) is not FunctionType:
+        return _generic_method(STORE, original)  # wrapt binds what is not a function
 
     def _store_cmd(
         self: Any,
@@ -306,8 +306,8 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
-    if _params(original) != MISC_SIGNATURE:
-        return _generic_method(MISC, original)
+    if _params(original) != MISC_SIGNATURE or type(original) is not FunctionType:
+        return _generic_method(MISC, original)  # wrapt binds what is not a function
 
     def _misc_cmd(self: Any, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None) -> Any:
         n = next(STATE.pool)
@@ -376,12 +376,13 @@ def _guard_method(
     """``original`` recording the operations it refuses (MemcacheIllegalInputError) once:
     an exception already recorded further in (a Client under a HashClient, a round trip
     method) is marked ``_sflow_seen``."""
+    call = original if type(original) is FunctionType else _bound_call(original)
 
     if endpoint is False:  # a HashClient's: it also fails when no server is left
 
         def hash_guard(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
-                return original(self, *args, **kwargs)
+                return call(self, *args, **kwargs)
             except MemcacheError as exc:
                 if not getattr(exc, "_sflow_seen", False):
                     exc._sflow_seen = True
@@ -395,7 +396,7 @@ def _guard_method(
 
     def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return original(self, *args, **kwargs)
+            return call(self, *args, **kwargs)
         except MemcacheIllegalInputError as exc:
             if not getattr(exc, "_sflow_seen", False):
                 exc._sflow_seen = True
@@ -403,6 +404,16 @@ def _guard_method(
             raise
 
     return _method(guard, original)
+
+
+def _bound_call(original: Any) -> Callable[..., Any]:
+    """``original`` (another library's wrapper, say OpenTelemetry's wrapt one) called as a
+    method of the instance: given it as an argument instead, a wrapt wrapper sees none."""
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original.__get__(self, type(self))(*args, **kwargs)
+
+    return call
 
 
 def _rejected(
