@@ -19,7 +19,9 @@ Every call is counted in the ``app_operations`` counters of its application (dat
 - raised any other ``Exception``: INTERNAL_ERROR;
 - raised ``asyncio.CancelledError`` (or another ``BaseException``: ``KeyboardInterrupt``,
   ``SystemExit``): OTHER -- the call was abandoned from outside (a client that went away,
-  shutdown, a caller's own timeout), so it neither succeeded nor failed by itself.
+  shutdown, a caller's own timeout), so it neither succeeded nor failed by itself;
+- raised an exception group (``asyncio.TaskGroup``'s): the status its exceptions share,
+  else as any other exception (INTERNAL_ERROR, or OTHER for a ``BaseExceptionGroup``).
 
 Exceptions always propagate unchanged. Calls are sampled 1-in-N by
 ``sampling.app.<application>`` (else ``sampling``) into server-side flow samples with one
@@ -66,6 +68,7 @@ log = logging.getLogger("sflow_app")
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_US = 0xFFFFFFFF
+MAX_GROUP = 64  # exceptions of a group looked at for its status
 
 SUCCESS = int(AppStatus.SUCCESS)
 OTHER = int(AppStatus.OTHER)
@@ -75,6 +78,11 @@ INTERNAL_ERROR = int(AppStatus.INTERNAL_ERROR)
 
 def status_of(exc: BaseException) -> int:
     """The app_operation status an exception maps to (see the module docstring)."""
+    if isinstance(exc, BaseExceptionGroup):
+        # asyncio.TaskGroup's: a group whose every task timed out is a timeout.
+        found = {status_of(inner) for inner in exc.exceptions[:MAX_GROUP]}
+        if len(found) == 1:
+            return found.pop()
     if isinstance(exc, TimeoutError):
         return TIMEOUT
     if isinstance(exc, Exception):

@@ -119,6 +119,47 @@ def test_exceptions_propagate_unchanged_and_map_to_statuses(live, collector, sam
         assert operations(collector) == []
 
 
+def test_exception_groups_take_the_status_their_exceptions_share(live, collector):
+    """asyncio.TaskGroup raises a group: one whose tasks timed out is a timeout, a mix
+    is an internal error (as any Exception), a group of KeyboardInterrupt and SystemExit
+    is other."""
+    live(sampling=1)
+
+    @transaction("gather")
+    async def gather(*children):
+        async with asyncio.TaskGroup() as group:
+            for child in children:
+                group.create_task(child())
+
+    async def late():
+        async with asyncio.timeout(0):
+            await asyncio.sleep(1)
+
+    async def broken():
+        raise ValueError("bad")
+
+    async def main():
+        for children in ((late,), (late, late), (late, broken)):
+            with pytest.raises(ExceptionGroup):
+                await gather(*children)
+
+    asyncio.run(main())
+
+    @transaction("gather")
+    def stopped():
+        raise BaseExceptionGroup("stopped", [KeyboardInterrupt(), SystemExit()])
+
+    with pytest.raises(BaseExceptionGroup):
+        stopped()
+    flush(collector)
+    assert [(o.status, o.status_descr) for o in operations(collector)] == [
+        (TIMEOUT, "ExceptionGroup"),
+        (TIMEOUT, "ExceptionGroup"),
+        (INTERNAL_ERROR, "ExceptionGroup"),
+        (OTHER, "BaseExceptionGroup"),
+    ]
+
+
 @pytest.mark.parametrize("sampling", [0, 1])
 def test_async_functions(live, collector, sampling):
     live(sampling=sampling)
