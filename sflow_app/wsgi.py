@@ -653,6 +653,24 @@ def _convert(kept: tuple[Any, ...]) -> tuple[Any, ...]:
     )
 
 
+def _in_request(chunks: Iterator[bytes], txn: _Transaction) -> Iterator[bytes]:
+    """``chunks``, each made with the request as the current one: a streamed body's
+    decorated calls (a generator the server iterates after the app returned) name it as
+    their parent context, as the app's own calls do."""
+    counted = txn.method != "HEAD"
+    while True:
+        token = current_request.set(txn)
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        finally:
+            current_request.reset(token)
+        if counted:
+            txn.resp_bytes += len(chunk)
+        yield chunk
+
+
 class _Body:
     """A sampled response's iterable (Werkzeug's ClosingIterator idea): counts the bytes
     the server takes and ends the transaction at ``close()``, which it always forwards.
@@ -684,6 +702,9 @@ class _Body:
     @staticmethod
     def _chunks(chunks: Iterator[bytes], txn: _Transaction) -> Iterator[bytes]:
         try:
+            if ParentContexts.wanted:  # decorated calls made while the body is produced
+                yield from _in_request(chunks, txn)
+                return
             if txn.method == "HEAD":
                 yield from chunks
                 return

@@ -19,7 +19,8 @@ from sflow_app._agent import AGENT
 from sflow_app._http import current_request
 from sflow_app._identity import LOCAL_FIRST, LOCAL_LAST
 from sflow_app._transaction import transaction
-from sflow_app.records import AppOperation, AppOperations, AppParentContext
+from sflow_app.records import AppOperation, AppOperations, AppParentContext, HttpRequest
+from sflow_app.wsgi import SFlowMiddleware
 
 SUCCESS, OTHER, TIMEOUT, INTERNAL_ERROR = 0, 1, 2, 3
 
@@ -392,6 +393,46 @@ def test_parent_context_of_a_sampled_http_request(live, collector):
         application="shop", operation="/orders/<id>", attributes="method=POST"
     )
     assert record(second, AppParentContext) is None
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_parent_context_of_calls_made_while_a_body_streams(live, collector, method):
+    """A streamed WSGI body is produced after the app returned, while the server iterates
+    it: its decorated calls name the request as their parent context too, and the
+    response's bytes are counted as before (none for HEAD)."""
+    live(sampling=1)
+
+    @transaction("row")
+    def row(i):
+        return f"{i}\n".encode()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        row(0)  # in the app's own call
+
+        def rows():
+            for i in range(1, 3):
+                yield row(i)  # after the app returned
+
+        return rows()
+
+    wrapped = SFlowMiddleware(app)
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": "/export", "SERVER_PORT": "8080"}
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        return None
+
+    result: Any = wrapped(environ, start_response)
+    assert b"".join(result) == b"1\n2\n"
+    result.close()
+    flush(collector)
+    parents = [record(s, AppParentContext) for s in collector.flow_samples()]
+    parents = [p for p in parents if p is not None]
+    assert parents == 3 * [
+        AppParentContext(application="tests", operation="/export", attributes=f"method={method}")
+    ]
+    [http] = [r for s in collector.flow_samples() for r in s.records if isinstance(r, HttpRequest)]
+    assert http.resp_bytes == (4 if method == "GET" else 0)
 
 
 def test_default_application_resolved_at_first_call(auto_file, monkeypatch, collector):
