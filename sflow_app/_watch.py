@@ -29,6 +29,7 @@ TORN_GRACE = 10.0  # seconds a file may stay torn before it is worth a warning
 StatKey = tuple[int, int, int, int, int, int, int]
 _GETUID: Callable[[], int] | None = getattr(os, "getuid", None)  # None: no POSIX owners
 NOT_FOUND = "not found"
+NO_FILE = "no file read"
 
 
 def file_mistakes(auto: AutoFile | None, path: str, origin: str | None, reason: str) -> list[str]:
@@ -120,6 +121,8 @@ class ConfigWatcher:
         return self._report(self._check())
 
     def _check(self) -> AutoFile | None:
+        if self.path == os.devnull:  # chosen to ignore hsflowd's file: no warning
+            return None if self._last is not None else AutoFile.off(NO_FILE)
         try:
             before = _key(self._stat(self.path))
         except FileNotFoundError:

@@ -11,8 +11,15 @@ from typing import Any
 
 import pytest
 
+from sflow_app._agent import Agent
 from sflow_app._config import resolve
-from sflow_app._watch import MAX_BYTES, TORN_GRACE, ConfigWatcher, read_bounded
+from sflow_app._watch import (
+    MAX_BYTES,
+    NO_FILE,
+    TORN_GRACE,
+    ConfigWatcher,
+    read_bounded,
+)
 
 TORN_GRACE_STEPS = int(TORN_GRACE) + 3  # 1 s steps past the grace
 
@@ -364,3 +371,30 @@ def test_device_note_and_parse_warnings_logged_once(
     assert len(messages) == 2
     assert messages[0][0] == logging.WARNING and "sampling.http ignored" in messages[0][1]
     assert messages[1][0] == logging.INFO and "needs privileges" in messages[1][1]
+
+
+def test_dev_null_is_no_file_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SFLOW_APP_CONFIG=/dev/null: hsflowd's file ignored on purpose, the variables alone
+    configure; no "refused: not a regular file" warning (it is a character device)."""
+    w = watcher(Path(os.devnull))
+    first = w.poll()
+    assert first is not None and first.state == "off" and first.reason == NO_FILE
+    assert first.warnings == () and w.poll() is None
+    env = {
+        "SFLOW_APP_CONFIG": os.devnull,
+        "SFLOW_APP_COLLECTORS": "127.0.0.1:6343",
+        "SFLOW_APP_STATE_DIR": str(tmp_path),
+    }
+    agent = Agent(autostart=False, env=env)
+    try:
+        with caplog.at_level(logging.INFO, logger="sflow_app"):
+            agent.reload()
+            status = agent.status()
+        assert status["enabled"] and status["collectors"] == ["127.0.0.1:6343"]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        agent.shutdown()
+        agent.exporter.close()
+        agent.runner.close()

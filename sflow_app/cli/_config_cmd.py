@@ -19,7 +19,7 @@ from typing import Any
 from .. import _config
 from .._config_args import closest_application
 from .._shared import state_dir
-from .._watch import NOT_FOUND, ConfigWatcher, file_mistakes
+from .._watch import NO_FILE, NOT_FOUND, ConfigWatcher, file_mistakes
 from ._escape import escape
 
 TORN_RETRIES = 10  # x 0.1 s: hsflowd rewrites in place; a torn read usually heals at once
@@ -54,6 +54,8 @@ def _file_state(auto: _config.AutoFile | None, settings: _config.Settings) -> st
         return "off"
     if auto is None or auto.reason == NOT_FOUND:
         return "missing"
+    if auto.reason == NO_FILE:
+        return "none"
     if auto.state == "torn":
         return "torn"
     if auto.state == "ok":
