@@ -250,8 +250,13 @@ class Agent:
                     # now so the first requests are sampled at the right rate.
                     self.ensure_loaded()
                     source = cls(self, name)
+                    applied = self.settings
                     self._apply_source(source)
                     self._sources[key] = source
+                    # A reload (the exporter's) that set new settings meanwhile went over
+                    # the sources before this one was among them: apply them here.
+                    if self.settings is not applied:
+                        self._apply_source(source)
                     if isinstance(source, HttpSource):
                         self._http = source
             self.start_early()

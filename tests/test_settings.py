@@ -85,6 +85,34 @@ def test_a_path_with_a_nul_is_refused_by_configure(tmp_path: Path, state_dir: st
     assert agent.status()["enabled"] and agent.config_path == str(auto)
 
 
+def test_a_source_made_while_settings_change_gets_the_new_ones(
+    tmp_path: Path, state_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data source made on a request thread (a decorated function's first call) while
+    the exporter applies new settings: the reload went over the sources before the new
+    one was among them, which kept the old rate until the settings changed again."""
+    auto = write_auto(tmp_path / "hsflowd.auto", 6343, sampling=10)
+    env = {"SFLOW_APP_CONFIG": str(auto), "SFLOW_APP_STATE_DIR": state_dir}
+    agent = Agent(autostart=False, env=env)
+    agent.reload()
+    apply_source = agent._apply_source
+
+    def interleaved(source):  # the exporter's reload, right after this source's settings
+        apply_source(source)
+        if source.kind == "app" and agent.settings.sampling_for("app.checkout") == 10:
+            agent.configure(sampling=7)  # as a reload of a changed file does
+
+    monkeypatch.setattr(agent, "_apply_source", interleaved)
+    try:
+        source = agent.app_source("checkout")
+        assert agent.settings.sampling_for("app.checkout") == 7
+        assert source.sampler.rate == 7
+    finally:
+        agent.shutdown()
+        agent.exporter.close()
+        agent.runner.close()
+
+
 def test_configure_sets_state_dir_and_shared(tmp_path: Path, collector: Collector) -> None:
     auto = write_auto(tmp_path / "hsflowd.auto", collector.port)
     where = tmp_path / "state"
