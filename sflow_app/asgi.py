@@ -564,7 +564,12 @@ def _route_template(scope: Scope, root_path: str) -> str | None:
         )
     if not template or not isinstance(template, str):
         return None
-    return (mounted[len(root_path) :] if mounted.startswith(root_path) else "") + template
+    prefix = mounted[len(root_path) :] if mounted.startswith(root_path) else ""
+    if context is None and getattr(route, "routes", None) is not None:
+        # A Mount (StaticFiles, a plain ASGI app, no inner route matched): its own
+        # path is already in root_path; only its catch-all ("/{path}") is left.
+        return prefix + template[template.rfind("/") :]
+    return prefix + template
 
 
 def _find_route(routes: Iterable[Any], endpoint: Any, path: str, depth: int = 0) -> str | None:

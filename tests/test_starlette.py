@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from sflow_app._agent import AGENT
 from sflow_app.asgi import SFlowMiddleware
@@ -66,6 +67,39 @@ def test_route_fallback_without_scope_route(agent, collector):
         "/users/{name}",
         "/admin/items/{item_id}",
     ]
+
+
+def test_a_mount_that_answered_itself_is_named_once(agent, collector, tmp_path):
+    """StaticFiles, a plain ASGI app, or a sub-router with no matching route: the Mount
+    stays the scope's route; its path is in root_path already, not doubled."""
+    agent(sampling=1)
+    (tmp_path / "a.txt").write_text("hi")
+
+    async def plain(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"p"})
+
+    async def hello(request):
+        return PlainTextResponse("hi")
+
+    app = Starlette(
+        routes=[
+            Mount("/static", StaticFiles(directory=tmp_path)),
+            Mount("/org/{org}", routes=[Mount("/raw", plain), Route("/x", hello)]),
+            Mount("/admin", routes=[Route("/items/{item_id:int}", hello)]),
+        ]
+    )
+    app.add_middleware(SFlowMiddleware)
+    for path in ("/static/a.txt", "/org/acme/raw/a/b", "/org/acme/x", "/admin/missing"):
+        call(app, http_scope(path=path))
+    flush(AGENT, collector)
+    assert [o.operation for o in collector.records(AppOperation)] == [
+        "/static/{path}",
+        "/org/acme/raw/{path}",
+        "/org/acme/x",
+        "/admin/{path}",
+    ]
+    assert [r.status for r in http_records(collector)] == [200, 200, 200, 404]
 
 
 def test_fastapi_route_templates(agent, collector):
