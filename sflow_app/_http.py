@@ -114,7 +114,8 @@ current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar
 def parent_context() -> tuple[str, str, str] | None:
     """(service, method, route-or-path) of the sampled request this task runs in."""
     request = current_request.get()
-    if request is None:
+    # ended: a task the request started, running on after it (asyncio copies contexts)
+    if request is None or getattr(request, "ended", False):
         return None
     try:
         path = request.path()

@@ -43,7 +43,8 @@ a 500 with no body (or not at all if the handler fails). ``app = SFlowMiddleware
 ``AuthenticationMiddleware``: its ``display_name``), else a ``Basic`` Authorization
 header's user name (never the password); ``SFLOW_APP_AUTHUSER=0`` turns it off. A
 decorated function called inside a routed request names the route template as its
-parent context (once the router matched), not the concrete path.
+parent context (once the router matched), not the concrete path; called in a task the
+request started, once the request is over, it names none.
 """
 
 from __future__ import annotations
@@ -283,11 +284,8 @@ class SFlowMiddleware:
         exchange = _Exchange(receive, send, method == "HEAD")
         # The parent context of decorated calls: the route template once the router has
         # matched (recorded on the scope only then), else the path; worked out when asked.
-        token = (
-            current_request.set(_Parent(method, scope, root_path))
-            if ParentContexts.wanted
-            else None
-        )
+        parent = _Parent(method, scope, root_path) if ParentContexts.wanted else None
+        token = current_request.set(parent) if parent is not None else None
         scope[ROUTE_KEY] = None
         raised = deferred = False
         try:
@@ -313,8 +311,9 @@ class SFlowMiddleware:
                 )
             raise
         finally:
-            if token is not None:
+            if token is not None and parent is not None:
                 current_request.reset(token)
+                parent.end()  # tasks the request started keep it in their context
             end_ns = exchange.end_ns or perf_counter_ns()
             status = exchange.status or CLIENT_CLOSED
             # Counted as the unsampled path counts (the app's answer), so sampling never
@@ -519,13 +518,19 @@ class _Parent:
     template once the router has matched (recorded on the scope only then), else the
     path, worked out when asked."""
 
-    __slots__ = ("_root_path", "_scope", "method", "route")
+    __slots__ = ("_root_path", "_scope", "ended", "method", "route")
 
     def __init__(self, method: str, scope: Scope, root_path: str) -> None:
         self.method = method
         self.route: str | None = None
+        self.ended = False
         self._scope = scope
         self._root_path = root_path
+
+    def end(self) -> None:
+        """The request is over: no parent of later calls, its scope let go."""
+        self.ended = True
+        self._scope = {}
 
     @property
     def service(self) -> str:

@@ -8,6 +8,11 @@ serves tests/apps/asgi_fastapi_app.py with uvicorn.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import weakref
+from typing import Any
+
 import pytest
 from apps.asgi_harness import Peer, Uvicorn, call, flush, http_records, http_scope, record
 from fastapi import APIRouter, FastAPI
@@ -16,9 +21,10 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from sflow_app import transaction
 from sflow_app._agent import AGENT
 from sflow_app.asgi import SFlowMiddleware
-from sflow_app.records import AppOperation, HttpRequest
+from sflow_app.records import AppOperation, AppParentContext, HttpRequest
 
 
 def starlette_app() -> Starlette:
@@ -100,6 +106,55 @@ def test_a_mount_that_answered_itself_is_named_once(agent, collector, tmp_path):
         "/admin/{path}",
     ]
     assert [r.status for r in http_records(collector)] == [200, 200, 200, 404]
+
+
+def test_a_task_the_request_started_has_no_parent_after_it(agent, collector):
+    """asyncio copies the context into tasks a request creates: a decorated call made in
+    one after the request ended names no parent, and the request's scope is let go."""
+    agent(sampling=1)
+
+    @transaction("work")
+    def work() -> None:
+        pass
+
+    class Scope(dict):  # a dict that can be weakly referenced
+        pass
+
+    later = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+
+    async def poller() -> None:
+        work()  # inside the request
+        await later.wait()
+        work()  # after it
+
+    async def start(request):
+        tasks.append(asyncio.create_task(poller()))
+        await asyncio.sleep(0)
+        return PlainTextResponse("started")
+
+    app: Any = Starlette(routes=[Route("/start/{n}", start)])  # Peer's untyped messages
+    app.add_middleware(SFlowMiddleware)
+
+    async def main() -> bool:
+        peer, scope = Peer(), Scope(http_scope(path="/start/1"))
+        await app(scope, peer.receive, peer.send)
+        ref = weakref.ref(scope)
+        del scope
+        gc.collect()
+        kept = ref() is not None  # only the task's context could hold it
+        later.set()
+        await tasks[0]
+        return kept
+
+    assert not asyncio.run(main()), "the task's context kept the request's scope"
+    flush(AGENT, collector)
+    calls = [
+        [r.operation for r in s.records if isinstance(r, AppParentContext)]
+        for s in collector.flow_samples()
+        if any(isinstance(r, AppOperation) and r.operation == "work" for r in s.records)
+    ]
+    assert calls == [["/start/{n}"], []]
 
 
 def test_fastapi_route_templates(agent, collector):
