@@ -427,7 +427,9 @@ class _Sample(Deferred):
                 PROTOCOLS.get(version) or protocol_number(version),
                 strings,
             )
-            head = remember(_HEADS, key, head, sum(map(len, strings)) + len(path))
+            # The key's own sizes: the query as sent (a token the target redacted) too.
+            size = sum(map(len, strings)) + len(key[2]) + len(query_string or b"")
+            head = remember(_HEADS, key, head, size)
         req_bytes = int(length) if length and (length := length.strip()).isdigit() else received
         duration_us, status = self.duration_us, self.status
         try:

@@ -24,9 +24,10 @@ from apps.asgi_harness import (
     respond,
 )
 
-from sflow_app import _asgi_exchange
+from sflow_app import _asgi_exchange, asgi
 from sflow_app._agent import AGENT
 from sflow_app._http import ParentContexts, current_request, parent_context
+from sflow_app._memo import KEY_MAX
 from sflow_app.asgi import SFlowMiddleware
 from sflow_app.records import ExtendedSocketIPv4, ExtendedSocketIPv6
 
@@ -169,6 +170,24 @@ def test_uri_from_path_when_no_raw_path_and_query_modes(agent, collector):
     ]
     with pytest.raises(ValueError, match="query"):
         SFlowMiddleware(respond(), query="secret")  # type: ignore[arg-type]
+
+
+def test_a_long_query_the_uri_drops_is_not_remembered(agent, collector):
+    """The head memo's keys hold the query as sent: a long one (a JWT the URI redacts,
+    any query under "drop") counts toward the memo's bound, so none is kept."""
+    agent(sampling=1)
+    asgi._HEADS.clear()
+    token = b"t" * KEY_MAX
+    call(SFlowMiddleware(respond()), http_scope(path="/s", query=b"token=" + token))
+    call(SFlowMiddleware(respond(), query="drop"), http_scope(path="/d", query=b"q=" + token))
+    call(SFlowMiddleware(respond()), http_scope(path="/short", query=b"token=abc"))
+    flush(AGENT, collector)
+    assert [r.uri for r in http_records(collector)] == [
+        "/s?token=REDACTED",
+        "/d",
+        "/short?token=REDACTED",
+    ]
+    assert [key[2] for key in asgi._HEADS] == [b"/short"]
 
 
 def test_exception_before_response_is_500_and_reraised(agent, collector):
