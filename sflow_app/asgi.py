@@ -132,10 +132,12 @@ class SFlowMiddleware:
     """Pure ASGI middleware; per-request state lives in the call, never on ``self``.
 
     ``exclude``: path prefixes (or a predicate on ``scope["path"]``) neither counted nor
-    sampled, e.g. health checks. ``query``: what sampled URIs keep of the query string --
-    ``"sensitive"`` (default: values of credential-like parameters replaced), ``"keep"``,
-    ``"redact"`` (every value replaced) or ``"drop"``; unset, the ``query`` setting
-    (``SFLOW_APP_QUERY``, default ``"sensitive"``).
+    sampled, e.g. health checks; a prefix matches the path as the app routes it too (under
+    ``root_path``, which uvicorn's ``--root-path`` puts in the path). ``query``: what
+    sampled URIs keep of the query string -- ``"sensitive"`` (default: values of
+    credential-like parameters replaced), ``"keep"``, ``"redact"`` (every value replaced)
+    or ``"drop"``; unset, the ``query`` setting (``SFLOW_APP_QUERY``, default
+    ``"sensitive"``).
     """
 
     __slots__ = (
@@ -160,7 +162,9 @@ class SFlowMiddleware:
     ) -> None:
         self.app: ASGIApp = guarantee_single_callable(app)
         self.query = query
-        self._excluded = middleware_options(exclude, query)
+        if exclude is not None and not callable(exclude) and not isinstance(exclude, str):
+            exclude = tuple(exclude)  # read twice (an iterator once)
+        self._excluded = _scope_excluded(exclude, middleware_options(exclude, query))
         self._bind()
 
     def _bind(self) -> None:
@@ -189,7 +193,7 @@ class SFlowMiddleware:
             if scope["type"] == "websocket":
                 return await self._websocket(scope, receive, send)
             return await self.app(scope, receive, send)
-        if self._excluded is not None and self._excluded(scope["path"]):
+        if self._excluded is not None and self._excluded(scope):
             return await self.app(scope, receive, send)
         n = next(self._pool)
         if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
@@ -252,7 +256,7 @@ class SFlowMiddleware:
             return 0
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._excluded is not None and self._excluded(scope["path"]):
+        if self._excluded is not None and self._excluded(scope):
             return await self.app(scope, receive, send)
         n = next(self._pool)
         if n >= self._sampler.next_at and (rate := self._decide(n, scope)):
@@ -364,6 +368,34 @@ class SFlowMiddleware:
         except Exception:  # nothing here may reach the application
             log.debug("sflow_app: could not record an ASGI sample", exc_info=True)
             self._source.drop()
+
+
+def _scope_excluded(
+    exclude: Iterable[str] | Callable[[str], bool] | None,
+    path_excluded: Callable[[str], bool] | None,
+) -> Callable[[Scope], bool] | None:
+    """``exclude`` as a predicate on the scope. Prefixes match the path or the path under
+    ``root_path``: uvicorn puts root_path in path, hypercorn does not (and WSGI matches
+    PATH_INFO, which leaves SCRIPT_NAME out)."""
+    if path_excluded is None:
+        return None
+    if callable(exclude):
+        return lambda scope: path_excluded(scope["path"])
+    prefixes = tuple(exclude or ())
+
+    def excluded(scope: Scope) -> bool:
+        path: str = scope["path"]
+        if path.startswith(prefixes):
+            return True
+        root = scope.get("root_path", "")
+        return (
+            type(root) is str
+            and root != ""
+            and path.startswith(root)
+            and path.startswith(prefixes, len(root))
+        )
+
+    return excluded
 
 
 class _Sample(Deferred):

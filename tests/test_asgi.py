@@ -561,6 +561,20 @@ def test_exclude_prefixes_and_predicate(agent, collector):
     assert counters(collector).method_get_count == 2
 
 
+def test_exclude_prefixes_under_a_root_path(agent, collector):
+    """uvicorn --root-path /api puts the root path in path, hypercorn's root_path does
+    not: a prefix as the app routes it excludes under both; the full path still does."""
+    agent(sampling=1)
+    mw = SFlowMiddleware(respond(), exclude=iter(["/health", "/api/metrics"]))
+    for path in ("/api/health", "/api/metrics", "/api/shop", "/api/healthy/x"):
+        call(mw, http_scope(path=path, raw_path=path.encode(), root_path="/api"))  # uvicorn
+    call(mw, http_scope(path="/health", root_path="/api"))  # hypercorn
+    call(mw, http_scope(path="/other/health", root_path="/api"))
+    flush(AGENT, collector)
+    assert [r.uri for r in http_records(collector)] == ["/api/shop", "/other/health"]
+    assert counters(collector).method_get_count == 2
+
+
 def test_lifespan_passes_through_untouched(agent, collector):
     agent(sampling=1)
     calls = []
