@@ -393,6 +393,11 @@ class _Transaction(Deferred):
     def service(self) -> str:
         return AGENT.service_name
 
+    @property
+    def ended(self) -> bool:
+        """Over: no parent of calls made later (in a thread given the request's context)."""
+        return self.end_ns != 0
+
     def path(self) -> str:
         """The route (``set_route``), else the path: the parent context of decorated calls."""
         if self.route:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import gc
 import inspect
@@ -433,6 +434,34 @@ def test_parent_context_of_calls_made_while_a_body_streams(live, collector, meth
     ]
     [http] = [r for s in collector.flow_samples() for r in s.records if isinstance(r, HttpRequest)]
     assert http.resp_bytes == (4 if method == "GET" else 0)
+
+
+def test_no_parent_context_once_the_wsgi_request_ended(live, collector):
+    """A thread given the request's context (copy_context) that calls on after the
+    request ended names no parent: the request is over (as for ASGI's tasks)."""
+    live(sampling=1)
+
+    @transaction("later")
+    def later():
+        return 1
+
+    kept = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        kept.append(contextvars.copy_context())
+        return [b"x"]
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        return None
+
+    result: Any = SFlowMiddleware(app)({"REQUEST_METHOD": "GET", "PATH_INFO": "/a"}, start_response)
+    list(result)
+    result.close()
+    kept[0].run(later)
+    flush(collector)
+    [sample] = [s for s in collector.flow_samples() if record(s, AppOperation) is not None]
+    assert record(sample, AppParentContext) is None
 
 
 def test_default_application_resolved_at_first_call(auto_file, monkeypatch, collector):
