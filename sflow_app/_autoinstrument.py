@@ -147,6 +147,49 @@ def carries_middleware(app: Any, depth: int = 8) -> bool:
     return False
 
 
+def mounted_middleware(app: Any, depth: int = 4) -> str | None:
+    """The path of an app mounted in ``app`` (Starlette's ``Mount``, Werkzeug's
+    ``DispatcherMiddleware``) that carries sflow_app's middleware already, or None."""
+    if app is None or depth <= 0:
+        return None
+    mounts: list[tuple[str, Any]] = []
+    try:
+        for holder in (app, getattr(app, "wsgi_app", None)):
+            for route in getattr(holder, "routes", None) or ():
+                inner = getattr(route, "app", None)
+                if inner is not None:
+                    mounts.append((str(getattr(route, "path", "")), inner))
+            mounted = getattr(holder, "mounts", None)
+            if isinstance(mounted, dict):
+                mounts.extend((str(prefix), inner) for prefix, inner in mounted.items())
+    except Exception:  # an app's own "routes" that is something else: nothing found
+        return None
+    for path, inner in mounts:
+        if carries_middleware(inner):
+            return path or "/"
+        deeper = mounted_middleware(inner, depth - 1)
+        if deeper is not None:
+            return path + deeper
+    return None
+
+
+def _left_alone(app: Any) -> bool:
+    """Whether a mounted app carries the middleware (then one warning): wrapping the
+    outer app would count that app's requests twice."""
+    where = mounted_middleware(app)
+    if where is None:
+        return False
+    from ._agent import AGENT
+
+    AGENT.warn_service(
+        f"the app mounted at {where} carries SFlowMiddleware already: sflow-app run "
+        "leaves the outer app as it is (wrapped, that app's requests would count twice; "
+        f"requests outside {where} are not counted). Put the middleware on the outer app "
+        "instead, or set SFLOW_APP_DISABLED_INTEGRATIONS"
+    )
+    return True
+
+
 # -- wrapping -----------------------------------------------------------------------------
 class Wrapper:
     """Wraps applications as the enabled integrations allow; each app at most once."""
@@ -179,7 +222,7 @@ class Wrapper:
         if kind in off:  # as for Starlette and FastAPI: that framework's apps left alone
             return app
         wrapped = app
-        if not carries_middleware(app):
+        if not carries_middleware(app) and not _left_alone(app):
             if kind == "flask":
                 # (imported by name: integrations/ is installed inside the package)
                 importlib.import_module("sflow_app.integrations.flask").init_app(app)
@@ -196,6 +239,8 @@ class Wrapper:
             return app
         kind = _framework(user_app if user_app is not None else app, "asgi")
         if kind in off or carries_middleware(app) or carries_middleware(user_app):
+            return app
+        if _left_alone(user_app if user_app is not None else app):
             return app
         from .asgi import SFlowMiddleware
 

@@ -3,6 +3,7 @@ end-to-end runs under real servers are in test_run.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import json
 import logging
@@ -13,6 +14,7 @@ import sys
 import traceback
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -92,6 +94,53 @@ def test_carries_middleware() -> None:
             self.app = app
 
     assert auto.carries_middleware(Outer(Outer(WSGIMiddleware(plain))))
+
+
+def test_an_app_whose_mounted_app_carries_the_middleware_is_left_alone(caplog) -> None:
+    """Wrapping the outer app would count the mounted app's requests twice: it is left as
+    it is, with one warning that says where and what to do."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from sflow_app.records import HttpRequest
+    from sflow_app.testing import capture
+
+    def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    inner = Starlette(routes=[Route("/x", hello)])
+    inner.add_middleware(ASGIMiddleware)
+    outer = Starlette(routes=[Mount("/api", app=inner)])
+    with caplog.at_level(logging.WARNING, logger="sflow_app"):
+        assert auto.Wrapper(set()).asgi(outer) is outer
+    assert "the app mounted at /api carries SFlowMiddleware already" in caplog.text
+    sent: list[dict[str, Any]] = []
+
+    async def get(path: str) -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode()}
+        scope.update(query_string=b"", headers=[], http_version="1.1", root_path="")
+        await outer(scope, receive, send)
+
+    with capture() as cap:
+        asyncio.run(get("/api/x"))
+    assert sent[-1]["body"] == b"hi"
+    assert [r.uri for r in cap.records(HttpRequest)] == ["/api/x"]  # counted once
+
+    flask = Flask(__name__)
+    flask.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        flask.wsgi_app, {"/legacy": WSGIMiddleware(plain)}
+    )
+    before = flask.wsgi_app
+    assert auto.Wrapper(set()).wsgi(flask) is flask and flask.wsgi_app is before
+    assert auto.mounted_middleware(Starlette(routes=[Mount("/api", app=Starlette())])) is None
 
 
 def test_wrapper_wraps_once_and_leaves_asgi_to_asgi() -> None:
