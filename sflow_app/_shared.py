@@ -149,6 +149,7 @@ class SharedState(Election, RuntimeSlots):
         self.path = os.path.join(private.path, name)
         self._fd = fd
         self._map = mapping
+        self._old_maps: list[mmap.mmap] = []  # outgrown mappings (see _remap)
         self.words = memoryview(mapping).cast("Q")
         self._slots = self.words[H_SLOTS]
         self.slot: int | None = None
@@ -217,13 +218,16 @@ class SharedState(Election, RuntimeSlots):
         return mapping
 
     def _remap(self) -> None:
-        """Another process grew the file: map all of it (the old mapping stays valid)."""
+        """Another process grew the file: map all of it."""
         slots = self.words[H_SLOTS]
         if slots == self._slots:
             return
         mapping = mmap.mmap(self._fd, file_size(slots))
         self.words.release()
-        self._map.close()
+        # Not closed before _release: an mmap holds a dup of the descriptor, and closing
+        # any descriptor of a file drops every record lock the process holds on it (its
+        # slot, the sender role). At most log2(MAX_SLOTS / INITIAL_SLOTS) of them.
+        self._old_maps.append(self._map)
         self._map = mapping
         self.words = memoryview(mapping).cast("Q")
         self._slots = slots
@@ -257,7 +261,9 @@ class SharedState(Election, RuntimeSlots):
 
     def _release(self) -> None:
         self.words.release()
-        self._map.close()
+        for mapping in [*self._old_maps, self._map]:
+            mapping.close()
+        self._old_maps = []
         os.close(self._fd)  # releases this process's record locks
         self.private.close()
 

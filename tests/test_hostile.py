@@ -568,4 +568,45 @@ def test_file_sized_to_the_workers_and_grows_for_more(state_dir: str) -> None:
             reap(pid)
         state.close()
         os.close(r)
+
+
+def test_growing_keeps_the_locks_of_processes_that_mapped_it_small(state_dir: str) -> None:
+    """A process that maps the grown file again keeps its slot and the sender role: the
+    outgrown mapping is not closed (an mmap holds a dup of the descriptor, and closing
+    one drops every record lock the process holds on the file)."""
+    state = _shared.SharedState.open(state_dir, "keep")
+    assert state.claim_slot() and state.try_become_sender()
+    r, w = os.pipe()
+    kids = []
+    for _ in range(_layout.INITIAL_SLOTS):  # with ours, one more than the file has room for
+        pid = os.fork()
+        if pid == 0:
+            try:
+                mine = _shared.SharedState.open(state_dir, "keep", instance=state.instance)
+                assert mine.claim_slot()
+                os.write(w, b"x")
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        kids.append(pid)
+        assert os.read(r, 1) == b"x"
+    try:
+        index = state.source_index("http", "", 8080)
+        assert index is not None
+        state.totals(index)  # the sender's poll: maps the grown file
+        assert state.slot is not None
+        assert state._slots == 2 * _layout.INITIAL_SLOTS
+        pid = os.fork()
+        if pid == 0:  # another process asks whether they are still held
+            other = _shared.SharedState.open(state_dir, "keep", instance=state.instance)
+            held = other._alive(state.slot) and other._held(state.generation)
+            os._exit(0 if held and not other.try_become_sender() else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the slot or the sender role was lost"
+        assert state.still_sender()
+    finally:
+        for pid in kids:
+            reap(pid)
+        state.close()
+        os.close(r)
         os.close(w)

@@ -414,6 +414,31 @@ def test_gunicorn_recycled(service: Service, variant: str) -> None:
     finish(service, load, http_only())
 
 
+@pytest.mark.parametrize("variant", ["sync", "preload"])
+def test_gunicorn_more_workers_than_initial_slots(service: Service, variant: str) -> None:
+    """More workers alive at once than the file first has slots for: it grows, and every
+    process that mapped it small maps it again. Closing the old mapping must not release
+    that process's record locks (POSIX drops all of a process's locks on a file when it
+    closes any descriptor of it, and an ``mmap`` holds one): a sender would lose its role
+    and a worker its slot -- which a recycled worker then takes while the owner still
+    writes it (counters going back and forth)."""
+    workers = 2 * _layout.INITIAL_SLOTS
+    args = ["--preload"] if variant == "preload" else []
+    service.start(
+        f"gunicorn-{workers}-{variant}",
+        gunicorn(*args, "--max-requests", "50", workers=workers),
+        workers,
+    )
+    load = run_load(service.port, N, CONCURRENCY)
+    assert not load.errors, load.errors[:5]
+    assert len(load.pids()) > workers, "workers were not recycled"
+    server = service.server
+    assert server is not None
+    finish(service, load, http_only())
+    replaced = [line for line in server.log().splitlines() if "replaced as the sender" in line]
+    assert not replaced, replaced  # nothing here stalls: no sender lost its role
+
+
 def test_gunicorn_gevent(service: Service) -> None:
     service.start(
         "gunicorn-gevent", gunicorn("-k", "gevent", "--max-requests", "200", workers=2), 2
