@@ -562,6 +562,14 @@ class Exporter(Staging):
             if source is not None:
                 source.drop()
 
+    def pass_due(self, seconds: float) -> None:
+        """The thread is going to sleep for ``seconds``: a sender says so, so that the
+        other workers do not take a sleeping sender for a stalled one."""
+        with self._lock:
+            state = self.state
+            if isinstance(state, SharedState) and state.sender:
+                state.pass_due(seconds)
+
     # -- lifecycle --------------------------------------------------------------------
     def finish(self, now: float) -> None:
         """At exit: publish, forward, and if no one else sends, send the last counters.

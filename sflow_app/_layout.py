@@ -29,6 +29,7 @@ SLOTS_AT = TABLE_AT + MAX_SOURCES * ENTRY_WORDS
 # Header words.
 H_MAGIC, H_LAYOUT, H_EPOCH_NS, H_DATAGRAM_SEQ, H_SENDER_PID = range(5)
 H_GEN, H_HEARTBEAT, H_SLOTS = 5, 6, 7  # sender generation, its last progress (monotonic ns)
+H_DUE = 8  # when the sender's next pass is due (monotonic ns): it may sleep until then
 # Source-table entry words (name: 4 words = 32 bytes).
 # E_LAST_POOL: the service's sample_pool, the running sum of the samples' increments.
 E_KEY, E_KIND, E_DS_INDEX, E_FLOW_SEQ, E_COUNTER_SEQ, E_LAST_POOL, E_NAME = 0, 1, 2, 3, 4, 5, 6

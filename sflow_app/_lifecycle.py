@@ -259,6 +259,7 @@ class Runner:
             try:
                 work.tick(passed)
                 due = work.next_due(passed)
+                work.exporter.pass_due(due - passed)
             except Exception as exc:  # the exporter must outlive any bug of its own
                 self._failed(exc, passed)
             self._sleep(stop, waker, passed, due)

@@ -4,9 +4,10 @@ The sender is whoever holds the current *generation* (a header word). Taking it:
 
 - the current generation's lock byte is free: its sender died or left (the kernel
   releases a dead process's record locks), so the role is free now;
-- the lock is held but the heartbeat (the sender's last progress, written every pass) is
-  older than ``STALL`` seconds: the sender is stopped or wedged -- a stopped process keeps
-  its locks -- so it is replaced anyway.
+- the lock is held but the sender made no progress for ``STALL`` seconds past the later
+  of its heartbeat (written every pass) and the next pass it said was due (an idle sender
+  sleeps up to 5 s): it is stopped or wedged -- a stopped process keeps its locks -- so
+  it is replaced anyway.
 
 Either way the taker bumps the generation and locks the new generation's byte, under a
 short election lock. A replaced sender that runs again finds the generation moved on; it
@@ -34,6 +35,7 @@ from ._layout import (
     E_KEY,
     ENTRY_WORDS,
     GENS,
+    H_DUE,
     H_GEN,
     H_HEARTBEAT,
     H_SENDER_PID,
@@ -49,6 +51,7 @@ from ._statedir import PrivateDir
 log = logging.getLogger("sflow_app")
 
 STALL = 3.0  # s without progress after which a sender is replaced
+DUE_MAX = 10.0  # s: the longest sleep a sender announces (its idle one is 5 s)
 # A forwarded message carries many samples, each as (source-table index, length) then the
 # encoded flow sample: a unix datagram socket queues only net.unix.max_dgram_qlen messages
 # (10 by default) whatever its buffer size, so one message per sample would cap what the
@@ -118,8 +121,16 @@ class Election:
         return False
 
     def _sender_ok(self, gen: int, now: int) -> bool:
-        """The current sender (of ``gen``) is alive and made progress lately."""
-        return bool(gen) and self._held(gen) and now - self.words[H_HEARTBEAT] < STALL * 1e9
+        """The current sender (of ``gen``) is alive and made progress lately: its last
+        pass, or the next one it announced (an idle sender sleeps longer than STALL)."""
+        words = self.words
+        late = now - max(words[H_HEARTBEAT], words[H_DUE])
+        return bool(gen) and self._held(gen) and late < STALL * 1e9
+
+    def pass_due(self, seconds: float) -> None:
+        """The sender, going to sleep: its next pass is due in ``seconds``."""
+        if self.sender and self.words[H_GEN] == self._gen:
+            self.words[H_DUE] = time.monotonic_ns() + int(min(seconds, DUE_MAX) * 1e9)
 
     def still_sender(self) -> bool:
         """Whether this process still holds the role; if it was replaced (it was
@@ -173,6 +184,7 @@ class Election:
                 continue  # a stopped sender of an older generation still holds this byte
             self.words[H_SENDER_PID] = os.getpid()
             self.words[H_HEARTBEAT] = time.monotonic_ns()
+            self.words[H_DUE] = 0  # the replaced sender's announcement is not ours
             self.words[H_GEN] = new  # last: from now on the role is ours
             return new
         return None

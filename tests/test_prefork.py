@@ -48,7 +48,7 @@ from prefork_check import (
     wait_for_total,
 )
 
-from sflow_app import _layout
+from sflow_app import _agent, _layout
 from sflow_app._exporter import FLUSH_AFTER, TICK
 from sflow_app.records import CountersSample
 
@@ -644,6 +644,41 @@ def test_idle_service_keeps_reporting(service: Service, server: str) -> None:
         time.sleep(0.1)
     later = http_counters_after(service, settled)
     assert len(later) >= 2 and all(total == 40 for _, total in later), later
+
+
+def sender_generation(state_dir: str) -> int:
+    [path] = state_files(state_dir, ".state")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        words = memoryview(m).cast("Q")
+        try:
+            return int(words[_layout.H_GEN])
+        finally:
+            words.release()
+
+
+def test_idle_sender_is_not_taken_for_a_stalled_one(service: Service) -> None:
+    """Idle, every process sleeps up to IDLE_CHECK_EVERY (5 s) between passes -- the
+    sender too, with a polling interval longer than that -- which is longer than the stall
+    bound (3 s). The sleeping sender says when its next pass is due; the other workers,
+    waking meanwhile, must not replace it: one sender all along, no warning."""
+    service.auto = write_auto(service.tmp / "polling30.auto", service.collector.port, polling=30)
+    server = service.start("gunicorn-idle-sender", gunicorn(), 4)
+    deadline = time.monotonic() + 15
+    while not state_files(service.state_dir, ".state") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while sender_generation(service.state_dir) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sender_generation(service.state_dir) == 1
+    # Sparse traffic: each (sampled) request wakes the worker that serves it, which then
+    # wakes every 5 s from there -- the workers' idle wake-ups end up spread out.
+    for _ in range(8):
+        run_load(service.port, 1, 1)
+        time.sleep(_agent.IDLE_CHECK_EVERY / 8)
+    # Several idle wake-ups of every worker (each a look at the sender's heartbeat).
+    time.sleep(4 * _agent.IDLE_CHECK_EVERY)
+    assert sender_generation(service.state_dir) == 1, server.log()[-2000:]
+    server.stop()
+    assert "replaced as the sender" not in server.log(), server.log()[-2000:]
 
 
 def test_gunicorn_on_a_full_tmpfs(service: Service) -> None:
