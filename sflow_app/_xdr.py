@@ -136,7 +136,10 @@ class Reader:
     def string(self) -> str | bytes:
         """An XDR string: ``str`` when the bytes are valid UTF-8, else ``bytes``."""
         n = self.u32()
-        raw = self.take(pad4(n))[:n]
+        pos = self.need(pad4(n))
+        raw = self.data[pos : pos + n]
+        if self.data[pos + n : pos + pad4(n)] != PAD[n & 3]:  # XDR pads with zeros
+            raise DecodeError(f"string padding at offset {pos + n} is not zero")
         try:
             return raw.decode()
         except UnicodeDecodeError:

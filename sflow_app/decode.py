@@ -2,7 +2,8 @@
 
 ``decode`` rejects (``DecodeError``) only framing errors: truncation, a length word that
 disagrees with the structure it frames, an unknown datagram version or agent address type,
-counts that the remaining bytes cannot hold, and bytes left over after the last sample
+counts that the remaining bytes cannot hold, a string's pad bytes that are not zero (XDR
+requires zeros; sflowtool skips them unread), and bytes left over after the last sample
 (sflowtool ignores those; a strict decoder treats them as a sample count that is too low).
 Samples and records it does not know are kept as ``OpaqueSample``/``OpaqueRecord``; enum
 values outside the enums and strings longer than their maximum are passed through.

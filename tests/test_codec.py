@@ -485,6 +485,20 @@ def test_decode_reports_a_truncated_string_inside_a_record() -> None:
         decode(bytes(data))
 
 
+def test_decode_rejects_string_padding_that_is_not_zero() -> None:
+    # Accepted, such bytes vanish on re-encoding: a record would not be what was sent.
+    good = encode_datagram(datagram(flow(HttpRequest(uri="/a"), AppInitiator(actor="abcde"))))
+    assert decode(good)
+    uri_pad_at = 28 + 8 + 32 + 8 + 8 + 4 + 2
+    actor_pad_at = len(good) - 3
+    cases = [(uri_pad_at, 0), (uri_pad_at, 1), (actor_pad_at, 0), (actor_pad_at, 2)]
+    for pad_at, into in cases:
+        data = bytearray(good)
+        data[pad_at + into] = 0x20
+        with pytest.raises(DecodeError, match=rf"string padding at offset {pad_at} is not zero"):
+            decode(bytes(data))
+
+
 # --------------------------------------------------------------------- views
 
 
