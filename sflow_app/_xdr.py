@@ -71,20 +71,20 @@ def _encode_surrogates(s: str) -> bytes:
 def cut_utf8(b: str | bytes, limit: int) -> bytes:
     """At most ``limit`` bytes of ``b``, never ending inside a UTF-8 character.
 
-    ``str`` is encoded first. ``bytes`` that are not valid UTF-8 are cut plainly.
+    ``str`` is encoded first. Bytes kept that are not valid UTF-8 are cut plainly.
     """
     b = to_bytes(b)
     if len(b) <= limit:
         return b
-    limit = max(limit, 0)
+    kept = b[: max(limit, 0)]
     try:
-        b.decode()
-    except UnicodeDecodeError:
-        return b[:limit]
-    i = limit
-    while i > 0 and (b[i] & 0xC0) == 0x80:  # b[i] continues a character: back off
-        i -= 1
-    return b[:i]
+        kept.decode()
+    except UnicodeDecodeError as exc:
+        # Only what is kept counts: invalid bytes past the cut must not let it split a
+        # character (a surrogate-escaped byte at the end of a long URI).
+        if exc.reason == "unexpected end of data":  # the last character, cut short
+            return kept[: exc.start]
+    return kept
 
 
 def pack_ip(ip: object, family: int) -> bytes:

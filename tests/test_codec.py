@@ -207,6 +207,16 @@ def test_cut_plain_for_invalid_utf8_and_odd_limits() -> None:
     assert cut_utf8("abc", 5) == b"abc"
 
 
+def test_cut_judges_only_the_bytes_it_keeps() -> None:
+    # Invalid UTF-8 past the cut (a surrogate-escaped byte ending a long URI) once made
+    # the whole value "not UTF-8": cut plainly, through the middle of an é.
+    assert cut_utf8("é" * 200 + "\udcff", 255) == "é".encode() * 127
+    assert cut_utf8(b"\xc3\xa9" * 10 + b"\xff", 5) == b"\xc3\xa9" * 2
+    assert cut_utf8(b"a\xffb\xc3\xa9", 4) == b"a\xffb\xc3"  # invalid before the cut: plain
+    rec = HttpRequest(uri="/" + "é" * 200 + "\udcff")
+    assert roundtrip(datagram(flow(rec))).samples[0].records[0].uri == "/" + "é" * 127
+
+
 def test_encoder_cuts_strings_to_their_maximum() -> None:
     rec = HttpRequest(uri="/" + "x" * 253 + "é", host="h" * 100, authuser="ü" * 20)
     out = roundtrip(datagram(flow(rec))).samples[0].records[0]
