@@ -157,7 +157,10 @@ def _sample(r: Reader, index: int, total: int) -> object:
     read, expanded = _SAMPLE_READERS[fmt]
     start, outer_end = r.pos, r.end
     r.end = start + length
-    sample = read(r, expanded)
+    try:
+        sample = read(r, expanded)
+    except DecodeError as exc:  # "truncated" alone would blame the datagram, not the sample
+        raise DecodeError(f"{what} (length {length}) at offset {start - 8}: {exc}") from None
     if r.pos != r.end:
         raise DecodeError(f"{what} length {length} does not match decoded body {r.pos - start}")
     r.end = outer_end

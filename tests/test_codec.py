@@ -495,6 +495,19 @@ def test_decode_reports_a_truncated_string_inside_a_record() -> None:
         decode(bytes(data))
 
 
+def test_decode_names_the_sample_whose_length_cannot_hold_it() -> None:
+    header = encode_datagram_header("10.0.0.1", 0, 1, 0, 1)
+    short = struct.pack(">II", 1, 8) + bytes(8)  # a flow sample's fixed part is 32 bytes
+    with pytest.raises(
+        DecodeError, match=r"^sample 1 of 1 \(0:1\) \(length 8\) at offset 28: truncated: need 32"
+    ):
+        decode(header + short)
+    inner = encode_sample(counters(HostParent()))
+    bad = inner[:8] + struct.pack(">III", 1, 80, 5) + inner[20:]  # 5 records, room for 1
+    with pytest.raises(DecodeError, match=r"^sample 1 of 1 \(0:2\) \(length 28\) at offset 28: "):
+        decode(header + bad)
+
+
 def test_decode_rejects_string_padding_that_is_not_zero() -> None:
     # Accepted, such bytes vanish on re-encoding: a record would not be what was sent.
     good = encode_datagram(datagram(flow(HttpRequest(uri="/a"), AppInitiator(actor="abcde"))))
