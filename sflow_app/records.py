@@ -85,7 +85,7 @@ class Record(Protocol):
     encoder and the decoder are built from these)."""
 
     FORMAT: ClassVar[int]  # data_format (enterprise 0)
-    KIND: ClassVar[str]  # "flow" or "counters"
+    KIND: ClassVar[str]  # "flow" or "counter"
     NAME: ClassVar[str]  # sflowtool's name for it
     LAYOUT: ClassVar[str]  # one character per field (see the module's docstring)
     MAX_BYTES: ClassVar[dict[str, int]]  # string fields' limits

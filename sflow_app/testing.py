@@ -21,9 +21,9 @@ Inside ``capture()`` every data source samples 1-in-1 and the agent hands each s
 transaction to the capture instead of the network: nothing is sent, with or without
 hsflowd, a listening port, or ``SFLOW_APP_DISABLE``. Samples go through the real encoder
 and :func:`sflow_app.decode.decode`, so they read as a collector would see them (strings
-are ``str``). Redaction and exclusions apply as in production. A WSGI response the test
-never closed (``resp = client.get(...)`` with Flask's or Werkzeug's test client) is
-recorded when the block exits, timed to then.
+are ``str``, or ``bytes`` where not valid UTF-8). Redaction and exclusions apply as in
+production. A WSGI response the test never closed (``resp = client.get(...)`` with
+Flask's or Werkzeug's test client) is recorded when the block exits, timed to then.
 
 When the block exits, ``samples`` also holds one counter sample per data source with
 what was counted inside the block (gauges such as open memcache connections: their value
