@@ -71,20 +71,29 @@ def _encode_surrogates(s: str) -> bytes:
 def cut_utf8(b: str | bytes, limit: int) -> bytes:
     """At most ``limit`` bytes of ``b``, never ending inside a UTF-8 character.
 
-    ``str`` is encoded first. Bytes kept that are not valid UTF-8 are cut plainly.
+    ``str`` is encoded first. Bytes that are not UTF-8 where the cut falls are cut plainly.
     """
     b = to_bytes(b)
     if len(b) <= limit:
         return b
-    kept = b[: max(limit, 0)]
-    try:
-        kept.decode()
-    except UnicodeDecodeError as exc:
-        # Only what is kept counts: invalid bytes past the cut must not let it split a
-        # character (a surrogate-escaped byte at the end of a long URI).
-        if exc.reason == "unexpected end of data":  # the last character, cut short
-            return kept[: exc.start]
-    return kept
+    if limit <= 0:
+        return b""
+    # Only the character at the cut matters: invalid bytes elsewhere (a surrogate-escaped
+    # byte at the end of a long URI) must not let the cut split it.
+    i = limit
+    while i > 0 and i > limit - 3 and (b[i] & 0xC0) == 0x80:  # b[i] continues a character
+        i -= 1
+    lead = b[i]
+    if i < limit and lead >= 0xC0:
+        n = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        if i + n > limit:  # the character at i crosses the cut
+            try:
+                b[i : i + n].decode()
+            except UnicodeDecodeError:
+                pass  # not a character: cut plainly
+            else:
+                return b[:i]
+    return b[:limit]
 
 
 def pack_ip(ip: object, family: int) -> bytes:

@@ -212,7 +212,8 @@ def test_cut_judges_only_the_bytes_it_keeps() -> None:
     # the whole value "not UTF-8": cut plainly, through the middle of an é.
     assert cut_utf8("é" * 200 + "\udcff", 255) == "é".encode() * 127
     assert cut_utf8(b"\xc3\xa9" * 10 + b"\xff", 5) == b"\xc3\xa9" * 2
-    assert cut_utf8(b"a\xffb\xc3\xa9", 4) == b"a\xffb\xc3"  # invalid before the cut: plain
+    assert cut_utf8(b"a\xffb\xc3\xa9", 4) == b"a\xffb"  # or before it
+    assert cut_utf8(b"ab\xff\x80\x80", 3) == b"ab\xff"  # no character at the cut: plain
     rec = HttpRequest(uri="/" + "é" * 200 + "\udcff")
     assert roundtrip(datagram(flow(rec))).samples[0].records[0].uri == "/" + "é" * 127
 
