@@ -437,7 +437,7 @@ class Agent:
             running=runner.started,
             sender=bool(state and state.sender),
             shared_state=getattr(state, "path", None),
-            workers_seen=state.slots_used() if state else 0,
+            workers_seen=self.exporter.workers_seen(),
             data_sources={
                 f"{s.kind}:{s.name}" if s.name else s.kind: {
                     "ds_index": s.ds_index,

@@ -562,6 +562,13 @@ class Exporter(Staging):
             if source is not None:
                 source.drop()
 
+    def workers_seen(self) -> int:
+        """Worker slots in use (status()): under the lock, since reading them may map a
+        grown file anew, which a pass running meanwhile must not see happen."""
+        with self._lock:
+            state = self.state
+            return state.slots_used() if state is not None else 0
+
     def pass_due(self, seconds: float) -> None:
         """The thread is going to sleep for ``seconds``: a sender says so, so that the
         other workers do not take a sleeping sender for a stalled one."""

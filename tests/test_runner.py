@@ -131,3 +131,22 @@ def test_an_error_every_pass_is_logged_once_then_a_line_a_minute(
     assert again and all(m.startswith("sflow_app: exporter errors again: ") for m in again)
     counted = sum(int(m.split(": ")[2].split()[0]) for m in again)
     assert counted + len(full) == runner.passes  # every pass failed, every one counted
+
+
+def test_status_reads_the_worker_slots_between_passes(make_agent) -> None:
+    """status() may map a grown state file anew while reading the worker slots: it waits
+    for a pass running meanwhile (whose views of the old mapping it would release)."""
+    agent = make_agent()
+    agent.http_source()
+    agent.set_http_port(8080, "test")
+    agent.tick(0.0)  # a pass: the state is open
+    assert agent.exporter.state is not None
+    before = agent.status()["workers_seen"]
+    seen: list[int] = []
+    with agent.exporter._lock:  # a pass is running
+        reader = threading.Thread(target=lambda: seen.append(agent.status()["workers_seen"]))
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and seen == []  # waits for the pass
+    reader.join(10)
+    assert seen == [before]
