@@ -218,6 +218,8 @@ class Agent:
         if message in self._warned:
             return
         self._warned.add(message)
+        # The state directory setting: an import hook may warn before anything read it.
+        self.ensure_loaded()
         parent, runtime = state_dir(self.settings.state_dir), self.env.get("XDG_RUNTIME_DIR")
         if first_in_service(parent, runtime, self.service_name, message):
             log.warning("sflow_app: %s", message)

@@ -105,7 +105,9 @@ def test_an_app_whose_mounted_app_carries_the_middleware_is_left_alone(caplog) -
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     from sflow_app.records import HttpRequest
-    from sflow_app.testing import capture
+    from sflow_app.testing import capture, reset
+
+    reset()  # this test's state directory (the warning is recorded there), not an earlier one's
 
     def hello(request: object) -> PlainTextResponse:
         return PlainTextResponse("hi")

@@ -113,6 +113,20 @@ def test_a_source_made_while_settings_change_gets_the_new_ones(
         agent.runner.close()
 
 
+def test_a_warning_before_the_first_load_is_recorded_in_the_configured_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sflow-app run's hooks may warn (once per service) before the agent read its
+    configuration: the record goes to SFLOW_APP_STATE_DIR's folder, not the default one."""
+    where = tmp_path / "state"
+    where.mkdir()
+    agent = Agent(autostart=False, env={"SFLOW_APP_STATE_DIR": str(where), "SFLOW_APP_NAME": "w"})
+    with caplog.at_level(logging.WARNING, logger="sflow_app"):
+        agent.warn_service("a mistake")
+    assert "a mistake" in caplog.text
+    assert [p.name for p in where.glob("*/*.warned")] != []
+
+
 def test_configure_sets_state_dir_and_shared(tmp_path: Path, collector: Collector) -> None:
     auto = write_auto(tmp_path / "hsflowd.auto", collector.port)
     where = tmp_path / "state"
