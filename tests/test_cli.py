@@ -477,3 +477,30 @@ def test_config_with_a_name_that_is_not_utf8(tmp_path: Path) -> None:
             assert json.loads(out)["settings"]["service_name"]["value"] == "caf\udce9"
         else:
             assert re.search(r"^service_name +caf\\xe9 +environment$", out, re.M), out
+
+
+@pytest.mark.parametrize("args", [["config"], ["status", "--json"], ["config", "--json"]])
+def test_a_reader_that_left_is_no_traceback_and_keeps_the_status(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """`sflow-app config | head -1` with the output still buffered (the default on a pipe):
+    the interpreter's own flush at exit said "Exception ignored ... BrokenPipeError" and
+    exited 120."""
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
+    env["SFLOW_APP_STATE_DIR"] = str(tmp_path)
+    env["SFLOW_APP_CONFIG"] = str(tmp_path / "missing.auto")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader already left: every write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "sflow_app", *args],
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert result.returncode == 1, result.stderr  # no collector / no service: its own status

@@ -14,6 +14,7 @@ command), 2 usage errors (argparse's own convention) and errors a person must fi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,15 +40,22 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    status = 0
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        # Here, not at exit: a reader that left (`| head`) while the output still sat in
+        # the buffer made the interpreter's own flush print "Exception ignored" and exit 120.
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
-        # `sflow-app listen | head`: the reader left; not an error. Point stdout at
-        # nothing so the interpreter's own flush at exit does not complain again.
+        # `sflow-app listen | head`: the reader left; not an error (a command that had
+        # finished keeps its own status). Whatever is still buffered goes to /dev/null, so
+        # the flush at exit does not fail again.
         try:
-            sys.stdout = open("/dev/null", "w")  # noqa: SIM115
-        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
             pass
-        return 0
+    return status
