@@ -4,6 +4,7 @@ drive the terminal, and the words say what happened."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import select
@@ -251,3 +252,26 @@ def test_every_command_help_gives_its_exit_status() -> None:
         result = run_cli(command, "--help")
         assert result.returncode == 0
         assert "exit status" in " ".join(result.stdout.split()).lower(), command
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_listen_in_a_locale_that_is_not_utf8(encoding: str) -> None:
+    """A latin-1 or C locale: the first non-ASCII URI ended the command with
+    UnicodeEncodeError. Readable lines show what the locale cannot as escapes; --json
+    stays valid JSON (ASCII, \\u escapes) that reads back to the same URI."""
+    uri = "/\u4e2d\u6587"  # in neither: the output is ASCII, whatever the encoding
+    http = HttpRequest(method=2, uri=uri, status=200)
+    sample = FlowSample(1, 3, 80, 1, 1, 0, 0, 0, 0, 0, (http,))
+    datagram = encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (sample,)))
+    env = cli_env(PYTHONIOENCODING=encoding)
+    for json_flag in ([], ["--json"]):
+        port = free_udp_port()
+        proc = start_cli("listen", "--port", str(port), "--count", "1", *json_flag, env=env)
+        send(port, [datagram])
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        if json_flag:
+            [element] = json.loads(out)["samples"][0]["elements"]
+            assert element["http_uri"] == uri
+        else:
+            assert "\\u4e2d\\u6587 -> 200" in out

@@ -14,11 +14,13 @@ command), 2 usage errors (argparse's own convention) and errors a person must fi
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
 
 from . import _config_cmd, _listen_cmd, _run_cmd, _status_cmd, _top_cmd
+from ._escape import utf8_output
 
 __all__ = ["main"]
 
@@ -40,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not utf8_output() and isinstance(sys.stdout, io.TextIOWrapper):
+        # A latin-1 or C locale: what it cannot show (a UTF-8 URI) shows as \u escapes
+        # instead of ending the command with UnicodeEncodeError.
+        sys.stdout.reconfigure(errors="backslashreplace")
     status = 0
     try:
         status = int(args.run(args))

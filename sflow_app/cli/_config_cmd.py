@@ -20,7 +20,7 @@ from .. import _config
 from .._config_args import closest_application
 from .._shared import state_dir
 from .._watch import NO_FILE, NOT_FOUND, ConfigWatcher, file_mistakes
-from ._escape import escape
+from ._escape import escape, utf8_output
 
 TORN_RETRIES = 10  # x 0.1 s: hsflowd rewrites in place; a torn read usually heals at once
 SUPPRESSED = ("empty file", "hsflowd suppressed output (rev-only file)")
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         # A surrogate (an undecodable byte of the environment) as its JSON escape: a UTF-8
         # stdout cannot write it raw.
-        text = json.dumps(report, ensure_ascii=False)
+        text = json.dumps(report, ensure_ascii=not utf8_output())
         print(text.encode("utf-8", "backslashreplace").decode())
     else:
         print(table(report))

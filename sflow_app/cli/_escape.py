@@ -11,7 +11,10 @@ and ``\\xNN`` from U+0080 up for a byte that is not UTF-8.
 
 from __future__ import annotations
 
-__all__ = ["escape"]
+import codecs
+import sys
+
+__all__ = ["escape", "utf8_output"]
 
 _NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -39,3 +42,12 @@ def _char(c: str) -> str:
     if n <= 0xFFFF:
         return f"\\u{n:04x}"
     return f"\\U{n:08x}"
+
+
+def utf8_output() -> bool:
+    """Whether stdout writes UTF-8. Else (a latin-1 or C locale) JSON goes out as ASCII
+    with \\u escapes, the same document, rather than fail on the first non-ASCII URI."""
+    try:
+        return codecs.lookup(getattr(sys.stdout, "encoding", None) or "ascii").name == "utf-8"
+    except LookupError:
+        return False

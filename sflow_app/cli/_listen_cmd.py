@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ..decode import DecodeError, decode, ip6_full, to_sflowtool
+from ._escape import utf8_output
 from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, open_socket, receive
 from .render import plural, sample_lines
 
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sflow-app listen: {exc}", file=sys.stderr)
         return 2
     out = sys.stdout
+    ascii_only = not utf8_output()
     undecodable = 0
 
     def handle(data: bytes, source_ip: str, when: float) -> bool:
@@ -98,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.json:
                 line = json.dumps(
-                    sflowtool_json(data, source_ip, when), ensure_ascii=False, separators=(",", ":")
+                    sflowtool_json(data, source_ip, when),
+                    ensure_ascii=ascii_only,
+                    separators=(",", ":"),
                 )
             else:
                 line = "\n".join(sample_lines(decode(data), source_ip))

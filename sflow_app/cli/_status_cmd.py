@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import _config
 from .._shared import state_dir
-from ._escape import escape
+from ._escape import escape, utf8_output
 from ._state_read import read_instance
 
 PRIVATE = re.compile(r"sflow-app-(\d+)(?:\.\d)?")
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:  # a note can name a file another user named
         print(f"sflow-app status: {escape(note)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"services": services}, ensure_ascii=False))
+        print(json.dumps({"services": services}, ensure_ascii=not utf8_output()))
     elif services:
         print(table(services))
     if not services:
