@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -275,3 +276,44 @@ def test_listen_in_a_locale_that_is_not_utf8(encoding: str) -> None:
             assert element["http_uri"] == uri
         else:
             assert "\\u4e2d\\u6587 -> 200" in out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_top_on_a_terminal_gives_the_cursor_back_when_killed(signum: int) -> None:
+    """rich hides the cursor while top draws: `kill PID` or a closed terminal (SIGHUP) left
+    the shell without one. The view is closed, then top dies of the same signal."""
+    pytest.importorskip("rich")
+    port = free_udp_port()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sflow_app", "top", "--port", str(port), "--interval", "0.2"],
+        env=cli_env(TERM="xterm-256color", COLUMNS="200", LINES="50"),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(slave)
+    try:
+        assert proc.stderr is not None
+        assert "listening on udp" in proc.stderr.readline()
+        screen = b""
+        deadline = time.monotonic() + 60
+        while b"services" not in screen and time.monotonic() < deadline:  # drawn once
+            if select.select([master], [], [], 0.1)[0]:
+                screen += os.read(master, 65536)
+        assert b"\x1b[?25l" in screen  # the cursor is hidden
+        proc.send_signal(signum)
+        rest = read_until_exit(master, proc)
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert "\x1b[?25h" in rest  # shown again
+    assert proc.returncode == -signum and "Traceback" not in err, err

@@ -14,13 +14,16 @@ command), 2 usage errors (argparse's own convention) and errors a person must fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from . import _config_cmd, _listen_cmd, _run_cmd, _status_cmd, _top_cmd
 from ._escape import utf8_output
+from ._receive import Terminated
 
 __all__ = ["main"]
 
@@ -54,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
     except KeyboardInterrupt:
         return 0
+    except Terminated as stop:
+        # Cleaned up; now end as the signal would have, so a supervisor sees it did.
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        signal.signal(stop.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), stop.signum)
+        return 128 + stop.signum  # not reached
     except BrokenPipeError:
         # `sflow-app listen | head`: the reader left; not an error (a command that had
         # finished keeps its own status). Whatever is still buffered goes to /dev/null, so

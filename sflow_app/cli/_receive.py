@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 DEFAULT_PORT = 6343
 DEFAULT_BIND = "127.0.0.1"
@@ -13,6 +15,33 @@ DEFAULT_BIND = "127.0.0.1"
 
 class BindError(Exception):
     """A message a person can act on; the command exits 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind (a live view gives the terminal its cursor
+    back), then ``main`` ends the process by the same signal, as the sender expects."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def terminated_unwinds() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated inside; one ignored (nohup) stays ignored."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    before = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            before[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def open_socket(bind: str, port: int) -> socket.socket:

@@ -19,7 +19,14 @@ from typing import Any
 
 from ..decode import DecodeError, decode
 from ._listen_cmd import port_number, positive_float, positive_int
-from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, open_socket, receive
+from ._receive import (
+    DEFAULT_BIND,
+    DEFAULT_PORT,
+    BindError,
+    open_socket,
+    receive,
+    terminated_unwinds,
+)
 from ._top import Top
 
 
@@ -32,7 +39,8 @@ def add_parser(sub: Any) -> None:
             "sample counts its sampling rate), status mix, p50/p95/p99 durations and "
             "bytes per service; memcache hot and missed keys and commands; decorated "
             "operations. Refreshed in place on a terminal; plain text otherwise. Exit "
-            "status: 0; 2 on usage errors or when the port cannot be bound."
+            "status: 0 (Ctrl-C included); 2 on usage errors or when the port cannot be "
+            "bound; SIGTERM or SIGHUP restore the terminal, then end it by that signal."
         ),
     )
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")
@@ -82,22 +90,27 @@ def run(args: argparse.Namespace) -> int:
             receive(sock, handle, seconds=seconds)
             print(top.plain(seconds))
             return 0
-        view = _view(top)
-        started = time.monotonic()
-        try:
-            receive(sock, handle, seconds=seconds, tick=view, tick_every=args.interval)
-        except KeyboardInterrupt:
-            pass
-        try:
-            # The last snapshot holds everything that arrived, since the last refresh too.
-            _drain(sock, handle)
-            view(time.monotonic() - started)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            close = getattr(view, "close", None)
-            if close is not None:
-                close()
+        # A live view hides the cursor: SIGTERM or SIGHUP (the terminal closed) must
+        # unwind through close() too, or the shell is left without one.
+        with terminated_unwinds():
+            view = _view(top)
+            started = time.monotonic()
+            try:
+                try:
+                    receive(sock, handle, seconds=seconds, tick=view, tick_every=args.interval)
+                except KeyboardInterrupt:
+                    pass
+                try:
+                    # The last snapshot holds everything that arrived, since the last
+                    # refresh too.
+                    _drain(sock, handle)
+                    view(time.monotonic() - started)
+                except KeyboardInterrupt:
+                    pass
+            finally:
+                close = getattr(view, "close", None)
+                if close is not None:
+                    close()
     return 0
 
 
