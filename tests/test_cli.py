@@ -504,3 +504,29 @@ def test_a_reader_that_left_is_no_traceback_and_keeps_the_status(
         os.close(write_end)
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
     assert result.returncode == 1, result.stderr  # no collector / no service: its own status
+
+
+def test_listen_says_how_many_datagrams_it_dropped_when_it_fell_behind() -> None:
+    """A listener whose reader stalls loses datagrams in the kernel (its receive buffer
+    full): it said nothing, so a quiet output looked like a quiet agent."""
+    samples = [http_sample(i, "/" + "x" * 200, 200, 1000, 1) for i in range(5)]
+    data = encode_datagram(Datagram("127.0.0.1", 8080, 1, 1000, tuple(samples)))
+    port = free_udp_port()
+    proc = start_cli("listen", "--json", "--port", str(port), "--seconds", "3")
+    sent = 30_000  # far more than any receive buffer holds (ours asks for 4 MB)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            # Nobody reads its stdout yet: once the pipe is full it stops reading the
+            # socket, and the kernel drops what does not fit.
+            for _ in range(sent):
+                s.sendto(data, ("127.0.0.1", port))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    found = re.search(r"([\d,]+) datagrams dropped unread", err)
+    assert found, err
+    lost = int(found[1].replace(",", ""))
+    assert lost > 0 and lost + len(out.splitlines()) <= sent

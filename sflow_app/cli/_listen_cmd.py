@@ -15,7 +15,7 @@ from typing import Any
 
 from ..decode import DecodeError, decode, ip6_full, to_sflowtool
 from ._escape import utf8_output
-from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, open_socket, receive
+from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, dropped, open_socket, receive
 from .render import plural, sample_lines
 
 
@@ -126,11 +126,28 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    reported = 0
+
+    def report_drops(_: float = 0.0) -> None:
+        # Checked once a second: a listener that fell behind must not flood stderr too.
+        nonlocal reported
+        total = dropped(sock) or 0
+        if total > reported:
+            reported = total
+            print(
+                f"sflow-app listen: {plural(total, 'datagram')} dropped unread so far: they "
+                "arrived faster than they were printed (the receive buffer was full)",
+                file=sys.stderr,
+                flush=True,
+            )
+
     with sock:
         try:
-            got = receive(sock, handle, count=args.count, seconds=args.seconds)
+            got = receive(sock, handle, count=args.count, seconds=args.seconds, tick=report_drops)
         except KeyboardInterrupt:
+            report_drops()
             return 0
+        report_drops()
     if got or (args.count is None and args.seconds is None):
         return 0
     where = f"udp {args.bind} port {args.port}"

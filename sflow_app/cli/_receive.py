@@ -6,6 +6,7 @@ import contextlib
 import errno
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 
@@ -72,6 +73,22 @@ def open_socket(bind: str, port: int) -> socket.socket:
     except OSError:
         pass
     return sock
+
+
+SO_MEMINFO = 55  # Linux 4.6+ (<asm-generic/socket.h>); Python's socket module does not name it
+SK_MEMINFO_DROPS = 8  # its 9th word: datagrams dropped on this socket, its buffer full
+
+
+def dropped(sock: socket.socket) -> int | None:
+    """How many datagrams the kernel dropped for this socket (its receive buffer was full:
+    the reader fell behind), or None where the system does not say."""
+    try:
+        info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+    except OSError:
+        return None
+    if len(info) < 4 * (SK_MEMINFO_DROPS + 1):
+        return None
+    return int(struct.unpack_from("=I", info, 4 * SK_MEMINFO_DROPS)[0])
 
 
 def receive(

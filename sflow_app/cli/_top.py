@@ -77,6 +77,7 @@ class Service:
 class Top:
     def __init__(self) -> None:
         self.datagrams = 0
+        self.dropped = 0  # by the kernel, its receive buffer full: this view fell behind
         self.services: defaultdict[str, Service] = defaultdict(Service)
         self.uris: defaultdict[tuple[str, str], Group] = defaultdict(Group)
         self.routes: defaultdict[tuple[str, str], Group] = defaultdict(Group)
@@ -206,8 +207,9 @@ class Top:
         return out
 
     def plain(self, elapsed: float) -> str:
+        lost = f", {self.dropped:,} more dropped unread" if self.dropped else ""
         lines = [
-            f"sflow-app top: {elapsed:,.0f} s, {plural(self.datagrams, 'datagram')} "
+            f"sflow-app top: {elapsed:,.0f} s, {plural(self.datagrams, 'datagram')}{lost} "
             "(estimates: each sample counts its sampling rate)"
         ]
         for title, cols, rows in self.tables(elapsed):

@@ -23,6 +23,7 @@ from ._receive import (
     DEFAULT_BIND,
     DEFAULT_PORT,
     BindError,
+    dropped,
     open_socket,
     receive,
     terminated_unwinds,
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     with sock:
         if args.once:
             receive(sock, handle, seconds=seconds)
+            top.dropped = dropped(sock) or 0
             print(top.plain(seconds))
             return 0
         # A live view hides the cursor: SIGTERM or SIGHUP (the terminal closed) must
@@ -95,16 +97,21 @@ def run(args: argparse.Namespace) -> int:
         with terminated_unwinds():
             view = _view(top)
             started = time.monotonic()
+
+            def show(elapsed: float) -> None:
+                top.dropped = dropped(sock) or 0
+                view(elapsed)
+
             try:
                 try:
-                    receive(sock, handle, seconds=seconds, tick=view, tick_every=args.interval)
+                    receive(sock, handle, seconds=seconds, tick=show, tick_every=args.interval)
                 except KeyboardInterrupt:
                     pass
                 try:
                     # The last snapshot holds everything that arrived, since the last
                     # refresh too.
                     _drain(sock, handle)
-                    view(time.monotonic() - started)
+                    show(time.monotonic() - started)
                 except KeyboardInterrupt:
                     pass
             finally:
