@@ -317,3 +317,15 @@ def test_top_on_a_terminal_gives_the_cursor_back_when_killed(signum: int) -> Non
             proc.stderr.close()
     assert "\x1b[?25h" in rest  # shown again
     assert proc.returncode == -signum and "Traceback" not in err, err
+
+
+def test_listen_counts_an_empty_datagram_as_undecodable() -> None:
+    """A zero-length datagram was skipped as if nothing had arrived ("nothing arrived on
+    ..."): something is sending there, and it is not sFlow."""
+    port = free_udp_port()
+    proc = start_cli("listen", "--port", str(port), "--seconds", "1")
+    send(port, [b""])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and out == ""
+    assert "undecodable datagram from 127.0.0.1 (0 bytes)" in err
+    assert f"1 datagram arrived on udp 127.0.0.1 port {port} but none could be decoded" in err

@@ -116,9 +116,10 @@ def receive(
         try:
             data, peer = sock.recvfrom(65535)
         except TimeoutError:
-            data = b""
-        if data and handle(data, str(peer[0]).split("%", 1)[0], time.time()):
-            handled += 1
+            pass
+        else:  # an empty datagram too: it arrived, and handle() says it is no sFlow
+            if handle(data, str(peer[0]).split("%", 1)[0], time.time()):
+                handled += 1
         if tick is not None and time.monotonic() >= next_tick:
             next_tick = time.monotonic() + tick_every
             tick(time.monotonic() - start)
