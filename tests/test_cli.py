@@ -530,3 +530,20 @@ def test_listen_says_how_many_datagrams_it_dropped_when_it_fell_behind() -> None
     assert found, err
     lost = int(found[1].replace(",", ""))
     assert lost > 0 and lost + len(out.splitlines()) <= sent
+
+
+def test_top_once_cut_short_by_ctrl_c_prints_what_arrived() -> None:
+    """`top --once --seconds 60` stopped early printed nothing at all."""
+    port = free_udp_port()
+    proc = start_cli("top", "--once", "--seconds", "600", "--port", str(port))
+    send(port, _hot_datagrams())
+    try:
+        time.sleep(0.5)  # past the few lines between "listening" and the receive loop
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert out.startswith("sflow-app top: ")

@@ -1,10 +1,10 @@
 """``sflow-app top``: a live view of what collectors receive from sflow_app agents.
 
-With ``--once`` it collects for ``--seconds`` and prints one snapshot. On a terminal the
-view is refreshed in place (with rich, the optional ``sflow-app[cli]`` extra, as tables);
-otherwise each snapshot is plain text, one row per line. At the end (``--seconds`` or
-Ctrl-C) a last snapshot shows everything that arrived, the datagrams still waiting in the
-socket's buffer included.
+With ``--once`` it collects for ``--seconds`` (or until Ctrl-C) and prints one snapshot.
+On a terminal the view is refreshed in place (with rich, the optional ``sflow-app[cli]``
+extra, as tables); otherwise each snapshot is plain text, one row per line. At the end
+(``--seconds`` or Ctrl-C) a last snapshot shows everything that arrived, the datagrams
+still waiting in the socket's buffer included.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")
     p.add_argument("--bind", default=DEFAULT_BIND, help="address to listen on (127.0.0.1)")
-    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument(
+        "--once", action="store_true", help="print one snapshot (at --seconds or Ctrl-C) and exit"
+    )
     p.add_argument(
         "--seconds",
         type=positive_float,
@@ -88,9 +90,14 @@ def run(args: argparse.Namespace) -> int:
     )
     with sock:
         if args.once:
-            receive(sock, handle, seconds=seconds)
+            started = time.monotonic()
+            try:
+                receive(sock, handle, seconds=seconds)
+                elapsed = seconds
+            except KeyboardInterrupt:  # cut short: what arrived so far, not nothing
+                elapsed = time.monotonic() - started
             top.dropped = dropped(sock) or 0
-            print(top.plain(seconds))
+            print(top.plain(elapsed))
             return 0
         # A live view hides the cursor: SIGTERM or SIGHUP (the terminal closed) must
         # unwind through close() too, or the shell is left without one.
