@@ -547,3 +547,29 @@ def test_top_once_cut_short_by_ctrl_c_prints_what_arrived() -> None:
             proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert out.startswith("sflow-app top: ")
+
+
+def test_config_interrupted_is_no_success(tmp_path: Path) -> None:
+    """Ctrl-C during `sflow-app config` (it retries a torn file for a second) exited 0:
+    `sflow-app config && exec gunicorn ...` went on to start the server."""
+    torn = tmp_path / "torn.auto"
+    torn.write_text("rev_start=2\nsampling=10\ncollector=127.0.0.1\nagentIP=127.0.0.1\n")
+    torn.chmod(0o644)
+    inherited = signal.getsignal(signal.SIGINT)  # as in start_cli: Ctrl-C must reach it
+    if inherited is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sflow_app", "config"],
+            env=cli_env(SFLOW_APP_CONFIG=str(torn)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        if inherited is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    time.sleep(0.5)  # most likely in the retries; earlier, it dies of SIGINT as well
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT, err

@@ -8,7 +8,9 @@
 - ``run``: run a service instrumented without changing its code.
 
 Never imported by ``import sflow_app``. Exit status: 0 ok, 1 nothing to report (see each
-command), 2 usage errors (argparse's own convention) and errors a person must fix.
+command), 2 usage errors (argparse's own convention) and errors a person must fix. Ctrl-C
+ends ``listen`` and ``top`` with 0 (their normal stop); any other command dies of SIGINT
+(130 in a shell), as a SIGTERM ends every one.
 """
 
 from __future__ import annotations
@@ -56,14 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the buffer made the interpreter's own flush print "Exception ignored" and exit 120.
         sys.stdout.flush()
     except KeyboardInterrupt:
-        return 0
+        # listen and top end at Ctrl-C with 0 by design (they catch it); config or status
+        # interrupted must not read as success: `sflow-app config && exec gunicorn ...`.
+        return _end_by(signal.SIGINT)
     except Terminated as stop:
-        # Cleaned up; now end as the signal would have, so a supervisor sees it did.
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-        signal.signal(stop.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), stop.signum)
-        return 128 + stop.signum  # not reached
+        return _end_by(stop.signum)
     except BrokenPipeError:
         # `sflow-app listen | head`: the reader left; not an error (a command that had
         # finished keeps its own status). Whatever is still buffered goes to /dev/null, so
@@ -75,3 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
     return status
+
+
+def _end_by(signum: int) -> int:
+    """Cleaned up; now end as the signal would have, so the shell or supervisor sees it
+    (a shell script stops at a child killed by SIGINT, not at one that exits 0)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return 128 + signum  # not reached
