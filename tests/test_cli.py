@@ -573,3 +573,25 @@ def test_config_interrupted_is_no_success(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGINT, err
+
+
+def test_stdout_closed_is_no_traceback(tmp_path: Path) -> None:
+    """`sflow-app listen >&-`: Python has no sys.stdout; listen failed at its first
+    datagram and config at its final flush (AttributeError on None)."""
+    env = cli_env(SFLOW_APP_CONFIG=str(tmp_path / "missing.auto"))
+    closed = ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "sflow_app"]
+    config = subprocess.run(
+        [*closed, "config"], env=env, stderr=subprocess.PIPE, text=True, timeout=60
+    )
+    assert config.returncode == 1 and "Traceback" not in config.stderr, config.stderr
+    port = free_udp_port()
+    proc = subprocess.Popen(
+        [*closed, "listen", "--port", str(port), "--count", "1"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None and "listening on udp" in proc.stderr.readline()
+    send(port, _hot_datagrams())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err

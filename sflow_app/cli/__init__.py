@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): output goes nowhere
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     if not utf8_output() and isinstance(sys.stdout, io.TextIOWrapper):
         # A latin-1 or C locale: what it cannot show (a UTF-8 URI) shows as \u escapes
         # instead of ending the command with UnicodeEncodeError.
