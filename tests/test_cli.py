@@ -595,3 +595,19 @@ def test_stdout_closed_is_no_traceback(tmp_path: Path) -> None:
     send(port, _hot_datagrams())
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_listen_bind_takes_an_ipv6_address_in_brackets() -> None:
+    """`--bind [::1]`, as a collector is written, failed: "Name or service not known"."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        port = int(probe.getsockname()[1])
+    proc = start_cli("listen", "--bind", "[::1]", "--port", str(port), "--count", "1")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.sendto(_hot_datagrams()[0], ("::1", port))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.startswith("::1 127.0.0.1/8080 ")

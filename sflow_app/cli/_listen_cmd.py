@@ -32,7 +32,9 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")
-    p.add_argument("--bind", default=DEFAULT_BIND, help="address to listen on (127.0.0.1)")
+    p.add_argument(
+        "--bind", default=DEFAULT_BIND, help="address to listen on (127.0.0.1; IPv6: ::1 or [::1])"
+    )
     p.add_argument("--json", action="store_true", help="one sflowtool -j object per datagram")
     p.add_argument("--count", type=positive_int, help="stop after N decoded datagrams")
     p.add_argument("--seconds", type=positive_float, help="stop after S seconds")

@@ -47,9 +47,11 @@ def terminated_unwinds() -> Iterator[None]:
 
 def open_socket(bind: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    # "[::1]", as collectors are written (SFLOW_APP_COLLECTORS, hsflowd.auto), is ::1.
+    host = bind[1:-1] if bind.startswith("[") and bind.endswith("]") else bind
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.bind((bind, port))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

@@ -45,7 +45,9 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")
-    p.add_argument("--bind", default=DEFAULT_BIND, help="address to listen on (127.0.0.1)")
+    p.add_argument(
+        "--bind", default=DEFAULT_BIND, help="address to listen on (127.0.0.1; IPv6: ::1 or [::1])"
+    )
     p.add_argument(
         "--once", action="store_true", help="print one snapshot (at --seconds or Ctrl-C) and exit"
     )
