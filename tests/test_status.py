@@ -524,3 +524,18 @@ def test_names_cannot_drive_the_terminal(state_dir: str, name: str, shown: str) 
     assert done.returncode == 0 and done.stdout.isascii() and "\x1b" not in done.stdout
     assert shown in done.stdout.split()
     assert services(state_dir)[0]["name"] == name
+
+
+def test_an_unreadable_state_file_is_noted_not_ignored(state_dir: str) -> None:
+    """A state file this user cannot open (its mode changed by hand) made the service
+    vanish: "no sflow_app service found", exit 1, and no word of the file."""
+    collector = Collector()
+    try:
+        run_script(state_dir, "shut", ["/a"], collector.port)
+    finally:
+        collector.close()
+    [path] = state_files(state_dir, ".state")
+    os.chmod(path, 0)
+    done = status(state_dir=state_dir, **bound_by_permissions())
+    assert "Traceback" not in done.stderr
+    assert f"skipped {os.path.basename(path)}: permission denied" in done.stderr.lower()

@@ -85,7 +85,13 @@ def read_instance(
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
-    except OSError:
+    except FileNotFoundError:  # the service cleaned it up meanwhile
+        return None
+    except OSError as exc:
+        # Else the service would vanish from the list with no word ("no service found").
+        if notes is not None:
+            why = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
+            notes.append(f"skipped {name}: {why}")
         return None
     try:
         st = os.fstat(fd)
