@@ -7,6 +7,7 @@ import errno
 import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -84,6 +85,8 @@ SK_MEMINFO_DROPS = 8  # its 9th word: datagrams dropped on this socket, its buff
 def dropped(sock: socket.socket) -> int | None:
     """How many datagrams the kernel dropped for this socket (its receive buffer was full:
     the reader fell behind), or None where the system does not say."""
+    if not sys.platform.startswith("linux"):  # 55 means something else elsewhere
+        return None
     try:
         info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
     except OSError:
