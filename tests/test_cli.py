@@ -500,10 +500,19 @@ def test_a_reader_that_left_is_no_traceback_and_keeps_the_status(
             text=True,
             timeout=60,
         )
+        # `2>&1 | head`: stderr broken too
+        both = subprocess.run(
+            [sys.executable, "-m", "sflow_app", *args],
+            env=env,
+            stdout=write_end,
+            stderr=write_end,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
     assert result.returncode == 1, result.stderr  # no collector / no service: its own status
+    assert both.returncode in (0, 1)  # cut short, or finished: never 120
 
 
 def test_listen_says_how_many_datagrams_it_dropped_when_it_fell_behind() -> None:

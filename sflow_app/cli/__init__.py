@@ -68,13 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `sflow-app listen | head`: the reader left; not an error (a command that had
         # finished keeps its own status). Whatever is still buffered goes to /dev/null, so
-        # the flush at exit does not fail again.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
+        # the flush at exit does not fail again; stderr too (`2>&1 | head`: it may be the
+        # stream that broke, and nothing more is said).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError, AttributeError):
+                pass
     return status
 
 
