@@ -425,3 +425,19 @@ def test_another_interpreter_ignores_the_bootstrap(tmp: Path) -> None:
         cwd=tmp,  # not the checkout, where sflow_app would be importable
     )
     assert (out.stdout, out.stderr, out.returncode) == ("ok\n", "", 0)
+
+
+def test_a_script_whose_interpreter_is_missing(tmp: Path) -> None:
+    """`#!/missing/python`: the script exists, so "No such file or directory" (and 126)
+    pointed at the wrong file. The shell's words and status: 127."""
+    script = tmp / "serve"
+    script.write_text("#!/nonexistent/bin/python3\nprint('never')\n")
+    script.chmod(0o755)
+    out = subprocess.run(
+        [sys.executable, "-m", "sflow_app", "run", "--", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 127
+    assert "interpreter (the #! line) or loader was not found" in out.stderr

@@ -30,8 +30,9 @@ def add_parser(sub: Any) -> None:
             "instrumenting the Python processes it starts: Flask, Django, Starlette/FastAPI, "
             "any WSGI or ASGI application a server loads, and pymemcache. The command "
             "replaces this process; its exit status is the command's own (127: not found, "
-            "126: not executable, 2: no command). SFLOW_APP_DISABLED_INTEGRATIONS skips "
-            "integrations; SFLOW_APP_DISABLE=1 turns everything off."
+            "or its #! interpreter not found; 126: not executable; 2: no command). "
+            "SFLOW_APP_DISABLED_INTEGRATIONS skips integrations; SFLOW_APP_DISABLE=1 turns "
+            "everything off."
         ),
         usage="sflow-app run [-h] [--] COMMAND [ARGS ...]",
     )
@@ -67,6 +68,15 @@ def run(args: Any) -> int:
     sys.stderr.flush()
     try:
         os.execve(path, argv, command_env(os.environ))
+    except FileNotFoundError:
+        # The file is there (checked above): what is missing is what runs it. Said as
+        # the shell says it, with its status, not a bare "No such file or directory".
+        print(
+            f"sflow-app run: {program}: cannot execute: its interpreter (the #! line) or "
+            "loader was not found",
+            file=sys.stderr,
+        )
+        return NOT_FOUND
     except OSError as exc:
         print(f"sflow-app run: {program}: {exc.strerror}", file=sys.stderr)
         return NOT_EXECUTABLE
