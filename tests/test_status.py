@@ -539,3 +539,22 @@ def test_an_unreadable_state_file_is_noted_not_ignored(state_dir: str) -> None:
     done = status(state_dir=state_dir, **bound_by_permissions())
     assert "Traceback" not in done.stderr
     assert f"skipped {os.path.basename(path)}: permission denied" in done.stderr.lower()
+
+
+def test_json_with_a_name_that_is_not_utf8(state_dir: str) -> None:
+    """SFLOW_APP_NAME with a byte that is not UTF-8: `status --json` ended with
+    UnicodeEncodeError on a UTF-8 stdout (strict, as under en_US.UTF-8)."""
+    collector = Collector()
+    try:
+        run_script(state_dir, "sh\udcffop", ["/a"], collector.port)
+    finally:
+        collector.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "sflow_app", "status", "--json"],
+        env={**clean_env(SFLOW_APP_STATE_DIR=state_dir), "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [svc] = json.loads(done.stdout.decode("utf-8"))["services"]  # valid UTF-8 JSON
+    assert svc["name"] == "sh\udcffop"

@@ -226,7 +226,11 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:  # a note can name a file another user named
         print(f"sflow-app status: {escape(note)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"services": services}, ensure_ascii=not utf8_output()))
+        text = json.dumps({"services": services}, ensure_ascii=not utf8_output())
+        # A service name with a byte that is not UTF-8 (SFLOW_APP_NAME from a shell) is a
+        # surrogate: as its JSON escape, or a UTF-8 stdout fails on it (or writes
+        # invalid UTF-8 that jq refuses).
+        print(text.encode("utf-8", "backslashreplace").decode())
     elif services:
         print(table(services))
     if not services:
