@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -239,9 +240,25 @@ def tree_cpu(pid: int) -> float:
     return sum(threads_cpu(p) for p in process_tree(pid))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free now, below the kernel's ephemeral range: a port from that range
+    (what binding to 0 gives) can be taken by any client's connect() before the server
+    binds it (seen under load: gunicorn's "Address already in use")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    for port in random.sample(range(10000, max(first, 10001)), min(200, max(first - 10000, 1))):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # none free there: any port
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from helpers import missing
+from helpers import free_port, missing
 
 BINARY = os.environ.get("MEMCACHED", "memcached")
 START_TIMEOUT = 5.0
@@ -28,13 +28,6 @@ def binary() -> str:
     if path is None:
         missing("memcached", "./scripts/setup --with-servers installs it")
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def ipv6_loopback() -> bool:

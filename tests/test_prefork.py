@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import missing, state_files, write_auto
+from helpers import free_port, missing, state_files, write_auto
 from memcached import Memcached
 from prefork_check import (
     POOL_LAG,
@@ -68,12 +68,6 @@ SERVICE = "prefork-e2e"
 KILL_WINDOW = max(15 * TICK, 1.5)
 SENDER_WINDOW = max(FLUSH_AFTER + KILL_WINDOW, 5.0)
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.harness import ZERO_COUNTERS
-from helpers import Collector, missing, write_auto
+from helpers import Collector, free_port, missing, write_auto
 
 from sflow_app.records import (
     AppOperation,
@@ -38,12 +38,6 @@ STREAM_MB = 5
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
 SERVERS = ["gunicorn-sync", "gunicorn-gthread", "werkzeug", "uwsgi", "uwsgi-router"]
 RAW = "/naïve/€?k=ü"  # sent as raw UTF-8 bytes in the request line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(server: str, port: int) -> list[str]:

@@ -22,7 +22,7 @@ from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any
 
-from helpers import Collector, write_auto
+from helpers import Collector, free_port, write_auto
 
 from sflow_app._http import METHODS, OTHER_METHOD, status_slot
 from sflow_app.records import FlowSample, HttpCounters, HttpRequest
@@ -134,12 +134,6 @@ def counters(collector) -> HttpCounters:
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.asgi_app:app"
 COUNTER_NAMES = [f.name for f in fields(HttpCounters)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Uvicorn:
