@@ -51,16 +51,16 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start a receiving command and return once it says it listens (on stderr)."""
-    # Ctrl-C must reach the command: a SIGINT ignored by whatever started pytest (a
-    # background job of a non-interactive shell, nohup) is inherited, and Python then
-    # installs no KeyboardInterrupt handler. exec() resets a handled signal to default.
+def interruptible_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The command in a subprocess that Ctrl-C (SIGINT) reaches, its output piped."""
+    # A SIGINT ignored by whatever started pytest (a background job of a non-interactive
+    # shell, nohup) is inherited, and Python then installs no KeyboardInterrupt handler.
+    # exec() resets a handled signal to default.
     inherited = signal.getsignal(signal.SIGINT)
     if inherited is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "sflow_app", *args],
             env=env or cli_env(),
             stdout=subprocess.PIPE,
@@ -70,6 +70,11 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     finally:
         if inherited is signal.SIG_IGN:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a receiving command and return once it says it listens (on stderr)."""
+    proc = interruptible_cli(*args, env=env)
     assert proc.stderr is not None
     line = proc.stderr.readline()
     assert "listening on udp" in line, line + proc.stderr.read()
@@ -564,20 +569,7 @@ def test_config_interrupted_is_no_success(tmp_path: Path) -> None:
     torn = tmp_path / "torn.auto"
     torn.write_text("rev_start=2\nsampling=10\ncollector=127.0.0.1\nagentIP=127.0.0.1\n")
     torn.chmod(0o644)
-    inherited = signal.getsignal(signal.SIGINT)  # as in start_cli: Ctrl-C must reach it
-    if inherited is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sflow_app", "config"],
-            env=cli_env(SFLOW_APP_CONFIG=str(torn)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    finally:
-        if inherited is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    proc = interruptible_cli("config", env=cli_env(SFLOW_APP_CONFIG=str(torn)))
     time.sleep(0.5)  # most likely in the retries; earlier, it dies of SIGINT as well
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -121,20 +121,8 @@ def test_top_on_a_terminal_prints_names_not_rich_markup() -> None:
     rec = HttpRequest(method=2, protocol=1001, uri=uri, status=200)
     sample = FlowSample(1, 3, 80, 1, 1, 0, 0, 0, 0, 0x3FFFFFFF, (rec,))
     port = free_udp_port()
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sflow_app", "top", "--port", str(port), "--seconds", "2"],
-        env=cli_env(TERM="xterm-256color", COLUMNS="200", LINES="50"),
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    os.close(slave)
+    proc, master = top_on_a_terminal(port, "--seconds", "2")
     try:
-        assert proc.stderr is not None
-        assert "listening on udp" in proc.stderr.readline()
         send(port, [encode_datagram(Datagram("127.0.0.1", 80, 1, 1, (sample,)))])
         screen = read_until_exit(master, proc)
     finally:
@@ -146,6 +134,25 @@ def test_top_on_a_terminal_prints_names_not_rich_markup() -> None:
     assert proc.returncode == 0
     assert "\x1b]8;" not in screen and "\x1b]0;pwned" not in screen
     assert "[link=https://evil.example/]" in screen  # the name, as it arrived
+
+
+def top_on_a_terminal(port: int, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """``sflow-app top`` drawing on a 200x50 pseudo-terminal (rich's view), once it
+    listens: the process (stderr piped) and the terminal's master end."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sflow_app", "top", "--port", str(port), *args],
+        env=cli_env(TERM="xterm-256color", COLUMNS="200", LINES="50"),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(slave)
+    assert proc.stderr is not None
+    assert "listening on udp" in proc.stderr.readline()
+    return proc, master
 
 
 def read_until_exit(fd: int, proc: subprocess.Popen[str]) -> str:
@@ -283,21 +290,9 @@ def test_top_on_a_terminal_gives_the_cursor_back_when_killed(signum: int) -> Non
     """rich hides the cursor while top draws: `kill PID` or a closed terminal (SIGHUP) left
     the shell without one. The view is closed, then top dies of the same signal."""
     pytest.importorskip("rich")
-    port = free_udp_port()
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sflow_app", "top", "--port", str(port), "--interval", "0.2"],
-        env=cli_env(TERM="xterm-256color", COLUMNS="200", LINES="50"),
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    os.close(slave)
+    proc, master = top_on_a_terminal(free_udp_port(), "--interval", "0.2")
     try:
         assert proc.stderr is not None
-        assert "listening on udp" in proc.stderr.readline()
         screen = b""
         deadline = time.monotonic() + 60
         while b"services" not in screen and time.monotonic() < deadline:  # drawn once

@@ -129,41 +129,45 @@ def test_disabled_agent_still_captures(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [r.uri for r in cap.records(HttpRequest)] == ["/users/3"]
 
 
+async def made(scope, receive, send):
+    """An ASGI app that answers 201."""
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"made"})
+
+
+def asgi_request(app, method: str, path: str) -> None:
+    """One request to ``app`` as a server on 127.0.0.1:8000 would make it."""
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [],
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5000),
+    }
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    asyncio.run(app(scope, receive, send))
+
+
 def test_asgi_memcache_decorator_and_threads(collector: Collector) -> None:
     @sflow_app.transaction("lookup", application="shop")
     def lookup(i: int) -> int:
         return i
 
-    async def asgi_app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 201, "headers": []})
-        await send({"type": "http.response.body", "body": b"made"})
-
-    async def call(path: str) -> None:
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": [],
-            "http_version": "1.1",
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 5000),
-        }
-
-        async def receive():
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message):
-            pass
-
-        await ASGIMiddleware(asgi_app)(scope, receive, send)
-
     with running() as server:
         sfm.instrument()
         try:
             with capture() as cap:
-                asyncio.run(call("/orders"))
+                asgi_request(ASGIMiddleware(made), "POST", "/orders")
                 c = Client(server.server, default_noreply=False)
                 c.set("k", b"value")
                 assert c.get("k") == b"value"
@@ -237,45 +241,20 @@ def test_middlewares_and_memcache_report_to_the_agent_after_reset(
     after it: its middleware kept the reset agent's data source, which nothing captured
     or sent any more. Its first request after the reset is captured too."""
     wsgi_client = flask_app().test_client()
-
-    async def asgi_app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 201, "headers": []})
-        await send({"type": "http.response.body", "body": b"made"})
-
-    asgi = ASGIMiddleware(asgi_app)
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message):
-        pass
-
-    def asgi_call(path: str) -> None:
-        scope = {
-            "type": "http",
-            "method": "PUT",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": [],
-            "http_version": "1.1",
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 5000),
-        }
-        asyncio.run(asgi(scope, receive, send))
+    asgi = ASGIMiddleware(made)
 
     with running() as server:
         client = Client(server.server, default_noreply=False)
         sfm.wrap(client)
         try:
             wsgi_client.get("/users/1").close()
-            asgi_call("/before")
+            asgi_request(asgi, "PUT", "/before")
             client.set("before", b"x")
             monkeypatch.setenv("SFLOW_APP_QUERY", "keep")  # read again after the reset
             reset()
             with capture() as cap:
                 wsgi_client.get("/users/2?token=t").close()
-                asgi_call("/after")
+                asgi_request(asgi, "PUT", "/after")
                 assert client.get("before") == b"x"
         finally:
             client.close()
