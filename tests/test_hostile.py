@@ -533,6 +533,31 @@ def test_stale_and_old_version_files_are_removed(state_dir: str) -> None:
 
 
 # -- sizing -------------------------------------------------------------------------------
+def slot_holders(
+    count: int, open_state: Callable[[], Any], then: Callable[[Any, int], None]
+) -> tuple[list[int], int]:
+    """``count`` forked processes, each opening the state, claiming a slot, doing ``then``
+    (with its number) and holding on (reaped by the caller): their pids, once all hold,
+    and the read end of the pipe they said so on (closed by the caller)."""
+    r, w = os.pipe()
+    kids = []
+    for k in range(count):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                mine = open_state()
+                assert mine.claim_slot()
+                then(mine, k)
+                os.write(w, b"x")
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        kids.append(pid)
+        assert os.read(r, 1) == b"x"
+    os.close(w)
+    return kids, r
+
+
 def test_file_sized_to_the_workers_and_grows_for_more(state_dir: str) -> None:
     """The file starts with room for INITIAL_SLOTS workers; more workers alive at once
     grow it (allocated first), and a process that mapped it small sees every slot."""
@@ -541,21 +566,11 @@ def test_file_sized_to_the_workers_and_grows_for_more(state_dir: str) -> None:
     assert os.path.getsize(path) == _layout.file_size(_layout.INITIAL_SLOTS)
     index = state.source_index("http", "", 8080)
     assert index is not None
-    r, w = os.pipe()
-    kids = []
-    for k in range(_layout.INITIAL_SLOTS + 2):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                mine = _shared.SharedState.open(state_dir, "grow")
-                assert mine.claim_slot()
-                mine.publish(index, [k + 1], pool=0, drops=0)
-                os.write(w, b"x")
-                time.sleep(60)
-            finally:
-                os._exit(0)
-        kids.append(pid)
-        assert os.read(r, 1) == b"x"
+    kids, r = slot_holders(
+        _layout.INITIAL_SLOTS + 2,
+        lambda: _shared.SharedState.open(state_dir, "grow"),
+        lambda mine, k: mine.publish(index, [k + 1], pool=0, drops=0),
+    )
     try:
         want = sum(range(1, _layout.INITIAL_SLOTS + 3))
         assert state.totals(index)[0] == want  # remapped to see the slots added
@@ -576,20 +591,11 @@ def test_growing_keeps_the_locks_of_processes_that_mapped_it_small(state_dir: st
     one drops every record lock the process holds on the file)."""
     state = _shared.SharedState.open(state_dir, "keep")
     assert state.claim_slot() and state.try_become_sender()
-    r, w = os.pipe()
-    kids = []
-    for _ in range(_layout.INITIAL_SLOTS):  # with ours, one more than the file has room for
-        pid = os.fork()
-        if pid == 0:
-            try:
-                mine = _shared.SharedState.open(state_dir, "keep", instance=state.instance)
-                assert mine.claim_slot()
-                os.write(w, b"x")
-                time.sleep(60)
-            finally:
-                os._exit(0)
-        kids.append(pid)
-        assert os.read(r, 1) == b"x"
+    kids, r = slot_holders(  # with ours, one more than the file has room for
+        _layout.INITIAL_SLOTS,
+        lambda: _shared.SharedState.open(state_dir, "keep", instance=state.instance),
+        lambda mine, k: None,
+    )
     try:
         index = state.source_index("http", "", 8080)
         assert index is not None
@@ -609,4 +615,3 @@ def test_growing_keeps_the_locks_of_processes_that_mapped_it_small(state_dir: st
             reap(pid)
         state.close()
         os.close(r)
-        os.close(w)
