@@ -33,8 +33,8 @@ attributes.
 Defaults: operation = the function's ``__qualname__`` (of a partial: its function's; of
 a callable object: its ``__call__``'s); application = the service name
 (``SFLOW_APP_NAME``, default derived from the command line, see
-``_identity.default_service_name``), resolved at the first call. Strings longer than the
-spec's 32 bytes are cut by the encoder.
+``_identity.default_service_name``), resolved at the first call. Names longer than the
+spec's 32 bytes are cut by the encoder (``status_descr`` to 31, what sflowtool shows).
 
 ``async def`` functions are timed until their coroutine finishes. Called with wrong
 arguments, one raises its TypeError when its coroutine is awaited (our coroutine calls

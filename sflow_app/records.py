@@ -186,7 +186,9 @@ class AppOperation(_Record):
         "application": 32,
         "operation": 32,
         "attributes": 255,
-        "status_descr": 32,
+        # The spec's XDR says <64>, sflowtool's and hsflowd's buffer 32 bytes with the NUL:
+        # 31 is what every reader shows whole (a peer's longer one still decodes).
+        "status_descr": 31,
     }
     application: Text = ""
     operation: Text = ""

@@ -226,6 +226,23 @@ def test_encoder_cuts_strings_to_their_maximum() -> None:
     assert out.authuser == "ü" * 16  # type: ignore[attr-defined]
 
 
+def test_status_descr_goes_out_as_the_31_bytes_sflowtool_prints() -> None:
+    # sflowtool and hsflowd hold status_descr in 32 bytes with the NUL: a 32nd was lost.
+    rec = AppOperation(application="a" * 32, status_descr="E" * 40)
+    out = roundtrip(datagram(flow(rec))).samples[0].records[0]
+    assert (out.application, out.status_descr) == ("a" * 32, "E" * 31)  # type: ignore[attr-defined]
+
+
+def test_a_peers_longer_status_descr_decodes_whole() -> None:
+    # The spec's XDR allows 64 bytes: a peer that sends them is read, not refused.
+    descr = b"D" * 64
+    body = b"".join(
+        struct.pack(">I", len(v)) + v + b"\0" * (-len(v) % 4) for v in (b"app", b"op", b"", descr)
+    ) + struct.pack(">QQII", 1, 2, 3, 4)
+    dg = roundtrip(datagram(flow(OpaqueRecord(0, 2202, body))))
+    assert dg.samples[0].records[0] == AppOperation("app", "op", "", "D" * 64, 1, 2, 3, 4)
+
+
 def test_surrogate_escaped_text_goes_out_as_its_bytes() -> None:
     raw = b"/caf\xe9"
     rec = HttpRequest(uri=raw.decode("utf-8", "surrogateescape"))
