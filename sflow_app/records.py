@@ -3,9 +3,10 @@
 Field names and order follow the wire layout (and ``shared/vectors/README.md``), so each
 class can be checked against the spec line by line. ``LAYOUT`` gives one character per
 field: ``I`` u32, ``Q`` u64 (hyper), ``s`` XDR string, ``4``/``6`` raw IPv4/IPv6 address
-(held as text). String fields take ``str`` (encoded as UTF-8) or ``bytes`` (raw); the
-encoder cuts them to ``MAX_BYTES`` without splitting a UTF-8 character. Enum fields are
-plain ints so that values outside the enums pass through unchanged.
+(held as text). String fields take ``str`` (encoded as UTF-8) or ``bytes`` (raw), equal
+when their bytes are; the encoder cuts them to ``MAX_BYTES`` without splitting a UTF-8
+character. Enum fields are plain ints so that values outside the enums pass through
+unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from operator import attrgetter
 from typing import Any, ClassVar, Protocol
+
+from ._xdr import to_bytes
 
 __all__ = [
     "DS_CLASS_LOGICAL",
@@ -92,6 +95,12 @@ class Record(Protocol):
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # in wire order
 
 
+def _as_sent(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    # A string field is its wire bytes: HttpRequest(uri="a") is HttpRequest(uri=b"a"), as
+    # the decoder, which gives str for UTF-8 and bytes otherwise, cannot tell them apart.
+    return tuple(to_bytes(v) if v.__class__ is str else v for v in values)
+
+
 class _Record:
     """Equality, hash and repr of every class here, as a frozen dataclass has them (by
     class, then the fields in order), written once: dataclasses would compile each of
@@ -105,11 +114,11 @@ class _Record:
     def __eq__(self, other: object) -> bool:
         cls = self.__class__
         if other.__class__ is cls:
-            return bool(cls._values(self) == cls._values(other))
+            return _as_sent(cls._values(self)) == _as_sent(cls._values(other))
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self.__class__._values(self))
+        return hash(_as_sent(self.__class__._values(self)))
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)

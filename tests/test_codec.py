@@ -176,6 +176,16 @@ def test_strings_decode_to_str_when_utf8_else_bytes() -> None:
     assert roundtrip(datagram(flow(op))).samples[0].records[0].key == "plain"  # type: ignore[attr-defined]
 
 
+def test_a_string_field_equals_its_bytes_and_hashes_alike() -> None:
+    # The decoder gives str for UTF-8 and bytes otherwise: a record built with bytes
+    # must equal what comes back, and sets and dicts must agree with ==.
+    sent = HttpRequest(uri=b"/a", host="h\u00e9")
+    assert roundtrip(datagram(flow(sent))).samples[0].records[0] == sent
+    assert HttpRequest(uri="/caf\udce9") == HttpRequest(uri=b"/caf\xe9")  # surrogate escape
+    assert len({sent, HttpRequest(uri="/a", host="h\u00e9".encode())}) == 1
+    assert HttpRequest(uri="/a") != HttpRequest(uri=b"/b")
+
+
 def test_ipv6_agent_address_uses_type_2() -> None:
     header = encode_datagram_header("2001:db8::7", 1, 2, 3, 0)
     assert len(header) == 40
