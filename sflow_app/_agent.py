@@ -52,6 +52,9 @@ DEFAULT_CONFIG = _config.DEFAULT_CONFIG_PATH
 # was, so their next call finds the fresh agent's (surfaces with a slow path of their
 # own find out there: Source.retire).
 ON_RESET: list[Callable[[], None]] = []
+# Called (under the configuration lock) when configure() changed the service name:
+# @transaction's default-named functions take it from their next call.
+ON_RENAME: list[Callable[[], None]] = []
 # The config file is re-checked (a stat) by a pass at most once a second; an idle process
 # wakes for it only every IDLE_CHECK_EVERY (the peers check every 10 s): each wake-up of
 # an idle process costs it ~0.4 ms of CPU, its caches gone cold. A torn read is read
@@ -192,6 +195,9 @@ class Agent:
             self.warn_service(warning)
         if old is None or (old.enabled, old.reason) != (settings.enabled, settings.reason):
             log.info("sflow_app: %s", settings.reason)
+        if old is not None and old.service_name != settings.service_name:
+            for rename in ON_RENAME:
+                rename()
         for source in self.sources():
             self._apply_source(source)
 

@@ -33,7 +33,8 @@ attributes.
 Defaults: operation = the function's ``__qualname__`` (of a partial: its function's; of
 a callable object: its ``__call__``'s); application = the service name
 (``SFLOW_APP_NAME``, default derived from the command line, see
-``_identity.default_service_name``), resolved at the first call. Names longer than the
+``_identity.default_service_name``), resolved at the first call and again after
+``configure(service_name=...)`` changed it. Names longer than the
 spec's 32 bytes are cut by the encoder (``status_descr`` to 31, what sflowtool shows).
 
 ``async def`` functions are timed until their coroutine finishes. Called with wrong
@@ -57,7 +58,7 @@ from time import perf_counter_ns
 from types import FunctionType, MethodType
 from typing import Any, TypeVar, cast, overload
 
-from ._agent import AGENT, ON_RESET
+from ._agent import AGENT, ON_RENAME, ON_RESET
 from ._http import ParentContexts, parent_context
 from ._source import AppSource
 from .records import AppOperation, AppParentContext, AppStatus
@@ -388,4 +389,12 @@ def _forget_sources() -> None:
         operation.source = None
 
 
+def _forget_default_sources() -> None:
+    # Off the call path: the next call of each resolves the new name (_resolve).
+    for operation in list(_OPERATIONS):
+        if operation.application is None:
+            operation.source = None
+
+
 ON_RESET.append(_forget_sources)
+ON_RENAME.append(_forget_default_sources)

@@ -484,6 +484,32 @@ def test_default_application_resolved_at_first_call(auto_file, monkeypatch, coll
         reset_agent()
 
 
+def test_default_application_follows_a_later_configure_service_name(live, collector):
+    """configure(service_name=...) after the first call names the calls from then on;
+    a function given its application keeps it."""
+    live(sampling=1)
+
+    @transaction
+    def default():
+        return 1
+
+    @transaction(application="payments")
+    def named():
+        return 2
+
+    default(), named()
+    AGENT.configure(service_name="renamed")
+    default(), named()
+    flush(collector)
+    assert [o.application for o in operations(collector)] == [
+        "tests",
+        "payments",
+        "renamed",
+        "payments",
+    ]
+    assert app_counters(collector, "renamed").success == 1
+
+
 def test_decorator_arguments_checked():
     with pytest.raises(TypeError):
         transaction(42)  # type: ignore[call-overload]
