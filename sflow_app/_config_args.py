@@ -45,9 +45,13 @@ def flag(text: str) -> bool:
 
 
 def collector_spec(item: str) -> tuple[str, int]:
-    """``ip``, ``ip:port``, ``[v6]``, ``[v6]:port`` or a bare v6 address (no port)."""
+    """``ip``, ``ip:port``, ``[v6]``, ``[v6]:port``, ``ip port`` (hsflowd.auto's form) or
+    a bare v6 address (no port) -- unless it may end in a port (``::1:6343``): refused."""
     item = item.strip()
     port = DEFAULT_PORT
+    words = item.split()
+    if len(words) == 2 and not item.startswith("["):
+        return parse_collector_ip(words[0]), parse_port(words[1])
     if item.startswith("["):
         host, closed, rest = item[1:].partition("]")
         if not closed or (rest and not rest.startswith(":")):
@@ -58,8 +62,27 @@ def collector_spec(item: str) -> tuple[str, int]:
         host, _, port_text = item.partition(":")
         port = parse_port(port_text)
     else:
-        host = item
+        host = parse_collector_ip(item)
+        _refuse_a_port_in_disguise(item)
+        return host, port
     return parse_collector_ip(host), port
+
+
+def _refuse_a_port_in_disguise(item: str) -> None:
+    """A bare v6 address whose last group could be a port after another address: which
+    one was meant cannot be known, and either guess would send elsewhere unannounced."""
+    head, _, tail = item.rpartition(":")
+    if not (tail.isascii() and tail.isdigit()):
+        return
+    try:
+        parse_port(tail)
+        parse_collector_ip(head)
+    except ValueError:
+        return  # only the address reading holds (2001:db8::5)
+    raise ValueError(
+        f"ambiguous: write [{head}]:{tail} for port {tail} of {head}, "
+        f"or [{item}] for that address (port {DEFAULT_PORT})"
+    )
 
 
 def collectors_arg(value: object) -> Collectors:

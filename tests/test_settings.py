@@ -240,6 +240,20 @@ def test_a_bad_collector_entry_drops_only_itself() -> None:
     )
 
 
+def test_an_ipv6_collector_that_may_end_in_a_port_is_refused_not_guessed() -> None:
+    # "::1:6343" is an IPv6 address, and also ::1 port 6343: which one was meant is not
+    # knowable, and either guess sends the datagrams astray without a word.
+    env = {"SFLOW_APP_COLLECTORS": "::1:6343, [::1]:9, [::1:6343], 2001:db8::5, ::1 7000"}
+    s = resolve({}, env, None, PATH)
+    assert s.collectors == (("::1", 9), ("::1:6343", 6343), ("2001:db8::5", 6343), ("::1", 7000))
+    assert s.warnings == (
+        "SFLOW_APP_COLLECTORS entry '::1:6343' ignored: ambiguous: write [::1]:6343 for "
+        "port 6343 of ::1, or [::1:6343] for that address (port 6343)",
+    )
+    with pytest.raises(ValueError, match=r"collectors=...\): ambiguous: write \[::1\]:6343"):
+        resolve({"collectors": "::1:6343"}, {}, None, PATH)
+
+
 def test_rejected_collectors_are_blamed_in_the_state_not_the_file(state_dir: str) -> None:
     s = resolve({}, {"SFLOW_APP_COLLECTORS": "web1"}, None, PATH)
     assert not s.enabled
