@@ -26,7 +26,7 @@ from ._forked import flag as forked_flag
 from ._identity import default_service_name, local_index
 from ._lifecycle import EXIT_FLUSH_TIMEOUT, Runner, on_uwsgi_fork, uwsgi_master
 from ._listen import server_listener
-from ._once import first_in_service
+from ._once import first_in_service, forget_fixed
 from ._sampler import WINDOW
 from ._shared import state_dir
 from ._source import AppSource, HttpSource, MemcacheSource, Source
@@ -103,6 +103,8 @@ class Agent:
         self._default_name: str | None = None
         self._next_config_check = 0.0
         self._warned: set[str] = set()
+        self._mistakes: set[str] = set()  # of those, the configuration's (until fixed)
+        self._fixed_checked = False  # the service's fixed mistakes forgotten (first load)
         self._file_warnings: list[str] = []  # the watcher's, logged once settings apply
         self._uwsgi_hooked = False
         self._serving = False
@@ -180,11 +182,30 @@ class Agent:
         # After apply: a warning is recorded in the state directory these settings name.
         origin = settings.sources.get("config_path")
         mistakes = file_mistakes(auto, path, origin, settings.reason)
+        # The mistakes this load has: the file's own lines (as the watcher words them),
+        # what they lead to and the settings'. Others the watcher gives (a file torn for
+        # long) are not the configuration's: once per run.
+        found = [f"{path}: {w}" for w in auto.warnings] if auto is not None else []
+        current = {*settings.warnings, *mistakes, *found}
         # Emptied in place: the watcher holds this list's append.
         pending = [*self._file_warnings, *mistakes]
         self._file_warnings.clear()
         for message in pending:
-            self.warn_service(message)
+            self.warn_service(message, until_fixed=message in current)
+        self._forget_fixed(current)
+
+    def _forget_fixed(self, current: set[str]) -> None:
+        """Mistakes warned before and gone from this load warn again when they come back:
+        here, and in the service (checked at this process's first load, then only when
+        one went: no file access on the periodic re-checks)."""
+        gone = self._mistakes - current
+        if not gone and self._fixed_checked:
+            return
+        self._fixed_checked = True
+        self._warned -= gone
+        self._mistakes -= gone
+        parent, runtime = state_dir(self.settings.state_dir), self.env.get("XDG_RUNTIME_DIR")
+        forget_fixed(parent, runtime, self.service_name, current)
 
     def apply(self, settings: _config.Settings) -> None:
         self._resolved = None  # the next reload resolves again
@@ -192,7 +213,7 @@ class Agent:
         self.settings = settings
         self.runner.capacity = settings.queue_capacity
         for warning in settings.warnings:
-            self.warn_service(warning)
+            self.warn_service(warning, until_fixed=True)
         if old is None or (old.enabled, old.reason) != (settings.enabled, settings.reason):
             log.info("sflow_app: %s", settings.reason)
         if old is not None and old.service_name != settings.service_name:
@@ -219,15 +240,18 @@ class Agent:
             self._warned.add(message)
             log.warning("sflow_app: %s", message)
 
-    def warn_service(self, message: str) -> None:
-        """A configuration mistake: one warning for the whole service (see _once)."""
+    def warn_service(self, message: str, until_fixed: bool = False) -> None:
+        """A configuration mistake: one warning for the whole service (see _once);
+        ``until_fixed``: one per occurrence, warned again after a load without it."""
+        if until_fixed:
+            self._mistakes.add(message)
         if message in self._warned:
             return
         self._warned.add(message)
         # The state directory setting: an import hook may warn before anything read it.
         self.ensure_loaded()
         parent, runtime = state_dir(self.settings.state_dir), self.env.get("XDG_RUNTIME_DIR")
-        if first_in_service(parent, runtime, self.service_name, message):
+        if first_in_service(parent, runtime, self.service_name, message, until_fixed):
             log.warning("sflow_app: %s", message)
 
     # -- sources ----------------------------------------------------------------------

@@ -56,12 +56,13 @@ class _NoNewFolder(OSError):
     """``parent`` takes no new folder (its reason said once for all the names)."""
 
 
-def _open_dir(pfd: int, parent: str, name: str) -> int:
-    """Create (if needed) and open ``parent/name`` (``pfd``: ``parent``, open); raise
-    OSError if it is not safe."""
+def _open_dir(pfd: int, parent: str, name: str, create: bool = True) -> int:
+    """Create (if needed and ``create``) and open ``parent/name`` (``pfd``: ``parent``,
+    open); raise OSError if it is not safe."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     try:
-        os.mkdir(name, 0o700, dir_fd=pfd)
+        if create:
+            os.mkdir(name, 0o700, dir_fd=pfd)
     except FileExistsError:
         pass
     except OSError as exc:  # read-only, not ours to write, full: alike for every name
@@ -81,9 +82,12 @@ def _open_dir(pfd: int, parent: str, name: str) -> int:
     return fd
 
 
-def open_private(parent: str, env_runtime: str | None) -> tuple[PrivateDir, list[str]]:
+def open_private(
+    parent: str, env_runtime: str | None, create: bool = True
+) -> tuple[PrivateDir, list[str]]:
     """The first safe candidate, and what was wrong with the places and names skipped
     before it (one reason per place that cannot be opened at all: missing, a file).
+    ``create`` False: only one that exists (a reader that finds none has nothing to do).
 
     Raises OSError (with every reason) when no candidate is safe.
     """
@@ -99,7 +103,7 @@ def open_private(parent: str, env_runtime: str | None) -> tuple[PrivateDir, list
             for i in range(NAMES_PER_PLACE):
                 name = f"sflow-app-{uid}" + (f".{i}" if i else "")
                 try:
-                    fd = _open_dir(pfd, place, name)
+                    fd = _open_dir(pfd, place, name, create)
                 except _NoNewFolder as exc:
                     if str(exc) not in skipped:  # said once; a later name may exist already
                         skipped.append(str(exc))

@@ -379,6 +379,44 @@ def test_a_second_worker_of_the_service_does_not_warn_again(
     ]
 
 
+def test_a_mistake_fixed_then_back_warns_again_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, state_dir: str
+) -> None:
+    """Once per service per occurrence: a load without the mistake forgets it, so its
+    return (a later deploy, a rewritten file) warns again, once for all the workers."""
+    caplog.set_level(logging.WARNING, "sflow_app")
+    clean = {
+        "SFLOW_APP_STATE_DIR": state_dir,
+        "SFLOW_APP_NAME": "svc",
+        "SFLOW_APP_CONFIG": "/dev/null",
+    }
+    broken = {**clean, "SFLOW_APP_SAMPLNG": "5"}
+    typo = "sflow_app: unknown variable SFLOW_APP_SAMPLNG ignored; did you mean SFLOW_APP_SAMPLING?"
+    for env in (broken, broken, clean, clean, broken, broken):  # workers of three deploys
+        Agent(autostart=False, env=env).reload()
+    assert _warnings(caplog) == [typo, typo]
+    # Within one process too: its config file broken, fixed, broken again.
+    caplog.clear()
+    path = tmp_path / "hsflowd.auto"
+    agent = Agent(autostart=False, env={**clean, "SFLOW_APP_CONFIG": str(path)})
+    for agent_ip in ("eth0", "127.0.0.1", "eth0", "eth0"):
+        write_auto(path, 6343, agent_ip=agent_ip)
+        agent.reload()
+    bad_line = f"sflow_app: {path}: line 9: agentip ignored: 'eth0' is not an IPv4 or IPv6 address"
+    assert [w for w in _warnings(caplog) if "line 9" in w] == [bad_line, bad_line]
+    # A warning that is no configuration mistake stays once per run of the service.
+    caplog.clear()
+    agent.warn_service("not a mistake of the configuration")
+    Agent(autostart=False, env=clean).reload()
+    Agent(autostart=False, env=clean).warn_service("not a mistake of the configuration")
+    assert len(_warnings(caplog)) == 1
+    # Looking for mistakes to forget makes nothing where nothing was ever warned.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    Agent(autostart=False, env={**clean, "SFLOW_APP_STATE_DIR": str(fresh)}).reload()
+    assert list(fresh.iterdir()) == []
+
+
 def up(port: int) -> bool:
     import httpx
 
