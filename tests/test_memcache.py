@@ -306,6 +306,25 @@ def test_fetch_commands_and_outcomes(instrumented, collector, server) -> None:
     )
 
 
+@pytest.mark.parametrize("cls", [Client, "OtherSignatures"])
+def test_calls_that_send_nothing_are_no_operations(agent, collector, server, cls: Any) -> None:
+    """set_many({}) sends no command (pymemcache writes nothing, reads no reply), as
+    get_many([]) and delete_many([]) do: no operation, no candidate for sampling."""
+    agent(sampling=1, polling=1)
+    cls = OtherSignatures if cls == "OtherSignatures" else cls  # generic replacements too
+    c = sfm.wrap(keep(cls(server.server, default_noreply=False)))
+    assert c.set_many({}) == []
+    assert c.set_many({}, noreply=True) == []
+    assert c.get_many([]) == {}
+    assert c.gets_many([]) == {}
+    assert c.delete_many([]) is True
+    assert c.get("a") is None
+    flush(collector)
+    got = check_ops(collector, [op(Cmd.GET, "a", 1, 0, Status.NOT_FOUND)])
+    assert got[0][0].sample_pool == 1  # the get was the first candidate
+    assert counters(collector) == expected_counters(get_misses=1, total_connections=1)
+
+
 def test_delete_incr_decr_touch(instrumented, collector, server) -> None:
     c = client(server)
     c.set_many({"d1": b"x", "d2": b"y", "n": b"10"})

@@ -256,6 +256,8 @@ def _store_method(original: Callable[..., Any]) -> Callable[..., Any]:
         flags: Any = None,
         cas: Any = None,
     ) -> Any:
+        if not values:  # set_many({}): nothing is sent, so no operation (as get_many([]))
+            return original(self, name, values, expire, noreply, flags, cas)
         n = next(STATE.pool)
         if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(
@@ -343,9 +345,11 @@ def _misc_method(original: Callable[..., Any]) -> Callable[..., Any]:
 def _generic_method(kind: Kind, original: Callable[..., Any]) -> Callable[..., Any]:
     """Any other signature (another pymemcache version, a subclass): the same, as a wrapt
     FunctionWrapper (arguments as they come; ``_arg`` reads them by position or name)."""
-    ok = kind.ok
+    ok, idle = kind.ok, kind.idle
 
     def method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if idle(args, kwargs):
+            return wrapped(*args, **kwargs)
         n = next(STATE.pool)
         if n >= STATE.sampler.next_at and (rate := STATE.due(n)):
             return sampled(kind, wrapped, instance, args, kwargs, (n, rate))

@@ -423,20 +423,32 @@ def _misc_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int
     return 0, 0
 
 
+def _never_idle(args: Any, kwargs: Any) -> bool:
+    return False
+
+
+def _store_idle(args: Any, kwargs: Any) -> bool:
+    return not _arg(args, kwargs, 1, "values", None)
+
+
 class Kind:
     """ok/err count an outcome and return its status; describe gives (cmd, key, nkeys);
     sizes gives (read, written) value bytes for clients with the default serde, or always
-    when the values do not go through the serde (``serde`` False: _misc_cmd)."""
+    when the values do not go through the serde (``serde`` False: _misc_cmd); idle is true
+    of a call that sends no command (set_many({})): no operation."""
 
-    __slots__ = ("describe", "err", "ok", "serde", "sizes")
+    __slots__ = ("describe", "err", "idle", "ok", "serde", "sizes")
 
-    def __init__(self, ok: Any, err: Any, describe: Any, sizes: Any, serde: bool) -> None:
+    def __init__(
+        self, ok: Any, err: Any, describe: Any, sizes: Any, serde: bool, idle: Any = _never_idle
+    ) -> None:
         self.ok, self.err, self.describe, self.sizes = ok, err, describe, sizes
         self.serde = serde
+        self.idle = idle
 
 
 FETCH = Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes, True)
-STORE = Kind(store_ok, _store_err, _store_describe, _store_sizes, True)
+STORE = Kind(store_ok, _store_err, _store_describe, _store_sizes, True, _store_idle)
 MISC = Kind(misc_ok, _misc_err, _misc_describe, _misc_sizes, False)
 
 
