@@ -832,6 +832,57 @@ def test_a_key_asked_twice_is_two_hits(agent, collector, server, sampling: int, 
     )
 
 
+@pytest.mark.parametrize("generic", [False, True], ids=["client", "other-signatures"])
+@pytest.mark.parametrize("serde", [None, pickle_serde], ids=["default-serde", "pickle"])
+@pytest.mark.parametrize("sampling", [1, 0])
+def test_str_and_bytes_of_one_key_are_two_hits(
+    agent, collector, server, sampling: int, serde: Any, generic: bool
+) -> None:
+    """The str "a" and the bytes b"a" are one key on the wire: memcached answers (and counts)
+    it twice, while pymemcache's result holds it once, under one of the two. Ours count as
+    the server's."""
+    agent(sampling=sampling, polling=1)
+    sfm.instrument()
+    try:
+        if generic:  # the generic (wrapt) replacements, by wrap()
+            sfm.uninstrument()
+            c = OtherSignatures(server.server, default_noreply=False, serde=serde, key_prefix=b"p:")
+            c = sfm.wrap(keep(c))
+        else:
+            c = client(server, serde=serde, key_prefix=b"p:")
+        c.set("a", b"xyz")
+        size = len(c.serde.serialize("a", b"xyz")[0])
+        before = c.stats()
+        assert c.get_many(["a", b"a", "nope"]) == {b"a": b"xyz"}
+        assert c.gets_many([b"a", "a"])["a"][0] == b"xyz"
+        after = c.stats()
+    finally:
+        sfm.uninstrument()
+    assert after[b"get_hits"] - before[b"get_hits"] == 4
+    assert after[b"get_misses"] - before[b"get_misses"] == 1
+    flush(collector)
+    if sampling:
+        check_ops(
+            collector,
+            [
+                op(Cmd.SET, "p:a", 1, size, Status.STORED),
+                op(Cmd.STATS, "", 0, 0, Status.OK),
+                op(Cmd.GET, "p:a", 3, 2 * size, Status.OK),
+                op(Cmd.GETS, "p:a", 2, 2 * size, Status.OK),
+                op(Cmd.STATS, "", 0, 0, Status.OK),
+            ],
+        )
+    assert counters(collector) == expected_counters(
+        cmd_set=1,
+        total_items=1,
+        get_hits=4,
+        get_misses=1,
+        total_connections=1,
+        bytes_written=size,
+        bytes_read=4 * size,
+    )
+
+
 # ------------------------------------------------------------------ counters & sampling
 
 
