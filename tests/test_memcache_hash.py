@@ -433,3 +433,34 @@ def test_no_server_left_is_one_error_operation(agent, collector, pair) -> None:
     ]
     assert all(sock is None for _, sock in got)
     assert counter_values(collector) == {"cmd_set": 1}
+
+
+def test_wrap_hash_client_calls_the_class_methods_as_they_are_now(
+    agent, pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library that patches HashClient's and Client's commands after wrap() (as
+    OpenTelemetry patches Client's) sees a wrapped HashClient's calls; its patch removed,
+    it sees them no more."""
+    agent(sampling=0)
+    hashed = sfm.wrap(keep(HashClient([s.server for s in pair], default_noreply=False)))
+    hashed.set("k", b"1")  # its Clients exist now: wrap()'s subclass
+    seen: list[str] = []
+
+    def patched(cls: type, name: str) -> None:
+        inner = getattr(cls, name)
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(f"{cls.__name__}.{name}")
+            return inner(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, method)
+
+    patched(HashClient, "get_many")
+    patched(Client, "delete")
+    assert hashed.get_many(["k"]) == {"k": b"1"}
+    assert hashed.delete("k") is True
+    assert seen == ["HashClient.get_many", "Client.delete"]
+    monkeypatch.undo()
+    hashed.get_many(["k"])
+    hashed.delete("k")
+    assert len(seen) == 2

@@ -191,3 +191,53 @@ def test_refusals_through_an_alias_are_recorded(
         if isinstance(r, MemcacheOperation)
     ]
     assert got == [(MemcacheCmd.DELETE, "bad key", 1, MemcacheStatus.CLIENT_ERROR)] * 2
+
+
+def every_command(c: Client) -> None:
+    """Each command OpenTelemetry traces, the ones sflow_app guards included."""
+    c.set("k", b"1")
+    c.set_many({"n": b"1"})
+    c.add("a", b"1")
+    _, token = c.gets("k")
+    c.cas("k", b"2", token)
+    c.get("k")
+    c.get_many(["k", "n"])
+    c.incr("n", 1)
+    c.decr("n", 1)
+    c.touch("k")
+    c.delete("k")
+    c.delete_many(["n"])
+    c.flush_all()
+
+
+@pytest.mark.parametrize("otel_first", [False, True], ids=["wrap-first", "otel-first"])
+def test_wrap_follows_opentelemetry_added_or_removed_later(
+    agent, server, otel: Any, otel_first: bool
+) -> None:
+    """wrap() does not freeze the class's public commands as they were: OpenTelemetry
+    installed after it traces every command of a wrapped client, as of any other; removed
+    after it, it traces none."""
+    agent(sampling=0)
+    instrumentor, spans, provider = otel
+    if otel_first:
+        instrumentor.instrument(tracer_provider=provider)
+    wrapped = sfm.wrap(keep(Client(server.server, default_noreply=False)))
+    if otel_first:
+        instrumentor.uninstrument()
+    else:
+        instrumentor.instrument(tracer_provider=provider)
+    other = keep(Client(server.server, default_noreply=False))  # never wrapped
+    every_command(other)
+    expected = sorted(s.name for s in spans.get_finished_spans())
+    spans.clear()
+    every_command(wrapped)
+    assert sorted(s.name for s in spans.get_finished_spans()) == expected
+    assert len(expected) == (0 if otel_first else 13)
+    counts = dict(
+        zip(
+            AGENT.memcache_source().counters.names,
+            AGENT.memcache_source().counters.snapshot(),
+            strict=True,
+        )
+    )
+    assert counts["cmd_touch"] == counts["cmd_flush"] == counts["decr_hits"] == 1

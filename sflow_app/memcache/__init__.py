@@ -215,7 +215,7 @@ def _subclass(cls: type, policy: KeyPolicy) -> type:
             "__doc__": cls.__doc__,
             "_sflow_wrapped": True,
             "_sflow_keys": policy,
-            **methods_for(cls),
+            **methods_for(cls, live=True),
         }
         sub = _subclasses[(cls, policy)] = type(cls.__name__, (cls,), namespace)
     return sub

@@ -375,39 +375,48 @@ def _generic_method(kind: Kind, original: Callable[..., Any]) -> Callable[..., A
 
 
 def _guard_method(
-    describe: Describe, endpoint: Any, original: Callable[..., Any]
+    describe: Describe, endpoint: Any, original: Callable[..., Any], live: Any = None
 ) -> Callable[..., Any]:
     """``original`` recording the operations it refuses (MemcacheIllegalInputError) once:
     an exception already recorded further in (a Client under a HashClient, a round trip
-    method) is marked ``_sflow_seen``."""
-    call = original if type(original) is FunctionType else _bound_call(original)
+    method) is marked ``_sflow_seen``. ``live``: (class, name) whose method to call as it
+    is at each call rather than ``original`` (see ``_current``)."""
+    # A HashClient's also fails when no server is left ("All servers seem to be down").
+    errors = MemcacheError if endpoint is False else MemcacheIllegalInputError
 
-    if endpoint is False:  # a HashClient's: it also fails when no server is left
+    def refused(self: Any, exc: Any, args: Any, kwargs: Any) -> None:
+        if not getattr(exc, "_sflow_seen", False):
+            exc._sflow_seen = True
+            status = CLIENT_ERROR if isinstance(exc, MemcacheIllegalInputError) else ERROR
+            _rejected(self, describe, args, kwargs, endpoint, status)
 
-        def hash_guard(self: Any, *args: Any, **kwargs: Any) -> Any:
+    if live is None:
+        call = original if type(original) is FunctionType else _bound_call(original)
+
+        def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 return call(self, *args, **kwargs)
-            except MemcacheError as exc:
-                if not getattr(exc, "_sflow_seen", False):
-                    exc._sflow_seen = True
-                    status = (
-                        CLIENT_ERROR if isinstance(exc, MemcacheIllegalInputError) else ERROR
-                    )  # "All servers seem to be down right now"
-                    _rejected(self, describe, args, kwargs, endpoint, status)
+            except errors as exc:
+                refused(self, exc, args, kwargs)
                 raise
 
-        return _method(hash_guard, original)
+        return _method(guard, original)
 
-    def guard(self: Any, *args: Any, **kwargs: Any) -> Any:
+    cls, name = live
+    current = _current(cls, name, original)
+
+    def live_guard(self: Any, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(cls, name, original)  # the class's attribute cache: fast
         try:
-            return call(self, *args, **kwargs)
-        except MemcacheIllegalInputError as exc:
-            if not getattr(exc, "_sflow_seen", False):
-                exc._sflow_seen = True
-                _rejected(self, describe, args, kwargs, endpoint)
+            if type(method) is FunctionType:  # a function, as the class holds it
+                return method(self, *args, **kwargs)
+            # Another kind (a wrapt wrapper): what the class holds, bound to the client.
+            return current().__get__(self, type(self))(*args, **kwargs)
+        except errors as exc:
+            refused(self, exc, args, kwargs)
             raise
 
-    return _method(guard, original)
+    return _method(live_guard, original)
 
 
 def _bound_call(original: Any) -> Callable[..., Any]:
@@ -418,6 +427,23 @@ def _bound_call(original: Any) -> Callable[..., Any]:
         return original.__get__(self, type(self))(*args, **kwargs)
 
     return call
+
+
+def _current(cls: type, name: str, original: Any) -> Callable[[], Any]:
+    """What ``cls`` inherits under ``name`` now (``original`` if it is gone). wrap()'s
+    subclass overrides the class's public commands, yet a library that wraps one after
+    wrap() (OpenTelemetry) must still see the wrapped clients' calls, and one that removes
+    its wrapper must no longer be called: the guards look the method up at each call."""
+    namespaces = [vars(klass) for klass in cls.__mro__]  # live views
+
+    def current() -> Any:
+        for namespace in namespaces:
+            method = namespace.get(name)
+            if method is not None:
+                return method
+        return original
+
+    return current
 
 
 def _rejected(
@@ -471,9 +497,11 @@ _FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
 }
 
 
-def methods_for(cls: type, through: bool = False) -> dict[str, Any]:
+def methods_for(cls: type, through: bool = False, live: bool = False) -> dict[str, Any]:
     """name -> instrumented replacement of what ``cls`` (a Client or a HashClient) has under
-    that name (aliases too); ``through``: of what other libraries' wrapt wrappers wrap."""
+    that name (aliases too); ``through``: of what other libraries' wrapt wrappers wrap;
+    ``live``: for a subclass of ``cls``, whose public commands call ``cls``'s as they are
+    when called (another library may wrap them later)."""
     if issubclass(cls, HashClient):
         factories: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
         guarded, endpoint = HASH_GUARDED, False  # refused before a server was chosen
@@ -496,7 +524,8 @@ def methods_for(cls: type, through: bool = False) -> dict[str, Any]:
             # delete_multi = delete_many, bound at class creation; another library may
             # have wrapped one name and not the other (OpenTelemetry: delete_many only).
             if other is fn or _innermost(other) is core:
-                out[alias] = _guard_method(describe, endpoint, other)
+                where = (cls, alias) if live else None
+                out[alias] = _guard_method(describe, endpoint, other, where)
     return out
 
 
