@@ -1234,6 +1234,49 @@ class OtherSignatures(Client):
         return super()._misc_cmd(cmds, cmd_name, noreply, end_tokens)
 
 
+class Overrides(Client):
+    """A subclass that overrides the methods sflow_app instruments, with pymemcache 4's
+    signatures, and calls pymemcache's."""
+
+    def _connect(self) -> None:
+        super()._connect()
+
+    def _fetch_cmd(self, name: Any, keys: Any, expect_cas: Any, key_prefix: Any = b"") -> Any:
+        return super()._fetch_cmd(name, keys, expect_cas, key_prefix)
+
+    def _store_cmd(
+        self, name: Any, values: Any, expire: Any, noreply: Any, flags: Any = None, cas: Any = None
+    ) -> Any:
+        return super()._store_cmd(name, values, expire, noreply, flags, cas)
+
+    def _misc_cmd(self, cmds: Any, cmd_name: Any, noreply: Any, end_tokens: Any = None) -> Any:
+        return super()._misc_cmd(cmds, cmd_name, noreply, end_tokens)
+
+
+@pytest.mark.parametrize("cls", [Overrides, "OtherSignatures"])
+@pytest.mark.parametrize("sampling", [1, 0])
+def test_wrapped_overrides_count_once_under_instrument(
+    agent, collector, server, sampling: int, cls: Any
+) -> None:
+    """A subclass's overrides call pymemcache's methods: given to wrap() and covered by
+    instrument() too, each operation (and connection) is still counted and sampled once,
+    and an instance of that subclass that is not wrapped too."""
+    agent(sampling=sampling, polling=1)
+    cls = OtherSignatures if cls == "OtherSignatures" else cls
+    wrapped = sfm.wrap(keep(cls(server.server, default_noreply=False)))
+    sfm.instrument()
+    try:
+        workload(wrapped)
+        workload(keep(cls(server.server, default_noreply=False)))
+    finally:
+        sfm.uninstrument()
+    flush(collector)
+    assert counters(collector) == expected_counters(
+        **{k: 2 * v for k, v in WORKLOAD_COUNTERS.items()}
+    )
+    assert len(operations(collector)) == (2 * 16 if sampling else 0)
+
+
 @pytest.mark.parametrize("serde", [None, pickle_serde], ids=["default-serde", "pickle"])
 @pytest.mark.parametrize("sampling", [1, 0])
 def test_other_signatures_are_instrumented_by_wrapt(

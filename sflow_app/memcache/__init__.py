@@ -76,8 +76,9 @@ def instrument(*, keys: KeyMode = "plain", secret: bytes | str | None = None) ->
             )
             return
         STATE.bind(AGENT.memcache_source(), class_policy=policy)
+        wrapped = tuple(_subclasses.values())  # wrap() before: they count their own
         for cls in (Client, HashClient):
-            for name, method in methods_for(cls, through=True).items():
+            for name, method in methods_for(cls, through=True, counted=wrapped).items():
                 current = cls.__dict__.get(name, _MISSING)
                 proxy = _deepest_proxy(current)
                 if proxy is None:

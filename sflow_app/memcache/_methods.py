@@ -497,17 +497,29 @@ _FACTORIES: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
 }
 
 
-def methods_for(cls: type, through: bool = False, live: bool = False) -> dict[str, Any]:
+def methods_for(
+    cls: type,
+    through: bool = False,
+    live: bool = False,
+    counted: tuple[type, ...] = (),
+) -> dict[str, Any]:
     """name -> instrumented replacement of what ``cls`` (a Client or a HashClient) has under
     that name (aliases too); ``through``: of what other libraries' wrapt wrappers wrap;
     ``live``: for a subclass of ``cls``, whose public commands call ``cls``'s as they are
-    when called (another library may wrap them later)."""
+    when called (another library may wrap them later); ``counted``: wrap()'s subclasses,
+    whose own round trips count theirs."""
     if issubclass(cls, HashClient):
         factories: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
         guarded, endpoint = HASH_GUARDED, False  # refused before a server was chosen
     else:
         factories, guarded, endpoint = _FACTORIES, GUARDED, None
-    out = {name: factory(_original(cls, name, through)) for name, factory in factories.items()}
+    out = {}
+    for name, factory in factories.items():
+        original = _original(cls, name, through)
+        out[name] = factory(original)
+        overriding = frozenset(sub for sub in counted if _overrides(sub, cls, name))
+        if overriding:
+            out[name] = _passing(out[name], original, overriding)
     functions = {}
     for name in dir(cls):
         if not name.startswith("__"):
@@ -527,6 +539,29 @@ def methods_for(cls: type, through: bool = False, live: bool = False) -> dict[st
                 where = (cls, alias) if live else None
                 out[alias] = _guard_method(describe, endpoint, other, where)
     return out
+
+
+def _overrides(sub: type, cls: type, name: str) -> bool:
+    """A class between wrap()'s subclass ``sub`` and ``cls`` defines ``name``: its method
+    may call ``cls``'s (super()), which ``sub``'s replacement already counted."""
+    if not issubclass(sub, cls):
+        return False
+    mro = sub.__mro__
+    return any(name in vars(klass) for klass in mro[1 : mro.index(cls)])
+
+
+def _passing(method: Any, original: Any, counted: frozenset[type]) -> Callable[..., Any]:
+    """``method`` (instrument()'s), except for the instances of ``counted`` (wrap()'s
+    subclasses that override it): their own replacement counted the operation already.
+    Installed only when such a subclass exists, so instrument()'s path is as it was."""
+
+    def passing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        use = original if self.__class__ in counted else method
+        if type(use) is FunctionType:
+            return use(self, *args, **kwargs)
+        return use.__get__(self, type(self))(*args, **kwargs)
+
+    return _method(passing, original)
 
 
 def _innermost(fn: Any) -> Any:
