@@ -639,6 +639,61 @@ def test_rejected_before_sending(instrumented, collector, server) -> None:
     )
 
 
+@pytest.mark.parametrize("sampling", [1, 0])
+@pytest.mark.parametrize("key", [5, None, 2.5], ids=["int", "None", "float"])
+def test_a_key_of_no_key_type_is_refused_alike_by_every_command(
+    agent, collector, server, sampling: int, key: Any
+) -> None:
+    """pymemcache sends str and bytes keys; any other (an int, None) fails its key check
+    with a TypeError before anything is sent. Every command records that as a refusal:
+    CLIENT_ERROR, uS 0, the key as str(key), counted as a refused command is."""
+    agent(sampling=sampling, polling=1)
+    c = sfm.wrap(client(server))
+    c.set("ok", b"1")
+    shown = str(key)
+    calls = [
+        (lambda: c.get(key), op(Cmd.GET, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.gets(key), op(Cmd.GETS, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.get_many(["ok", key]), op(Cmd.GET, "ok", 2, 0, Status.CLIENT_ERROR)),
+        (lambda: c.set(key, b"v"), op(Cmd.SET, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.add(key, b"v"), op(Cmd.ADD, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.set_many({key: b"v"}), op(Cmd.SET, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.cas(key, b"v", 1), op(Cmd.CAS, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.delete(key), op(Cmd.DELETE, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.delete_many([key]), op(Cmd.DELETE, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.incr(key, 1), op(Cmd.INCR, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.decr(key, 1), op(Cmd.DECR, shown, 1, 0, Status.CLIENT_ERROR)),
+        (lambda: c.touch(key), op(Cmd.TOUCH, shown, 1, 0, Status.CLIENT_ERROR)),
+    ]
+    for call, _ in calls:
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(TypeError):
+        c.delete()  # type: ignore[call-arg]  # a wrong call, not a refused key: no operation
+    assert c.get("ok") == b"1"
+    flush(collector)
+    if sampling:
+        got = check_ops(
+            collector,
+            [
+                op(Cmd.SET, "ok", 1, 1, Status.STORED),
+                *(e for _, e in calls),
+                op(Cmd.GET, "ok", 1, 1, Status.OK),
+            ],
+            round_trip=False,
+        )
+        assert all(o.uS == 0 for _, o, _ in got[1:-1])  # nothing was sent
+    assert counters(collector) == expected_counters(
+        cmd_set=1 + 4,
+        cmd_touch=1,
+        total_items=1,
+        get_hits=1,
+        total_connections=1,
+        bytes_written=1,
+        bytes_read=1,
+    )
+
+
 def test_connection_refused_and_server_gone(instrumented, collector) -> None:
     port = free_port()
     c = keep(Client(("127.0.0.1", port), default_noreply=False))

@@ -464,3 +464,38 @@ def test_wrap_hash_client_calls_the_class_methods_as_they_are_now(
     hashed.get_many(["k"])
     hashed.delete("k")
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("how", ["instrument", "wrap"])
+@pytest.mark.parametrize("target", ["client", "hash", "hash-pooled"])
+def test_a_key_of_no_key_type_is_a_refusal_for_every_client(
+    agent, collector, pair, target: str, how: str
+) -> None:
+    """An int key fails pymemcache's key check with a TypeError before anything is sent,
+    in a HashClient as in a Client: one CLIENT_ERROR operation each, counted as a refusal."""
+    agent(sampling=1, polling=1)
+    c = make_client(target, pair)
+    if how == "instrument":
+        sfm.instrument()
+    else:
+        sfm.wrap(c)
+    error = Status.CLIENT_ERROR
+    calls = [
+        (lambda: c.get(5), op(Cmd.GET, "5", 1, 0, error)),
+        (lambda: c.set(5, b"v"), op(Cmd.SET, "5", 1, 0, error)),
+        (lambda: c.delete(5), op(Cmd.DELETE, "5", 1, 0, error)),
+        (lambda: c.incr(5, 1), op(Cmd.INCR, "5", 1, 0, error)),
+        (lambda: c.touch(5), op(Cmd.TOUCH, "5", 1, 0, error)),
+        (lambda: c.get_many([5]), op(Cmd.GET, "5", 1, 0, error)),
+        (lambda: c.set_many({5: b"v"}), op(Cmd.SET, "5", 1, 0, error)),
+    ]
+    try:
+        for call, _ in calls:
+            with pytest.raises(TypeError):
+                call()
+    finally:
+        if how == "instrument":
+            sfm.uninstrument()
+    flush(collector)
+    assert [r for r, _ in operations(collector)] == [record for _, record in calls]
+    assert counter_values(collector) == {"cmd_set": 2, "cmd_touch": 1}  # nothing connected

@@ -50,21 +50,38 @@ def key_policy(keys: str, secret: bytes | str | None) -> KeyPolicy:
 # -------------------------------------------------------------------------- wire keys
 
 
+def _checked(instance: Any, key: Any, prefix: bytes) -> bytes:
+    """pymemcache's key check of ``key``: the key as sent, or its exception."""
+    check = getattr(instance, "check_key", None)
+    if check is None:  # HashClient
+        return bytes(check_key_helper(key, getattr(instance, "allow_unicode_keys", False), prefix))
+    return bytes(check(key, prefix))
+
+
 def wire_key(instance: Any, key: Any, prefix: bytes) -> bytes:
-    """The key as sent (prefix included); the raw bytes when pymemcache rejects it."""
+    """The key as sent (prefix included); the raw bytes (str(key) encoded, for a key of
+    another type) when pymemcache rejects it."""
     try:
-        check = getattr(instance, "check_key", None)
-        if check is None:  # HashClient
-            return bytes(
-                check_key_helper(key, getattr(instance, "allow_unicode_keys", False), prefix)
-            )
-        return bytes(check(key, prefix))
+        return _checked(instance, key, prefix)
     except Exception:
         if isinstance(key, str):
             key = key.encode("utf-8", "backslashreplace")
         elif not isinstance(key, bytes):
             key = str(key).encode("utf-8", "backslashreplace")
         return (prefix or b"") + bytes(key)
+
+
+def unsendable(instance: Any, keys: Any, prefix: bytes) -> bool:
+    """Some key is of no type pymemcache sends (str and bytes are; an int, None are not):
+    its key check raised a TypeError before anything was sent, a refusal."""
+    for key in keys:
+        try:
+            _checked(instance, key, prefix)
+        except TypeError:
+            return True
+        except Exception:
+            continue
+    return False
 
 
 # ------------------------------------------------------------------- value bytes

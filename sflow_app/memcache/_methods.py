@@ -30,6 +30,7 @@ from ._data import (
     attach,
     fetched_size,
     serde_proxy,
+    unsendable,
     value_size,
     wire_key,
 )
@@ -381,14 +382,20 @@ def _guard_method(
     an exception already recorded further in (a Client under a HashClient, a round trip
     method) is marked ``_sflow_seen``. ``live``: (class, name) whose method to call as it
     is at each call rather than ``original`` (see ``_current``)."""
-    # A HashClient's also fails when no server is left ("All servers seem to be down").
-    errors = MemcacheError if endpoint is False else MemcacheIllegalInputError
+    # A HashClient's also fails when no server is left ("All servers seem to be down"); a
+    # key of no type pymemcache sends fails its key check with a TypeError.
+    errors = (MemcacheError if endpoint is False else MemcacheIllegalInputError, TypeError)
 
     def refused(self: Any, exc: Any, args: Any, kwargs: Any) -> None:
-        if not getattr(exc, "_sflow_seen", False):
-            exc._sflow_seen = True
-            status = CLIENT_ERROR if isinstance(exc, MemcacheIllegalInputError) else ERROR
-            _rejected(self, describe, args, kwargs, endpoint, status)
+        if getattr(exc, "_sflow_seen", False):
+            return
+        exc._sflow_seen = True
+        if isinstance(exc, TypeError) and not _key_type_refused(
+            self, describe, original, args, kwargs
+        ):
+            return
+        refusal = isinstance(exc, (MemcacheIllegalInputError, TypeError))
+        _rejected(self, describe, args, kwargs, endpoint, CLIENT_ERROR if refusal else ERROR)
 
     if live is None:
         call = original if type(original) is FunctionType else _bound_call(original)
@@ -417,6 +424,19 @@ def _guard_method(
             raise
 
     return _method(live_guard, original)
+
+
+def _key_type_refused(
+    instance: Any, describe: Describe, original: Any, args: Any, kwargs: Any
+) -> bool:
+    """A guarded command's TypeError came from its key check (a key of no type pymemcache
+    sends), not from a wrong call (``delete()``), which is no operation."""
+    try:
+        inspect.signature(original).bind(instance, *args, **kwargs)
+        keys = describe(instance, args, kwargs)[3]
+        return unsendable(instance, keys, getattr(instance, "key_prefix", b""))
+    except Exception:
+        return False
 
 
 def _bound_call(original: Any) -> Callable[..., Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pymemcache.exceptions import (
     MemcacheClientError,
+    MemcacheIllegalInputError,
     MemcacheServerError,
     MemcacheUnexpectedCloseError,
     MemcacheUnknownCommandError,
@@ -21,7 +22,15 @@ from pymemcache.exceptions import (
 
 from .._source import MEMCACHE_COUNTERS
 from ..records import MemcacheCmd, MemcacheStatus
-from ._data import CountingSerde, NoTally, asked_hits, fetched_size, stored_size, wire_key
+from ._data import (
+    CountingSerde,
+    NoTally,
+    asked_hits,
+    fetched_size,
+    stored_size,
+    unsendable,
+    wire_key,
+)
 from ._state import STATE
 
 log = logging.getLogger("sflow_app")
@@ -208,8 +217,10 @@ def _store_err(instance: Any, args: Any, kwargs: Any, exc: BaseException) -> int
 def _store_describe(instance: Any, args: Any, kwargs: Any) -> tuple[int, bytes, int]:
     values = _arg(args, kwargs, 1, "values", {})
     cmd = _CMDS.get(_arg(args, kwargs, 0, "name", b""), OTHER)
-    first = next(iter(values), None)
-    key = b"" if first is None else wire_key(instance, first, instance.key_prefix)
+    key = b""
+    for first in values:  # the first key, whatever it is (None too)
+        key = wire_key(instance, first, instance.key_prefix)
+        break
     return cmd, key, len(values)
 
 
@@ -423,6 +434,20 @@ def _misc_sizes(instance: Any, args: Any, kwargs: Any, result: Any) -> tuple[int
     return 0, 0
 
 
+def _fetch_keys(instance: Any, args: Any, kwargs: Any) -> tuple[Any, bytes]:
+    if _arg(args, kwargs, 0, "name") not in _FETCH_KEYED:
+        return (), b""
+    return _arg(args, kwargs, 1, "keys", ()), _arg(args, kwargs, 3, "key_prefix", b"")
+
+
+def _store_keys(instance: Any, args: Any, kwargs: Any) -> tuple[Any, bytes]:
+    return _arg(args, kwargs, 1, "values", {}), getattr(instance, "key_prefix", b"")
+
+
+def _no_keys(instance: Any, args: Any, kwargs: Any) -> tuple[Any, bytes]:
+    return (), b""  # _misc_cmd gets command lines: the keys in them were checked
+
+
 def _never_idle(args: Any, kwargs: Any) -> bool:
     return False
 
@@ -435,21 +460,30 @@ class Kind:
     """ok/err count an outcome and return its status; describe gives (cmd, key, nkeys);
     sizes gives (read, written) value bytes for clients with the default serde, or always
     when the values do not go through the serde (``serde`` False: _misc_cmd); idle is true
-    of a call that sends no command (set_many({})): no operation."""
+    of a call that sends no command (set_many({})): no operation; keys gives (the keys the
+    round trip checks, their prefix)."""
 
-    __slots__ = ("describe", "err", "idle", "ok", "serde", "sizes")
+    __slots__ = ("describe", "err", "idle", "keys", "ok", "serde", "sizes")
 
     def __init__(
-        self, ok: Any, err: Any, describe: Any, sizes: Any, serde: bool, idle: Any = _never_idle
+        self,
+        ok: Any,
+        err: Any,
+        describe: Any,
+        sizes: Any,
+        serde: bool,
+        keys: Any,
+        idle: Any = _never_idle,
     ) -> None:
         self.ok, self.err, self.describe, self.sizes = ok, err, describe, sizes
         self.serde = serde
+        self.keys = keys
         self.idle = idle
 
 
-FETCH = Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes, True)
-STORE = Kind(store_ok, _store_err, _store_describe, _store_sizes, True, _store_idle)
-MISC = Kind(misc_ok, _misc_err, _misc_describe, _misc_sizes, False)
+FETCH = Kind(_fetch_ok, _fetch_err, _fetch_describe, _fetch_sizes, True, _fetch_keys)
+STORE = Kind(store_ok, _store_err, _store_describe, _store_sizes, True, _store_keys, _store_idle)
+MISC = Kind(misc_ok, _misc_err, _misc_describe, _misc_sizes, False, _no_keys)
 
 
 def moved(
@@ -468,10 +502,20 @@ def failed(kind: Kind, instance: Any, args: Any, kwargs: Any, exc: BaseException
     except Exception:
         pass
     try:
-        return int(kind.err(instance, args, kwargs, exc))
+        status = int(kind.err(instance, args, kwargs, exc))
+        if isinstance(exc, TypeError) and unsendable(instance, *kind.keys(instance, args, kwargs)):
+            exc._sflow_refused = True  # type: ignore[attr-defined]  # see refused()
+            return CLIENT_ERROR
+        return status
     except Exception:
         log.debug("sflow_app: memcache counting failed", exc_info=True)
         return ERROR
+
+
+def refused(exc: BaseException) -> bool:
+    """pymemcache refused the operation before sending anything: an illegal key or
+    argument, or a key of no type it sends (``failed`` marked that TypeError)."""
+    return isinstance(exc, MemcacheIllegalInputError) or getattr(exc, "_sflow_refused", False)
 
 
 # ---------------------------------------------------------------------------- refusals

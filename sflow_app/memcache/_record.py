@@ -13,11 +13,9 @@ import weakref
 from time import perf_counter_ns
 from typing import Any
 
-from pymemcache.exceptions import MemcacheIllegalInputError
-
 from ..records import MemcacheOperation, MemcacheProtocol, socket_record
 from ._data import NoTally, serde_proxy
-from ._outcomes import BYTES_READ, BYTES_WRITTEN, UNKNOWN, Kind, failed, moved
+from ._outcomes import BYTES_READ, BYTES_WRITTEN, UNKNOWN, Kind, failed, moved, refused
 from ._state import STATE
 
 log = logging.getLogger("sflow_app")
@@ -116,7 +114,7 @@ def sampled(
             latest = instance.__dict__.get("_sflow_endpoint")
             if latest is not None and latest is not connected:
                 endpoint = latest[1]
-        if isinstance(exc, MemcacheIllegalInputError):  # refused before sending
+        if refused(exc):  # refused before sending
             proxy, ns = NoTally(), 0  # no round trip: nothing was sent
         _finish(kind, instance, args, kwargs, taken, status, ns, proxy, None, endpoint)
         raise
