@@ -349,7 +349,7 @@ def _generic_method(kind: Kind, original: Callable[..., Any]) -> Callable[..., A
     ok, idle = kind.ok, kind.idle
 
     def method(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if idle(args, kwargs):
+        if idle is not None and idle(args, kwargs):
             return wrapped(*args, **kwargs)
         n = next(STATE.pool)
         if n >= STATE.sampler.next_at and (rate := STATE.due(n)):

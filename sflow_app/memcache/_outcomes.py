@@ -448,10 +448,6 @@ def _no_keys(instance: Any, args: Any, kwargs: Any) -> tuple[Any, bytes]:
     return (), b""  # _misc_cmd gets command lines: the keys in them were checked
 
 
-def _never_idle(args: Any, kwargs: Any) -> bool:
-    return False
-
-
 def _store_idle(args: Any, kwargs: Any) -> bool:
     return not _arg(args, kwargs, 1, "values", None)
 
@@ -459,8 +455,9 @@ def _store_idle(args: Any, kwargs: Any) -> bool:
 class Kind:
     """ok/err count an outcome and return its status; describe gives (cmd, key, nkeys);
     sizes gives (read, written) value bytes for clients with the default serde, or always
-    when the values do not go through the serde (``serde`` False: _misc_cmd); idle is true
-    of a call that sends no command (set_many({})): no operation; keys gives (the keys the
+    when the values do not go through the serde (``serde`` False: _misc_cmd); idle (None
+    for kinds where there is none) is true of a call that sends no command (set_many({})):
+    no operation; keys gives (the keys the
     round trip checks, their prefix)."""
 
     __slots__ = ("describe", "err", "idle", "keys", "ok", "serde", "sizes")
@@ -473,7 +470,7 @@ class Kind:
         sizes: Any,
         serde: bool,
         keys: Any,
-        idle: Any = _never_idle,
+        idle: Any = None,
     ) -> None:
         self.ok, self.err, self.describe, self.sizes = ok, err, describe, sizes
         self.serde = serde
