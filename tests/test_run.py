@@ -396,15 +396,42 @@ def test_sigterm_to_the_run_process_stops_the_server(collector: Collector, tmp: 
         server.stop()
 
 
-def test_exit_status_and_usage() -> None:
-    def sflow_app_run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sflow_app", "run", *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+def sflow_app_run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sflow_app", "run", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
 
+
+def test_what_follows_the_command_is_the_commands() -> None:
+    """`sflow-app run --foo` and `run -x gunicorn` ended in sflow-app's top-level usage
+    error ("unrecognized arguments"), only `run -- --foo` reached run. By getopt's rule,
+    as env, nice and timeout: run's own options (-h) come first, the command and all
+    its options after."""
+    echo = [sys.executable, "-c", "import sys; print(sys.argv[1:])"]
+    ran = sflow_app_run(*echo, "--workers", "2", "-h", "--", "app:app")
+    assert (ran.returncode, ran.stdout) == (0, "['--workers', '2', '-h', '--', 'app:app']\n")
+    for args in (["--weird-cmd"], ["-x", *echo]):
+        bad = sflow_app_run(*args)
+        assert bad.returncode == 2 and bad.stdout == "", bad.stderr
+        assert bad.stderr.startswith("usage: sflow-app run [-h] [--] COMMAND"), bad.stderr
+        assert f"sflow-app run: error: unrecognized option '{args[0]}'" in bad.stderr
+        assert "goes after '--'" in bad.stderr
+    named_like_an_option = sflow_app_run("--", "--weird-cmd")
+    assert named_like_an_option.returncode == 127
+    assert "sflow-app run: --weird-cmd: command not found" in named_like_an_option.stderr
+    for args in (["-h"], ["--help", "--weird-cmd"]):
+        shown = sflow_app_run(*args)
+        assert shown.returncode == 0 and shown.stdout.startswith("usage: sflow-app run ")
+    for args in ([], ["--"]):
+        nothing = sflow_app_run(*args)
+        assert nothing.returncode == 2 and "error: no command given" in nothing.stderr
+
+
+def test_exit_status_and_usage() -> None:
     assert sflow_app_run().returncode == 2
     missing_cmd = sflow_app_run("--", "no-such-command-here")
     assert missing_cmd.returncode == 127 and "not found" in missing_cmd.stderr

@@ -46,7 +46,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # After `run` comes a command with options of its own, never sflow-app's.
+    run = argv[:1] == ["run"]
+    args = _run_cmd.parse(parser(), argv[1:]) if run else parser().parse_args(argv)
     if sys.stdout is None:  # started with stdout closed (`>&-`): output goes nowhere
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     if not utf8_output() and isinstance(sys.stdout, io.TextIOWrapper):

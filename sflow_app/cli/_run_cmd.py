@@ -1,5 +1,9 @@
 """``sflow-app run [--] COMMAND ARGS...``: run a Python service instrumented, unchanged.
 
+Everything from COMMAND on is the command's own (``sflow-app run gunicorn --workers 2
+app:app``), as with ``env``, ``nice`` or ``timeout``: ``run``'s own options (only ``-h``)
+come before it, and ``--`` ends them for a command whose name starts with ``-``.
+
 The command replaces this process (``exec``): no wrapper is left behind, signals reach
 the server directly and PID 1 in a container stays the server. What it inherits is
 ``PYTHONPATH`` with sflow_app's bootstrap folder first, whose ``sitecustomize`` (chaining
@@ -9,16 +13,19 @@ Python process started from there: gunicorn, uvicorn, uWSGI, ``python app.py``..
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sflow_app
 
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(sflow_app.__file__)), "_bootstrap")
 USAGE_ERROR, NOT_EXECUTABLE, NOT_FOUND = 2, 126, 127
+USAGE = "sflow-app run [-h] [--] COMMAND [ARGS ...]"
+HELP = ("-h", "--help")
 
 
 def add_parser(sub: Any) -> None:
@@ -30,14 +37,44 @@ def add_parser(sub: Any) -> None:
             "instrumenting the Python processes it starts: Flask, Django, Starlette/FastAPI, "
             "any WSGI or ASGI application a server loads, and pymemcache. The command "
             "replaces this process; its exit status is the command's own (127: not found, "
-            "or its #! interpreter not found; 126: not executable; 2: no command). "
+            "or its #! interpreter not found; 126: not executable; 2: no command, or an "
+            "option before it that run does not have). Everything from COMMAND on is the "
+            "command's own; '--' first lets through a command whose name starts with '-'. "
             "SFLOW_APP_DISABLED_INTEGRATIONS skips integrations; SFLOW_APP_DISABLE=1 turns "
             "everything off."
         ),
-        usage="sflow-app run [-h] [--] COMMAND [ARGS ...]",
+        usage=USAGE,
     )
+    # Shown by --help only: main() splits the command off before argparse sees it
+    # (argparse's "..." took `run --workers 2 app` for options of sflow-app itself).
     p.add_argument("command", nargs="...", help="the command and its arguments")
     p.set_defaults(run=run)
+
+
+def parse(parser: argparse.ArgumentParser, args: Sequence[str]) -> argparse.Namespace:
+    """``sflow-app run ARGS``: only ``-h`` goes through argparse (it prints the help and
+    exits); the command is taken as it is, and any other option is run()'s to refuse."""
+    options, command = split(args)
+    namespace = parser.parse_args(["run", *[o for o in options if o in HELP][:1]])
+    namespace.options, namespace.command = options, command
+    return namespace
+
+
+def split(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``run``'s own options and the command, by getopt's rule (as ``env``, ``nice`` and
+    ``timeout`` split theirs): the first argument that is not an option starts the
+    command; ``--`` ends the options and is dropped."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return list(args[:i]), list(args[i + 1 :])
+        if not arg.startswith("-") or arg == "-":
+            return list(args[:i]), list(args[i:])
+    return list(args), []
+
+
+def usage_error(message: str) -> int:
+    print(f"usage: {USAGE}\nsflow-app run: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
 
 
 def command_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -50,12 +87,17 @@ def command_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def run(args: Any) -> int:
+    unknown = [o for o in args.options if o not in HELP]
+    if unknown:
+        # An option of run's own that does not exist (env says the same): a typo, or a
+        # command named like an option, which `--` lets through.
+        return usage_error(
+            f"unrecognized option {unknown[0]!r}: the command comes first, its options "
+            "after it; a command whose name starts with '-' goes after '--'"
+        )
     argv = list(args.command)
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
     if not argv:
-        print("sflow-app run: no command given (sflow-app run -- COMMAND ARGS...)", file=sys.stderr)
-        return USAGE_ERROR
+        return usage_error("no command given")
     program = argv[0]
     path = program if os.sep in program else shutil.which(program)
     if path is None or not os.path.exists(path):
