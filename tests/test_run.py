@@ -21,6 +21,7 @@ import pytest
 from helpers import Collector, Server, agent_env, free_port, missing, routes
 from memcached import Memcached, running
 
+from sflow_app.cli._run_cmd import BOOTSTRAP
 from sflow_app.records import (
     HttpCounters,
     HttpRequest,
@@ -431,12 +432,40 @@ def test_what_follows_the_command_is_the_commands() -> None:
         assert nothing.returncode == 2 and "error: no command given" in nothing.stderr
 
 
-def test_exit_status_and_usage() -> None:
+def test_exit_status_and_usage(tmp: Path) -> None:
     assert sflow_app_run().returncode == 2
     missing_cmd = sflow_app_run("--", "no-such-command-here")
     assert missing_cmd.returncode == 127 and "not found" in missing_cmd.stderr
-    assert sflow_app_run("--", "/etc/hostname").returncode == 126
+    # Its own file: /etc/hostname is mode 755 on some machines (and then, having no #!
+    # line, runs with /bin/sh).
+    data = tmp / "data"
+    data.write_text("not a program\n")
+    data.chmod(0o644)
+    not_executable = sflow_app_run("--", str(data))
+    assert not_executable.returncode == 126 and "not executable" in not_executable.stderr
     assert sflow_app_run("--", sys.executable, "-c", "raise SystemExit(7)").returncode == 7
+
+
+def test_a_script_without_a_shebang_runs_with_sh(tmp: Path) -> None:
+    """A start script with no #! line failed with "Exec format error" (os.execve); env,
+    nice, timeout and the shell run it with /bin/sh, as execvp(3) does. A binary the
+    kernel refuses is not handed to sh (env's sh says "ELF: not found")."""
+    script = tmp / "serve"
+    script.write_text('echo "$0" "$@"; echo "$PYTHONPATH"; exit 7\n')
+    script.chmod(0o755)
+    ran = sflow_app_run("./serve", "a", "b c", cwd=tmp)
+    assert ran.returncode == 7, ran.stderr
+    said, path = ran.stdout.splitlines()
+    assert said == "./serve a b c"
+    assert path.split(os.pathsep)[0] == BOOTSTRAP  # what it starts is instrumented
+    binary = tmp / "other-machine"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57))  # no machine's ELF header
+    binary.chmod(0o755)
+    refused = sflow_app_run(str(binary))
+    assert refused.returncode == 126
+    assert refused.stderr == (
+        f"sflow-app run: {binary}: cannot execute binary file: Exec format error\n"
+    )
 
 
 def test_another_interpreter_ignores_the_bootstrap(tmp: Path) -> None:

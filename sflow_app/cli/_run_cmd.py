@@ -14,6 +14,7 @@ Python process started from there: gunicorn, uvicorn, uWSGI, ``python app.py``..
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import sys
@@ -26,6 +27,7 @@ BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(sflow_app.__file__)), "
 USAGE_ERROR, NOT_EXECUTABLE, NOT_FOUND = 2, 126, 127
 USAGE = "sflow-app run [-h] [--] COMMAND [ARGS ...]"
 HELP = ("-h", "--help")
+SHELL = "/bin/sh"
 
 
 def add_parser(sub: Any) -> None:
@@ -40,6 +42,7 @@ def add_parser(sub: Any) -> None:
             "or its #! interpreter not found; 126: not executable; 2: no command, or an "
             "option before it that run does not have). Everything from COMMAND on is the "
             "command's own; '--' first lets through a command whose name starts with '-'. "
+            "A script without a #! line runs with /bin/sh, as env and the shell run it. "
             "SFLOW_APP_DISABLED_INTEGRATIONS skips integrations; SFLOW_APP_DISABLE=1 turns "
             "everything off."
         ),
@@ -109,7 +112,7 @@ def run(args: Any) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(path, argv, command_env(os.environ))
+        execute(path, argv, command_env(os.environ))
     except FileNotFoundError:
         # The file is there (checked above): what is missing is what runs it. Said as
         # the shell says it, with its status, not a bare "No such file or directory".
@@ -120,6 +123,34 @@ def run(args: Any) -> int:
         )
         return NOT_FOUND
     except OSError as exc:
-        print(f"sflow-app run: {program}: {exc.strerror}", file=sys.stderr)
+        why = exc.strerror
+        if exc.errno == errno.ENOEXEC:  # what bash says of it
+            why = f"cannot execute binary file: {why}"
+        print(f"sflow-app run: {program}: {why}", file=sys.stderr)
         return NOT_EXECUTABLE
     return 0  # not reached
+
+
+def execute(path: str, argv: list[str], env: dict[str, str]) -> None:
+    """``execve``, or for a text file without a ``#!`` line, ``/bin/sh`` running it.
+
+    The kernel refuses such a file (ENOEXEC); execvp(3) (POSIX), and so ``env``, ``nice``,
+    ``timeout`` and the shell, run it with ``/bin/sh``, and start scripts written without
+    a ``#!`` line rely on it. Python's os.execvp does not: it raises "Exec format error",
+    which reads as a broken binary. A binary (a NUL in its first line, as bash judges;
+    an ELF file for another machine) is not a script: that error stands."""
+    try:
+        os.execve(path, argv, env)
+    except OSError as exc:
+        if exc.errno != errno.ENOEXEC or not _text(path):
+            raise
+    os.execve(SHELL, [SHELL, path, *argv[1:]], env)
+
+
+def _text(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:  # execute-only: /bin/sh could not read it either
+        return False
+    return b"\0" not in head.split(b"\n", 1)[0]
