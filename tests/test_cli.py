@@ -231,6 +231,59 @@ def test_listen_skips_an_undecodable_datagram() -> None:
     assert len(out.splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["listen", "top"])
+def test_a_flood_of_undecodable_datagrams_is_counted_not_printed(command: str) -> None:
+    """Each undecodable datagram printed its own stderr line: a flood of them flooded the
+    terminal. The first from a sender is explained; the rest are counted, one line a
+    second (listen) or a refresh (top) and at the end, adding up to all of them."""
+    port = free_udp_port()
+    # listen ends at its one good datagram, sent last; top (which --seconds ends at
+    # worst) at Ctrl-C once it has counted them all (Ctrl-C in the middle of one may
+    # cost that one).
+    args = ["--count", "1"] if command == "listen" else ["--interval", "0.5", "--seconds", "30"]
+    proc = start_cli(command, "--port", str(port), *args)
+    assert proc.stderr is not None
+    flood = 200  # all fit in the receive buffer unread (a few hundred bytes each)
+    counted = re.compile(rf"sflow-app {command}: ([\d,]+) more undecodable datagrams? from ")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            if command == "top":
+                s.sendto(_hot_datagrams()[0], ("127.0.0.1", port))
+            for _ in range(flood):
+                s.sendto(b"\x00\x00\x00\x05garbage", ("127.0.0.1", port))
+            if command == "listen":
+                s.sendto(_hot_datagrams()[0], ("127.0.0.1", port))
+        lines = [proc.stderr.readline()]
+        if command == "top":
+            total = 1
+            while total < flood and lines[-1]:
+                lines.append(proc.stderr.readline())
+                found = counted.match(lines[-1])
+                total += int(found[1].replace(",", "")) if found else "undecodable" in lines[-1]
+            proc.send_signal(signal.SIGINT)
+        # Through the same buffered reader (communicate() would miss what readline()
+        # read ahead); stdout holds a few snapshots at most, far less than a pipe.
+        err = "".join(lines) + proc.stderr.read()
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.communicate(timeout=60)  # and closes them
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert len(err.splitlines()) < flood // 4, err  # a line a second, not one a datagram
+    assert lines[0] == (
+        f"sflow-app {command}: undecodable datagram from 127.0.0.1 (11 bytes): agent address "
+        "type 1734439522 (unknown) (any more are counted, not shown one by one)\n"
+    )
+    reports = [counted.match(line) for line in err.splitlines()]
+    total = 1 + sum(int(found[1].replace(",", "")) for found in reports if found)
+    assert total == flood, err
+    assert all(line.endswith("from 127.0.0.1") for line in err.splitlines()[1:] if "more" in line)
+    assert "/hot" in out
+
+
 # -- top ------------------------------------------------------------------------------
 
 

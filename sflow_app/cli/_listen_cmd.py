@@ -15,7 +15,15 @@ from typing import Any
 
 from ..decode import DecodeError, decode, ip6_full, to_sflowtool
 from ._escape import utf8_output
-from ._receive import DEFAULT_BIND, DEFAULT_PORT, BindError, dropped, open_socket, receive
+from ._receive import (
+    DEFAULT_BIND,
+    DEFAULT_PORT,
+    BindError,
+    Undecodable,
+    dropped,
+    open_socket,
+    receive,
+)
 from .render import plural, sample_lines
 
 
@@ -95,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = sys.stdout
     ascii_only = not utf8_output()
-    undecodable = 0
+    undecodable = Undecodable("listen")
 
     def handle(data: bytes, source_ip: str, when: float) -> bool:
-        nonlocal undecodable
         try:
             if args.json:
                 line = json.dumps(
@@ -109,13 +116,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 line = "\n".join(sample_lines(decode(data), source_ip))
         except DecodeError as exc:
-            undecodable += 1
-            print(
-                f"sflow-app listen: undecodable datagram from {source_ip} "
-                f"({len(data)} bytes): {exc}",
-                file=sys.stderr,
-                flush=True,
-            )
+            undecodable.add(source_ip, len(data), exc)
             return False
         if line:
             out.write(line + "\n")
@@ -130,9 +131,10 @@ def run(args: argparse.Namespace) -> int:
     )
     reported = 0
 
-    def report_drops(_: float = 0.0) -> None:
-        # Checked once a second: a listener that fell behind must not flood stderr too.
+    def report(_: float = 0.0) -> None:
+        # Once a second: a flood of either must not flood stderr too.
         nonlocal reported
+        undecodable.report()
         total = dropped(sock) or 0
         if total > reported:
             reported = total
@@ -145,17 +147,17 @@ def run(args: argparse.Namespace) -> int:
 
     with sock:
         try:
-            got = receive(sock, handle, count=args.count, seconds=args.seconds, tick=report_drops)
+            got = receive(sock, handle, count=args.count, seconds=args.seconds, tick=report)
         except KeyboardInterrupt:
-            report_drops()
+            report()
             return 0
-        report_drops()
+        report()
     if got or (args.count is None and args.seconds is None):
         return 0
     where = f"udp {args.bind} port {args.port}"
-    if undecodable:  # something is sending here: say so, not "nothing arrived"
+    if undecodable.total:  # something is sending here: say so, not "nothing arrived"
         why = (
-            f"{plural(undecodable, 'datagram')} arrived on {where} but none could be decoded "
+            f"{plural(undecodable.total, 'datagram')} arrived on {where} but none could be decoded "
             "(see above); is an sFlow v5 agent sending here?"
         )
     else:

@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 DEFAULT_PORT = 6343
@@ -129,3 +130,52 @@ def receive(
             next_tick = time.monotonic() + tick_every
             tick(time.monotonic() - start)
     return handled
+
+
+class Undecodable:
+    """Datagrams that are not sFlow, said on stderr without flooding it: the first from a
+    sender explained (its size, what was wrong), the rest counted, and each report() says
+    in one line how many more came since the last (listen: once a second; top: at each
+    refresh; both at the end). A flood is one line a second, and no datagram uncounted."""
+
+    EXPLAINED = 5  # senders whose first one is explained; any others are only counted
+    NAMED = 1000  # senders counted by address between two reports (a spoofed flood)
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.total = 0
+        self.explained: set[str] = set()
+        self.pending = 0  # since the last report, not explained
+        self.senders: Counter[str] = Counter()  # of those, per sender (NAMED at most)
+
+    def add(self, source_ip: str, size: int, error: Exception) -> None:
+        self.total += 1
+        if source_ip not in self.explained and len(self.explained) < self.EXPLAINED:
+            self.explained.add(source_ip)
+            self._say(
+                f"undecodable datagram from {source_ip} ({size:,} bytes): {error} (any "
+                "more are counted, not shown one by one)"
+            )
+            return
+        self.pending += 1
+        if source_ip in self.senders or len(self.senders) < self.NAMED:
+            self.senders[source_ip] += 1
+
+    def report(self) -> None:
+        # Taken before it is said: a Ctrl-C in the middle (top's last snapshot reports
+        # again) must not say the same datagrams twice.
+        pending, senders = self.pending, self.senders
+        if not pending:
+            return
+        self.pending, self.senders = 0, Counter()
+        busiest, most = senders.most_common(1)[0]
+        if most == pending:
+            where = f"from {busiest}"
+        else:
+            many = len(senders) if len(senders) < self.NAMED else f"{self.NAMED}+"
+            where = f"from {many} senders ({most:,} from {busiest})"
+        noun = "datagram" if pending == 1 else "datagrams"
+        self._say(f"{pending:,} more undecodable {noun} {where}")
+
+    def _say(self, line: str) -> None:
+        print(f"sflow-app {self.command}: {line}", file=sys.stderr, flush=True)

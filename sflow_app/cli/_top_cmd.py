@@ -23,6 +23,7 @@ from ._receive import (
     DEFAULT_BIND,
     DEFAULT_PORT,
     BindError,
+    Undecodable,
     dropped,
     open_socket,
     receive,
@@ -74,12 +75,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"sflow-app top: {exc}", file=sys.stderr)
         return 2
     top = Top()
+    undecodable = Undecodable("top")
 
     def handle(data: bytes, source_ip: str, when: float) -> bool:
         try:
             top.add(decode(data))
         except DecodeError as exc:
-            print(f"sflow-app top: undecodable datagram from {source_ip}: {exc}", file=sys.stderr)
+            undecodable.add(source_ip, len(data), exc)
             return False
         return True
 
@@ -94,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
         if args.once:
             started = time.monotonic()
             try:
-                receive(sock, handle, seconds=seconds)
+                receive(sock, handle, seconds=seconds, tick=lambda _: undecodable.report())
                 elapsed = seconds
             except KeyboardInterrupt:  # cut short: what arrived so far, not nothing
                 elapsed = time.monotonic() - started
+            undecodable.report()
             top.dropped = dropped(sock) or 0
             print(top.plain(elapsed))
             return 0
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             started = time.monotonic()
 
             def show(elapsed: float) -> None:
+                undecodable.report()
                 top.dropped = dropped(sock) or 0
                 view(elapsed)
 
