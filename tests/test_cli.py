@@ -361,6 +361,30 @@ def test_top_live_ends_with_a_last_snapshot(stop: str) -> None:
     assert line.split()[0] == "80"  # 8 samples at 1-in-10
 
 
+def test_top_that_decoded_nothing_exits_1_as_listen_does() -> None:
+    """`top --once` exited 0 after a window in which nothing arrived, where `listen
+    --seconds` exits 1: `sflow-app top --once > snapshot || alert` took silence for a
+    quiet service. Bounded by --once or --seconds, it exits 1 and says why."""
+    port = free_udp_port()
+    quiet = run_cli("top", "--once", "--seconds", "0.5", "--port", str(port))
+    assert quiet.returncode == 1, quiet.stderr
+    assert f"sflow-app top: nothing arrived on udp 127.0.0.1 port {port}; " in quiet.stderr
+    assert quiet.stdout.startswith("sflow-app top: ")  # the (empty) snapshot all the same
+    # Live, to --seconds: what is in the socket's buffer at the end is read too.
+    proc = start_cli("top", "--seconds", "3", "--interval", "100", "--port", str(port))
+    try:
+        send(port, [b"not sflow"])
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "1 datagram arrived on udp 127.0.0.1 port" in err
+    assert "but none could be decoded" in err
+    assert "Traceback" not in err
+
+
 def test_top_port_in_use_exits_2() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))

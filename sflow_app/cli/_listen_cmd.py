@@ -21,6 +21,7 @@ from ._receive import (
     BindError,
     Undecodable,
     dropped,
+    nothing_decoded,
     open_socket,
     receive,
 )
@@ -154,16 +155,8 @@ def run(args: argparse.Namespace) -> int:
         report()
     if got or (args.count is None and args.seconds is None):
         return 0
-    where = f"udp {args.bind} port {args.port}"
-    if undecodable.total:  # something is sending here: say so, not "nothing arrived"
-        why = (
-            f"{plural(undecodable.total, 'datagram')} arrived on {where} but none could be decoded "
-            "(see above); is an sFlow v5 agent sending here?"
-        )
-    else:
-        why = (
-            f"nothing arrived on {where}; is the agent sending here (sflow-app config shows "
-            "its collectors)?"
-        )
-    print(f"sflow-app listen: {why}", file=sys.stderr)
+    print(
+        f"sflow-app listen: {nothing_decoded(args.bind, args.port, undecodable.total)}",
+        file=sys.stderr,
+    )
     return 1

@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+from .render import plural
+
 DEFAULT_PORT = 6343
 DEFAULT_BIND = "127.0.0.1"
 
@@ -130,6 +132,20 @@ def receive(
             next_tick = time.monotonic() + tick_every
             tick(time.monotonic() - start)
     return handled
+
+
+def nothing_decoded(bind: str, port: int, undecodable: int) -> str:
+    """Why a bounded ``listen`` or ``top`` exits 1."""
+    where = f"udp {bind} port {port}"
+    if undecodable:  # something is sending here: say so, not "nothing arrived"
+        return (
+            f"{plural(undecodable, 'datagram')} arrived on {where} but none could be decoded "
+            "(see above); is an sFlow v5 agent sending here?"
+        )
+    return (
+        f"nothing arrived on {where}; is the agent sending here (sflow-app config shows its "
+        "collectors)?"
+    )
 
 
 class Undecodable:

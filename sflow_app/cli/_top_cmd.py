@@ -25,6 +25,7 @@ from ._receive import (
     BindError,
     Undecodable,
     dropped,
+    nothing_decoded,
     open_socket,
     receive,
     terminated_unwinds,
@@ -41,8 +42,10 @@ def add_parser(sub: Any) -> None:
             "sample counts its sampling rate), status mix, p50/p95/p99 durations and "
             "bytes per service; memcache hot and missed keys and commands; decorated "
             "operations. Refreshed in place on a terminal; plain text otherwise. Exit "
-            "status: 0 (Ctrl-C included); 2 on usage errors or when the port cannot be "
-            "bound; SIGTERM or SIGHUP restore the terminal, then end it by that signal."
+            "status, as listen's: 0 (Ctrl-C included); 1 when --once or --seconds was "
+            "given and no datagram could be decoded (none arrived, or none was sFlow); 2 "
+            "on usage errors or when the port cannot be bound; SIGTERM or SIGHUP restore "
+            "the terminal, then end it by that signal."
         ),
     )
     p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="UDP port (6343)")
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    interrupted = False  # Ctrl-C: the normal stop, 0 whatever arrived (as for listen)
     with sock:
         if args.once:
             started = time.monotonic()
@@ -100,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
                 elapsed = seconds
             except KeyboardInterrupt:  # cut short: what arrived so far, not nothing
                 elapsed = time.monotonic() - started
+                interrupted = True
             undecodable.report()
             top.dropped = dropped(sock) or 0
             print(top.plain(elapsed))
-            return 0
+            return _status(args, top.datagrams, undecodable.total, interrupted)
         # A live view hides the cursor: SIGTERM or SIGHUP (the terminal closed) must
         # unwind through close() too, or the shell is left without one.
         with terminated_unwinds():
@@ -119,19 +124,28 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     receive(sock, handle, seconds=seconds, tick=show, tick_every=args.interval)
                 except KeyboardInterrupt:
-                    pass
+                    interrupted = True
                 try:
                     # The last snapshot holds everything that arrived, since the last
                     # refresh too.
                     _drain(sock, handle)
                     show(time.monotonic() - started)
                 except KeyboardInterrupt:
-                    pass
+                    interrupted = True
             finally:
                 close = getattr(view, "close", None)
                 if close is not None:
                     close()
-    return 0
+    return _status(args, top.datagrams, undecodable.total, interrupted)
+
+
+def _status(args: argparse.Namespace, decoded: int, undecodable: int, interrupted: bool) -> int:
+    """1 when a bounded run (--once, --seconds) decoded nothing, said why, as listen does:
+    `sflow-app top --once > snapshot || alert` must not take silence for a quiet service."""
+    if decoded or interrupted or (not args.once and args.seconds is None):
+        return 0
+    print(f"sflow-app top: {nothing_decoded(args.bind, args.port, undecodable)}", file=sys.stderr)
+    return 1
 
 
 def _drain(sock: socket.socket, handle: Callable[[bytes, str, float], bool]) -> None:
