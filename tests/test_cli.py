@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DATA, write_auto
+from helpers import DATA, wait_until, write_auto
 
 from sflow_app._encode import encode_datagram
 from sflow_app.records import (
@@ -638,6 +638,37 @@ def test_top_once_cut_short_by_ctrl_c_prints_what_arrived() -> None:
             proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert out.startswith("sflow-app top: ")
+
+
+def process_state(pid: int) -> str:
+    """R, S, T (stopped)... from /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_top_once_reads_what_waits_in_the_buffer_at_its_end() -> None:
+    """`top --once` stopped by Ctrl-C (or at the end of its window) left out of its
+    snapshot the datagrams that had arrived but still waited in the socket's buffer (a
+    burst, a busy machine); live top reads them first, as documented for both."""
+    port = free_udp_port()
+    proc = start_cli("top", "--once", "--seconds", "600", "--port", str(port))
+    assert proc.stderr is not None
+    try:
+        send(port, [b"not sflow"])
+        assert "undecodable datagram" in proc.stderr.readline()  # in its receive loop
+        # Stopped, it reads nothing: what is sent now still waits in the buffer at Ctrl-C.
+        proc.send_signal(signal.SIGSTOP)
+        assert wait_until(lambda: process_state(proc.pid) == "T")
+        send(port, _hot_datagrams() * 5)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    [hot] = [line for line in out.splitlines() if line.endswith("GET /hot  [127.0.0.1/8080]")]
+    assert hot.split()[0] == "400"  # 5 datagrams of 8 samples at 1-in-10
 
 
 def test_config_interrupted_is_no_success(tmp_path: Path) -> None:

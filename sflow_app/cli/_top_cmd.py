@@ -10,6 +10,7 @@ still waiting in the socket's buffer included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import socket
 import sys
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:  # cut short: what arrived so far, not nothing
                 elapsed = time.monotonic() - started
                 interrupted = True
+            with contextlib.suppress(KeyboardInterrupt):
+                _drain(sock, handle)  # what arrived in the window, still in the buffer
             undecodable.report()
             top.dropped = dropped(sock) or 0
             print(top.plain(elapsed))
