@@ -671,6 +671,42 @@ def test_top_once_reads_what_waits_in_the_buffer_at_its_end() -> None:
     assert hot.split()[0] == "400"  # 5 datagrams of 8 samples at 1-in-10
 
 
+def test_top_ctrl_c_in_the_middle_of_a_datagram_loses_none() -> None:
+    """Ctrl-C raised KeyboardInterrupt wherever top was: in the middle of decoding or
+    counting a datagram it had read, that one was lost (counted neither as received nor
+    as dropped). Ctrl-C takes effect between two datagrams now."""
+    port = free_udp_port()
+    proc = start_cli("top", "--interval", "100", "--port", str(port))
+    assert proc.stderr is not None
+    per = 50  # samples a datagram: most of top's time goes to decoding and counting them
+    samples = [http_sample(i, "/hot", 200, 1000, 10) for i in range(per)]
+    data = encode_datagram(Datagram("127.0.0.1", 8080, 1, 1000, tuple(samples)))
+    sent = 300  # more than top handles as fast: busy when Ctrl-C comes, some dropped
+    try:
+        send(port, [b"not sflow"])
+        assert "undecodable datagram" in proc.stderr.readline()  # in its receive loop
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(sent):
+                s.sendto(data, ("127.0.0.1", port))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    heading = re.findall(r"^sflow-app top: .*", out, re.M)[-1]  # the last snapshot's
+    found = re.match(
+        r"sflow-app top: \S+ s, ([\d,]+) datagrams?(?:, ([\d,]+) more dropped)?", heading
+    )
+    assert found, out
+    received, dropped = (int((n or "0").replace(",", "")) for n in found.groups())
+    assert received + dropped == sent, heading  # each one counted, or counted as dropped
+    last = out[out.rindex("sflow-app top: ") :]
+    [hot] = [line for line in last.splitlines() if line.endswith("GET /hot  [127.0.0.1/8080]")]
+    assert hot.split()[0] == f"{received * per * 10:,}", heading  # every sample of those
+
+
 def test_config_interrupted_is_no_success(tmp_path: Path) -> None:
     """Ctrl-C during `sflow-app config` (it retries a torn file for a second) exited 0:
     `sflow-app config && exec gunicorn ...` went on to start the server."""
