@@ -238,8 +238,7 @@ def test_a_flood_of_undecodable_datagrams_is_counted_not_printed(command: str) -
     second (listen) or a refresh (top) and at the end, adding up to all of them."""
     port = free_udp_port()
     # listen ends at its one good datagram, sent last; top (which --seconds ends at
-    # worst) at Ctrl-C once it has counted them all (Ctrl-C in the middle of one may
-    # cost that one).
+    # worst) at Ctrl-C once its refreshes have reported them all.
     args = ["--count", "1"] if command == "listen" else ["--interval", "0.5", "--seconds", "30"]
     proc = start_cli(command, "--port", str(port), *args)
     assert proc.stderr is not None
