@@ -151,7 +151,10 @@ class SharedState(Election, RuntimeSlots):
         self._map = mapping
         self._old_maps: list[mmap.mmap] = []  # outgrown mappings (see _remap)
         self.words = memoryview(mapping).cast("Q")
-        self._slots = self.words[H_SLOTS]
+        # The slots this mapping covers, not the header's count alone: another process
+        # may have grown the file since it was mapped (_remap maps the rest). A slot past
+        # the mapping failed every pass (IndexError): that worker's counts were lost.
+        self._slots = min(self.words[H_SLOTS], (len(self.words) - SLOTS_AT) // SLOT_WORDS)
         self.slot: int | None = None
         self._bases: dict[int, list[int]] = {}
         self.skipped: list[str] = []  # private directory names found unsafe
@@ -238,11 +241,12 @@ class SharedState(Election, RuntimeSlots):
         lock(self._fd, LOCK_TABLE)
         try:
             slots = self.words[H_SLOTS]
-            if slots >= MAX_SLOTS:
-                return False
-            new = min(MAX_SLOTS, slots * 2)
-            os.posix_fallocate(self._fd, 0, file_size(new))
-            self.words[H_SLOTS] = new
+            if slots <= self._slots:  # else another process grew it meanwhile: map that
+                if slots >= MAX_SLOTS:
+                    return False
+                new = min(MAX_SLOTS, slots * 2)
+                os.posix_fallocate(self._fd, 0, file_size(new))
+                self.words[H_SLOTS] = new
         finally:
             unlock(self._fd, LOCK_TABLE)
         self._remap()

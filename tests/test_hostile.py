@@ -585,6 +585,61 @@ def test_file_sized_to_the_workers_and_grows_for_more(state_dir: str) -> None:
         os.close(r)
 
 
+def test_opened_while_another_grows_it(state_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file grown by another worker between an opener's mapping and its reading of
+    the header: the opener counts the slots it mapped, maps the rest when it claims one.
+    It counted the header's, took a slot past its mapping and failed at every pass from
+    then on (IndexError: its counts never published -- a recycled gunicorn worker's 50
+    requests missing from the service's counters)."""
+    first = _shared.SharedState.open(state_dir, "race")
+    index = first.source_index("http", "", 8080)
+    assert index is not None
+    kids, r = slot_holders(  # every slot of the file as made taken
+        _layout.INITIAL_SLOTS,
+        lambda: _shared.SharedState.open(state_dir, "race", instance=first.instance),
+        lambda mine, k: None,
+    )
+    map_file = _shared.SharedState._map_file
+
+    def map_then_grow(fd: int) -> Any:
+        mapping = map_file(fd)
+        assert first._grow()  # another worker needs a slot: right then
+        return mapping
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(_shared.SharedState, "_map_file", staticmethod(map_then_grow))
+            late = _shared.SharedState.open(state_dir, "race", instance=first.instance)
+        try:
+            assert late.claim_slot()
+            late.publish(index, [5], pool=5, drops=0)
+            assert first.totals(index)[0] == 5
+            assert late.slot == _layout.INITIAL_SLOTS and late.slots_used() == late.slot + 1
+        finally:
+            late.close()
+    finally:
+        for pid in kids:
+            reap(pid)
+        first.close()
+        os.close(r)
+
+
+def test_growing_what_another_grew_meanwhile_maps_it(state_dir: str) -> None:
+    """A process that found every slot it mapped taken grows the file -- unless another
+    grew it since: then it maps what is there (it doubled the file again)."""
+    stale = _shared.SharedState.open(state_dir, "twice")
+    other = _shared.SharedState.open(state_dir, "twice", instance=stale.instance)
+    try:
+        assert other._grow()
+        assert stale._grow()
+        [path] = state_files(state_dir, ".state")
+        assert os.path.getsize(path) == _layout.file_size(2 * _layout.INITIAL_SLOTS)
+        assert stale._slots == 2 * _layout.INITIAL_SLOTS
+    finally:
+        other.close()
+        stale.close()
+
+
 def test_growing_keeps_the_locks_of_processes_that_mapped_it_small(state_dir: str) -> None:
     """A process that maps the grown file again keeps its slot and the sender role: the
     outgrown mapping is not closed (an mmap holds a dup of the descriptor, and closing
