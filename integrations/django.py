@@ -22,7 +22,8 @@ Counting and sampling happen in :class:`sflow_app.wsgi.SFlowMiddleware` around D
 WSGI handler (where a response really ends: at the server's ``close()``). The Django
 middleware only hands the matched route (``resolver_match.route``, e.g.
 ``/articles/<int:year>/``) to sampled requests, where it becomes an ``app_operation``
-record inside the HTTP flow sample and the parent of ``@transaction`` calls. On
+record inside the HTTP flow sample and the parent of ``@transaction`` calls (Django's
+ASGI application mounted in Starlette: with the mount's prefix, ``/dj/articles/...``). On
 unsampled requests it costs one dict look-up. If no WSGI middleware runs in the process
 it logs one warning.
 """

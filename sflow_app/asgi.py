@@ -93,15 +93,28 @@ __all__ = ["ROUTE_KEY", "SFlowMiddleware", "set_route"]
 
 # Scope key present only on sampled requests; set_route() fills it.
 ROUTE_KEY = "sflow_app.route"
+# Beside it: the root_path the middleware saw, so that set_route() can tell a mount's
+# prefix (Starlette's Mount extends root_path) from the server's.
+_ROOT_KEY = "sflow_app.root_path"
 
 
 def set_route(scope: Scope, route: str) -> None:
     """Record the route template (``/users/<int:id>``) that served this request.
 
     For frameworks whose router does not set ``scope["route"]`` (Django's glue calls
-    it); it does nothing unless the request is being sampled.
+    it); it does nothing unless the request is being sampled. ``route`` is relative to
+    the scope's ``root_path``, as the framework routed it: mounted in Starlette
+    (``Mount("/dj", django_app)``) it is named with the mount's prefix (``/dj/...``).
     """
     if ROUTE_KEY in scope:
+        root, mounted = scope.get(_ROOT_KEY), scope.get("root_path")
+        if (
+            type(root) is str
+            and type(mounted) is str
+            and mounted.startswith(root)
+            and route.startswith("/")
+        ):
+            route = mounted[len(root) :] + route
         scope[ROUTE_KEY] = route
         sampled = current_request.get()
         if isinstance(sampled, _Parent):  # the app's scope may be a copy of ours
@@ -291,6 +304,7 @@ class SFlowMiddleware:
         parent = _Parent(method, scope, root_path) if ParentContexts.wanted else None
         token = current_request.set(parent) if parent is not None else None
         scope[ROUTE_KEY] = None
+        scope[_ROOT_KEY] = root_path
         raised = deferred = False
         try:
             await self.app(scope, exchange.receive, exchange.send)

@@ -114,3 +114,39 @@ def test_routes_under_asgi(live, collector):
         "/legacy/abc": "^legacy/(?P<code>[a-z]+)$",
         "/nowhere": None,
     }
+
+
+def test_routes_under_a_starlette_mount(live, collector):
+    """Django's ASGI handler mounted in Starlette (``Mount("/dj", django)``): Django
+    resolves the path under the mount (root_path), so its route is named with the
+    mount's prefix, as Starlette's own mounted routes are; decorated calls too."""
+    import asyncio
+
+    from django.core.asgi import get_asgi_application
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from sflow_app.asgi import SFlowMiddleware as ASGIMiddleware
+
+    live(sampling=1)
+    application = Starlette(routes=[Mount("/dj", app=get_asgi_application())])
+    application.add_middleware(ASGIMiddleware)
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [(await client.get(p)).status_code for p in ("/dj/blog/2024/hi/", "/dj/no")]
+
+    assert asyncio.run(run()) == [200, 404]
+    flush(collector)
+    routes = {
+        record(s, HttpRequest).uri: getattr(record(s, AppOperation), "operation", None)
+        for s in http_samples(collector)
+    }
+    # A path Django did not resolve: the mount answered (as for any app in a Mount).
+    assert routes == {
+        "/dj/blog/2024/hi/": "/dj/blog/<int:year>/<slug:slug>/",
+        "/dj/no": "/dj/{path}",
+    }
+    (child,) = other_samples(collector)
+    assert record(child, AppParentContext).operation == "/dj/blog/<int:year>/<slug:slug>/"
