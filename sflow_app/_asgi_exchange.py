@@ -4,10 +4,13 @@ Starlette's error page, which its ServerErrorMiddleware sends outside our middle
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import perf_counter_ns
 from typing import Any
+
+from ._http import CLIENT_CLOSED
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -101,6 +104,25 @@ class Exchange:
         self.headers = ()
         self.sent = 0
         self.end_ns = 0
+
+
+async def unanswered_status(receive: Receive) -> int:
+    """The status of an app that returned without starting a response: the server's
+    own 500 (uvicorn's "ASGI callable returned without starting response", hypercorn's
+    empty 500) unless the client left first (499, nginx's "client closed request"),
+    which the server tells without waiting: its next message is ``http.disconnect``.
+    Body the app left unread is skipped; a message not ready yet means the client is
+    still there (the receive is cancelled at once, as Starlette's ``is_disconnected()``
+    does)."""
+    try:
+        async with asyncio.timeout(0):  # no wait: only what the server already knows
+            for _ in range(64):  # bounded: a server that keeps answering at once
+                message = await receive()
+                if message.get("type") != "http.request":
+                    return CLIENT_CLOSED if message.get("type") == "http.disconnect" else 500
+    except Exception:  # not ready (TimeoutError), no asyncio loop (trio), a server's own
+        pass
+    return 500
 
 
 def mime_type(headers: Iterable[tuple[bytes, bytes]]) -> bytes:

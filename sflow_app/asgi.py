@@ -22,11 +22,13 @@ captured on the first request (``SFLOW_APP_DS_INDEX`` wins; a unix socket gets a
 assigned index and a warning).
 
 Status recorded, in order: the status the app sent in ``http.response.start`` before the
-client went away; 500 if the app raised before responding; 499 (nginx's "client closed
-request") otherwise -- the client disconnected first, the task was cancelled, or the app
-returned without responding. Bytes and duration stop at the last body message, at the
-disconnect, or when the app returns, whichever comes first; bytes the server dropped
-after a disconnect it reported are not counted.
+client went away; 500 if the app raised before responding, or returned without
+responding while the client was there (the server answers it: uvicorn's 500 "Internal
+Server Error", hypercorn's empty 500; its body is not counted); 499 (nginx's "client
+closed request") otherwise -- the client disconnected first (as the server knew when the
+app returned), or the task was cancelled. Bytes and duration stop at the last body
+message, at the disconnect, or when the app returns, whichever comes first; bytes the
+server dropped after a disconnect it reported are not counted.
 
 Starlette's (FastAPI's) ``ServerErrorMiddleware`` sits outside a middleware added with
 ``add_middleware`` and answers an exception with its 500 page through the ``send`` it was
@@ -58,7 +60,7 @@ from urllib.parse import quote
 
 from ._agent import AGENT
 from ._asgi_exchange import Exchange as _Exchange
-from ._asgi_exchange import follow_error_page, mime_type, websocket_status
+from ._asgi_exchange import follow_error_page, mime_type, unanswered_status, websocket_status
 from ._encode import HTTP_TAIL, encode_socket, http_request_head
 from ._http import (
     CLIENT_CLOSED,
@@ -226,6 +228,8 @@ class SFlowMiddleware:
 
         try:
             await self.app(scope, receive, send_status)
+            if not status:  # returned without answering: the server's 500, or a client gone
+                status = await unanswered_status(receive)
         except Exception:
             status = status or 500
             raise
@@ -308,6 +312,8 @@ class SFlowMiddleware:
         raised = deferred = False
         try:
             await self.app(scope, exchange.receive, exchange.send)
+            if not websocket and not exchange.answered and not exchange.end_ns:
+                exchange.status = await unanswered_status(exchange.receive)
         except Exception:
             raised = True
             if not exchange.status and not exchange.end_ns:  # raised, client still there

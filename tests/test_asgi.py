@@ -464,10 +464,13 @@ def test_unsampled_exception_and_silent_return(agent, collector):
 
     with pytest.raises(KeyError):
         call(SFlowMiddleware(boom), http_scope())
-    call(SFlowMiddleware(silent), http_scope())
+    call(SFlowMiddleware(silent), http_scope())  # the server answers it 500 (uvicorn's)
+    gone = Peer()
+    gone.gone.set()  # the client left: the server answers nothing (499)
+    call(SFlowMiddleware(silent), http_scope(), gone)
     flush(AGENT, collector)
     c = counters(collector)
-    assert (c.status_5XX_count, c.status_4XX_count, c.method_get_count) == (1, 1, 2)
+    assert (c.status_5XX_count, c.status_4XX_count, c.method_get_count) == (2, 1, 3)
 
 
 def test_status_outside_known_classes(agent, collector):

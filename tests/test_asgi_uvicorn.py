@@ -8,6 +8,7 @@ and the counters must equal the requests sent.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import socket
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.asgi_harness import Uvicorn, raw_request, record
-from helpers import Collector, Server, agent_env, free_port, write_auto
+from helpers import Collector, Server, agent_env, free_port, missing, write_auto
 
 from sflow_app.records import ExtendedSocketIPv4, HttpCounters, HttpRequest
 
@@ -165,6 +166,45 @@ def test_disconnect_before_any_response_is_499(server: Uvicorn):
     assert (http.status, http.resp_bytes, http.host) == (499, 0, "x")
     assert 150_000 <= http.uS < 1_000_000, http.uS  # as above: not until the app returned
     server.wait_counters()
+
+
+def test_returned_without_responding_is_the_servers_500(server: Uvicorn):
+    """uvicorn answers an app that returned without responding with its own 500 ("ASGI
+    callable returned without starting response") while the client is there: counted and
+    recorded as that 500, not as a client that left (499)."""
+    with httpx.Client(base_url=server.url) as client:
+        r = client.get("/silent?q=1")
+    assert r.status_code == 500 and r.text == "Internal Server Error"
+    server.sent("GET", 500)
+    http = record(server.sample_for("/silent?q=1"), HttpRequest)
+    assert (http.status, http.resp_bytes) == (500, 0)  # the server's body is not the app's
+    server.wait_counters()
+
+
+def test_hypercorn_returned_without_responding_is_its_500(tmp_path: Path):
+    """hypercorn answers such an app 500 too (an empty body), unless the client left."""
+    if importlib.util.find_spec("hypercorn") is None:
+        missing("hypercorn", "pip install -e '.[test]' installs it")
+    collector = Collector()
+    port = free_port()
+    argv = [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "asgi_app:app"]
+    env = agent_env(collector, tmp_path)
+    server = Server(argv, cwd=APPS, env=env, port=port, log=tmp_path / "log", health="/echo")
+    try:
+        server.start()
+        r = httpx.get(f"{server.base}/silent?h=1", timeout=10)
+        assert (r.status_code, r.content) == (500, b"")
+
+        def arrived(c: Collector) -> bool:
+            found = c.latest_counters(HttpCounters)
+            return found is not None and found.status_5XX_count == 1
+
+        assert collector.wait_for(arrived, 10), collector.latest_counters(HttpCounters)
+        [http] = [r for r in collector.records(HttpRequest) if r.uri == "/silent?h=1"]
+        assert (http.status, http.resp_bytes) == (500, 0)
+    finally:
+        server.stop()
+        collector.close()
 
 
 def test_websocket_connection(server: Uvicorn):

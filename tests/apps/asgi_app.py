@@ -9,6 +9,7 @@ Routes (query parameters in brackets):
 - ``/until-gone`` [size]: sends one chunk, waits for the client to disconnect, then sends
   more (which the server drops) after a pause.
 - ``/no-answer``: waits for the client to disconnect without ever responding.
+- ``/silent``: reads the body and returns without responding (the server answers 500).
 - ``/ws``: websocket echo (text doubled, bytes doubled), ``websocket.close`` on "bye".
 
 Lifespan: ``startup`` and ``shutdown`` are appended to the file named by
@@ -126,6 +127,8 @@ async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         await asyncio.sleep(AFTER_GONE_MS / 1000)
+    elif path == "/silent":
+        await _read_body(receive)
     else:
         await _start(send, 404, 9)
         await send({"type": "http.response.body", "body": b"not found"})
