@@ -15,6 +15,11 @@ the request (``scope["route"]``, or ``set_route()`` from framework glue), an
 accepted, as servers answer) and are sampled with the connection's lifetime as duration
 and message payload bytes as sizes. ``lifespan`` (and any other scope) passes untouched.
 
+The URI is the request-target the server received (``raw_path``, as WSGI's
+``RAW_URI``): uvicorn's ``--root-path`` prefix, which uvicorn adds to ``raw_path``, is
+left out (a proxy that stripped it shows in neither); route templates are the app's,
+without the server's root path, with the prefixes of Starlette mounts.
+
 Sockets are ``scope["client"]`` and ``scope["server"]`` as the server reports them (a
 server applying proxy headers, like uvicorn for trusted proxies, reports the forwarded
 client with port 0); none for unix sockets. The data source is ``3:<server port>``,
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from time import perf_counter_ns
 from typing import Any, TypeVar
@@ -367,7 +373,7 @@ class SFlowMiddleware:
             sample.scope_values = (
                 tuple(scope.get("headers") or ()),  # a copy: the server's list, reusable
                 scope.get("http_version", "1.1"),
-                scope.get("raw_path"),
+                _received_path(scope, root_path),
                 scope.get("path", ""),
                 scope.get("query_string"),
                 self.query or settings.query,
@@ -556,6 +562,30 @@ def _target(raw_path: bytes | None, path: str, query_string: bytes | None, mode:
         raw_path = quote(path.encode("utf-8", "surrogateescape"), safe=PATH_SAFE).encode("ascii")
     target, _, query = raw_path.partition(b"?")  # some servers leave the query in
     return build_uri(target, query_string or query, mode)
+
+
+# uvicorn's HTTP protocols, loaded once it serves: they put --root-path in raw_path.
+_ROOT_IN_RAW_PATH = ("uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl")
+
+
+def _received_path(scope: Scope, root_path: Any) -> Any:
+    """``raw_path`` as the server received it. uvicorn's ``--root-path /api`` puts the
+    root path in ``raw_path`` (``/api/x`` for a request line's ``/x``), where the ASGI
+    spec has the bytes received and hypercorn gives them: that prefix is taken off, once,
+    so the URI is the request-target the server read, as WSGI's ``RAW_URI`` is. Under a
+    Starlette Mount (the middleware inside a mounted app) root_path holds the mount too:
+    the server's is ``app_root_path`` there."""
+    raw = scope.get("raw_path")
+    root_path = scope.get("app_root_path", root_path)
+    if not root_path or type(root_path) is not str or type(raw) is not bytes:
+        return raw
+    if not any(name in sys.modules for name in _ROOT_IN_RAW_PATH):
+        return raw  # not uvicorn (hypercorn leaves raw_path as received)
+    prefix = root_path.encode("utf-8", "surrogateescape")
+    rest = raw[len(prefix) :]
+    if raw.startswith(prefix) and rest.startswith((b"/", b"*")):
+        return rest
+    return raw
 
 
 def _address(addr: Any) -> tuple[str, int] | None:

@@ -270,3 +270,51 @@ def test_fastapi_under_uvicorn(tmp_path):
         srv.stop()
         srv.collector.close()
     assert "boom (expected by the tests)" in srv.log.read_text()
+
+
+def test_uvicorn_root_path_left_out_of_the_uri_not_a_mount(agent, collector):
+    """The scopes uvicorn --root-path /api gives (root path in path and raw_path), to the
+    middleware at the top and inside a Starlette Mount: the URI is the request line's
+    target, /sub/x, with the mount's prefix (root_path holds it there, app_root_path the
+    server's)."""
+    import uvicorn.protocols.http.h11_impl  # noqa: F401  (this process serves with uvicorn)
+
+    agent(sampling=1)
+
+    async def plain(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"p"})
+
+    inside = Starlette(routes=[Mount("/sub", SFlowMiddleware(plain))])
+    for app in (SFlowMiddleware(plain), inside):
+        call(app, http_scope(path="/api/sub/x", raw_path=b"/api/sub/x", root_path="/api"))
+    flush(AGENT, collector)
+    assert [r.uri for r in http_records(collector)] == ["/sub/x", "/sub/x"]
+
+
+@pytest.mark.slow
+def test_fastapi_under_uvicorn_root_path(tmp_path):
+    """uvicorn --root-path /api (behind a proxy that strips /api): uvicorn puts the root
+    path in scope["raw_path"] too, but the request line it received was for /items/5.
+    The URI is that request-target, as WSGI's RAW_URI; routes are the app's templates."""
+    import httpx
+
+    srv = Uvicorn(tmp_path, app="tests.apps.asgi_fastapi_app:app", args=("--root-path", "/api"))
+    try:
+        with httpx.Client(base_url=srv.url) as client:
+            assert client.get("/items/5?q=1").json() == {"item_id": 5}
+            assert client.get("/legacy/hello/ann").text == "hello ann"
+            # The prefix sent by the client itself (uvicorn routes /api/api/items/6): kept.
+            assert client.get("/api/items/6").status_code == 404
+        found = {}
+        for uri in ("/items/5?q=1", "/legacy/hello/ann", "/api/items/6"):
+            ops = [r for r in srv.sample_for(uri).records if isinstance(r, AppOperation)]
+            found[uri] = ops[0].operation if ops else None
+        assert found == {
+            "/items/5?q=1": "/items/{item_id}",
+            "/legacy/hello/ann": "/legacy/hello/{name}",
+            "/api/items/6": None,
+        }
+    finally:
+        srv.stop()
+        srv.collector.close()

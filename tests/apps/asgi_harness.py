@@ -147,7 +147,9 @@ class Uvicorn:
         name: str = "asgi-e2e",
         sampling: int = 1,
         env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
+        """``args``: more of uvicorn's options (``("--root-path", "/api")``)."""
         self.collector = Collector()
         # Bursts of samples must not overflow the default socket buffer.
         self.collector.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -179,6 +181,7 @@ class Uvicorn:
                     "h11",
                     "--lifespan",
                     "on",
+                    *args,
                 ],
                 cwd=ROOT,
                 env=full_env,
