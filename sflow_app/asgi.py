@@ -18,7 +18,10 @@ and message payload bytes as sizes. ``lifespan`` (and any other scope) passes un
 The URI is the request-target the server received (``raw_path``, as WSGI's
 ``RAW_URI``): uvicorn's ``--root-path`` prefix, which uvicorn adds to ``raw_path``, is
 left out (a proxy that stripped it shows in neither); route templates are the app's,
-without the server's root path, with the prefixes of Starlette mounts.
+without the server's root path, with the prefixes of Starlette mounts. The request's
+headers, target and HTTP version are taken when it reaches the middleware, as the client
+sent them (an inner middleware may rewrite the scope); the client's address, the user
+and the route are read at the end, where inner middleware and the router put them.
 
 Sockets are ``scope["client"]`` and ``scope["server"]`` as the server reports them (a
 server applying proxy headers, like uvicorn for trusted proxies, reports the forwarded
@@ -315,6 +318,13 @@ class SFlowMiddleware:
         token = current_request.set(parent) if parent is not None else None
         scope[ROUTE_KEY] = None
         scope[_ROOT_KEY] = root_path
+        # What the client sent, before an inner middleware rewrites it (a path normaliser,
+        # a header added); who the client is (a proxy-headers middleware inside sets
+        # it), the user and the route are read at the end.
+        try:
+            request: tuple[Any, ...] | None = _request_values(scope, root_path)
+        except Exception:  # a lenient server's odd headers: read (and dropped) at the end
+            request = None
         raised = deferred = False
         try:
             await self.app(scope, exchange.receive, exchange.send)
@@ -337,6 +347,7 @@ class SFlowMiddleware:
                         exchange.status or 500,
                         exchange.end_ns,
                         root_path,
+                        request,
                     ),
                 )
             raise
@@ -352,7 +363,7 @@ class SFlowMiddleware:
             next(self._method_incr.get(method, self._other_method))
             self._count_status(counted)
             if not deferred:
-                self._record(n, rate, scope, method, exchange, status, end_ns, root_path)
+                self._record(n, rate, scope, method, exchange, status, end_ns, root_path, request)
 
     def _record(
         self,
@@ -364,6 +375,7 @@ class SFlowMiddleware:
         status: int,
         end_ns: int,
         root_path: str,
+        request: tuple[Any, ...] | None,
     ) -> None:
         """Queue the sample: what only the request can tell is taken now, the records
         are built by the exporter (``_Sample.build``)."""
@@ -371,11 +383,7 @@ class SFlowMiddleware:
             settings = AGENT.settings
             sample = _Sample()
             sample.scope_values = (
-                tuple(scope.get("headers") or ()),  # a copy: the server's list, reusable
-                scope.get("http_version", "1.1"),
-                _received_path(scope, root_path),
-                scope.get("path", ""),
-                scope.get("query_string"),
+                *(request or _request_values(scope, root_path)),
                 self.query or settings.query,
                 # "": no user (an auth middleware sets one); None: authuser off
                 (scope_user(scope) if "user" in scope else "") if settings.authuser else None,
@@ -562,6 +570,17 @@ def _target(raw_path: bytes | None, path: str, query_string: bytes | None, mode:
         raw_path = quote(path.encode("utf-8", "surrogateescape"), safe=PATH_SAFE).encode("ascii")
     target, _, query = raw_path.partition(b"?")  # some servers leave the query in
     return build_uri(target, query_string or query, mode)
+
+
+def _request_values(scope: Scope, root_path: Any) -> tuple[Any, ...]:
+    """What the client sent: headers, HTTP version, target, path and query."""
+    return (
+        tuple(scope.get("headers") or ()),  # a copy: the server's list, reusable
+        scope.get("http_version", "1.1"),
+        _received_path(scope, root_path),
+        scope.get("path", ""),
+        scope.get("query_string"),
+    )
 
 
 # uvicorn's HTTP protocols, loaded once it serves: they put --root-path in raw_path.

@@ -564,6 +564,29 @@ def test_exclude_prefixes_and_predicate(agent, collector):
     assert counters(collector).method_get_count == 2
 
 
+def test_the_request_as_the_client_sent_it_not_as_rewritten_inside(agent, collector):
+    """An inner middleware that rewrites the scope in place (a path normaliser, a header
+    it adds or replaces) does not change what the sample says the client sent."""
+    agent(sampling=1)
+
+    async def rewriting(scope, receive, send):
+        scope["path"], scope["raw_path"], scope["query_string"] = "/new", b"/new", b"b=2"
+        scope["headers"][:] = [(b"host", b"rewritten"), (b"user-agent", b"inner")]
+        scope["http_version"] = "2"
+        await respond()(scope, receive, send)
+
+    headers = [(b"host", b"example.org"), (b"user-agent", b"client/1")]
+    call(SFlowMiddleware(rewriting), http_scope(path="/Old/", query=b"a=1", headers=headers))
+    flush(AGENT, collector)
+    [rec] = http_records(collector)
+    assert (rec.uri, rec.host, rec.useragent, rec.protocol) == (
+        "/Old/?a=1",
+        "example.org",
+        "client/1",
+        1001,
+    )
+
+
 def test_exclude_prefixes_under_a_root_path(agent, collector):
     """uvicorn --root-path /api puts the root path in path, hypercorn's root_path does
     not: a prefix as the app routes it excludes under both; the full path still does."""
