@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,18 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     line = proc.stderr.readline()
     assert "listening on udp" in line, line + proc.stderr.read()
     return proc
+
+
+@contextlib.contextmanager
+def killed_at_end(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """``proc``, killed and reaped on the way out if a failed check left it running: a hung
+    command must not outlive its test (a ResourceWarning in another)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def send(port: int, payloads: list[bytes]) -> None:
@@ -244,7 +258,7 @@ def test_a_flood_of_undecodable_datagrams_is_counted_not_printed(command: str) -
     assert proc.stderr is not None
     flood = 200  # all fit in the receive buffer unread (a few hundred bytes each)
     counted = re.compile(rf"sflow-app {command}: ([\d,]+) more undecodable datagrams? from ")
-    try:
+    with killed_at_end(proc):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             if command == "top":
                 s.sendto(_hot_datagrams()[0], ("127.0.0.1", port))
@@ -266,10 +280,6 @@ def test_a_flood_of_undecodable_datagrams_is_counted_not_printed(command: str) -
         assert proc.stdout is not None
         out = proc.stdout.read()
         proc.communicate(timeout=60)  # and closes them
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert len(err.splitlines()) < flood // 4, err  # a line a second, not one a datagram
     assert lines[0] == (
@@ -346,14 +356,10 @@ def test_top_live_ends_with_a_last_snapshot(stop: str) -> None:
     until = ["--seconds", "2"] if stop == "seconds" else []
     proc = start_cli("top", "--interval", "100", "--port", str(port), *until)
     send(port, _hot_datagrams())  # in the socket's buffer once sendto returns
-    try:
+    with killed_at_end(proc):
         if stop == "ctrl-c":
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:  # a hung command must not outlive the test (a ResourceWarning in another)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     [line] = [line for line in out.splitlines() if line.endswith("GET /hot  [127.0.0.1/8080]")]
@@ -371,13 +377,9 @@ def test_top_that_decoded_nothing_exits_1_as_listen_does() -> None:
     assert quiet.stdout.startswith("sflow-app top: ")  # the (empty) snapshot all the same
     # Live, to --seconds: what is in the socket's buffer at the end is read too.
     proc = start_cli("top", "--seconds", "3", "--interval", "100", "--port", str(port))
-    try:
+    with killed_at_end(proc):
         send(port, [b"not sflow"])
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 1, err
     assert "1 datagram arrived on udp 127.0.0.1 port" in err
     assert "but none could be decoded" in err
@@ -604,17 +606,13 @@ def test_listen_says_how_many_datagrams_it_dropped_when_it_fell_behind() -> None
     port = free_udp_port()
     proc = start_cli("listen", "--json", "--port", str(port), "--seconds", "3")
     sent = 30_000  # far more than any receive buffer holds (ours asks for 4 MB)
-    try:
+    with killed_at_end(proc):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             # Nobody reads its stdout yet: once the pipe is full it stops reading the
             # socket, and the kernel drops what does not fit.
             for _ in range(sent):
                 s.sendto(data, ("127.0.0.1", port))
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
     found = re.search(r"([\d,]+) datagrams dropped unread", err)
     assert found, err
@@ -627,14 +625,10 @@ def test_top_once_cut_short_by_ctrl_c_prints_what_arrived() -> None:
     port = free_udp_port()
     proc = start_cli("top", "--once", "--seconds", "600", "--port", str(port))
     send(port, _hot_datagrams())
-    try:
+    with killed_at_end(proc):
         time.sleep(0.5)  # past the few lines between "listening" and the receive loop
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert out.startswith("sflow-app top: ")
 
@@ -651,7 +645,7 @@ def test_top_once_reads_what_waits_in_the_buffer_at_its_end() -> None:
     port = free_udp_port()
     proc = start_cli("top", "--once", "--seconds", "600", "--port", str(port))
     assert proc.stderr is not None
-    try:
+    with killed_at_end(proc):
         send(port, [b"not sflow"])
         assert "undecodable datagram" in proc.stderr.readline()  # in its receive loop
         # Stopped, it reads nothing: what is sent now still waits in the buffer at Ctrl-C.
@@ -661,10 +655,6 @@ def test_top_once_reads_what_waits_in_the_buffer_at_its_end() -> None:
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
     [hot] = [line for line in out.splitlines() if line.endswith("GET /hot  [127.0.0.1/8080]")]
     assert hot.split()[0] == "400"  # 5 datagrams of 8 samples at 1-in-10
@@ -681,7 +671,7 @@ def test_top_ctrl_c_in_the_middle_of_a_datagram_loses_none() -> None:
     samples = [http_sample(i, "/hot", 200, 1000, 10) for i in range(per)]
     data = encode_datagram(Datagram("127.0.0.1", 8080, 1, 1000, tuple(samples)))
     sent = 300  # more than top handles as fast: busy when Ctrl-C comes, some dropped
-    try:
+    with killed_at_end(proc):
         send(port, [b"not sflow"])
         assert "undecodable datagram" in proc.stderr.readline()  # in its receive loop
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -689,10 +679,6 @@ def test_top_ctrl_c_in_the_middle_of_a_datagram_loses_none() -> None:
                 s.sendto(data, ("127.0.0.1", port))
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0 and "Traceback" not in err, err
     heading = re.findall(r"^sflow-app top: .*", out, re.M)[-1]  # the last snapshot's
     found = re.match(

@@ -4,6 +4,7 @@ in Werkzeug's real server."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,15 @@ from django.core.wsgi import get_wsgi_application as plain_django
 from sflow_app import wsgi
 from sflow_app.integrations import django as glue
 from sflow_app.records import AppOperation, AppParentContext, HttpRequest
+
+
+def sampled_routes(collector: Any) -> dict[Any, Any]:
+    """URI -> the route its sample names (None without one), once everything is sent."""
+    flush(collector)
+    return {
+        record(s, HttpRequest).uri: getattr(record(s, AppOperation), "operation", None)
+        for s in http_samples(collector)
+    }
 
 
 def test_routes_counters_and_samples(live, collector):
@@ -104,11 +114,7 @@ def test_routes_under_asgi(live, collector):
             ]
 
     assert asyncio.run(run()) == [200, 200, 404]
-    flush(collector)
-    routes = {
-        record(s, HttpRequest).uri: getattr(record(s, AppOperation), "operation", None)
-        for s in http_samples(collector)
-    }
+    routes = sampled_routes(collector)
     assert routes == {
         "/blog/2024/hello/": "/blog/<int:year>/<slug:slug>/",
         "/legacy/abc": "^legacy/(?P<code>[a-z]+)$",
@@ -138,11 +144,7 @@ def test_routes_under_a_starlette_mount(live, collector):
             return [(await client.get(p)).status_code for p in ("/dj/blog/2024/hi/", "/dj/no")]
 
     assert asyncio.run(run()) == [200, 404]
-    flush(collector)
-    routes = {
-        record(s, HttpRequest).uri: getattr(record(s, AppOperation), "operation", None)
-        for s in http_samples(collector)
-    }
+    routes = sampled_routes(collector)
     # A path Django did not resolve: the mount answered (as for any app in a Mount).
     assert routes == {
         "/dj/blog/2024/hi/": "/dj/blog/<int:year>/<slug:slug>/",
