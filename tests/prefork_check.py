@@ -484,12 +484,17 @@ def check_source(
         extra = got_set - want - failed
         assert not extra, f"{name}: samples of requests not sampled: {sorted(extra)[:20]}"
         info["lost"] = len(want - got_set)
+        # Sampled, and lost where the test allows it (a killed worker's): still sampled.
+        excused = len((want - got_set) & expect.may_lose)
+    else:
+        excused = 0
 
     # How many samples arrived: 1-in-rate, drops accounting for what the agent knows.
     expected = ops * load.n / rate
     info.update(samples=got, drops=drops, expected=expected)
-    assert abs(got + drops - expected) <= SAMPLE_TOLERANCE * expected, (
-        f"{name}: {got} samples + {drops} drops, expected {expected:.0f} +-25 %"
+    assert abs(got + drops + excused - expected) <= SAMPLE_TOLERANCE * expected, (
+        f"{name}: {got} samples + {drops} drops + {excused} lost where allowed, "
+        f"expected {expected:.0f} +-25 %"
     )
 
 
