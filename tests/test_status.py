@@ -87,6 +87,16 @@ def run_script(state_dir: str, name: str, paths: list[str], collector: int) -> N
     )
 
 
+def run_once(state_dir: str, name: str, paths: list[str]) -> None:
+    """``run_script`` sending to a collector of its own that nobody reads (what the
+    service leaves in its state folder is what the test looks at)."""
+    collector = Collector()
+    try:
+        run_script(state_dir, name, paths, collector.port)
+    finally:
+        collector.close()
+
+
 @contextlib.contextmanager
 def running_script(
     state_dir: str, name: str, paths: list[str], collector: int
@@ -199,11 +209,7 @@ def test_name_filter(state_dir: str) -> None:
 
 def test_reads_without_changing_or_locking(state_dir: str) -> None:
     """Status changes no byte, time or name, and answers while every lock is held."""
-    collector = Collector()
-    try:
-        run_script(state_dir, "quiet", ["/a", "/b"], collector.port)
-    finally:
-        collector.close()
+    run_once(state_dir, "quiet", ["/a", "/b"])
     folder = private_dir(state_dir)
     before = snapshot(folder)
     [path] = state_files(state_dir, ".state")
@@ -510,11 +516,7 @@ def wait_for_count(state_dir: str, sent: int, timeout: float = 30) -> dict[str, 
 )
 def test_names_cannot_drive_the_terminal(state_dir: str, name: str, shown: str) -> None:
     """A name from another user's file (root reads them) is shown escaped in the table."""
-    collector = Collector()
-    try:
-        run_script(state_dir, "shop", ["/a"], collector.port)
-    finally:
-        collector.close()
+    run_once(state_dir, "shop", ["/a"])
     [sidecar] = state_files(state_dir, ".json")
     with open(sidecar) as f:
         content = json.load(f)
@@ -529,11 +531,7 @@ def test_names_cannot_drive_the_terminal(state_dir: str, name: str, shown: str) 
 def test_an_unreadable_state_file_is_noted_not_ignored(state_dir: str) -> None:
     """A state file this user cannot open (its mode changed by hand) made the service
     vanish: "no sflow_app service found", exit 1, and no word of the file."""
-    collector = Collector()
-    try:
-        run_script(state_dir, "shut", ["/a"], collector.port)
-    finally:
-        collector.close()
+    run_once(state_dir, "shut", ["/a"])
     [path] = state_files(state_dir, ".state")
     os.chmod(path, 0)
     done = status(state_dir=state_dir, **bound_by_permissions())
@@ -544,11 +542,7 @@ def test_an_unreadable_state_file_is_noted_not_ignored(state_dir: str) -> None:
 def test_json_with_a_name_that_is_not_utf8(state_dir: str) -> None:
     """SFLOW_APP_NAME with a byte that is not UTF-8: `status --json` ended with
     UnicodeEncodeError on a UTF-8 stdout (strict, as under en_US.UTF-8)."""
-    collector = Collector()
-    try:
-        run_script(state_dir, "sh\udcffop", ["/a"], collector.port)
-    finally:
-        collector.close()
+    run_once(state_dir, "sh\udcffop", ["/a"])
     done = subprocess.run(
         [sys.executable, "-m", "sflow_app", "status", "--json"],
         env={**clean_env(SFLOW_APP_STATE_DIR=state_dir), "PYTHONIOENCODING": "utf-8"},
